@@ -1,0 +1,41 @@
+# One task runner for people, the README and CI.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed-stamp
+
+.PHONY: run test unit integration lint bench demo clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+## Run the engine live: embedded broker + Redis, a worker, the simulator, a live terminal view (Ctrl-C stops).
+run: $(STAMP)
+	$(VENV)/bin/cadence run
+
+## The whole test suite (unit + integration on the real embedded broker and Redis).
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+integration: $(STAMP)
+	$(PY) -m pytest -q tests/integration
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy cadence contracts features bandits engine streams simulator
+
+demo: $(STAMP)
+	$(VENV)/bin/cadence demo --duration 120 --json
+
+bench: $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) load_tests/bench_bandits.py
+
+clean:
+	rm -rf $(VENV) .cadence *.egg-info

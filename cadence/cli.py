@@ -1,0 +1,215 @@
+"""``cadence``: run the engine live, run a timed demo, run a worker, read topics."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from cadence.runtime import Runtime, RuntimeStartError, create_topics
+from cadence.settings import Settings
+from cadence.workers import WorkerProcess, worker_env
+from streams.topics import ALL_TOPICS
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as exc:
+        sys.exit(f"cadence: invalid configuration: {exc}\nSee the README's configuration table.")
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    import faust
+
+    from streams.app import create_app
+
+    settings = _settings()
+    runtime = Runtime(settings.data_dir, settings.kafka_bootstrap, settings.redis_url).start()
+    try:
+        settings = settings.model_copy(update={"kafka_bootstrap": runtime.kafka_bootstrap, "redis_url": runtime.redis_url})
+        create_topics(settings.kafka_bootstrap or "", [settings.topic(t) for t in ALL_TOPICS], settings.partitions)
+        app = create_app(settings)
+        worker = faust.Worker(app, loglevel=settings.log_level, redirect_stdouts=False, quiet=True)
+        worker.execute_from_commandline()
+    finally:
+        runtime.stop()
+
+
+@contextlib.contextmanager
+def _stack(settings: Settings, n_workers: int, quiet: bool) -> Iterator[tuple[Runtime, list[WorkerProcess]]]:
+    """Embedded (or configured) Kafka and Redis, the topics, and ``n_workers`` ready workers."""
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    started = time.monotonic()
+    with Runtime(settings.data_dir, settings.kafka_bootstrap, settings.redis_url) as rt:
+        say(f"cadence: Kafka at {rt.kafka_bootstrap}, Redis at {rt.redis_url}")
+        create_topics(rt.kafka_bootstrap or "", [settings.topic(t) for t in ALL_TOPICS], settings.partitions)
+        env = worker_env(rt.env(), log_level=settings.log_level)
+        workers = [WorkerProcess(env, settings.data_dir, f"worker-{i + 1}").start() for i in range(n_workers)]
+        try:
+            for w in workers:
+                w.wait_ready()
+            say(f"cadence: {n_workers} worker(s) ready in {time.monotonic() - started:.1f}s "
+                f"(metrics: {workers[0].url}/metrics; logs in {settings.data_dir}/)")
+            yield rt, workers
+        finally:
+            for w in workers:
+                w.stop()
+
+
+def _loop(args: argparse.Namespace, settings: Settings, rt: Runtime) -> Any:
+    from policy.catalogue import load_catalogue
+    from simulator.loop import ClosedLoop
+    from simulator.world import World
+
+    world = World(load_catalogue(settings.catalogue), n_users=args.users, seed=args.seed,
+                  click_reward=settings.click_reward)
+    return ClosedLoop(world, rt.kafka_bootstrap or "", settings.topic, rate=args.rate, seed=args.seed)
+
+
+def _render(loop: Any, workers: list[WorkerProcess]) -> str:
+    s = loop.summary()
+    r = s["reward_per_decision"]
+    ratio = s["last_window_engine_vs_oracle"] or s["engine_vs_oracle"] or 0.0
+    health = workers[0].health() or {}
+    lines = [
+        "cadence — live (Ctrl-C to stop)",
+        "",
+        f"  wall {s['wall_s']:>7.0f} s    simulated {s['sim_hours']:>6.2f} h    policy version {health.get('policy_version', '?')}",
+        f"  events sent   {s['requests_sent'] + s['responses_sent']:>9,}   ({s['requests_sent'] / max(s['wall_s'], 1):,.0f} requests/s)",
+        f"  decisions     {s['decisions']:>9,}   ({s['decisions_per_s']:,.0f}/s, p50 {s['decision_latency_ms']['p50']} ms, "
+        f"p99 {s['decision_latency_ms']['p99']} ms)",
+        f"  modes         {s['modes']}",
+        f"  dead letters  {s['dead_letters']:>9,}   of {s['bad_events_sent']} bad events sent; duplicates sent {s['duplicates_sent']}",
+        "",
+        "  expected reward per decision     engine    random    oracle",
+        f"                                   {r['engine']:.4f}    {r['random']:.4f}    {r['oracle']:.4f}",
+        f"  engine / oracle, last window: {ratio:.1%}    engine / random: {s['engine_vs_random'] or 0:.2f}x",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    settings = _settings()
+    stop = {"flag": False}
+    signal.signal(signal.SIGINT, lambda *a: stop.update(flag=True))
+    signal.signal(signal.SIGTERM, lambda *a: stop.update(flag=True))
+    tty = sys.stdout.isatty()
+    try:
+        with _stack(settings, args.workers, quiet=False) as (rt, workers):
+            loop = _loop(args, settings, rt)
+            last_print = [0.0]
+
+            def tick(lp: Any) -> None:
+                if tty:
+                    print("\x1b[H\x1b[2J" + _render(lp, workers), flush=True)
+                elif time.monotonic() - last_print[0] >= 5:
+                    last_print[0] = time.monotonic()
+                    print(_render(lp, workers) + "\n", flush=True)
+
+            loop.run(args.duration or float("inf"), on_tick=tick, should_stop=lambda: stop["flag"])
+            loop.close()
+            print("\n" + orjson.dumps(loop.summary(), option=orjson.OPT_SERIALIZE_NUMPY).decode())
+    except RuntimeStartError as exc:
+        sys.exit(f"cadence: {exc}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    settings = _settings()
+    try:
+        with _stack(settings, args.workers, quiet=args.json) as (rt, workers):
+            loop = _loop(args, settings, rt)
+            started = time.monotonic()
+            loop.run(args.duration)
+            loop.drain()
+            summary = loop.summary()
+            summary["workers"] = args.workers
+            summary["policy"] = settings.policy
+            summary["seed"] = args.seed
+            summary["run_s"] = round(time.monotonic() - started, 1)
+            loop.close()
+    except RuntimeStartError as exc:
+        sys.exit(f"cadence: {exc}")
+    if args.json:
+        print(orjson.dumps(summary, option=orjson.OPT_SERIALIZE_NUMPY).decode())
+    else:
+        print(orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode())
+
+
+def cmd_topics(args: argparse.Namespace) -> None:
+    from kafka import KafkaConsumer, TopicPartition
+
+    settings = _settings()
+    if not settings.kafka_bootstrap:
+        sys.exit("cadence: set KAFKA_BOOTSTRAP to the broker to read (cadence up prints it for the embedded one)")
+    name = settings.topic(args.topic)
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    parts = [TopicPartition(name, p) for p in sorted(consumer.partitions_for_topic(name) or [])]
+    if not parts:
+        sys.exit(f"cadence: topic {name!r} does not exist on {settings.kafka_bootstrap}")
+    consumer.assign(parts)
+    consumer.seek_to_beginning()
+    shown = 0
+    deadline = time.monotonic() + args.timeout
+    while shown < args.n and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=200).values():
+            for rec in records:
+                if shown < args.n:
+                    print(rec.value.decode("utf-8", errors="replace"))
+                    shown += 1
+    consumer.close()
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    settings = _settings()
+    with Runtime(settings.data_dir, settings.kafka_bootstrap, settings.redis_url) as rt:
+        create_topics(rt.kafka_bootstrap or "", [settings.topic(t) for t in ALL_TOPICS], settings.partitions)
+        print(f"export KAFKA_BOOTSTRAP={rt.kafka_bootstrap} REDIS_URL={rt.redis_url}", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cadence", description="Real-time next-best-action engine.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def loop_args(sp: argparse.ArgumentParser, duration: float | None) -> None:
+        sp.add_argument("--duration", type=float, default=duration, help="seconds to run (default: until Ctrl-C)")
+        sp.add_argument("--rate", type=float, default=1000.0, help="decision requests per second the simulator sends")
+        sp.add_argument("--users", type=int, default=3000, help="simulated users")
+        sp.add_argument("--seed", type=int, default=1, help="simulator seed")
+        sp.add_argument("--workers", type=int, default=1, help="engine worker processes")
+
+    sp = sub.add_parser("run", help="engine + simulator live, with a terminal view")
+    loop_args(sp, None)
+    sp.set_defaults(func=cmd_run)
+    sp = sub.add_parser("demo", help="engine + simulator for a fixed time, then a summary")
+    loop_args(sp, 120.0)
+    sp.add_argument("--json", action="store_true", help="print one JSON line at the end")
+    sp.set_defaults(func=cmd_demo)
+    sp = sub.add_parser("worker", help="one engine worker (Faust)")
+    sp.set_defaults(func=cmd_worker)
+    sp = sub.add_parser("topics", help="print messages of a topic (needs KAFKA_BOOTSTRAP)")
+    sp.add_argument("topic", help="logical topic name, e.g. decisions or dead-letters")
+    sp.add_argument("-n", type=int, default=10, help="how many messages")
+    sp.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for messages")
+    sp.set_defaults(func=cmd_topics)
+    sp = sub.add_parser("up", help="start the embedded broker and Redis and print their addresses")
+    sp.set_defaults(func=cmd_up)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""The one metrics hook: every part of the engine reports through a ``Metrics`` object.
+
+Names carry the ``cadence_`` prefix and their unit; labels never hold personal data (no user ids).
+Each ``Metrics`` owns its registry, so several engines (or tests) in one process do not collide.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Buckets chosen around what the engine measures here: Redis batch round trips 0.2–20 ms, decisions
+# a few ms after their event arrives, up to tens of ms under load.
+LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events = Counter("cadence_events_consumed_total", "Input events consumed", ["topic", "type"], registry=r)
+        self.dead_letters = Counter("cadence_dead_letters_total", "Inputs sent to dead-letters", ["reason"], registry=r)
+        self.duplicates = Counter("cadence_duplicate_events_total", "Events dropped as duplicates", registry=r)
+        self.decisions = Counter(
+            "cadence_decisions_total", "Decisions emitted", ["placement", "action", "mode"], registry=r
+        )
+        self.rewards = Counter("cadence_rewards_total", "Reward events by attribution outcome", ["outcome"], registry=r)
+        self.reward_value = Counter("cadence_reward_value_total", "Sum of rewards learned", registry=r)
+        self.learning_samples = Counter(
+            "cadence_learning_samples_applied_total", "Learning samples applied to the policy", ["kind"], registry=r
+        )
+        self.store_errors = Counter("cadence_feature_store_errors_total", "Feature store failures", ["op"], registry=r)
+        self.store_latency = Histogram(
+            "cadence_feature_store_round_trip_seconds", "Feature store round trip per batch", ["op"],
+            buckets=LATENCY_BUCKETS_S, registry=r,
+        )
+        self.batch_latency = Histogram(
+            "cadence_batch_processing_seconds", "Time to process one batch of events", buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "cadence_batch_size_events", "Events per batch", buckets=(1, 10, 50, 100, 250, 500, 1000, 2000), registry=r
+        )
+        self.policy_version = Gauge("cadence_policy_version", "Learning steps in the live policy", registry=r)
+        self.watermark = Gauge("cadence_event_time_watermark_seconds", "Largest event time seen", registry=r)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,73 @@
+"""One settings object for the whole engine, read from the environment.
+
+Every field documents itself; the README's configuration table is generated from these docstrings'
+content by hand, so keep both in step. Secrets are ``SecretStr`` and never appear in logs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_CATALOGUE = Path(__file__).with_name("catalogue.toml")
+
+
+class Settings(BaseSettings):
+    """Engine configuration. Environment names are ``CADENCE_<FIELD>`` unless noted."""
+
+    model_config = SettingsConfigDict(env_prefix="CADENCE_", extra="forbid", frozen=True)
+
+    kafka_bootstrap: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP", "CADENCE_KAFKA_BOOTSTRAP"),
+        description="host:port of the Kafka cluster (env KAFKA_BOOTSTRAP). Unset: an embedded broker is started.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("REDIS_URL", "CADENCE_REDIS_URL"),
+        description="redis:// or rediss:// URL (env REDIS_URL). Unset: an embedded Redis server is started.",
+    )
+    redis_password: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("REDIS_PASSWORD", "CADENCE_REDIS_PASSWORD"),
+        description="Redis password (env REDIS_PASSWORD); kept out of URLs and logs.",
+    )
+    app_id: str = Field("cadence", description="Faust application id; also the consumer group id.")
+    topic_prefix: str = Field("", description="Prefix for every topic name (lets several engines share a cluster).")
+    partitions: int = Field(4, ge=1, description="Partitions for the topics the engine creates.")
+    web_port: int = Field(6066, ge=0, description="Port of the worker's HTTP server (/metrics, /decide).")
+    web_host: str = Field("127.0.0.1", description="Interface the worker's HTTP server binds to.")
+    catalogue: Path = Field(DEFAULT_CATALOGUE, description="Path of the action catalogue (TOML).")
+    data_dir: Path = Field(Path(".cadence"), description="Where embedded servers and Faust keep their files.")
+
+    batch_size: int = Field(2000, ge=1, description="Most events the worker takes in one batch.")
+    batch_within_s: float = Field(0.02, gt=0, description="Longest wait for a batch to fill, in seconds.")
+    max_event_bytes: int = Field(65536, ge=256, description="Larger payloads go to dead-letters as too_large.")
+    max_future_skew_s: float = Field(
+        3600.0, ge=0, description="Events whose ts is this far ahead of the worker's watermark are rejected."
+    )
+    max_lateness_s: float = Field(
+        30 * 86400.0, ge=0, description="Events whose ts is this far behind the watermark are rejected."
+    )
+    feature_ttl_s: int = Field(30 * 86400, ge=60, description="Retention of a user's features in Redis.")
+    dedup_ring: int = Field(32, ge=1, le=256, description="Event ids remembered per user to drop duplicates.")
+
+    policy: str = Field("linucb", description="Bandit policy: linucb, lints or egreedy.")
+    policy_alpha: float = Field(0.5, ge=0, description="Exploration width of LinUCB / scale of LinTS.")
+    policy_epsilon: float = Field(0.05, ge=0, le=1, description="Exploration share of egreedy.")
+    seed: int = Field(7, description="Seed of the policy's random generator.")
+    click_reward: float = Field(0.1, ge=0, description="Reward credited for a click (conversions pay value).")
+    click_window_s: float = Field(1800.0, gt=0, description="A click counts for a decision this long after it.")
+    conversion_window_s: float = Field(
+        7 * 86400.0, gt=0, description="A conversion counts for a decision this long after it."
+    )
+
+    api_token: SecretStr | None = Field(None, description="Bearer token for GET /decide. Unset: endpoint off.")
+    admin_token: SecretStr | None = Field(None, description="Bearer token for admin endpoints.")
+    log_level: str = Field("warn", description="Worker log level: crit, error, warn, info or debug.")
+
+    def topic(self, name: str) -> str:
+        """Full topic name for a logical topic."""
+        return f"{self.topic_prefix}{name}"

@@ -1,0 +1,98 @@
+"""Output records: decisions, dead letters and learning samples, with their JSON encodings."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+import orjson
+
+
+class Mode(str, Enum):
+    """How a decision's action was chosen."""
+
+    EXPLORE = "explore"  # the policy chose an action that is not its current best
+    EXPLOIT = "exploit"  # the policy's best action
+    STICKY = "sticky"  # the incumbent was kept by the change rate limit
+    HOLDOUT = "holdout"  # control group: default action
+    PINNED = "pinned"  # a human lever forced the action
+    FALLBACK = "fallback"  # default action: kill switch, no consent, store unavailable, nothing eligible
+    SUPPRESSED = "suppressed"  # a contact cap stopped any action
+
+
+@dataclass(slots=True)
+class Decision:
+    decision_id: str
+    request_event_id: str
+    user_id: str
+    ts: float
+    channel: str
+    placement: str
+    action: str
+    probability: float
+    mode: Mode
+    policy: str
+    policy_version: int
+    trace: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        doc = asdict(self)
+        doc["mode"] = self.mode.value
+        return orjson.dumps(doc)
+
+
+def decision_id_for(request_event_id: str, placement: str) -> str:
+    """Deterministic id: a replayed request yields the same decision id, so consumers can de-duplicate."""
+    return hashlib.blake2b(f"{request_event_id}|{placement}".encode(), digest_size=12).hexdigest()
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    source_topic: str
+    partition: int
+    offset: int
+    reason_code: str
+    reason: str
+    raw: bytes
+
+    def to_json(self) -> bytes:
+        preview = self.raw[:512].decode("utf-8", errors="replace")
+        return orjson.dumps(
+            {
+                "source_topic": self.source_topic,
+                "partition": self.partition,
+                "offset": self.offset,
+                "reason_code": self.reason_code,
+                "reason": self.reason,
+                "raw_b64": base64.b64encode(self.raw).decode("ascii"),
+                "raw_preview": preview,
+            }
+        )
+
+
+@dataclass(slots=True)
+class LearningSample:
+    """One additive update for the policies: an exposure (action shown in context x) or a reward for it.
+
+    Linear statistics are additive, so an exposure adds x xᵀ and a later reward adds r·x: the result is
+    the same as one update with the final reward, whenever (and on whichever worker) the reward arrives.
+    """
+
+    kind: str  # "exposure" or "reward"
+    decision_id: str
+    action: str
+    x: list[float]
+    reward: float = 0.0
+    probability: float = 1.0
+    placement: str = ""
+    ts: float = 0.0
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self), option=orjson.OPT_SERIALIZE_NUMPY)
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> LearningSample:
+        return cls(**orjson.loads(raw))

@@ -1,0 +1,221 @@
+"""Input events: the JSON contract of web-events, email-events and ad-events, and its validation.
+
+``parse_event`` is pure: bytes in, an :class:`Event` or a :class:`Rejection` out. It never raises on
+bad input, so one bad message cannot stop a worker; the caller routes rejections to dead-letters.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import orjson
+
+# Bounds on ts that hold whatever the watermark: 2001-09-09 .. 2100-01-01 (epoch seconds).
+MIN_TS = 1_000_000_000.0
+MAX_TS = 4_102_444_800.0
+MAX_ID_LEN = 128
+MAX_TEXT_LEN = 256
+MAX_AMOUNT = 1e9
+
+
+class Reason(str, Enum):
+    """Why an input went to dead-letters. The value is the metric label and the JSON ``reason_code``."""
+
+    TOO_LARGE = "too_large"
+    MALFORMED_JSON = "malformed_json"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"
+    INVALID_VALUE = "invalid_value"
+    UNKNOWN_TYPE = "unknown_type"
+    UNEXPECTED_FIELD = "unexpected_field"
+    TS_OUT_OF_RANGE = "ts_out_of_range"
+    UNKNOWN_TOPIC = "unknown_topic"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    reason: Reason
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class EventType:
+    """What one event type means to the engine."""
+
+    channel: str
+    requests_decision: bool = False
+    reward: str | None = None  # "click" or "conversion": credited to an earlier decision
+    counter: str | None = None  # short name of the windowed feature counter it increments
+
+
+# The engine's vocabulary per topic. Decision requests ask for an action on a placement.
+EVENT_TYPES: dict[str, dict[str, EventType]] = {
+    "web-events": {
+        "page_view": EventType("web", requests_decision=True, counter="pv"),
+        "click": EventType("web", reward="click", counter="ck"),
+        "conversion": EventType("web", reward="conversion", counter="cv"),
+    },
+    "email-events": {
+        "email_request": EventType("email", requests_decision=True, counter="er"),
+        "email_open": EventType("email", counter="eo"),
+        "email_click": EventType("email", reward="click", counter="ec"),
+        "unsubscribe": EventType("email", counter="us"),
+    },
+    "ad-events": {
+        "ad_request": EventType("ad", requests_decision=True, counter="ar"),
+        "ad_click": EventType("ad", reward="click", counter="ac"),
+    },
+}
+
+_STR, _NUM, _BOOL = "string", "number", "boolean"
+# Field name -> expected JSON type. Channel-specific action ids all normalise to Event.action_id.
+COMMON_REQUIRED = {"event_id": _STR, "user_id": _STR, "ts": _NUM, "type": _STR}
+OPTIONAL_FIELDS = {
+    "placement": _STR,
+    "page": _STR,
+    "decision_id": _STR,
+    "offer_id": _STR,
+    "creative_id": _STR,
+    "template_id": _STR,
+    "campaign_id": _STR,
+    "revenue": _NUM,
+    "cost": _NUM,
+    "consent": _BOOL,
+    "device": _STR,
+    "segment": _STR,
+}
+ACTION_ID_FIELDS = ("offer_id", "creative_id", "template_id")
+ALLOWED_FIELDS = frozenset(COMMON_REQUIRED) | frozenset(OPTIONAL_FIELDS)
+DEVICES = ("mobile", "desktop", "tablet")
+
+
+@dataclass(slots=True)
+class Event:
+    """A validated input event. ``ts`` is event time in epoch seconds."""
+
+    event_id: str
+    user_id: str
+    ts: float
+    type: str
+    topic: str
+    channel: str
+    placement: str | None = None
+    page: str | None = None
+    decision_id: str | None = None
+    action_id: str | None = None
+    campaign_id: str | None = None
+    revenue: float = 0.0
+    cost: float = 0.0
+    consent: bool | None = None
+    device: str | None = None
+    segment: str | None = None
+
+    @property
+    def kind(self) -> EventType:
+        return EVENT_TYPES[self.topic][self.type]
+
+
+def _type_ok(value: Any, expected: str) -> bool:
+    if expected == _STR:
+        return isinstance(value, str)
+    if expected == _BOOL:
+        return isinstance(value, bool)
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_fields(doc: dict[str, Any]) -> Rejection | None:
+    for name in doc:
+        if name not in ALLOWED_FIELDS:
+            shown = name if len(name) <= 40 else name[:40] + "…"
+            return Rejection(Reason.UNEXPECTED_FIELD, f"unexpected field {shown!r}; allowed: {sorted(ALLOWED_FIELDS)}")
+    for name, expected in COMMON_REQUIRED.items():
+        if name not in doc:
+            return Rejection(Reason.MISSING_FIELD, f"missing required field {name!r}")
+    for name, value in doc.items():
+        expected = COMMON_REQUIRED.get(name) or OPTIONAL_FIELDS[name]
+        if value is None and name not in COMMON_REQUIRED:
+            continue
+        if not _type_ok(value, expected):
+            return Rejection(Reason.WRONG_TYPE, f"field {name!r} must be a {expected}, got {type(value).__name__}")
+        if expected == _STR:
+            limit = MAX_ID_LEN if name in ("event_id", "user_id", "decision_id") else MAX_TEXT_LEN
+            if not value or len(value) > limit:
+                return Rejection(Reason.INVALID_VALUE, f"field {name!r} must be 1..{limit} characters")
+        elif expected == _NUM and not math.isfinite(value):
+            return Rejection(Reason.INVALID_VALUE, f"field {name!r} must be a finite number")
+    for name in ("revenue", "cost"):
+        value = doc.get(name)
+        if value is not None and not 0 <= value <= MAX_AMOUNT:
+            return Rejection(Reason.INVALID_VALUE, f"field {name!r} must be between 0 and {MAX_AMOUNT:g}")
+    device = doc.get("device")
+    if device is not None and device not in DEVICES:
+        return Rejection(Reason.INVALID_VALUE, f"device must be one of {DEVICES}, got {device[:40]!r}")
+    return None
+
+
+def parse_event(raw: bytes, topic: str, max_bytes: int = 65536) -> Event | Rejection:
+    """Decode and validate one message of an input topic."""
+    types = EVENT_TYPES.get(topic)
+    if types is None:
+        return Rejection(Reason.UNKNOWN_TOPIC, f"topic {topic!r} carries no events the engine knows")
+    if len(raw) > max_bytes:
+        return Rejection(Reason.TOO_LARGE, f"payload is {len(raw)} bytes; the limit is {max_bytes}")
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return Rejection(Reason.MALFORMED_JSON, f"not valid UTF-8 JSON: {str(exc)[:120]}")
+    if not isinstance(doc, dict):
+        return Rejection(Reason.NOT_AN_OBJECT, f"expected a JSON object, got {type(doc).__name__}")
+    problem = _check_fields(doc)
+    if problem is not None:
+        return problem
+    kind = types.get(doc["type"])
+    if kind is None:
+        return Rejection(
+            Reason.UNKNOWN_TYPE, f"type {doc['type'][:40]!r} is not one of {sorted(types)} on {topic}"
+        )
+    ts = float(doc["ts"])
+    if not MIN_TS <= ts <= MAX_TS:
+        return Rejection(Reason.TS_OUT_OF_RANGE, f"ts {ts:g} is outside {MIN_TS:g}..{MAX_TS:g} (epoch seconds)")
+    if kind.requests_decision and not doc.get("placement"):
+        return Rejection(Reason.MISSING_FIELD, f"{doc['type']} asks for a decision and needs a 'placement'")
+    action_id = next((doc[f] for f in ACTION_ID_FIELDS if doc.get(f)), None)
+    return Event(
+        event_id=doc["event_id"],
+        user_id=doc["user_id"],
+        ts=ts,
+        type=doc["type"],
+        topic=topic,
+        channel=kind.channel,
+        placement=doc.get("placement"),
+        page=doc.get("page"),
+        decision_id=doc.get("decision_id"),
+        action_id=action_id,
+        campaign_id=doc.get("campaign_id"),
+        revenue=float(doc.get("revenue") or 0.0),
+        cost=float(doc.get("cost") or 0.0),
+        consent=doc.get("consent"),
+        device=doc.get("device"),
+        segment=doc.get("segment"),
+    )
+
+
+def check_watermark(event: Event, watermark: float, max_future_s: float, max_late_s: float) -> Rejection | None:
+    """Reject an event whose ts is implausibly far from what the worker has seen (event time)."""
+    if watermark <= 0:
+        return None
+    if event.ts > watermark + max_future_s:
+        return Rejection(
+            Reason.TS_OUT_OF_RANGE,
+            f"ts is {event.ts - watermark:.0f}s ahead of the stream's event time; limit {max_future_s:.0f}s",
+        )
+    if event.ts < watermark - max_late_s:
+        return Rejection(
+            Reason.TS_OUT_OF_RANGE,
+            f"ts is {watermark - event.ts:.0f}s behind the stream's event time; limit {max_late_s:.0f}s",
+        )
+    return None

@@ -1,0 +1,52 @@
+"""Reward join on event time: which pending decision a click or conversion is credited to (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from contracts.events import Event
+from engine.pending import PendingDecision
+
+
+class Credit(str, Enum):
+    CREDITED = "credited"
+    NO_DECISION = "no_decision"  # nothing pending matches (never decided, or superseded)
+    ALREADY_CREDITED = "already_credited"
+    LATE = "late"  # after the attribution window: counted, not learned
+    BEFORE_DECISION = "before_decision"  # ts earlier than the decision: cannot be its effect
+
+
+@dataclass(frozen=True, slots=True)
+class Windows:
+    click_s: float
+    conversion_s: float
+
+    def of(self, reward_type: str) -> float:
+        return self.click_s if reward_type == "click" else self.conversion_s
+
+
+def match_pending(event: Event, pending: list[PendingDecision]) -> PendingDecision | None:
+    """The decision a reward event refers to: by decision_id, else the latest one with its action/channel."""
+    if event.decision_id:
+        return next((p for p in pending if p.decision_id == event.decision_id), None)
+    candidates = [p for p in pending if event.action_id is None or p.action == event.action_id]
+    if event.placement:
+        candidates = [p for p in candidates if p.placement == event.placement]
+    return max(candidates, key=lambda p: p.ts, default=None)
+
+
+def credit(event: Event, decision: PendingDecision | None, windows: Windows) -> Credit:
+    """Whether ``event`` (a reward) may be learned for ``decision``; marks it credited when it may."""
+    reward_type = event.kind.reward
+    assert reward_type is not None, "credit() is only for reward events"
+    if decision is None:
+        return Credit.NO_DECISION
+    if event.ts < decision.ts:
+        return Credit.BEFORE_DECISION
+    if reward_type in decision.credited:
+        return Credit.ALREADY_CREDITED
+    if event.ts - decision.ts > windows.of(reward_type):
+        return Credit.LATE
+    decision.credited.append(reward_type)
+    return Credit.CREDITED

@@ -1,0 +1,53 @@
+"""The latest decision per user and placement, kept in the user's hash until its rewards are in.
+
+Stored as one field ``pd:{placement}``: a JSON header, a newline, then the context as float32 bytes
+(80 bytes for 20 features), so a reward arriving days later can still be learned with its context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+
+from features.state import UserState
+
+PENDING_PREFIX = "pd:"
+
+
+@dataclass(slots=True)
+class PendingDecision:
+    decision_id: str
+    placement: str
+    action: str
+    probability: float
+    ts: float
+    policy_version: int
+    x: np.ndarray
+    credited: list[str] = field(default_factory=list)  # reward types already credited
+
+    def encode(self) -> bytes:
+        head = orjson.dumps(
+            [self.decision_id, self.action, round(self.probability, 6), self.ts, self.policy_version, self.credited]
+        )
+        return head + b"\n" + self.x.astype(np.float32).tobytes()
+
+    @classmethod
+    def decode(cls, placement: str, raw: bytes) -> PendingDecision:
+        head, _, body = raw.partition(b"\n")
+        decision_id, action, p, ts, version, credited = orjson.loads(head)
+        x = np.frombuffer(body, dtype=np.float32).astype(np.float64)
+        return cls(decision_id, placement, action, p, ts, version, x, list(credited))
+
+    @property
+    def field(self) -> str:
+        return PENDING_PREFIX + self.placement
+
+
+def pending_decisions(state: UserState) -> list[PendingDecision]:
+    return [
+        PendingDecision.decode(name[len(PENDING_PREFIX) :], raw)
+        for name, raw in state.fields.items()
+        if name.startswith(PENDING_PREFIX)
+    ]

@@ -1,0 +1,199 @@
+"""One batch of raw input messages in, decisions, dead letters and learning samples out.
+
+No Kafka here: agents hand raw messages in and send what comes out. Redis is touched twice per batch:
+one Lua call applies every event (and reads back the states decisions need), one pipeline writes the
+decision state (pending decisions) afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bandits.base import Policy
+from cadence.metrics import Metrics
+from contracts.decisions import DeadLetter, Decision, LearningSample
+from contracts.events import Event, Rejection, check_watermark, parse_event
+from engine.attribution import Credit, Windows, credit, match_pending
+from engine.decide import decide, fallback
+from engine.pending import PENDING_PREFIX, pending_decisions
+from features.state import UserState
+from features.store import FeatureStoreError, RedisFeatureStore
+from features.updates import update_for
+from policy.catalogue import Catalogue
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class RawMessage:
+    topic: str  # logical topic name, without the deployment's prefix
+    partition: int
+    offset: int
+    value: bytes
+
+
+@dataclass(slots=True)
+class BatchOutput:
+    decisions: list[Decision] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    learning: list[LearningSample] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    max_event_bytes: int = 65536
+    max_future_skew_s: float = 3600.0
+    max_lateness_s: float = 30 * 86400.0
+    click_reward: float = 0.1
+    windows: Windows = Windows(click_s=1800.0, conversion_s=7 * 86400.0)
+
+
+class Engine:
+    def __init__(
+        self, store: RedisFeatureStore, catalogue: Catalogue, policy: Policy, metrics: Metrics, config: EngineConfig
+    ) -> None:
+        self.store = store
+        self.catalogue = catalogue
+        self.policy = policy
+        self.metrics = metrics
+        self.config = config
+        self.watermark = 0.0
+
+    async def process(self, messages: list[RawMessage]) -> BatchOutput:
+        started = time.perf_counter()
+        out = BatchOutput()
+        events = self._validate(messages, out)
+        if events:
+            await self._apply(events, out)
+        self.metrics.batch_latency.observe(time.perf_counter() - started)
+        self.metrics.batch_size.observe(len(messages))
+        return out
+
+    # -- steps ------------------------------------------------------------------------------------
+    def _reject(self, msg: RawMessage, rejection: Rejection, out: BatchOutput) -> None:
+        out.dead_letters.append(
+            DeadLetter(msg.topic, msg.partition, msg.offset, rejection.reason.value, rejection.detail, msg.value)
+        )
+        self.metrics.dead_letters.labels(rejection.reason.value).inc()
+
+    def _validate(self, messages: list[RawMessage], out: BatchOutput) -> list[Event]:
+        parsed: list[tuple[RawMessage, Event]] = []
+        for msg in messages:
+            result = parse_event(msg.value, msg.topic, self.config.max_event_bytes)
+            if isinstance(result, Rejection):
+                self._reject(msg, result, out)
+            else:
+                parsed.append((msg, result))
+        if not parsed:
+            return []
+        # The batch median resists a single wild timestamp; the watermark never moves backwards.
+        reference = max(self.watermark, statistics.median(e.ts for _, e in parsed))
+        events: list[Event] = []
+        for msg, event in parsed:
+            late = check_watermark(event, reference, self.config.max_future_skew_s, self.config.max_lateness_s)
+            if late is not None:
+                self._reject(msg, late, out)
+                continue
+            events.append(event)
+            self.metrics.events.labels(event.topic, event.type).inc()
+            self.watermark = max(self.watermark, event.ts)
+        self.metrics.watermark.set(self.watermark)
+        return events
+
+    async def _apply(self, events: list[Event], out: BatchOutput) -> None:
+        updates = [update_for(e, store_profile=e.consent is not False) for e in events]
+        started = time.perf_counter()
+        try:
+            results = await self.store.apply(updates)
+        except FeatureStoreError as exc:
+            self.metrics.store_errors.labels("apply").inc()
+            log.error("%s; %d events got fallback decisions or were not learned", exc, len(events))
+            for event in events:
+                if event.kind.requests_decision:
+                    self._emit(fallback(event, self.catalogue, self.policy, "feature_store_unavailable").decision, out)
+            return
+        self.metrics.store_latency.labels("apply").observe(time.perf_counter() - started)
+
+        writes: dict[str, dict[str, bytes]] = defaultdict(dict)
+        for event, (applied, state) in zip(events, results, strict=True):
+            if not applied:
+                self.metrics.duplicates.inc()
+                continue
+            if state is not None and writes.get(event.user_id):
+                state.fields.update(writes[event.user_id])  # decisions made earlier in this batch
+            if event.kind.requests_decision:
+                self._decide(event, state, writes, out)
+            elif event.kind.reward is not None:
+                self._credit(event, state, writes, out)
+
+        if writes:
+            started = time.perf_counter()
+            try:
+                await self.store.write_fields(writes)
+                self.metrics.store_latency.labels("write").observe(time.perf_counter() - started)
+            except FeatureStoreError as exc:
+                self.metrics.store_errors.labels("write").inc()
+                log.error("%s; pending decisions of %d users not stored", exc, len(writes))
+
+    def _emit(self, decision: Decision, out: BatchOutput) -> None:
+        out.decisions.append(decision)
+        self.metrics.decisions.labels(decision.placement, decision.action, decision.mode.value).inc()
+
+    def _decide(self, event: Event, state: UserState | None, writes: dict, out: BatchOutput) -> None:
+        decided = decide(event, state, self.catalogue, self.policy)
+        self._emit(decided.decision, out)
+        pending = decided.pending
+        if pending is not None:
+            writes[event.user_id][pending.field] = pending.encode()
+            out.learning.append(
+                LearningSample(
+                    kind="exposure",
+                    decision_id=pending.decision_id,
+                    action=pending.action,
+                    x=pending.x.tolist(),
+                    probability=pending.probability,
+                    placement=pending.placement,
+                    ts=event.ts,
+                )
+            )
+
+    def _credit(self, event: Event, state: UserState | None, writes: dict, out: BatchOutput) -> None:
+        pending = pending_decisions(state) if state is not None else []
+        target = match_pending(event, pending)
+        outcome = credit(event, target, self.config.windows)
+        self.metrics.rewards.labels(outcome.value).inc()
+        if outcome is not Credit.CREDITED or target is None:
+            return
+        reward = self.config.click_reward if event.kind.reward == "click" else event.revenue / self.catalogue.value_scale
+        writes[event.user_id][PENDING_PREFIX + target.placement] = target.encode()
+        if reward > 0:
+            out.learning.append(
+                LearningSample(
+                    kind="reward",
+                    decision_id=target.decision_id,
+                    action=target.action,
+                    x=target.x.tolist(),
+                    reward=reward,
+                    probability=target.probability,
+                    placement=target.placement,
+                    ts=event.ts,
+                )
+            )
+
+    # -- learning (all workers apply every sample: linear statistics are additive) ----------------
+    def learn(self, samples: list[LearningSample]) -> None:
+        for s in samples:
+            x = np.asarray(s.x)
+            if s.kind == "exposure":
+                self.policy.expose(x, s.action)
+            else:
+                self.policy.reward(x, s.action, s.reward)
+                self.metrics.reward_value.inc(s.reward)
+            self.metrics.learning_samples.labels(s.kind).inc()
+        self.metrics.policy_version.set(self.policy.version)

@@ -1,0 +1,54 @@
+"""What one validated event changes in its user's feature hash (pure)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from contracts.events import Event
+
+REVENUE_COUNTER = "rv"
+
+
+@dataclass(slots=True)
+class FeatureUpdate:
+    user_id: str
+    digest: bytes  # 8-byte digest of event_id: the per-user dedup ring holds these
+    ts: float
+    want_state: bool
+    counters: list[tuple[str, float]] = field(default_factory=list)
+    sets: list[tuple[str, str, str]] = field(default_factory=list)  # (mode, field, value)
+
+
+def event_digest(event_id: str) -> bytes:
+    return hashlib.blake2b(event_id.encode(), digest_size=8).digest()
+
+
+def update_for(event: Event, store_profile: bool = True) -> FeatureUpdate:
+    """Counters to increment and fields to set for one event.
+
+    ``store_profile=False`` (no marketing consent) keeps only what the engine needs to de-duplicate and
+    to count traffic, not the profile fields that describe the person.
+    """
+    kind = event.kind
+    upd = FeatureUpdate(
+        user_id=event.user_id,
+        digest=event_digest(event.event_id),
+        ts=event.ts,
+        want_state=kind.requests_decision or kind.reward is not None,
+    )
+    ts = repr(event.ts)
+    if kind.counter:
+        upd.counters.append((kind.counter, 1.0))
+        upd.sets.append((">", f"t:{kind.counter}", ts))
+    if event.revenue > 0:
+        upd.counters.append((REVENUE_COUNTER, event.revenue))
+    upd.sets.append(("<", "fs", ts))
+    if event.consent is not None:
+        upd.sets.append(("=", "cons", "1" if event.consent else "0"))
+    if store_profile:
+        if event.device:
+            upd.sets.append(("=", "dev", event.device))
+        if event.segment:
+            upd.sets.append(("=", "seg", event.segment))
+    return upd

@@ -1,0 +1,118 @@
+"""The Faust application: topics, one thin ingest agent, the learning feed and the worker's web pages.
+
+Agents decode nothing themselves: they hand raw messages to ``engine.Engine`` and send what it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import faust
+import redis.asyncio as aioredis
+
+from bandits import make_policy
+from cadence.metrics import Metrics
+from cadence.settings import Settings
+from engine.attribution import Windows
+from engine.processor import BatchOutput, Engine, EngineConfig, RawMessage
+from features.context import CONTEXT_DIM
+from features.store import RedisFeatureStore
+from policy.catalogue import load_catalogue
+from streams.learning_feed import follow_learning
+from streams.topics import DEAD_LETTERS, DECISIONS, INPUT_TOPICS, LEARNING
+
+log = logging.getLogger(__name__)
+
+
+def redis_client(settings: Settings) -> aioredis.Redis:
+    assert settings.redis_url, "redis_url must be resolved before the app is built"
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    return aioredis.Redis.from_url(settings.redis_url, password=password, socket_timeout=5, socket_connect_timeout=2)
+
+
+def build_engine(settings: Settings, metrics: Metrics, client: aioredis.Redis) -> Engine:
+    catalogue = load_catalogue(settings.catalogue)
+    params = {"linucb": {"alpha": settings.policy_alpha}}.get(settings.policy, {})
+    policy = make_policy(settings.policy, CONTEXT_DIM, seed=settings.seed, **params)
+    store = RedisFeatureStore(client, settings.app_id, settings.feature_ttl_s, settings.dedup_ring)
+    config = EngineConfig(
+        max_event_bytes=settings.max_event_bytes,
+        max_future_skew_s=settings.max_future_skew_s,
+        max_lateness_s=settings.max_lateness_s,
+        click_reward=settings.click_reward,
+        windows=Windows(settings.click_window_s, settings.conversion_window_s),
+    )
+    return Engine(store, catalogue, policy, metrics, config)
+
+
+def create_app(settings: Settings) -> faust.App:
+    assert settings.kafka_bootstrap, "kafka_bootstrap must be resolved before the app is built"
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        broker_session_timeout=6,
+        broker_heartbeat_interval=1,
+        store="memory://",
+        topic_partitions=settings.partitions,
+        consumer_auto_offset_reset="earliest",
+        producer_linger_ms=2,
+        web_enabled=settings.web_port > 0,
+        web_port=settings.web_port or 6066,
+        web_bind=settings.web_host,
+        web_in_thread=False,
+        datadir=str(settings.data_dir / "faust"),
+        stream_wait_empty=False,
+    )
+    metrics = Metrics()
+    engine = build_engine(settings, metrics, redis_client(settings))
+    app.cadence_engine = engine  # type: ignore[attr-defined]  # for tests and admin pages
+
+    logical = {settings.topic(name): name for name in INPUT_TOPICS}
+    inputs = app.topic(*logical, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw")
+    decisions = app.topic(settings.topic(DECISIONS), value_serializer="raw", key_serializer="raw")
+    dead_letters = app.topic(settings.topic(DEAD_LETTERS), value_serializer="raw", key_serializer="raw")
+    learning = app.topic(settings.topic(LEARNING), value_serializer="raw", key_serializer="raw")
+
+    async def emit(out: BatchOutput) -> None:
+        for d in out.decisions:
+            await decisions.send(key=d.user_id.encode(), value=d.to_json())
+        for dl in out.dead_letters:
+            await dead_letters.send(key=None, value=dl.to_json())
+        for s in out.learning:
+            await learning.send(key=s.decision_id.encode(), value=s.to_json())
+
+    @app.agent(inputs, name="ingest")
+    async def ingest(stream: faust.Stream) -> None:
+        async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+            raw = [
+                RawMessage(logical.get(e.message.topic, e.message.topic), e.message.partition, e.message.offset,
+                           e.message.value if isinstance(e.message.value, bytes) else b"")
+                for e in batch
+            ]
+            await emit(await engine.process(raw))
+
+    stop_learning = asyncio.Event()
+    status = {"ready": False}
+
+    @app.on_rebalance_complete.connect
+    async def _ready(app: faust.App, **kwargs: object) -> None:
+        status["ready"] = True
+
+    @app.task
+    async def learning_feed() -> None:
+        await follow_learning(settings.kafka_bootstrap or "", settings.topic(LEARNING), engine.learn, stop_learning)
+
+    @app.page("/metrics")
+    async def metrics_page(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        return web.bytes(metrics.exposition(), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.page("/health")
+    async def health_page(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        return web.json({"status": "ok", "ready": status["ready"], "policy_version": engine.policy.version, "watermark": engine.watermark})
+
+    @app.on_before_shutdown.connect
+    async def _stop(app: faust.App, **kwargs: object) -> None:
+        stop_learning.set()
+
+    return app
