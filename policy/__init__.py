@@ -1,1 +1,2 @@
-"""Decision policy around the bandit: catalogue, eligibility (and, as they land, arbitration, levers, caps)."""
+"""Decision policy around the bandit: catalogue and eligibility, arbitration, levers, holdout, contact caps,
+stickiness, and the pipeline that composes them (see policy/README.md)."""

@@ -1,17 +1,45 @@
-"""The action catalogue: placements and the offers, creatives and templates eligible for them."""
+"""The action catalogue: placements, the offers, creatives and templates eligible for them, and their rules.
+
+``Catalogue.eligible(placement, ts, segment, consent, scores, usage)`` filters a placement's actions and
+returns an :class:`Eligibility`: the eligible ids (a sequence of str, as before) plus, for every other
+action of the placement, the filter that removed it (for the decision trace). Filters, in order:
+
+- consent     the action needs marketing consent (``consent_needed``, default true) and the user refused
+              it (consent False). Unknown consent (None) does not remove, like the engine's own check.
+- dates       ``ts`` is before ``start`` or at/after ``end`` (ISO 8601, UTC). Skipped when ts is None.
+- segment     the action lists ``segments`` and the user's segment is not one of them (or unknown).
+- score       ``min_score = {score = "propensity", min = 0.1}``: the named model score is missing or lower.
+- volume_cap / budget   ``max_per_day`` decisions or ``budget_per_day`` spend (sum of ``cost``) of the
+              action in the UTC day would be passed; needs ``usage`` (a ``policy.budgets.WorkerBudgets``).
+
+Loading is in :mod:`policy.catalogue_file`; ``load_catalogue`` is re-exported here.
+"""
 
 from __future__ import annotations
 
-import tomllib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, overload
+
+from policy.contact import ContactPolicy
+from policy.stickiness import StickinessSettings
+
+if TYPE_CHECKING:
+    from policy.budgets import WorkerBudgets
 
 NO_ACTION = "none"
 CHANNELS = ("web", "email", "ad")
 
 
 class CatalogueError(ValueError):
-    """The catalogue file cannot be used; the message names the entry and the field to fix."""
+    """The catalogue file cannot be used; the message names the file, line, entry and field to fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreRule:
+    score: str  # name of a model score, e.g. "propensity"
+    min: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +49,13 @@ class Action:
     placements: tuple[str, ...]
     value: float
     cost: float = 0.0
+    start: float | None = None  # epoch seconds (UTC), inclusive
+    end: float | None = None  # epoch seconds (UTC), exclusive
+    segments: tuple[str, ...] = ()  # empty: every segment
+    consent_needed: bool = True
+    min_score: ScoreRule | None = None
+    max_per_day: int | None = None
+    budget_per_day: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,71 +63,145 @@ class Placement:
     id: str
     channel: str
     default_action: str = NO_ACTION
+    stickiness: StickinessSettings = StickinessSettings()
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What the eligibility filters look at."""
+
+    ts: float | None = None
+    segment: str | None = None
+    consent: bool | None = None
+    scores: Mapping[str, float] = field(default_factory=dict)
+
+
+def _consent(a: Action, r: Request) -> bool:
+    return not (a.consent_needed and r.consent is False)
+
+
+def _dates(a: Action, r: Request) -> bool:
+    if r.ts is None:
+        return True
+    return (a.start is None or r.ts >= a.start) and (a.end is None or r.ts < a.end)
+
+
+def _segment(a: Action, r: Request) -> bool:
+    return not a.segments or r.segment in a.segments
+
+
+def _score(a: Action, r: Request) -> bool:
+    if a.min_score is None:
+        return True
+    s = r.scores.get(a.min_score.score)
+    return s is not None and s >= a.min_score.min
+
+
+# Filter name (as shown in traces) -> rule that keeps an action. Checked in this order.
+FILTERS: dict[str, Callable[[Action, Request], bool]] = {
+    "consent": _consent,
+    "dates": _dates,
+    "segment": _segment,
+    "score": _score,
+}
+
+
+class Eligibility(Sequence[str]):
+    """Eligible action ids, in catalogue order, and ``removed``: action id -> filter that removed it."""
+
+    __slots__ = ("_ids", "removed")
+
+    def __init__(self, ids: Sequence[str], removed: Mapping[str, str] | None = None) -> None:
+        self._ids = list(ids)
+        self.removed = dict(removed or {})
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        return self._ids[i]
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Eligibility):
+            return self._ids == other._ids and self.removed == other.removed
+        return isinstance(other, list | tuple) and self._ids == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Eligibility({self._ids!r}, removed={self.removed!r})"
+
+    def without(self, drop: Mapping[str, str]) -> Eligibility:
+        """Remove more actions (``drop``: id -> reason); earlier reasons are kept."""
+        removed = dict(self.removed)
+        for a, why in drop.items():
+            if a in self._ids:
+                removed[a] = why
+        return Eligibility([a for a in self._ids if a not in drop], removed)
 
 
 @dataclass(slots=True)
 class Catalogue:
     placements: dict[str, Placement]
     actions: dict[str, Action]
-    _eligible: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    contact: dict[str, ContactPolicy] = field(default_factory=dict)  # channel -> contact policy
+    _by_placement: dict[str, list[Action]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         for p in self.placements:
-            self._eligible[p] = [a.id for a in self.actions.values() if p in a.placements]
+            self._by_placement[p] = [a for a in self.actions.values() if p in a.placements]
 
     @property
     def value_scale(self) -> float:
         """Largest action value: rewards are divided by it so the bandit learns on a 0..~1 scale."""
         return max((a.value for a in self.actions.values()), default=1.0) or 1.0
 
-    def eligible(self, placement: str) -> list[str]:
-        return self._eligible.get(placement, [])
+    def eligible(
+        self,
+        placement: str,
+        ts: float | None = None,
+        segment: str | None = None,
+        consent: bool | None = None,
+        scores: Mapping[str, float] | None = None,
+        usage: WorkerBudgets | None = None,
+    ) -> Eligibility:
+        """The placement's actions that pass every filter, and why each other one did not.
+
+        ``eligible(placement)`` alone gives the static set: no date or volume filter, unknown segment,
+        unknown consent, no model scores.
+        """
+        request = Request(ts, segment, consent, scores or {})
+        ids: list[str] = []
+        removed: dict[str, str] = {}
+        for a in self._by_placement.get(placement, []):
+            reason = next((name for name, keeps in FILTERS.items() if not keeps(a, request)), None)
+            if reason is None and usage is not None and ts is not None:
+                reason = usage.action_block(a.id, ts, a.cost, a.max_per_day, a.budget_per_day)
+            if reason is None:
+                ids.append(a.id)
+            else:
+                removed[a.id] = reason
+        return Eligibility(ids, removed)
 
     def default_action(self, placement: str) -> str:
         p = self.placements.get(placement)
         return p.default_action if p else NO_ACTION
 
+    def stickiness(self, placement: str) -> StickinessSettings:
+        p = self.placements.get(placement)
+        return p.stickiness if p else StickinessSettings()
 
-def _entry_name(kind: str, i: int, doc: dict) -> str:
-    return f"[[{kind}]] #{i + 1}" + (f" (id={doc['id']!r})" if isinstance(doc.get("id"), str) else "")
+    def contact_policy(self, channel: str) -> ContactPolicy:
+        return self.contact.get(channel) or ContactPolicy()
 
 
 def load_catalogue(path: str | Path) -> Catalogue:
-    path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise CatalogueError(f"{path}: no such catalogue file; set CADENCE_CATALOGUE to an existing file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise CatalogueError(f"{path}: not valid TOML: {exc}") from None
-    placements: dict[str, Placement] = {}
-    for i, p in enumerate(doc.get("placement", [])):
-        where = f"{path}: {_entry_name('placement', i, p)}"
-        if not isinstance(p.get("id"), str) or not p["id"]:
-            raise CatalogueError(f"{where}: field 'id' must be a non-empty string")
-        if p.get("channel") not in CHANNELS:
-            raise CatalogueError(f"{where}: field 'channel' must be one of {CHANNELS}")
-        placements[p["id"]] = Placement(p["id"], p["channel"], p.get("default_action", NO_ACTION))
-    actions: dict[str, Action] = {}
-    for i, a in enumerate(doc.get("action", [])):
-        where = f"{path}: {_entry_name('action', i, a)}"
-        if not isinstance(a.get("id"), str) or not a["id"] or a["id"] == NO_ACTION:
-            raise CatalogueError(f"{where}: field 'id' must be a non-empty string other than {NO_ACTION!r}")
-        if a["id"] in actions:
-            raise CatalogueError(f"{where}: field 'id' repeats an earlier action")
-        if a.get("channel") not in CHANNELS:
-            raise CatalogueError(f"{where}: field 'channel' must be one of {CHANNELS}")
-        for name in ("value", "cost"):
-            v = a.get(name, 0.0)
-            if not isinstance(v, int | float) or isinstance(v, bool) or v < 0:
-                raise CatalogueError(f"{where}: field {name!r} must be a number >= 0")
-        for pl in a.get("placements", []):
-            if pl not in placements:
-                raise CatalogueError(f"{where}: field 'placements' names unknown placement {pl!r}")
-            if placements[pl].channel != a["channel"]:
-                raise CatalogueError(f"{where}: field 'placements': {pl!r} is a {placements[pl].channel} placement")
-        actions[a["id"]] = Action(a["id"], a["channel"], tuple(a.get("placements", [])), float(a["value"]), float(a.get("cost", 0.0)))
-    for p in placements.values():
-        if p.default_action != NO_ACTION and p.default_action not in actions:
-            raise CatalogueError(f"{path}: placement {p.id!r}: field 'default_action' names unknown action {p.default_action!r}")
-    return Catalogue(placements, actions)
+    """Read and check a catalogue TOML file; :class:`CatalogueError` names the file, line and field."""
+    # Imported here, not at the top: catalogue_file imports this module.
+    from policy.catalogue_file import read_catalogue
+
+    return read_catalogue(path)

@@ -1,0 +1,120 @@
+"""Arbitration: rank the eligible actions by expected value, keeping the bandit's exploration.
+
+For each eligible action a::
+
+    propensity(a) = max(bandit score(a), 0)             # a negative estimate means no value expected
+    gross(a)      = propensity(a) × value_scale          reward_unit "value" (engine default: the bandit
+                                                         learns reward = revenue / value_scale, so its
+                                                         score already carries the action's value)
+                  = propensity(a) × value(a)             reward_unit "response" (the bandit learns 0/1
+                                                         responses: its score is a response probability)
+    ev(a)         = gross(a) × lever boost(a) − cost(a)
+
+The final candidate is the bandit's own pick when it explored (pick ≠ its greedy action), otherwise the
+action with the highest ev (on a tie the bandit's greedy action if it is among the tied, else the higher
+bandit score, then catalogue order). With no costs and no boosts, value mode gives exactly the bandit's
+choice.
+
+Logged probability. The candidate is a function of the bandit's pick: the pick itself when it explored,
+the ev winner when it exploited. So P(candidate = a) = P(pick = a)·[a ≠ greedy] + P(pick = greedy)·[a is
+the ev winner], computed from the bandit's probabilities. When the ev winner is the bandit's greedy action
+this is the bandit's own probability. It is exact except in one corner: the bandit's top score is tied
+(it draws its greedy action among the tied ones) and costs or boosts split that tie; then it is the
+probability given the greedy action drawn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from bandits.base import Choice
+from policy.catalogue import Catalogue
+
+REWARD_UNITS = ("value", "response")
+
+
+@dataclass(frozen=True, slots=True)
+class ArbitrationConfig:
+    reward_unit: str = "value"
+    top_k: int = 3  # how many ranked actions the trace shows
+
+    def __post_init__(self) -> None:
+        if self.reward_unit not in REWARD_UNITS:
+            raise ValueError(f"reward_unit must be one of {REWARD_UNITS}, got {self.reward_unit!r}")
+        if self.top_k < 1:
+            raise ValueError("top_k must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class Terms:
+    """One action's arbitration terms (shown in the trace)."""
+
+    action: str
+    score: float  # bandit score
+    value: float
+    boost: float
+    cost: float
+    ev: float
+
+    def to_trace(self) -> dict:
+        return {
+            "action": self.action,
+            "score": round(self.score, 4),
+            "value": self.value,
+            "boost": self.boost,
+            "cost": self.cost,
+            "ev": round(self.ev, 4),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Arbitrated:
+    action: str  # the candidate (stickiness may still keep the incumbent)
+    probability: float
+    explored: bool
+    ranked: tuple[Terms, ...]  # every eligible action, best ev first
+
+    @property
+    def ev(self) -> dict[str, float]:
+        return {t.action: t.ev for t in self.ranked}
+
+
+def arbitrate(
+    choice: Choice,
+    eligible: Sequence[str],
+    catalogue: Catalogue,
+    boosts: Mapping[str, float] | None = None,
+    config: ArbitrationConfig = ArbitrationConfig(),
+) -> Arbitrated:
+    """Rank ``eligible`` (the set the bandit chose from) and pick the candidate."""
+    if not eligible:
+        raise ValueError("arbitrate() needs at least one eligible action")
+    boosts = boosts or {}
+    scale = catalogue.value_scale
+    terms: list[Terms] = []
+    for a in eligible:
+        action = catalogue.actions[a]
+        score = choice.scores.get(a, 0.0)
+        unit = scale if config.reward_unit == "value" else action.value
+        boost = boosts.get(a, 1.0)
+        terms.append(
+            Terms(a, score, action.value, boost, action.cost, max(score, 0.0) * unit * boost - action.cost)
+        )
+    order = {a: i for i, a in enumerate(eligible)}
+    ranked = tuple(sorted(terms, key=lambda t: (-t.ev, -t.score, order[t.action])))
+    top_ev = ranked[0].ev
+    # On an ev tie the bandit's greedy action wins: it keeps the bandit's own random tie-breaking.
+    best = (
+        choice.greedy
+        if any(t.action == choice.greedy and t.ev == top_ev for t in ranked)
+        else ranked[0].action
+    )
+    explored = choice.explored
+    candidate = choice.action if explored else best
+    p = (choice.probabilities.get(candidate, 0.0) if candidate != choice.greedy else 0.0) + (
+        choice.probabilities.get(choice.greedy, 0.0) if candidate == best else 0.0
+    )
+    if p <= 0.0:  # a bandit that gives no probabilities: fall back to its own number
+        p = choice.probability
+    return Arbitrated(candidate, min(p, 1.0), explored, ranked)

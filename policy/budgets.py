@@ -1,0 +1,104 @@
+"""Global counters kept in memory by each worker: action volume and spend per day, placement changes per hour.
+
+Buckets are keyed by event time (UTC day = ts // 86400, hour = ts // 3600), never the wall clock, so a
+replay gives the same answers. Each worker counts only its own decisions: with ``share`` = 1/number of
+workers, each enforces its part of every limit, and the fleet stays within the limit as long as users
+are spread evenly over workers (they are: partitions are by user).
+
+A request for a bucket older than those kept (``keep_days`` / ``keep_hours`` behind the newest) cannot
+be accounted for and is refused: a very late request never spends a budget twice.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+DAY_S = 86400
+HOUR_S = 3600
+
+
+@dataclass(slots=True)
+class _Bucket:
+    count: int = 0
+    spend: float = 0.0
+
+
+class _Buckets:
+    """Counters per key and time bucket; only the newest ``keep`` buckets per key are kept."""
+
+    def __init__(self, width_s: int, keep: int) -> None:
+        self.width_s = width_s
+        self.keep = keep
+        self._by_key: dict[str, dict[int, _Bucket]] = {}
+
+    def get(self, key: str, ts: float) -> _Bucket | None:
+        """The bucket of ``ts`` (fresh if new), or None when ``ts`` is older than the buckets kept."""
+        n = int(ts // self.width_s)
+        buckets = self._by_key.setdefault(key, {})
+        if n in buckets:
+            return buckets[n]
+        newest = max(buckets, default=n)
+        if n <= newest - self.keep:
+            return None
+        return _Bucket()
+
+    def add(self, key: str, ts: float, count: int = 1, spend: float = 0.0) -> None:
+        n = int(ts // self.width_s)
+        buckets = self._by_key.setdefault(key, {})
+        bucket = buckets.setdefault(n, _Bucket())
+        bucket.count += count
+        bucket.spend += spend
+        newest = max(buckets)
+        for old in [k for k in buckets if k <= newest - self.keep]:
+            del buckets[old]
+
+
+class WorkerBudgets:
+    """Per-worker limits: decisions and spend per action per UTC day, changes per placement per hour."""
+
+    def __init__(self, share: float = 1.0, keep_days: int = 3, keep_hours: int = 48) -> None:
+        if not 0 < share <= 1:
+            raise ValueError(f"share must be in (0, 1], got {share}; use 1/number of workers")
+        if keep_days < 1 or keep_hours < 1:
+            raise ValueError("keep_days and keep_hours must be >= 1")
+        self.share = share
+        self.keep_days = keep_days
+        self.keep_hours = keep_hours
+        self._actions = _Buckets(DAY_S, keep_days)
+        self._changes = _Buckets(HOUR_S, keep_hours)
+
+    def _limit(self, limit: float) -> float:
+        return limit * self.share
+
+    def action_block(
+        self, action_id: str, ts: float, cost: float, max_per_day: int | None, budget_per_day: float | None
+    ) -> str | None:
+        """'volume_cap' or 'budget' when one more decision for the action would pass a limit, else None."""
+        if max_per_day is None and budget_per_day is None:
+            return None
+        bucket = self._actions.get(action_id, ts)
+        if bucket is None:
+            return "volume_cap" if max_per_day is not None else "budget"
+        if max_per_day is not None and bucket.count + 1 > math.floor(self._limit(max_per_day)):
+            return "volume_cap"
+        if budget_per_day is not None and bucket.spend + cost > self._limit(budget_per_day) + 1e-9:
+            return "budget"
+        return None
+
+    def record_action(self, action_id: str, ts: float, cost: float) -> None:
+        self._actions.add(action_id, ts, 1, cost)
+
+    def action_usage(self, action_id: str, ts: float) -> tuple[int, float]:
+        """(decisions, spend) of the action in the UTC day of ``ts`` on this worker."""
+        bucket = self._actions.get(action_id, ts)
+        return (bucket.count, bucket.spend) if bucket is not None else (0, 0.0)
+
+    def change_available(self, placement: str, ts: float, max_per_hour: int | None) -> bool:
+        if max_per_hour is None:
+            return True
+        bucket = self._changes.get(placement, ts)
+        return bucket is not None and bucket.count + 1 <= math.floor(self._limit(max_per_hour))
+
+    def take_change(self, placement: str, ts: float) -> None:
+        self._changes.add(placement, ts)

@@ -1,0 +1,172 @@
+"""Contact policies per channel: how often a user may be contacted, and when not at all.
+
+A contact is a decision that shows something (any action other than "none") on the channel. Rules:
+
+- quiet_hours_utc = [start, end): no contact while the UTC hour is in the range; it may wrap midnight
+  ([21, 7] means 21:00-06:59 UTC).
+- max_contacts per window_days (rolling, event time): e.g. at most 2 emails per user per 7 days.
+- max_per_action_per_day: at most N impressions of the same action (creative, offer, template) per user
+  per UTC calendar day. It removes that action only; the others stay eligible.
+- suppress_after_ignored = N: after N exposures in a row without a click on the channel, no contact for
+  suppress_days after the last exposure. Then one more exposure is allowed; if it is ignored too the
+  pause starts again (a probe per pause). A click resets the count.
+
+The per-user history per channel is small: the last ``max_contacts`` contact times, today's count per
+action, the ignored streak and the last exposure time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+DAY_S = 86400.0
+
+
+class ContactCap(StrEnum):
+    """Which rule stopped a contact (trace and metric label)."""
+
+    QUIET_HOURS = "quiet_hours"
+    CHANNEL_CAP = "channel_cap"
+    IGNORED_EXPOSURES = "ignored_exposures"
+    ACTION_DAILY_CAP = "action_daily_cap"
+
+
+@dataclass(frozen=True, slots=True)
+class ContactPolicy:
+    """Contact rules of one channel; the defaults impose none."""
+
+    max_contacts: int | None = None
+    window_days: float = 7.0
+    max_per_action_per_day: int | None = None
+    suppress_after_ignored: int | None = None
+    suppress_days: float = 7.0
+    quiet_hours_utc: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_contacts", "max_per_action_per_day", "suppress_after_ignored"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise ValueError(f"{name} must be an integer >= 0")
+        for name in ("window_days", "suppress_days"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a number > 0")
+        q = self.quiet_hours_utc
+        if q is not None and (
+            len(q) != 2
+            or any(isinstance(h, bool) or not isinstance(h, int) or not 0 <= h <= 23 for h in q)
+            or q[0] == q[1]
+        ):
+            raise ValueError("quiet_hours_utc must be [start, end], two different whole UTC hours 0..23")
+
+    def is_quiet(self, ts: float) -> bool:
+        if self.quiet_hours_utc is None:
+            return False
+        start, end = self.quiet_hours_utc
+        hour = int(ts // 3600) % 24
+        return start <= hour < end if start < end else hour >= start or hour < end
+
+
+@dataclass(slots=True)
+class ChannelHistory:
+    """One user's contacts on one channel."""
+
+    contacts: list[float] = field(default_factory=list)  # most recent last, at most max_contacts
+    day: int = 0  # UTC day number the per_action counts belong to
+    per_action: dict[str, int] = field(default_factory=dict)
+    ignored: int = 0  # exposures since the last click
+    last_exposure: float = 0.0
+
+    def copy(self) -> ChannelHistory:
+        return ChannelHistory(
+            list(self.contacts), self.day, dict(self.per_action), self.ignored, self.last_exposure
+        )
+
+    def to_wire(self) -> list:
+        """[contact times, day, {action: count}, ignored, last exposure]; times rounded up to seconds."""
+        return [
+            [math.ceil(t) for t in self.contacts],
+            self.day,
+            self.per_action,
+            self.ignored,
+            math.ceil(self.last_exposure),
+        ]
+
+    @classmethod
+    def from_wire(cls, doc: list) -> ChannelHistory:
+        contacts, day, per_action, ignored, last = doc
+        if not (
+            isinstance(contacts, list)
+            and isinstance(day, int)
+            and isinstance(per_action, dict)
+            and isinstance(ignored, int)
+            and isinstance(last, int | float)
+        ):
+            raise ValueError(f"channel history {doc!r} is not [contacts, day, per_action, ignored, last]")
+        return cls(
+            [float(t) for t in contacts],
+            day,
+            {str(k): int(v) for k, v in per_action.items()},
+            ignored,
+            float(last),
+        )
+
+
+def channel_block(policy: ContactPolicy, history: ChannelHistory | None, ts: float) -> ContactCap | None:
+    """The rule that forbids any contact on the channel at ``ts``, or None."""
+    if policy.is_quiet(ts):
+        return ContactCap.QUIET_HOURS
+    if history is None:
+        return None
+    if policy.max_contacts is not None:
+        window = policy.window_days * DAY_S
+        # |ts - t| rather than ts - t: a late request also sees contacts made after it (stricter).
+        if sum(1 for t in history.contacts if abs(ts - t) < window) >= policy.max_contacts:
+            return ContactCap.CHANNEL_CAP
+    n = policy.suppress_after_ignored
+    if n is not None and history.ignored >= n and ts < history.last_exposure + policy.suppress_days * DAY_S:
+        return ContactCap.IGNORED_EXPOSURES
+    return None
+
+
+def action_capped(policy: ContactPolicy, history: ChannelHistory | None, action: str, ts: float) -> bool:
+    """Has the user seen ``action`` max_per_action_per_day times in the UTC day of ``ts``?"""
+    cap = policy.max_per_action_per_day
+    if cap is None:
+        return False
+    if history is None or history.day != int(ts // DAY_S):
+        return cap == 0
+    return history.per_action.get(action, 0) >= cap
+
+
+def record_contact(
+    policy: ContactPolicy, history: ChannelHistory | None, action: str, ts: float
+) -> ChannelHistory:
+    """History after showing ``action`` at ``ts`` (a new object)."""
+    h = history.copy() if history is not None else ChannelHistory()
+    if policy.max_contacts is not None:
+        h.contacts = sorted([*h.contacts, ts])[-max(policy.max_contacts, 1) :]
+    else:
+        h.contacts = []
+    day = int(ts // DAY_S)
+    if policy.max_per_action_per_day is not None:
+        if day > h.day:
+            h.day, h.per_action = day, {}
+        if day == h.day:
+            h.per_action[action] = h.per_action.get(action, 0) + 1
+    else:
+        h.per_action = {}
+    h.ignored += 1
+    h.last_exposure = max(h.last_exposure, ts)
+    return h
+
+
+def record_click(history: ChannelHistory | None) -> ChannelHistory | None:
+    """History after a click on the channel: the ignored streak starts again."""
+    if history is None:
+        return None
+    h = history.copy()
+    h.ignored = 0
+    return h

@@ -1,0 +1,200 @@
+"""Levers: human overrides of the policy, each one audited (who, when, why).
+
+- pin:   force an action (mode "pinned", probability 1) if it is eligible for the request.
+- boost: multiply an action's expected value in arbitration by ``factor`` (0.5 halves, 2 doubles).
+- ban:   remove an action from the eligible set. A ban beats a pin.
+- kill:  kill switch, the placement's default action for everyone (mode "fallback").
+
+A lever targets one user (``user_id``), one segment (``segment``) or everyone (neither), on one
+placement or all (``placement`` None). It is active from ``ts`` until ``expires`` (event time, epoch
+seconds; None: until revoked). When several pins apply, the most specific wins (user, then segment,
+then everyone), then the latest. Boosts multiply; bans add up.
+
+:class:`LeverBook` holds the levers and the audit trail and is plain data: ``to_json``/``from_json`` for
+Redis, ``apply``/``revoke`` for the CLI and HTTP endpoints.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+
+import orjson
+
+
+class LeverError(ValueError):
+    """A lever cannot be applied; the message says which field to fix."""
+
+
+class LeverKind(StrEnum):
+    PIN = "pin"
+    BOOST = "boost"
+    BAN = "ban"
+    KILL = "kill"
+
+
+@dataclass(frozen=True, slots=True)
+class Lever:
+    lever_id: str
+    kind: LeverKind
+    who: str
+    why: str
+    ts: float  # when it was set, event time; active from then on
+    action: str | None = None  # None only for kill
+    user_id: str | None = None
+    segment: str | None = None
+    placement: str | None = None
+    factor: float = 1.0  # boost multiplier
+    expires: float | None = None
+
+    def check(self) -> None:
+        if not self.lever_id:
+            raise LeverError("lever_id must be a non-empty string")
+        if not self.who or not self.why:
+            raise LeverError(
+                f"lever {self.lever_id!r}: 'who' and 'why' are required, every change is audited"
+            )
+        if self.kind is not LeverKind.KILL and not self.action:
+            raise LeverError(f"lever {self.lever_id!r}: a {self.kind.value} lever needs an 'action'")
+        if self.user_id and self.segment:
+            raise LeverError(f"lever {self.lever_id!r}: target a 'user_id' or a 'segment', not both")
+        if self.kind is LeverKind.BOOST and not (math.isfinite(self.factor) and self.factor > 0):
+            raise LeverError(
+                f"lever {self.lever_id!r}: boost 'factor' must be a number > 0, got {self.factor}"
+            )
+        if self.expires is not None and self.expires <= self.ts:
+            raise LeverError(
+                f"lever {self.lever_id!r}: 'expires' ({self.expires}) must be after 'ts' ({self.ts})"
+            )
+
+    def applies(self, ts: float, user_id: str, segment: str | None, placement: str) -> bool:
+        return (
+            self.ts <= ts
+            and (self.expires is None or ts < self.expires)
+            and (self.placement is None or self.placement == placement)
+            and (self.user_id is None or self.user_id == user_id)
+            and (self.segment is None or self.segment == segment)
+        )
+
+    @property
+    def specificity(self) -> int:
+        return 2 if self.user_id else 1 if self.segment else 0
+
+    def to_dict(self) -> dict:
+        doc = asdict(self)
+        doc["kind"] = self.kind.value
+        return {k: v for k, v in doc.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> Lever:
+        try:
+            return cls(**{**doc, "kind": LeverKind(doc["kind"])})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise LeverError(f"not a lever: {exc}; need lever_id, kind, who, why, ts") from None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    ts: float
+    who: str
+    why: str
+    change: str  # "apply", "replace" or "revoke"
+    lever_id: str
+    lever: dict
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveLevers:
+    """The levers that apply to one request."""
+
+    kill: str | None = None  # id of the kill switch lever
+    pin: str | None = None  # pinned action
+    pin_lever: str | None = None
+    boosts: dict[str, float] = field(default_factory=dict)
+    bans: frozenset[str] = frozenset()
+    lever_ids: tuple[str, ...] = ()
+
+
+NO_LEVERS = ActiveLevers()
+
+
+class LeverBook:
+    def __init__(self) -> None:
+        self._levers: dict[str, Lever] = {}
+        self._audit: list[AuditRecord] = []
+
+    @property
+    def levers(self) -> list[Lever]:
+        return list(self._levers.values())
+
+    @property
+    def audit(self) -> list[AuditRecord]:
+        return list(self._audit)
+
+    def apply(self, lever: Lever) -> None:
+        """Add a lever, or replace the one with the same id (both audited)."""
+        lever.check()
+        change = "replace" if lever.lever_id in self._levers else "apply"
+        self._levers[lever.lever_id] = lever
+        self._audit.append(
+            AuditRecord(lever.ts, lever.who, lever.why, change, lever.lever_id, lever.to_dict())
+        )
+
+    def revoke(self, lever_id: str, who: str, why: str, ts: float) -> None:
+        if not who or not why:
+            raise LeverError("revoking needs 'who' and 'why': every change is audited")
+        lever = self._levers.pop(lever_id, None)
+        if lever is None:
+            raise LeverError(f"no lever {lever_id!r}; known: {sorted(self._levers)}")
+        self._audit.append(AuditRecord(ts, who, why, "revoke", lever_id, lever.to_dict()))
+
+    def prune(self, ts: float) -> list[str]:
+        """Drop levers expired at ``ts`` (the audit keeps them); returns their ids."""
+        gone = [k for k, v in self._levers.items() if v.expires is not None and v.expires <= ts]
+        for k in gone:
+            del self._levers[k]
+        return gone
+
+    def active(self, ts: float, user_id: str, segment: str | None, placement: str) -> ActiveLevers:
+        hits = [lv for lv in self._levers.values() if lv.applies(ts, user_id, segment, placement)]
+        if not hits:
+            return NO_LEVERS
+        kill = next((lv.lever_id for lv in hits if lv.kind is LeverKind.KILL), None)
+        pins = [lv for lv in hits if lv.kind is LeverKind.PIN]
+        pin = max(pins, key=lambda lv: (lv.specificity, lv.ts, lv.lever_id)) if pins else None
+        boosts: dict[str, float] = {}
+        for lv in hits:
+            if lv.kind is LeverKind.BOOST and lv.action:
+                boosts[lv.action] = boosts.get(lv.action, 1.0) * lv.factor
+        bans = frozenset(lv.action for lv in hits if lv.kind is LeverKind.BAN and lv.action)
+        return ActiveLevers(
+            kill,
+            pin.action if pin else None,
+            pin.lever_id if pin else None,
+            boosts,
+            bans,
+            tuple(sorted(lv.lever_id for lv in hits)),
+        )
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "levers": [lv.to_dict() for lv in self._levers.values()],
+                "audit": [asdict(r) for r in self._audit],
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> LeverBook:
+        try:
+            doc = orjson.loads(raw)
+            book = cls()
+            for d in doc["levers"]:
+                lever = Lever.from_dict(d)
+                lever.check()
+                book._levers[lever.lever_id] = lever
+            book._audit = [AuditRecord(**r) for r in doc["audit"]]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise LeverError(f"lever book JSON is damaged ({exc}); restore it from the audit log") from None
+        return book

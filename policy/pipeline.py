@@ -1,0 +1,163 @@
+"""The decision policy for one request: eligibility, levers, holdout, bandit, arbitration, caps, stickiness.
+
+``decide_action(request, state, context, select)`` is the one call the engine makes. Steps, in order;
+the first that settles the request returns:
+
+1. contact block   quiet hours, channel cap or ignored exposures  -> "none",  mode suppressed
+2. kill switch     a kill lever                                   -> default, mode fallback
+3. holdout         the user is in the control group              -> default, mode holdout
+4. eligibility     catalogue filters, lever bans, per-action daily contact cap
+5. pin             a pin lever whose action is still eligible     -> pinned,  mode pinned
+6. nothing left                                                  -> default, mode fallback
+7. bandit + arbitration: ``select(eligible)`` asks the bandit (the caller binds the context vector), then
+   ``arbitrate`` picks the candidate and its probability              mode explore / exploit
+8. stickiness      keep the incumbent if a change is not allowed  -> incumbent, mode sticky
+
+Logged probability: explore/exploit carry the probability of the candidate under bandit + arbitration.
+Every other mode logs 1.0: the action was not drawn at random. Sticky decisions are marked so that
+off-policy evaluation can leave them out, or count them honestly as p = 1 (they were deterministic given
+the user's history); an estimator must never divide by the bandit's probability for them.
+
+Purity: the inputs are not changed; the new user state comes back in the outcome. The one side effect is
+on ``context.budgets`` (the worker's in-memory counters), charged only for what is shown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bandits.base import Choice
+from contracts.decisions import Mode
+from policy.arbitration import ArbitrationConfig, arbitrate
+from policy.budgets import WorkerBudgets
+from policy.catalogue import NO_ACTION, Catalogue
+from policy.contact import ContactCap, action_capped, channel_block, record_contact
+from policy.holdout import HoldoutConfig
+from policy.levers import LeverBook
+from policy.state import UserPolicyState
+from policy.stickiness import commit, judge, pin
+
+Selector = Callable[[Sequence[str]], Choice]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRequest:
+    user_id: str
+    placement: str
+    ts: float  # event time of the request
+    segment: str | None = None
+    consent: bool | None = None
+    scores: Mapping[str, float] = field(default_factory=dict)  # model scores by name, e.g. propensity
+
+
+@dataclass(slots=True)
+class PolicyContext:
+    """What one worker holds for every request: settings, levers, in-memory budgets."""
+
+    catalogue: Catalogue
+    levers: LeverBook = field(default_factory=LeverBook)
+    holdout: HoldoutConfig | None = None
+    budgets: WorkerBudgets = field(default_factory=WorkerBudgets)
+    arbitration: ArbitrationConfig = ArbitrationConfig()
+
+
+@dataclass(slots=True)
+class PolicyOutcome:
+    action: str
+    mode: Mode
+    probability: float
+    trace: dict[str, Any]
+    state: UserPolicyState  # store this back for the user
+    choice: Choice | None = None  # the bandit's choice, when it was asked
+
+
+def decide_action(
+    request: PolicyRequest, state: UserPolicyState, context: PolicyContext, select: Selector
+) -> PolicyOutcome:
+    cat, budgets, ts = context.catalogue, context.budgets, request.ts
+    placement = cat.placements.get(request.placement)
+    if placement is None:
+        return PolicyOutcome(NO_ACTION, Mode.FALLBACK, 1.0, {"fallback": "unknown_placement"}, state.copy())
+    default, channel = placement.default_action, placement.channel
+    contact = cat.contact_policy(channel)
+    history = state.contacts.get(channel)
+    new = state.copy()
+    trace: dict[str, Any] = {}
+
+    def finish(action: str, mode: Mode, p: float, choice: Choice | None = None) -> PolicyOutcome:
+        """The outcome; a shown action counts as a contact and against the action's daily budgets."""
+        if action != NO_ACTION:
+            new.contacts[channel] = record_contact(contact, new.contacts.get(channel), action, ts)
+            if action in cat.actions:
+                budgets.record_action(action, ts, cat.actions[action].cost)
+        return PolicyOutcome(action, mode, round(p, 6), trace, new, choice)
+
+    blocked: ContactCap | None = channel_block(contact, history, ts)
+    if blocked is not None:
+        trace["caps"] = [blocked.value]
+        return finish(NO_ACTION, Mode.SUPPRESSED, 1.0)
+
+    levers = context.levers.active(ts, request.user_id, request.segment, placement.id)
+    if levers.lever_ids:
+        trace["levers"] = list(levers.lever_ids)
+    if levers.kill is not None:
+        trace["fallback"] = "kill_switch"
+        return finish(default, Mode.FALLBACK, 1.0)
+
+    if context.holdout is not None and context.holdout.in_control(request.user_id, placement.id):
+        trace["holdout"] = context.holdout.scope
+        return finish(default, Mode.HOLDOUT, 1.0)
+
+    eligible = cat.eligible(placement.id, ts, request.segment, request.consent, request.scores, budgets)
+    drop = {a: "ban" for a in eligible if a in levers.bans}
+    drop.update(
+        {
+            a: ContactCap.ACTION_DAILY_CAP.value
+            for a in eligible
+            if a not in drop and action_capped(contact, history, a, ts)
+        }
+    )
+    eligible = eligible.without(drop)
+    trace["eligible"] = list(eligible)
+    if eligible.removed:
+        trace["removed"] = eligible.removed
+
+    if levers.pin is not None:
+        if levers.pin in eligible:
+            new.sticky[placement.id] = pin(state.sticky.get(placement.id), levers.pin, ts)
+            trace["pin"] = levers.pin_lever
+            return finish(levers.pin, Mode.PINNED, 1.0)
+        trace["pin_ignored"] = eligible.removed.get(levers.pin, "not_in_placement")
+    if not eligible:
+        trace["fallback"] = "no_eligible_action"
+        return finish(default, Mode.FALLBACK, 1.0)
+
+    choice = select(list(eligible))
+    arb = arbitrate(choice, eligible, cat, levers.boosts, context.arbitration)
+    trace["top"] = [t.to_trace() for t in arb.ranked[: context.arbitration.top_k]]
+    trace["greedy"] = choice.greedy
+
+    settings = placement.stickiness
+    incumbent = state.sticky.get(placement.id)
+    verdict = judge(
+        incumbent,
+        arb.action,
+        ts,
+        settings,
+        eligible=eligible,
+        ev=arb.ev,
+        explored=arb.explored,
+        budget_available=budgets.change_available(placement.id, ts, settings.max_changes_per_hour),
+    )
+    new.sticky[placement.id] = commit(incumbent, verdict, ts, settings)
+    if verdict.changed:
+        budgets.take_change(placement.id, ts)
+        trace["changed_from"] = incumbent.action if incumbent else None
+        if verdict.forced:
+            trace["forced"] = True
+    if verdict.kept is not None:
+        trace["sticky"] = {"reason": verdict.kept.value, "challenger": verdict.challenger, **verdict.detail}
+        return finish(verdict.action, Mode.STICKY, 1.0, choice)
+    return finish(verdict.action, Mode.EXPLORE if arb.explored else Mode.EXPLOIT, arb.probability, choice)
