@@ -1,0 +1,139 @@
+"""What can go wrong with a log or a candidate: the errors that stop an evaluation and the warnings that
+qualify it. Every warning has a stable code (for the gate and for scripts) and a sentence for people;
+all the sentences are here, in one table, so they read alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ope.log import DecisionLog
+
+TINY_PROBABILITY = 0.01  # logged probabilities below this give weights above 100 × π
+MIN_ESS = 100.0  # below this many effective decisions the normal interval is not to be trusted
+MAX_PAIRS_LISTED = 6
+
+WARNING_TEXT = {
+    "missing_probability": (
+        "{count} of {n} logged decisions carry no selection probability and were left out; without it a "
+        "decision cannot be weighted. Make the logging policy record Choice.probability with every exposure."
+    ),
+    "zero_probability": (
+        "{count} of {n} logged decisions have a selection probability of 0 or outside (0, 1] (smallest "
+        "{smallest:.3g}) and were left out: an action that was taken cannot have had probability 0, so the "
+        "logging policy misreports its probabilities. Keep an exploration floor (epsilon > 0) in the policy."
+    ),
+    "tiny_probability": (
+        "{count} of {n} logged decisions were taken with probability below {tiny:g} "
+        "(smallest {smallest:.3g}); "
+        "their importance weights reach {weight:,.0f}, so a few decisions can dominate the estimate. "
+        "Use clipping (--clip), or keep more exploration in the logging policy."
+    ),
+    "support_not_covered": (
+        "the candidate puts {share:.1%} of its probability on actions the log never took for that placement "
+        "({pairs}); IPS and SNIPS count them as earning nothing and DR relies on its reward model there. "
+        "Collect logs in which those actions were explored, or leave them out of the candidate."
+    ),
+    "clipped": (
+        "{count} importance weights were clipped at {clip:g} (largest was {largest:,.1f}); clipping lowers "
+        "variance but biases the estimate (downward when rewards are non-negative)."
+    ),
+    "no_rewards": (
+        "no decision in the log earned a reward, so every estimate is 0 and its interval says nothing; "
+        "check that rewards (clicks, conversions) reach the learning topic."
+    ),
+    "no_overlap": (
+        "the candidate gives probability 0 to every logged action, so SNIPS is undefined; the log says "
+        "nothing about this candidate."
+    ),
+    "low_effective_sample_size": (
+        "only about {ess:,.0f} of {n} decisions effectively count (the candidate seldom chooses what the log "
+        "did, or the weights are uneven), so the normal interval may be too narrow; collect more logs or "
+        "evaluate a candidate closer to the logging policy."
+    ),
+}
+
+
+class OPEError(ValueError):
+    """The log or the candidate cannot be evaluated; the message says what was wrong and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class OPEWarning:
+    """A machine-readable code and a sentence a person understands."""
+
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def warning(code: str, **values: object) -> OPEWarning:
+    return OPEWarning(code, WARNING_TEXT[code].format(**values))
+
+
+def usable_rows(log: DecisionLog, tiny: float = TINY_PROBABILITY) -> tuple[np.ndarray, list[OPEWarning]]:
+    """Rows whose logged probability can be used, and warnings about the others and the tiny ones."""
+    if len(log) == 0:
+        raise OPEError(
+            "the decision log is empty: it holds no exposure records, so there is nothing to evaluate; "
+            "check that the file or topic is the engine's learning topic and that the engine made learned "
+            "decisions (fallbacks are not logged)"
+        )
+    p = log.probabilities
+    n = len(p)
+    missing = np.isnan(p)
+    invalid = ~missing & ((p <= 0) | (p > 1))
+    found = []
+    if missing.any():
+        found.append(warning("missing_probability", count=int(missing.sum()), n=n))
+    if invalid.any():
+        found.append(
+            warning("zero_probability", count=int(invalid.sum()), n=n, smallest=float(p[invalid].min()))
+        )
+    ok = ~missing & ~invalid
+    if not ok.any():
+        raise OPEError(
+            f"none of the {n} logged decisions has a usable selection probability ({int(missing.sum())} "
+            f"missing, {int(invalid.sum())} zero or out of range), so no importance weight can be computed; "
+            "log Choice.probability (> 0) with every exposure"
+        )
+    small = ok & (p < tiny)
+    if small.any():
+        smallest = float(p[small].min())
+        found.append(
+            warning(
+                "tiny_probability",
+                count=int(small.sum()),
+                n=n,
+                tiny=tiny,
+                smallest=smallest,
+                weight=1 / smallest,
+            )
+        )
+    return ok, found
+
+
+def support_warning(
+    log: DecisionLog, rows: np.ndarray, target: np.ndarray, index: dict[str, int]
+) -> OPEWarning | None:
+    """Warn when the candidate gives probability to (placement, action) pairs the log never took."""
+    taken = log.actions_taken()
+    mass = np.zeros(len(log))
+    pairs: dict[tuple[str, str], float] = {}
+    for i, d in enumerate(log):
+        if not rows[i]:
+            continue
+        for a in d.eligible:
+            pi = target[i, index[a]]
+            if pi > 0 and a not in taken.get(d.placement, ()):
+                mass[i] += pi
+                pairs[(d.placement, a)] = pairs.get((d.placement, a), 0.0) + pi
+    if not pairs:
+        return None
+    top = sorted(pairs, key=lambda k: -pairs[k])[:MAX_PAIRS_LISTED]
+    listed = ", ".join(f"{a} on {p}" for p, a in top) + (" …" if len(pairs) > MAX_PAIRS_LISTED else "")
+    return warning("support_not_covered", share=float(mass[rows].mean()), pairs=listed)

@@ -1,0 +1,312 @@
+"""The decision log OPE works on, and readers for the engine's ``learning`` topic.
+
+The engine writes two kinds of ``LearningSample`` (contracts/decisions.py) to the ``learning`` topic:
+an *exposure* when a learned decision is made (context ``x``, action, selection probability, placement)
+and a *reward* each time a click or conversion is credited to it. A logged decision is one exposure plus
+the sum of its rewards (0 when none arrived). The topic is delivered at least once, so exact repeats
+are dropped: exposures by ``decision_id``, rewards by (decision_id, action, reward, ts).
+
+Samples are read as plain JSON objects rather than through ``LearningSample.from_json`` because that
+dataclass defaults a missing ``probability`` to 1.0, which would hide a log that cannot be weighted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from policy.catalogue import Catalogue
+
+MAX_PROBLEMS_LISTED = 5
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedDecision:
+    """One learned decision as the log saw it: what was shown, how likely it was, what it earned."""
+
+    decision_id: str
+    x: np.ndarray
+    action: str
+    probability: float | None  # selection probability of ``action``; None when the log did not carry one
+    reward: float
+    placement: str
+    eligible: tuple[str, ...]  # actions the policy could choose from for this placement
+    ts: float
+
+
+@dataclass(slots=True)
+class JoinReport:
+    """What joining exposures and rewards found, so a person can judge the log before trusting it."""
+
+    exposures: int = 0
+    rewards: int = 0
+    duplicate_exposures: int = 0
+    duplicate_rewards: int = 0
+    orphan_rewards: int = 0  # rewards whose exposure is not in the log
+    unknown_placements: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # unreadable or invalid records, with their place
+
+    def notes(self) -> list[str]:
+        out = []
+        if self.duplicate_exposures or self.duplicate_rewards:
+            out.append(
+                f"dropped {self.duplicate_exposures} repeated exposures and {self.duplicate_rewards} "
+                "repeated rewards (the topic is delivered at least once)"
+            )
+        if self.orphan_rewards:
+            out.append(
+                f"{self.orphan_rewards} rewards have no exposure in the log and were ignored; "
+                "export the topic from its beginning to keep them"
+            )
+        if self.unknown_placements:
+            out.append(
+                f"placements {sorted(self.unknown_placements)} are not in the catalogue: their eligible "
+                "actions were taken from the log itself; pass the catalogue the engine ran with"
+            )
+        if self.problems:
+            shown = "; ".join(self.problems[:MAX_PROBLEMS_LISTED])
+            more = (
+                f" (and {len(self.problems) - MAX_PROBLEMS_LISTED} more)"
+                if len(self.problems) > MAX_PROBLEMS_LISTED
+                else ""
+            )
+            out.append(f"skipped {len(self.problems)} unusable records: {shown}{more}")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class DecisionLog:
+    """An ordered (by event time) sequence of logged decisions with column views for the estimators."""
+
+    def __init__(self, decisions: Sequence[LoggedDecision], report: JoinReport | None = None) -> None:
+        self.decisions = tuple(sorted(decisions, key=lambda d: (d.ts, d.decision_id)))
+        self.report = report if report is not None else JoinReport(exposures=len(self.decisions))
+
+    def __len__(self) -> int:
+        return len(self.decisions)
+
+    def __iter__(self) -> Iterator[LoggedDecision]:
+        return iter(self.decisions)
+
+    @property
+    def x(self) -> np.ndarray:
+        if not self.decisions:
+            return np.empty((0, 0))
+        return np.stack([d.x for d in self.decisions])
+
+    @property
+    def actions(self) -> list[str]:
+        return [d.action for d in self.decisions]
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """Logged probabilities; NaN where the log carried none."""
+        return np.array(
+            [np.nan if d.probability is None else d.probability for d in self.decisions], dtype=float
+        )
+
+    @property
+    def rewards(self) -> np.ndarray:
+        return np.array([d.reward for d in self.decisions], dtype=float)
+
+    @property
+    def last_ts(self) -> float:
+        return self.decisions[-1].ts if self.decisions else 0.0
+
+    def actions_taken(self) -> dict[str, set[str]]:
+        """Per placement, the actions the log holds at least one decision for."""
+        taken: dict[str, set[str]] = defaultdict(set)
+        for d in self.decisions:
+            taken[d.placement].add(d.action)
+        return dict(taken)
+
+    def split(self, fraction: float = 0.5) -> tuple[DecisionLog, DecisionLog]:
+        """The earliest ``fraction`` of decisions (by event time) and the rest."""
+        if not 0 < fraction < 1:
+            raise ValueError(f"split fraction must be strictly between 0 and 1, got {fraction}")
+        cut = int(round(len(self.decisions) * fraction))
+        return DecisionLog(self.decisions[:cut], self.report), DecisionLog(self.decisions[cut:], self.report)
+
+
+# -- readers --------------------------------------------------------------------------------------------
+def read_jsonl(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Learning samples from a JSON-lines export (one object per line) and what could not be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no such decision log; export the learning topic to a JSON-lines file "
+            "(e.g. `cadence topics learning -n 1000000 > log.jsonl`) or pass --bootstrap"
+        )
+    samples: list[dict[str, Any]] = []
+    problems: list[str] = []
+    with path.open("rb") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                doc = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                problems.append(f"{path.name}:{lineno}: not JSON ({exc})")
+                continue
+            if not isinstance(doc, dict):
+                problems.append(f"{path.name}:{lineno}: not a JSON object")
+                continue
+            doc.setdefault("_where", f"{path.name}:{lineno}")
+            samples.append(doc)
+    return samples, problems
+
+
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every sample on ``topic`` from the beginning up to its current end (manual assignment, no group)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        if not parts:
+            raise ValueError(
+                f"topic {topic!r} does not exist on {bootstrap}; check --topic (and the topic prefix)"
+            )
+        consumer.assign(parts)
+        consumer.seek_to_beginning()
+        end = consumer.end_offsets(parts)
+        samples: list[dict[str, Any]] = []
+        problems: list[str] = []
+        deadline = time.monotonic() + timeout_s  # I/O guard only; no event logic uses the wall clock
+        while any(consumer.position(tp) < end[tp] for tp in parts):
+            if time.monotonic() > deadline:
+                problems.append(f"stopped reading {topic!r} after {timeout_s:.0f}s before its end")
+                break
+            for tp, records in consumer.poll(timeout_ms=500).items():
+                for rec in records:
+                    try:
+                        doc = orjson.loads(rec.value)
+                    except orjson.JSONDecodeError as exc:
+                        problems.append(f"{tp.topic}[{tp.partition}]@{rec.offset}: not JSON ({exc})")
+                        continue
+                    if isinstance(doc, dict):
+                        doc.setdefault("_where", f"{tp.topic}[{tp.partition}]@{rec.offset}")
+                        samples.append(doc)
+                    else:
+                        problems.append(f"{tp.topic}[{tp.partition}]@{rec.offset}: not a JSON object")
+        return samples, problems
+    finally:
+        consumer.close()
+
+
+# -- join -----------------------------------------------------------------------------------------------
+def _as_doc(sample: dict[str, Any] | Any) -> dict[str, Any]:
+    if isinstance(sample, dict):
+        return sample
+    return {f.name: getattr(sample, f.name) for f in fields(sample)}  # a LearningSample; asdict() deep-copies
+
+
+def _probability(doc: dict[str, Any]) -> float | None:
+    p = doc.get("probability")
+    if p is None or isinstance(p, bool) or not isinstance(p, int | float) or not np.isfinite(p):
+        return None
+    return float(p)
+
+
+def _invalid(doc: dict[str, Any]) -> str | None:
+    if doc.get("kind") not in ("exposure", "reward"):
+        return f"field 'kind' must be 'exposure' or 'reward', got {doc.get('kind')!r}"
+    for name in ("decision_id", "action"):
+        if not isinstance(doc.get(name), str) or not doc[name]:
+            return f"field {name!r} must be a non-empty string"
+    x = doc.get("x")
+    if not isinstance(x, list) or not x or not all(isinstance(v, int | float) for v in x):
+        return "field 'x' must be a non-empty list of numbers"
+    if doc["kind"] == "reward" and not isinstance(doc.get("reward", 0.0), int | float):
+        return "field 'reward' must be a number"
+    return None
+
+
+def join_samples(
+    samples: Iterable[dict[str, Any] | Any], catalogue: Catalogue | None = None, problems: Sequence[str] = ()
+) -> DecisionLog:
+    """Join exposures and rewards by ``decision_id`` into logged decisions.
+
+    ``samples`` are JSON objects (as read above) or ``LearningSample`` instances. Eligible actions of a
+    placement come from ``catalogue``; without one (or for a placement it does not know) they are the
+    actions the log took for that placement, which is noted in the report.
+    """
+    report = JoinReport(problems=list(problems))
+    exposures: dict[str, dict[str, Any]] = {}
+    rewards: dict[str, float] = defaultdict(float)
+    seen_rewards: set[tuple] = set()
+    dim: int | None = None
+    for raw in samples:
+        doc = _as_doc(raw)
+        where = doc.get("_where", f"decision {doc.get('decision_id')!r}")
+        reason = _invalid(doc)
+        if reason is None and dim is not None and len(doc["x"]) != dim:
+            reason = f"field 'x' has {len(doc['x'])} values, earlier records have {dim}"
+        if reason is not None:
+            report.problems.append(f"{where}: {reason}")
+            continue
+        dim = len(doc["x"])
+        if doc["kind"] == "exposure":
+            if doc["decision_id"] in exposures:
+                report.duplicate_exposures += 1
+                continue
+            report.exposures += 1
+            exposures[doc["decision_id"]] = doc
+        else:
+            key = (
+                doc["decision_id"],
+                doc["action"],
+                float(doc.get("reward", 0.0)),
+                float(doc.get("ts", 0.0)),
+            )
+            if key in seen_rewards:
+                report.duplicate_rewards += 1
+                continue
+            seen_rewards.add(key)
+            report.rewards += 1
+            rewards[doc["decision_id"]] += float(doc.get("reward", 0.0))
+    report.orphan_rewards = sum(1 for k in seen_rewards if k[0] not in exposures)
+
+    taken: dict[str, set[str]] = defaultdict(set)
+    for doc in exposures.values():
+        taken[doc.get("placement", "")].add(doc["action"])
+    eligible: dict[str, tuple[str, ...]] = {}
+    for placement, acts in taken.items():
+        known = catalogue.eligible(placement) if catalogue is not None else []
+        if known:
+            eligible[placement] = tuple(known)
+        else:
+            eligible[placement] = tuple(sorted(acts))
+            report.unknown_placements.append(placement)
+    decisions = []
+    for decision_id, doc in exposures.items():
+        placement = doc.get("placement", "")
+        acts = eligible[placement]
+        if doc["action"] not in acts:
+            report.problems.append(
+                f"{doc.get('_where', decision_id)}: action {doc['action']!r} is not eligible "
+                f"for placement {placement!r} in the catalogue"
+            )
+            continue
+        decisions.append(
+            LoggedDecision(
+                decision_id=decision_id,
+                x=np.asarray(doc["x"], dtype=float),
+                action=doc["action"],
+                probability=_probability(doc),
+                reward=rewards.get(decision_id, 0.0),
+                placement=placement,
+                eligible=acts,
+                ts=float(doc.get("ts", 0.0)),
+            )
+        )
+    return DecisionLog(decisions, report)
