@@ -38,6 +38,9 @@ def cmd_worker(args: argparse.Namespace) -> None:
         create_topics(settings.kafka_bootstrap or "", [settings.topic(t) for t in ALL_TOPICS], settings.partitions)
         app = create_app(settings)
         worker = faust.Worker(app, loglevel=settings.log_level, redirect_stdouts=False, quiet=True)
+        # Faust's terminal spinner sets the root logger to DEBUG so that it can spin on every record:
+        # every debug line of Faust and aiokafka would then be formatted on the hot path.
+        worker.spinner = None
         worker.execute_from_commandline()
     finally:
         runtime.stop()

@@ -40,6 +40,11 @@ class Metrics:
         self.batch_size = Histogram(
             "cadence_batch_size_events", "Events per batch", buckets=(1, 10, 50, 100, 250, 500, 1000, 2000), registry=r
         )
+        self.decision_latency = Histogram(
+            "cadence_event_to_decision_seconds",
+            "From the request event's Kafka timestamp to its decision being acknowledged by the broker",
+            buckets=LATENCY_BUCKETS_S, registry=r,
+        )
         self.policy_version = Gauge("cadence_policy_version", "Learning steps in the live policy", registry=r)
         self.watermark = Gauge("cadence_event_time_watermark_seconds", "Largest event time seen", registry=r)
 

@@ -43,7 +43,10 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path(".cadence"), description="Where embedded servers and Faust keep their files.")
 
     batch_size: int = Field(2000, ge=1, description="Most events the worker takes in one batch.")
-    batch_within_s: float = Field(0.02, gt=0, description="Longest wait for a batch to fill, in seconds.")
+    batch_within_s: float = Field(0.01, gt=0, description="Longest wait for a batch to fill, in seconds.")
+    fetch_max_wait_ms: int = Field(
+        20, ge=1, le=5000, description="Longest a broker may hold a consumer fetch; bounds latency at low rates."
+    )
     max_event_bytes: int = Field(65536, ge=256, description="Larger payloads go to dead-letters as too_large.")
     max_future_skew_s: float = Field(
         3600.0, ge=0, description="Events whose ts is this far ahead of the worker's watermark are rejected."

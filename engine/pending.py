@@ -1,11 +1,12 @@
 """The latest decision per user and placement, kept in the user's hash until its rewards are in.
 
-Stored as one field ``pd:{placement}``: a JSON header, a newline, then the context as float32 bytes
-(80 bytes for 20 features), so a reward arriving days later can still be learned with its context.
+Stored as one field ``pd:{placement}`` holding a compact JSON list; the context goes along as base64 of
+float32 (108 characters for 20 features), so a reward arriving days later is learned with its context.
 """
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,17 +28,16 @@ class PendingDecision:
     x: np.ndarray
     credited: list[str] = field(default_factory=list)  # reward types already credited
 
-    def encode(self) -> bytes:
-        head = orjson.dumps(
-            [self.decision_id, self.action, round(self.probability, 6), self.ts, self.policy_version, self.credited]
-        )
-        return head + b"\n" + self.x.astype(np.float32).tobytes()
+    def encode(self) -> str:
+        x64 = base64.b64encode(self.x.astype(np.float32).tobytes()).decode("ascii")
+        return orjson.dumps(
+            [self.decision_id, self.action, round(self.probability, 6), self.ts, self.policy_version, self.credited, x64]
+        ).decode()
 
     @classmethod
-    def decode(cls, placement: str, raw: bytes) -> PendingDecision:
-        head, _, body = raw.partition(b"\n")
-        decision_id, action, p, ts, version, credited = orjson.loads(head)
-        x = np.frombuffer(body, dtype=np.float32).astype(np.float64)
+    def decode(cls, placement: str, raw: str) -> PendingDecision:
+        decision_id, action, p, ts, version, credited, x64 = orjson.loads(raw)
+        x = np.frombuffer(base64.b64decode(x64), dtype=np.float32).astype(np.float64)
         return cls(decision_id, placement, action, p, ts, version, x, list(credited))
 
     @property

@@ -36,6 +36,7 @@ class RawMessage:
     partition: int
     offset: int
     value: bytes
+    timestamp: float = 0.0  # broker/producer timestamp (wall clock), for latency metrics only
 
 
 @dataclass(slots=True)
@@ -43,6 +44,7 @@ class BatchOutput:
     decisions: list[Decision] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     learning: list[LearningSample] = field(default_factory=list)
+    request_timestamps: list[float] = field(default_factory=list)  # per decision: its request's timestamp
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +66,12 @@ class Engine:
         self.metrics = metrics
         self.config = config
         self.watermark = 0.0
+        self._timestamps: dict[str, float] = {}
 
     async def process(self, messages: list[RawMessage]) -> BatchOutput:
         started = time.perf_counter()
         out = BatchOutput()
+        self._timestamps = {}
         events = self._validate(messages, out)
         if events:
             await self._apply(events, out)
@@ -101,6 +105,7 @@ class Engine:
                 self._reject(msg, late, out)
                 continue
             events.append(event)
+            self._timestamps[event.event_id] = msg.timestamp
             self.metrics.events.labels(event.topic, event.type).inc()
             self.watermark = max(self.watermark, event.ts)
         self.metrics.watermark.set(self.watermark)
@@ -120,7 +125,7 @@ class Engine:
             return
         self.metrics.store_latency.labels("apply").observe(time.perf_counter() - started)
 
-        writes: dict[str, dict[str, bytes]] = defaultdict(dict)
+        writes: dict[str, dict[str, str]] = defaultdict(dict)
         for event, (applied, state) in zip(events, results, strict=True):
             if not applied:
                 self.metrics.duplicates.inc()
@@ -143,6 +148,7 @@ class Engine:
 
     def _emit(self, decision: Decision, out: BatchOutput) -> None:
         out.decisions.append(decision)
+        out.request_timestamps.append(self._timestamps.get(decision.request_event_id, 0.0))
         self.metrics.decisions.labels(decision.placement, decision.action, decision.mode.value).inc()
 
     def _decide(self, event: Event, state: UserState | None, writes: dict, out: BatchOutput) -> None:

@@ -23,18 +23,10 @@ COUNTER_NAMES = {
 WINDOW_SIZES = dict(WINDOWS)
 
 
-def _text(raw: bytes | None) -> str | None:
-    return raw.decode() if raw is not None else None
-
-
 @dataclass(slots=True)
 class UserState:
     user_id: str
-    fields: dict[str, bytes] = field(default_factory=dict)
-
-    @classmethod
-    def from_flat(cls, user_id: str, flat: list[bytes]) -> UserState:
-        return cls(user_id, {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)})
+    fields: dict[str, str] = field(default_factory=dict)
 
     @property
     def exists(self) -> bool:
@@ -53,16 +45,16 @@ class UserState:
 
     @property
     def device(self) -> str | None:
-        return _text(self.fields.get("dev"))
+        return self.fields.get("dev")
 
     @property
     def segment(self) -> str | None:
-        return _text(self.fields.get("seg"))
+        return self.fields.get("seg")
 
     @property
     def consent(self) -> bool | None:
         raw = self.fields.get("cons")
-        return None if raw is None else raw == b"1"
+        return None if raw is None else raw == "1"
 
     @property
     def first_seen(self) -> float | None:

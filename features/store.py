@@ -6,6 +6,7 @@ import time
 from collections.abc import Mapping, Sequence
 from importlib import resources
 
+import orjson
 import redis.asyncio as aioredis
 
 from features.state import UserState
@@ -26,9 +27,7 @@ class RedisFeatureStore:
         self.ttl_s = ttl_s
         self.dedup_ring = dedup_ring
         self._script = client.register_script(resources.files("features").joinpath("apply_batch.lua").read_text())
-        self._window_args: list[str | int] = []
-        for suffix, size in WINDOWS:
-            self._window_args += [size, suffix]
+        self._windows = [[size, suffix] for suffix, size in WINDOWS]
         self.last_round_trip_s = 0.0
 
     def key(self, user_id: str) -> str:
@@ -38,27 +37,31 @@ class RedisFeatureStore:
         """Apply updates in order; per update: (applied, state after it) — applied is False for a duplicate."""
         if not updates:
             return []
-        args: list[str | int | float | bytes] = [self.ttl_s, self.dedup_ring, len(WINDOWS), *self._window_args]
-        for upd in updates:
-            args += [self.key(upd.user_id), upd.digest, repr(upd.ts), "1" if upd.want_state else "0", len(upd.counters)]
-            for name, amount in upd.counters:
-                args += [name, repr(amount)]
-            args.append(len(upd.sets))
-            for mode, fld, value in upd.sets:
-                args += [mode, fld, value]
+        request = {
+            "ttl": self.ttl_s,
+            "ring": self.dedup_ring,
+            "windows": self._windows,
+            "events": [
+                [self.key(u.user_id), u.digest.hex(), u.ts, 1 if u.want_state else 0, u.counters, u.sets]
+                for u in updates
+            ],
+        }
         started = time.perf_counter()
         try:
-            result = await self._script(args=args)
+            reply = await self._script(args=[orjson.dumps(request)])
         except Exception as exc:  # redis raises many types; the engine treats all as "store unavailable"
             raise FeatureStoreError(f"feature store batch failed: {exc}") from exc
         finally:
             self.last_round_trip_s = time.perf_counter() - started
         out: list[tuple[bool, UserState | None]] = []
-        for upd, (applied, flat) in zip(updates, result, strict=True):
-            out.append((bool(applied), UserState.from_flat(upd.user_id, flat) if flat else None))
+        for upd, result in zip(updates, orjson.loads(reply), strict=True):
+            if isinstance(result, dict):
+                out.append((True, UserState(upd.user_id, result)))
+            else:
+                out.append((bool(result), None))
         return out
 
-    async def write_fields(self, writes: Mapping[str, Mapping[str, bytes | str]]) -> None:
+    async def write_fields(self, writes: Mapping[str, Mapping[str, str]]) -> None:
         """Set fields of several users in one pipeline (decision state after a batch)."""
         if not writes:
             return
@@ -76,7 +79,7 @@ class RedisFeatureStore:
             flat = await self.client.hgetall(self.key(user_id))
         except Exception as exc:
             raise FeatureStoreError(f"feature store read failed: {exc}") from exc
-        return UserState(user_id, {k.decode(): v for k, v in flat.items()})
+        return UserState(user_id, {k.decode(): v.decode(errors="replace") for k, v in flat.items() if k != b"dd"})
 
     async def erase(self, user_id: str) -> int:
         return int(await self.client.delete(self.key(user_id)))

@@ -15,12 +15,11 @@ WINDOWS: tuple[tuple[str, int], ...] = (("h", 3600), ("d", 86400), ("w", 7 * 864
 WINDOW_NAMES = {"h": "1h", "d": "24h", "w": "7d"}
 
 
-def parse_cell(raw: bytes | str | None) -> tuple[int, float, float] | None:
-    """``b"123:4:2"`` -> (bucket, cur, prev)."""
+def parse_cell(raw: str | None) -> tuple[int, float, float] | None:
+    """``"123:4:2"`` -> (bucket, cur, prev)."""
     if not raw:
         return None
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    bucket, cur, prev = text.split(":")
+    bucket, cur, prev = raw.split(":")
     return int(bucket), float(cur), float(prev)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import faust
 import redis.asyncio as aioredis
@@ -19,6 +20,7 @@ from engine.processor import BatchOutput, Engine, EngineConfig, RawMessage
 from features.context import CONTEXT_DIM
 from features.store import RedisFeatureStore
 from policy.catalogue import load_catalogue
+from streams.faust_tuning import set_fetch_max_wait
 from streams.learning_feed import follow_learning
 from streams.topics import DEAD_LETTERS, DECISIONS, INPUT_TOPICS, LEARNING
 
@@ -48,6 +50,7 @@ def build_engine(settings: Settings, metrics: Metrics, client: aioredis.Redis) -
 
 def create_app(settings: Settings) -> faust.App:
     assert settings.kafka_bootstrap, "kafka_bootstrap must be resolved before the app is built"
+    set_fetch_max_wait(settings.fetch_max_wait_ms)
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -70,24 +73,36 @@ def create_app(settings: Settings) -> faust.App:
 
     logical = {settings.topic(name): name for name in INPUT_TOPICS}
     inputs = app.topic(*logical, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw")
-    decisions = app.topic(settings.topic(DECISIONS), value_serializer="raw", key_serializer="raw")
-    dead_letters = app.topic(settings.topic(DEAD_LETTERS), value_serializer="raw", key_serializer="raw")
-    learning = app.topic(settings.topic(LEARNING), value_serializer="raw", key_serializer="raw")
+    decisions_name, dead_letters_name, learning_name = (settings.topic(t) for t in (DECISIONS, DEAD_LETTERS, LEARNING))
 
     async def emit(out: BatchOutput) -> None:
+        """Hand every output to the producer, then wait until the broker has them all.
+
+        The batch's input events are acknowledged only after this returns, so a crash can repeat
+        outputs (at-least-once; decision ids are deterministic) but never lose them.
+        """
+        producer = app.producer
+        pending = []
         for d in out.decisions:
-            await decisions.send(key=d.user_id.encode(), value=d.to_json())
+            pending.append(await producer.send(decisions_name, d.user_id.encode(), d.to_json(), None, None, None))
         for dl in out.dead_letters:
-            await dead_letters.send(key=None, value=dl.to_json())
+            pending.append(await producer.send(dead_letters_name, None, dl.to_json(), None, None, None))
         for s in out.learning:
-            await learning.send(key=s.decision_id.encode(), value=s.to_json())
+            pending.append(await producer.send(learning_name, s.decision_id.encode(), s.to_json(), None, None, None))
+        if pending:
+            await asyncio.gather(*pending)
+        now = time.time()
+        for sent in out.request_timestamps:
+            if sent:
+                metrics.decision_latency.observe(max(0.0, now - sent))
 
     @app.agent(inputs, name="ingest")
     async def ingest(stream: faust.Stream) -> None:
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
             raw = [
                 RawMessage(logical.get(e.message.topic, e.message.topic), e.message.partition, e.message.offset,
-                           e.message.value if isinstance(e.message.value, bytes) else b"")
+                           e.message.value if isinstance(e.message.value, bytes) else b"",
+                           (e.message.timestamp or 0.0))
                 for e in batch
             ]
             await emit(await engine.process(raw))
@@ -101,11 +116,14 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.task
     async def learning_feed() -> None:
-        await follow_learning(settings.kafka_bootstrap or "", settings.topic(LEARNING), engine.learn, stop_learning)
+        await follow_learning(
+            settings.kafka_bootstrap or "", settings.topic(LEARNING), engine.learn, stop_learning,
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        )
 
     @app.page("/metrics")
     async def metrics_page(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
-        return web.bytes(metrics.exposition(), content_type="text/plain; version=0.0.4; charset=utf-8")
+        return web.bytes(metrics.exposition(), content_type="text/plain")
 
     @app.page("/health")
     async def health_page(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:

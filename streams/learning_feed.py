@@ -18,9 +18,13 @@ log = logging.getLogger(__name__)
 
 
 async def follow_learning(
-    bootstrap: str, topic: str, apply: Callable[[list[LearningSample]], None], stop: asyncio.Event
+    bootstrap: str, topic: str, apply: Callable[[list[LearningSample]], None], stop: asyncio.Event,
+    fetch_max_wait_ms: int = 20,
 ) -> None:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+        fetch_max_wait_ms=fetch_max_wait_ms,
+    )
     await consumer.start()
     try:
         partitions: set[int] | None = None

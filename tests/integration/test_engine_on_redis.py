@@ -1,0 +1,169 @@
+"""The batch engine against the real embedded Redis (no Kafka): features, dedup, decisions, rewards."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import numpy as np
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from bandits import make_policy
+from cadence.metrics import Metrics
+from cadence.runtime import Runtime
+from cadence.settings import DEFAULT_CATALOGUE
+from contracts.decisions import Mode
+from engine.processor import Engine, EngineConfig, RawMessage
+from features.context import CONTEXT_DIM
+from features.store import RedisFeatureStore
+from features.windows import WINDOWS, add_to_cell, parse_cell
+from policy.catalogue import load_catalogue
+from tests.helpers import T0, event
+
+pytestmark = pytest.mark.integration
+
+
+def run(coro):  # noqa: ANN001, ANN201
+    return asyncio.run(coro)
+
+
+def make_engine(rt: Runtime, metrics: Metrics | None = None) -> Engine:
+    client = aioredis.Redis.from_url(rt.redis_url or "")
+    store = RedisFeatureStore(client, f"test{uuid.uuid4().hex[:8]}", ttl_s=3600, dedup_ring=16)
+    policy = make_policy("linucb", CONTEXT_DIM, seed=1)
+    return Engine(store, load_catalogue(DEFAULT_CATALOGUE), policy, metrics or Metrics(), EngineConfig())
+
+
+def msgs(*docs: dict | bytes, topic: str = "web-events") -> list[RawMessage]:
+    return [RawMessage(topic, 0, i, d if isinstance(d, bytes) else orjson.dumps(d)) for i, d in enumerate(docs)]
+
+
+async def fields(engine: Engine, user_id: str) -> dict[str, str]:
+    return (await engine.store.read(user_id)).fields
+
+
+def test_lua_windows_match_the_python_reference(runtime: Runtime) -> None:
+    engine = make_engine(runtime)
+    rng = np.random.default_rng(5)
+    times = T0 + np.sort(rng.uniform(0, 3 * 86400, size=300))
+    times[::17] -= 2000  # some late events
+    expected: dict[str, tuple | None] = {s: None for s, _ in WINDOWS}
+
+    async def go() -> dict[str, str]:
+        for i, t in enumerate(times):
+            await engine.process(msgs(event(f"e{i}", ts=float(t))))
+        return await fields(engine, "u1")
+
+    got = run(go())
+    for t in times:
+        for suffix, size in WINDOWS:
+            expected[suffix] = add_to_cell(expected[suffix], float(t), size, 1.0)
+    for suffix, _ in WINDOWS:
+        assert parse_cell(got["pv" + suffix]) == pytest.approx(expected[suffix])
+
+
+def test_a_replayed_duplicate_changes_no_feature(runtime: Runtime) -> None:
+    metrics = Metrics()
+    engine = make_engine(runtime, metrics)
+
+    async def go() -> tuple[dict, dict, int]:
+        first = event("dup-1", ts=T0 + 10)
+        await engine.process(msgs(first, event("other", ts=T0 + 20)))
+        before = await fields(engine, "u1")
+        out = await engine.process(msgs(first))  # the same event again, in a later batch
+        out2 = await engine.process(msgs(first, first))  # and twice within one batch
+        after = await fields(engine, "u1")
+        return before, after, len(out.decisions) + len(out2.decisions)
+
+    before, after, decisions = run(go())
+    assert before == after
+    assert decisions == 0
+    assert metrics.duplicates._value.get() == 3
+
+
+def test_one_round_trip_per_batch(runtime: Runtime) -> None:
+    """300 events of 7 users: one script call applies them all, one pipeline stores decision state."""
+    engine = make_engine(runtime)
+    client = engine.store.client
+    calls: list[str] = []
+    execute_command, pipeline = client.execute_command, client.pipeline
+
+    async def counted_execute(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(str(args[0]))
+        return await execute_command(*args, **kwargs)
+
+    def counted_pipeline(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        pipe = pipeline(*args, **kwargs)
+        execute = pipe.execute
+
+        async def counted_pipe_execute(*a, **k):  # noqa: ANN002, ANN003, ANN202
+            calls.append(f"PIPELINE[{len(pipe.command_stack)}]")
+            return await execute(*a, **k)
+
+        pipe.execute = counted_pipe_execute
+        return pipe
+
+    client.execute_command, client.pipeline = counted_execute, counted_pipeline
+    docs = [event(f"b{i}", user_id=f"u{i % 7}", ts=T0 + i) for i in range(300)]
+    out = run(engine.process(msgs(*docs)))
+    assert len(out.decisions) == 300
+    assert calls in (["EVALSHA", "PIPELINE[14]"], ["EVALSHA", "EVAL", "PIPELINE[14]"])  # EVAL once if not cached
+
+
+def test_bad_input_goes_to_dead_letters_and_good_input_still_gets_decisions(runtime: Runtime) -> None:
+    engine = make_engine(runtime)
+    out = run(engine.process(msgs(b"{oops", event("g1"), orjson.dumps({"x": 1}), event("g2", etype="nope"))))
+    assert [d.reason_code for d in out.dead_letters] == ["malformed_json", "unexpected_field", "unknown_type"]
+    assert out.dead_letters[0].raw == b"{oops"
+    assert len(out.decisions) == 1 and out.decisions[0].request_event_id == "g1"
+
+
+def test_decision_then_delayed_rewards_produce_learning_samples_once(runtime: Runtime) -> None:
+    engine = make_engine(runtime)
+
+    async def go():  # noqa: ANN202
+        out = await engine.process(msgs(event("req", ts=T0, device="mobile", segment="vip", consent=True)))
+        d = out.decisions[0]
+        click = event("c1", etype="click", ts=T0 + 60, decision_id=d.decision_id, offer_id=d.action)
+        conv = event("v1", etype="conversion", ts=T0 + 3600, decision_id=d.decision_id, revenue=20.0)
+        click_again = {**click, "event_id": "c2", "ts": T0 + 90}
+        out2 = await engine.process(msgs(click, click_again))
+        out3 = await engine.process(msgs(conv))
+        return d, out, out2, out3
+
+    d, out, out2, out3 = run(go())
+    assert d.mode in (Mode.EXPLOIT, Mode.EXPLORE) and 0 < d.probability <= 1
+    assert [s.kind for s in out.learning] == ["exposure"]
+    assert [(s.kind, s.reward) for s in out2.learning] == [("reward", 0.1)]  # second click: not again
+    value_scale = engine.catalogue.value_scale
+    assert [(s.kind, s.reward) for s in out3.learning] == [("reward", pytest.approx(20.0 / value_scale))]
+    assert out3.learning[0].x == pytest.approx(out.learning[0].x, rel=1e-6)
+
+
+def test_no_consent_gets_the_default_action_and_no_profile(runtime: Runtime) -> None:
+    engine = make_engine(runtime)
+
+    async def go():  # noqa: ANN202
+        out = await engine.process(msgs(event("nc", consent=False, device="mobile", segment="vip")))
+        return out, await fields(engine, "u1")
+
+    out, stored = run(go())
+    d = out.decisions[0]
+    assert (d.mode, d.action, d.trace["fallback"]) == (Mode.FALLBACK, "none", "no_marketing_consent")
+    assert out.learning == []
+    assert "dev" not in stored and "seg" not in stored and stored["cons"] == "0"
+
+
+def test_features_expose_values_with_their_age(runtime: Runtime) -> None:
+    engine = make_engine(runtime)
+
+    async def go():  # noqa: ANN202
+        await engine.process(msgs(event("a", ts=T0), event("b", ts=T0 + 100)))
+        return await engine.store.read("u1")
+
+    state = run(go())
+    feats = state.features(T0 + 160)
+    assert feats["page_views_1h"] == {"value": 2.0, "age_s": 60.0}
+    assert feats["page_views_7d"]["value"] == 2.0

@@ -1,0 +1,76 @@
+"""Reward join on event time: each reward credited to the right decision, once, inside its window."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from contracts.events import Event, parse_event
+from engine.attribution import Credit, Windows, credit, match_pending
+from engine.pending import PendingDecision
+
+T0 = 1_767_571_200.0
+WINDOWS = Windows(click_s=1800, conversion_s=7 * 86400)
+
+
+def pending(decision_id: str, placement: str, action: str, ts: float) -> PendingDecision:
+    return PendingDecision(decision_id, placement, action, 0.5, ts, 3, np.arange(20.0))
+
+
+def reward(etype: str, ts: float, **fields: object) -> Event:
+    doc = {"event_id": f"r{ts}", "user_id": "u1", "ts": ts, "type": etype, **fields}
+    result = parse_event(orjson.dumps(doc), "web-events")
+    assert isinstance(result, Event), result
+    return result
+
+
+def test_matches_by_decision_id_first() -> None:
+    decisions = [pending("d1", "home_hero", "a", T0), pending("d2", "product_sidebar", "b", T0 + 5)]
+    assert match_pending(reward("click", T0 + 10, decision_id="d1"), decisions) is decisions[0]
+    assert match_pending(reward("click", T0 + 10, decision_id="zz"), decisions) is None
+
+
+def test_without_decision_id_takes_the_latest_with_the_same_action() -> None:
+    decisions = [pending("d1", "home_hero", "a", T0), pending("d2", "product_sidebar", "a", T0 + 5),
+                 pending("d3", "x", "b", T0 + 9)]
+    assert match_pending(reward("click", T0 + 10, offer_id="a"), decisions).decision_id == "d2"
+    assert match_pending(reward("click", T0 + 10), decisions).decision_id == "d3"
+
+
+@pytest.mark.parametrize(
+    ("etype", "delay", "outcome"),
+    [
+        ("click", 60, Credit.CREDITED),
+        ("click", 1799, Credit.CREDITED),
+        ("click", 1801, Credit.LATE),
+        ("conversion", 6 * 86400, Credit.CREDITED),
+        ("conversion", 8 * 86400, Credit.LATE),
+        ("click", -5, Credit.BEFORE_DECISION),
+    ],
+)
+def test_attribution_windows_on_event_time(etype: str, delay: float, outcome: Credit) -> None:
+    d = pending("d1", "home_hero", "a", T0)
+    assert credit(reward(etype, T0 + delay, decision_id="d1"), d, WINDOWS) is outcome
+
+
+def test_a_reward_type_is_credited_once_per_decision() -> None:
+    d = pending("d1", "home_hero", "a", T0)
+    assert credit(reward("click", T0 + 10, decision_id="d1"), d, WINDOWS) is Credit.CREDITED
+    assert credit(reward("click", T0 + 20, decision_id="d1"), d, WINDOWS) is Credit.ALREADY_CREDITED
+    assert credit(reward("conversion", T0 + 30, decision_id="d1", revenue=5), d, WINDOWS) is Credit.CREDITED
+    assert d.credited == ["click", "conversion"]
+
+
+def test_no_pending_decision() -> None:
+    assert credit(reward("click", T0), None, WINDOWS) is Credit.NO_DECISION
+
+
+def test_pending_decision_round_trips_through_its_encoding() -> None:
+    d = pending("d1", "home_hero", "offer_x", T0)
+    d.credited.append("click")
+    back = PendingDecision.decode("home_hero", d.encode())
+    assert (back.decision_id, back.action, back.probability, back.ts, back.policy_version, back.credited) == (
+        "d1", "offer_x", 0.5, T0, 3, ["click"])
+    np.testing.assert_allclose(back.x, d.x, rtol=1e-6)
+    assert d.encode().isascii()
