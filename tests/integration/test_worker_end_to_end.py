@@ -1,0 +1,64 @@
+"""A real worker process on the embedded broker and Redis: decisions out, bad input to dead-letters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from cadence.runtime import Runtime
+from tests.helpers import T0, TopicReader, event, produce, start_worker
+
+pytestmark = pytest.mark.integration
+
+BAD = [
+    (b"{not json", "malformed_json"),
+    (b'{"event_id": "\xff\xfe"}', "malformed_json"),
+    (b"[1, 2, 3]", "not_an_object"),
+    (orjson.dumps({"event_id": "b1", "ts": T0, "type": "page_view", "placement": "home_hero"}), "missing_field"),
+    (orjson.dumps(event("b2", ts="soon")), "wrong_type"),
+    (orjson.dumps(event("b3", etype="page_veiw")), "unknown_type"),
+    (orjson.dumps(event("b4", page="x" * 70_000)), "too_large"),
+    (orjson.dumps(event("b5", email="someone@example.com")), "unexpected_field"),
+]
+
+
+def test_worker_decides_routes_bad_input_and_ignores_duplicates(
+    runtime: Runtime, isolated: dict[str, str], data_dir: Path
+) -> None:
+    prefix = isolated["topic_prefix"]
+    worker = start_worker(runtime, data_dir, **isolated)
+    try:
+        before = [event(f"g{i}", user_id=f"u{i}", ts=T0 + i, device="desktop", segment="loyal") for i in range(20)]
+        after = [event(f"h{i}", user_id=f"u{i}", ts=T0 + 100 + i) for i in range(20)]
+        produce(runtime, prefix + "web-events", before)
+        produce(runtime, prefix + "web-events", [raw for raw, _ in BAD])
+        produce(runtime, prefix + "web-events", before[:5])  # replayed duplicates
+        produce(runtime, prefix + "web-events", after)
+        produce(runtime, prefix + "email-events", [event("m1", etype="email_request", placement="newsletter")])
+
+        decisions = TopicReader(runtime, prefix + "decisions").read_until(lambda r: len(r) >= 41)
+        dead = TopicReader(runtime, prefix + "dead-letters").read_until(lambda r: len(r) >= len(BAD))
+
+        requests = [d["request_event_id"] for d in decisions]
+        assert sorted(requests) == sorted([e["event_id"] for e in before + after] + ["m1"])  # one each, no dup
+        by_id = {d["request_event_id"]: d for d in decisions}
+        web = by_id["g3"]
+        assert web["placement"] == "home_hero" and web["channel"] == "web" and web["user_id"] == "u3"
+        assert web["action"].startswith("offer_") and 0 < web["probability"] <= 1
+        assert web["mode"] in ("exploit", "explore") and web["policy"] == "linucb"
+        assert web["trace"]["eligible"] == 5 and len(web["trace"]["top_scores"]) == 3
+        assert by_id["m1"]["action"].startswith("email_")
+
+        assert sorted(d["reason_code"] for d in dead) == sorted(reason for _, reason in BAD)
+        assert all(d["source_topic"] == "web-events" and d["reason"] for d in dead)
+        import base64
+
+        assert {base64.b64decode(d["raw_b64"]) for d in dead} == {raw for raw, _ in BAD}
+
+        metrics = worker.metrics_text()
+        assert "cadence_duplicate_events_total 5.0" in metrics
+        assert 'cadence_dead_letters_total{reason="malformed_json"} 2.0' in metrics
+    finally:
+        worker.stop()
