@@ -6,9 +6,16 @@ from collections.abc import Callable
 from typing import Any
 
 from bandits.base import Choice, Policy
+from bandits.egreedy import EpsilonGreedy
+from bandits.lints import LinTS
 from bandits.linucb import LinUCB
+from bandits.ridge import ArmStats, LinearPolicy
 
-POLICIES: dict[str, Callable[..., Policy]] = {"linucb": LinUCB}
+POLICIES: dict[str, Callable[..., Policy]] = {
+    LinUCB.name: LinUCB,
+    LinTS.name: LinTS,
+    EpsilonGreedy.name: EpsilonGreedy,
+}
 
 
 def make_policy(name: str, dim: int, **params: Any) -> Policy:
@@ -19,4 +26,14 @@ def make_policy(name: str, dim: int, **params: Any) -> Policy:
     return factory(dim=dim, **params)
 
 
-__all__ = ["Choice", "Policy", "LinUCB", "POLICIES", "make_policy"]
+__all__ = [
+    "ArmStats",
+    "Choice",
+    "EpsilonGreedy",
+    "LinTS",
+    "LinUCB",
+    "LinearPolicy",
+    "POLICIES",
+    "Policy",
+    "make_policy",
+]

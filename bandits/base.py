@@ -3,18 +3,26 @@
 Learning is split in two additive halves so delayed rewards need no timers:
 ``expose(x, a)`` when action a is shown in context x, ``reward(x, a, r)`` when (and if) its reward
 arrives. For linear policies expose adds x xᵀ to A and reward adds r·x to b, so the order and the
-worker they happen on do not matter. ``update(x, a, r)`` is both at once.
+worker they happen on do not matter. ``update(x, a, r)`` is both at once; ``expose_many`` and
+``reward_many`` take a batch of rows (same result as the single calls, fewer Python round trips).
+
+The public methods validate their inputs (shape, finiteness, action names) and never modify the arrays
+they are given; subclasses receive checked float64 arrays and arm indices.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import pickle
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+ELIGIBLE_CACHE_SIZE = 4096  # distinct eligible sets remembered (catalogues have a handful per placement)
 
 
 @dataclass(slots=True)
@@ -33,7 +41,11 @@ class Choice:
 
 
 class Policy(ABC):
-    """A contextual bandit over a changing set of string-named actions."""
+    """A contextual bandit over a changing set of string-named actions.
+
+    Actions are registered the first time they are seen (in ``select`` or in learning) and start cold;
+    an action that leaves the catalogue is simply not offered any more, its statistics are kept.
+    """
 
     name: str = "policy"
 
@@ -45,6 +57,8 @@ class Policy(ABC):
         self._rng = np.random.default_rng(seed)
         self._index: dict[str, int] = {}
         self._n_updates = 0
+        # eligible set -> (names, arm indices or None when the set is every arm in index order)
+        self._eligible: dict[tuple[str, ...], tuple[list[str], np.ndarray | None]] = {}
 
     # -- public API ---------------------------------------------------------------------------
     @property
@@ -58,12 +72,13 @@ class Policy(ABC):
 
     def select(self, x: np.ndarray, actions: Sequence[str]) -> Choice:
         """Choose among ``actions`` (the eligible set of this request) for context ``x``."""
-        if not actions:
-            raise ValueError("select() needs at least one eligible action")
         x = self._check_x(x)
-        idx = np.fromiter((self._arm(a) for a in actions), dtype=np.intp, count=len(actions))
-        choice = self._select(x, list(actions), idx)
-        return choice
+        key = tuple(actions)
+        resolved = self._eligible.get(key)
+        if resolved is None:
+            resolved = self._resolve(key)
+        names, idx = resolved
+        return self._select(x, names, idx)
 
     def expose(self, x: np.ndarray, action: str) -> None:
         x = self._check_x(x)
@@ -71,16 +86,38 @@ class Policy(ABC):
         self._n_updates += 1
 
     def reward(self, x: np.ndarray, action: str, reward: float) -> None:
-        if not np.isfinite(reward):
-            raise ValueError(f"reward must be finite, got {reward}")
+        r = self._check_reward(reward)
         x = self._check_x(x)
-        self._reward(x, self._arm(action), float(reward))
+        self._reward(x, self._arm(action), r)
         self._n_updates += 1
 
     def update(self, x: np.ndarray, action: str, reward: float) -> None:
-        self.expose(x, action)
-        if reward:
-            self.reward(x, action, reward)
+        """Exposure and reward in one step (the same statistics as ``expose`` then ``reward``)."""
+        r = self._check_reward(reward)
+        x = self._check_x(x)
+        self._update(x, self._arm(action), r)
+        self._n_updates += 2 if r else 1
+
+    def expose_many(self, xs: np.ndarray, actions: Sequence[str]) -> None:
+        """``expose`` for each row of ``xs`` (shape (n, dim)) and the action at the same position."""
+        xs = self._check_rows(xs, len(actions))
+        arms = self._arms(actions)
+        if len(arms):
+            self._expose_many(xs, arms)
+        self._n_updates += len(arms)
+
+    def reward_many(self, xs: np.ndarray, actions: Sequence[str], rewards: Sequence[float]) -> None:
+        """``reward`` for each row of ``xs``, the action and the reward at the same position."""
+        rs = np.array(rewards, dtype=np.float64)
+        if rs.shape != (len(actions),):
+            raise ValueError(f"need one reward per action: {len(actions)} actions, rewards shaped {rs.shape}")
+        if not np.isfinite(rs).all():
+            raise ValueError("rewards must be finite; drop or repair those samples before learning")
+        xs = self._check_rows(xs, len(actions))
+        arms = self._arms(actions)
+        if len(arms):
+            self._reward_many(xs, arms, rs)
+        self._n_updates += len(arms)
 
     def snapshot(self) -> bytes:
         buf = io.BytesIO()
@@ -94,31 +131,75 @@ class Policy(ABC):
             raise TypeError(f"snapshot holds a {type(policy).__name__}, not a Policy")
         return policy
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_eligible"] = {}  # a cache: rebuilt on demand, not worth shipping in snapshots
+        return state
+
     # -- helpers for subclasses ---------------------------------------------------------------
     def _check_x(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
         if x.shape != (self.dim,):
             raise ValueError(f"context must have shape ({self.dim},), got {x.shape}")
-        if not np.all(np.isfinite(x)):
-            raise ValueError("context holds NaN or infinity")
+        # x·x is NaN/inf when any entry is; only then pay for the element-wise check (huge finite
+        # entries can overflow the square without being invalid)
+        if not math.isfinite(np.dot(x, x)) and not np.isfinite(x).all():
+            raise ValueError("context holds NaN or infinity; repair the feature vector before deciding")
         return x
+
+    def _check_rows(self, xs: np.ndarray, n: int) -> np.ndarray:
+        xs = np.asarray(xs, dtype=np.float64)
+        if xs.shape != (n, self.dim):
+            raise ValueError(f"contexts must have shape ({n}, {self.dim}) (a row per action), got {xs.shape}")
+        if not np.isfinite(xs).all():
+            raise ValueError("contexts hold NaN or infinity; repair the feature vectors before learning")
+        return xs
+
+    @staticmethod
+    def _check_reward(reward: float) -> float:
+        r = float(reward)
+        if not math.isfinite(r):
+            raise ValueError(f"reward must be finite, got {reward!r}; drop or repair the sample first")
+        return r
 
     def _arm(self, action: str) -> int:
         i = self._index.get(action)
         if i is None:
+            if not isinstance(action, str) or not action:
+                raise ValueError(f"action names must be non-empty strings, got {action!r}")
             i = len(self._index)
             self._index[action] = i
             self._grow(i + 1)
+            self._eligible.clear()  # "every arm" shortcuts are stale once an arm is added
         return i
 
-    def _finish(self, actions: list[str], scores: np.ndarray, probs: np.ndarray, pick: int) -> Choice:
-        best = int(np.argmax(scores))
+    def _arms(self, actions: Sequence[str]) -> np.ndarray:
+        bad = [a for a in actions if not isinstance(a, str) or not a]
+        if bad:  # checked before any new action is registered, so a bad batch changes nothing
+            raise ValueError(f"action names must be non-empty strings, got {bad[0]!r}")
+        return np.fromiter((self._arm(a) for a in actions), dtype=np.intp, count=len(actions))
+
+    def _resolve(self, key: tuple[str, ...]) -> tuple[list[str], np.ndarray | None]:
+        if not key:
+            raise ValueError("select() needs at least one eligible action; fall back to a default instead")
+        if len(set(key)) != len(key):
+            raise ValueError(f"eligible actions must be distinct, got {list(key)}")
+        idx = self._arms(key)
+        every_arm = len(idx) == len(self._index) and bool((idx == np.arange(len(idx))).all())
+        resolved = (list(key), None if every_arm else idx)
+        if len(self._eligible) >= ELIGIBLE_CACHE_SIZE:
+            self._eligible.clear()
+        self._eligible[key] = resolved
+        return resolved
+
+    @staticmethod
+    def _choice(actions: list[str], scores: list[float], probs: list[float], pick: int, best: int) -> Choice:
         return Choice(
             action=actions[pick],
-            probability=float(probs[pick]),
+            probability=probs[pick],
             greedy=actions[best],
-            scores={a: float(s) for a, s in zip(actions, scores, strict=True)},
-            probabilities={a: float(p) for a, p in zip(actions, probs, strict=True)},
+            scores=dict(zip(actions, scores, strict=True)),
+            probabilities=dict(zip(actions, probs, strict=True)),
         )
 
     # -- to implement -------------------------------------------------------------------------
@@ -127,10 +208,24 @@ class Policy(ABC):
         """Make room for statistics of ``n_arms`` arms (new arms start cold)."""
 
     @abstractmethod
-    def _select(self, x: np.ndarray, actions: list[str], idx: np.ndarray) -> Choice: ...
+    def _select(self, x: np.ndarray, actions: list[str], idx: np.ndarray | None) -> Choice:
+        """Pick one of ``actions``; ``idx`` holds their arm indices, None when they are all arms in order."""
 
     @abstractmethod
     def _expose(self, x: np.ndarray, arm: int) -> None: ...
 
     @abstractmethod
     def _reward(self, x: np.ndarray, arm: int, reward: float) -> None: ...
+
+    def _update(self, x: np.ndarray, arm: int, reward: float) -> None:
+        self._expose(x, arm)
+        if reward:
+            self._reward(x, arm, reward)
+
+    def _expose_many(self, xs: np.ndarray, arms: np.ndarray) -> None:
+        for x, arm in zip(xs, arms.tolist(), strict=True):
+            self._expose(x, arm)
+
+    def _reward_many(self, xs: np.ndarray, arms: np.ndarray, rewards: np.ndarray) -> None:
+        for x, arm, r in zip(xs, arms.tolist(), rewards.tolist(), strict=True):
+            self._reward(x, arm, r)

@@ -1,0 +1,32 @@
+"""ε-greedy over per-arm ridge regressions (the same additive statistics as LinUCB)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bandits.base import Choice
+from bandits.explore import greedy_pick
+from bandits.ridge import LinearPolicy
+
+
+class EpsilonGreedy(LinearPolicy):
+    """Exploit the best ridge estimate θₐ·x; with probability ``epsilon`` pick uniformly instead.
+
+    Probabilities are exact: ε/K for every eligible action plus (1−ε)/|ties| for the best ones.
+    A new action starts at θ = 0 (so it ties with other unlearned actions) and is reached through ε.
+    """
+
+    name = "egreedy"
+
+    def __init__(
+        self, dim: int, epsilon: float = 0.05, ridge: float = 1.0, seed: int = 0, refresh_every: int = 512
+    ) -> None:
+        if not 0 <= epsilon <= 1:
+            raise ValueError(f"need 0 <= epsilon <= 1, got {epsilon}")
+        super().__init__(dim, ridge=ridge, seed=seed, refresh_every=refresh_every)
+        self.epsilon = epsilon
+
+    def _select(self, x: np.ndarray, actions: list[str], idx: np.ndarray | None) -> Choice:
+        scores = self._means(x, idx).tolist()
+        pick, best, probs = greedy_pick(scores, self.epsilon, self._rng.random())
+        return self._choice(actions, scores, probs, pick, best)

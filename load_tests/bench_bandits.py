@@ -1,0 +1,361 @@
+"""Bandit benchmark: cadence's policies against river.bandit, MABWiser and Vowpal Wabbit, one process.
+
+Every contender replays the same seeded stream (``bandits.synthetic.LinearWorld``: 10 actions, 20
+engine-like context features, Bernoulli clicks from a hidden linear model) with the same delay: the
+reward of step t is revealed at step t + delay and only then learned from. Rewards use common random
+numbers (click = uniform_t < p(x_t, a)), so two policies that pick the same action get the same reward.
+
+Reported per contender: µs per select+update (select time per step + update time per revealed reward,
+adapter cost included, e.g. dict contexts for river and text examples for VW, cold start included for
+all), cumulative reward, reward / oracle (the oracle plays argmax_a p(x_t, a) on the same uniforms) and
+expected reward / oracle expected (Σ p(x_t, a_t) / Σ max_a p(x_t, a): the same score without click luck).
+
+cadence rows come in two protocols: "update on reveal" (the peers' protocol: update(x, a, r) when the
+reward arrives) and "expose now" (the engine's protocol: expose(x, a) at decision time, reward(x, a, r)
+on reveal; only possible because its statistics split exposures from rewards).
+
+    python load_tests/bench_bandits.py [--steps 20000] [--delay 50] [--seed 0] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Protocol
+
+for _threads in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_threads, "1")  # every contender single-threaded (set before numpy loads)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from bandits import make_policy  # noqa: E402
+from bandits.synthetic import LinearWorld, Stream  # noqa: E402
+
+DEFAULT_STEPS = 20_000  # about 2 minutes for everything on 2 shared cores (MABWiser ≈ 2 ms per step)
+ALPHA_UCB = 0.5  # LinUCB width, the same for cadence and MABWiser (same score formula)
+ALPHA_TS = 0.25  # LinTS posterior scale, the same for cadence and MABWiser
+EPSILON = 0.05  # ε of every ε-greedy contender
+
+
+@dataclass(frozen=True)
+class Config:
+    steps: int
+    delay: int
+    seed: int
+    n_actions: int
+    dim: int
+
+
+class Runner(Protocol):
+    def select(self, x: np.ndarray) -> tuple[int, float]:
+        """The arm to play and its selection probability (NaN when the library does not say)."""
+
+    def learn(self, x: np.ndarray, arm: int, reward: float, probability: float) -> None: ...
+
+
+# -- cadence -------------------------------------------------------------------------------------
+class Cadence:
+    def __init__(self, cfg: Config, name: str, expose_now: bool, **params: Any) -> None:
+        self.policy = make_policy(name, cfg.dim, seed=cfg.seed + 1, **params)
+        self.actions = [f"a{i}" for i in range(cfg.n_actions)]
+        self.arm_of = {a: i for i, a in enumerate(self.actions)}
+        self.expose_now = expose_now
+
+    def select(self, x: np.ndarray) -> tuple[int, float]:
+        choice = self.policy.select(x, self.actions)
+        if self.expose_now:
+            self.policy.expose(x, choice.action)
+        return self.arm_of[choice.action], choice.probability
+
+    def learn(self, x: np.ndarray, arm: int, reward: float, probability: float) -> None:
+        if self.expose_now:
+            self.policy.reward(x, self.actions[arm], reward)
+        else:
+            self.policy.update(x, self.actions[arm], reward)
+
+
+class Uniform:
+    def __init__(self, cfg: Config) -> None:
+        self.rng = np.random.default_rng(cfg.seed + 1)
+        self.k = cfg.n_actions
+
+    def select(self, x: np.ndarray) -> tuple[int, float]:
+        return int(self.rng.integers(self.k)), 1.0 / self.k
+
+    def learn(self, x: np.ndarray, arm: int, reward: float, probability: float) -> None:
+        pass
+
+
+# -- river ---------------------------------------------------------------------------------------
+class RiverContextual:
+    def __init__(self, cfg: Config) -> None:
+        from river import bandit
+
+        self.policy = bandit.LinUCBDisjoint(seed=cfg.seed + 1)  # library defaults: alpha=1, beta=1
+        self.arms = list(range(cfg.n_actions))
+        self.names = [f"x{j}" for j in range(cfg.dim)]
+
+    def select(self, x: np.ndarray) -> tuple[int, float]:
+        context = dict(zip(self.names, x.tolist(), strict=True))
+        return self.policy.pull(self.arms, context=context), float("nan")
+
+    def learn(self, x: np.ndarray, arm: int, reward: float, probability: float) -> None:
+        self.policy.update(arm, dict(zip(self.names, x.tolist(), strict=True)), reward)
+
+
+class RiverPlain:
+    """A context-free river bandit: it is given the arms only (it ignores the context by design)."""
+
+    def __init__(self, cfg: Config, kind: str) -> None:
+        from river import bandit, proba
+
+        if kind == "egreedy":
+            self.policy = bandit.EpsilonGreedy(epsilon=EPSILON, seed=cfg.seed + 1)
+        else:
+            self.policy = bandit.ThompsonSampling(reward_obj=proba.Beta(), seed=cfg.seed + 1)
+        self.arms = list(range(cfg.n_actions))
+
+    def select(self, x: np.ndarray) -> tuple[int, float]:
+        return self.policy.pull(self.arms), float("nan")
+
+    def learn(self, x: np.ndarray, arm: int, reward: float, probability: float) -> None:
+        self.policy.update(arm, reward)
+
+
+# -- MABWiser ------------------------------------------------------------------------------------
+class Mabwiser:
+    def __init__(self, cfg: Config, kind: str) -> None:
+        from mabwiser.mab import MAB, LearningPolicy
+
+        learning = (
+            LearningPolicy.LinUCB(alpha=ALPHA_UCB, l2_lambda=1.0)
+            if kind == "linucb"
+            else LearningPolicy.LinTS(alpha=ALPHA_TS, l2_lambda=1.0)
+        )
+        self.mab = MAB(arms=list(range(cfg.n_actions)), learning_policy=learning, seed=cfg.seed + 1)
+        self.mab.fit(decisions=[], rewards=[], contexts=np.empty((0, cfg.dim)))  # predict() needs a fit
+
+    def select(self, x: np.ndarray) -> tuple[int, float]:
+        return int(self.mab.predict(x[None, :])), float("nan")
+
+    def learn(self, x: np.ndarray, arm: int, reward: float, probability: float) -> None:
+        self.mab.partial_fit(decisions=[arm], rewards=[reward], contexts=x[None, :])
+
+
+# -- Vowpal Wabbit -------------------------------------------------------------------------------
+class Vowpal:
+    """``cb_explore_adf`` with a shared context namespace U crossed with the action namespace A."""
+
+    def __init__(self, cfg: Config, explore: str) -> None:
+        import vowpalwabbit
+
+        flags = f"--cb_explore_adf -q UA {explore} --quiet --random_seed {cfg.seed + 1}"
+        self.vw = vowpalwabbit.Workspace(flags)
+        self.rng = np.random.default_rng(cfg.seed + 1)
+        self.k = cfg.n_actions
+
+    def _example(self, x: np.ndarray, label: tuple[int, float, float] | None = None) -> list[str]:
+        lines = ["shared |U " + " ".join(f"f{j}:{v:.6g}" for j, v in enumerate(x.tolist()) if v)]
+        lines += [f"|A a{a}" for a in range(self.k)]
+        if label is not None:
+            arm, cost, prob = label
+            lines[arm + 1] = f"0:{cost}:{prob} |A a{arm}"
+        return lines
+
+    def select(self, x: np.ndarray) -> tuple[int, float]:
+        pmf = np.asarray(self.vw.predict(self._example(x)), dtype=np.float64)
+        arm = int(self.rng.choice(self.k, p=pmf / pmf.sum()))
+        return arm, float(pmf[arm])
+
+    def learn(self, x: np.ndarray, arm: int, reward: float, probability: float) -> None:
+        self.vw.learn(self._example(x, (arm, -reward, probability)))  # VW minimises cost = -reward
+
+
+@dataclass(frozen=True)
+class Contender:
+    name: str
+    library: str
+    build: Callable[[Config], Runner]
+    note: str = ""
+
+
+OURS = {"linucb": {"alpha": ALPHA_UCB}, "lints": {"alpha": ALPHA_TS}, "egreedy": {"epsilon": EPSILON}}
+
+
+def cadence_contender(name: str, expose_now: bool, note: str = "", **params: Any) -> Contender:
+    protocol = "expose now" if expose_now else "update on reveal"
+    params = {**OURS[name], **params}
+    label = f"{name}{''.join(f' {k}={v}' for k, v in params.items() if k not in OURS[name])} ({protocol})"
+    return Contender(label, "cadence", lambda c: Cadence(c, name, expose_now, **params), note)
+
+
+CONTENDERS = [
+    *(cadence_contender(name, expose_now=False) for name in OURS),
+    *(cadence_contender(name, expose_now=True) for name in OURS),
+    cadence_contender("linucb", False, "no propensity floor: the cost of the ε floor", epsilon=0.0),
+    Contender("LinUCBDisjoint", "river", RiverContextual, "library defaults (alpha=1, beta=1)"),
+    Contender("EpsilonGreedy", "river", lambda c: RiverPlain(c, "egreedy"), "not contextual: ignores x"),
+    Contender("ThompsonSampling(Beta)", "river", lambda c: RiverPlain(c, "ts"), "not contextual: ignores x"),
+    Contender("LinUCB", "mabwiser", lambda c: Mabwiser(c, "linucb")),
+    Contender("LinTS", "mabwiser", lambda c: Mabwiser(c, "lints")),
+    Contender("cb_explore_adf epsilon", "vowpalwabbit", lambda c: Vowpal(c, f"--epsilon {EPSILON}")),
+    Contender("cb_explore_adf squarecb", "vowpalwabbit", lambda c: Vowpal(c, "--squarecb")),
+    Contender("uniform random", "reference", Uniform),
+]
+
+
+def replay(runner: Runner, stream: Stream, delay: int) -> dict[str, float]:
+    """Play the stream; rewards are learned ``delay`` steps after their decision.
+
+    Each step's select and learn calls are timed on their own; the mean is what the work costs,
+    the median is robust to the process being descheduled on a busy machine.
+    """
+    steps = len(stream.uniforms)
+    pending: deque[tuple[np.ndarray, int, float, float]] = deque()
+    select_s = np.zeros(steps)
+    learn_s = np.full(steps, np.nan)
+    reward = expected = 0.0
+    clock = time.perf_counter
+    cpu_started = time.process_time()
+    for t in range(steps):
+        x = stream.contexts[t]
+        t0 = clock()
+        arm, prob = runner.select(x)
+        t1 = clock()
+        select_s[t] = t1 - t0
+        r = stream.reward(t, arm)
+        reward += r
+        expected += stream.probabilities[t, arm]
+        pending.append((x, arm, r, prob))
+        if len(pending) > delay:
+            t0 = clock()
+            runner.learn(*pending.popleft())
+            learn_s[t] = clock() - t0
+    cpu_us = (time.process_time() - cpu_started) / steps * 1e6
+    learned = ~np.isnan(learn_s)
+    select_us = float(select_s.mean() * 1e6)
+    update_us = float(learn_s[learned].mean() * 1e6)
+    return {
+        "select_us": select_us,
+        "update_us": update_us,
+        "us_per_step": select_us + update_us,
+        "cpu_us_per_step": cpu_us,
+        "median_us_per_step": float(np.median(select_s[learned] + learn_s[learned]) * 1e6),
+        "reward": reward,
+        "expected_reward": expected,
+    }
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for package in ("numpy", "scipy", "river", "mabwiser", "vowpalwabbit"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def run(cfg: Config, only: set[str] | None) -> dict[str, Any]:
+    world = LinearWorld(n_actions=cfg.n_actions, dim=cfg.dim, seed=cfg.seed)
+    stream = world.stream(cfg.steps)
+    best = stream.probabilities.max(axis=1)
+    oracle_reward = float((stream.uniforms < best).sum())
+    oracle_expected = float(best.sum())
+    results = []
+    for contender in CONTENDERS:
+        if only and contender.library not in only and contender.name not in only:
+            continue
+        row: dict[str, Any] = {"name": contender.name, "library": contender.library, "note": contender.note}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # peers' deprecation chatter would drown the table
+                runner = contender.build(cfg)
+                row.update(replay(runner, stream, cfg.delay))
+        except ImportError as exc:
+            row["skipped"] = f"import failed: {exc}"
+        except Exception as exc:  # a peer that breaks is reported, not allowed to stop the benchmark
+            row["skipped"] = f"{type(exc).__name__}: {exc}"
+        if "reward" in row:
+            row["reward_ratio"] = row["reward"] / oracle_reward
+            row["expected_ratio"] = row["expected_reward"] / oracle_expected
+        results.append(row)
+        print(format_row(row), flush=True)
+    return {
+        "config": asdict(cfg),
+        "oracle_reward": oracle_reward,
+        "oracle_expected_reward": oracle_expected,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_avg_1m": os.getloadavg()[0],
+            "python": platform.python_version(),
+        },
+        "versions": versions(),
+        "results": results,
+    }
+
+
+LABEL = 50  # width of the contender column
+TIMING_KEYS = ("cpu_us_per_step", "us_per_step", "median_us_per_step", "select_us", "update_us")
+COLUMNS = ("cpu µs", "µs/step", "median", "select", "update", "reward", "/oracle", "E/oracle")
+HEADER = f"{'contender':<{LABEL}} " + " ".join(f"{c:>8}" for c in COLUMNS) + "  note"
+
+
+def format_row(row: dict[str, Any]) -> str:
+    label = f"{row['library']}: {row['name']}"
+    if "skipped" in row:
+        return f"{label:<{LABEL}} skipped - {row['skipped']}"
+    timing = [row[k] for k in TIMING_KEYS]
+    score = f"{row['reward']:>8.0f} {row['reward_ratio']:>8.3f} {row['expected_ratio']:>8.3f}"
+    return f"{label:<{LABEL}} " + " ".join(f"{v:>8.1f}" for v in timing) + f" {score}  {row['note']}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="requests in the stream")
+    parser.add_argument("--delay", type=int, default=50, help="steps until a reward is revealed")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the world, the stream and every policy")
+    parser.add_argument("--actions", type=int, default=10, help="number of actions")
+    parser.add_argument("--dim", type=int, default=20, help="context features")
+    parser.add_argument("--only", default="", help="comma-separated libraries or contender names to run")
+    parser.add_argument("--json", type=Path, help="write the results to this file")
+    args = parser.parse_args(argv)
+    if args.steps <= args.delay:
+        parser.error("--steps must exceed --delay")
+    cfg = Config(args.steps, args.delay, args.seed, args.actions, args.dim)
+    print(
+        f"{cfg.steps} steps, {cfg.n_actions} actions, {cfg.dim} features, rewards revealed {cfg.delay} steps "
+        f"later, seed {cfg.seed}.\ncpu µs = process CPU time of the whole replay per step (robust to a busy "
+        "machine);\nµs/step = mean select + mean update (wall, adapters included); median = median "
+        "of select + update over the steps that learned;\nselect/update = means; /oracle = reward / oracle "
+        "reward; E/oracle = expected reward / oracle expected reward"
+    )
+    print(HEADER)
+    only = {s.strip() for s in args.only.split(",") if s.strip()} or None
+    started = time.perf_counter()
+    report = run(cfg, only)
+    report["wall_s"] = time.perf_counter() - started
+    print(
+        f"oracle reward {report['oracle_reward']:.0f}; river EpsilonGreedy and ThompsonSampling are "
+        f"context-free and were given the arms only; wall {report['wall_s']:.0f} s, "
+        f"load average {report['machine']['load_avg_1m']:.2f} on {report['machine']['cpus']} cpus"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
