@@ -21,6 +21,10 @@ the ev winner], computed from the bandit's probabilities. When the ev winner is 
 this is the bandit's own probability. It is exact except in one corner: the bandit's top score is tied
 (it draws its greedy action among the tied ones) and costs or boosts split that tie; then it is the
 probability given the greedy action drawn.
+
+When arbitration overrides the bandit's greedy action (a cost or boost made another action better), that
+greedy action is not shown in this context (probability 0): the business rule wins. Every other action
+keeps at least the bandit's exploration share, so off-policy estimates stay possible for them.
 """
 
 from __future__ import annotations

@@ -51,6 +51,10 @@ class Lever:
     def check(self) -> None:
         if not self.lever_id:
             raise LeverError("lever_id must be a non-empty string")
+        if isinstance(self.ts, bool) or not isinstance(self.ts, int | float) or not math.isfinite(self.ts):
+            raise LeverError(
+                f"lever {self.lever_id!r}: 'ts' must be event time in epoch seconds, got {self.ts!r}"
+            )
         if not self.who or not self.why:
             raise LeverError(
                 f"lever {self.lever_id!r}: 'who' and 'why' are required, every change is audited"

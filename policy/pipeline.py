@@ -92,7 +92,7 @@ def decide_action(
             new.contacts[channel] = record_contact(contact, new.contacts.get(channel), action, ts)
             if action in cat.actions:
                 budgets.record_action(action, ts, cat.actions[action].cost)
-        return PolicyOutcome(action, mode, round(p, 6), trace, new, choice)
+        return PolicyOutcome(action, mode, p, trace, new, choice)
 
     blocked: ContactCap | None = channel_block(contact, history, ts)
     if blocked is not None:

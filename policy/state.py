@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from policy.contact import ChannelHistory
+from policy.contact import ChannelHistory, record_click
 from policy.stickiness import StickyState
 
 VERSION = 1
@@ -31,6 +31,14 @@ class UserPolicyState:
 
     def copy(self) -> UserPolicyState:
         return UserPolicyState(dict(self.sticky), {k: v.copy() for k, v in self.contacts.items()})
+
+    def after_click(self, channel: str) -> UserPolicyState:
+        """The state after the user clicked on ``channel``: its ignored-exposure streak starts again."""
+        new = self.copy()
+        history = record_click(new.contacts.get(channel))
+        if history is not None:
+            new.contacts[channel] = history
+        return new
 
     def encode(self) -> bytes:
         return orjson.dumps(

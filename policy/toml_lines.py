@@ -63,9 +63,11 @@ class SourceLines:
                     self._keys.setdefault((inner, m.group(1)), n)
 
     def line_of(self, path: Path, key: str | None = None) -> int:
-        """The line of ``key`` in table ``path``; else of the table; else of its nearest parent."""
+        """Line of ``key`` in table ``path`` (or of the table it names), else of the table, else a parent."""
         if key is not None and (path, key) in self._keys:
             return self._keys[(path, key)]
+        if key is not None and (*path, key) in self._tables:  # the key names a table: [contact.email]
+            return self._tables[(*path, key)]
         while path not in self._tables:
             path = path[:-1]
         return self._tables[path]

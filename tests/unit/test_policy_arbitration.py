@@ -1,0 +1,165 @@
+"""Arbitration: expected value = propensity × value × boost − cost, with the bandit's exploration kept."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from bandits.base import Choice
+from bandits.linucb import LinUCB
+from policy.arbitration import ArbitrationConfig, arbitrate
+from policy.catalogue import Action, Catalogue, Placement
+
+
+def catalogue(values: dict[str, float], costs: dict[str, float] | None = None) -> Catalogue:
+    costs = costs or {}
+    actions = {a: Action(a, "web", ("p",), v, costs.get(a, 0.0)) for a, v in values.items()}
+    return Catalogue({"p": Placement("p", "web")}, actions)
+
+
+def eps_greedy(scores: dict[str, float], pick: str, eps: float = 0.1) -> Choice:
+    """What an ε-greedy bandit with a unique best score reports."""
+    greedy = max(scores, key=lambda a: scores[a])
+    k = len(scores)
+    probs = {a: eps / k + (1 - eps if a == greedy else 0.0) for a in scores}
+    return Choice(pick, probs[pick], greedy, dict(scores), probs)
+
+
+CAT = catalogue({"a": 10.0, "b": 20.0, "c": 40.0}, {"b": 3.0})
+SCORES = {"a": 0.5, "b": 0.45, "c": 0.1}  # value mode: gross = score × 40
+
+
+@pytest.mark.parametrize(
+    ("case", "choice", "boosts", "config", "action", "p", "explored"),
+    [
+        (
+            "no cost, no boost: the bandit's best",
+            eps_greedy({"a": 0.5, "b": 0.4, "c": 0.1}, "a"),
+            {},
+            ArbitrationConfig(),
+            "a",
+            0.9 + 0.1 / 3,
+            False,
+        ),
+        (
+            "the bandit's best stays best despite b's cost",
+            eps_greedy(SCORES, "a"),
+            {},
+            ArbitrationConfig(),
+            "a",
+            0.9 + 0.1 / 3,
+            False,
+        ),
+        (
+            "a boost makes b the best",
+            eps_greedy(SCORES, "a"),
+            {"b": 1.5},
+            ArbitrationConfig(),
+            "b",
+            0.1 / 3 + 0.9 + 0.1 / 3,
+            False,
+        ),
+        (
+            "exploration keeps the bandit's pick",
+            eps_greedy(SCORES, "c"),
+            {"b": 1.5},
+            ArbitrationConfig(),
+            "c",
+            0.1 / 3,
+            True,
+        ),
+        (
+            "exploring onto the ev winner adds both masses",
+            eps_greedy(SCORES, "b"),
+            {"b": 1.5},
+            ArbitrationConfig(),
+            "b",
+            0.1 / 3 + 0.9 + 0.1 / 3,
+            True,
+        ),
+        (
+            "response mode weighs by value",
+            eps_greedy(SCORES, "a"),
+            {},
+            ArbitrationConfig("response"),
+            "b",
+            0.1 / 3 + 0.9 + 0.1 / 3,
+            False,
+        ),
+    ],
+)
+def test_candidate_and_probability(case, choice, boosts, config, action, p, explored) -> None:
+    result = arbitrate(choice, ["a", "b", "c"], CAT, boosts, config)
+    assert (result.action, result.explored) == (action, explored)
+    assert result.probability == pytest.approx(p)
+
+
+def test_terms_show_the_formula() -> None:
+    result = arbitrate(eps_greedy(SCORES, "a"), ["a", "b", "c"], CAT, {"b": 1.5})
+    terms = {t.action: t for t in result.ranked}
+    assert terms["b"].ev == pytest.approx(0.45 * 40 * 1.5 - 3.0)
+    assert terms["a"].ev == pytest.approx(0.5 * 40)
+    assert [t.action for t in result.ranked] == ["b", "a", "c"]
+    assert terms["b"].to_trace() == {
+        "action": "b",
+        "score": 0.45,
+        "value": 20.0,
+        "boost": 1.5,
+        "cost": 3.0,
+        "ev": round(0.45 * 60 - 3, 4),
+    }
+
+
+def test_negative_scores_mean_no_value() -> None:
+    choice = eps_greedy({"a": -0.2, "b": -0.5, "c": -0.1}, "c")
+    result = arbitrate(choice, ["a", "b", "c"], CAT)
+    assert {t.action: t.ev for t in result.ranked} == {"a": 0.0, "b": -3.0, "c": 0.0}
+    assert result.action == "c"  # tie at 0 between a and c: the bandit's greedy wins
+
+
+def test_logged_probability_is_the_real_frequency() -> None:
+    """Draw from an ε-greedy bandit many times: each candidate appears as often as its logged p says."""
+    rng = np.random.default_rng(7)
+    scores = {"a": 0.5, "b": 0.45, "c": 0.3, "d": 0.1}
+    cat = catalogue(
+        {"a": 10.0, "b": 10.0, "c": 10.0, "d": 10.0}, {"a": 4.0}
+    )  # a's cost makes b the ev winner
+    n, eps = 20000, 0.2
+    seen: Counter[str] = Counter()
+    logged: dict[str, float] = {}
+    for _ in range(n):
+        pick = "a" if rng.random() >= eps else str(rng.choice(list(scores)))
+        result = arbitrate(eps_greedy(scores, pick, eps), list(scores), cat)
+        seen[result.action] += 1
+        assert logged.setdefault(result.action, result.probability) == result.probability
+    # a, the bandit's greedy action, is never shown: when the bandit exploits, arbitration shows b instead.
+    assert set(seen) == {"b", "c", "d"}
+    for a, p in logged.items():
+        assert seen[a] / n == pytest.approx(p, abs=0.015), a  # sd ≤ 0.0036 at n = 20000
+    assert sum(logged.values()) == pytest.approx(1.0)
+
+
+def test_cold_linucb_ties_keep_the_bandits_own_draw() -> None:
+    bandit = LinUCB(4, seed=3)
+    cat = catalogue({a: 10.0 for a in "abcde"})
+    x = np.ones(4) / 2
+    for _ in range(50):
+        choice = bandit.select(x, list("abcde"))
+        result = arbitrate(choice, list("abcde"), cat)
+        assert (result.action, result.probability) == (choice.action, pytest.approx(choice.probability))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"reward_unit": "euros"}, "reward_unit must be one of"), ({"top_k": 0}, "top_k must be >= 1")],
+)
+def test_bad_config(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ArbitrationConfig(**kwargs)
+
+
+def test_empty_eligible_set_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least one eligible action"):
+        arbitrate(eps_greedy({"a": 1.0}, "a"), [], CAT)

@@ -1,0 +1,78 @@
+"""Worker budgets: action volume and spend per UTC day, placement changes per hour, all on event time."""
+
+from __future__ import annotations
+
+import pytest
+
+from policy.budgets import WorkerBudgets
+
+DAY0 = 1_780_012_800.0  # a UTC midnight
+
+
+def test_volume_cap_per_utc_day() -> None:
+    b = WorkerBudgets()
+    assert b.action_block("a", DAY0, 0.0, 2, None) is None
+    b.record_action("a", DAY0 + 10, 0.0)
+    b.record_action("a", DAY0 + 20, 0.0)
+    assert b.action_block("a", DAY0 + 86399, 0.0, 2, None) == "volume_cap"
+    assert b.action_block("b", DAY0 + 86399, 0.0, 2, None) is None  # per action
+    assert b.action_block("a", DAY0 + 86400, 0.0, 2, None) is None  # next day
+    assert b.action_usage("a", DAY0) == (2, 0.0)
+
+
+def test_budget_counts_cost() -> None:
+    b = WorkerBudgets()
+    b.record_action("a", DAY0, 0.3)
+    b.record_action("a", DAY0, 0.3)
+    assert b.action_block("a", DAY0, 0.4, None, 1.0) is None  # 1.0 exactly is still within
+    b.record_action("a", DAY0, 0.4)
+    assert b.action_block("a", DAY0, 0.01, None, 1.0) == "budget"
+    assert b.action_usage("a", DAY0) == (3, pytest.approx(1.0))
+
+
+@pytest.mark.parametrize(("share", "allowed"), [(1.0, 10), (0.5, 5), (0.25, 2)])
+def test_share_splits_limits_between_workers(share: float, allowed: int) -> None:
+    b = WorkerBudgets(share=share)
+    n = 0
+    while b.action_block("a", DAY0, 1.0, 10, 100.0) is None and n < 100:
+        b.record_action("a", DAY0, 1.0)
+        n += 1
+    assert n == allowed
+    changes = 0
+    while b.change_available("p", DAY0, 10) and changes < 100:
+        b.take_change("p", DAY0)
+        changes += 1
+    assert changes == allowed
+
+
+def test_hourly_change_budget_uses_event_time_buckets() -> None:
+    b = WorkerBudgets()
+    b.take_change("p", DAY0 + 59)
+    assert not b.change_available("p", DAY0 + 3599, 1)
+    assert b.change_available("p", DAY0 + 3600, 1)
+    assert b.change_available("other", DAY0 + 100, 1)
+    assert b.change_available("p", DAY0, None)
+
+
+def test_requests_older_than_the_kept_buckets_are_refused() -> None:
+    b = WorkerBudgets(keep_days=2, keep_hours=3)
+    b.record_action("a", DAY0 + 5 * 86400, 0.0)
+    assert b.action_block("a", DAY0 + 4 * 86400, 0.0, 10, None) is None  # yesterday is still kept
+    assert b.action_block("a", DAY0 + 3 * 86400, 0.0, 10, None) == "volume_cap"
+    assert b.action_block("a", DAY0 + 3 * 86400, 0.0, None, None) is None  # no limit, nothing to refuse
+    b.take_change("p", DAY0 + 10 * 3600)
+    assert b.change_available("p", DAY0 + 8 * 3600, 5)
+    assert not b.change_available("p", DAY0 + 7 * 3600, 5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"share": 0}, "share must be in \\(0, 1\\]"),
+        ({"share": 1.5}, "1/number of workers"),
+        ({"keep_days": 0}, "keep_days and keep_hours must be >= 1"),
+    ],
+)
+def test_bad_budgets(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        WorkerBudgets(**kwargs)

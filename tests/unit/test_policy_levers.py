@@ -1,0 +1,166 @@
+"""Levers: pin, boost, ban, kill switch, expiry, audit and JSON round trip."""
+
+from __future__ import annotations
+
+import pytest
+
+from policy.levers import NO_LEVERS, Lever, LeverBook, LeverError, LeverKind
+
+T0 = 1_780_000_000.0
+
+
+def lever(lever_id: str, kind: LeverKind, action: str | None = "offer_a", **kw) -> Lever:
+    return Lever(
+        lever_id,
+        kind,
+        who=kw.pop("who", "ana"),
+        why=kw.pop("why", "test"),
+        ts=kw.pop("ts", T0),
+        action=action,
+        **kw,
+    )
+
+
+def book(*levers: Lever) -> LeverBook:
+    b = LeverBook()
+    for lv in levers:
+        b.apply(lv)
+    return b
+
+
+@pytest.mark.parametrize(
+    ("case", "levers", "request_", "expect"),
+    [
+        ("nothing", [], ("u1", "vip", "hero"), {"pin": None, "kill": None, "boosts": {}, "bans": set()}),
+        ("pin for everyone", [lever("p", LeverKind.PIN)], ("u1", None, "hero"), {"pin": "offer_a"}),
+        (
+            "pin for a segment, other segment",
+            [lever("p", LeverKind.PIN, segment="vip")],
+            ("u1", "new", "hero"),
+            {"pin": None},
+        ),
+        (
+            "user pin beats segment pin",
+            [
+                lever("s", LeverKind.PIN, "offer_s", segment="vip"),
+                lever("u", LeverKind.PIN, "offer_u", user_id="u1", ts=T0 - 10),
+            ],
+            ("u1", "vip", "hero"),
+            {"pin": "offer_u", "pin_lever": "u"},
+        ),
+        (
+            "latest of equal pins",
+            [lever("p1", LeverKind.PIN, "x", ts=T0 - 5), lever("p2", LeverKind.PIN, "y")],
+            ("u1", None, "hero"),
+            {"pin": "y"},
+        ),
+        (
+            "placement scoped",
+            [lever("p", LeverKind.PIN, placement="side")],
+            ("u1", None, "hero"),
+            {"pin": None},
+        ),
+        (
+            "boosts multiply",
+            [lever("b1", LeverKind.BOOST, factor=2.0), lever("b2", LeverKind.BOOST, factor=1.5)],
+            ("u1", None, "hero"),
+            {"boosts": {"offer_a": 3.0}},
+        ),
+        (
+            "bans add up",
+            [lever("x", LeverKind.BAN), lever("y", LeverKind.BAN, "offer_b", user_id="u1")],
+            ("u1", None, "hero"),
+            {"bans": {"offer_a", "offer_b"}},
+        ),
+        ("kill switch", [lever("k", LeverKind.KILL, None)], ("u9", None, "any"), {"kill": "k"}),
+        ("not yet active", [lever("p", LeverKind.PIN, ts=T0 + 1)], ("u1", None, "hero"), {"pin": None}),
+        (
+            "expired",
+            [lever("p", LeverKind.PIN, expires=T0 + 10)],
+            ("u1", None, "hero", T0 + 10),
+            {"pin": None},
+        ),
+        (
+            "before expiry",
+            [lever("p", LeverKind.PIN, expires=T0 + 10)],
+            ("u1", None, "hero", T0 + 9.9),
+            {"pin": "offer_a"},
+        ),
+    ],
+)
+def test_active(case, levers, request_, expect) -> None:
+    user, segment, placement, *at = request_
+    active = book(*levers).active(at[0] if at else T0, user, segment, placement)
+    for key, value in expect.items():
+        got = getattr(active, key)
+        assert (set(got) if isinstance(got, frozenset) else got) == value, key
+
+
+def test_no_levers_is_the_shared_empty_answer() -> None:
+    assert LeverBook().active(T0, "u", None, "p") is NO_LEVERS
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (lever("", LeverKind.PIN), "lever_id must be a non-empty string"),
+        (lever("x", LeverKind.PIN, who=""), "'who' and 'why' are required"),
+        (lever("x", LeverKind.BAN, why=""), "'who' and 'why' are required"),
+        (lever("x", LeverKind.PIN, None), "a pin lever needs an 'action'"),
+        (lever("x", LeverKind.PIN, user_id="u", segment="s"), "target a 'user_id' or a 'segment', not both"),
+        (lever("x", LeverKind.BOOST, factor=0.0), "boost 'factor' must be a number > 0"),
+        (lever("x", LeverKind.BOOST, factor=float("nan")), "boost 'factor' must be a number > 0"),
+        (lever("x", LeverKind.PIN, expires=T0), "'expires' .* must be after 'ts'"),
+        (lever("x", LeverKind.PIN, ts="yesterday"), "'ts' must be event time in epoch seconds"),
+    ],
+)
+def test_bad_levers_are_refused(bad: Lever, message: str) -> None:
+    with pytest.raises(LeverError, match=message):
+        LeverBook().apply(bad)
+
+
+def test_every_change_is_audited() -> None:
+    b = book(lever("p", LeverKind.PIN), lever("p", LeverKind.PIN, "offer_b", who="bo", why="swap", ts=T0 + 5))
+    b.revoke("p", "cy", "campaign over", T0 + 9)
+    assert [(r.change, r.who, r.why, r.ts) for r in b.audit] == [
+        ("apply", "ana", "test", T0),
+        ("replace", "bo", "swap", T0 + 5),
+        ("revoke", "cy", "campaign over", T0 + 9),
+    ]
+    assert b.audit[1].lever["action"] == "offer_b"
+    assert b.levers == []
+    with pytest.raises(LeverError, match="no lever 'p'"):
+        b.revoke("p", "cy", "again", T0 + 10)
+    with pytest.raises(LeverError, match="revoking needs 'who' and 'why'"):
+        b.revoke("p", "", "", T0 + 10)
+
+
+def test_prune_drops_expired_levers_but_keeps_the_audit() -> None:
+    b = book(lever("a", LeverKind.BAN, expires=T0 + 10), lever("b", LeverKind.BAN))
+    assert b.prune(T0 + 10) == ["a"]
+    assert [lv.lever_id for lv in b.levers] == ["b"] and len(b.audit) == 2
+
+
+def test_json_round_trip() -> None:
+    b = book(
+        lever("k", LeverKind.KILL, None, placement="hero"),
+        lever("b", LeverKind.BOOST, factor=1.3, segment="vip", expires=T0 + 60),
+    )
+    b.revoke("k", "ana", "fixed", T0 + 1)
+    back = LeverBook.from_json(b.to_json())
+    assert back.levers == b.levers and back.audit == b.audit
+    assert back.active(T0 + 2, "u", "vip", "hero").boosts == {"offer_a": 1.3}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"not json",
+        b'{"levers": [{"kind": "pin"}], "audit": []}',
+        b'{"levers": [{"lever_id": "x", "kind": "zap", "who": "a", "why": "b", "ts": 1}], "audit": []}',
+        b'{"audit": []}',
+    ],
+)
+def test_damaged_json_is_refused(raw: bytes) -> None:
+    with pytest.raises(LeverError):
+        LeverBook.from_json(raw)

@@ -1,0 +1,388 @@
+"""The composed decision policy for one request: every step, its mode, logged probability and trace."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from bandits.base import Choice
+from bandits.linucb import LinUCB
+from contracts.decisions import Mode
+from policy.budgets import WorkerBudgets
+from policy.catalogue import NO_ACTION, Action, Catalogue, Placement
+from policy.contact import ContactPolicy
+from policy.holdout import HoldoutConfig
+from policy.levers import Lever, LeverBook, LeverKind
+from policy.pipeline import PolicyContext, PolicyRequest, decide_action
+from policy.state import UserPolicyState
+from policy.stickiness import StickinessSettings
+
+NOON = 1_780_012_800.0 + 12 * 3600  # 12:00 UTC
+EPS = 0.1
+
+
+def make_catalogue() -> Catalogue:
+    placements = {
+        "hero": Placement("hero", "web", NO_ACTION, StickinessSettings(600, 0.1, 2, None)),
+        "news": Placement("news", "email", "digest"),
+        "slot": Placement("slot", "ad", NO_ACTION),
+    }
+    actions = {
+        "a": Action("a", "web", ("hero",), 10.0),
+        "b": Action("b", "web", ("hero",), 20.0),
+        "c": Action("c", "web", ("hero",), 30.0, segments=("vip",)),
+        "d": Action("d", "web", ("hero",), 30.0, max_per_day=1),
+        "digest": Action("digest", "email", ("news",), 5.0),
+        "winback": Action("winback", "email", ("news",), 15.0),
+        "cr1": Action("cr1", "ad", ("slot",), 10.0),
+        "cr2": Action("cr2", "ad", ("slot",), 10.0),
+    }
+    contact = {
+        "email": ContactPolicy(max_contacts=2, window_days=7, quiet_hours_utc=(22, 6)),
+        "ad": ContactPolicy(max_per_action_per_day=2),
+    }
+    return Catalogue(placements, actions, contact)
+
+
+class FakeBandit:
+    """ε-greedy over fixed scores; ``pick`` forces its draw (an exploration when it is not the best)."""
+
+    def __init__(self, scores: dict[str, float], pick: str | None = None) -> None:
+        self.scores = scores
+        self.pick = pick
+        self.asked: list[list[str]] = []
+
+    def __call__(self, ids) -> Choice:
+        ids = list(ids)
+        self.asked.append(ids)
+        scores = {a: self.scores.get(a, 0.0) for a in ids}
+        greedy = max(ids, key=lambda a: scores[a])
+        probs = {a: EPS / len(ids) + (1 - EPS if a == greedy else 0.0) for a in ids}
+        pick = self.pick if self.pick in ids else greedy
+        return Choice(pick, probs[pick], greedy, scores, probs)
+
+
+def context(*levers: Lever, holdout: HoldoutConfig | None = None) -> PolicyContext:
+    book = LeverBook()
+    for lv in levers:
+        book.apply(lv)
+    return PolicyContext(make_catalogue(), book, holdout, WorkerBudgets())
+
+
+def lever(kind: LeverKind, action: str | None = None, **kw) -> Lever:
+    return Lever(f"{kind.value}-{action}", kind, "ana", "test", NOON - 60, action, **kw)
+
+
+SCORES = {"a": 0.2, "b": 0.5, "c": 0.9, "d": 0.1, "digest": 0.1, "winback": 0.3, "cr1": 0.2, "cr2": 0.1}
+P_BEST_OF = {n: 1 - EPS + EPS / n for n in range(1, 6)}
+
+
+@pytest.mark.parametrize(
+    ("case", "request_kw", "ctx", "action", "mode", "p", "asked", "trace"),
+    [
+        (
+            "best eligible",
+            {},
+            context(),
+            "b",
+            Mode.EXPLOIT,
+            P_BEST_OF[3],
+            ["a", "b", "d"],
+            {"eligible": ["a", "b", "d"], "removed": {"c": "segment"}, "greedy": "b"},
+        ),
+        (
+            "segment opens c",
+            {"segment": "vip"},
+            context(),
+            "c",
+            Mode.EXPLOIT,
+            P_BEST_OF[4],
+            ["a", "b", "c", "d"],
+            {"eligible": ["a", "b", "c", "d"]},
+        ),
+        (
+            "unknown placement",
+            {"placement": "nowhere"},
+            context(),
+            NO_ACTION,
+            Mode.FALLBACK,
+            1.0,
+            None,
+            {"fallback": "unknown_placement"},
+        ),
+        (
+            "kill switch",
+            {},
+            context(lever(LeverKind.KILL)),
+            NO_ACTION,
+            Mode.FALLBACK,
+            1.0,
+            None,
+            {"fallback": "kill_switch", "levers": ["kill-None"]},
+        ),
+        (
+            "kill switch sends the default email",
+            {"placement": "news"},
+            context(lever(LeverKind.KILL)),
+            "digest",
+            Mode.FALLBACK,
+            1.0,
+            None,
+            {"fallback": "kill_switch"},
+        ),
+        (
+            "quiet hours beat everything",
+            {"placement": "news", "ts": NOON + 11 * 3600},
+            context(lever(LeverKind.KILL)),
+            NO_ACTION,
+            Mode.SUPPRESSED,
+            1.0,
+            None,
+            {"caps": ["quiet_hours"]},
+        ),
+        (
+            "holdout control",
+            {"placement": "news"},
+            context(holdout=HoldoutConfig(1.0, "s")),
+            "digest",
+            Mode.HOLDOUT,
+            1.0,
+            None,
+            {"holdout": "global"},
+        ),
+        (
+            "holdout elsewhere",
+            {},
+            context(holdout=HoldoutConfig(1.0, "s", placements=("news",))),
+            "b",
+            Mode.EXPLOIT,
+            P_BEST_OF[3],
+            ["a", "b", "d"],
+            {},
+        ),
+        ("pin", {}, context(lever(LeverKind.PIN, "a")), "a", Mode.PINNED, 1.0, None, {"pin": "pin-a"}),
+        (
+            "pin on an ineligible action is ignored",
+            {},
+            context(lever(LeverKind.PIN, "c")),
+            "b",
+            Mode.EXPLOIT,
+            P_BEST_OF[3],
+            ["a", "b", "d"],
+            {"pin_ignored": "segment"},
+        ),
+        (
+            "a ban beats a pin",
+            {},
+            context(lever(LeverKind.PIN, "b"), lever(LeverKind.BAN, "b")),
+            "a",
+            Mode.EXPLOIT,
+            P_BEST_OF[2],
+            ["a", "d"],
+            {"pin_ignored": "ban", "removed": {"b": "ban", "c": "segment"}},
+        ),
+        (
+            "user ban",
+            {},
+            context(lever(LeverKind.BAN, "b", user_id="u1")),
+            "a",
+            Mode.EXPLOIT,
+            P_BEST_OF[2],
+            ["a", "d"],
+            {},
+        ),
+        (
+            "another user's ban",
+            {"user_id": "u2"},
+            context(lever(LeverKind.BAN, "b", user_id="u1")),
+            "b",
+            Mode.EXPLOIT,
+            P_BEST_OF[3],
+            ["a", "b", "d"],
+            {},
+        ),
+        (
+            "boost changes the winner",
+            {},
+            context(lever(LeverKind.BOOST, "a", factor=3.0)),
+            "a",
+            Mode.EXPLOIT,
+            EPS / 3 + P_BEST_OF[3],
+            ["a", "b", "d"],
+            {"greedy": "b"},
+        ),
+        (
+            "nothing eligible",
+            {"consent": False},
+            context(),
+            NO_ACTION,
+            Mode.FALLBACK,
+            1.0,
+            None,
+            {"fallback": "no_eligible_action", "eligible": []},
+        ),
+        (
+            "no consent keeps no-consent-needed actions out too",
+            {"placement": "news", "consent": False},
+            context(),
+            "digest",
+            Mode.FALLBACK,
+            1.0,
+            None,
+            {"fallback": "no_eligible_action"},
+        ),
+    ],
+)
+def test_one_request(case, request_kw, ctx, action, mode, p, asked, trace) -> None:
+    bandit = FakeBandit(SCORES)
+    request = PolicyRequest(**{"user_id": "u1", "placement": "hero", "ts": NOON, **request_kw})
+    out = decide_action(request, UserPolicyState(), ctx, bandit)
+    assert (out.action, out.mode) == (action, mode)
+    assert out.probability == pytest.approx(p, abs=1e-6)
+    assert bandit.asked == ([asked] if asked is not None else [])
+    for key, value in trace.items():
+        assert out.trace[key] == value, key
+    assert (out.choice is not None) == (asked is not None)
+    orjson.dumps(out.trace)  # the trace goes into the decision's JSON
+
+
+def run(
+    ctx: PolicyContext,
+    bandit,
+    state: UserPolicyState,
+    ts: float,
+    placement: str = "hero",
+    user: str = "u1",
+    **kw,
+):
+    out = decide_action(PolicyRequest(user, placement, ts, **kw), state, ctx, bandit)
+    return out, out.state
+
+
+def test_exploration_is_logged_with_the_bandits_probability() -> None:
+    out, _ = run(context(), FakeBandit(SCORES, pick="a"), UserPolicyState(), NOON)
+    assert (out.action, out.mode, out.probability) == ("a", Mode.EXPLORE, pytest.approx(EPS / 3))
+
+
+def test_stickiness_keeps_the_incumbent_and_logs_it_as_sticky() -> None:
+    ctx = context()
+    first, state = run(ctx, FakeBandit(SCORES), UserPolicyState(), NOON)
+    assert first.action == "b" and state.sticky["hero"].action == "b"
+    better_a = FakeBandit({**SCORES, "a": 0.9})
+    kept, state2 = run(ctx, better_a, state, NOON + 60)
+    assert (kept.action, kept.mode, kept.probability) == ("b", Mode.STICKY, 1.0)
+    assert kept.trace["sticky"]["reason"] == "dwell" and kept.trace["sticky"]["challenger"] == "a"
+    assert kept.choice is not None and kept.choice.action == "a"  # what the bandit wanted, for the record
+    changed, state3 = run(ctx, better_a, state2, NOON + 600)
+    assert (changed.action, changed.mode, changed.trace["changed_from"]) == ("a", Mode.EXPLOIT, "b")
+    assert state3.sticky["hero"].since == NOON + 600
+    slightly_better_b = FakeBandit({**SCORES, "a": 0.9, "b": 0.95})
+    held, _ = run(ctx, slightly_better_b, state3, NOON + 1200)
+    assert (held.action, held.trace["sticky"]["reason"]) == ("a", "hysteresis")
+
+
+def test_daily_cap_then_forced_change_when_the_incumbent_is_banned() -> None:
+    ctx = context()
+    state = UserPolicyState()
+    ts = NOON
+    for scores in ({"a": 0.9}, {"b": 2.0}, {"a": 5.0}):  # first decision, then two changes: the cap
+        _, state = run(ctx, FakeBandit({**SCORES, **scores}), state, ts)
+        ts += 600
+    capped, state = run(ctx, FakeBandit({**SCORES, "b": 20.0}), state, ts)
+    assert (capped.action, capped.trace["sticky"]["reason"]) == ("a", "daily_cap")
+    ctx.levers.apply(Lever("ban-a", LeverKind.BAN, "ana", "broken link", ts, "a"))
+    forced, state = run(ctx, FakeBandit({**SCORES, "b": 20.0}), state, ts + 1)
+    assert (forced.action, forced.mode, forced.trace.get("forced")) == ("b", Mode.EXPLOIT, True)
+
+
+def test_placement_budget_is_shared_by_users() -> None:
+    ctx = context()
+    ctx.catalogue.placements["hero"] = Placement("hero", "web", NO_ACTION, StickinessSettings(0, 0, None, 1))
+    states = {}
+    for user in ("u1", "u2"):
+        _, states[user] = run(ctx, FakeBandit(SCORES), UserPolicyState(), NOON, user=user)
+    want_a = FakeBandit({**SCORES, "a": 0.9})
+    first, _ = run(ctx, want_a, states["u1"], NOON + 10, user="u1")
+    second, _ = run(ctx, want_a, states["u2"], NOON + 20, user="u2")
+    assert first.action == "a" and first.mode is Mode.EXPLOIT
+    assert (second.action, second.trace["sticky"]["reason"]) == ("b", "placement_budget")
+    third, _ = run(ctx, want_a, states["u2"], NOON + 3600, user="u2")  # next event-time hour
+    assert third.action == "a"
+
+
+def test_email_channel_cap_suppresses_and_names_the_cap() -> None:
+    ctx = context()
+    state = UserPolicyState()
+    shown = []
+    for day in range(4):
+        out, state = run(ctx, FakeBandit(SCORES), state, NOON + day * 86400, placement="news")
+        shown.append((out.action, out.mode))
+    assert shown[:2] == [("winback", Mode.EXPLOIT)] * 2
+    assert shown[2:] == [(NO_ACTION, Mode.SUPPRESSED)] * 2
+    assert out.trace == {"caps": ["channel_cap"]}
+    out, _ = run(ctx, FakeBandit(SCORES), state, NOON + 7 * 86400, placement="news")
+    assert out.action == "winback"  # the first email left the 7-day window
+
+
+def test_creative_daily_cap_removes_only_that_creative() -> None:
+    ctx = context()
+    state = UserPolicyState()
+    seen = []
+    for i in range(5):
+        out, state = run(ctx, FakeBandit(SCORES), state, NOON + i * 60, placement="slot")
+        seen.append(out.action)
+    assert seen == ["cr1", "cr1", "cr2", "cr2", NO_ACTION]
+    assert out.mode is Mode.FALLBACK and out.trace["removed"] == {
+        "cr1": "action_daily_cap",
+        "cr2": "action_daily_cap",
+    }
+    out, _ = run(ctx, FakeBandit(SCORES), state, NOON + 86400, placement="slot")
+    assert out.action == "cr1"
+
+
+def test_volume_cap_counts_across_users() -> None:
+    ctx = context()
+    want_d = FakeBandit({**SCORES, "d": 9.0})
+    first, _ = run(ctx, want_d, UserPolicyState(), NOON, user="u1")
+    second, _ = run(ctx, want_d, UserPolicyState(), NOON + 1, user="u2")
+    assert first.action == "d" and second.action == "b"
+    assert second.trace["removed"]["d"] == "volume_cap"
+
+
+def test_inputs_are_not_changed() -> None:
+    ctx = context()
+    _, state = run(ctx, FakeBandit(SCORES), UserPolicyState(), NOON, placement="news")
+    _, state = run(ctx, FakeBandit(SCORES), state, NOON, placement="hero")
+    before = state.encode()
+    run(ctx, FakeBandit({**SCORES, "a": 9.0}), state, NOON + 700)
+    run(ctx, FakeBandit(SCORES), state, NOON + 1, placement="news")
+    assert state.encode() == before
+
+
+def test_with_a_real_bandit_every_outcome_is_well_formed() -> None:
+    ctx = PolicyContext(make_catalogue(), holdout=HoldoutConfig(0.1, "s"))
+    bandit = LinUCB(6, seed=4)
+    rng = np.random.default_rng(4)
+    states: dict[str, UserPolicyState] = {}
+    modes = set()
+    for i in range(600):
+        user = f"u{rng.integers(30)}"
+        x = rng.random(6)
+        placement = ("hero", "news", "slot")[i % 3]
+        out = decide_action(
+            PolicyRequest(user, placement, NOON + 97.0 * i, segment="vip" if i % 2 else None),
+            states.get(user, UserPolicyState()),
+            ctx,
+            lambda ids, x=x: bandit.select(x, ids),
+        )
+        states[user] = UserPolicyState.decode(out.state.encode())
+        modes.add(out.mode)
+        assert 0 < out.probability <= 1
+        if out.mode in (Mode.EXPLORE, Mode.EXPLOIT):
+            assert out.action in out.trace["eligible"]
+            assert out.probability < 1 or len(out.trace["eligible"]) == 1
+            bandit.update(x, out.action, float(rng.random() < 0.1))
+        else:
+            assert out.probability == 1.0
+    assert {Mode.EXPLOIT, Mode.STICKY, Mode.HOLDOUT, Mode.SUPPRESSED} <= modes
