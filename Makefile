@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed-stamp
 
-.PHONY: run test unit integration lint bench demo clean
+.PHONY: run test unit integration lint bench demo clean ops-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,3 +39,8 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .cadence *.egg-info
+
+## Check the Prometheus alert rules (promtool comes with Debian's prometheus: ops/install_prometheus.sh).
+ops-check:
+	promtool check rules ops/prometheus/rules.yml
+	promtool test rules ops/prometheus/rules_test.yml
