@@ -22,10 +22,12 @@ their lateness.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from river import linear_model, optim, preprocessing
+
+from models.linear import Affine, affine_of
 
 DAY_S = 86400.0
 
@@ -71,7 +73,7 @@ class ChurnLabeler:
     def __len__(self) -> int:
         return len(self._open)
 
-    def observe(self, user_id: str, ts: float, features: Mapping[str, float]) -> list[ChurnLabel]:
+    def observe(self, user_id: str, ts: float, features: dict[str, float]) -> list[ChurnLabel]:
         """An activity of ``user_id`` at ``ts``; ``features`` are copied, never kept by reference."""
         snap = self._open.get(user_id)
         if snap is not None:
@@ -122,10 +124,15 @@ class ChurnModel:
             optimizer=optim.SGD(lr), intercept_lr=intercept_lr, l2=l2
         )
 
-    def predict_one(self, features: Mapping[str, float]) -> float:
+    def predict_one(self, features: dict[str, float]) -> float:
         return self._pipeline.predict_proba_one(features)[True]
 
-    def learn_one(self, features: Mapping[str, float], churned: float) -> None:
+    def learn_one(self, features: dict[str, float], churned: float) -> None:
         if churned not in (0, 1):
             raise ValueError(f"churned must be 0 or 1 (or a bool), got {churned!r}")
         self._pipeline.learn_one(features, bool(churned))
+
+    def affine(self, names: Sequence[str]) -> Affine:
+        """The logit as an affine map of raw inputs (see models/linear.py)."""
+        scaler, classifier = self._pipeline.steps.values()
+        return affine_of(scaler, classifier, names)

@@ -12,9 +12,11 @@ Scoring k offers costs one scaler transform plus k dot products (see load_tests/
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Sequence
 
 from river import linear_model, optim, preprocessing
+
+from models.linear import Affine, affine_of
 
 
 def _logistic(lr: float, intercept_lr: float, l2: float) -> linear_model.LogisticRegression:
@@ -53,15 +55,15 @@ class PropensityModel:
             return self._per_offer[action]
         return self._pooled
 
-    def predict_one(self, features: Mapping[str, float], action: str) -> float:
+    def predict_one(self, features: dict[str, float], action: str) -> float:
         scaled = self._scaler.transform_one(features)
         return self._model_for(action).predict_proba_one(scaled)[True]
 
-    def predict_many(self, features: Mapping[str, float], actions: Iterable[str]) -> dict[str, float]:
+    def predict_many(self, features: dict[str, float], actions: Iterable[str]) -> dict[str, float]:
         scaled = self._scaler.transform_one(features)
         return {a: self._model_for(a).predict_proba_one(scaled)[True] for a in actions}
 
-    def learn_one(self, features: Mapping[str, float], action: str, converted: float) -> None:
+    def learn_one(self, features: dict[str, float], action: str, converted: float) -> None:
         if converted not in (0, 1):
             raise ValueError(f"converted must be 0 or 1 (or a bool), got {converted!r}")
         self._scaler.learn_one(features)
@@ -73,3 +75,10 @@ class PropensityModel:
             model = self._per_offer[action] = _logistic(self.lr, self.intercept_lr, self.l2)
         model.learn_one(scaled, y)
         self._counts[action] = self._counts.get(action, 0) + 1
+
+    def affines(self, names: Sequence[str]) -> tuple[Affine, dict[str, Affine]]:
+        """Logits as affine maps of raw inputs: the pooled model, and each offer past its warm-up."""
+        warm = {a: m for a, m in self._per_offer.items() if self._counts[a] >= self.warmup}
+        return affine_of(self._scaler, self._pooled, names), {
+            a: affine_of(self._scaler, m, names) for a, m in warm.items()
+        }

@@ -5,6 +5,8 @@
 - ``score(features, actions)`` returns flat, named scores for CRM/sales tools and the decision policy:
   ``churn_risk`` (probability), ``value`` (expected revenue of a conversion, in revenue units) and
   ``propensity:<action>`` (conversion probability if that action is shown).
+- ``compile()`` freezes the scores into a numpy :class:`CompiledScorer` for the hot path (same numbers,
+  several times cheaper, and batches cost well under 1 µs a row).
 - ``metrics()`` returns ``{model: {metric: number}}`` for logs and Prometheus gauges.
 - ``snapshot()`` / ``ModelSet.restore(data)``: bytes with a magic header, the snapshot format, the model
   version (learning steps) and the River version; a restored set predicts exactly as the original.
@@ -16,13 +18,16 @@ from __future__ import annotations
 import io
 import math
 import pickle
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import river
 
+from features.context import CONTEXT_NAMES
 from models.churn import ChurnLabel, ChurnModel
+from models.compiled import CompiledScorer
 from models.monitor import ProgressiveMonitor
 from models.propensity import PropensityModel
 from models.value import ValueModel
@@ -36,19 +41,19 @@ class ModelSample:
     """One labelled example for one model. ``features`` come from ``models.inputs.model_features``."""
 
     model: str  # "propensity", "churn" or "value"
-    features: Mapping[str, float]
+    features: dict[str, float]
     target: float  # converted 0/1, churned 0/1, or revenue
     ts: float  # event time at which the label became known
     action: str | None = None  # the offer shown (propensity only)
 
     @classmethod
     def conversion(
-        cls, features: Mapping[str, float], action: str, converted: bool | int, ts: float
+        cls, features: dict[str, float], action: str, converted: bool | int, ts: float
     ) -> ModelSample:
         return cls("propensity", features, float(converted), ts, action)
 
     @classmethod
-    def churn(cls, features: Mapping[str, float], churned: bool | int, ts: float) -> ModelSample:
+    def churn(cls, features: dict[str, float], churned: bool | int, ts: float) -> ModelSample:
         return cls("churn", features, float(churned), ts)
 
     @classmethod
@@ -56,7 +61,7 @@ class ModelSample:
         return cls("churn", label.features, float(label.churned), label.labelled_ts)
 
     @classmethod
-    def revenue(cls, features: Mapping[str, float], revenue: float, ts: float) -> ModelSample:
+    def revenue(cls, features: dict[str, float], revenue: float, ts: float) -> ModelSample:
         return cls("value", features, float(revenue), ts)
 
 
@@ -159,12 +164,30 @@ class ModelSet:
         return n
 
     # -- scoring --------------------------------------------------------------------------------------
-    def score(self, features: Mapping[str, float], actions: Iterable[str] = ()) -> dict[str, float]:
+    def score(self, features: dict[str, float], actions: Iterable[str] = ()) -> dict[str, float]:
         """Named scores for one customer: ``churn_risk``, ``value`` and ``propensity:<action>`` per action."""
         out = {"churn_risk": self.churn.predict_one(features), "value": self.value.predict_one(features)}
         for action, p in self.propensity.predict_many(features, actions).items():
             out[f"propensity:{action}"] = p
         return out
+
+    def compile(self, names: Sequence[str] = CONTEXT_NAMES) -> CompiledScorer:
+        """A frozen numpy scorer for inputs laid out as ``names``.
+
+        The default reads ``features.context.build_context`` vectors as they are (the ``bias`` column gets
+        coefficient 0; the models learn their own intercepts). Pass other names if the models learned
+        more features (e.g. ``models.inputs.PROFILE_MODEL_NAMES``); it raises when a learned one is missing.
+        """
+        pooled, offers = self.propensity.affines(names)
+        parts = [self.churn.affine(names), self.value.log_affine(names), pooled, *offers.values()]
+        return CompiledScorer(
+            names=tuple(names),
+            version=self._version,
+            coef=_read_only(np.vstack([p.coef for p in parts])),
+            offset=_read_only(np.array([p.offset for p in parts])),
+            offer_rows={a: 3 + i for i, a in enumerate(offers)},
+            smearing_factor=self.value.smearing_factor,
+        )
 
     def metrics(self) -> dict[str, dict[str, Any]]:
         """``{model: {metric: value}}``: progressive metrics, samples, drifts and last drift ts per model."""
@@ -193,6 +216,11 @@ class ModelSet:
         if not isinstance(models, cls):
             raise ValueError(f"snapshot holds a {type(models).__name__}, not a {cls.__name__}")
         return models
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.setflags(write=False)
+    return array
 
 
 def _read_header(stream: io.BytesIO) -> dict[str, Any]:

@@ -13,9 +13,11 @@ revenue of an offer.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Sequence
 
 from river import linear_model, optim, preprocessing, stats
+
+from models.linear import Affine, affine_of
 
 MAX_LOG_RESIDUAL = 20.0  # exp(20) ≈ 5e8: bounds the smearing update against one absurd revenue
 
@@ -40,18 +42,20 @@ class ValueModel:
         self._smearing = stats.EWMean(fading_factor=smearing_alpha)
         self._n = 0
 
-    def predict_log(self, features: Mapping[str, float]) -> float:
+    def predict_log(self, features: dict[str, float]) -> float:
         """Predicted ``log1p(revenue)`` (about the median)."""
         return float(self._pipeline.predict_one(features))
 
-    def _smearing_factor(self) -> float:
+    @property
+    def smearing_factor(self) -> float:
+        """``E[exp(residual)]`` in log1p space; 1 before any sample."""
         return self._smearing.get() if self._n else 1.0
 
-    def predict_one(self, features: Mapping[str, float]) -> float:
+    def predict_one(self, features: dict[str, float]) -> float:
         log_pred = min(self.predict_log(features), MAX_LOG_RESIDUAL)
-        return max(0.0, math.exp(log_pred) * self._smearing_factor() - 1.0)
+        return max(0.0, math.exp(log_pred) * self.smearing_factor - 1.0)
 
-    def learn_one(self, features: Mapping[str, float], revenue: float) -> None:
+    def learn_one(self, features: dict[str, float], revenue: float) -> None:
         if not (math.isfinite(revenue) and revenue >= 0.0):
             raise ValueError(f"revenue must be a finite amount >= 0, got {revenue!r}")
         target = math.log1p(revenue)
@@ -59,3 +63,10 @@ class ValueModel:
         self._smearing.update(math.exp(max(-MAX_LOG_RESIDUAL, min(residual, MAX_LOG_RESIDUAL))))
         self._n += 1
         self._pipeline.learn_one(features, target)
+
+    def log_affine(self, names: Sequence[str]) -> Affine:
+        """``predict_log`` as an affine map of raw inputs (target scaling folded in)."""
+        scaler, target_scaler = self._pipeline.steps.values()
+        std = affine_of(scaler, target_scaler.regressor, names)
+        sd, mean = target_scaler.var.get() ** 0.5, target_scaler.var.mean.get()
+        return Affine(std.coef * sd, std.offset * sd + mean)
