@@ -1,0 +1,211 @@
+"""What each policy computes: exact statistics, scores and probabilities against naive references."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from bandits import EpsilonGreedy, LinearPolicy, LinTS, LinUCB
+from bandits.explore import greedy_pick
+from bandits.synthetic import BASE_HIGH, BASE_LOW, LinearWorld
+
+DIM = 5
+
+
+def xs(n: int, seed: int = 0) -> np.ndarray:
+    rows = np.random.default_rng(seed).normal(size=(n, DIM))
+    rows[:, 0] = 1.0
+    return rows
+
+
+class Reference:
+    """The textbook statistics: A = ridge·I + Σ x xᵀ, b = Σ r·x, θ = A⁻¹ b (solved from scratch)."""
+
+    def __init__(self, ridge: float) -> None:
+        self.gram: dict[str, np.ndarray] = {}
+        self.sums: dict[str, np.ndarray] = {}
+        self.ridge = ridge
+
+    def expose(self, x: np.ndarray, a: str) -> None:
+        self.gram.setdefault(a, self.ridge * np.eye(DIM))
+        self.sums.setdefault(a, np.zeros(DIM))
+        self.gram[a] = self.gram[a] + np.outer(x, x)
+
+    def reward(self, x: np.ndarray, a: str, r: float) -> None:
+        self.gram.setdefault(a, self.ridge * np.eye(DIM))
+        self.sums[a] = self.sums.get(a, np.zeros(DIM)) + r * x
+
+    def theta(self, a: str) -> np.ndarray:
+        return np.linalg.solve(self.gram[a], self.sums[a])
+
+    def width(self, a: str, x: np.ndarray) -> float:
+        return float(np.sqrt(x @ np.linalg.solve(self.gram[a], x)))
+
+
+def feed(policy: LinearPolicy, ref: Reference, n: int, actions: list[str], seed: int) -> None:
+    """Exposures and rewards through every entry point, in mixed order."""
+    rng = np.random.default_rng(seed)
+    rows = xs(n, seed)
+    for i, x in enumerate(rows):
+        a, r = actions[i % len(actions)], float(rng.normal())
+        ref.expose(x, a)
+        ref.reward(x, a, r)
+        if i % 4 == 0:
+            policy.update(x, a, r)
+        elif i % 4 == 1:
+            policy.expose(x, a)
+            policy.reward(x, a, r)
+        elif i % 4 == 2:
+            policy.reward(x, a, r)
+            policy.expose(x, a)
+        else:
+            policy.expose_many(x[None, :], [a])
+            policy.reward_many(x[None, :], [a], [r])
+    batch = xs(40, seed + 100)
+    names = [actions[i % len(actions)] for i in range(len(batch))]
+    rewards = rng.normal(size=len(batch))
+    policy.expose_many(batch, names)
+    policy.reward_many(batch, names, rewards)
+    for x, a, r in zip(batch, names, rewards, strict=True):
+        ref.expose(x, a)
+        ref.reward(x, a, float(r))
+
+
+@pytest.mark.parametrize("cls", [LinUCB, LinTS, EpsilonGreedy], ids=lambda c: c.name)
+@pytest.mark.parametrize("refresh_every", [7, 100_000], ids=["refreshing", "sherman-morrison-only"])
+def test_statistics_equal_the_textbook_ones(cls: type[LinearPolicy], refresh_every: int) -> None:
+    actions = ["a", "b", "c"]
+    policy, ref = cls(DIM, ridge=2.0, seed=0, refresh_every=refresh_every), Reference(ridge=2.0)
+    feed(policy, ref, 300, actions, seed=1)
+    for a in actions:
+        stats = policy.stats(a)
+        np.testing.assert_allclose(stats.gram, ref.gram[a], rtol=1e-12, atol=1e-9)
+        np.testing.assert_allclose(stats.sums, ref.sums[a], rtol=1e-12, atol=1e-9)
+        np.testing.assert_allclose(stats.theta, ref.theta(a), rtol=1e-8, atol=1e-10)
+    with pytest.raises(KeyError):
+        policy.stats("never-seen")
+
+
+@pytest.mark.parametrize(
+    "eligible", [["a", "b", "c", "d"], ["c", "a"], ["k"]], ids=["all", "few", "one-of-many"]
+)
+def test_linucb_scores_are_mean_plus_alpha_width(eligible: list[str]) -> None:
+    actions = [*"abcdefghijkl"]  # 12 arms: a small eligible set goes through the copy-only-those path
+    policy, ref = LinUCB(DIM, alpha=0.7, epsilon=0.0, seed=0), Reference(ridge=1.0)
+    feed(policy, ref, 400, actions, seed=2)
+    for x in xs(10, seed=3):
+        scores = policy.select(x, eligible).scores
+        want = {a: float(ref.theta(a) @ x + 0.7 * ref.width(a, x)) for a in eligible}
+        assert scores == pytest.approx(want, rel=1e-9)
+
+
+def test_linucb_probabilities_split_ties_and_keep_the_floor() -> None:
+    policy = LinUCB(DIM, alpha=1.0, epsilon=0.2, seed=0)
+    x = xs(1)[0]
+    cold = policy.select(x, ["a", "b", "c", "d"])  # every arm cold: a four-way tie
+    assert cold.probabilities == pytest.approx(dict.fromkeys("abcd", 0.25))
+    for _ in range(50):
+        policy.update(x, "a", 1.0)
+        policy.update(x, "b", 0.0)
+        policy.update(x, "c", 0.0)
+        policy.update(x, "d", 0.0)
+    trained = policy.select(x, ["a", "b", "c", "d"])
+    assert trained.greedy == "a"
+    assert trained.probabilities == pytest.approx({"a": 0.05 + 0.8, "b": 0.05, "c": 0.05, "d": 0.05})
+
+
+def test_exposure_without_reward_moves_linucb_to_other_cold_arms() -> None:
+    """Engine protocol (expose now, reward later): a pending exposure narrows that arm's interval,
+    so the next requests try other arms instead of repeating one while rewards are in flight."""
+    policy = LinUCB(DIM, alpha=1.0, epsilon=0.0, seed=0)
+    x = xs(1)[0]
+    picked = []
+    for _ in range(5):
+        action = policy.select(x, [*"abcde"]).action
+        policy.expose(x, action)
+        picked.append(action)
+    assert sorted(picked) == [*"abcde"]
+
+
+def test_egreedy_exploits_the_ridge_estimate_with_exact_probabilities() -> None:
+    policy, ref = EpsilonGreedy(DIM, epsilon=0.1, seed=0), Reference(ridge=1.0)
+    feed(policy, ref, 200, ["a", "b", "c"], seed=4)
+    for x in xs(10, seed=5):
+        choice = policy.select(x, ["a", "b", "c"])
+        means = {a: float(ref.theta(a) @ x) for a in "abc"}
+        best = max(means, key=means.__getitem__)
+        assert choice.scores == pytest.approx(means, rel=1e-9)
+        assert choice.greedy == best
+        assert choice.probabilities == pytest.approx(
+            {a: 0.1 / 3 + (0.9 if a == best else 0.0) for a in "abc"}
+        )
+
+
+def test_lints_logged_probability_matches_the_two_arm_closed_form() -> None:
+    """Two arms: TS picks a with probability Φ((mₐ − m_b) / (α √(vₐ + v_b))); the logged value
+    ε/2 + (1 − ε)·p̂ must average to the same, each p̂ being a Monte-Carlo share of 128 draws."""
+    alpha, eps = 0.8, 0.1
+    policy = LinTS(DIM, alpha=alpha, epsilon=eps, seed=3)
+    rows = xs(30, seed=6)
+    for i, x in enumerate(rows):
+        policy.update(x, "a" if i % 2 else "b", 1.0 if i % 2 else 0.6)
+    x = xs(1, seed=7)[0]
+    means, widths = {}, {}
+    for a in "ab":
+        stats = policy.stats(a)
+        means[a] = float(stats.theta @ x)
+        widths[a] = float(x @ np.linalg.solve(stats.gram, x))
+    z = (means["a"] - means["b"]) / (alpha * math.sqrt(widths["a"] + widths["b"]))
+    exact = eps / 2 + (1 - eps) * 0.5 * (1 + math.erf(z / math.sqrt(2)))
+    assert 0.2 < exact < 0.8  # a case where the estimate has work to do
+    logged = [policy.select(x, ["a", "b"]).probabilities["a"] for _ in range(3000)]
+    assert np.mean(logged) == pytest.approx(exact, abs=0.01)
+    assert np.std(logged) < 0.05  # one estimate: √(p(1−p)/128)·(1−ε) ≤ 0.04
+
+
+def test_lints_with_one_draw_still_logs_a_floor_for_every_action() -> None:
+    policy = LinTS(DIM, n_draws=1, epsilon=0.1, seed=0)
+    choice = policy.select(xs(1)[0], ["a", "b", "c", "d"])
+    assert sorted(choice.probabilities.values()) == pytest.approx([0.025, 0.025, 0.025, 0.925])
+    assert choice.probability == choice.probabilities[choice.action]
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_huge_finite_contexts_are_accepted() -> None:
+    policy = LinUCB(DIM, seed=0)
+    x = np.full(DIM, 1e200)  # x·x overflows, yet every entry is finite
+    assert policy.select(x, ["a", "b"]).action in {"a", "b"}
+
+
+GREEDY_CASES = [
+    # scores, epsilon, u -> pick, best, probabilities
+    ([1.0, 3.0, 2.0], 0.0, 0.99, 1, 1, [0.0, 1.0, 0.0]),
+    ([1.0, 3.0, 2.0], 0.3, 0.05, 0, 1, [0.1, 0.8, 0.1]),  # u < ε: explore, index from u/ε
+    ([1.0, 3.0, 2.0], 0.3, 0.29, 2, 1, [0.1, 0.8, 0.1]),
+    ([3.0, 1.0, 3.0], 0.0, 0.2, 0, 0, [0.5, 0.0, 0.5]),  # tie: first half of u picks the first
+    ([3.0, 1.0, 3.0], 0.0, 0.7, 2, 2, [0.5, 0.0, 0.5]),
+    ([3.0, 1.0, 3.0], 0.3, 0.25, 2, 2, [0.45, 0.1, 0.45]),  # explored onto a tied-best arm
+    ([5.0], 1.0, 0.999999, 0, 0, [1.0]),
+]
+
+
+@pytest.mark.parametrize(("scores", "epsilon", "u", "pick", "best", "probs"), GREEDY_CASES)
+def test_greedy_pick(scores, epsilon, u, pick, best, probs) -> None:
+    got_pick, got_best, got_probs = greedy_pick(scores, epsilon, u)
+    assert (got_pick, got_best) == (pick, best)
+    assert got_probs == pytest.approx(probs)
+
+
+def test_synthetic_world_is_seeded_and_contextual() -> None:
+    one, two = LinearWorld(seed=4).stream(3000), LinearWorld(seed=4).stream(3000)
+    np.testing.assert_array_equal(one.contexts, two.contexts)
+    np.testing.assert_array_equal(one.uniforms, two.uniforms)
+    p = one.probabilities
+    assert p.shape == (3000, 10) and p.min() >= 0 and p.max() <= 1
+    assert np.all((p.mean(axis=0) > BASE_LOW - 0.03) & (p.mean(axis=0) < BASE_HIGH + 0.03))
+    best_share = np.bincount(p.argmax(axis=1), minlength=10) / len(p)
+    assert (best_share > 0.05).sum() >= 4  # no single action is best everywhere
+    assert p.max(axis=1).mean() > p.mean(axis=0).max() + 0.05  # context is worth knowing
+    assert not np.array_equal(LinearWorld(seed=5).stream(10).contexts, one.contexts[:10])
