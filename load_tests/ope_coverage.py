@@ -81,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         print(title)
     dr_vs_ips = by_est["dr"]["mean_abs_error"] / by_est["ips"]["mean_abs_error"]
-    print(f"DR MAE / IPS MAE = {dr_vs_ips:.3f}")
+    pairs = result["dr_vs_ips"]
+    print(
+        f"DR MAE / IPS MAE = {dr_vs_ips:.3f}; paired |DR err| - |IPS err| = "
+        f"{pairs['mean_abs_error_difference']:+.6f} ± {pairs['difference_std_error']:.6f} (se), "
+        f"DR closer in {pairs['share_closer']:.0%} of {pairs['pairs']} pairs"
+    )
     for name, ok in checks.items():
         print(f"  {name}: {'PASS' if ok else 'FAIL'}")
     if args.json:

@@ -13,9 +13,11 @@ Configs (``name`` is optional everywhere and labels the candidate in tables and 
     {"kind": "bandit", "policy": "linucb", "params": {"alpha": 0.5, "epsilon": 0.05},
      "train_on": "first_half"}                            a bandits/ policy trained on the first half,
                                                           then frozen; its Choice.probabilities are used
-    {"kind": "greedy_model", "epsilon": 0.0, "ridge": 1.0, "train_on": "first_half"}
+    {"kind": "greedy_model", "epsilon": 0.0, "train_on": "first_half"}
                                                           argmax of a per-action ridge reward model fitted
-                                                          on the first half, with an ε-uniform floor
+                                                          on the first half, with an ε-uniform floor;
+                                                          "ridge": a fixed penalty (default: chosen by
+                                                          leave-one-out error)
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import orjson
 from bandits import POLICIES, make_policy
 from bandits.base import Policy
 from ope.log import DecisionLog
-from ope.reward_model import RidgeRewardModel
+from ope.reward_model import RIDGE_GRID, RidgeRewardModel
 
 TRAIN_SPLITS = {"first_half": 0.5}  # the only training split: evaluate on what the candidate never saw
 
@@ -150,17 +152,17 @@ def _build_bandit(config: dict[str, Any], train: DecisionLog | None) -> FrozenBa
 def _build_greedy_model(config: dict[str, Any], train: DecisionLog | None) -> GreedyModel:
     _check_keys(config, {"epsilon", "ridge", "train_on"})
     epsilon = config.get("epsilon", 0.0)
-    ridge = config.get("ridge", 1.0)
+    ridge = config.get("ridge")
     if not isinstance(epsilon, int | float) or not 0 <= epsilon <= 1:
         raise CandidateConfigError(
             f"candidate 'greedy_model': field 'epsilon' must be in [0, 1], got {epsilon!r}"
         )
-    if not isinstance(ridge, int | float) or ridge <= 0:
+    if ridge is not None and (not isinstance(ridge, int | float) or ridge <= 0):
         raise CandidateConfigError(f"candidate 'greedy_model': field 'ridge' must be > 0, got {ridge!r}")
     log = _train_log(config, train)
     actions = sorted({a for d in log for a in d.eligible})
     column = {a: i for i, a in enumerate(actions)}
-    model = RidgeRewardModel(len(actions), float(ridge)).fit(
+    model = RidgeRewardModel(len(actions), RIDGE_GRID if ridge is None else (float(ridge),)).fit(
         log.x, np.array([column[a] for a in log.actions]), log.rewards
     )
     return GreedyModel(model, actions, float(epsilon), config.get("name", "greedy_model"))

@@ -7,7 +7,7 @@ probability π(a|x), the importance weight is w = π(a|x)/p (optionally clipped 
 - IPS:   mean(w·r)
 - SNIPS: Σ w·r / Σ w
 - DR:    mean(Σₐ π(a|x) q̂(x,a) + w·(r − q̂(x,a_logged))) with q̂ a per-action ridge model fitted by
-         cross-fitting (ope/reward_model.py).
+         cross-fitting, its penalty chosen by leave-one-out error (ope/reward_model.py).
 
 Intervals are 95 % normal-approximation intervals, value ± 1.96 × standard error; the standard error is
 the sample standard deviation of the per-decision terms over √n (IPS, DR) or the delta-method error of
@@ -210,11 +210,9 @@ def snips(prep: Prepared, **_: Any) -> Estimate:
     )
 
 
-def dr(prep: Prepared, folds: int = 2, ridge: float = 1.0, seed: int = 0, **_: Any) -> Estimate:
+def dr(prep: Prepared, folds: int = 2, seed: int = 0, **_: Any) -> Estimate:
     n_actions = prep.target.shape[1]
-    q = cross_fit_predictions(
-        prep.x, prep.logged, prep.rewards, n_actions, folds=folds, ridge=ridge, seed=seed
-    )
+    q = cross_fit_predictions(prep.x, prep.logged, prep.rewards, n_actions, folds=folds, seed=seed)
     direct = (prep.target * q).sum(axis=1)
     correction = prep.weights * (prep.rewards - q[np.arange(len(q)), prep.logged])
     return _mean_estimate("dr", prep, direct + correction)
@@ -230,7 +228,6 @@ def evaluate(
     clip: float | None = None,
     seed: int = 0,
     folds: int = 2,
-    ridge: float = 1.0,
     tiny: float = TINY_PROBABILITY,
     min_ess: float = MIN_ESS,
     progress: Callable[[int, int], None] | None = None,
@@ -242,7 +239,7 @@ def evaluate(
     prep = prepare(log, candidate, clip=clip, tiny=tiny, progress=progress)
     out = {}
     for name in estimators:
-        est = ESTIMATORS[name](prep, folds=folds, ridge=ridge, seed=seed)
+        est = ESTIMATORS[name](prep, folds=folds, seed=seed)
         if est.ess < min_ess:
             est.warnings.append(warning("low_effective_sample_size", ess=est.ess, n=est.n))
         out[name] = est

@@ -52,6 +52,20 @@ def _summary(
     return out
 
 
+def _paired(trials: list[dict[str, Any]], a: str, b: str) -> dict[str, float]:
+    """|error of a| − |error of b| on the same (seed, candidate): negative means a was closer to the truth."""
+    err = {(t["seed"], t["candidate"], t["estimator"]): abs(t["value"] - t["truth"]) for t in trials}
+    diff = np.array([err[(s, c, a)] - err[(s, c, b)] for (s, c, e) in err if e == a and (s, c, b) in err])
+    return {
+        "pairs": len(diff),
+        "mean_abs_error_difference": float(diff.mean()),
+        "difference_std_error": float(diff.std(ddof=1) / np.sqrt(len(diff)))
+        if len(diff) > 1
+        else float("nan"),
+        "share_closer": float((diff < 0).mean()),
+    }
+
+
 def run_study(
     catalogue: Catalogue,
     seeds: Sequence[int],
@@ -89,6 +103,7 @@ def run_study(
         if progress is not None:
             progress(done + 1, len(seeds))
     by_estimator = _summary(trials, lambda t: t["estimator"])
+    result_pairs = _paired(trials, "dr", "ips") if {"dr", "ips"} <= set(estimators) else {}
     return {
         "config": {
             "seeds": list(seeds),
@@ -100,6 +115,7 @@ def run_study(
             "ci": "normal approximation, 95%",
         },
         "by_estimator": by_estimator,
+        "dr_vs_ips": result_pairs,
         "by_candidate": {
             f"{c} / {e}": v
             for (c, e), v in _summary(trials, lambda t: (t["candidate"], t["estimator"])).items()

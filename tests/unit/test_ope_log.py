@@ -1,0 +1,152 @@
+"""Joining the learning topic's exposures and rewards into logged decisions."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from cadence.settings import DEFAULT_CATALOGUE
+from contracts.decisions import LearningSample
+from ope.log import DecisionLog, LoggedDecision, join_samples, read_jsonl
+from policy.catalogue import load_catalogue
+
+X = [1.0] + [0.0] * 19
+
+
+def exposure(
+    decision_id: str,
+    action: str = "offer_10pct",
+    p: float | None = 0.5,
+    placement: str = "home_hero",
+    ts: float = 0.0,
+) -> dict:
+    doc = {
+        "kind": "exposure",
+        "decision_id": decision_id,
+        "action": action,
+        "x": X,
+        "placement": placement,
+        "ts": ts,
+    }
+    if p is not None:
+        doc["probability"] = p
+    return doc
+
+
+def reward(decision_id: str, r: float, action: str = "offer_10pct", ts: float = 10.0) -> dict:
+    return {
+        "kind": "reward",
+        "decision_id": decision_id,
+        "action": action,
+        "x": X,
+        "reward": r,
+        "ts": ts,
+        "placement": "home_hero",
+        "probability": 0.5,
+    }
+
+
+@pytest.fixture(scope="module")
+def catalogue():
+    return load_catalogue(DEFAULT_CATALOGUE)
+
+
+def test_rewards_are_summed_per_decision_and_missing_rewards_count_zero(catalogue):
+    log = join_samples(
+        [exposure("a", ts=1), reward("a", 0.1, ts=5), reward("a", 0.45, ts=9), exposure("b", ts=2)], catalogue
+    )
+    by_id = {d.decision_id: d for d in log}
+    assert by_id["a"].reward == pytest.approx(0.55)
+    assert by_id["b"].reward == 0.0
+    assert by_id["a"].eligible == tuple(catalogue.eligible("home_hero"))
+    assert [d.decision_id for d in log] == ["a", "b"]  # ordered by event time
+
+
+def test_redelivered_samples_are_dropped_and_counted(catalogue):
+    log = join_samples(
+        [exposure("a"), exposure("a"), reward("a", 0.1), reward("a", 0.1), reward("a", 0.1, ts=20.0)],
+        catalogue,
+    )
+    assert len(log) == 1
+    assert log.decisions[0].reward == pytest.approx(
+        0.2
+    )  # the third reward has another event time: a real one
+    assert (log.report.duplicate_exposures, log.report.duplicate_rewards) == (1, 1)
+    assert any("repeated" in note for note in log.report.notes())
+
+
+def test_orphan_rewards_and_unknown_placements_are_reported(catalogue):
+    log = join_samples(
+        [reward("ghost", 1.0), exposure("a", action="banner_x", placement="new_slot")], catalogue
+    )
+    assert log.report.orphan_rewards == 1
+    assert log.report.unknown_placements == ["new_slot"]
+    assert log.decisions[0].eligible == (
+        "banner_x",
+    )  # taken from the log when the catalogue does not know it
+    notes = " ".join(log.report.notes())
+    assert "no exposure" in notes and "not in the catalogue" in notes
+
+
+def test_missing_probability_is_kept_as_none_not_defaulted(catalogue):
+    # LearningSample.from_json would fill in 1.0; the reader must not hide a log that cannot be weighted
+    log = join_samples([exposure("a", p=None), exposure("b", p=0.25)], catalogue)
+    probs = {d.decision_id: d.probability for d in log}
+    assert probs == {"a": None, "b": 0.25}
+
+
+@pytest.mark.parametrize(
+    ("bad", "problem"),
+    [
+        ({"kind": "click"}, "field 'kind'"),
+        ({"decision_id": ""}, "field 'decision_id'"),
+        ({"x": "1,2,3"}, "field 'x'"),
+        ({"x": [1.0, 2.0]}, "has 2 values"),
+        ({"action": "email_digest"}, "not eligible for placement 'home_hero'"),
+    ],
+)
+def test_invalid_records_are_skipped_with_a_reason(catalogue, bad, problem):
+    log = join_samples([exposure("good"), {**exposure("bad"), **bad}], catalogue)
+    assert [d.decision_id for d in log] == ["good"]
+    assert any(problem in p for p in log.report.problems), log.report.problems
+
+
+def test_learning_sample_instances_join_like_json(catalogue):
+    samples = [
+        LearningSample("exposure", "a", "offer_bundle", X, probability=0.2, placement="home_hero", ts=3.0),
+        LearningSample("reward", "a", "offer_bundle", X, reward=0.7, placement="home_hero", ts=4.0),
+    ]
+    (d,) = join_samples(samples, catalogue)
+    assert (d.action, d.probability, d.reward) == ("offer_bundle", 0.2, 0.7)
+
+
+def test_read_jsonl_keeps_good_lines_and_names_bad_ones(tmp_path, catalogue):
+    path = tmp_path / "learning.jsonl"
+    path.write_bytes(
+        orjson.dumps(exposure("a")) + b"\n{not json\n\n" + orjson.dumps(reward("a", 0.3)) + b"\n[1]\n"
+    )
+    samples, problems = read_jsonl(path)
+    assert len(samples) == 2
+    assert [p.split(":")[1] for p in problems] == ["2", "5"]  # line numbers of the bad lines
+    log = join_samples(samples, catalogue, problems)
+    assert log.decisions[0].reward == pytest.approx(0.3)
+    assert "skipped 2 unusable records" in " ".join(log.report.notes())
+
+
+def test_read_jsonl_missing_file_says_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="export the learning topic"):
+        read_jsonl(tmp_path / "nope.jsonl")
+
+
+def test_split_is_by_event_time():
+    import numpy as np
+
+    decisions = [
+        LoggedDecision(f"d{i}", np.ones(2), "a", 0.5, 0.0, "p", ("a", "b"), ts=float(10 - i))
+        for i in range(10)
+    ]
+    first, second = DecisionLog(decisions).split(0.5)
+    assert max(d.ts for d in first) < min(d.ts for d in second)
+    assert len(first) + len(second) == 10
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        DecisionLog(decisions).split(1.0)
