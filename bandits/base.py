@@ -23,6 +23,9 @@ from typing import Any
 import numpy as np
 
 ELIGIBLE_CACHE_SIZE = 4096  # distinct eligible sets remembered (catalogues have a handful per placement)
+# Layout of the pickled state; bump when a policy's private attributes change so that an old snapshot is
+# refused with a clear message instead of failing later. 2: shared ridge statistics (bandits.ridge).
+SNAPSHOT_FORMAT = 2
 
 
 @dataclass(slots=True)
@@ -106,7 +109,9 @@ class Policy(ABC):
             self._expose_many(xs, arms)
         self._n_updates += len(arms)
 
-    def reward_many(self, xs: np.ndarray, actions: Sequence[str], rewards: Sequence[float]) -> None:
+    def reward_many(
+        self, xs: np.ndarray, actions: Sequence[str], rewards: Sequence[float] | np.ndarray
+    ) -> None:
         """``reward`` for each row of ``xs``, the action and the reward at the same position."""
         rs = np.array(rewards, dtype=np.float64)
         if rs.shape != (len(actions),):
@@ -129,11 +134,18 @@ class Policy(ABC):
         policy = pickle.loads(blob)
         if not isinstance(policy, Policy):
             raise TypeError(f"snapshot holds a {type(policy).__name__}, not a Policy")
+        found = policy.__dict__.get("_snapshot_format")
+        if found != SNAPSHOT_FORMAT:
+            raise ValueError(
+                f"policy snapshot has format {found}, this version reads format {SNAPSHOT_FORMAT}; "
+                "start the policy fresh (or replay the learning topic) instead of loading it"
+            )
         return policy
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_eligible"] = {}  # a cache: rebuilt on demand, not worth shipping in snapshots
+        state["_snapshot_format"] = SNAPSHOT_FORMAT
         return state
 
     # -- helpers for subclasses ---------------------------------------------------------------

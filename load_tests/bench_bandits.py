@@ -14,7 +14,7 @@ cadence rows come in two protocols: "update on reveal" (the peers' protocol: upd
 reward arrives) and "expose now" (the engine's protocol: expose(x, a) at decision time, reward(x, a, r)
 on reveal; only possible because its statistics split exposures from rewards).
 
-    python load_tests/bench_bandits.py [--steps 20000] [--delay 50] [--seed 0] [--json out.json]
+    python load_tests/bench_bandits.py [--steps 20000] [--delay 50] [--seed 0 [1 2 …]] [--json out.json]
 """
 
 from __future__ import annotations
@@ -103,12 +103,12 @@ class RiverContextual:
         from river import bandit
 
         self.policy = bandit.LinUCBDisjoint(seed=cfg.seed + 1)  # library defaults: alpha=1, beta=1
-        self.arms = list(range(cfg.n_actions))
+        self.arms: list[int | str] = list(range(cfg.n_actions))
         self.names = [f"x{j}" for j in range(cfg.dim)]
 
     def select(self, x: np.ndarray) -> tuple[int, float]:
         context = dict(zip(self.names, x.tolist(), strict=True))
-        return self.policy.pull(self.arms, context=context), float("nan")
+        return int(self.policy.pull(self.arms, context=context)), float("nan")
 
     def learn(self, x: np.ndarray, arm: int, reward: float, probability: float) -> None:
         self.policy.update(arm, dict(zip(self.names, x.tolist(), strict=True)), reward)
@@ -120,14 +120,15 @@ class RiverPlain:
     def __init__(self, cfg: Config, kind: str) -> None:
         from river import bandit, proba
 
+        self.policy: bandit.base.Policy
         if kind == "egreedy":
             self.policy = bandit.EpsilonGreedy(epsilon=EPSILON, seed=cfg.seed + 1)
         else:
             self.policy = bandit.ThompsonSampling(reward_obj=proba.Beta(), seed=cfg.seed + 1)
-        self.arms = list(range(cfg.n_actions))
+        self.arms: list[int | str] = list(range(cfg.n_actions))
 
     def select(self, x: np.ndarray) -> tuple[int, float]:
-        return self.policy.pull(self.arms), float("nan")
+        return int(self.policy.pull(self.arms)), float("nan")
 
     def learn(self, x: np.ndarray, arm: int, reward: float, probability: float) -> None:
         self.policy.update(arm, reward)
@@ -257,14 +258,11 @@ def replay(runner: Runner, stream: Stream, delay: int) -> dict[str, float]:
     }
 
 
-def versions() -> dict[str, str]:
-    found = {}
-    for package in ("numpy", "scipy", "river", "mabwiser", "vowpalwabbit"):
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            found[package] = "not installed"
-    return found
+def version_of(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def run(cfg: Config, only: set[str] | None) -> dict[str, Any]:
@@ -301,7 +299,7 @@ def run(cfg: Config, only: set[str] | None) -> dict[str, Any]:
             "load_avg_1m": os.getloadavg()[0],
             "python": platform.python_version(),
         },
-        "versions": versions(),
+        "versions": {p: version_of(p) for p in ("numpy", "scipy", "river", "mabwiser", "vowpalwabbit")},
         "results": results,
     }
 
@@ -321,11 +319,44 @@ def format_row(row: dict[str, Any]) -> str:
     return f"{label:<{LABEL}} " + " ".join(f"{v:>8.1f}" for v in timing) + f" {score}  {row['note']}"
 
 
+def summarise(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Across seeds: mean and standard deviation of E/oracle and mean cpu µs per contender."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for report in reports:
+        for row in report["results"]:
+            if "skipped" not in row:
+                rows.setdefault(f"{row['library']}: {row['name']}", []).append(row)
+    summary = []
+    for label, found in rows.items():
+        ratios = np.array([r["expected_ratio"] for r in found])
+        cpu = float(np.mean([r["cpu_us_per_step"] for r in found]))
+        summary.append(
+            {
+                "contender": label,
+                "seeds": len(found),
+                "expected_ratio_mean": float(ratios.mean()),
+                "expected_ratio_sd": float(ratios.std(ddof=1)) if len(found) > 1 else 0.0,
+                "cpu_us": cpu,
+            }
+        )
+        print(
+            f"{label:<{LABEL}} E/oracle {ratios.mean():.4f} ± {summary[-1]['expected_ratio_sd']:.4f} "
+            f"over {len(found)} seeds, cpu {cpu:.1f} µs/step"
+        )
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="requests in the stream")
     parser.add_argument("--delay", type=int, default=50, help="steps until a reward is revealed")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the world, the stream and every policy")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="seed(s) of the world, the stream and every policy; several give a mean ± sd",
+    )
     parser.add_argument("--actions", type=int, default=10, help="number of actions")
     parser.add_argument("--dim", type=int, default=20, help="context features")
     parser.add_argument("--only", default="", help="comma-separated libraries or contender names to run")
@@ -333,26 +364,31 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps <= args.delay:
         parser.error("--steps must exceed --delay")
-    cfg = Config(args.steps, args.delay, args.seed, args.actions, args.dim)
-    print(
-        f"{cfg.steps} steps, {cfg.n_actions} actions, {cfg.dim} features, rewards revealed {cfg.delay} steps "
-        f"later, seed {cfg.seed}.\ncpu µs = process CPU time of the whole replay per step (robust to a busy "
-        "machine);\nµs/step = mean select + mean update (wall, adapters included); median = median "
-        "of select + update over the steps that learned;\nselect/update = means; /oracle = reward / oracle "
-        "reward; E/oracle = expected reward / oracle expected reward"
-    )
-    print(HEADER)
     only = {s.strip() for s in args.only.split(",") if s.strip()} or None
     started = time.perf_counter()
-    report = run(cfg, only)
-    report["wall_s"] = time.perf_counter() - started
-    print(
-        f"oracle reward {report['oracle_reward']:.0f}; river EpsilonGreedy and ThompsonSampling are "
-        f"context-free and were given the arms only; wall {report['wall_s']:.0f} s, "
-        f"load average {report['machine']['load_avg_1m']:.2f} on {report['machine']['cpus']} cpus"
-    )
+    reports = []
+    for seed in args.seed:
+        cfg = Config(args.steps, args.delay, seed, args.actions, args.dim)
+        print(
+            f"{cfg.steps} steps, {cfg.n_actions} actions, {cfg.dim} features, rewards revealed {cfg.delay} "
+            f"steps later, seed {cfg.seed}.\ncpu µs = process CPU time of the whole replay per step (robust "
+            "to a busy machine);\nµs/step = mean select + mean update (wall, adapters included); median = "
+            "median of select + update over the steps that learned;\nselect/update = means; /oracle = reward "
+            "/ oracle reward; E/oracle = expected reward / oracle expected reward"
+        )
+        print(HEADER)
+        report = run(cfg, only)
+        reports.append(report)
+        print(
+            f"oracle reward {report['oracle_reward']:.0f}; river EpsilonGreedy and ThompsonSampling are "
+            f"context-free and were given the arms only; load average {report['machine']['load_avg_1m']:.2f} "
+            f"on {report['machine']['cpus']} cpus\n"
+        )
+    summary = summarise(reports) if len(reports) > 1 else []
+    wall = time.perf_counter() - started
+    print(f"wall {wall:.0f} s")
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+        args.json.write_text(json.dumps({"runs": reports, "summary": summary, "wall_s": wall}, indent=2))
         print(f"wrote {args.json}")
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections import deque
 
 import numpy as np
@@ -60,6 +61,15 @@ def test_snapshot_round_trip_then_identical_choices(name: str) -> None:
     assert restored.actions == policy.actions
     assert trajectory(restored) == trajectory(policy)
     assert restored.snapshot() == policy.snapshot()
+
+
+def test_snapshot_of_another_format_is_refused(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    blob = make_policy(name, DIM).snapshot()
+    monkeypatch.setattr("bandits.base.SNAPSHOT_FORMAT", -1)
+    with pytest.raises(ValueError, match="start the policy fresh"):
+        Policy.restore(blob)
+    with pytest.raises(TypeError, match="not a Policy"):
+        Policy.restore(pickle.dumps({"policy": "nope"}))
 
 
 def test_same_seed_same_choices_other_seed_other_choices(name: str) -> None:
