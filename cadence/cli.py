@@ -170,6 +170,45 @@ def cmd_topics(args: argparse.Namespace) -> None:
     consumer.close()
 
 
+def _redis_and_kafka(settings: Settings, need_kafka: bool) -> None:
+    if not settings.redis_url or (need_kafka and not settings.kafka_bootstrap):
+        sys.exit("cadence: set REDIS_URL" + (" and KAFKA_BOOTSTRAP" if need_kafka else "")
+                 + " to the servers the workers use (cadence up prints them for the embedded ones)")
+
+
+def cmd_snapshots(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from learning.snapshots import SnapshotError, SnapshotStore
+    from streams.app import redis_client
+    from streams.learning_feed import end_offsets
+    from streams.topics import LEARNING
+
+    settings = _settings()
+    _redis_and_kafka(settings, need_kafka=args.action == "rollback")
+
+    async def go() -> None:
+        store = SnapshotStore(redis_client(settings), settings.app_id, keep=settings.snapshots_kept)
+        if args.action == "list":
+            rows = await store.list()
+            if not rows:
+                print("no snapshots yet (the leading worker saves one every CADENCE_SNAPSHOT_INTERVAL_S)")
+            for i in rows:
+                created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(i.created_at))
+                print(f"{i.version:>5}  {created} UTC  {i.policy:<8} policy_version={i.policy_version:<8} "
+                      f"{i.size_bytes:>8} B  {i.note}")
+            return
+        try:
+            offsets = end_offsets(settings.kafka_bootstrap or "", settings.topic(LEARNING))
+            info = await store.rollback(args.version, offsets)
+        except SnapshotError as exc:
+            sys.exit(f"cadence: {exc}")
+        print(f"rolled back to version {args.version}: live as version {info.version}; "
+              "every worker switches within a second")
+
+    asyncio.run(go())
+
+
 def cmd_up(args: argparse.Namespace) -> None:
     settings = _settings()
     with Runtime(settings.data_dir, settings.kafka_bootstrap, settings.redis_url) as rt:
@@ -204,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-n", type=int, default=10, help="how many messages")
     sp.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for messages")
     sp.set_defaults(func=cmd_topics)
+    sp = sub.add_parser("snapshots", help="list learned-state snapshots, or roll back to one")
+    snap = sp.add_subparsers(dest="action", required=True)
+    snap.add_parser("list", help="versions kept in Redis")
+    rb = snap.add_parser("rollback", help="make an earlier version live on every worker")
+    rb.add_argument("version", type=int)
+    sp.set_defaults(func=cmd_snapshots)
     sp = sub.add_parser("up", help="start the embedded broker and Redis and print their addresses")
     sp.set_defaults(func=cmd_up)
     return p

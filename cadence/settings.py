@@ -67,6 +67,11 @@ class Settings(BaseSettings):
         7 * 86400.0, gt=0, description="A conversion counts for a decision this long after it."
     )
 
+    snapshot_interval_s: float = Field(
+        30.0, gt=0, description="How often the leading worker saves the learned state to Redis."
+    )
+    snapshots_kept: int = Field(20, ge=1, description="Snapshot versions kept in Redis for rollback.")
+
     api_token: SecretStr | None = Field(None, description="Bearer token for GET /decide. Unset: endpoint off.")
     admin_token: SecretStr | None = Field(None, description="Bearer token for admin endpoints.")
     log_level: str = Field("warn", description="Worker log level: crit, error, warn, info or debug.")

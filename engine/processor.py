@@ -66,6 +66,8 @@ class Engine:
         self.metrics = metrics
         self.config = config
         self.watermark = 0.0
+        self.learned_offsets: dict[int, int] = {}  # learning-topic partition -> next offset applied
+        self.learned_watermark = 0.0
         self._timestamps: dict[str, float] = {}
 
     async def process(self, messages: list[RawMessage]) -> BatchOutput:
@@ -193,13 +195,26 @@ class Engine:
             )
 
     # -- learning (all workers apply every sample: linear statistics are additive) ----------------
-    def learn(self, samples: list[LearningSample]) -> None:
+    def replace_policy(self, policy: Policy) -> None:
+        """Swap in a restored policy (snapshot at start, or a rollback)."""
+        self.policy = policy
+        self.metrics.policy_version.set(policy.version)
+
+    def learn(self, samples: list[LearningSample], positions: dict[int, int] | None = None) -> None:
+        if positions:
+            self.learned_offsets.update(positions)
         for s in samples:
-            x = np.asarray(s.x)
-            if s.kind == "exposure":
-                self.policy.expose(x, s.action)
-            else:
-                self.policy.reward(x, s.action, s.reward)
-                self.metrics.reward_value.inc(s.reward)
+            try:
+                x = np.asarray(s.x)
+                if s.kind == "exposure":
+                    self.policy.expose(x, s.action)
+                else:
+                    self.policy.reward(x, s.action, s.reward)
+                    self.metrics.reward_value.inc(s.reward)
+            except ValueError as exc:  # e.g. a sample from an engine with another context size
+                log.error("learning sample %s skipped: %s", s.decision_id, exc)
+                self.metrics.learning_samples.labels("rejected").inc()
+                continue
+            self.learned_watermark = max(self.learned_watermark, s.ts)
             self.metrics.learning_samples.labels(s.kind).inc()
         self.metrics.policy_version.set(self.policy.version)

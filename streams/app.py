@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
+from typing import Any
 
 import faust
 import redis.asyncio as aioredis
@@ -20,6 +23,8 @@ from engine.processor import BatchOutput, Engine, EngineConfig, RawMessage
 from features.context import CONTEXT_DIM
 from features.store import RedisFeatureStore
 from policy.catalogue import load_catalogue
+from learning.snapshots import SnapshotInfo, SnapshotStore
+from learning.state import LearnedState
 from streams.faust_tuning import set_fetch_max_wait
 from streams.learning_feed import follow_learning
 from streams.topics import DEAD_LETTERS, DECISIONS, INPUT_TOPICS, LEARNING
@@ -98,6 +103,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(inputs, name="ingest")
     async def ingest(stream: faust.Stream) -> None:
+        await policy_ready.wait()  # never decide with an empty policy while a snapshot is loading
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
             raw = [
                 RawMessage(logical.get(e.message.topic, e.message.topic), e.message.partition, e.message.offset,
@@ -108,18 +114,55 @@ def create_app(settings: Settings) -> faust.App:
             await emit(await engine.process(raw))
 
     stop_learning = asyncio.Event()
-    status = {"ready": False}
+    status: dict[str, Any] = {"rebalanced": False, "generation": 0, "snapshot": None}
+    policy_ready = asyncio.Event()
+    snapshots = SnapshotStore(engine.store.client, settings.app_id, keep=settings.snapshots_kept)
+    worker_id = f"{socket.gethostname()}:{os.getpid()}"
 
     @app.on_rebalance_complete.connect
-    async def _ready(app: faust.App, **kwargs: object) -> None:
-        status["ready"] = True
+    async def _rebalanced(app: faust.App, **kwargs: object) -> None:
+        status["rebalanced"] = True
+
+    async def load_snapshot() -> dict[int, int] | None:
+        found = await snapshots.load()
+        if found is None:
+            return None
+        info, blob = found
+        engine.replace_policy(LearnedState.unpack(blob).policy)
+        engine.learned_offsets = dict(info.offsets)
+        status["snapshot"] = info.version
+        log.warning("loaded snapshot version %s (policy version %s)", info.version, info.policy_version)
+        return dict(info.offsets)
 
     @app.task
     async def learning_feed() -> None:
+        status["generation"] = await snapshots.generation()
+        offsets = await load_snapshot()
+        policy_ready.set()
         await follow_learning(
             settings.kafka_bootstrap or "", settings.topic(LEARNING), engine.learn, stop_learning,
-            fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            start_offsets=offsets, fetch_max_wait_ms=settings.fetch_max_wait_ms,
         )
+
+    @app.timer(settings.snapshot_interval_s)
+    async def save_snapshot() -> None:
+        if not policy_ready.is_set() or not await snapshots.try_lead(worker_id, settings.snapshot_interval_s * 3):
+            return
+        info = SnapshotInfo(0, engine.policy.name, engine.policy.version, dict(engine.learned_offsets),
+                            engine.learned_watermark, note=f"periodic, by {worker_id}")
+        saved = await snapshots.save(LearnedState(engine.policy).pack(), info)
+        status["snapshot"] = saved.version
+
+    @app.timer(1.0)
+    async def follow_rollbacks() -> None:
+        generation = await snapshots.generation()
+        if policy_ready.is_set() and generation != status["generation"]:
+            status["generation"] = generation
+            found = await snapshots.load()
+            if found is not None:
+                engine.replace_policy(LearnedState.unpack(found[1]).policy)
+                status["snapshot"] = found[0].version
+                log.warning("rollback: now on snapshot version %s", found[0].version)
 
     @app.page("/metrics")
     async def metrics_page(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
@@ -127,7 +170,17 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.page("/health")
     async def health_page(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
-        return web.json({"status": "ok", "ready": status["ready"], "policy_version": engine.policy.version, "watermark": engine.watermark})
+        return web.json({
+            "status": "ok",
+            "ready": status["rebalanced"] and policy_ready.is_set(),
+            "policy": engine.policy.name,
+            "policy_version": engine.policy.version,
+            "snapshot": status["snapshot"],
+            "watermark": engine.watermark,
+            "partitions": {
+                logical[t]: sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == t) for t in logical
+            },
+        })
 
     @app.on_before_shutdown.connect
     async def _stop(app: faust.App, **kwargs: object) -> None:

@@ -1,7 +1,8 @@
 """Every worker reads every partition of the learning topic (no consumer group) and applies it.
 
 Exposures and rewards are additive statistics, so all workers converge to the same policy whatever
-the order; what one worker's users teach reaches the others as fast as the topic delivers.
+the order; what one worker's users teach reaches the others as fast as the topic delivers. A worker
+starts from the offsets of the snapshot it loaded (or from the beginning when there is none).
 """
 
 from __future__ import annotations
@@ -16,10 +17,24 @@ from contracts.decisions import LearningSample
 
 log = logging.getLogger(__name__)
 
+OnBatch = Callable[[list[LearningSample], dict[int, int]], None]
+
+
+async def learning_partitions(consumer: AIOKafkaConsumer, topic: str, stop: asyncio.Event) -> set[int]:
+    while not stop.is_set():
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public refresh
+            partitions = consumer.partitions_for_topic(topic)
+        if partitions:
+            return set(partitions)
+        await asyncio.sleep(0.5)
+    return set()
+
 
 async def follow_learning(
-    bootstrap: str, topic: str, apply: Callable[[list[LearningSample]], None], stop: asyncio.Event,
-    fetch_max_wait_ms: int = 20,
+    bootstrap: str, topic: str, on_batch: OnBatch, stop: asyncio.Event,
+    start_offsets: dict[int, int] | None = None, fetch_max_wait_ms: int = 20,
 ) -> None:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
@@ -27,28 +42,40 @@ async def follow_learning(
     )
     await consumer.start()
     try:
-        partitions: set[int] | None = None
-        while not partitions and not stop.is_set():
-            partitions = consumer.partitions_for_topic(topic) or await _fetch_partitions(consumer, topic)
-            if not partitions:
-                await asyncio.sleep(0.5)
-        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions or ())])
-        await consumer.seek_to_beginning()
+        partitions = await learning_partitions(consumer, topic, stop)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        for tp in tps:
+            if start_offsets and tp.partition in start_offsets:
+                consumer.seek(tp, start_offsets[tp.partition])
+            else:
+                await consumer.seek_to_beginning(tp)
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=200, max_records=5000)
             samples: list[LearningSample] = []
-            for records in batches.values():
+            positions: dict[int, int] = {}
+            for tp, records in batches.items():
                 for rec in records:
                     try:
                         samples.append(LearningSample.from_json(rec.value))
                     except Exception as exc:  # written by us; a bad one is logged, never fatal
-                        log.error("unreadable learning sample at %s: %s", rec.offset, exc)
-            if samples:
-                apply(samples)
+                        log.error("unreadable learning sample at %s/%s: %s", tp.partition, rec.offset, exc)
+                if records:
+                    positions[tp.partition] = records[-1].offset + 1
+            if positions:
+                on_batch(samples, positions)
     finally:
         await consumer.stop()
 
 
-async def _fetch_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int] | None:
-    await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public refresh
-    return consumer.partitions_for_topic(topic)
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """Current end offsets of every partition (kafka-python, for the CLI)."""
+    from kafka import KafkaConsumer
+    from kafka import TopicPartition as KTopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        tps = [KTopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        return {tp.partition: int(off) for tp, off in consumer.end_offsets(tps).items()}
+    finally:
+        consumer.close()

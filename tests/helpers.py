@@ -24,10 +24,14 @@ def event(event_id: str, user_id: str = "u1", ts: float = T0, etype: str = "page
     return doc
 
 
-def produce(rt: Runtime, topic: str, values: Iterable[bytes | dict], key: bytes = b"k") -> None:
+def produce(rt: Runtime, topic: str, values: Iterable[bytes | dict], key: bytes | None = None) -> None:
+    """Send events keyed by their user_id (as the contract says), or by ``key`` for raw bytes."""
     producer = KafkaProducer(bootstrap_servers=rt.kafka_bootstrap, max_request_size=2_000_000)
     for v in values:
-        producer.send(topic, key=key, value=v if isinstance(v, bytes) else orjson.dumps(v))
+        if isinstance(v, bytes):
+            producer.send(topic, key=key or b"raw", value=v)
+        else:
+            producer.send(topic, key=key or str(v.get("user_id", "")).encode(), value=orjson.dumps(v))
     producer.flush()
     producer.close()
 

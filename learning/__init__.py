@@ -1,0 +1,1 @@
+"""Shared learning state: versioned snapshots of what the workers learned, and rollback."""

@@ -1,0 +1,120 @@
+"""Versioned snapshots of the learned state in Redis, with rollback.
+
+A snapshot holds the policy (and models) as bytes plus the offsets of the learning topic it includes,
+so a worker that starts loads the snapshot and reads the learning topic only from there.
+
+A rollback to version v writes a *new* version with v's blob and the learning topic's current end
+offsets, then bumps the generation: running workers load it and keep reading from where they are;
+a worker that restarts later starts from it and does not re-learn what was rolled back.
+
+Keys (namespace = app id): ``{ns}:snap:seq`` (last version), ``{ns}:snap:{v}`` (blob),
+``{ns}:snap:index`` (hash version -> JSON info), ``{ns}:snap:generation`` (bumped by every rollback;
+workers watch it), ``{ns}:snap:lease`` (which worker writes snapshots).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import orjson
+import redis.asyncio as aioredis
+
+
+class SnapshotError(LookupError):
+    """A snapshot that was asked for does not exist; the message lists what does."""
+
+
+@dataclass(slots=True)
+class SnapshotInfo:
+    version: int
+    policy: str
+    policy_version: int
+    offsets: dict[int, int] = field(default_factory=dict)  # learning-topic partition -> next offset
+    watermark: float = 0.0  # largest event time learned
+    created_at: float = 0.0  # wall clock, for people reading the list
+    size_bytes: int = 0
+    note: str = ""
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self), option=orjson.OPT_NON_STR_KEYS)
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> SnapshotInfo:
+        doc = orjson.loads(raw)
+        doc["offsets"] = {int(k): int(v) for k, v in doc.get("offsets", {}).items()}
+        return cls(**doc)
+
+
+class SnapshotStore:
+    def __init__(self, client: aioredis.Redis, namespace: str, keep: int = 20) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.keep = keep
+
+    def _key(self, suffix: str) -> str:
+        return f"{self.namespace}:snap:{suffix}"
+
+    async def save(self, blob: bytes, info: SnapshotInfo) -> SnapshotInfo:
+        version = int(await self.client.incr(self._key("seq")))
+        info.version = version
+        info.created_at = info.created_at or time.time()
+        info.size_bytes = len(blob)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(self._key(str(version)), blob)
+            pipe.hset(self._key("index"), str(version), info.to_json())
+            await pipe.execute()
+        await self._trim()
+        return info
+
+    async def _trim(self) -> None:
+        versions = sorted(int(v) for v in await self.client.hkeys(self._key("index")))
+        old = versions[: -self.keep]
+        if old:
+            await self.client.delete(*[self._key(str(v)) for v in old])
+            await self.client.hdel(self._key("index"), *[str(v) for v in old])
+
+    async def list(self) -> list[SnapshotInfo]:
+        raw = await self.client.hgetall(self._key("index"))
+        return sorted((SnapshotInfo.from_json(v) for v in raw.values()), key=lambda i: i.version)
+
+    async def generation(self) -> int:
+        return int(await self.client.get(self._key("generation")) or 0)
+
+    async def load(self, version: int | None = None) -> tuple[SnapshotInfo, bytes] | None:
+        """A given version, else the latest; None if there are none."""
+        if version is None:
+            versions = [int(v) for v in await self.client.hkeys(self._key("index"))]
+            if not versions:
+                return None
+            version = max(versions)
+        raw_info, blob = await self.client.hget(self._key("index"), str(version)), await self.client.get(
+            self._key(str(version))
+        )
+        if raw_info is None or blob is None:
+            have = [i.version for i in await self.list()]
+            raise SnapshotError(f"no snapshot version {version}; versions kept: {have or 'none'}")
+        return SnapshotInfo.from_json(raw_info), blob
+
+    async def rollback(self, version: int, current_offsets: dict[int, int]) -> SnapshotInfo:
+        """Make ``version``'s state live on every worker again, as a new version; returns its info."""
+        found = await self.load(version)
+        assert found is not None
+        old, blob = found
+        info = SnapshotInfo(0, old.policy, old.policy_version, dict(current_offsets), old.watermark,
+                            note=f"rollback to version {version}")
+        info = await self.save(blob, info)
+        await self.client.incr(self._key("generation"))
+        return info
+
+    async def try_lead(self, worker_id: str, ttl_s: float) -> bool:
+        """One worker writes snapshots at a time: the holder of a short lease."""
+        key = self._key("lease")
+        ok = await self.client.set(key, worker_id, nx=True, px=int(ttl_s * 1000))
+        if ok:
+            return True
+        holder = await self.client.get(key)
+        if holder is not None and holder.decode() == worker_id:
+            await self.client.pexpire(key, int(ttl_s * 1000))
+            return True
+        return False
