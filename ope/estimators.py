@@ -70,6 +70,8 @@ class Prepared:
     """The log in columns plus the candidate's probabilities over one action index."""
 
     candidate: str
+    actions: list[str]  # the action of each column below
+    rows: np.ndarray  # (len(log),) which decisions of the log are used (usable probability)
     x: np.ndarray  # (n, d)
     logged: np.ndarray  # (n,) column of the logged action
     propensity: np.ndarray  # (n,) logged probability of the logged action
@@ -140,7 +142,18 @@ def prepare(
     if not rewards.any():
         warnings.append(warning("no_rewards"))
     return Prepared(
-        candidate.name, log.x[rows], logged, propensity, rewards, target, weights, clip, n_clipped, warnings
+        candidate.name,
+        actions,
+        rows,
+        log.x[rows],
+        logged,
+        propensity,
+        rewards,
+        target,
+        weights,
+        clip,
+        n_clipped,
+        warnings,
     )
 
 
@@ -213,9 +226,14 @@ def snips(prep: Prepared, **_: Any) -> Estimate:
 def dr(prep: Prepared, folds: int = 2, seed: int = 0, **_: Any) -> Estimate:
     n_actions = prep.target.shape[1]
     q = cross_fit_predictions(prep.x, prep.logged, prep.rewards, n_actions, folds=folds, seed=seed)
+    return dr_with_model(prep, q)
+
+
+def dr_with_model(prep: Prepared, q: np.ndarray, name: str = "dr") -> Estimate:
+    """DR with given reward predictions ``q`` (rows of ``prep``, columns ``prep.actions``)."""
     direct = (prep.target * q).sum(axis=1)
     correction = prep.weights * (prep.rewards - q[np.arange(len(q)), prep.logged])
-    return _mean_estimate("dr", prep, direct + correction)
+    return _mean_estimate(name, prep, direct + correction)
 
 
 ESTIMATORS: dict[str, Callable[..., Estimate]] = {"ips": ips, "snips": snips, "dr": dr}
@@ -237,13 +255,22 @@ def evaluate(
     if unknown:
         raise OPEError(f"unknown estimators {unknown}; choose from {sorted(ESTIMATORS)}")
     prep = prepare(log, candidate, clip=clip, tiny=tiny, progress=progress)
+    return estimate_all(prep, estimators, seed=seed, folds=folds, min_ess=min_ess)
+
+
+def estimate_all(
+    prep: Prepared, estimators: Sequence[str], seed: int = 0, folds: int = 2, min_ess: float = MIN_ESS
+) -> dict[str, Estimate]:
     out = {}
     for name in estimators:
-        est = ESTIMATORS[name](prep, folds=folds, seed=seed)
-        if est.ess < min_ess:
-            est.warnings.append(warning("low_effective_sample_size", ess=est.ess, n=est.n))
-        out[name] = est
+        out[name] = with_ess_warning(ESTIMATORS[name](prep, folds=folds, seed=seed), min_ess)
     return out
+
+
+def with_ess_warning(est: Estimate, min_ess: float = MIN_ESS) -> Estimate:
+    if est.ess < min_ess:
+        est.warnings.append(warning("low_effective_sample_size", ess=est.ess, n=est.n))
+    return est
 
 
 def on_policy(log: DecisionLog, name: str = "logged policy") -> Estimate:

@@ -280,18 +280,18 @@ def join_samples(
     for doc in exposures.values():
         taken[doc.get("placement", "")].add(doc["action"])
     eligible: dict[str, tuple[str, ...]] = {}
-    for placement, acts in taken.items():
+    for placement, seen in taken.items():
         known = catalogue.eligible(placement) if catalogue is not None else []
         if known:
             eligible[placement] = tuple(known)
         else:
-            eligible[placement] = tuple(sorted(acts))
+            eligible[placement] = tuple(sorted(seen))
             report.unknown_placements.append(placement)
     decisions = []
     for decision_id, doc in exposures.items():
         placement = doc.get("placement", "")
-        acts = eligible[placement]
-        if doc["action"] not in acts:
+        choices = eligible[placement]
+        if doc["action"] not in choices:
             report.problems.append(
                 f"{doc.get('_where', decision_id)}: action {doc['action']!r} is not eligible "
                 f"for placement {placement!r} in the catalogue"
@@ -305,7 +305,7 @@ def join_samples(
                 probability=_probability(doc),
                 reward=rewards.get(decision_id, 0.0),
                 placement=placement,
-                eligible=acts,
+                eligible=choices,
                 ts=float(doc.get("ts", 0.0)),
             )
         )

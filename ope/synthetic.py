@@ -18,6 +18,7 @@ reward sample, as the engine logs them, so the log goes through the same join as
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,7 @@ from contracts.decisions import LearningSample
 from contracts.events import Event
 from features.context import build_context
 from ope.estimators import TargetPolicy
+from ope.log import DecisionLog
 from simulator.traffic import REQUEST_MIX
 from simulator.world import Context, World
 
@@ -34,6 +36,10 @@ DECISIONS_PER_WEEK = 1000  # event time advances a week per this many decisions
 CLICK_DELAY_S = 60.0
 CONVERSION_DELAY_S = 600.0
 WEEKDAY_OF = {False: 0, True: 5}  # a representative day: Monday, Saturday
+# Generators are keyed by (seed, purpose): World(seed=s) draws from default_rng(s), and a log sampled with
+# the same integer s must not replay those very draws (users' segments would correlate with sampled cells).
+NOISE_STREAM = 1
+SAMPLE_STREAM = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +74,7 @@ class SyntheticLogs:
         self.temperature = temperature
         self.model_noise = model_noise
         self.seed = seed
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng([seed, NOISE_STREAM])
         # the logging policy's model error: fixed per (action, segment, device)
         self._noise: dict[tuple[str, str, str], float] = {}
         mass: dict[tuple[str, str], float] = {}
@@ -131,7 +137,7 @@ class SyntheticLogs:
     # -- the log ------------------------------------------------------------------------------------------
     def sample(self, n: int, seed: int) -> list[LearningSample]:
         """``n`` logged decisions as the engine would write them: exposures and reward samples."""
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng([seed, SAMPLE_STREAM])
         which = rng.choice(len(self.cells), size=n, p=self._probs)
         scale = self.world.catalogue.value_scale
         out: list[LearningSample] = []
@@ -192,6 +198,17 @@ class SyntheticLogs:
             probs = candidate.target_probs(cell.x, cell.eligible)
             total += p * sum(probs.get(a, 0.0) * mu for a, mu in zip(cell.eligible, cell.truth, strict=True))
         return float(total)
+
+    def truth_matrix(self, log: DecisionLog, actions: Sequence[str]) -> np.ndarray:
+        """Expected reward of each of ``actions`` (0 where ineligible) for each decision of a sampled log."""
+        cell_of = {(tuple(c.x), c.placement): c for c in self.cells}
+        column = {a: j for j, a in enumerate(actions)}
+        q = np.zeros((len(log), len(actions)))
+        for i, d in enumerate(log):
+            cell = cell_of[(tuple(d.x), d.placement)]
+            for a, mu in zip(cell.eligible, cell.truth, strict=True):
+                q[i, column[a]] = mu
+        return q
 
     def logging_value(self) -> float:
         return float(

@@ -44,10 +44,11 @@ def test_estimates_are_close_to_the_truth_on_average(study):
 
 
 def test_dr_is_not_less_accurate_than_ips(study):
-    by = study["by_estimator"]
-    # the reward model can only explain part of sparse click/conversion rewards, so DR's gain is small;
-    # it must not lose accuracy beyond noise
-    assert by["dr"]["mean_abs_error"] <= 1.1 * by["ips"]["mean_abs_error"], by
+    # paired over the same logs; sparse click/conversion rewards leave a reward model little to explain,
+    # so DR's gain is small (see dr_oracle_model), but it must not lose accuracy beyond noise
+    pairs = study["dr_vs_ips"]
+    assert pairs["pairs"] == 32
+    assert pairs["mean_abs_error_difference"] <= 2 * pairs["difference_std_error"], pairs
 
 
 def test_synthetic_log_has_exact_probabilities_and_truth(catalogue):
@@ -70,10 +71,11 @@ def test_synthetic_log_has_exact_probabilities_and_truth(catalogue):
     log = join_samples(synthetic.sample(20000, seed=5), catalogue)
     rewards = log.rewards
     assert abs(rewards.mean() - synthetic.logging_value()) < 3 * rewards.std() / np.sqrt(len(rewards))
-    assert all(
-        d.probability == pytest.approx(synthetic.cells[0].logging[0]) or d.probability > 0
-        for d in log.decisions[:10]
-    )
+    # every logged probability is the logging policy's exact probability in that decision's cell
+    cell_of = {(tuple(c.x), c.placement): c for c in synthetic.cells}
+    for d in log.decisions[:500]:
+        cell = cell_of[(tuple(d.x), d.placement)]
+        assert d.probability == cell.logging[cell.eligible.index(d.action)]
 
 
 def test_context_vectors_are_those_the_engine_builds(catalogue):
