@@ -59,6 +59,7 @@ class Settings(BaseSettings):
 
     policy: str = Field("linucb", description="Bandit policy: linucb, lints or egreedy.")
     policy_alpha: float = Field(0.5, ge=0, description="Exploration width of LinUCB / scale of LinTS.")
+    policy_ts_scale: float = Field(0.25, ge=0, description="Posterior scale of LinTS (lints).")
     policy_epsilon: float = Field(0.05, ge=0, le=1, description="Exploration share of egreedy.")
     seed: int = Field(7, description="Seed of the policy's random generator.")
     click_reward: float = Field(0.1, ge=0, description="Reward credited for a click (conversions pay value).")
@@ -67,6 +68,12 @@ class Settings(BaseSettings):
         7 * 86400.0, gt=0, description="A conversion counts for a decision this long after it."
     )
 
+    holdout_share: float = Field(
+        0.05, ge=0, le=1, description="Share of users in the global control group (default action, measures lift)."
+    )
+    holdout_salt: str = Field("cadence-1", min_length=1, description="Change it to draw a new control group.")
+    bid_multiplier_low: float = Field(0.5, gt=0, description="Lowest bid multiplier sent on bid-signals.")
+    bid_multiplier_high: float = Field(2.0, gt=0, description="Highest bid multiplier sent on bid-signals.")
     snapshot_interval_s: float = Field(
         30.0, gt=0, description="How often the leading worker saves the learned state to Redis."
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -39,9 +39,22 @@ class Decision:
     trace: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
-        doc = asdict(self)
-        doc["mode"] = self.mode.value
-        return orjson.dumps(doc)
+        return orjson.dumps(
+            {
+                "decision_id": self.decision_id,
+                "request_event_id": self.request_event_id,
+                "user_id": self.user_id,
+                "ts": self.ts,
+                "channel": self.channel,
+                "placement": self.placement,
+                "action": self.action,
+                "probability": self.probability,
+                "mode": self.mode.value,
+                "policy": self.policy,
+                "policy_version": self.policy_version,
+                "trace": self.trace,
+            }
+        )
 
 
 def decision_id_for(request_event_id: str, placement: str) -> str:
@@ -89,10 +102,36 @@ class LearningSample:
     probability: float = 1.0
     placement: str = ""
     ts: float = 0.0
+    mode: str = "exploit"  # the decision's mode; "holdout" samples measure the control group only
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "decision_id": self.decision_id,
+            "action": self.action,
+            "x": self.x,
+            "reward": self.reward,
+            "probability": self.probability,
+            "placement": self.placement,
+            "ts": self.ts,
+            "mode": self.mode,
+        }
 
     def to_json(self) -> bytes:
-        return orjson.dumps(asdict(self), option=orjson.OPT_SERIALIZE_NUMPY)
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_SERIALIZE_NUMPY)
 
     @classmethod
     def from_json(cls, raw: bytes) -> LearningSample:
         return cls(**orjson.loads(raw))
+
+
+def encode_samples(samples: list[LearningSample]) -> bytes:
+    """One learning-topic message for a batch of samples: ``{"samples": [...]}``."""
+    return orjson.dumps({"samples": [s.to_dict() for s in samples]}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def decode_samples(raw: bytes) -> list[LearningSample]:
+    """The samples of one learning-topic message (a batch, or a single sample)."""
+    doc = orjson.loads(raw)
+    docs = doc["samples"] if isinstance(doc, dict) and "samples" in doc else [doc]
+    return [LearningSample(**d) for d in docs]

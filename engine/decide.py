@@ -1,8 +1,14 @@
-"""The decision for one request (pure apart from the policy's own random generator)."""
+"""The decision for one request: consent, the policy pipeline around the bandit, the pending record.
+
+Pure apart from the bandit's own random generator and the worker's in-memory budgets (inside
+``PolicyContext``). The business rules (eligibility, levers, holdout, arbitration, contact caps and the
+rate limit on changes) live in ``policy/``; this module binds them to the engine's records.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -12,74 +18,88 @@ from contracts.events import Event
 from engine.pending import PendingDecision
 from features.context import build_context
 from features.state import UserState
-from policy.catalogue import Catalogue
+from policy.catalogue import NO_ACTION
+from policy.pipeline import PolicyContext, PolicyRequest, decide_action
+from policy.state import PolicyStateError, UserPolicyState
 
-TOP_SCORES = 3
+POLICY_STATE_FIELD = "pol"
 
 
 @dataclass(slots=True)
 class Decided:
     decision: Decision
-    pending: PendingDecision | None  # None when nothing was learned from this decision (fallbacks)
+    pending: PendingDecision | None  # None when nothing is shown and nothing can be learned
+    policy_state: str | None = None  # the user's new policy state (stickiness, contact history)
+    expected_value: float = 0.0  # arbitration's expected value of the action shown (bid signals)
 
 
-def fallback(event: Event, catalogue: Catalogue, policy: Policy, reason: str) -> Decided:
-    """The placement's default action, marked as a fallback with its reason."""
+def _decision(event: Event, action: str, probability: float, mode: Mode, policy: Policy,
+              trace: dict[str, Any]) -> Decision:
     placement = event.placement or ""
-    decision = Decision(
+    return Decision(
         decision_id=decision_id_for(event.event_id, placement),
         request_event_id=event.event_id,
         user_id=event.user_id,
         ts=event.ts,
         channel=event.channel,
         placement=placement,
-        action=catalogue.default_action(placement),
-        probability=1.0,
-        mode=Mode.FALLBACK,
+        action=action,
+        probability=round(probability, 6),
+        mode=mode,
         policy=policy.name,
         policy_version=policy.version,
-        trace={"fallback": reason},
+        trace=trace,
     )
-    return Decided(decision, None)
 
 
-def decide(event: Event, state: UserState | None, catalogue: Catalogue, policy: Policy) -> Decided:
-    placement = event.placement or ""
+def fallback(event: Event, ctx: PolicyContext, policy: Policy, reason: str) -> Decided:
+    """The placement's default action, marked as a fallback with its reason."""
+    default = ctx.catalogue.default_action(event.placement or "")
+    return Decided(_decision(event, default, 1.0, Mode.FALLBACK, policy, {"fallback": reason}), None)
+
+
+def policy_state_of(state: UserState | None) -> UserPolicyState:
+    raw = state.fields.get(POLICY_STATE_FIELD) if state else None
+    try:
+        return UserPolicyState.decode(raw.encode() if raw is not None else None)
+    except PolicyStateError:
+        return UserPolicyState()  # a damaged state must not block decisions: start the user afresh
+
+
+def decide(event: Event, state: UserState | None, ctx: PolicyContext, policy: Policy,
+           scores: dict[str, float] | None = None) -> Decided:
     consent = event.consent if event.consent is not None else (state.consent if state else None)
     if consent is False:
-        return fallback(event, catalogue, policy, "no_marketing_consent")
-    eligible = catalogue.eligible(placement)
-    if not eligible:
-        return fallback(event, catalogue, policy, "no_eligible_action")
+        return fallback(event, ctx, policy, "no_marketing_consent")
     x = build_context(event, state)
-    choice = policy.select(x, eligible)
-    top = sorted(choice.scores.items(), key=lambda kv: kv[1], reverse=True)[:TOP_SCORES]
-    decision_id = decision_id_for(event.event_id, placement)
-    decision = Decision(
-        decision_id=decision_id,
-        request_event_id=event.event_id,
-        user_id=event.user_id,
-        ts=event.ts,
-        channel=event.channel,
-        placement=placement,
-        action=choice.action,
-        probability=round(choice.probability, 6),
-        mode=Mode.EXPLORE if choice.explored else Mode.EXPLOIT,
-        policy=policy.name,
-        policy_version=policy.version,
-        trace={
-            "eligible": len(eligible),
-            "top_scores": [{"action": a, "score": round(s, 4)} for a, s in top],
-            "greedy": choice.greedy,
-        },
+    segment = event.segment or (state.segment if state else None)
+    outcome = decide_action(
+        PolicyRequest(event.user_id, event.placement or "", event.ts, segment, consent, scores or {}),
+        policy_state_of(state),
+        ctx,
+        lambda eligible: policy.select(x, eligible),
     )
-    pending = PendingDecision(
-        decision_id=decision_id,
-        placement=placement,
-        action=choice.action,
-        probability=choice.probability,
-        ts=event.ts,
-        policy_version=policy.version,
-        x=np.asarray(x, dtype=np.float64),
-    )
-    return Decided(decision, pending)
+    decision = _decision(event, outcome.action, outcome.probability, outcome.mode, policy, outcome.trace)
+    ev = 0.0
+    top = outcome.trace.get("top") or []
+    if top and top[0].get("action") == outcome.action:
+        ev = float(top[0].get("ev", 0.0))
+    pending = None
+    if outcome.action in ctx.catalogue.actions or outcome.mode is Mode.HOLDOUT:
+        # Everything shown is learned (the bandit's reward model does not need the action to have been
+        # drawn at random); the mode and probability travel along so evaluation can tell them apart.
+        pending = PendingDecision(
+            decision_id=decision.decision_id,
+            placement=decision.placement,
+            action=outcome.action,
+            probability=outcome.probability,
+            ts=event.ts,
+            policy_version=policy.version,
+            x=np.asarray(x, dtype=np.float64),
+            mode=outcome.mode.value,
+        )
+    return Decided(decision, pending, outcome.state.encode().decode(), ev)
+
+
+def is_learnable(action: str) -> bool:
+    return action != NO_ACTION

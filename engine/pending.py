@@ -27,18 +27,20 @@ class PendingDecision:
     policy_version: int
     x: np.ndarray
     credited: list[str] = field(default_factory=list)  # reward types already credited
+    mode: str = "exploit"  # the decision's mode: rewards of holdout decisions measure the control group
 
     def encode(self) -> str:
         x64 = base64.b64encode(self.x.astype(np.float32).tobytes()).decode("ascii")
         return orjson.dumps(
-            [self.decision_id, self.action, round(self.probability, 6), self.ts, self.policy_version, self.credited, x64]
+            [self.decision_id, self.action, round(self.probability, 6), self.ts, self.policy_version, self.credited,
+             x64, self.mode]
         ).decode()
 
     @classmethod
     def decode(cls, placement: str, raw: str) -> PendingDecision:
-        decision_id, action, p, ts, version, credited, x64 = orjson.loads(raw)
+        decision_id, action, p, ts, version, credited, x64, mode = orjson.loads(raw)
         x = np.frombuffer(base64.b64decode(x64), dtype=np.float32).astype(np.float64)
-        return cls(decision_id, placement, action, p, ts, version, x, list(credited))
+        return cls(decision_id, placement, action, p, ts, version, x, list(credited), mode)
 
     @property
     def field(self) -> str:

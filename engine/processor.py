@@ -20,12 +20,15 @@ from cadence.metrics import Metrics
 from contracts.decisions import DeadLetter, Decision, LearningSample
 from contracts.events import Event, Rejection, check_watermark, parse_event
 from engine.attribution import Credit, Windows, credit, match_pending
-from engine.decide import decide, fallback
+from engine.bids import BidSignaller
+from engine.decide import POLICY_STATE_FIELD, decide, fallback, policy_state_of
+from engine.lift import LiftTracker
 from engine.pending import PENDING_PREFIX, pending_decisions
 from features.state import UserState
 from features.store import FeatureStoreError, RedisFeatureStore
 from features.updates import update_for
-from policy.catalogue import Catalogue
+from policy.catalogue import NO_ACTION, Catalogue
+from policy.pipeline import PolicyContext
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,9 @@ class BatchOutput:
     decisions: list[Decision] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     learning: list[LearningSample] = field(default_factory=list)
+    bid_signals: list[dict] = field(default_factory=list)
     request_timestamps: list[float] = field(default_factory=list)  # per decision: its request's timestamp
+    timestamps: dict[str, float] = field(default_factory=dict)  # event_id -> Kafka timestamp, this batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,22 +63,27 @@ class EngineConfig:
 
 class Engine:
     def __init__(
-        self, store: RedisFeatureStore, catalogue: Catalogue, policy: Policy, metrics: Metrics, config: EngineConfig
+        self, store: RedisFeatureStore, policy_ctx: PolicyContext, policy: Policy, metrics: Metrics,
+        config: EngineConfig, bids: BidSignaller | None = None,
     ) -> None:
         self.store = store
-        self.catalogue = catalogue
+        self.policy_ctx = policy_ctx
         self.policy = policy
         self.metrics = metrics
         self.config = config
+        self.bids = bids or BidSignaller()
+        self.lift = LiftTracker()
         self.watermark = 0.0
         self.learned_offsets: dict[int, int] = {}  # learning-topic partition -> next offset applied
         self.learned_watermark = 0.0
-        self._timestamps: dict[str, float] = {}
+
+    @property
+    def catalogue(self) -> Catalogue:
+        return self.policy_ctx.catalogue
 
     async def process(self, messages: list[RawMessage]) -> BatchOutput:
         started = time.perf_counter()
         out = BatchOutput()
-        self._timestamps = {}
         events = self._validate(messages, out)
         if events:
             await self._apply(events, out)
@@ -107,7 +117,7 @@ class Engine:
                 self._reject(msg, late, out)
                 continue
             events.append(event)
-            self._timestamps[event.event_id] = msg.timestamp
+            out.timestamps[event.event_id] = msg.timestamp
             self.metrics.events.labels(event.topic, event.type).inc()
             self.watermark = max(self.watermark, event.ts)
         self.metrics.watermark.set(self.watermark)
@@ -123,7 +133,7 @@ class Engine:
             log.error("%s; %d events got fallback decisions or were not learned", exc, len(events))
             for event in events:
                 if event.kind.requests_decision:
-                    self._emit(fallback(event, self.catalogue, self.policy, "feature_store_unavailable").decision, out)
+                    self._emit(fallback(event, self.policy_ctx, self.policy, "feature_store_unavailable").decision, out)
             return
         self.metrics.store_latency.labels("apply").observe(time.perf_counter() - started)
 
@@ -150,26 +160,35 @@ class Engine:
 
     def _emit(self, decision: Decision, out: BatchOutput) -> None:
         out.decisions.append(decision)
-        out.request_timestamps.append(self._timestamps.get(decision.request_event_id, 0.0))
+        out.request_timestamps.append(out.timestamps.get(decision.request_event_id, 0.0))
         self.metrics.decisions.labels(decision.placement, decision.action, decision.mode.value).inc()
 
     def _decide(self, event: Event, state: UserState | None, writes: dict, out: BatchOutput) -> None:
-        decided = decide(event, state, self.catalogue, self.policy)
-        self._emit(decided.decision, out)
+        decided = decide(event, state, self.policy_ctx, self.policy)
+        decision = decided.decision
+        self._emit(decision, out)
+        if decided.policy_state is not None:
+            writes[event.user_id][POLICY_STATE_FIELD] = decided.policy_state
         pending = decided.pending
-        if pending is not None:
-            writes[event.user_id][pending.field] = pending.encode()
-            out.learning.append(
-                LearningSample(
-                    kind="exposure",
-                    decision_id=pending.decision_id,
-                    action=pending.action,
-                    x=pending.x.tolist(),
-                    probability=pending.probability,
-                    placement=pending.placement,
-                    ts=event.ts,
-                )
+        if pending is None:
+            return
+        writes[event.user_id][pending.field] = pending.encode()
+        out.learning.append(
+            LearningSample(
+                kind="exposure",
+                decision_id=pending.decision_id,
+                action=pending.action,
+                x=pending.x.tolist(),
+                probability=pending.probability,
+                placement=pending.placement,
+                ts=event.ts,
+                mode=pending.mode,
             )
+        )
+        if decision.channel == "ad" and decision.action in self.catalogue.actions:
+            signal = self.bids.signal(decision, decided.expected_value)
+            if signal is not None:
+                out.bid_signals.append(signal)
 
     def _credit(self, event: Event, state: UserState | None, writes: dict, out: BatchOutput) -> None:
         pending = pending_decisions(state) if state is not None else []
@@ -178,8 +197,13 @@ class Engine:
         self.metrics.rewards.labels(outcome.value).inc()
         if outcome is not Credit.CREDITED or target is None:
             return
-        reward = self.config.click_reward if event.kind.reward == "click" else event.revenue / self.catalogue.value_scale
+        reward_type = event.kind.reward
+        reward = self.config.click_reward if reward_type == "click" else event.revenue / self.catalogue.value_scale
         writes[event.user_id][PENDING_PREFIX + target.placement] = target.encode()
+        if reward_type == "click" and state is not None:
+            placement = self.catalogue.placements.get(target.placement)
+            channel = placement.channel if placement else event.channel
+            writes[event.user_id][POLICY_STATE_FIELD] = policy_state_of(state).after_click(channel).encode().decode()
         if reward > 0:
             out.learning.append(
                 LearningSample(
@@ -191,6 +215,7 @@ class Engine:
                     probability=target.probability,
                     placement=target.placement,
                     ts=event.ts,
+                    mode=target.mode,
                 )
             )
 
@@ -201,20 +226,41 @@ class Engine:
         self.metrics.policy_version.set(policy.version)
 
     def learn(self, samples: list[LearningSample], positions: dict[int, int] | None = None) -> None:
+        """Apply learning samples (all workers apply all of them); batched, per sample if a batch fails."""
         if positions:
             self.learned_offsets.update(positions)
+        usable = []
         for s in samples:
-            try:
-                x = np.asarray(s.x)
-                if s.kind == "exposure":
-                    self.policy.expose(x, s.action)
-                else:
-                    self.policy.reward(x, s.action, s.reward)
-                    self.metrics.reward_value.inc(s.reward)
-            except ValueError as exc:  # e.g. a sample from an engine with another context size
-                log.error("learning sample %s skipped: %s", s.decision_id, exc)
-                self.metrics.learning_samples.labels("rejected").inc()
-                continue
+            self.lift.add(s)
+            if s.action != NO_ACTION:  # a control decision that showed nothing counts for lift only
+                usable.append(s)
+        exposures = [s for s in usable if s.kind == "exposure"]
+        rewards = [s for s in usable if s.kind == "reward"]
+        try:
+            if exposures:
+                self.policy.expose_many(np.array([s.x for s in exposures]), [s.action for s in exposures])
+            if rewards:
+                self.policy.reward_many(np.array([s.x for s in rewards]), [s.action for s in rewards],
+                                        [s.reward for s in rewards])
+            applied = usable
+        except ValueError:  # a malformed sample refuses the whole batch before anything changed
+            applied = [s for s in usable if self._learn_one(s)]
+        for s in applied:
             self.learned_watermark = max(self.learned_watermark, s.ts)
             self.metrics.learning_samples.labels(s.kind).inc()
+            if s.kind == "reward":
+                self.metrics.reward_value.inc(s.reward)
         self.metrics.policy_version.set(self.policy.version)
+
+    def _learn_one(self, s: LearningSample) -> bool:
+        try:
+            x = np.asarray(s.x)
+            if s.kind == "exposure":
+                self.policy.expose(x, s.action)
+            else:
+                self.policy.reward(x, s.action, s.reward)
+            return True
+        except ValueError as exc:  # e.g. a sample from an engine with another context size
+            log.error("learning sample %s skipped: %s", s.decision_id, exc)
+            self.metrics.learning_samples.labels("rejected").inc()
+            return False

@@ -26,7 +26,9 @@ class RedisFeatureStore:
         self.namespace = namespace
         self.ttl_s = ttl_s
         self.dedup_ring = dedup_ring
-        self._script = client.register_script(resources.files("features").joinpath("apply_batch.lua").read_text())
+        scripts = resources.files("features")
+        self._script = client.register_script(scripts.joinpath("apply_batch.lua").read_text())
+        self._write_script = client.register_script(scripts.joinpath("write_fields.lua").read_text())
         self._windows = [[size, suffix] for suffix, size in WINDOWS]
         self.last_round_trip_s = 0.0
 
@@ -62,15 +64,12 @@ class RedisFeatureStore:
         return out
 
     async def write_fields(self, writes: Mapping[str, Mapping[str, str]]) -> None:
-        """Set fields of several users in one pipeline (decision state after a batch)."""
+        """Set fields of several users in one call (decision state after a batch)."""
         if not writes:
             return
+        request = {"ttl": self.ttl_s, "writes": {self.key(u): dict(f) for u, f in writes.items() if f}}
         try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for user_id, fields in writes.items():
-                    pipe.hset(self.key(user_id), mapping=dict(fields))
-                    pipe.expire(self.key(user_id), self.ttl_s)
-                await pipe.execute()
+            await self._write_script(args=[orjson.dumps(request)])
         except Exception as exc:
             raise FeatureStoreError(f"feature store write failed: {exc}") from exc
 

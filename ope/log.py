@@ -160,9 +160,19 @@ def read_jsonl(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
             if not isinstance(doc, dict):
                 problems.append(f"{path.name}:{lineno}: not a JSON object")
                 continue
-            doc.setdefault("_where", f"{path.name}:{lineno}")
-            samples.append(doc)
+            samples.extend(_expand(doc, f"{path.name}:{lineno}"))
     return samples, problems
+
+
+def _expand(doc: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """A learning-topic message holds one sample or a batch ``{"samples": [...]}``."""
+    docs = doc["samples"] if isinstance(doc.get("samples"), list) else [doc]
+    out = []
+    for i, d in enumerate(docs):
+        if isinstance(d, dict):
+            d.setdefault("_where", where if len(docs) == 1 else f"{where}#{i}")
+            out.append(d)
+    return out
 
 
 def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> tuple[list[dict[str, Any]], list[str]]:
@@ -194,8 +204,7 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> tuple[lis
                         problems.append(f"{tp.topic}[{tp.partition}]@{rec.offset}: not JSON ({exc})")
                         continue
                     if isinstance(doc, dict):
-                        doc.setdefault("_where", f"{tp.topic}[{tp.partition}]@{rec.offset}")
-                        samples.append(doc)
+                        samples.extend(_expand(doc, f"{tp.topic}[{tp.partition}]@{rec.offset}"))
                     else:
                         problems.append(f"{tp.topic}[{tp.partition}]@{rec.offset}: not a JSON object")
         return samples, problems

@@ -21,7 +21,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from simulator import traffic
 from simulator.world import Context, World
 
-START_TS = 1_767_571_200.0  # 2026-01-05 00:00:00 UTC, a Monday
+START_TS = 1_767_600_000.0  # 2026-01-05 08:00:00 UTC, a Monday morning
 CURVE_EVERY = 5000  # decisions per point of the learning curve
 
 

@@ -13,23 +13,30 @@ import time
 from typing import Any
 
 import faust
+import orjson
 import redis.asyncio as aioredis
 
 from bandits import make_policy
 from cadence.metrics import Metrics
 from cadence.settings import Settings
+from contracts.decisions import encode_samples
 from engine.attribution import Windows
 from engine.processor import BatchOutput, Engine, EngineConfig, RawMessage
 from features.context import CONTEXT_DIM
 from features.store import RedisFeatureStore
+from engine.bids import BidSignaller
+from policy.budgets import WorkerBudgets
 from policy.catalogue import load_catalogue
+from policy.holdout import HoldoutConfig
+from policy.pipeline import PolicyContext
 from learning.snapshots import SnapshotInfo, SnapshotStore
 from learning.state import LearnedState
 from streams.faust_tuning import set_fetch_max_wait
 from streams.learning_feed import follow_learning
-from streams.topics import DEAD_LETTERS, DECISIONS, INPUT_TOPICS, LEARNING
+from streams.topics import BID_SIGNALS, DEAD_LETTERS, DECISIONS, INPUT_TOPICS, LEARNING
 
 log = logging.getLogger(__name__)
+LEARNING_BATCH = 500  # samples per learning-topic message (~0.3 MB)
 
 
 def redis_client(settings: Settings) -> aioredis.Redis:
@@ -38,9 +45,17 @@ def redis_client(settings: Settings) -> aioredis.Redis:
     return aioredis.Redis.from_url(settings.redis_url, password=password, socket_timeout=5, socket_connect_timeout=2)
 
 
+def build_policy_context(settings: Settings, workers: int = 1) -> PolicyContext:
+    holdout = HoldoutConfig(settings.holdout_share, settings.holdout_salt) if settings.holdout_share > 0 else None
+    return PolicyContext(load_catalogue(settings.catalogue), holdout=holdout, budgets=WorkerBudgets(share=1 / workers))
+
+
 def build_engine(settings: Settings, metrics: Metrics, client: aioredis.Redis) -> Engine:
-    catalogue = load_catalogue(settings.catalogue)
-    params = {"linucb": {"alpha": settings.policy_alpha}}.get(settings.policy, {})
+    params = {
+        "linucb": {"alpha": settings.policy_alpha},
+        "lints": {"alpha": settings.policy_ts_scale},
+        "egreedy": {"epsilon": settings.policy_epsilon},
+    }.get(settings.policy, {})
     policy = make_policy(settings.policy, CONTEXT_DIM, seed=settings.seed, **params)
     store = RedisFeatureStore(client, settings.app_id, settings.feature_ttl_s, settings.dedup_ring)
     config = EngineConfig(
@@ -50,7 +65,8 @@ def build_engine(settings: Settings, metrics: Metrics, client: aioredis.Redis) -
         click_reward=settings.click_reward,
         windows=Windows(settings.click_window_s, settings.conversion_window_s),
     )
-    return Engine(store, catalogue, policy, metrics, config)
+    bids = BidSignaller(low=settings.bid_multiplier_low, high=settings.bid_multiplier_high)
+    return Engine(store, build_policy_context(settings), policy, metrics, config, bids)
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -78,7 +94,9 @@ def create_app(settings: Settings) -> faust.App:
 
     logical = {settings.topic(name): name for name in INPUT_TOPICS}
     inputs = app.topic(*logical, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw")
-    decisions_name, dead_letters_name, learning_name = (settings.topic(t) for t in (DECISIONS, DEAD_LETTERS, LEARNING))
+    decisions_name, dead_letters_name, learning_name, bids_name = (
+        settings.topic(t) for t in (DECISIONS, DEAD_LETTERS, LEARNING, BID_SIGNALS)
+    )
 
     async def emit(out: BatchOutput) -> None:
         """Hand every output to the producer, then wait until the broker has them all.
@@ -92,8 +110,11 @@ def create_app(settings: Settings) -> faust.App:
             pending.append(await producer.send(decisions_name, d.user_id.encode(), d.to_json(), None, None, None))
         for dl in out.dead_letters:
             pending.append(await producer.send(dead_letters_name, None, dl.to_json(), None, None, None))
-        for s in out.learning:
-            pending.append(await producer.send(learning_name, s.decision_id.encode(), s.to_json(), None, None, None))
+        for i in range(0, len(out.learning), LEARNING_BATCH):  # one message per slice: every worker reads all
+            chunk = out.learning[i : i + LEARNING_BATCH]
+            pending.append(await producer.send(learning_name, None, encode_samples(chunk), None, None, None))
+        for b in out.bid_signals:
+            pending.append(await producer.send(bids_name, b["user_id"].encode(), orjson.dumps(b), None, None, None))
         if pending:
             await asyncio.gather(*pending)
         now = time.time()

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from contracts.decisions import LearningSample
+from contracts.decisions import LearningSample, decode_samples
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ async def follow_learning(
             for tp, records in batches.items():
                 for rec in records:
                     try:
-                        samples.append(LearningSample.from_json(rec.value))
+                        samples.extend(decode_samples(rec.value))
                     except Exception as exc:  # written by us; a bad one is logged, never fatal
                         log.error("unreadable learning sample at %s/%s: %s", tp.partition, rec.offset, exc)
                 if records:

@@ -30,26 +30,33 @@ def test_worker_decides_routes_bad_input_and_ignores_duplicates(
     prefix = isolated["topic_prefix"]
     worker = start_worker(runtime, data_dir, **isolated)
     try:
-        before = [event(f"g{i}", user_id=f"u{i}", ts=T0 + i, device="desktop", segment="loyal") for i in range(20)]
-        after = [event(f"h{i}", user_id=f"u{i}", ts=T0 + 100 + i) for i in range(20)]
+        evening = T0 + 21.5 * 3600  # near the email quiet hours (22:00-06:00 UTC) of the default catalogue
+        before = [event(f"g{i}", user_id=f"u{i}", ts=evening + i, device="desktop", segment="loyal") for i in range(20)]
+        after = [event(f"h{i}", user_id=f"u{i}", ts=evening + 100 + i) for i in range(20)]
         produce(runtime, prefix + "web-events", before)
         produce(runtime, prefix + "web-events", [raw for raw, _ in BAD])
         produce(runtime, prefix + "web-events", before[:5])  # replayed duplicates
         produce(runtime, prefix + "web-events", after)
-        produce(runtime, prefix + "email-events", [event("m1", etype="email_request", placement="newsletter")])
+        produce(runtime, prefix + "email-events", [
+            event("m1", user_id="m1", etype="email_request", placement="newsletter", ts=T0 + 21.9 * 3600),
+            event("m2", user_id="m2", etype="email_request", placement="newsletter", ts=T0 + 22.5 * 3600),
+        ])
 
-        decisions = TopicReader(runtime, prefix + "decisions").read_until(lambda r: len(r) >= 41)
+        decisions = TopicReader(runtime, prefix + "decisions").read_until(lambda r: len(r) >= 42)
         dead = TopicReader(runtime, prefix + "dead-letters").read_until(lambda r: len(r) >= len(BAD))
 
         requests = [d["request_event_id"] for d in decisions]
-        assert sorted(requests) == sorted([e["event_id"] for e in before + after] + ["m1"])  # one each, no dup
+        assert sorted(requests) == sorted([e["event_id"] for e in before + after] + ["m1", "m2"])  # one each
         by_id = {d["request_event_id"]: d for d in decisions}
         web = by_id["g3"]
         assert web["placement"] == "home_hero" and web["channel"] == "web" and web["user_id"] == "u3"
         assert web["action"].startswith("offer_") and 0 < web["probability"] <= 1
         assert web["mode"] in ("exploit", "explore") and web["policy"] == "linucb"
-        assert web["trace"]["eligible"] == 5 and len(web["trace"]["top_scores"]) == 3
+        assert len(web["trace"]["eligible"]) == 5 and len(web["trace"]["top"]) == 3
+        assert {"action", "score", "ev"} <= set(web["trace"]["top"][0])
         assert by_id["m1"]["action"].startswith("email_")
+        quiet = by_id["m2"]  # 22:30 UTC is inside the catalogue's email quiet hours
+        assert (quiet["action"], quiet["mode"], quiet["trace"]["caps"]) == ("none", "suppressed", ["quiet_hours"])
 
         assert sorted(d["reason_code"] for d in dead) == sorted(reason for _, reason in BAD)
         assert all(d["source_topic"] == "web-events" and d["reason"] for d in dead)
