@@ -18,7 +18,7 @@ import orjson
 from ope.candidates import CandidateConfigError, load_config, plan
 from ope.estimators import CI_METHOD, ESTIMATORS, Estimate, OPEError, evaluate, on_policy
 from ope.gate import decide_promotion
-from ope.log import DecisionLog, join_samples, read_jsonl, read_topic
+from ope.log import RANDOMISED_MODES, DecisionLog, join_samples, read_jsonl, read_topic
 from ope.progress import ProgressBar
 from policy.catalogue import CatalogueError, load_catalogue
 
@@ -58,6 +58,12 @@ def add_ope_parser(subparsers: Any) -> argparse.ArgumentParser:
         "kinds: uniform, constant, bandit, greedy_model, see ope/candidates.py)",
     )
     sp.add_argument("--catalogue", type=Path, default=DEFAULT_CATALOGUE, help="catalogue the engine ran with")
+    sp.add_argument(
+        "--modes",
+        default=",".join(RANDOMISED_MODES),
+        help="decision modes to evaluate on (default: the bandit's own draws; holdout, sticky, pinned and "
+        "fallback decisions log probability 1 and were not the bandit's choice)",
+    )
     sp.add_argument(
         "--estimators", default="ips,snips,dr", help=f"comma-separated, from {sorted(ESTIMATORS)}"
     )
@@ -101,7 +107,8 @@ def _read_log(args: argparse.Namespace) -> DecisionLog:
                 f"cannot read topic {args.topic!r} from {args.bootstrap}: {exc}; check --bootstrap "
                 "(cadence up prints the embedded broker's address)"
             ) from None
-    return join_samples(samples, catalogue, problems)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    return join_samples(samples, catalogue, problems, modes=modes)
 
 
 def _fmt(v: float) -> str:

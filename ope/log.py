@@ -3,8 +3,13 @@
 The engine writes two kinds of ``LearningSample`` (contracts/decisions.py) to the ``learning`` topic:
 an *exposure* when a learned decision is made (context ``x``, action, selection probability, placement)
 and a *reward* each time a click or conversion is credited to it. A logged decision is one exposure plus
-the sum of its rewards (0 when none arrived). The topic is delivered at least once, so exact repeats
-are dropped: exposures by ``decision_id``, rewards by (decision_id, action, reward, ts).
+the sum of its rewards (0 when none arrived). A message holds one sample or a batch ``{"samples": [...]}``.
+The topic is delivered at least once, so exact repeats are dropped: exposures by ``decision_id``,
+rewards by (decision_id, action, reward, ts).
+
+Only decisions the bandit drew at random (mode explore or exploit) are evaluated; the rest are counted.
+A sample does not carry the eligible set of its request, so it is taken from the catalogue: where levers
+or per-action caps narrowed it, a candidate may be credited with actions that were not available then.
 
 Samples are read as plain JSON objects rather than through ``LearningSample.from_json`` because that
 dataclass defaults a missing ``probability`` to 1.0, which would hide a log that cannot be weighted.
@@ -14,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,10 @@ import orjson
 from policy.catalogue import Catalogue
 
 MAX_PROBLEMS_LISTED = 5
+# Modes in which the bandit (with arbitration) drew the action with the logged probability. Holdout,
+# pinned, fallback, suppressed and sticky decisions log probability 1.0 and were not the bandit's choice
+# (policy/pipeline.py), so a candidate meant to replace the bandit is not scored on them.
+RANDOMISED_MODES = ("explore", "exploit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +59,7 @@ class JoinReport:
     duplicate_exposures: int = 0
     duplicate_rewards: int = 0
     orphan_rewards: int = 0  # rewards whose exposure is not in the log
+    excluded_modes: dict[str, int] = field(default_factory=dict)  # decisions left out, by mode
     unknown_placements: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # unreadable or invalid records, with their place
 
@@ -64,6 +74,12 @@ class JoinReport:
             out.append(
                 f"{self.orphan_rewards} rewards have no exposure in the log and were ignored; "
                 "export the topic from its beginning to keep them"
+            )
+        if self.excluded_modes:
+            counts = ", ".join(f"{m}: {k}" for m, k in sorted(self.excluded_modes.items()))
+            out.append(
+                f"left out {sum(self.excluded_modes.values())} decisions the bandit did not draw ({counts}); "
+                "OPE scores a candidate in the bandit's place, on the decisions the bandit made"
             )
         if self.unknown_placements:
             out.append(
@@ -241,15 +257,20 @@ def _invalid(doc: dict[str, Any]) -> str | None:
 
 
 def join_samples(
-    samples: Iterable[dict[str, Any] | Any], catalogue: Catalogue | None = None, problems: Sequence[str] = ()
+    samples: Iterable[dict[str, Any] | Any],
+    catalogue: Catalogue | None = None,
+    problems: Sequence[str] = (),
+    modes: Collection[str] = RANDOMISED_MODES,
 ) -> DecisionLog:
     """Join exposures and rewards by ``decision_id`` into logged decisions.
 
-    ``samples`` are JSON objects (as read above) or ``LearningSample`` instances. Eligible actions of a
-    placement come from ``catalogue``; without one (or for a placement it does not know) they are the
-    actions the log took for that placement, which is noted in the report.
+    ``samples`` are JSON objects (as read above) or ``LearningSample`` instances. Only decisions whose
+    ``mode`` is in ``modes`` are kept (samples without a mode, from older logs, count as kept); the others
+    are counted in the report. Eligible actions of a placement come from ``catalogue``; without one (or for
+    a placement it does not know) they are the actions the log took for that placement, as noted.
     """
     report = JoinReport(problems=list(problems))
+    excluded: dict[str, str] = {}
     exposures: dict[str, dict[str, Any]] = {}
     rewards: dict[str, float] = defaultdict(float)
     seen_rewards: set[tuple] = set()
@@ -265,10 +286,15 @@ def join_samples(
             continue
         dim = len(doc["x"])
         if doc["kind"] == "exposure":
-            if doc["decision_id"] in exposures:
+            if doc["decision_id"] in exposures or doc["decision_id"] in excluded:
                 report.duplicate_exposures += 1
                 continue
             report.exposures += 1
+            mode = doc.get("mode")
+            if mode is not None and mode not in modes:
+                excluded[doc["decision_id"]] = mode
+                report.excluded_modes[mode] = report.excluded_modes.get(mode, 0) + 1
+                continue
             exposures[doc["decision_id"]] = doc
         else:
             key = (
@@ -283,7 +309,7 @@ def join_samples(
             seen_rewards.add(key)
             report.rewards += 1
             rewards[doc["decision_id"]] += float(doc.get("reward", 0.0))
-    report.orphan_rewards = sum(1 for k in seen_rewards if k[0] not in exposures)
+    report.orphan_rewards = sum(1 for k in seen_rewards if k[0] not in exposures and k[0] not in excluded)
 
     taken: dict[str, set[str]] = defaultdict(set)
     for doc in exposures.values():

@@ -111,6 +111,45 @@ def test_invalid_records_are_skipped_with_a_reason(catalogue, bad, problem):
     assert any(problem in p for p in log.report.problems), log.report.problems
 
 
+def test_only_decisions_the_bandit_drew_are_kept_and_the_rest_are_counted(catalogue):
+    samples = [
+        {**exposure("e1"), "mode": "explore"},
+        {**exposure("e2"), "mode": "exploit"},
+        exposure("old"),  # logs from before modes were recorded count as the bandit's
+        {**exposure("h1", action="none", p=1.0), "mode": "holdout"},
+        {**exposure("s1", p=1.0), "mode": "sticky"},
+        {**exposure("s2", p=1.0), "mode": "sticky"},
+        reward("s1", 0.4),  # the reward of a left-out decision is not an orphan
+        reward("e1", 0.1),
+    ]
+    log = join_samples(samples, catalogue)
+    assert sorted(d.decision_id for d in log) == ["e1", "e2", "old"]
+    assert log.report.excluded_modes == {"holdout": 1, "sticky": 2}
+    assert log.report.orphan_rewards == 0 and not log.report.problems
+    assert "left out 3 decisions the bandit did not draw (holdout: 1, sticky: 2)" in " ".join(
+        log.report.notes()
+    )
+    with_sticky = join_samples(samples, catalogue, modes=("explore", "exploit", "sticky"))
+    assert len(with_sticky) == 5 and {d.decision_id: d.reward for d in with_sticky}["s1"] == pytest.approx(
+        0.4
+    )
+
+
+def test_batched_messages_are_read_as_their_samples(tmp_path, catalogue):
+    path = tmp_path / "learning.jsonl"
+    batch = {"samples": [exposure("a"), reward("a", 0.2), exposure("b")]}
+    path.write_bytes(orjson.dumps(batch) + b"\n" + orjson.dumps(exposure("c")) + b"\n")
+    samples, problems = read_jsonl(path)
+    assert not problems
+    assert [d.get("_where") for d in samples] == [
+        "learning.jsonl:1#0",
+        "learning.jsonl:1#1",
+        "learning.jsonl:1#2",
+        "learning.jsonl:2",
+    ]
+    assert sorted(d.decision_id for d in join_samples(samples, catalogue)) == ["a", "b", "c"]
+
+
 def test_learning_sample_instances_join_like_json(catalogue):
     samples = [
         LearningSample("exposure", "a", "offer_bundle", X, probability=0.2, placement="home_hero", ts=3.0),
