@@ -36,38 +36,56 @@ class Request:
 
 
 @dataclass
-class Scoreboard:
-    """Expected reward per decision of the engine, of a uniform random policy and of the oracle."""
-
-    decisions: int = 0
-    scored: int = 0  # decisions where personalisation was allowed (consent), compared with the peers
+class _Totals:
+    n: int = 0
     engine: float = 0.0
     random: float = 0.0
     oracle: float = 0.0
+
+    def add(self, engine: float, random: float, oracle: float) -> None:
+        self.n += 1
+        self.engine += engine
+        self.random += random
+        self.oracle += oracle
+
+    def rates(self) -> dict[str, float]:
+        n = max(self.n, 1)
+        return {"engine": self.engine / n, "random": self.random / n, "oracle": self.oracle / n}
+
+
+CHOSEN_MODES = ("explore", "exploit")
+
+
+@dataclass
+class Scoreboard:
+    """Expected reward per decision of the engine, of a uniform random policy and of the oracle.
+
+    ``chosen`` covers the decisions the policy chose freely (explore/exploit): how good the learned
+    policy is. ``all`` covers every decision for consenting users, including the ones the business rules
+    settled (sticky, holdout, pinned, suppressed, fallback): what the engine earns with its rules.
+    """
+
+    decisions: int = 0
+    all: _Totals = field(default_factory=_Totals)
+    chosen: _Totals = field(default_factory=_Totals)
     realized: float = 0.0
     modes: Counter = field(default_factory=Counter)
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=20000))
     curve: list[dict[str, float]] = field(default_factory=list)
-    _window: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0])
+    curve_every: int = CURVE_EVERY
+    _window: _Totals = field(default_factory=_Totals)
 
-    def add(self, engine: float, random: float, oracle: float) -> None:
-        self.scored += 1
-        self.engine += engine
-        self.random += random
-        self.oracle += oracle
+    def add(self, mode: str, engine: float, random: float, oracle: float) -> None:
+        self.all.add(engine, random, oracle)
+        if mode not in CHOSEN_MODES:
+            return
+        self.chosen.add(engine, random, oracle)
         w = self._window
-        w[0] += engine
-        w[1] += random
-        w[2] += oracle
-        w[3] += 1
-        if w[3] >= CURVE_EVERY:
-            self.curve.append({"decisions": self.scored, "engine": w[0] / w[3], "random": w[1] / w[3],
-                               "oracle": w[2] / w[3], "engine_vs_oracle": w[0] / w[2] if w[2] else 0.0})
-            self._window = [0.0, 0.0, 0.0, 0]
-
-    def rates(self) -> dict[str, float]:
-        n = max(self.scored, 1)
-        return {"engine": self.engine / n, "random": self.random / n, "oracle": self.oracle / n}
+        w.add(engine, random, oracle)
+        if w.n >= self.curve_every:
+            self.curve.append({"decisions": self.chosen.n, "engine": w.engine / w.n, "random": w.random / w.n,
+                               "oracle": w.oracle / w.n, "engine_vs_oracle": w.engine / w.oracle if w.oracle else 0.0})
+            self._window = _Totals()
 
 
 @dataclass
@@ -89,11 +107,12 @@ class ClosedLoop:
         bootstrap: str,
         topic: Callable[[str], str] = lambda name: name,
         rate: float = 1000.0,
-        requests_per_sim_s: float = 20.0,
+        requests_per_sim_s: float = 5.0,
         seed: int = 1,
         bad_share: float = 0.002,
         duplicate_share: float = 0.005,
         max_outstanding: int = 5000,
+        curve_every: int = CURVE_EVERY,
     ) -> None:
         self.world = world
         self.topic = topic
@@ -104,7 +123,7 @@ class ClosedLoop:
         self.max_outstanding = max_outstanding
         self.rng = np.random.default_rng(seed)
         self.seed = seed
-        self.score = Scoreboard()
+        self.score = Scoreboard(curve_every=curve_every)
         self.stats = LoopStats()
         self._requests: dict[str, Request] = {}
         self._due: list[tuple[float, int, traffic.Outgoing]] = []
@@ -189,7 +208,7 @@ class ClosedLoop:
         action, ctx, world = doc["action"], req.ctx, self.world
         if req.consent:
             _, best = world.oracle(req.placement, ctx)
-            sb.add(world.expected_reward(action, ctx), world.random_reward(req.placement, ctx), best)
+            sb.add(doc["mode"], world.expected_reward(action, ctx), world.random_reward(req.placement, ctx), best)
         p_click = world.click_probability(action, ctx)
         if p_click and self.rng.random() < p_click:
             click_ts = doc["ts"] + float(self.rng.exponential(traffic.MEAN_CLICK_DELAY_S))
@@ -251,7 +270,7 @@ class ClosedLoop:
 
     def summary(self) -> dict[str, Any]:
         elapsed = max(time.monotonic() - self.stats.started_wall, 1e-9)
-        rates = self.score.rates()
+        rates, overall = self.score.chosen.rates(), self.score.all.rates()
         lat = sorted(self.score.latencies_ms)
         pct = (lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))], 2)) if lat else (lambda q: None)
         return {
@@ -270,6 +289,8 @@ class ClosedLoop:
             "reward_per_decision": {k: round(v, 5) for k, v in rates.items()},
             "engine_vs_random": round(rates["engine"] / rates["random"], 3) if rates["random"] else None,
             "engine_vs_oracle": round(rates["engine"] / rates["oracle"], 3) if rates["oracle"] else None,
+            "all_decisions_reward": {k: round(v, 5) for k, v in overall.items()},
+            "all_decisions_vs_oracle": round(overall["engine"] / overall["oracle"], 3) if overall["oracle"] else None,
             "last_window_engine_vs_oracle": round(self.score.curve[-1]["engine_vs_oracle"], 3) if self.score.curve else None,
             "realized_reward_per_decision": round(self.score.realized / max(self.score.decisions, 1), 5),
             "decision_latency_ms": {"p50": pct(0.5), "p99": pct(0.99)},

@@ -20,7 +20,7 @@ def test_engine_learns_online_and_beats_random(runtime: Runtime, isolated: dict[
     worker = start_worker(runtime, data_dir, **isolated)
     prefix = isolated["topic_prefix"]
     loop = ClosedLoop(World(load_catalogue(DEFAULT_CATALOGUE), n_users=2000, seed=3), runtime.kafka_bootstrap or "",
-                      topic=lambda name: prefix + name, rate=800, seed=3, bad_share=0.003)
+                      topic=lambda name: prefix + name, rate=800, seed=3, bad_share=0.003, curve_every=2000)
     try:
         loop.run(duration_s=120, max_requests=20_000)
         loop.drain(timeout_s=30)
@@ -33,7 +33,8 @@ def test_engine_learns_online_and_beats_random(runtime: Runtime, isolated: dict[
     curve = summary["curve"]
     assert len(curve) >= 3
     late = curve[-1]
-    # A seeded world where the oracle earns ~2.2x random. After ~15k decisions the engine must have
-    # closed a good part of that gap: well above random, and better than its own first window.
+    # A seeded world where the oracle earns ~2.2x random. On the decisions the policy chose freely
+    # (explore/exploit) it must have closed a good part of that gap: well above random, and better
+    # than in its own first window.
     assert late["engine"] > 1.25 * late["random"], curve
     assert late["engine_vs_oracle"] > curve[0]["engine_vs_oracle"] + 0.1, curve
