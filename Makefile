@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed-stamp
 
-.PHONY: run test unit integration lint bench demo clean ops-check
+.PHONY: run test unit integration lint bench demo clean ops-check ope-coverage bench-models
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,7 @@ integration: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy cadence contracts features bandits engine streams simulator
+	$(VENV)/bin/mypy cadence contracts features bandits engine streams simulator policy models ope learning
 
 demo: $(STAMP)
 	$(VENV)/bin/cadence demo --duration 120 --json
@@ -44,3 +44,10 @@ clean:
 ops-check:
 	promtool check rules ops/prometheus/rules.yml
 	promtool test rules ops/prometheus/rules_test.yml
+
+## Off-policy evaluation: do the estimators' intervals cover the truth? (simulator, no Kafka)
+ope-coverage: $(STAMP)
+	$(PY) load_tests/ope_coverage.py --seeds 50 --n 20000 --json load_tests/results/ope_coverage.json
+
+bench-models: $(STAMP)
+	$(PY) -m load_tests.bench_models --json load_tests/results/models.json

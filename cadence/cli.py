@@ -250,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     rb = snap.add_parser("rollback", help="make an earlier version live on every worker")
     rb.add_argument("version", type=int)
     sp.set_defaults(func=cmd_snapshots)
+    from ope.cli import add_ope_parser
+
+    add_ope_parser(sub)
     sp = sub.add_parser("up", help="start the embedded broker and Redis and print their addresses")
     sp.set_defaults(func=cmd_up)
     return p
