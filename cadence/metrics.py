@@ -29,6 +29,15 @@ class Metrics:
             "cadence_learning_samples_applied_total", "Learning samples applied to the policy", ["kind"], registry=r
         )
         self.store_errors = Counter("cadence_feature_store_errors_total", "Feature store failures", ["op"], registry=r)
+        self.updates_pending = Gauge(
+            "cadence_feature_updates_pending", "Feature updates waiting for Redis to come back", registry=r
+        )
+        self.updates_replayed = Counter(
+            "cadence_feature_updates_replayed_total", "Feature updates applied late, after a store outage", registry=r
+        )
+        self.updates_lost = Counter(
+            "cadence_feature_updates_lost_total", "Feature updates dropped because the retry buffer was full", registry=r
+        )
         self.store_latency = Histogram(
             "cadence_feature_store_round_trip_seconds", "Feature store round trip per batch", ["op"],
             buckets=LATENCY_BUCKETS_S, registry=r,

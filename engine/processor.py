@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,7 +26,7 @@ from engine.lift import LiftTracker
 from engine.pending import PENDING_PREFIX, pending_decisions
 from features.state import UserState
 from features.store import FeatureStoreError, RedisFeatureStore
-from features.updates import update_for
+from features.updates import FeatureUpdate, update_for
 from policy.catalogue import NO_ACTION, Catalogue
 from policy.pipeline import PolicyContext
 
@@ -59,6 +59,7 @@ class EngineConfig:
     max_lateness_s: float = 30 * 86400.0
     click_reward: float = 0.1
     windows: Windows = Windows(click_s=1800.0, conversion_s=7 * 86400.0)
+    retry_buffer_max: int = 200_000  # feature updates kept for replay while Redis is unreachable
 
 
 class Engine:
@@ -76,6 +77,8 @@ class Engine:
         self.watermark = 0.0
         self.learned_offsets: dict[int, int] = {}  # learning-topic partition -> next offset applied
         self.learned_watermark = 0.0
+        self._unapplied: deque[FeatureUpdate] = deque()  # updates to replay once Redis answers again
+        self._store_retry_at = 0.0  # monotonic time before which a failed store is not tried again
 
     @property
     def catalogue(self) -> Catalogue:
@@ -123,17 +126,51 @@ class Engine:
         self.metrics.watermark.set(self.watermark)
         return events
 
+    async def _replay_unapplied(self) -> bool:
+        """Re-apply updates kept during an outage (idempotent: the dedup ring drops what did land)."""
+        while self._unapplied:
+            chunk = [self._unapplied[i] for i in range(min(5000, len(self._unapplied)))]
+            try:
+                await self.store.apply(chunk)
+            except FeatureStoreError:
+                return False
+            for _ in chunk:
+                self._unapplied.popleft()
+            self.metrics.updates_replayed.inc(len(chunk))
+        self.metrics.updates_pending.set(0)
+        return True
+
+    def _keep_for_replay(self, updates: list[FeatureUpdate]) -> None:
+        for upd in updates:
+            upd.want_state = False
+            self._unapplied.append(upd)
+        overflow = len(self._unapplied) - self.config.retry_buffer_max
+        for _ in range(max(0, overflow)):
+            self._unapplied.popleft()
+        if overflow > 0:
+            self.metrics.updates_lost.inc(overflow)
+            log.error("feature store unreachable: retry buffer full, %d oldest updates dropped", overflow)
+        self.metrics.updates_pending.set(len(self._unapplied))
+
     async def _apply(self, events: list[Event], out: BatchOutput) -> None:
         updates = [update_for(e, store_profile=e.consent is not False) for e in events]
         started = time.perf_counter()
         try:
+            if time.monotonic() < self._store_retry_at:  # circuit open: answer fast, try again soon
+                raise FeatureStoreError("feature store unreachable a moment ago; retrying within a second")
+            if self._unapplied and not await self._replay_unapplied():
+                raise FeatureStoreError("feature store still unreachable (replaying earlier updates)")
             results = await self.store.apply(updates)
         except FeatureStoreError as exc:
             self.metrics.store_errors.labels("apply").inc()
-            log.error("%s; %d events got fallback decisions or were not learned", exc, len(events))
+            self._store_retry_at = time.monotonic() + 1.0
+            log.error("%s; %d events kept for replay, requests got fallback decisions", exc, len(events))
+            self._keep_for_replay(updates)
             for event in events:
                 if event.kind.requests_decision:
                     self._emit(fallback(event, self.policy_ctx, self.policy, "feature_store_unavailable").decision, out)
+                elif event.kind.reward is not None:
+                    self.metrics.rewards.labels("store_unavailable").inc()
             return
         self.metrics.store_latency.labels("apply").observe(time.perf_counter() - started)
 

@@ -173,3 +173,35 @@ def test_features_expose_values_with_their_age(runtime: Runtime) -> None:
     feats = state.features(T0 + 160)
     assert feats["page_views_1h"] == {"value": 2.0, "age_s": 60.0}
     assert feats["page_views_7d"]["value"] == 2.0
+
+
+def test_updates_made_while_redis_is_down_are_replayed_when_it_returns(tmp_path) -> None:  # noqa: ANN001
+    """A private Redis is stopped: requests get fallbacks, updates wait, and land once Redis is back."""
+    from cadence.runtime import redis_process
+
+    server = redis_process(tmp_path)
+    server.start()
+    metrics = Metrics()
+    client = aioredis.Redis(port=server.port, socket_timeout=1, socket_connect_timeout=0.5)
+    store = RedisFeatureStore(client, "outage", ttl_s=3600, dedup_ring=16)
+    engine = Engine(store, PolicyContext(load_catalogue(DEFAULT_CATALOGUE)), make_policy("linucb", CONTEXT_DIM),
+                    metrics, EngineConfig())
+    try:
+        async def go():  # noqa: ANN202
+            await engine.process(msgs(event("before", ts=T0)))
+            server.pause()
+            down = await engine.process(msgs(*[event(f"down{i}", ts=T0 + i) for i in range(1, 6)]))
+            pending = metrics.updates_pending._value.get()
+            server.resume()
+            engine._store_retry_at = 0.0  # skip the one-second pause before the store is tried again
+            up = await engine.process(msgs(event("after", ts=T0 + 10)))
+            return down, pending, up, await engine.store.read("u1")
+
+        down, pending, up, state = asyncio.run(go())
+    finally:
+        server.stop()
+    assert [d.mode for d in down.decisions] == [Mode.FALLBACK] * 5
+    assert {d.trace["fallback"] for d in down.decisions} == {"feature_store_unavailable"}
+    assert pending == 5 and metrics.updates_replayed._value.get() == 5
+    assert up.decisions[0].mode is not Mode.FALLBACK
+    assert state.count("pv", "h", T0 + 10) == 7  # before + 5 during the outage + after, each once
