@@ -16,7 +16,12 @@ import orjson
 from cadence.runtime import Runtime, RuntimeStartError, create_topics
 from cadence.settings import Settings
 from cadence.workers import WorkerProcess, worker_env
-from streams.topics import ALL_TOPICS
+from streams.topics import ALL_TOPICS, COMPACTED
+
+
+def create_engine_topics(bootstrap: str, settings: Settings) -> None:
+    create_topics(bootstrap, [settings.topic(t) for t in ALL_TOPICS], settings.partitions,
+                  compacted=[settings.topic(t) for t in COMPACTED])
 
 
 def _settings() -> Settings:
@@ -35,7 +40,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
     runtime = Runtime(settings.data_dir, settings.kafka_bootstrap, settings.redis_url).start()
     try:
         settings = settings.model_copy(update={"kafka_bootstrap": runtime.kafka_bootstrap, "redis_url": runtime.redis_url})
-        create_topics(settings.kafka_bootstrap or "", [settings.topic(t) for t in ALL_TOPICS], settings.partitions)
+        create_engine_topics(settings.kafka_bootstrap or "", settings)
         app = create_app(settings)
         worker = faust.Worker(app, loglevel=settings.log_level, redirect_stdouts=False, quiet=True)
         # Faust's terminal spinner sets the root logger to DEBUG so that it can spin on every record:
@@ -53,7 +58,7 @@ def _stack(settings: Settings, n_workers: int, quiet: bool) -> Iterator[tuple[Ru
     started = time.monotonic()
     with Runtime(settings.data_dir, settings.kafka_bootstrap, settings.redis_url) as rt:
         say(f"cadence: Kafka at {rt.kafka_bootstrap}, Redis at {rt.redis_url}")
-        create_topics(rt.kafka_bootstrap or "", [settings.topic(t) for t in ALL_TOPICS], settings.partitions)
+        create_engine_topics(rt.kafka_bootstrap or "", settings)
         env = worker_env(rt.env(), log_level=settings.log_level)
         workers = [WorkerProcess(env, settings.data_dir, f"worker-{i + 1}").start() for i in range(n_workers)]
         try:
@@ -213,7 +218,7 @@ def cmd_snapshots(args: argparse.Namespace) -> None:
 def cmd_up(args: argparse.Namespace) -> None:
     settings = _settings()
     with Runtime(settings.data_dir, settings.kafka_bootstrap, settings.redis_url) as rt:
-        create_topics(rt.kafka_bootstrap or "", [settings.topic(t) for t in ALL_TOPICS], settings.partitions)
+        create_engine_topics(rt.kafka_bootstrap or "", settings)
         print(f"export KAFKA_BOOTSTRAP={rt.kafka_bootstrap} REDIS_URL={rt.redis_url}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             signal.pause()

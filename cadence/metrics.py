@@ -38,6 +38,16 @@ class Metrics:
         self.updates_lost = Counter(
             "cadence_feature_updates_lost_total", "Feature updates dropped because the retry buffer was full", registry=r
         )
+        self.erased_events = Counter(
+            "cadence_erased_user_events_total", "Events of erased users, not stored nor learned", registry=r
+        )
+        self.http_latency = Histogram(
+            "cadence_http_decide_seconds", "GET /decide handling time", ["status"],
+            buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.5), registry=r,
+        )
+        self.http_requests = Counter("cadence_http_requests_total", "HTTP requests", ["endpoint", "status"], registry=r)
+        self.lift = Gauge("cadence_holdout_lift", "Live lift over the holdout group", ["stat"], registry=r)
+        self.levers_active = Gauge("cadence_levers_active", "Levers in the shared book", registry=r)
         self.store_latency = Histogram(
             "cadence_feature_store_round_trip_seconds", "Feature store round trip per batch", ["op"],
             buckets=LATENCY_BUCKETS_S, registry=r,

@@ -113,7 +113,8 @@ def redis_process(data_dir: Path, port: int | None = None, password: str | None 
     return ServerProcess("embedded Redis server (Valkey)", argv, port, data_dir / "redis.log")
 
 
-def create_topics(bootstrap: str, names: Sequence[str], partitions: int, timeout_s: float = 20.0) -> None:
+def create_topics(bootstrap: str, names: Sequence[str], partitions: int, timeout_s: float = 20.0,
+                  compacted: Sequence[str] = ()) -> None:
     """Create topics that do not exist yet (idempotent); waits until the broker answers metadata."""
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
@@ -129,7 +130,11 @@ def create_topics(bootstrap: str, names: Sequence[str], partitions: int, timeout
             time.sleep(0.2)
     try:
         existing = set(admin.list_topics())
-        missing = [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names if n not in existing]
+        missing = [
+            NewTopic(n, num_partitions=partitions, replication_factor=1,
+                     topic_configs={"cleanup.policy": "compact"} if n in compacted else {})
+            for n in names if n not in existing
+        ]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(missing)

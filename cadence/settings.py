@@ -81,6 +81,7 @@ class Settings(BaseSettings):
 
     api_token: SecretStr | None = Field(None, description="Bearer token for GET /decide. Unset: endpoint off.")
     admin_token: SecretStr | None = Field(None, description="Bearer token for admin endpoints.")
+    http_max_rps: float = Field(5000.0, gt=0, description="Most GET /decide requests per second per worker.")
     log_level: str = Field("warn", description="Worker log level: crit, error, warn, info or debug.")
 
     def topic(self, name: str) -> str:

@@ -7,6 +7,7 @@ decision state (pending decisions) afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import statistics
 import time
@@ -24,6 +25,7 @@ from engine.bids import BidSignaller
 from engine.decide import POLICY_STATE_FIELD, decide, fallback, policy_state_of
 from engine.lift import LiftTracker
 from engine.pending import PENDING_PREFIX, pending_decisions
+from features.erasure import user_digest
 from features.state import UserState
 from features.store import FeatureStoreError, RedisFeatureStore
 from features.updates import FeatureUpdate, update_for
@@ -79,6 +81,8 @@ class Engine:
         self.learned_watermark = 0.0
         self._unapplied: deque[FeatureUpdate] = deque()  # updates to replay once Redis answers again
         self._store_retry_at = 0.0  # monotonic time before which a failed store is not tried again
+        self._replaying = asyncio.Lock()  # HTTP requests and the agent may both find updates to replay
+        self.erased: set[str] = set()  # digests of erased users: no features, no learning, default action
 
     @property
     def catalogue(self) -> Catalogue:
@@ -128,6 +132,10 @@ class Engine:
 
     async def _replay_unapplied(self) -> bool:
         """Re-apply updates kept during an outage (idempotent: the dedup ring drops what did land)."""
+        async with self._replaying:
+            return await self._replay_locked()
+
+    async def _replay_locked(self) -> bool:
         while self._unapplied:
             chunk = [self._unapplied[i] for i in range(min(5000, len(self._unapplied)))]
             try:
@@ -153,6 +161,10 @@ class Engine:
         self.metrics.updates_pending.set(len(self._unapplied))
 
     async def _apply(self, events: list[Event], out: BatchOutput) -> None:
+        if self.erased:
+            events = self._without_erased(events, out)
+            if not events:
+                return
         updates = [update_for(e, store_profile=e.consent is not False) for e in events]
         started = time.perf_counter()
         try:
@@ -194,6 +206,18 @@ class Engine:
             except FeatureStoreError as exc:
                 self.metrics.store_errors.labels("write").inc()
                 log.error("%s; pending decisions of %d users not stored", exc, len(writes))
+
+    def _without_erased(self, events: list[Event], out: BatchOutput) -> list[Event]:
+        """Erased users get the default action and leave no trace in features or learning."""
+        kept = []
+        for event in events:
+            if user_digest(event.user_id) not in self.erased:
+                kept.append(event)
+                continue
+            self.metrics.erased_events.inc()
+            if event.kind.requests_decision:
+                self._emit(fallback(event, self.policy_ctx, self.policy, "erased_user").decision, out)
+        return kept
 
     def _emit(self, decision: Decision, out: BatchOutput) -> None:
         out.decisions.append(decision)

@@ -25,15 +25,18 @@ from engine.processor import BatchOutput, Engine, EngineConfig, RawMessage
 from features.context import CONTEXT_DIM
 from features.store import RedisFeatureStore
 from engine.bids import BidSignaller
+from features.erasure import ErasureRegistry
 from policy.budgets import WorkerBudgets
 from policy.catalogue import load_catalogue
 from policy.holdout import HoldoutConfig
+from policy.lever_store import LeverStore
 from policy.pipeline import PolicyContext
 from learning.snapshots import SnapshotInfo, SnapshotStore
 from learning.state import LearnedState
 from streams.faust_tuning import set_fetch_max_wait
 from streams.learning_feed import follow_learning
-from streams.topics import BID_SIGNALS, DEAD_LETTERS, DECISIONS, INPUT_TOPICS, LEARNING
+from streams.topics import BID_SIGNALS, DEAD_LETTERS, DECISIONS, ERASURES, INPUT_TOPICS, LEARNING
+from streams.web import register_views
 
 log = logging.getLogger(__name__)
 LEARNING_BATCH = 500  # samples per learning-topic message (~0.3 MB)
@@ -94,9 +97,13 @@ def create_app(settings: Settings) -> faust.App:
 
     logical = {settings.topic(name): name for name in INPUT_TOPICS}
     inputs = app.topic(*logical, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw")
-    decisions_name, dead_letters_name, learning_name, bids_name = (
-        settings.topic(t) for t in (DECISIONS, DEAD_LETTERS, LEARNING, BID_SIGNALS)
+    decisions_name, dead_letters_name, learning_name, bids_name, erasures_name = (
+        settings.topic(t) for t in (DECISIONS, DEAD_LETTERS, LEARNING, BID_SIGNALS, ERASURES)
     )
+
+    async def tombstone(user_id: str, who: str) -> None:
+        """A null value for the user's key on the compacted erasures topic (who asked travels in a header)."""
+        await app.producer.send(erasures_name, user_id.encode(), None, None, None, [("requested_by", who.encode())])
 
     async def emit(out: BatchOutput) -> None:
         """Hand every output to the producer, then wait until the broker has them all.
@@ -155,9 +162,39 @@ def create_app(settings: Settings) -> faust.App:
         log.warning("loaded snapshot version %s (policy version %s)", info.version, info.policy_version)
         return dict(info.offsets)
 
+    levers = LeverStore(engine.store.client, settings.app_id)
+    erasures = ErasureRegistry(engine.store.client, settings.app_id)
+    followed = {"levers": -1, "erasures": -1}
+
+    async def follow_shared_state() -> None:
+        """Levers and erasures changed by an operator reach every worker within a second."""
+        generation = await levers.generation()
+        if generation != followed["levers"]:
+            engine.policy_ctx.levers = await levers.load()
+            followed["levers"] = generation
+            metrics.levers_active.set(len(engine.policy_ctx.levers.levers))
+        generation = await erasures.generation()
+        if generation != followed["erasures"]:
+            engine.erased = await erasures.digests()
+            followed["erasures"] = generation
+
+    @app.timer(1.0)
+    async def follow_operators() -> None:
+        try:
+            await follow_shared_state()
+        except Exception as exc:  # Redis away: keep the last known levers, try again next second
+            log.error("could not refresh levers/erasures: %s", exc)
+        for stat, value in engine.lift.result().items():
+            if isinstance(value, int | float):
+                metrics.lift.labels(stat).set(value)
+
+    register_views(app, engine, settings.api_token, settings.admin_token, emit, levers, erasures, tombstone,
+                   settings.http_max_rps)
+
     @app.task
     async def learning_feed() -> None:
         status["generation"] = await snapshots.generation()
+        await follow_shared_state()
         offsets = await load_snapshot()
         policy_ready.set()
         await follow_learning(

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cadence.runtime import Runtime, create_topics
-from streams.topics import ALL_TOPICS
+from streams.topics import ALL_TOPICS, COMPACTED
 
 _counter = itertools.count()
 
@@ -32,7 +32,8 @@ def isolated(runtime: Runtime) -> dict[str, str]:
     """A fresh app id and topic prefix, with its topics created; returns the worker's env settings."""
     tag = f"t{next(_counter)}{uuid.uuid4().hex[:6]}"
     prefix = f"{tag}."
-    create_topics(runtime.kafka_bootstrap or "", [prefix + t for t in ALL_TOPICS], partitions=4)
+    create_topics(runtime.kafka_bootstrap or "", [prefix + t for t in ALL_TOPICS], partitions=4,
+                  compacted=[prefix + t for t in COMPACTED])
     return {"app_id": tag, "topic_prefix": prefix}
 
 

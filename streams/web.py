@@ -1,0 +1,245 @@
+"""The worker's HTTP endpoints: GET /decide for the website, /profile for CRM tools, /admin/* levers.
+
+/decide goes through the same ``Engine.process`` as the stream: the request becomes a decision-request
+event (validated like any other, so bad input ends in dead-letters too), then the decision is returned
+and emitted to the decisions topic without waiting for the broker's acknowledgement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+import orjson
+from pydantic import SecretStr
+
+from engine.processor import BatchOutput, Engine, RawMessage
+from features.erasure import ErasureRegistry
+from policy.lever_store import LeverStore
+from policy.levers import Lever, LeverError, LeverKind
+
+log = logging.getLogger(__name__)
+
+REQUEST_TYPES = {"web": ("web-events", "page_view"), "email": ("email-events", "email_request"),
+                 "ad": ("ad-events", "ad_request")}
+MAX_BODY_BYTES = 16 * 1024
+OPTIONAL_PARAMS = ("device", "segment", "page", "campaign_id")
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """At most ``rate`` requests per second on average, ``burst`` at once (wall clock: it guards I/O)."""
+
+    rate: float
+    burst: float
+    _tokens: float = 0.0
+    _last: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self._tokens = self.burst
+
+    def take(self) -> float:
+        """0.0 if allowed, else the seconds to wait before the next request would be."""
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return 0.0
+        return (1 - self._tokens) / self.rate
+
+
+def _authorized(request: Any, token: SecretStr | None) -> bool:
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    return token is not None and scheme.lower() == "bearer" and hmac.compare_digest(
+        given.encode(), token.get_secret_value().encode()
+    )
+
+
+def _view(fun: Callable[..., Awaitable[faust.web.Response]]) -> type[faust.web.View]:
+    """A Faust view answering GET, POST and DELETE with ``fun`` (Faust's function views only do GET)."""
+    return type(fun.__name__, (faust.web.View,), {"get": fun, "post": fun, "delete": fun, "__module__": __name__})
+
+
+def _error(web: faust.web.View, status: int, what: str, todo: str, **extra: Any) -> faust.web.Response:
+    return web.json({"error": what, "what_to_do": todo, **extra}, status=status)
+
+
+def decide_request(params: dict[str, str], placement_channel: str, now: float) -> tuple[str, bytes]:
+    """The decision-request event (topic, JSON bytes) for an HTTP call, validated later like any event."""
+    topic, etype = REQUEST_TYPES[placement_channel]
+    doc: dict[str, Any] = {
+        "event_id": params.get("request_id") or f"http-{uuid.uuid4().hex}",
+        "user_id": params.get("user_id", ""),
+        "ts": float(params["ts"]) if params.get("ts") else now,
+        "type": etype,
+        "placement": params.get("placement", ""),
+    }
+    for name in OPTIONAL_PARAMS:
+        if params.get(name):
+            doc[name] = params[name]
+    if params.get("consent") in ("true", "false"):
+        doc["consent"] = params["consent"] == "true"
+    return topic, orjson.dumps(doc)
+
+
+def register_views(
+    app: faust.App, engine: Engine, api_token: SecretStr | None, admin_token: SecretStr | None,
+    emit: Callable[[BatchOutput], Awaitable[None]], levers: LeverStore, erasures: ErasureRegistry,
+    tombstone: Callable[[str, str], Awaitable[None]], max_rps: float,
+) -> None:
+    bucket = TokenBucket(rate=max_rps, burst=max_rps)
+    metrics = engine.metrics
+    background: set[asyncio.Task] = set()
+
+    def emit_soon(out: BatchOutput) -> None:
+        task = asyncio.ensure_future(emit(out))
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+    def now_event_time() -> float:
+        """'Now' for levers set by a person: the stream's event time when there is one, else the clock."""
+        return engine.watermark or time.time()
+
+    @app.page("/decide")
+    async def decide_view(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        started = time.perf_counter()
+        status = 200
+        try:
+            if api_token is None:
+                status = 404
+                return _error(web, status, "GET /decide is disabled", "set CADENCE_API_TOKEN on the workers")
+            if not _authorized(request, api_token):
+                status = 401
+                return _error(web, status, "missing or wrong bearer token",
+                              "send 'Authorization: Bearer <CADENCE_API_TOKEN>'")
+            wait = bucket.take()
+            if wait:
+                status = 429
+                response = _error(web, status, "too many requests", f"retry after {wait:.3f}s")
+                response.headers["Retry-After"] = str(max(1, round(wait)))
+                return response
+            params = {k: v for k, v in request.query.items()}
+            if len(request.query_string) > 2048:
+                status = 400
+                return _error(web, status, "query string longer than 2048 bytes", "send only the documented fields")
+            placement = engine.catalogue.placements.get(params.get("placement", ""))
+            if placement is None:
+                status = 400
+                return _error(web, status, f"unknown placement {params.get('placement', '')[:64]!r}",
+                              "use a placement of the catalogue", placements=sorted(engine.catalogue.placements))
+            try:
+                topic, raw = decide_request(params, placement.channel, time.time())
+            except ValueError:
+                status = 400
+                return _error(web, status, "ts must be a number (epoch seconds)", "omit ts to decide for now")
+            out = await engine.process([RawMessage(topic, -1, -1, raw, time.time())])
+            emit_soon(out)
+            if out.dead_letters:
+                status = 400
+                dl = out.dead_letters[0]
+                return _error(web, status, dl.reason, "fix the request parameters", reason_code=dl.reason_code)
+            if not out.decisions:  # a duplicate request_id: the first call's decision stands
+                status = 409
+                return _error(web, status, "request_id was already decided", "send a new request_id")
+            return web.bytes(out.decisions[0].to_json(), content_type="application/json")
+        finally:
+            metrics.http_latency.labels(str(status)).observe(time.perf_counter() - started)
+            metrics.http_requests.labels("decide", str(status)).inc()
+
+    @app.page("/profile")
+    async def profile_view(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        if not _authorized(request, api_token):
+            return _error(web, 401, "missing or wrong bearer token", "send 'Authorization: Bearer <CADENCE_API_TOKEN>'")
+        user_id = request.query.get("user_id", "")
+        if not 0 < len(user_id) <= 128:
+            return _error(web, 400, "user_id must be 1..128 characters", "pass ?user_id=...")
+        state = await engine.store.read(user_id)
+        at = float(request.query.get("ts") or now_event_time())
+        return web.json({
+            "user_id": user_id, "at": at, "exists": state.exists,
+            "profile": {"device": state.device, "segment": state.segment, "consent": state.consent},
+            "features": state.features(at),
+        })
+
+    def admin(handler: Callable[..., Awaitable[faust.web.Response]]) -> Callable[..., Awaitable[faust.web.Response]]:
+        async def guarded(web: faust.web.View, request: faust.web.Request, **kw: Any) -> faust.web.Response:
+            if admin_token is None:
+                return _error(web, 404, "admin endpoints are disabled", "set CADENCE_ADMIN_TOKEN on the workers")
+            if not _authorized(request, admin_token):
+                return _error(web, 401, "missing or wrong admin bearer token",
+                              "send 'Authorization: Bearer <CADENCE_ADMIN_TOKEN>'")
+            if request.content_length and request.content_length > MAX_BODY_BYTES:
+                return _error(web, 413, f"body larger than {MAX_BODY_BYTES} bytes", "send one change at a time")
+            try:
+                return await handler(web, request, **kw)
+            except LeverError as exc:
+                return _error(web, 400, str(exc), "fix the field named and send again")
+            except (orjson.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
+                return _error(web, 400, f"bad request body: {exc}", "send a JSON object with the documented fields")
+
+        guarded.__name__ = handler.__name__
+        return guarded
+
+    async def body(request: faust.web.Request) -> dict[str, Any]:
+        doc = orjson.loads(await request.read())
+        if not isinstance(doc, dict):
+            raise ValueError("expected a JSON object")
+        return doc
+
+    async def levers_view(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        if request.method == "POST":
+            doc = await body(request)
+            doc.setdefault("lever_id", f"lv-{uuid.uuid4().hex[:10]}")
+            doc.setdefault("ts", now_event_time())
+            lever = Lever.from_dict(doc)
+            book = await levers.update(lambda b: b.apply(lever))
+            engine.policy_ctx.levers = book  # here at once; the other workers within a second
+            return web.json({"applied": lever.to_dict(), "levers": len(book.levers)}, status=201)
+        if request.method == "DELETE":
+            doc = await body(request)
+            book = await levers.update(lambda b: b.revoke(doc["lever_id"], doc.get("who", ""), doc.get("why", ""),
+                                                         now_event_time()))
+            engine.policy_ctx.levers = book
+            return web.json({"revoked": doc["lever_id"], "levers": len(book.levers)})
+        book = await levers.load()
+        return web.json({"levers": [lv.to_dict() for lv in book.levers],
+                         "audit": [{"ts": a.ts, "who": a.who, "why": a.why, "change": a.change,
+                                    "lever_id": a.lever_id, "lever": a.lever} for a in book.audit]})
+
+    async def kill_view(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        doc = await body(request)
+        lever_id = "kill-" + (doc.get("placement") or "all")
+        if doc.get("on", True):
+            lever = Lever(lever_id, LeverKind.KILL, doc.get("who", ""), doc.get("why", ""), now_event_time(),
+                          placement=doc.get("placement"))
+            engine.policy_ctx.levers = await levers.update(lambda b: b.apply(lever))
+            return web.json({"kill_switch": "on", "lever_id": lever_id})
+        engine.policy_ctx.levers = await levers.update(
+            lambda b: b.revoke(lever_id, doc.get("who", ""), doc.get("why", ""), now_event_time()))
+        return web.json({"kill_switch": "off", "lever_id": lever_id})
+
+    async def erase_view(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        doc = await body(request)
+        user_id, who = str(doc["user_id"]), str(doc.get("who", ""))
+        if not user_id or not who:
+            raise ValueError("'user_id' and 'who' are required")
+        deleted = await erasures.erase(user_id)
+        await tombstone(user_id, who)
+        engine.erased = await erasures.digests()
+        return web.json({"erased": True, "keys_deleted": deleted})
+
+    async def lift_view(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        return web.json(engine.lift.result())
+
+    for path, handler in (("/admin/levers", levers_view), ("/admin/kill", kill_view),
+                          ("/admin/erase-user", erase_view), ("/admin/lift", lift_view)):
+        app.page(path)(_view(admin(handler)))

@@ -1,0 +1,151 @@
+"""GET /decide, /profile and the admin endpoints of a real worker: auth, levers, kill switch, erasure."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import redis
+
+from cadence.runtime import Runtime
+from cadence.workers import WorkerProcess
+from tests.helpers import T0, TopicReader, start_worker
+
+pytestmark = pytest.mark.integration
+API, ADMIN = "api-secret-1", "admin-secret-2"
+NOON = T0 + 12 * 3600
+
+
+def call(worker: WorkerProcess, path: str, token: str | None = API, method: str = "GET",
+         body: dict | None = None, **params: object) -> tuple[int, dict]:
+    url = f"{worker.url}{path}" + ("?" + urllib.parse.urlencode(params) if params else "")
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.fixture
+def worker(runtime: Runtime, isolated: dict[str, str], data_dir: Path):  # noqa: ANN201
+    w = start_worker(runtime, data_dir, api_token=API, admin_token=ADMIN, http_max_rps="200", **isolated)
+    yield w
+    w.stop()
+
+
+def decide(worker: WorkerProcess, user: str, i: int, **extra: object) -> dict:
+    status, doc = call(worker, "/decide", user_id=user, placement="home_hero", ts=NOON + i, request_id=f"r-{user}-{i}",
+                       **extra)
+    assert status == 200, doc
+    return doc
+
+
+def test_decide_auth_validation_and_topic(worker: WorkerProcess, runtime: Runtime, isolated: dict[str, str]) -> None:
+    assert call(worker, "/decide", token=None, user_id="u1", placement="home_hero")[0] == 401
+    assert call(worker, "/decide", token="wrong", user_id="u1", placement="home_hero")[0] == 401
+    assert call(worker, "/decide", token=ADMIN, user_id="u1", placement="home_hero")[0] == 401
+    status, doc = call(worker, "/decide", user_id="u1", placement="nowhere")
+    assert status == 400 and "home_hero" in doc["placements"]
+    status, doc = call(worker, "/decide", user_id="u" * 200, placement="home_hero")
+    assert (status, doc["reason_code"]) == (400, "invalid_value") and "1..128" in doc["error"]
+
+    d = decide(worker, "u1", 1, device="mobile", segment="vip")
+    assert d["user_id"] == "u1" and d["placement"] == "home_hero" and d["mode"] in ("exploit", "explore")
+    assert d["action"].startswith("offer_") and 0 < d["probability"] <= 1
+    assert call(worker, "/decide", user_id="u1", placement="home_hero", ts=NOON + 1, request_id="r-u1-1")[0] == 409
+
+    on_topic = TopicReader(runtime, isolated["topic_prefix"] + "decisions").read_until(
+        lambda recs: any(r["decision_id"] == d["decision_id"] for r in recs))
+    assert any(r["decision_id"] == d["decision_id"] for r in on_topic)
+    dead = TopicReader(runtime, isolated["topic_prefix"] + "dead-letters").read_until(lambda recs: len(recs) >= 1)
+    assert dead[0]["reason_code"] == "invalid_value"
+
+    status, profile = call(worker, "/profile", user_id="u1", ts=NOON + 2)
+    assert status == 200 and profile["profile"]["segment"] == "vip"
+    assert profile["features"]["page_views_1h"]["value"] == 1.0 and profile["features"]["page_views_1h"]["age_s"] == 1.0
+
+
+def test_requests_over_the_rate_get_429(runtime: Runtime, isolated: dict[str, str], data_dir: Path) -> None:
+    slow = start_worker(runtime, data_dir, "slow", api_token=API, http_max_rps="20", **isolated)
+    try:
+        started = time.monotonic()
+        statuses = [call(slow, "/decide", user_id=f"r{i}", placement="home_hero", ts=NOON)[0] for i in range(150)]
+        elapsed = time.monotonic() - started
+    finally:
+        slow.stop()
+    assert set(statuses) == {200, 429}
+    assert statuses.count(200) <= 20 + 20 * elapsed + 1  # burst + rate x time: the bound holds
+
+
+def test_levers_pin_ban_expiry_kill_switch_and_audit(worker: WorkerProcess) -> None:
+    assert call(worker, "/admin/levers", token=API)[0] == 401
+    status, _ = call(worker, "/admin/levers", token=ADMIN, method="POST",
+                     body={"kind": "pin", "action": "offer_clearance", "user_id": "p0", "who": "ana", "why": "test",
+                           "ts": NOON})
+    assert status == 201
+    ignored = decide(worker, "p0", 5)  # offer_clearance is not shown on home_hero: the pin cannot apply
+    assert ignored["mode"] != "pinned" and "pin_ignored" in ignored["trace"]
+    status, doc = call(worker, "/admin/levers", token=ADMIN, method="POST",
+                       body={"lever_id": "pin-p1", "kind": "pin", "action": "offer_bundle", "user_id": "p1",
+                             "who": "ana", "why": "VIP call", "ts": NOON, "expires": NOON + 100})
+    assert status == 201, doc
+    pinned = decide(worker, "p1", 10)
+    assert (pinned["action"], pinned["mode"], pinned["probability"]) == ("offer_bundle", "pinned", 1.0)
+    assert decide(worker, "p1", 200)["mode"] != "pinned"  # expired at NOON + 100 (event time)
+
+    status, _ = call(worker, "/admin/levers", token=ADMIN, method="POST",
+                     body={"lever_id": "ban-vip", "kind": "ban", "action": "offer_premium_trial", "segment": "vip",
+                           "who": "bo", "why": "out of stock", "ts": NOON})
+    assert status == 201
+    shown = {decide(worker, f"v{i}", 300 + i, segment="vip")["action"] for i in range(30)}
+    assert "offer_premium_trial" not in shown and shown
+
+    status, doc = call(worker, "/admin/levers", token=ADMIN, method="POST", body={"kind": "boost", "who": "x"})
+    assert status == 400 and "why" in doc["error"]
+
+    assert call(worker, "/admin/kill", token=ADMIN, method="POST", body={"who": "ops", "why": "incident"})[0] == 200
+    killed = decide(worker, "k1", 400)
+    assert (killed["action"], killed["mode"], killed["trace"]["fallback"]) == ("none", "fallback", "kill_switch")
+    assert call(worker, "/admin/kill", token=ADMIN, method="POST", body={"on": False, "who": "ops", "why": "over"})[0] == 200
+    assert decide(worker, "k1", 401)["mode"] != "fallback"
+
+    status, book = call(worker, "/admin/levers", token=ADMIN)
+    changes = [(a["who"], a["change"], a["lever_id"]) for a in book["audit"]]
+    assert ("ana", "apply", "pin-p1") in changes and ("ops", "revoke", "kill-all") in changes
+    assert all(a["why"] for a in book["audit"])
+
+
+def test_erase_user_removes_every_key_and_excludes_the_user(worker: WorkerProcess, runtime: Runtime,
+                                                           isolated: dict[str, str]) -> None:
+    for i in range(3):
+        decide(worker, "gdpr-user-7", 500 + i, segment="loyal")
+    client = redis.Redis.from_url(runtime.redis_url or "")
+    assert list(client.scan_iter(match="*gdpr-user-7*"))
+    status, doc = call(worker, "/admin/erase-user", token=ADMIN, method="POST", body={"user_id": "gdpr-user-7",
+                                                                                     "who": "dpo"})
+    assert status == 200 and doc["keys_deleted"] >= 1
+    after = decide(worker, "gdpr-user-7", 600)
+    assert (after["mode"], after["trace"]["fallback"]) == ("fallback", "erased_user")
+    time.sleep(0.5)
+    assert list(client.scan_iter(match="*gdpr-user-7*")) == []
+    assert all(b"gdpr-user-7" not in (client.get(k) or b"") for k in client.scan_iter(match=f"{isolated['app_id']}:*")
+               if client.type(k) == b"string")
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=runtime.kafka_bootstrap, enable_auto_commit=False)
+    topic = isolated["topic_prefix"] + "erasures"
+    consumer.assign([TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)])
+    consumer.seek_to_beginning()
+    records = [r for recs in consumer.poll(timeout_ms=3000).values() for r in recs]
+    consumer.close()
+    assert [(r.key, r.value) for r in records] == [(b"gdpr-user-7", None)]
+    assert "gdpr-user-7" not in worker.metrics_text()
