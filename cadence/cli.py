@@ -215,6 +215,68 @@ def cmd_snapshots(args: argparse.Namespace) -> None:
     asyncio.run(go())
 
 
+def cmd_levers(args: argparse.Namespace) -> None:
+    import asyncio
+    import uuid
+
+    from policy.lever_store import LeverStore
+    from policy.levers import Lever, LeverError, LeverKind
+    from streams.app import redis_client
+
+    settings = _settings()
+    _redis_and_kafka(settings, need_kafka=False)
+
+    async def go() -> None:
+        store = LeverStore(redis_client(settings), settings.app_id)
+        if args.action == "list":
+            book = await store.load()
+            for lever in book.levers:
+                print(orjson.dumps(lever.to_dict()).decode())
+            if args.audit:
+                for a in book.audit:
+                    print(f"audit {a.ts:.0f} {a.who}: {a.change} {a.lever_id} — {a.why}")
+            return
+        ts = args.ts if args.ts is not None else time.time()
+        if args.action == "revoke":
+            await store.update(lambda b: b.revoke(args.lever_id, args.who, args.why, ts))
+            print(f"revoked {args.lever_id}")
+            return
+        kind = LeverKind(args.action)
+        lever = Lever(
+            lever_id=args.lever_id or f"{kind.value}-{uuid.uuid4().hex[:8]}", kind=kind, who=args.who, why=args.why,
+            ts=ts, action=getattr(args, "action_id", None), user_id=args.user, segment=args.segment,
+            placement=args.placement, factor=getattr(args, "factor", 1.0),
+            expires=ts + args.hours * 3600 if args.hours else None,
+        )
+        await store.update(lambda b: b.apply(lever))
+        print(f"applied {lever.lever_id}: every worker follows within a second")
+
+    try:
+        asyncio.run(go())
+    except LeverError as exc:
+        sys.exit(f"cadence: {exc}")
+
+
+def cmd_erase_user(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from kafka import KafkaProducer
+
+    from features.erasure import ErasureRegistry
+    from streams.app import redis_client
+    from streams.topics import ERASURES
+
+    settings = _settings()
+    _redis_and_kafka(settings, need_kafka=True)
+    deleted = asyncio.run(ErasureRegistry(redis_client(settings), settings.app_id).erase(args.user_id))
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    producer.send(settings.topic(ERASURES), key=args.user_id.encode(), value=None,
+                  headers=[("requested_by", args.who.encode())])
+    producer.flush()
+    producer.close()
+    print(f"erased: {deleted} key(s) deleted, excluded from learning, tombstone written to {settings.topic(ERASURES)}")
+
+
 def cmd_up(args: argparse.Namespace) -> None:
     settings = _settings()
     with Runtime(settings.data_dir, settings.kafka_bootstrap, settings.redis_url) as rt:
@@ -255,6 +317,32 @@ def build_parser() -> argparse.ArgumentParser:
     rb = snap.add_parser("rollback", help="make an earlier version live on every worker")
     rb.add_argument("version", type=int)
     sp.set_defaults(func=cmd_snapshots)
+    sp = sub.add_parser("levers", help="pin, boost, ban or kill; list and revoke (audited)")
+    lv = sp.add_subparsers(dest="action", required=True)
+    ls = lv.add_parser("list", help="active levers")
+    ls.add_argument("--audit", action="store_true", help="also print who changed what, when and why")
+    for kind in ("pin", "boost", "ban", "kill", "revoke"):
+        k = lv.add_parser(kind, help=f"{kind} a lever" if kind != "revoke" else "remove a lever")
+        k.add_argument("--who", required=True, help="who makes the change (audited)")
+        k.add_argument("--why", required=True, help="why (audited)")
+        k.add_argument("--ts", type=float, default=None, help="event time it takes effect (default: now)")
+        if kind == "revoke":
+            k.add_argument("lever_id")
+            continue
+        if kind != "kill":
+            k.add_argument("action_id", help="the action to pin, boost or ban")
+        if kind == "boost":
+            k.add_argument("--factor", type=float, required=True, help="multiplier of the expected value")
+        k.add_argument("--user", help="only this user")
+        k.add_argument("--segment", help="only this segment")
+        k.add_argument("--placement", help="only this placement")
+        k.add_argument("--hours", type=float, help="expires after this many hours")
+        k.add_argument("--lever-id", help="id to give it (default: generated)")
+    sp.set_defaults(func=cmd_levers)
+    sp = sub.add_parser("erase-user", help="GDPR erasure: delete a user's data, stop learning from them")
+    sp.add_argument("user_id")
+    sp.add_argument("--who", required=True, help="who asked (audited in the tombstone's header)")
+    sp.set_defaults(func=cmd_erase_user)
     from ope.cli import add_ope_parser
 
     add_ope_parser(sub)

@@ -1,0 +1,50 @@
+"""The operator's CLI against the embedded servers: levers, erasure, snapshots, topics."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import redis
+
+from cadence.runtime import Runtime
+from cadence.workers import worker_env
+
+pytestmark = pytest.mark.integration
+
+
+def cadence(rt: Runtime, isolated: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    env = worker_env(rt.env(), **isolated)
+    return subprocess.run([sys.executable, "-m", "cadence", *args], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_levers_pin_list_audit_revoke(runtime: Runtime, isolated: dict[str, str]) -> None:
+    done = cadence(runtime, isolated, "levers", "pin", "offer_bundle", "--user", "u9", "--hours", "2",
+                   "--who", "ana", "--why", "call", "--lever-id", "p9", "--ts", "1767600000")
+    assert done.returncode == 0, done.stderr
+    listed = cadence(runtime, isolated, "levers", "list", "--audit").stdout
+    assert '"lever_id":"p9"' in listed and '"expires":1767607200.0' in listed and "ana: apply p9 — call" in listed
+    assert cadence(runtime, isolated, "levers", "revoke", "p9", "--who", "bo", "--why", "done").returncode == 0
+    assert '"lever_id":"p9"' not in cadence(runtime, isolated, "levers", "list").stdout
+    bad = cadence(runtime, isolated, "levers", "boost", "offer_bundle", "--factor", "-1", "--who", "a", "--why", "b")
+    assert bad.returncode != 0 and "factor" in bad.stderr
+
+
+def test_erase_user_and_empty_snapshot_list(runtime: Runtime, isolated: dict[str, str]) -> None:
+    client = redis.Redis.from_url(runtime.redis_url or "")
+    client.hset(f"{isolated['app_id']}:u:someone", mapping={"pvh": "1:1:0"})
+    done = cadence(runtime, isolated, "erase-user", "someone", "--who", "dpo")
+    assert done.returncode == 0, done.stderr
+    assert "1 key(s) deleted" in done.stdout and not client.exists(f"{isolated['app_id']}:u:someone")
+    assert "no snapshots yet" in cadence(runtime, isolated, "snapshots", "list").stdout
+    missing = cadence(runtime, isolated, "snapshots", "rollback", "42")
+    assert missing.returncode != 0 and "no snapshot version 42" in missing.stderr
+
+
+def test_topics_needs_a_broker_and_says_so(runtime: Runtime, isolated: dict[str, str]) -> None:
+    env = {k: v for k, v in worker_env(runtime.env(), **isolated).items() if k != "KAFKA_BOOTSTRAP"}
+    done = subprocess.run([sys.executable, "-m", "cadence", "topics", "decisions"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode != 0 and "set KAFKA_BOOTSTRAP" in done.stderr
