@@ -47,6 +47,9 @@ class Metrics:
         )
         self.http_requests = Counter("cadence_http_requests_total", "HTTP requests", ["endpoint", "status"], registry=r)
         self.lift = Gauge("cadence_holdout_lift", "Live lift over the holdout group", ["stat"], registry=r)
+        self.shadow = Counter(
+            "cadence_shadow_decisions_total", "Decisions a shadow challenger also made", ["outcome"], registry=r
+        )
         self.levers_active = Gauge("cadence_levers_active", "Levers in the shared book", registry=r)
         self.store_latency = Histogram(
             "cadence_feature_store_round_trip_seconds", "Feature store round trip per batch", ["op"],

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
 
     policy: str = Field("linucb", description="Bandit policy: linucb, lints or egreedy.")
     policy_alpha: float = Field(0.5, ge=0, description="Exploration width of LinUCB / scale of LinTS.")
+    shadow_policy: str = Field(
+        "", description="A challenger policy (linucb, lints, egreedy) run in shadow: logged to 'shadow', never shown."
+    )
     policy_ts_scale: float = Field(0.25, ge=0, description="Posterior scale of LinTS (lints).")
     policy_epsilon: float = Field(0.05, ge=0, le=1, description="Exploration share of egreedy.")
     seed: int = Field(7, description="Seed of the policy's random generator.")

@@ -29,6 +29,7 @@ from features.erasure import user_digest
 from features.state import UserState
 from features.store import FeatureStoreError, RedisFeatureStore
 from features.updates import FeatureUpdate, update_for
+from ope.shadow import ShadowLog, ShadowRecord
 from policy.catalogue import NO_ACTION, Catalogue
 from policy.pipeline import PolicyContext
 
@@ -50,6 +51,7 @@ class BatchOutput:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     learning: list[LearningSample] = field(default_factory=list)
     bid_signals: list[dict] = field(default_factory=list)
+    shadow: list[ShadowRecord] = field(default_factory=list)  # what a challenger would have done
     request_timestamps: list[float] = field(default_factory=list)  # per decision: its request's timestamp
     timestamps: dict[str, float] = field(default_factory=dict)  # event_id -> Kafka timestamp, this batch
 
@@ -67,7 +69,7 @@ class EngineConfig:
 class Engine:
     def __init__(
         self, store: RedisFeatureStore, policy_ctx: PolicyContext, policy: Policy, metrics: Metrics,
-        config: EngineConfig, bids: BidSignaller | None = None,
+        config: EngineConfig, bids: BidSignaller | None = None, shadow_policy: Policy | None = None,
     ) -> None:
         self.store = store
         self.policy_ctx = policy_ctx
@@ -75,6 +77,8 @@ class Engine:
         self.metrics = metrics
         self.config = config
         self.bids = bids or BidSignaller()
+        self.shadow_policy = shadow_policy  # a challenger: learns like the live policy, is never shown
+        self._shadow_log = ShadowLog(shadow_policy.name) if shadow_policy is not None else None
         self.lift = LiftTracker()
         self.watermark = 0.0
         self.learned_offsets: dict[int, int] = {}  # learning-topic partition -> next offset applied
@@ -246,6 +250,13 @@ class Engine:
                 mode=pending.mode,
             )
         )
+        eligible = decision.trace.get("eligible")
+        if self.shadow_policy is not None and self._shadow_log is not None and eligible and \
+                decision.mode.value in ("explore", "exploit", "sticky"):
+            choice = self.shadow_policy.select(pending.x, eligible)
+            record = self._shadow_log.record(decision, choice, self.shadow_policy.version)
+            out.shadow.append(record)
+            self.metrics.shadow.labels("agree" if record.agrees else "differ").inc()
         if decision.channel == "ad" and decision.action in self.catalogue.actions:
             signal = self.bids.signal(decision, decided.expected_value)
             if signal is not None:
@@ -295,17 +306,9 @@ class Engine:
             self.lift.add(s)
             if s.action != NO_ACTION:  # a control decision that showed nothing counts for lift only
                 usable.append(s)
-        exposures = [s for s in usable if s.kind == "exposure"]
-        rewards = [s for s in usable if s.kind == "reward"]
-        try:
-            if exposures:
-                self.policy.expose_many(np.array([s.x for s in exposures]), [s.action for s in exposures])
-            if rewards:
-                self.policy.reward_many(np.array([s.x for s in rewards]), [s.action for s in rewards],
-                                        [s.reward for s in rewards])
-            applied = usable
-        except ValueError:  # a malformed sample refuses the whole batch before anything changed
-            applied = [s for s in usable if self._learn_one(s)]
+        applied = self._learn_into(self.policy, usable)
+        if self.shadow_policy is not None:
+            self._learn_into(self.shadow_policy, usable)
         for s in applied:
             self.learned_watermark = max(self.learned_watermark, s.ts)
             self.metrics.learning_samples.labels(s.kind).inc()
@@ -313,13 +316,26 @@ class Engine:
                 self.metrics.reward_value.inc(s.reward)
         self.metrics.policy_version.set(self.policy.version)
 
-    def _learn_one(self, s: LearningSample) -> bool:
+    def _learn_into(self, policy: Policy, usable: list[LearningSample]) -> list[LearningSample]:
+        exposures = [s for s in usable if s.kind == "exposure"]
+        rewards = [s for s in usable if s.kind == "reward"]
+        try:
+            if exposures:
+                policy.expose_many(np.array([s.x for s in exposures]), [s.action for s in exposures])
+            if rewards:
+                policy.reward_many(np.array([s.x for s in rewards]), [s.action for s in rewards],
+                                   [s.reward for s in rewards])
+            return usable
+        except ValueError:  # a malformed sample refuses the whole batch before anything changed
+            return [s for s in usable if self._learn_one(policy, s)]
+
+    def _learn_one(self, policy: Policy, s: LearningSample) -> bool:
         try:
             x = np.asarray(s.x)
             if s.kind == "exposure":
-                self.policy.expose(x, s.action)
+                policy.expose(x, s.action)
             else:
-                self.policy.reward(x, s.action, s.reward)
+                policy.reward(x, s.action, s.reward)
             return True
         except ValueError as exc:  # e.g. a sample from an engine with another context size
             log.error("learning sample %s skipped: %s", s.decision_id, exc)

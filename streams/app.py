@@ -35,7 +35,7 @@ from learning.snapshots import SnapshotInfo, SnapshotStore
 from learning.state import LearnedState
 from streams.faust_tuning import set_fetch_max_wait
 from streams.learning_feed import follow_learning
-from streams.topics import BID_SIGNALS, DEAD_LETTERS, DECISIONS, ERASURES, INPUT_TOPICS, LEARNING
+from streams.topics import BID_SIGNALS, DEAD_LETTERS, DECISIONS, ERASURES, INPUT_TOPICS, LEARNING, SHADOW
 from streams.web import register_views
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,12 @@ def build_engine(settings: Settings, metrics: Metrics, client: aioredis.Redis) -
         "linucb": {"alpha": settings.policy_alpha},
         "lints": {"alpha": settings.policy_ts_scale},
         "egreedy": {"epsilon": settings.policy_epsilon},
-    }.get(settings.policy, {})
-    policy = make_policy(settings.policy, CONTEXT_DIM, seed=settings.seed, **params)
+    }
+    policy = make_policy(settings.policy, CONTEXT_DIM, seed=settings.seed, **params.get(settings.policy, {}))
+    shadow = None
+    if settings.shadow_policy:
+        shadow = make_policy(settings.shadow_policy, CONTEXT_DIM, seed=settings.seed + 1,
+                             **params.get(settings.shadow_policy, {}))
     store = RedisFeatureStore(client, settings.app_id, settings.feature_ttl_s, settings.dedup_ring)
     config = EngineConfig(
         max_event_bytes=settings.max_event_bytes,
@@ -69,7 +73,7 @@ def build_engine(settings: Settings, metrics: Metrics, client: aioredis.Redis) -
         windows=Windows(settings.click_window_s, settings.conversion_window_s),
     )
     bids = BidSignaller(low=settings.bid_multiplier_low, high=settings.bid_multiplier_high)
-    return Engine(store, build_policy_context(settings), policy, metrics, config, bids)
+    return Engine(store, build_policy_context(settings), policy, metrics, config, bids, shadow)
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -97,8 +101,8 @@ def create_app(settings: Settings) -> faust.App:
 
     logical = {settings.topic(name): name for name in INPUT_TOPICS}
     inputs = app.topic(*logical, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw")
-    decisions_name, dead_letters_name, learning_name, bids_name, erasures_name = (
-        settings.topic(t) for t in (DECISIONS, DEAD_LETTERS, LEARNING, BID_SIGNALS, ERASURES)
+    decisions_name, dead_letters_name, learning_name, bids_name, shadow_name, erasures_name = (
+        settings.topic(t) for t in (DECISIONS, DEAD_LETTERS, LEARNING, BID_SIGNALS, SHADOW, ERASURES)
     )
 
     async def tombstone(user_id: str, who: str) -> None:
@@ -120,6 +124,8 @@ def create_app(settings: Settings) -> faust.App:
         for i in range(0, len(out.learning), LEARNING_BATCH):  # one message per slice: every worker reads all
             chunk = out.learning[i : i + LEARNING_BATCH]
             pending.append(await producer.send(learning_name, None, encode_samples(chunk), None, None, None))
+        for rec in out.shadow:
+            pending.append(await producer.send(shadow_name, None, rec.to_json(), None, None, None))
         for b in out.bid_signals:
             pending.append(await producer.send(bids_name, b["user_id"].encode(), orjson.dumps(b), None, None, None))
         if pending:

@@ -205,3 +205,27 @@ def test_updates_made_while_redis_is_down_are_replayed_when_it_returns(tmp_path)
     assert pending == 5 and metrics.updates_replayed._value.get() == 5
     assert up.decisions[0].mode is not Mode.FALLBACK
     assert state.count("pv", "h", T0 + 10) == 7  # before + 5 during the outage + after, each once
+
+
+def test_a_shadow_challenger_logs_its_choice_and_never_changes_the_decision(runtime: Runtime) -> None:
+    client = aioredis.Redis.from_url(runtime.redis_url or "")
+    ctx = PolicyContext(load_catalogue(DEFAULT_CATALOGUE))
+
+    def engine_with(shadow):  # noqa: ANN001, ANN202
+        store = RedisFeatureStore(client, f"sh{uuid.uuid4().hex[:8]}", ttl_s=3600, dedup_ring=16)
+        return Engine(store, ctx, make_policy("linucb", CONTEXT_DIM, seed=1), Metrics(), EngineConfig(),
+                      shadow_policy=shadow)
+
+    docs = [event(f"s{i}", user_id=f"u{i}", ts=T0 + i, segment="vip") for i in range(40)]
+
+    async def go():  # noqa: ANN202
+        with_shadow = await engine_with(make_policy("egreedy", CONTEXT_DIM, seed=5)).process(msgs(*docs))
+        without = await engine_with(None).process(msgs(*docs))
+        return with_shadow, without
+
+    with_shadow, without = run(go())
+    assert [d.action for d in with_shadow.decisions] == [d.action for d in without.decisions]
+    assert len(with_shadow.shadow) == 40 and without.shadow == []
+    rec = with_shadow.shadow[0]
+    assert rec.challenger == "egreedy" and rec.decision_id == with_shadow.decisions[0].decision_id
+    assert rec.live_action == with_shadow.decisions[0].action and 0 < rec.challenger_probability <= 1
