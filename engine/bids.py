@@ -1,9 +1,11 @@
 """Bid signals for ad platforms: a bounded, value-based multiplier per decision on an ad placement.
 
 multiplier = clip(ev / reference_ev, low, high), where ev is arbitration's expected value of the creative
-for this user (propensity x value - cost) and reference_ev a running mean of ev on that placement
-(exponentially weighted, per worker). 1.0 means "bid as usual"; 2.0 "this impression is worth twice
-the typical one"; nothing is emitted before the reference has seen ``warmup`` decisions.
+shown to this user (its entry in the decision's ranked ``trace.top``: bandit score x value scale x boost
+- cost; the score is optimistic while the bandit still explores) and reference_ev a running mean of ev
+on that placement (exponentially weighted, per worker). 1.0 means "bid as usual"; 2.0 "this impression
+is worth twice the typical one". No signal before the reference has seen ``warmup`` decisions, nor for
+decisions without a ranking (pinned, holdout, fallback).
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ from contracts.decisions import Decision
 class BidSignaller:
     low: float = 0.5
     high: float = 2.0
-    decay: float = 0.001  # weight of each new decision in the running reference
+    decay: float = 0.01  # weight of each new decision in the running reference
     warmup: int = 50
     _reference: dict[str, float] = field(default_factory=dict)
     _seen: dict[str, int] = field(default_factory=dict)
 
-    def signal(self, decision: Decision, ev: float) -> dict | None:
+    def signal(self, decision: Decision, ev: float | None = None) -> dict | None:
+        ranked = {t.get("action"): t.get("ev") for t in decision.trace.get("top") or []}
+        ev = ranked.get(decision.action)
+        if ev is None:
+            return None
         placement = decision.placement
         ref = self._reference.get(placement)
         self._reference[placement] = ev if ref is None else (1 - self.decay) * ref + self.decay * ev
