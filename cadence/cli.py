@@ -8,7 +8,6 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -39,7 +38,8 @@ def cmd_worker(args: argparse.Namespace) -> None:
     settings = _settings()
     runtime = Runtime(settings.data_dir, settings.kafka_bootstrap, settings.redis_url).start()
     try:
-        settings = settings.model_copy(update={"kafka_bootstrap": runtime.kafka_bootstrap, "redis_url": runtime.redis_url})
+        resolved = {"kafka_bootstrap": runtime.kafka_bootstrap, "redis_url": runtime.redis_url}
+        settings = settings.model_copy(update=resolved)
         create_engine_topics(settings.kafka_bootstrap or "", settings)
         app = create_app(settings)
         worker = faust.Worker(app, loglevel=settings.log_level, redirect_stdouts=False, quiet=True)
@@ -90,12 +90,15 @@ def _render(loop: Any, workers: list[WorkerProcess]) -> str:
     lines = [
         "cadence — live (Ctrl-C to stop)",
         "",
-        f"  wall {s['wall_s']:>7.0f} s    simulated {s['sim_hours']:>6.2f} h    policy version {health.get('policy_version', '?')}",
-        f"  events sent   {s['requests_sent'] + s['responses_sent']:>9,}   ({s['requests_sent'] / max(s['wall_s'], 1):,.0f} requests/s)",
-        f"  decisions     {s['decisions']:>9,}   ({s['decisions_per_s']:,.0f}/s, p50 {s['decision_latency_ms']['p50']} ms, "
-        f"p99 {s['decision_latency_ms']['p99']} ms)",
+        f"  wall {s['wall_s']:>7.0f} s    simulated {s['sim_hours']:>6.2f} h    "
+        f"policy version {health.get('policy_version', '?')}",
+        f"  events sent   {s['requests_sent'] + s['responses_sent']:>9,}   "
+        f"({s['requests_sent'] / max(s['wall_s'], 1):,.0f} requests/s)",
+        f"  decisions     {s['decisions']:>9,}   ({s['decisions_per_s']:,.0f}/s, "
+        f"p50 {s['decision_latency_ms']['p50']} ms, p99 {s['decision_latency_ms']['p99']} ms)",
         f"  modes         {s['modes']}",
-        f"  dead letters  {s['dead_letters']:>9,}   of {s['bad_events_sent']} bad events sent; duplicates sent {s['duplicates_sent']}",
+        f"  dead letters  {s['dead_letters']:>9,}   of {s['bad_events_sent']} bad events sent; "
+        f"duplicates sent {s['duplicates_sent']}",
         "",
         "  expected reward per decision          engine    random    oracle",
         f"    policy's own choices               {r['engine']:.4f}    {r['random']:.4f}    {r['oracle']:.4f}",

@@ -36,7 +36,8 @@ class Metrics:
             "cadence_feature_updates_replayed_total", "Feature updates applied late, after a store outage", registry=r
         )
         self.updates_lost = Counter(
-            "cadence_feature_updates_lost_total", "Feature updates dropped because the retry buffer was full", registry=r
+            "cadence_feature_updates_lost_total", "Feature updates dropped because the retry buffer was full",
+            registry=r,
         )
         self.erased_events = Counter(
             "cadence_erased_user_events_total", "Events of erased users, not stored nor learned", registry=r
@@ -69,6 +70,28 @@ class Metrics:
         )
         self.policy_version = Gauge("cadence_policy_version", "Learning steps in the live policy", registry=r)
         self.watermark = Gauge("cadence_event_time_watermark_seconds", "Largest event time seen", registry=r)
+        # River models (learning/live_models.py). Metrics, samples and drifts come from the training worker.
+        self.model_metric = Gauge(
+            "cadence_model_metric", "Progressive validation metric per model: log_loss, roc_auc (rolling), "
+            "mae (revenue units), error_window_mean (ADWIN's mean error)", ["model", "metric"], registry=r,
+        )
+        self.model_drifts = Counter(
+            "cadence_model_drifts_total", "Error increases detected by ADWIN, per model", ["model"], registry=r
+        )
+        self.model_samples = Counter(
+            "cadence_model_samples_learned_total", "Labelled samples a model learned", ["model"], registry=r
+        )
+        self.model_version = Gauge(
+            "cadence_model_version", "Learning steps of the model scorer this worker decides with", registry=r
+        )
+        self.model_labels_waiting = Gauge(
+            "cadence_model_labels_waiting", "Labels not yet learned: exposures in their window, customers "
+            "watched for churn, trainer backlog, churn labels to ship", ["kind"], registry=r,
+        )
+        self.model_labels_dropped = Counter(
+            "cadence_model_labels_dropped_total", "Labels dropped unlearned, by reason (bounds reached, rebalance)",
+            ["reason"], registry=r,
+        )
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

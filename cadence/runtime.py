@@ -70,7 +70,9 @@ class ServerProcess:
                 return
             time.sleep(0.05)
         self.stop()
-        raise RuntimeStartError(f"{self.name} did not listen on port {self.port} within {timeout_s:.0f}s; see {self.log_path}")
+        raise RuntimeStartError(
+            f"{self.name} did not listen on port {self.port} within {timeout_s:.0f}s; see {self.log_path}"
+        )
 
     def pause(self) -> None:
         if self.proc:

@@ -31,8 +31,10 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as logf:
-            self.proc = subprocess.Popen([sys.executable, "-m", "cadence", "worker"], env=self.env, stdout=logf,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "cadence", "worker"], env=self.env, stdout=logf, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+            )
         return self
 
     def health(self) -> dict | None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import orjson
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     """How a decision's action was chosen."""
 
     EXPLORE = "explore"  # the policy chose an action that is not its current best

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -21,7 +21,7 @@ MAX_TEXT_LEN = 256
 MAX_AMOUNT = 1e9
 
 
-class Reason(str, Enum):
+class Reason(StrEnum):
     """Why an input went to dead-letters. The value is the metric label and the JSON ``reason_code``."""
 
     TOO_LARGE = "too_large"
@@ -132,7 +132,7 @@ def _check_fields(doc: dict[str, Any]) -> Rejection | None:
         if name not in ALLOWED_FIELDS:
             shown = name if len(name) <= 40 else name[:40] + "…"
             return Rejection(Reason.UNEXPECTED_FIELD, f"unexpected field {shown!r}; allowed: {sorted(ALLOWED_FIELDS)}")
-    for name, expected in COMMON_REQUIRED.items():
+    for name in COMMON_REQUIRED:
         if name not in doc:
             return Rejection(Reason.MISSING_FIELD, f"missing required field {name!r}")
     for name, value in doc.items():

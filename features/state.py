@@ -69,5 +69,6 @@ class UserState:
             age = None if last is None else round(max(0.0, at - last), 3)
             for suffix, _ in WINDOWS:
                 if short + suffix in self.fields:
-                    out[f"{name}_{WINDOW_NAMES[suffix]}"] = {"value": round(self.count(short, suffix, at), 4), "age_s": age}
+                    value = round(self.count(short, suffix, at), 4)
+                    out[f"{name}_{WINDOW_NAMES[suffix]}"] = {"value": value, "age_s": age}
         return out

@@ -171,12 +171,7 @@ class ClosedLoop:
             self._send(self._recent[int(rng.integers(len(self._recent)))])
             self.stats.duplicates_sent += 1
             return
-        pick = rng.random()
-        acc = 0.0
-        for share, topic, etype, placement in traffic.REQUEST_MIX:
-            acc += share
-            if pick <= acc:
-                break
+        topic, etype, placement = traffic.pick_request(rng.random())
         event_id = self._next_id()
         out = traffic.request_event(event_id, user, ts, topic, etype, placement)
         channel = {"web-events": "web", "email-events": "email", "ad-events": "ad"}[topic]
@@ -291,7 +286,9 @@ class ClosedLoop:
             "engine_vs_oracle": round(rates["engine"] / rates["oracle"], 3) if rates["oracle"] else None,
             "all_decisions_reward": {k: round(v, 5) for k, v in overall.items()},
             "all_decisions_vs_oracle": round(overall["engine"] / overall["oracle"], 3) if overall["oracle"] else None,
-            "last_window_engine_vs_oracle": round(self.score.curve[-1]["engine_vs_oracle"], 3) if self.score.curve else None,
+            "last_window_engine_vs_oracle": (
+                round(self.score.curve[-1]["engine_vs_oracle"], 3) if self.score.curve else None
+            ),
             "realized_reward_per_decision": round(self.score.realized / max(self.score.decisions, 1), 5),
             "decision_latency_ms": {"p50": pct(0.5), "p99": pct(0.99)},
             "curve": [{k: round(v, 4) for k, v in point.items()} for point in self.score.curve],

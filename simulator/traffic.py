@@ -16,6 +16,16 @@ REQUEST_MIX = (
     (0.10, "email-events", "email_request", "newsletter"),
     (0.20, "ad-events", "ad_request", "display_slot"),
 )
+def pick_request(u: float) -> tuple[str, str, str]:
+    """(topic, event type, placement) of a request, for a uniform draw ``u`` in [0, 1)."""
+    acc = 0.0
+    for share, topic, etype, placement in REQUEST_MIX:
+        acc += share
+        if u < acc:
+            return topic, etype, placement
+    return REQUEST_MIX[-1][1:]
+
+
 CLICK_TYPES = {"web": ("web-events", "click", "offer_id"), "email": ("email-events", "email_click", "template_id"),
                "ad": ("ad-events", "ad_click", "creative_id")}
 MEAN_CLICK_DELAY_S = 60.0

@@ -115,7 +115,8 @@ def test_levers_pin_ban_expiry_kill_switch_and_audit(worker: WorkerProcess) -> N
     assert call(worker, "/admin/kill", token=ADMIN, method="POST", body={"who": "ops", "why": "incident"})[0] == 200
     killed = decide(worker, "k1", 400)
     assert (killed["action"], killed["mode"], killed["trace"]["fallback"]) == ("none", "fallback", "kill_switch")
-    assert call(worker, "/admin/kill", token=ADMIN, method="POST", body={"on": False, "who": "ops", "why": "over"})[0] == 200
+    off = {"on": False, "who": "ops", "why": "over"}
+    assert call(worker, "/admin/kill", token=ADMIN, method="POST", body=off)[0] == 200
     assert decide(worker, "k1", 401)["mode"] != "fallback"
 
     status, book = call(worker, "/admin/levers", token=ADMIN)

@@ -72,7 +72,7 @@ def train(rt: Runtime, prefix: str, users: list[str], rounds: int, per_round: in
         seq += per_round
         produce(rt, prefix + "web-events", reqs)
         wanted = {e["event_id"] for e in reqs}
-        got = reader.read_until(lambda recs: wanted <= {d["request_event_id"] for d in recs})
+        got = reader.read_until(lambda recs, wanted=wanted: wanted <= {d["request_event_id"] for d in recs})
         decided = [d for d in got if d["request_event_id"] in wanted]
         assert len(decided) == per_round, f"round {r}: {len(decided)} of {per_round} decisions"
         conversions = [event(f"cv{d['request_event_id']}", user_id=d["user_id"], etype="conversion",
