@@ -3,6 +3,12 @@
 Pure apart from the bandit's own random generator and the worker's in-memory budgets (inside
 ``PolicyContext``). The business rules (eligibility, levers, holdout, arbitration, contact caps and the
 rate limit on changes) live in ``policy/``; this module binds them to the engine's records.
+
+Model scores (learning/live_models.py), when a published scorer exists, are computed from the same context
+vector as the bandit's: ``churn_risk``, ``value`` and ``propensity:<action>`` for every action of the
+placement go to the policy as ``PolicyRequest.scores`` (so catalogue ``min_score`` rules can use them), and
+a compact copy lands in the decision's trace as ``trace["scores"]``: the model version, the propensity of
+the action shown, the churn risk and the value, rounded to 4 digits.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from contracts.events import Event
 from engine.pending import PendingDecision
 from features.context import build_context
 from features.state import UserState
+from learning.live_models import SCORE_DIGITS, LiveModels
 from policy.catalogue import NO_ACTION
 from policy.pipeline import PolicyContext, PolicyRequest, decide_action
 from policy.state import PolicyStateError, UserPolicyState
@@ -31,6 +38,7 @@ class Decided:
     pending: PendingDecision | None  # None when nothing is shown and nothing can be learned
     policy_state: str | None = None  # the user's new policy state (stickiness, contact history)
     expected_value: float = 0.0  # arbitration's expected value of the action shown (bid signals)
+    x: np.ndarray | None = None  # the context vector the decision was made with (None for fallbacks)
 
 
 def _decision(event: Event, action: str, probability: float, mode: Mode, policy: Policy,
@@ -66,19 +74,38 @@ def policy_state_of(state: UserState | None) -> UserPolicyState:
         return UserPolicyState()  # a damaged state must not block decisions: start the user afresh
 
 
+def trace_scores(scores: dict[str, float], action: str, version: int) -> dict[str, float | int]:
+    """The compact copy of the scores a decision's trace carries."""
+    out: dict[str, float | int] = {"model_version": version}
+    p = scores.get(f"propensity:{action}")
+    if p is not None:
+        out["propensity"] = round(p, SCORE_DIGITS)
+    for key in ("churn_risk", "value"):
+        if key in scores:
+            out[key] = round(scores[key], SCORE_DIGITS)
+    return out
+
+
 def decide(event: Event, state: UserState | None, ctx: PolicyContext, policy: Policy,
-           scores: dict[str, float] | None = None) -> Decided:
+           models: LiveModels | None = None) -> Decided:
     consent = event.consent if event.consent is not None else (state.consent if state else None)
     if consent is False:
         return fallback(event, ctx, policy, "no_marketing_consent")
     x = build_context(event, state)
     segment = event.segment or (state.segment if state else None)
+    placement = event.placement or ""
+    scorer = models.scorer if models is not None else None
+    scores: dict[str, float] = {}
+    if models is not None and scorer is not None:
+        scores = scorer.score(x, models.actions_of(ctx.catalogue, placement))
     outcome = decide_action(
-        PolicyRequest(event.user_id, event.placement or "", event.ts, segment, consent, scores or {}),
+        PolicyRequest(event.user_id, placement, event.ts, segment, consent, scores),
         policy_state_of(state),
         ctx,
         lambda eligible: policy.select(x, eligible),
     )
+    if scores and scorer is not None:
+        outcome.trace["scores"] = trace_scores(scores, outcome.action, scorer.version)
     decision = _decision(event, outcome.action, outcome.probability, outcome.mode, policy, outcome.trace)
     ev = 0.0
     top = outcome.trace.get("top") or []
@@ -98,7 +125,7 @@ def decide(event: Event, state: UserState | None, ctx: PolicyContext, policy: Po
             x=np.asarray(x, dtype=np.float64),
             mode=outcome.mode.value,
         )
-    return Decided(decision, pending, outcome.state.encode().decode(), ev)
+    return Decided(decision, pending, outcome.state.encode().decode(), ev, x)
 
 
 def is_learnable(action: str) -> bool:

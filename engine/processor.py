@@ -3,6 +3,9 @@
 No Kafka here: agents hand raw messages in and send what comes out. Redis is touched twice per batch:
 one Lua call applies every event (and reads back the states decisions need), one pipeline writes the
 decision state (pending decisions) afterwards.
+
+With ``models`` (learning/live_models.py) decisions carry model scores, web and ad visits feed the churn
+labeller (this worker owns those customers), and ``learn`` hands the learning stream to the label join.
 """
 
 from __future__ import annotations
@@ -25,15 +28,19 @@ from engine.bids import BidSignaller
 from engine.decide import POLICY_STATE_FIELD, decide, fallback, policy_state_of
 from engine.lift import LiftTracker
 from engine.pending import PENDING_PREFIX, pending_decisions
+from features.context import build_context
 from features.erasure import user_digest
 from features.state import UserState
 from features.store import FeatureStoreError, RedisFeatureStore
 from features.updates import FeatureUpdate, update_for
+from learning.live_models import LiveModels
 from ope.shadow import ShadowLog, ShadowRecord
 from policy.catalogue import NO_ACTION, Catalogue
 from policy.pipeline import PolicyContext
 
 log = logging.getLogger(__name__)
+# Decision requests that mean the customer is active (an email request is the email tool asking).
+ACTIVITY_TYPES = frozenset({"page_view", "ad_request"})
 
 
 @dataclass(slots=True)
@@ -70,6 +77,7 @@ class Engine:
     def __init__(
         self, store: RedisFeatureStore, policy_ctx: PolicyContext, policy: Policy, metrics: Metrics,
         config: EngineConfig, bids: BidSignaller | None = None, shadow_policy: Policy | None = None,
+        models: LiveModels | None = None,
     ) -> None:
         self.store = store
         self.policy_ctx = policy_ctx
@@ -78,6 +86,7 @@ class Engine:
         self.config = config
         self.bids = bids or BidSignaller()
         self.shadow_policy = shadow_policy  # a challenger: learns like the live policy, is never shown
+        self.models = models  # River models: scores in decisions, churn labels, the label join
         self._shadow_log = ShadowLog(shadow_policy.name) if shadow_policy is not None else None
         self.lift = LiftTracker()
         self.watermark = 0.0
@@ -86,11 +95,30 @@ class Engine:
         self._unapplied: deque[FeatureUpdate] = deque()  # updates to replay once Redis answers again
         self._store_retry_at = 0.0  # monotonic time before which a failed store is not tried again
         self._replaying = asyncio.Lock()  # HTTP requests and the agent may both find updates to replay
-        self.erased: set[str] = set()  # digests of erased users: no features, no learning, default action
+        self._erased: set[str] = set()
+
+    @property
+    def erased(self) -> set[str]:
+        """Digests of erased users: no features, no learning, default action."""
+        return self._erased
+
+    @erased.setter
+    def erased(self, digests: set[str]) -> None:
+        if self.models is not None:
+            self.models.forget(digests - self._erased)
+        self._erased = digests
 
     @property
     def catalogue(self) -> Catalogue:
         return self.policy_ctx.catalogue
+
+    def profile_scores(self, state: UserState, at: float) -> dict:
+        """Model scores of one customer at event time ``at`` (every catalogue action), for /profile."""
+        if self.models is None:
+            return {}
+        probe = Event(event_id="profile", user_id=state.user_id, ts=at, type="page_view", topic="web-events",
+                      channel="web")
+        return self.models.profile_scores(build_context(probe, state), list(self.catalogue.actions))
 
     async def process(self, messages: list[RawMessage]) -> BatchOutput:
         started = time.perf_counter()
@@ -201,6 +229,8 @@ class Engine:
                 self._decide(event, state, writes, out)
             elif event.kind.reward is not None:
                 self._credit(event, state, writes, out)
+        if self.models is not None:
+            self.models.advance_activity(self.watermark)
 
         if writes:
             started = time.perf_counter()
@@ -229,9 +259,11 @@ class Engine:
         self.metrics.decisions.labels(decision.placement, decision.action, decision.mode.value).inc()
 
     def _decide(self, event: Event, state: UserState | None, writes: dict, out: BatchOutput) -> None:
-        decided = decide(event, state, self.policy_ctx, self.policy)
+        decided = decide(event, state, self.policy_ctx, self.policy, self.models)
         decision = decided.decision
         self._emit(decision, out)
+        if self.models is not None and decided.x is not None and event.type in ACTIVITY_TYPES:
+            self.models.observe(event.user_id, event.ts, decided.x)
         if decided.policy_state is not None:
             writes[event.user_id][POLICY_STATE_FIELD] = decided.policy_state
         pending = decided.pending
@@ -315,6 +347,8 @@ class Engine:
             if s.kind == "reward":
                 self.metrics.reward_value.inc(s.reward)
         self.metrics.policy_version.set(self.policy.version)
+        if self.models is not None:
+            self.models.learn(applied, self.learned_watermark)
 
     def _learn_into(self, policy: Policy, usable: list[LearningSample]) -> list[LearningSample]:
         exposures = [s for s in usable if s.kind == "exposure"]

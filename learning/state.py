@@ -1,24 +1,33 @@
-"""What a snapshot holds: the policy (and models, when configured), as one blob."""
+"""What a snapshot holds: the policy and the River models (when enabled), as one blob.
+
+The models travel as ``ModelSet.snapshot()`` bytes (header with format and River version), so a snapshot
+written by another River version still restores the policy: the models are then left out (logged) and
+retrained, rather than the whole snapshot refused. The label join's waiting exposures and the churn
+labeller's open snapshots are not included (they are large and rebuilt from the stream within a window).
+"""
 
 from __future__ import annotations
 
+import logging
 import pickle
 from dataclasses import dataclass
-from typing import Any
 
 from bandits.base import Policy
+from models.registry import ModelSet
 
 FORMAT = 1
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
 class LearnedState:
     policy: Policy
-    models: Any = None  # models.registry.ModelSet when scoring models are enabled
+    models: ModelSet | None = None  # the River models when scoring models are enabled
 
     def pack(self) -> bytes:
         return pickle.dumps(
-            {"format": FORMAT, "policy": self.policy.snapshot(), "models": self.models},
+            {"format": FORMAT, "policy": self.policy.snapshot(),
+             "models": self.models.snapshot() if self.models is not None else None},
             protocol=pickle.HIGHEST_PROTOCOL,
         )
 
@@ -27,4 +36,14 @@ class LearnedState:
         doc = pickle.loads(blob)
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise ValueError("snapshot blob is not a cadence learned-state snapshot (format 1)")
-        return cls(Policy.restore(doc["policy"]), doc.get("models"))
+        models = doc.get("models")
+        if isinstance(models, bytes):
+            try:
+                models = ModelSet.restore(models)
+            except ValueError as exc:
+                log.error("snapshot models left out, they will be retrained: %s", exc)
+                models = None
+        elif models is not None and not isinstance(models, ModelSet):
+            log.error("snapshot models of unknown type %s left out", type(models).__name__)
+            models = None
+        return cls(Policy.restore(doc["policy"]), models)

@@ -14,16 +14,21 @@ Labels are delayed by nature, so they come from event time, never the wall clock
   therefore labelled once, on the customer's last state before the silence; the score reads as
   "the chance that a customer active now is silent for the next horizon".
 
-Memory: one snapshot (the feature dict) per customer active within the horizon. Late events older than
-a customer's snapshot are ignored by the labeller; out-of-order events can delay a label 1 by at most
-their lateness.
+Memory: one snapshot per customer active within the horizon. Features may be a dict (copied) or an
+immutable compact form such as float32 bytes of the context vector (kept as is; the engine uses that, and
+keys customers by a digest, never the raw id). ``capacity`` bounds the open snapshots: when full, the
+oldest one is dropped unlabelled and counted in ``evicted`` (that drops customers silent the longest, so
+a labeller that evicts under-counts churn: size it for the customers active within a horizon, or watch
+fewer customers). Late events older than a customer's snapshot are ignored by the labeller; out-of-order
+events can delay a label 1 by at most their lateness.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from river import linear_model, optim, preprocessing
 
@@ -47,15 +52,19 @@ class ChurnLabel:
     """A resolved snapshot: learn ``features`` -> ``churned``."""
 
     user_id: str
-    features: dict[str, float]
+    features: Any  # a copy of the dict observed, or the immutable bytes/tuple as observed
     churned: int
     observed_ts: float  # the activity the features describe
     labelled_ts: float  # the event time at which the label became known
 
 
+def _copied(features: Mapping[str, float] | bytes | tuple) -> Any:
+    return dict(features) if isinstance(features, Mapping) else features
+
+
 @dataclass(slots=True)
 class _Snapshot:
-    features: dict[str, float]
+    features: Any
     ts: float  # latest activity
     first_ts: float  # first activity folded into this snapshot (sampling slot start)
 
@@ -63,25 +72,36 @@ class _Snapshot:
 class ChurnLabeler:
     """Turns (user, activity ts, features) and the watermark into delayed churn labels."""
 
-    def __init__(self, horizon_s: float = 14 * DAY_S, sample_every_s: float = DAY_S) -> None:
+    def __init__(
+        self, horizon_s: float = 14 * DAY_S, sample_every_s: float = DAY_S, capacity: int | None = None
+    ) -> None:
         if horizon_s <= 0 or sample_every_s < 0:
             raise ValueError(f"need horizon_s > 0 and sample_every_s >= 0, got {horizon_s}, {sample_every_s}")
+        if capacity is not None and capacity < 1:
+            raise ValueError(f"capacity must be at least 1 customer (or None for no bound), got {capacity}")
         self.horizon_s = horizon_s
         self.sample_every_s = sample_every_s
+        self.capacity = capacity
         self._open: OrderedDict[str, _Snapshot] = OrderedDict()  # oldest activity first (roughly)
+        self._evicted = 0
+
+    @property
+    def evicted(self) -> int:
+        """Open snapshots dropped unlabelled because ``capacity`` was reached."""
+        return self._evicted
 
     def __len__(self) -> int:
         return len(self._open)
 
-    def observe(self, user_id: str, ts: float, features: dict[str, float]) -> list[ChurnLabel]:
-        """An activity of ``user_id`` at ``ts``; ``features`` are copied, never kept by reference."""
+    def observe(self, user_id: str, ts: float, features: Mapping[str, float] | bytes | tuple) -> list[ChurnLabel]:
+        """An activity of ``user_id`` at ``ts``; dict ``features`` are copied, never kept by reference."""
         snap = self._open.get(user_id)
         if snap is not None:
             if ts <= snap.ts:
                 return []  # late or duplicate activity: says nothing about the time after the snapshot
             label = churn_label(snap.ts, ts, self.horizon_s, active_now=True)
             if label == 0 and ts - snap.first_ts < self.sample_every_s:
-                snap.features = dict(features)
+                snap.features = _copied(features)
                 snap.ts = ts
                 self._open.move_to_end(user_id)
                 return []
@@ -89,7 +109,10 @@ class ChurnLabeler:
             out = [ChurnLabel(user_id, snap.features, int(label or 0), snap.ts, ts)]
         else:
             out = []
-        self._open[user_id] = _Snapshot(dict(features), ts, ts)
+            if self.capacity is not None and len(self._open) >= self.capacity:
+                self._open.popitem(last=False)
+                self._evicted += 1
+        self._open[user_id] = _Snapshot(_copied(features), ts, ts)
         return out
 
     def advance(self, now_ts: float) -> list[ChurnLabel]:
@@ -106,6 +129,12 @@ class ChurnLabeler:
     def forget(self, user_id: str) -> None:
         """Erasure: drop the customer's open snapshot."""
         self._open.pop(user_id, None)
+
+    def clear(self) -> int:
+        """Drop every open snapshot unlabelled (e.g. the customers moved to another worker); returns how many."""
+        n = len(self._open)
+        self._open.clear()
+        return n
 
 
 class ChurnModel:

@@ -6,7 +6,8 @@ context vector, or a whole batch of them, is one ``X @ A.T`` plus the links. The
 ``ModelSet.score`` up to float rounding (tests check 1e-9).
 
 Deciders load a snapshot, compile it once, and score with it until the next snapshot; learning stays on
-the River objects. A compiled scorer never changes.
+the River objects. A compiled scorer never changes. ``to_json`` / ``from_json`` carry it between workers
+as plain numbers (no pickle: a worker can load a scorer another process wrote without trusting code).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 
 from models.value import MAX_LOG_RESIDUAL
 
+JSON_FORMAT = 1
 CLAMP = 30.0  # River's sigmoid returns exactly 0 / 1 beyond ±30
 
 
@@ -90,3 +93,28 @@ class CompiledScorer:
         for action in actions:
             out[f"propensity:{action}"] = _sigmoid_one(z[rows.get(action, 2)])
         return out
+
+    def to_json(self) -> bytes:
+        """Plain JSON numbers: ``CompiledScorer.from_json`` gives back a scorer with identical scores."""
+        return orjson.dumps({
+            "format": JSON_FORMAT, "names": list(self.names), "version": self.version,
+            "coef": self.coef.tolist(), "offset": self.offset.tolist(), "offer_rows": dict(self.offer_rows),
+            "smearing_factor": self.smearing_factor,
+        })
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> CompiledScorer:
+        doc = orjson.loads(raw)
+        if not isinstance(doc, dict) or doc.get("format") != JSON_FORMAT:
+            raise ValueError(
+                f"not a compiled scorer in JSON format {JSON_FORMAT}; write it with CompiledScorer.to_json"
+            )
+        coef = np.array(doc["coef"], dtype=float).reshape(-1, len(doc["names"]))
+        offset = np.array(doc["offset"], dtype=float)
+        rows = {str(a): int(r) for a, r in doc["offer_rows"].items()}
+        if len(offset) != len(coef) or len(coef) < 3 or any(not 3 <= r < len(coef) for r in rows.values()):
+            raise ValueError(f"compiled scorer JSON is inconsistent: {len(coef)} rows, {len(offset)} offsets, "
+                             f"offer rows {sorted(rows.values())[:5]}; write it again with CompiledScorer.to_json")
+        coef.setflags(write=False)
+        offset.setflags(write=False)
+        return cls(tuple(doc["names"]), int(doc["version"]), coef, offset, rows, float(doc["smearing_factor"]))

@@ -189,6 +189,14 @@ class ModelSet:
             smearing_factor=self.value.smearing_factor,
         )
 
+    def samples(self) -> dict[str, int]:
+        """Samples learned per model (cheap: no metric is computed)."""
+        return {name: monitor.n_samples for name, monitor in self._monitors.items()}
+
+    def drifts(self) -> dict[str, int]:
+        """Error increases detected per model (cheap)."""
+        return {name: monitor.n_drifts for name, monitor in self._monitors.items()}
+
     def metrics(self) -> dict[str, dict[str, Any]]:
         """``{model: {metric: value}}``: progressive metrics, samples, drifts and last drift ts per model."""
         return {name: monitor.as_dict() for name, monitor in self._monitors.items()}

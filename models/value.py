@@ -40,7 +40,8 @@ class ValueModel:
             regressor=linear_model.LinearRegression(optimizer=optim.SGD(lr), intercept_lr=intercept_lr, l2=l2)
         )
         self._smearing = stats.EWMean(fading_factor=smearing_alpha)
-        self._n = 0
+        self._n = 0  # residuals in the smearing estimate
+        self._seen = 0  # samples learned
 
     def predict_log(self, features: dict[str, float]) -> float:
         """Predicted ``log1p(revenue)`` (about the median)."""
@@ -59,9 +60,11 @@ class ValueModel:
         if not (math.isfinite(revenue) and revenue >= 0.0):
             raise ValueError(f"revenue must be a finite amount >= 0, got {revenue!r}")
         target = math.log1p(revenue)
-        residual = target - self.predict_log(features)
-        self._smearing.update(math.exp(max(-MAX_LOG_RESIDUAL, min(residual, MAX_LOG_RESIDUAL))))
-        self._n += 1
+        if self._seen:  # before any sample the prediction is 0, not an estimate: its residual says nothing
+            residual = target - self.predict_log(features)
+            self._smearing.update(math.exp(max(-MAX_LOG_RESIDUAL, min(residual, MAX_LOG_RESIDUAL))))
+            self._n += 1
+        self._seen += 1
         self._pipeline.learn_one(features, target)
 
     def log_affine(self, names: Sequence[str]) -> Affine:

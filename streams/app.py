@@ -21,18 +21,21 @@ from cadence.metrics import Metrics
 from cadence.settings import Settings
 from contracts.decisions import encode_samples
 from engine.attribution import Windows
+from engine.bids import BidSignaller
 from engine.processor import BatchOutput, Engine, EngineConfig, RawMessage
 from features.context import CONTEXT_DIM
-from features.store import RedisFeatureStore
-from engine.bids import BidSignaller
 from features.erasure import ErasureRegistry
+from features.store import RedisFeatureStore
+from learning.label_join import JoinConfig
+from learning.live_models import LiveModels, ModelConfig
+from learning.model_exchange import ModelExchange
+from learning.snapshots import SnapshotInfo, SnapshotStore
+from learning.state import LearnedState
 from policy.budgets import WorkerBudgets
 from policy.catalogue import load_catalogue
 from policy.holdout import HoldoutConfig
 from policy.lever_store import LeverStore
 from policy.pipeline import PolicyContext
-from learning.snapshots import SnapshotInfo, SnapshotStore
-from learning.state import LearnedState
 from streams.faust_tuning import set_fetch_max_wait
 from streams.learning_feed import follow_learning
 from streams.topics import BID_SIGNALS, DEAD_LETTERS, DECISIONS, ERASURES, INPUT_TOPICS, LEARNING, SHADOW
@@ -51,6 +54,24 @@ def redis_client(settings: Settings) -> aioredis.Redis:
 def build_policy_context(settings: Settings, workers: int = 1) -> PolicyContext:
     holdout = HoldoutConfig(settings.holdout_share, settings.holdout_salt) if settings.holdout_share > 0 else None
     return PolicyContext(load_catalogue(settings.catalogue), holdout=holdout, budgets=WorkerBudgets(share=1 / workers))
+
+
+def model_config(settings: Settings) -> ModelConfig:
+    """The models' settings; a ``models_*`` field the settings do not define keeps its default."""
+    def get(name: str, default: float) -> float:
+        return getattr(settings, f"models_{name}", default)
+
+    base, join = ModelConfig(), JoinConfig()
+    return ModelConfig(
+        enabled=bool(get("enabled", base.enabled)),
+        join=JoinConfig(get("label_window_s", join.window_s), get("label_grace_s", join.grace_s),
+                        int(get("pending_max", join.capacity)), get("exposure_share", join.share)),
+        churn_horizon_s=get("churn_horizon_s", base.churn_horizon_s),
+        churn_sample_every_s=get("churn_sample_every_s", base.churn_sample_every_s),
+        churn_capacity=int(get("churn_watch_max", base.churn_capacity)),
+        churn_share=get("churn_share", base.churn_share),
+        min_samples=int(get("min_samples", base.min_samples)),
+    )
 
 
 def build_engine(settings: Settings, metrics: Metrics, client: aioredis.Redis) -> Engine:
@@ -73,7 +94,10 @@ def build_engine(settings: Settings, metrics: Metrics, client: aioredis.Redis) -
         windows=Windows(settings.click_window_s, settings.conversion_window_s),
     )
     bids = BidSignaller(low=settings.bid_multiplier_low, high=settings.bid_multiplier_high)
-    return Engine(store, build_policy_context(settings), policy, metrics, config, bids, shadow)
+    ctx = build_policy_context(settings)
+    mconfig = model_config(settings)
+    models = LiveModels(mconfig, settings.click_reward, ctx.catalogue.value_scale) if mconfig.enabled else None
+    return Engine(store, ctx, policy, metrics, config, bids, shadow, models)
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -156,13 +180,18 @@ def create_app(settings: Settings) -> faust.App:
     @app.on_rebalance_complete.connect
     async def _rebalanced(app: faust.App, **kwargs: object) -> None:
         status["rebalanced"] = True
+        if engine.models is not None:
+            engine.models.reset_activity()  # customers watched for churn may now belong to another worker
 
     async def load_snapshot() -> dict[int, int] | None:
         found = await snapshots.load()
         if found is None:
             return None
         info, blob = found
-        engine.replace_policy(LearnedState.unpack(blob).policy)
+        state = LearnedState.unpack(blob)
+        engine.replace_policy(state.policy)
+        if engine.models is not None and state.models is not None:
+            engine.models.replace(state.models)
         engine.learned_offsets = dict(info.offsets)
         status["snapshot"] = info.version
         log.warning("loaded snapshot version %s (policy version %s)", info.version, info.policy_version)
@@ -202,20 +231,75 @@ def create_app(settings: Settings) -> faust.App:
         status["generation"] = await snapshots.generation()
         await follow_shared_state()
         offsets = await load_snapshot()
+        if engine.models is not None:  # the snapshot writer trains the models; take the lease now if free
+            engine.models.training = await snapshots.try_lead(worker_id, settings.snapshot_interval_s * 3)
         policy_ready.set()
         await follow_learning(
             settings.kafka_bootstrap or "", settings.topic(LEARNING), engine.learn, stop_learning,
             start_offsets=offsets, fetch_max_wait_ms=settings.fetch_max_wait_ms,
         )
 
+    exchange = ModelExchange(engine.store.client, settings.app_id)
+
+    async def take_over_models() -> None:
+        """This worker now writes snapshots: continue training from the latest published models."""
+        assert engine.models is not None
+        found = await snapshots.load()
+        restored = LearnedState.unpack(found[1]).models if found is not None else None
+        if restored is not None and restored.version > engine.models.models.version:
+            engine.models.replace(restored)
+        engine.models.training = True
+
     @app.timer(settings.snapshot_interval_s)
     async def save_snapshot() -> None:
-        if not policy_ready.is_set() or not await snapshots.try_lead(worker_id, settings.snapshot_interval_s * 3):
+        if not policy_ready.is_set():
+            return
+        leads = await snapshots.try_lead(worker_id, settings.snapshot_interval_s * 3)
+        models = engine.models
+        if models is not None and leads != models.training:
+            if leads:
+                await take_over_models()
+            else:
+                models.training = False
+        if not leads:
             return
         info = SnapshotInfo(0, engine.policy.name, engine.policy.version, dict(engine.learned_offsets),
                             engine.learned_watermark, note=f"periodic, by {worker_id}")
-        saved = await snapshots.save(LearnedState(engine.policy).pack(), info)
+        blob = LearnedState(engine.policy, models.models if models is not None else None).pack()
+        scorer = models.publish() if models is not None else None  # the version the snapshot holds
+        saved = await snapshots.save(blob, info)
         status["snapshot"] = saved.version
+        if scorer is not None:
+            await exchange.publish(scorer)
+
+    @app.timer(1.0)
+    async def exchange_models() -> None:
+        """Ship churn labels to the trainer; followers load the scorer the trainer published."""
+        models = engine.models
+        if models is None or not policy_ready.is_set():
+            return
+        try:
+            batch = models.take_churn_labels()
+            if batch is not None:
+                await exchange.push_churn(batch)
+            if models.training:
+                models.add_churn_labels(await exchange.pop_churn())
+            else:
+                current = models.scorer
+                scorer = await exchange.newer_scorer(current.version if current is not None else None)
+                if scorer is not None:
+                    models.use(scorer)
+        except Exception as exc:  # Redis away: keep deciding with the scorer we have
+            log.error("could not exchange model labels or scorer: %s", exc)
+        models.export(metrics)
+
+    @app.task
+    async def train_models() -> None:
+        """Learn queued labels in small chunks so that decisions never wait long behind training."""
+        await policy_ready.wait()
+        while not stop_learning.is_set() and engine.models is not None:
+            learned = engine.models.train(256)
+            await asyncio.sleep(0 if learned else 0.05)
 
     @app.timer(1.0)
     async def follow_rollbacks() -> None:
@@ -224,7 +308,10 @@ def create_app(settings: Settings) -> faust.App:
             status["generation"] = generation
             found = await snapshots.load()
             if found is not None:
-                engine.replace_policy(LearnedState.unpack(found[1]).policy)
+                state = LearnedState.unpack(found[1])
+                engine.replace_policy(state.policy)
+                if engine.models is not None and state.models is not None:
+                    engine.models.replace(state.models)
                 status["snapshot"] = found[0].version
                 log.warning("rollback: now on snapshot version %s", found[0].version)
 

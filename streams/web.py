@@ -164,10 +164,14 @@ def register_views(
             return _error(web, 400, "user_id must be 1..128 characters", "pass ?user_id=...")
         state = await engine.store.read(user_id)
         at = float(request.query.get("ts") or now_event_time())
+        # Model scores at ``at`` (churn risk, value, propensity per action), as decisions see them; not for
+        # customers who refused marketing: no decision uses scores for them either.
+        scores = engine.profile_scores(state, at) if state.consent is not False else {"withheld": "no_consent"}
         return web.json({
             "user_id": user_id, "at": at, "exists": state.exists,
             "profile": {"device": state.device, "segment": state.segment, "consent": state.consent},
             "features": state.features(at),
+            "scores": scores,
         })
 
     def admin(handler: Callable[..., Awaitable[faust.web.Response]]) -> Callable[..., Awaitable[faust.web.Response]]:

@@ -1,0 +1,326 @@
+"""The River models in the running engine: who learns what, and the scores every worker decides with.
+
+One worker trains, every worker scores with the same published version:
+
+- **Training** (``training = True``) happens only on the worker that holds the snapshot lease (the one that
+  writes snapshots). River learns one sample at a time in pure Python (~25-50 µs a sample, see
+  load_tests/bench_models.py); having every worker learn every sample would multiply that cost by the
+  number of workers and let their models drift apart (SGD depends on order). Training runs in small
+  chunks (``train(n)``) from a bounded queue, so a burst of labels never blocks decisions for long.
+- **Scoring** uses a :class:`LiveScorer`: the compiled numpy copy of the models (models/compiled.py) plus
+  which models have learned enough to be shown. The trainer compiles one each time it writes a snapshot
+  and publishes it; the other workers load it within a second. Every worker, the trainer included,
+  decides with the published version only, so the same request gets the same scores on any worker.
+- **Labels**: propensity and value come from the learning topic through :class:`learning.label_join.LabelJoin`
+  (every worker runs the join, which is cheap, so a worker that takes over training has the waiting
+  exposures at hand). Churn needs per-customer activity, which only the partition owner sees: it runs a
+  :class:`models.churn.ChurnLabeler` keyed by a digest of the user id (never the id), with the compact
+  context vector as features, and hands resolved labels (without any id) to the trainer through
+  ``take_churn_labels`` / ``add_churn_labels`` (the app ships them through Redis).
+
+Nothing here does I/O; ``streams/app.py`` moves the bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from contracts.decisions import LearningSample
+from learning.label_join import JoinConfig, Label, LabelJoin
+from models.churn import ChurnLabel, ChurnLabeler
+from models.compiled import CompiledScorer
+from models.inputs import model_features
+from models.registry import ModelSample, ModelSet
+
+log = logging.getLogger(__name__)
+MODEL_NAMES = ("propensity", "churn", "value")
+SCORE_DIGITS = 4
+_HASH_SPACE = float(1 << 64)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """How the engine runs its River models (see the module docstring)."""
+
+    enabled: bool = True
+    join: JoinConfig = JoinConfig()
+    churn_horizon_s: float = 14 * 86400.0  # silent this long after an activity = churned
+    churn_sample_every_s: float = 86400.0  # a busy customer yields about one "stayed" label per this long
+    churn_capacity: int = 200_000  # customers watched per worker at most (oldest dropped, counted)
+    churn_share: float = 1.0  # share of customers watched for churn (stable hash of the user digest)
+    min_samples: int = 100  # a model's score is shown once it learned this many samples
+    train_backlog: int = 50_000  # labels waiting for the trainer at most (newest dropped, counted)
+    churn_outbox: int = 50_000  # churn labels waiting to be shipped to the trainer at most
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.churn_share <= 1.0:
+            raise ValueError(f"churn_share must be in (0, 1], got {self.churn_share}")
+        if self.min_samples < 0 or self.train_backlog < 1 or self.churn_outbox < 1:
+            raise ValueError("min_samples must be >= 0, train_backlog and churn_outbox >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class LiveScorer:
+    """A published, frozen scorer: the compiled models plus the models whose scores may be shown."""
+
+    compiled: CompiledScorer
+    ready: frozenset[str]  # model names with at least ModelConfig.min_samples samples
+
+    @property
+    def version(self) -> int:
+        return self.compiled.version
+
+    def score(self, x: np.ndarray | Sequence[float], actions: Sequence[str]) -> dict[str, float]:
+        """Named scores of the ready models: ``churn_risk``, ``value``, ``propensity:<action>``."""
+        if not self.ready:
+            return {}
+        raw = self.compiled.score(np.asarray(x, dtype=float), actions if "propensity" in self.ready else ())
+        if "churn" not in self.ready:
+            del raw["churn_risk"]
+        if "value" not in self.ready:
+            del raw["value"]
+        return raw
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"ready": sorted(self.ready), "compiled": orjson.Fragment(self.compiled.to_json())})
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> LiveScorer:
+        doc = orjson.loads(raw)
+        return cls(CompiledScorer.from_json(orjson.dumps(doc["compiled"])), frozenset(doc["ready"]))
+
+
+def rounded(scores: Mapping[str, float]) -> dict[str, float]:
+    return {k: round(v, SCORE_DIGITS) for k, v in scores.items()}
+
+
+def encode_churn_labels(labels: Iterable[ChurnLabel]) -> bytes:
+    """Churn labels for the trainer, without any user id: ``[[x float32 base64, churned, ts], ...]``."""
+    return orjson.dumps([[base64.b64encode(lb.features).decode("ascii"), lb.churned, lb.labelled_ts]
+                         for lb in labels])
+
+
+def decode_churn_labels(raw: bytes) -> list[Label]:
+    return [Label("churn", np.frombuffer(base64.b64decode(x64), dtype=np.float32).tolist(), float(y), float(ts))
+            for x64, y, ts in orjson.loads(raw)]
+
+
+def _watched(digest: str, share: float) -> bool:
+    return share >= 1.0 or int(digest[:16], 16) / _HASH_SPACE < share
+
+
+class LiveModels:
+    def __init__(self, config: ModelConfig, click_reward: float, value_scale: float,
+                 models: ModelSet | None = None) -> None:
+        self.config = config
+        self.click_reward = click_reward
+        self.value_scale = value_scale
+        self._models = models if models is not None else ModelSet()
+        self._join = LabelJoin(config.join, click_reward, value_scale)
+        self._churn = ChurnLabeler(config.churn_horizon_s, config.churn_sample_every_s, config.churn_capacity)
+        self._churn_outbox: list[ChurnLabel] = []
+        self._backlog: deque[Label] = deque()
+        self._dropped = {"join_full": 0, "churn_full": 0, "train_backlog": 0, "churn_outbox": 0, "rebalance": 0}
+        self._training = False
+        self._scorer: LiveScorer | None = None
+        self._placement_actions: dict[str, tuple[str, ...]] = {}
+        self._exported: dict[str, int] = {}  # metric key -> total already exported
+        self._baseline()
+
+    def _baseline(self) -> None:
+        """Samples and drifts of restored models were counted by the process that learned them."""
+        for name, n in self._models.samples().items():
+            self._exported[f"samples:{name}"] = n
+        for name, n in self._models.drifts().items():
+            self._exported[f"drifts:{name}"] = n
+
+    # -- state -----------------------------------------------------------------------------------
+    @property
+    def models(self) -> ModelSet:
+        """The River models (learning happens here on the training worker)."""
+        return self._models
+
+    @property
+    def scorer(self) -> LiveScorer | None:
+        """The published scorer decisions use (None until one is published or loaded)."""
+        return self._scorer
+
+    @property
+    def training(self) -> bool:
+        return self._training
+
+    @training.setter
+    def training(self, value: bool) -> None:
+        if value != self._training:
+            log.warning("models: this worker %s training", "starts" if value else "stops")
+            if not value:
+                self._backlog.clear()
+        self._training = value
+
+    def replace(self, models: ModelSet) -> LiveScorer:
+        """Models restored from a snapshot (start, takeover, rollback): learn from them and score with them."""
+        self._models = models
+        self._backlog.clear()
+        self._baseline()
+        return self.publish()
+
+    def publish(self) -> LiveScorer:
+        """Compile the current models into the scorer this worker uses; return it for the other workers."""
+        counts = self._models.samples()
+        ready = frozenset(name for name in MODEL_NAMES if counts[name] >= max(1, self.config.min_samples))
+        self._scorer = LiveScorer(self._models.compile(), ready)
+        return self._scorer
+
+    def use(self, scorer: LiveScorer) -> None:
+        """A scorer another worker published."""
+        self._scorer = scorer
+
+    def stats(self) -> dict[str, Any]:
+        return {"waiting_exposures": len(self._join), "watched_customers": len(self._churn),
+                "backlog": len(self._backlog), "churn_outbox": len(self._churn_outbox),
+                "dropped": {**self._dropped, "join_full": self._join.dropped, "churn_full": self._churn.evicted}}
+
+    # -- labels ----------------------------------------------------------------------------------
+    def learn(self, samples: Iterable[LearningSample], watermark: float) -> None:
+        """Learning-topic samples in stream order (every worker); labels are queued on the trainer."""
+        labels = self._join.add(samples)
+        labels += self._join.advance(watermark)
+        if self._training and labels:
+            self._queue(labels)
+
+    def observe(self, user_id: str, ts: float, x: np.ndarray) -> None:
+        """An activity of a customer this worker owns, with the context vector of that moment."""
+        digest = hashlib.blake2b(user_id.encode(), digest_size=16).hexdigest()  # = features.erasure.user_digest
+        if not _watched(digest, self.config.churn_share):
+            return
+        self._outbox(self._churn.observe(digest, ts, np.asarray(x, dtype=np.float32).tobytes()))
+
+    def advance_activity(self, watermark: float) -> None:
+        """Customers silent for longer than the horizon at event time ``watermark`` are labelled churned."""
+        if len(self._churn):
+            self._outbox(self._churn.advance(watermark))
+
+    def _outbox(self, labels: list[ChurnLabel]) -> None:
+        if labels:
+            room = self.config.churn_outbox - len(self._churn_outbox)
+            self._churn_outbox.extend(labels[:max(room, 0)])
+            self._dropped["churn_outbox"] += max(0, len(labels) - max(room, 0))
+
+    def take_churn_labels(self) -> bytes | None:
+        """Resolved churn labels to ship to the trainer (encoded, without ids); None when there are none."""
+        if not self._churn_outbox:
+            return None
+        labels, self._churn_outbox = self._churn_outbox, []
+        return encode_churn_labels(labels)
+
+    def add_churn_labels(self, encoded: Iterable[bytes]) -> None:
+        """Churn labels shipped by the partition owners (the trainer calls this)."""
+        if self._training:
+            for raw in encoded:
+                self._queue(decode_churn_labels(raw))
+
+    def forget(self, digests: Iterable[str]) -> None:
+        """Erased customers: drop their open churn snapshots."""
+        for digest in digests:
+            self._churn.forget(digest)
+
+    def reset_activity(self) -> None:
+        """Partitions moved: customers this worker watched may now be another's; drop their snapshots."""
+        self._dropped["rebalance"] += self._churn.clear()
+
+    def _queue(self, labels: list[Label]) -> None:
+        room = self.config.train_backlog - len(self._backlog)
+        self._backlog.extend(labels[:max(room, 0)])
+        self._dropped["train_backlog"] += max(0, len(labels) - max(room, 0))
+
+    # -- training ----------------------------------------------------------------------------------
+    def train(self, max_labels: int = 256) -> int:
+        """Learn up to ``max_labels`` queued labels (progressive validation first); returns how many."""
+        n = 0
+        models, backlog = self._models, self._backlog
+        drifts_before = models.drifts()
+        while backlog and n < max_labels:
+            lb = backlog.popleft()
+            features = model_features(lb.x)
+            if lb.model == "propensity":
+                sample = ModelSample.conversion(features, lb.action or "", int(lb.target), lb.ts)
+            elif lb.model == "value":
+                sample = ModelSample.revenue(features, lb.target, lb.ts)
+            else:
+                sample = ModelSample.churn(features, int(lb.target), lb.ts)
+            try:
+                models.learn_one(sample)
+            except ValueError as exc:  # e.g. a context of another size from an older engine
+                log.error("model label skipped (%s): %s", lb.model, exc)
+            n += 1
+        if n:
+            for name, count in models.drifts().items():
+                if count > drifts_before[name]:
+                    log.warning("models: %s error went up (drift %d detected by ADWIN)", name, count)
+        return n
+
+    # -- scores ------------------------------------------------------------------------------------
+    def actions_of(self, catalogue: Any, placement: str) -> tuple[str, ...]:
+        """The placement's catalogue actions (static, cached)."""
+        actions = self._placement_actions.get(placement)
+        if actions is None:
+            actions = self._placement_actions[placement] = tuple(catalogue.eligible(placement))
+        return actions
+
+    def profile_scores(self, x: np.ndarray, actions: Sequence[str]) -> dict[str, Any]:
+        """Scores of one customer for CRM/sales tools: churn_risk, value and propensity per action."""
+        scorer = self._scorer
+        if scorer is None:
+            return {"model_version": None}
+        raw = scorer.score(x, actions)
+        out: dict[str, Any] = {"model_version": scorer.version}
+        for key in ("churn_risk", "value"):
+            if key in raw:
+                out[key] = round(raw[key], SCORE_DIGITS)
+        propensity = {a: round(raw[f"propensity:{a}"], SCORE_DIGITS) for a in actions if f"propensity:{a}" in raw}
+        if propensity:
+            out["propensity"] = propensity
+        return out
+
+    # -- metrics -----------------------------------------------------------------------------------
+    def export(self, metrics: Any) -> None:
+        """Set the Prometheus metrics (``cadence.metrics.Metrics``); call it about once a second.
+
+        Progressive metrics, samples and drifts come from the trainer only (the others learn nothing);
+        counters move by what changed since the last call, so a restored model set never moves them back.
+        """
+        scorer = self._scorer
+        metrics.model_version.set(scorer.version if scorer is not None else 0)
+        stats = self.stats()
+        for kind in ("waiting_exposures", "watched_customers", "backlog", "churn_outbox"):
+            metrics.model_labels_waiting.labels(kind).set(stats[kind])
+        last = self._exported
+        for reason, n in stats["dropped"].items():
+            self._inc(metrics.model_labels_dropped.labels(reason), last, f"dropped:{reason}", n)
+        if not self._training:
+            return
+        for name, values in self._models.metrics().items():
+            if not values["samples"]:
+                continue  # no metric means "nothing learned yet", not a perfect 0
+            for metric in ("log_loss", "roc_auc", "mae", "error_window_mean"):
+                value = values.get(metric)
+                if value is not None:
+                    metrics.model_metric.labels(name, metric).set(value)
+            self._inc(metrics.model_samples.labels(name), last, f"samples:{name}", values["samples"])
+            self._inc(metrics.model_drifts.labels(name), last, f"drifts:{name}", values["drifts"])
+
+    @staticmethod
+    def _inc(counter: Any, last: dict[str, int], key: str, total: int) -> None:
+        delta = total - last.get(key, 0)
+        if delta > 0:
+            counter.inc(delta)
+        last[key] = total

@@ -1,0 +1,340 @@
+"""The River models in the engine: delayed labels, training on one worker, published scores, churn labels,
+scores in decisions, metrics and snapshots (no I/O)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import river
+from prometheus_client.parser import text_string_to_metric_families
+
+from bandits import make_policy
+from cadence.metrics import Metrics
+from cadence.settings import DEFAULT_CATALOGUE
+from contracts.decisions import LearningSample
+from contracts.events import Event
+from engine.decide import decide
+from features.context import CONTEXT_DIM, CONTEXT_NAMES
+from features.erasure import user_digest
+from features.state import UserState
+from learning.label_join import JoinConfig, LabelJoin, followed
+from learning.live_models import LiveModels, LiveScorer, ModelConfig, decode_churn_labels
+from learning.state import LearnedState
+from models import ModelSet
+from policy.catalogue import Catalogue, ScoreRule, load_catalogue
+from policy.pipeline import PolicyContext
+
+VALUE_SCALE = 40.0
+CLICK = 0.1
+IDX = {n: i for i, n in enumerate(CONTEXT_NAMES)}
+
+
+def exposure(did: str, action: str, ts: float, x: list[float] | None = None) -> LearningSample:
+    return LearningSample("exposure", did, action, x or [1.0] + [0.0] * (CONTEXT_DIM - 1), ts=ts)
+
+
+def reward(did: str, action: str, ts: float, value: float, x: list[float] | None = None) -> LearningSample:
+    return LearningSample("reward", did, action, x or [1.0] + [0.0] * (CONTEXT_DIM - 1), reward=value, ts=ts)
+
+
+def context(segment: str, device: str = "mobile", hour: float = 12.0) -> np.ndarray:
+    x = np.zeros(CONTEXT_DIM)
+    x[0] = 1.0
+    x[IDX[f"segment_{segment}"]] = 1.0
+    x[IDX[f"device_{device}"]] = 1.0
+    x[IDX["hour_sin"]], x[IDX["hour_cos"]] = np.sin(2 * np.pi * hour / 24), np.cos(2 * np.pi * hour / 24)
+    return x
+
+
+# -- the label join ------------------------------------------------------------------------------------
+def test_conversions_resolve_at_once_and_silence_only_after_window_and_grace():
+    join = LabelJoin(JoinConfig(window_s=100.0, grace_s=10.0), CLICK, VALUE_SCALE)
+    assert join.add([exposure("d1", "a", 0.0), exposure("d2", "b", 5.0), exposure("d3", "a", 6.0)]) == []
+    assert join.add([reward("d2", "b", 20.0, CLICK)]) == []  # a click resolves nothing
+    labels = join.add([reward("d1", "a", 50.0, 0.75)])  # a conversion paying 30
+    assert [(lb.model, lb.target, lb.action, lb.ts) for lb in labels] == [("value", 30.0, None, 50.0),
+                                                                           ("propensity", 1.0, "a", 50.0)]
+    assert join.add([reward("d1", "a", 51.0, 0.75)]) == []  # a repeated reward: already resolved
+    assert join.advance(114.9) == []  # d2's window closes at 105, plus 10 s grace
+    [silent] = join.advance(115.0)
+    assert (silent.model, silent.action, silent.target, silent.ts) == ("propensity", "b", 0.0, 115.0)
+    late = join.add([reward("d3", "a", 108.0, 0.5)])  # 102 s after its decision: revenue, not a positive
+    assert [(lb.model, lb.target) for lb in late] == [("value", 20.0)]
+    assert join.add([reward("d3", "a", 109.0, 0.5)]) == []  # its revenue was learned already
+    assert [(lb.model, lb.target) for lb in join.advance(200.0)] == [("propensity", 0.0)]
+    assert len(join) == 0
+
+
+def test_exposures_are_bounded_deduplicated_and_unknown_rewards_ignored():
+    join = LabelJoin(JoinConfig(window_s=100.0, grace_s=0.0, capacity=2), CLICK, VALUE_SCALE)
+    join.add([exposure("d1", "a", 0.0), exposure("d1", "a", 0.0), exposure("d2", "a", 1.0)])
+    assert len(join) == 2 and join.dropped == 0
+    join.add([exposure("d3", "a", 2.0)])  # full: the oldest goes, unlearned
+    assert len(join) == 2 and join.dropped == 1
+    assert join.add([reward("d1", "a", 5.0, 0.5), reward("nobody", "a", 5.0, 0.5)]) == []
+    assert join.add([reward("d2", "a", 0.5, 0.5)]) == []  # a reward before its decision cannot be its effect
+    assert sorted(lb.target for lb in join.advance(1e9)) == [0.0, 0.0]
+
+
+def test_the_followed_share_is_stable_and_about_right():
+    ids = [f"dec{i}" for i in range(20_000)]
+    chosen = [followed(d, 0.25) for d in ids]
+    assert chosen == [followed(d, 0.25) for d in ids]  # the same on every worker and every run
+    assert 0.23 < sum(chosen) / len(ids) < 0.27
+    join = LabelJoin(JoinConfig(share=0.25), CLICK, VALUE_SCALE)
+    join.add([exposure(d, "a", 0.0) for d in ids])
+    assert len(join) == sum(chosen)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"window_s": 0.0}, "window_s > 0"),
+        ({"grace_s": -1.0}, "grace_s >= 0"),
+        ({"capacity": 0}, "capacity must be at least 1"),
+        ({"share": 0.0}, r"share must be in \(0, 1\]"),
+        ({"share": 1.5}, r"share must be in \(0, 1\]"),
+    ],
+)
+def test_bad_join_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        JoinConfig(**kwargs)
+
+
+# -- learning on one worker, scoring everywhere ----------------------------------------------------------
+def seeded_stream(n: int, seed: int = 3) -> list[LearningSample]:
+    """Two offers shown at random; "a" converts for vip customers (40 %), everything else rarely (3 %)."""
+    rng = np.random.default_rng(seed)
+    out: list[LearningSample] = []
+    for i in range(n):
+        segment = ("new", "casual", "loyal", "vip")[int(rng.integers(4))]
+        x = context(segment, hour=float(rng.uniform(0, 24))).tolist()
+        action = "ab"[int(rng.integers(2))]
+        out.append(exposure(f"d{i}", action, float(i), x))
+        p = 0.4 if (action == "a" and segment == "vip") else 0.03
+        if rng.random() < p:
+            out.append(reward(f"d{i}", action, i + 30.0, float(rng.uniform(0.3, 1.0)), x))
+    return sorted(out, key=lambda s: s.ts)
+
+
+def trained(n: int = 4000, training: bool = True, **config: object) -> LiveModels:
+    live = LiveModels(ModelConfig(join=JoinConfig(window_s=60.0, grace_s=5.0), min_samples=50, **config),
+                      CLICK, VALUE_SCALE)
+    live.training = training
+    stream = seeded_stream(n)
+    for i in range(0, len(stream), 500):
+        chunk = stream[i:i + 500]
+        live.learn(chunk, chunk[-1].ts)
+    live.learn([], 1e9)  # the stream moved on: every window closed
+    while live.train(300):
+        pass
+    return live
+
+
+def test_the_trainer_learns_propensity_and_value_that_rank_contexts_sensibly():
+    live = trained()
+    counts = live.models.samples()
+    assert counts["propensity"] == 4000 and 100 < counts["value"] < 700 and counts["churn"] == 0
+    scorer = live.publish()
+    assert scorer.ready == {"propensity", "value"} and scorer.version == live.models.version
+    vip, new = scorer.score(context("vip"), ["a", "b"]), scorer.score(context("new"), ["a", "b"])
+    assert "churn_risk" not in vip  # no churn label yet: not shown
+    assert vip["propensity:a"] > 2 * vip["propensity:b"]
+    assert vip["propensity:a"] > 2 * new["propensity:a"]
+    assert 0.01 < new["propensity:b"] < 0.1
+    assert 12.0 < vip["value"] < 40.0  # revenue uniform in [12, 40]
+
+
+def test_a_worker_that_does_not_train_learns_nothing_but_uses_the_published_scorer():
+    follower = trained(n=1000, training=False)
+    assert follower.models.version == 0 and follower.scorer is None
+    assert follower.stats()["waiting_exposures"] == 0  # it still ran the join (ready to take over)
+    published = trained(n=1000).publish()
+    follower.use(LiveScorer.from_json(published.to_json()))
+    x = context("vip")
+    assert follower.scorer.score(x, ["a", "b"]) == published.score(x, ["a", "b"])
+
+
+def test_scores_wait_for_enough_samples():
+    live = trained(n=30)
+    assert live.publish().score(context("vip"), ["a", "b"]) == {}
+    assert live.profile_scores(context("vip"), ["a", "b"]) == {"model_version": live.models.version}
+
+
+# -- churn ---------------------------------------------------------------------------------------------
+def test_churn_labels_come_from_activity_carry_no_id_and_train_the_trainer():
+    day = 86400.0
+    owner = LiveModels(ModelConfig(churn_horizon_s=2 * day, churn_sample_every_s=day / 4, min_samples=20),
+                       CLICK, VALUE_SCALE)
+    trainer = LiveModels(ModelConfig(min_samples=20), CLICK, VALUE_SCALE)
+    trainer.training = True
+    for i in range(60):  # new customers visit once and vanish; loyal ones come back every few hours
+        owner.observe(f"new{i}", i * 60.0, context("new"))
+    for t in np.arange(0.0, 6 * day, 3 * 3600.0):
+        for i in range(10):
+            owner.observe(f"loyal{i}", float(t) + i, context("loyal", hour=float(t % day) / 3600))
+        owner.advance_activity(float(t))
+    batch = owner.take_churn_labels()
+    assert owner.take_churn_labels() is None
+    assert b"new" not in batch and b"loyal" not in batch  # ids never leave the owner
+    labels = decode_churn_labels(batch)
+    assert sum(lb.target for lb in labels) == 60 and len(labels) > 200
+    trainer.add_churn_labels([batch])
+    while trainer.train():
+        pass
+    scores = trainer.publish()
+    assert "churn" in scores.ready
+    assert scores.score(context("new"), [])["churn_risk"] > 0.5 > scores.score(context("loyal"), [])["churn_risk"]
+
+
+def test_erasure_and_rebalance_drop_watched_customers():
+    live = LiveModels(ModelConfig(), CLICK, VALUE_SCALE)
+    live.observe("u1", 0.0, context("new"))
+    live.observe("u2", 0.0, context("new"))
+    live.forget({user_digest("u1")})
+    assert live.stats()["watched_customers"] == 1
+    live.reset_activity()
+    assert live.stats()["watched_customers"] == 0 and live.stats()["dropped"]["rebalance"] == 1
+    assert live.take_churn_labels() is None
+
+
+def test_the_watched_share_of_customers_follows_the_setting():
+    live = LiveModels(ModelConfig(churn_share=0.5), CLICK, VALUE_SCALE)
+    for i in range(4000):
+        live.observe(f"user{i}", 0.0, context("casual"))
+    assert 1800 < live.stats()["watched_customers"] < 2200
+
+
+# -- decisions, metrics, snapshots ------------------------------------------------------------------------
+def engine_context(min_rule: ScoreRule | None = None) -> PolicyContext:
+    cat = load_catalogue(DEFAULT_CATALOGUE)
+    if min_rule is not None:
+        actions = dict(cat.actions)
+        actions["offer_bundle"] = dataclasses.replace(actions["offer_bundle"], min_score=min_rule)
+        cat = Catalogue(cat.placements, actions, cat.contact)
+    return PolicyContext(cat)
+
+
+def request(i: int, segment: str = "vip") -> Event:
+    return Event(f"e{i}", f"u{i}", 1_767_571_200.0 + 43_200 + i, "page_view", "web-events", "web",
+                 placement="home_hero", device="mobile", segment=segment)
+
+
+def offer_models(n: int = 3000) -> LiveModels:
+    """Trained on the default catalogue's home_hero offers: offer_bundle converts for vip customers."""
+    live = LiveModels(ModelConfig(join=JoinConfig(window_s=60.0, grace_s=0.0), min_samples=50), CLICK, VALUE_SCALE)
+    live.training = True
+    offers = ["offer_free_shipping", "offer_10pct", "offer_bundle", "offer_loyalty_points", "offer_premium_trial"]
+    rng = np.random.default_rng(5)
+    for i in range(n):
+        segment = ("new", "vip")[i % 2]
+        x, action = context(segment).tolist(), offers[int(rng.integers(len(offers)))]
+        samples = [exposure(f"d{i}", action, float(i), x)]
+        if rng.random() < (0.5 if action == "offer_bundle" and segment == "vip" else 0.02):
+            samples.append(reward(f"d{i}", action, i + 1.0, 0.75, x))
+        live.learn(samples, float(i))
+    live.learn([], 1e9)
+    while live.train(500):
+        pass
+    live.publish()
+    return live
+
+
+def test_decisions_carry_compact_scores_and_min_score_rules_use_them():
+    live = offer_models()
+    policy = make_policy("linucb", CONTEXT_DIM, seed=1)
+    state = UserState("u", {"seg": "vip", "dev": "mobile"})
+    decided = decide(request(1), state, engine_context(), policy, live)
+    scores = decided.decision.trace["scores"]
+    assert set(scores) == {"model_version", "propensity", "value"} and scores["model_version"] == live.models.version
+    expected = live.scorer.score(decided.x, [decided.decision.action])
+    assert scores["propensity"] == round(expected[f"propensity:{decided.decision.action}"], 4)
+    assert decided.decision.to_json()  # the trace stays JSON
+
+    strict = engine_context(ScoreRule("propensity:offer_bundle", 0.3))
+    vip = decide(request(2), state, strict, policy, live).decision.trace
+    new = decide(request(3, "new"), UserState("u3", {"seg": "new"}), strict, policy, live).decision.trace
+    assert "offer_bundle" in vip["eligible"]
+    assert new["removed"]["offer_bundle"] == "score"
+    without = decide(request(4), state, strict, policy, None).decision.trace  # no models: a missing score
+    assert "scores" not in without and without["removed"]["offer_bundle"] == "score"
+
+
+def test_profile_scores_rank_the_offer_that_converts_first():
+    live = offer_models()
+    actions = ["offer_free_shipping", "offer_10pct", "offer_bundle", "offer_loyalty_points", "offer_premium_trial"]
+    profile = live.profile_scores(context("vip"), actions)
+    assert profile["model_version"] == live.models.version
+    assert max(profile["propensity"], key=profile["propensity"].get) == "offer_bundle"
+    assert profile["value"] > 0
+
+
+def test_model_metrics_and_drifts_reach_prometheus():
+    metrics = Metrics()
+    live = trained(n=3000)
+    live.publish()
+    live.export(metrics)
+    live.export(metrics)  # a second export adds nothing
+    text = metrics.exposition().decode()
+
+    def value(name: str, **labels: str) -> float:
+        found = [s.value for f in text_string_to_metric_families(text) for s in f.samples
+                 if s.name == name and s.labels == labels]
+        assert found, f"{name}{labels} not exported"
+        return found[0]
+
+    reported = live.models.metrics()
+    assert value("cadence_model_metric", model="propensity", metric="log_loss") == pytest.approx(
+        reported["propensity"]["log_loss"])
+    assert 0.6 < value("cadence_model_metric", model="propensity", metric="roc_auc") <= 1.0
+    assert value("cadence_model_metric", model="value", metric="mae") > 0
+    assert value("cadence_model_samples_learned_total", model="propensity") == 3000
+    assert value("cadence_model_drifts_total", model="propensity") == reported["propensity"]["drifts"]
+    assert value("cadence_model_version") == live.models.version
+    assert value("cadence_model_labels_waiting", kind="waiting_exposures") == 0
+    assert not [s for f in text_string_to_metric_families(text) for s in f.samples  # nothing learned: no metric
+                if s.name == "cadence_model_metric" and s.labels["model"] == "churn"]
+
+
+def test_drift_after_an_abrupt_change_is_counted_and_exported():
+    metrics = Metrics()
+    live = LiveModels(ModelConfig(join=JoinConfig(window_s=10.0, grace_s=0.0)), CLICK, VALUE_SCALE)
+    live.training = True
+    rng = np.random.default_rng(1)
+    before_change = None
+    for i in range(12_000):  # "a" converts for vip customers, then, from sample 6000 on, only for new ones
+        segment = ("new", "vip")[i % 2]
+        converts = (segment == "vip") == (i < 6000)
+        x = context(segment).tolist()
+        batch = [exposure(f"d{i}", "a", float(i), x)]
+        if rng.random() < (0.6 if converts else 0.02):
+            batch.append(reward(f"d{i}", "a", i + 1.0, 0.5, x))
+        live.learn(batch, float(i))
+        live.train()
+        if i == 5999:
+            before_change = live.models.drifts()["propensity"]
+    live.export(metrics)
+    report = live.models.metrics()["propensity"]
+    assert before_change == 0  # learning a stationary stream raised no alarm
+    assert report["drifts"] >= 1 and 6000 < report["last_drift_ts"] < 7000  # the change did, soon after
+    exported = [s.value for f in text_string_to_metric_families(metrics.exposition().decode()) for s in f.samples
+                if s.name == "cadence_model_drifts_total" and s.labels == {"model": "propensity"}]
+    assert exported == [report["drifts"]]
+
+
+def test_snapshots_keep_the_models_and_survive_another_river_version(monkeypatch):
+    live = trained(n=1500)
+    policy = make_policy("linucb", CONTEXT_DIM, seed=2)
+    restored = LearnedState.unpack(LearnedState(policy, live.models).pack())
+    assert isinstance(restored.models, ModelSet) and restored.models.version == live.models.version
+    other = LiveModels(ModelConfig(min_samples=50), CLICK, VALUE_SCALE)
+    other.replace(restored.models)
+    x = context("vip")
+    assert other.scorer.score(x, ["a", "b"]) == pytest.approx(live.publish().score(x, ["a", "b"]), rel=1e-12)
+
+    blob = LearnedState(policy, live.models).pack()
+    monkeypatch.setattr(river, "__version__", "0.0.1")
+    foreign = LearnedState.unpack(blob)
+    assert foreign.models is None and foreign.policy.version == policy.version  # the policy still loads
