@@ -21,6 +21,7 @@ import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from cadence.runtime import Runtime, create_topics
+from cadence.workers import WorkerProcess
 from contracts.decisions import LearningSample, decode_samples
 from features.windows import parse_cell
 from streams.topics import ALL_TOPICS
@@ -56,6 +57,14 @@ def wait_for(check: Callable[[], T], timeout_s: float, what: str, every_s: float
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
         time.sleep(every_s)
+
+
+def metrics_or_empty(worker: WorkerProcess) -> str:
+    """The worker's /metrics text, or "" when it does not answer (it crashed: the tests say so)."""
+    try:
+        return worker.metrics_text()
+    except OSError:
+        return ""
 
 
 def metric_sum(text: str, name: str, **labels: str) -> float:
@@ -115,7 +124,7 @@ class Traffic:
 
     ``acked`` holds the events the broker acknowledged, in send order; the producer retries through
     broker outages (``delivery_timeout_ms``), and ``failed`` keeps whatever it finally gave up on.
-    ``on_round(i)`` is called before round ``i`` is sent.
+    ``on_round(i)`` is called before round ``i`` is handed to the producer.
     """
 
     rt: Runtime
@@ -166,12 +175,11 @@ class Traffic:
                     break
                 if self.on_round is not None:
                     self.on_round(i)
-                for topic, doc in batch:
+                for topic, doc in batch:  # no flush per round: a broker outage must not slow the sender
                     key = str(doc["user_id"]).encode()
                     fut = producer.send(self.prefix + topic, key=key, value=orjson.dumps(doc))
                     fut.add_callback(self._ack((topic, doc)))
                     fut.add_errback(self._fail((topic, doc)))
-                producer.flush()
                 self.rounds_sent = i + 1
                 self._stop.wait(self.gap_s)
         finally:

@@ -7,6 +7,7 @@ fault serves every property checked on it. Redis and broker faults use a private
 from __future__ import annotations
 
 import contextlib
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -17,7 +18,16 @@ from cadence.runtime import Runtime
 from cadence.settings import DEFAULT_CATALOGUE
 from contracts.decisions import LearningSample, decision_id_for
 from policy.catalogue import load_catalogue
-from tests.fault_helpers import FeatureReader, RawReader, Traffic, isolate, metric_sum, wait_for
+from tests.fault_helpers import (
+    FeatureReader,
+    RawReader,
+    Traffic,
+    isolate,
+    metric_sum,
+    metrics_or_empty,
+    private_stack,
+    wait_for,
+)
 from tests.helpers import T0, event, start_worker
 
 pytestmark = pytest.mark.integration
@@ -221,3 +231,208 @@ def test_the_policy_learns_each_sample_once_after_a_kill(crash_run: CrashRun) ->
     rewards = {(s.decision_id, reward_kind(s)) for s in shown if s.kind == "reward"}
     assert exposures and rewards
     assert learned_counts(crash_run.new_worker_metrics) == (len(exposures), len(rewards))
+
+
+# -- 2 and 3. Redis and broker outages under load ----------------------------------------------------
+OUTAGE_USERS = [f"ou{i}" for i in range(300)]
+ROUND_S = 0.5  # one round of traffic every half second
+PER_ROUND = 75  # events per round: 150 events/s
+
+
+def steady_traffic(users: list[str], rounds: int, per_round: int) -> Plan:
+    """Page views (decision requests) and clicks in a steady stream, users taking turns."""
+    plan = Plan()
+    seq = 0
+    for _ in range(rounds):
+        batch: list[tuple[str, dict]] = []
+        for _ in range(per_round):
+            u = users[seq % len(users)]
+            ts = T0 + seq * 0.1
+            if seq % 5 == 4:
+                batch.append(("web-events", event(f"{u}-{seq}-ck", user_id=u, ts=ts, etype="click", placement=None)))
+                plan.counts[u]["ck"] += 1
+            else:
+                pv = event(f"{u}-{seq}-pv", user_id=u, ts=ts, **PROFILE)
+                batch.append(("web-events", pv))
+                plan.counts[u]["pv"] += 1
+                plan.requests[pv["event_id"]] = pv["placement"]
+            seq += 1
+        plan.rounds.append(batch)
+    return plan
+
+
+@dataclass
+class OutageRun:
+    plan: Plan
+    acked_requests: set[str]
+    rounds_at: dict[str, int]  # "down", "up": rounds sent when the fault began and ended
+    pid_before: int
+    pid_after: int | None  # None: the worker process had exited
+    health_during: list[dict | None]
+    health_after: dict | None
+    metrics_during: str
+    metrics_after: str
+    decisions: list[dict]
+    totals: dict[str, dict[str, float]]  # user -> counter -> what Redis holds
+
+    def requests_of(self, first_round: int, last_round: int) -> list[str]:
+        return [doc["event_id"] for batch in self.plan.rounds[first_round : last_round + 1] for _, doc in batch
+                if doc["event_id"] in self.plan.requests]
+
+    def decisions_by_request(self) -> dict[str, list[dict]]:
+        out: dict[str, list[dict]] = defaultdict(list)
+        for d in self.decisions:
+            out[d["request_event_id"]].append(d)
+        return out
+
+
+def run_outage(tmp_path_factory: pytest.TempPathFactory, server: str, down_s: float, before_s: float = 6.0,
+               after_s: float = 10.0) -> OutageRun:
+    """Steady traffic on a private stack; ``server`` ("redis" or "broker") is frozen with SIGSTOP for
+    ``down_s`` seconds mid-stream, then resumed; records what the worker did before, during and after."""
+    data_dir = tmp_path_factory.mktemp(f"{server}-outage")
+    rounds = int((before_s + down_s + after_s) / ROUND_S)
+    plan = steady_traffic(OUTAGE_USERS, rounds, PER_ROUND)
+    with private_stack(data_dir, server) as (rt, settings):
+        worker = start_worker(rt, data_dir, "worker-1", **settings)
+        target = {"redis": rt.redis, "broker": rt.broker}[server]
+        assert worker.proc is not None and target is not None
+        traffic = Traffic(rt, settings["topic_prefix"], plan.rounds, gap_s=ROUND_S).start()
+
+        def alive() -> bool:
+            return worker.proc is not None and worker.proc.poll() is None
+
+        try:
+            time.sleep(before_s)
+            rounds_at = {"down": traffic.rounds_sent}
+            target.pause()
+            health_during = []
+            try:
+                deadline = time.monotonic() + down_s
+                while time.monotonic() < deadline:
+                    health_during.append(worker.health())
+                    time.sleep(1.0)
+                metrics_during = metrics_or_empty(worker)
+            finally:
+                target.resume()
+            rounds_at["up"] = traffic.rounds_sent
+            traffic.join(after_s + 120)
+            assert not traffic.failed, f"the producer gave up on {len(traffic.failed)}: {traffic.failed[:3]}"
+            acked = {doc["event_id"] for _, doc in traffic.acked if doc["event_id"] in plan.requests}
+            reader = RawReader(rt, settings["topic_prefix"] + "decisions")
+            features = FeatureReader(rt, settings["app_id"])
+
+            def totals() -> dict[str, dict[str, float]]:
+                return {u: {c: features.total(u, c) for c in ("pv", "ck")} for u in plan.counts}
+
+            def done() -> bool:  # every request decided and every event in the features, or the worker died
+                reader.poll()
+                decided = acked <= {d["request_event_id"] for d in reader.json()}
+                counted = all(t[c] >= plan.counts[u][c] for u, t in totals().items() for c in t)
+                return not alive() or (decided and counted)
+
+            with contextlib.suppress(AssertionError):  # on timeout the tests below say what is missing
+                wait_for(done, 60, "every request decided and every event counted", every_s=0.5)
+            reader.read_until_quiet(quiet_s=1.0, timeout_s=10)
+            return OutageRun(
+                plan, acked, rounds_at, worker.proc.pid, worker.proc.pid if alive() else None, health_during,
+                worker.health(), metrics_during, metrics_or_empty(worker), reader.json(), totals(),
+            )
+        finally:
+            traffic.stop()
+            worker.stop()
+
+
+def lost_updates(run: OutageRun) -> dict[str, tuple[dict, dict]]:
+    """Users whose counters differ from the events sent: (got, want)."""
+    out = {}
+    for user, counts in run.plan.counts.items():
+        want = {c: float(counts.get(c, 0)) for c in ("pv", "ck")}
+        if run.totals[user] != want:
+            out[user] = (run.totals[user], want)
+    return out
+
+
+REDIS_DOWN_S = 30.0
+TIMER_CRASH = ("engine bug: the follow_rollbacks/save_snapshot timers (streams/app.py) let a Redis TimeoutError "
+               "escape, and Faust crashes the worker ('Crashed reason=network:TimeoutError'). Fix proposed in "
+               "the fault-tests report.")
+CIRCUIT_STUCK = ("engine bug: Engine._apply re-arms the 1 s circuit breaker when the circuit itself refuses a "
+                 "batch, so under steady traffic it never closes (fallbacks forever); and kept updates are "
+                 "replayed only when new events arrive. Fix proposed in the fault-tests report.")
+
+
+@pytest.fixture(scope="module")
+def redis_outage(tmp_path_factory: pytest.TempPathFactory) -> OutageRun:
+    return run_outage(tmp_path_factory, "redis", REDIS_DOWN_S)
+
+
+@pytest.mark.xfail(strict=True, reason=TIMER_CRASH)
+def test_redis_outage_gets_fallback_decisions_marked_as_such(redis_outage: OutageRun) -> None:
+    run = redis_outage
+    by_request = run.decisions_by_request()
+    assert run.acked_requests == set(run.plan.requests)
+    assert not set(run.plan.requests) - set(by_request), "some requests got no decision"
+    # Requests sent well inside the outage (after the client's 2 s timeout, before the last 4 s) fall back.
+    inside = run.requests_of(run.rounds_at["down"] + int(3 / ROUND_S), run.rounds_at["up"] - int(4 / ROUND_S))
+    assert len(inside) > 1000
+    for request in inside:
+        for d in by_request[request]:
+            assert (d["mode"], d["trace"].get("fallback")) == ("fallback", "feature_store_unavailable"), d
+            assert d["action"] == "none"  # home_hero's default action
+    # Before the outage the engine decided normally.
+    before = run.requests_of(0, run.rounds_at["down"] - 2)
+    assert before and all(d["mode"] != "fallback" for r in before for d in by_request[r])
+    assert metric_sum(run.metrics_during, "cadence_feature_store_errors_total") > 0
+    assert metric_sum(run.metrics_during, "cadence_decisions_total", mode="fallback") > 0
+
+
+@pytest.mark.xfail(strict=True, reason=TIMER_CRASH + " " + CIRCUIT_STUCK)
+def test_worker_survives_a_redis_outage_and_recovers_by_itself(redis_outage: OutageRun) -> None:
+    run = redis_outage
+    assert run.pid_after == run.pid_before, "the worker process exited"
+    assert run.health_during and all(h is not None and h["status"] == "ok" for h in run.health_during)
+    assert run.health_after is not None and run.health_after["ready"]
+    # Requests sent from 5 s after Redis returned are decided normally again.
+    after = run.requests_of(run.rounds_at["up"] + int(5 / ROUND_S), len(run.plan.rounds) - 1)
+    by_request = run.decisions_by_request()
+    assert after and all(d["mode"] != "fallback" for r in after for d in by_request[r])
+
+
+@pytest.mark.xfail(strict=True, reason=TIMER_CRASH + " " + CIRCUIT_STUCK)
+def test_no_feature_update_is_silently_lost_in_a_redis_outage(redis_outage: OutageRun) -> None:
+    run = redis_outage
+    wrong = lost_updates(run)
+    reported = metric_sum(run.metrics_after, "cadence_feature_updates_lost_total")
+    missing = sum(want[c] - got[c] for got, want in wrong.values() for c in want if got[c] < want[c])
+    extra = {u: gw for u, gw in wrong.items() if any(gw[0][c] > gw[1][c] for c in gw[1])}
+    assert not extra, f"{len(extra)} users counted events twice (got, want), e.g. {list(extra.items())[:3]}"
+    assert missing == reported, f"{missing:.0f} updates missing from features, {reported:.0f} reported lost"
+    assert metric_sum(run.metrics_after, "cadence_feature_updates_replayed_total") > 0
+    assert metric_sum(run.metrics_after, "cadence_feature_updates_pending") == 0
+
+
+BROKER_DOWN_S = 20.0
+
+
+@pytest.fixture(scope="module")
+def broker_outage(tmp_path_factory: pytest.TempPathFactory) -> OutageRun:
+    return run_outage(tmp_path_factory, "broker", BROKER_DOWN_S)
+
+
+def test_worker_survives_a_broker_outage_without_restart(broker_outage: OutageRun) -> None:
+    run = broker_outage
+    assert run.pid_after == run.pid_before, "the worker process exited"
+    assert run.health_during and all(h is not None for h in run.health_during), "/health stopped answering"
+    assert run.health_after is not None and run.health_after["ready"]
+
+
+def test_every_request_sent_through_a_broker_outage_gets_a_decision(broker_outage: OutageRun) -> None:
+    run = broker_outage
+    assert run.acked_requests == set(run.plan.requests)  # the producer got every event through
+    by_request = run.decisions_by_request()
+    missing = sorted(run.acked_requests - set(by_request))
+    assert not missing, f"{len(missing)} of {len(run.acked_requests)} requests got no decision, e.g. {missing[:5]}"
+    for request, decisions in by_request.items():
+        assert {d["decision_id"] for d in decisions} == {decision_id_for(request, run.plan.requests[request])}
+    assert not lost_updates(run), "features differ from the events sent"
