@@ -1,0 +1,231 @@
+"""River models in the live engine: after learning on a seeded stream, scores appear in decisions and in
+/profile, are sensible (higher propensity where conversions happen, higher churn risk for customers who
+leave), model metrics and drifts reach /metrics, and snapshots and the published scorer carry the models."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from prometheus_client.parser import text_string_to_metric_families
+
+from bandits import make_policy
+from cadence.metrics import Metrics
+from cadence.runtime import Runtime
+from cadence.settings import DEFAULT_CATALOGUE
+from engine.processor import Engine, EngineConfig, RawMessage
+from features.context import CONTEXT_DIM
+from features.erasure import user_digest
+from features.store import RedisFeatureStore
+from learning.label_join import JoinConfig
+from learning.live_models import LiveModels, ModelConfig
+from learning.model_exchange import ModelExchange
+from learning.snapshots import SnapshotInfo, SnapshotStore
+from learning.state import LearnedState
+from policy.catalogue import load_catalogue
+from policy.pipeline import PolicyContext
+from tests.helpers import T0, TopicReader, event, produce, start_worker
+
+pytestmark = pytest.mark.integration
+BEST = "offer_bundle"
+DAY = 86400.0
+
+
+def messages(docs: list[dict]) -> list[RawMessage]:
+    return [RawMessage("web-events", 0, i, orjson.dumps(d)) for i, d in enumerate(docs)]
+
+
+def in_process_engine(rt: Runtime, namespace: str) -> Engine:
+    """An engine on the real Redis that shows offers uniformly at random (ε = 1) and trains the models."""
+    client = aioredis.Redis.from_url(rt.redis_url or "")
+    store = RedisFeatureStore(client, namespace, ttl_s=30 * 86400, dedup_ring=16)
+    ctx = PolicyContext(load_catalogue(DEFAULT_CATALOGUE))
+    config = ModelConfig(join=JoinConfig(window_s=1800.0, grace_s=60.0), churn_horizon_s=DAY,
+                         churn_sample_every_s=6 * 3600.0, min_samples=50)
+    models = LiveModels(config, 0.1, ctx.catalogue.value_scale)
+    models.training = True
+    policy = make_policy("egreedy", CONTEXT_DIM, seed=3, epsilon=1.0)
+    return Engine(store, ctx, policy, Metrics(), EngineConfig(), models=models)
+
+
+async def seeded_stream(engine: Engine, exchange: ModelExchange, rng: np.random.Generator) -> int:
+    """Three days: vip customers visit every 30 min; 60 new ones visit once each, spread over the first 30
+    hours (at every hour of the day), and never come back. offer_bundle converts for vip customers 60 % of
+    the time; every other offer, or a new customer, 3 %."""
+    vip = [f"vip{i}" for i in range(12)]
+    decisions = 0
+    pending: list[dict] = []
+    for step in range(3 * 48):
+        ts = T0 + step * 1800.0
+        users = vip + ([f"new{step}"] if step < 60 else [])
+        docs = pending + [event(f"r{step}-{u}", user_id=u, ts=ts + i, device="mobile", consent=True,
+                                segment="vip" if u.startswith("vip") else "new") for i, u in enumerate(users)]
+        out = await engine.process(messages(docs))
+        engine.learn(out.learning)
+        pending = []
+        for d in out.decisions:
+            decisions += 1
+            p = 0.6 if (d.action == BEST and d.user_id.startswith("vip")) else 0.03
+            if d.action.startswith("offer_") and rng.random() < p:
+                pending.append(event(f"c-{d.decision_id}", user_id=d.user_id, etype="conversion", ts=d.ts + 120,
+                                     decision_id=d.decision_id, revenue=float(rng.uniform(20, 40))))
+        batch = engine.models.take_churn_labels()
+        if batch is not None:
+            await exchange.push_churn(batch)
+        engine.models.add_churn_labels(await exchange.pop_churn())
+        while engine.models.train(1000):
+            pass
+    return decisions
+
+
+def test_scores_learned_in_the_engine_are_sensible_published_exported_and_snapshotted(runtime: Runtime) -> None:
+    namespace = f"models{uuid.uuid4().hex[:8]}"
+    engine = in_process_engine(runtime, namespace)
+    client = engine.store.client
+    exchange = ModelExchange(client, namespace)
+
+    async def go():  # noqa: ANN202
+        decided = await seeded_stream(engine, exchange, np.random.default_rng(4))
+        scorer = engine.models.publish()  # what the snapshot leader does with every snapshot
+        await exchange.publish(scorer)
+        follower = LiveModels(engine.models.config, 0.1, engine.catalogue.value_scale)
+        follower.use(await exchange.newer_scorer(None))
+        assert await exchange.newer_scorer(scorer.version) is None  # nothing new since
+        store = SnapshotStore(client, namespace)
+        await store.save(LearnedState(engine.policy, engine.models.models).pack(),
+                         SnapshotInfo(0, engine.policy.name, engine.policy.version))
+        _, blob = await store.load()
+        later = T0 + 3 * DAY + 600
+        out = await engine.process(messages([event(f"q{i}", user_id=f"vip{i}", ts=later + i, device="mobile",
+                                                    consent=True, segment="vip") for i in range(12)]))
+        profiles = {u: engine.profile_scores(await engine.store.read(u), later) for u in ("vip0", "new0")}
+        return decided, scorer, follower, blob, out, profiles
+
+    decided, scorer, follower, blob, out, profiles = asyncio.run(go())
+    counts = engine.models.models.samples()
+    assert decided > 1500 and counts["propensity"] > 1500 and counts["value"] > 50 and counts["churn"] >= 60
+    assert scorer.ready == {"propensity", "churn", "value"}
+
+    # Decisions carry the scores of the published version, for the action they show.
+    for d in out.decisions:
+        scores = d.trace["scores"]
+        assert scores["model_version"] == scorer.version and set(scores) >= {"propensity", "churn_risk", "value"}
+    # /profile's scores: the offer that converts comes first for a vip customer; the one who left is at risk.
+    vip, gone = profiles["vip0"], profiles["new0"]
+    assert max(vip["propensity"], key=vip["propensity"].get) == BEST
+    assert vip["propensity"][BEST] > 0.3 > max(p for a, p in vip["propensity"].items() if a != BEST)
+    assert gone["churn_risk"] > 0.5 > vip["churn_risk"]
+    assert 20.0 < vip["value"] < 45.0
+
+    # The other workers load the published scorer and score exactly alike; the snapshot keeps the models.
+    x = np.asarray(out.learning[0].x)
+    actions = list(engine.catalogue.actions)
+    assert follower.scorer.score(x, actions) == scorer.score(x, actions)
+    restored = LiveModels(engine.models.config, 0.1, engine.catalogue.value_scale)
+    restored.replace(LearnedState.unpack(blob).models)
+    assert restored.scorer.score(x, actions) == pytest.approx(scorer.score(x, actions), rel=1e-12)
+
+    # Metrics and drift counts, as /metrics shows them.
+    engine.models.export(engine.metrics)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(engine.metrics.exposition().decode()) for s in f.samples}
+    assert 0.0 < samples[("cadence_model_metric", (("metric", "log_loss"), ("model", "propensity")))] < 1.0
+    assert samples[("cadence_model_metric", (("metric", "roc_auc"), ("model", "propensity")))] > 0.6
+    assert samples[("cadence_model_drifts_total", (("model", "churn"),))] == engine.models.models.drifts()["churn"]
+    assert samples[("cadence_model_samples_learned_total", (("model", "value"),))] == counts["value"]
+
+    # Erasure drops the customer's churn watch.
+    watched = engine.models.stats()["watched_customers"]
+    engine.erased = {user_digest("vip0")}
+    assert engine.models.stats()["watched_customers"] == watched - 1
+
+
+# -- a real worker: Kafka in, HTTP out ---------------------------------------------------------------------
+API = "models-token"
+
+
+def get(worker, path: str, **params: object) -> dict:  # noqa: ANN001
+    req = urllib.request.Request(f"{worker.url}{path}?{urllib.parse.urlencode(params)}")
+    req.add_header("Authorization", f"Bearer {API}")
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return orjson.loads(resp.read())
+
+
+def wait_for(check, timeout_s: float, what: str):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_worker_shows_scores_in_decide_and_profile_and_exports_model_metrics(
+    runtime: Runtime, isolated: dict[str, str], data_dir: Path
+) -> None:
+    prefix = isolated["topic_prefix"]
+    worker = start_worker(runtime, data_dir, "models-1", api_token=API, snapshot_interval_s="1", policy="egreedy",
+                          policy_epsilon="1", holdout_share="0", **isolated)
+    try:
+        rng = np.random.default_rng(6)
+        reader = TopicReader(runtime, prefix + "decisions")
+        requests = [event(f"m{i}", user_id=f"w{i}", ts=T0 + 18.0 * i, device="desktop", segment="loyal",
+                          consent=True) for i in range(700)]  # 3.5 hours of event time
+        for start in range(0, len(requests), 100):
+            chunk = requests[start:start + 100]
+            produce(runtime, prefix + "web-events", chunk)
+            wanted = {e["event_id"] for e in chunk}
+            got = reader.read_until(lambda recs, w=wanted: w <= {d["request_event_id"] for d in recs})
+            conversions = [event(f"cv-{d['decision_id']}", user_id=d["user_id"], etype="conversion", ts=d["ts"] + 90,
+                                 decision_id=d["decision_id"], revenue=float(rng.uniform(20, 40)))
+                           for d in got if d["request_event_id"] in wanted
+                           and rng.random() < (0.9 if d["action"] == BEST else 0.1)]
+            produce(runtime, prefix + "web-events", conversions)
+        reader.close()
+
+        def scored() -> dict | None:
+            d = get(worker, "/decide", user_id="fresh", placement="home_hero", ts=T0 + 4 * 3600,
+                    request_id=f"probe-{time.monotonic_ns()}", device="desktop", segment="loyal")
+            return d if "propensity" in d["trace"].get("scores", {}) else None
+
+        decision = wait_for(scored, 60, "decisions with model scores")
+        assert decision["trace"]["scores"]["model_version"] > 0
+        profile = get(worker, "/profile", user_id="w5", ts=T0 + 4 * 3600)
+        assert profile["features"]
+        assert profile["scores"]["model_version"] >= decision["trace"]["scores"]["model_version"]
+        propensity = profile["scores"]["propensity"]
+        assert max(propensity, key=propensity.get) == BEST, propensity
+
+        exported = (r'^cadence_model_metric\{metric="log_loss",model="propensity"\} 0\.\d+',
+                    r'^cadence_model_drifts_total\{model="propensity"\} \d', r"^cadence_model_version [1-9]")
+        wait_for(lambda: all(re.search(p, worker.metrics_text(), re.M) for p in exported), 5,  # exported each second
+                 "model metrics on /metrics")
+        assert (worker.health() or {}).get("snapshot") is not None
+    finally:
+        worker.stop()
+
+    async def latest_models():  # noqa: ANN202
+        client = aioredis.Redis.from_url(runtime.redis_url or "")
+        found = await SnapshotStore(client, isolated["app_id"]).load()
+        await client.aclose()
+        return LearnedState.unpack(found[1]).models
+
+    saved = asyncio.run(latest_models())
+    assert saved is not None and saved.version > 0
+    restarted = start_worker(runtime, data_dir, "models-2", api_token=API, **isolated)
+    try:  # a worker that starts decides with the models of the latest snapshot
+        again = get(restarted, "/profile", user_id="w5", ts=T0 + 4 * 3600)
+        assert again["scores"]["model_version"] == saved.version
+        assert max(again["scores"]["propensity"], key=again["scores"]["propensity"].get) == BEST
+    finally:
+        restarted.stop()
