@@ -6,6 +6,7 @@ Pure functions and small records, no Kafka: the benchmark polls counters and han
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
 from collections import Counter
@@ -87,39 +88,58 @@ def histogram(text: str, name: str) -> Histogram:
     return h
 
 
-def _crossing(samples: Sequence[tuple[float, float]], level: float) -> float | None:
-    """Time at which the count reached ``level``, interpolated between two polls."""
-    for (t0, c0), (t1, c1) in zip(samples, samples[1:], strict=False):
-        if c0 < level <= c1:
-            return t0 + (level - c0) / (c1 - c0) * (t1 - t0)
+def _crossing(samples: Sequence[tuple[float, float, float]], level: float, at: int = 0) -> float | None:
+    """Time (``at=0``) or CPU time (``at=2``) when the count reached ``level``, interpolated between polls."""
+    for s0, s1 in zip(samples, samples[1:], strict=False):
+        if s0[1] < level <= s1[1]:
+            return s0[at] + (level - s0[1]) / (s1[1] - s0[1]) * (s1[at] - s0[at])
     return None
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc (0.0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def drain_rate(count: Callable[[], float], total: int, timeout_s: float,
-               on_sample: Callable[[float], None] | None = None) -> dict[str, Any]:
-    """Poll ``count()`` until it reaches ``total``; the rate between 10 % and 90 % of ``total``."""
-    samples: list[tuple[float, float]] = []
+               on_sample: Callable[[float], None] | None = None,
+               cpu: Callable[[], float] = lambda: 0.0) -> dict[str, Any]:
+    """Poll ``count()`` until it reaches ``total``; the rate between 10 % and 90 % of ``total``, and the CPU
+    time ``cpu()`` went up by per event over the same stretch (robust to other work on the machine)."""
+    samples: list[tuple[float, float, float]] = []
     started = last_progress = time.monotonic()
     while True:
-        now, done = time.monotonic(), count()
+        now, done, used = time.monotonic(), count(), cpu()
         if samples and done > samples[-1][1]:
             last_progress = now
-        samples.append((now, done))
+        samples.append((now, done, used))
         if on_sample:
             on_sample(done)
         if done >= total or now - started > timeout_s or now - last_progress > STALL_S:
             break
         time.sleep(POLL_S)
-    t_low, t_high = _crossing(samples, LOW * total), _crossing(samples, HIGH * total)
-    first = next((t for t, c in samples if c > 0), None)
+    low, high = LOW * total, HIGH * total
+    t_low, t_high = _crossing(samples, low), _crossing(samples, high)
+    c_low, c_high = _crossing(samples, low, at=2), _crossing(samples, high, at=2)
+    first = next((t for t, c, _ in samples if c > 0), None)
     end = _crossing(samples, total)
     complete = samples[-1][1] >= total
     if t_low is not None and t_high is not None and t_high > t_low:
         rate = (HIGH - LOW) * total / (t_high - t_low)
     else:  # did not get far enough: the average since the first message, flagged as incomplete
         rate = samples[-1][1] / (samples[-1][0] - first) if first and samples[-1][0] > first else 0.0
+    cpu_us = (c_high - c_low) / (high - low) * 1e6 if c_low is not None and c_high is not None else None
+    crossings = [_crossing(samples, k / 10 * total) for k in range(1, 11)]
+    by_decile = [round(0.1 * total / (b - a)) if a is not None and b is not None and b > a else None
+                 for a, b in zip(crossings, crossings[1:], strict=False)]
     return {"events_per_s": round(rate, 1), "consumed": samples[-1][1], "complete": complete,
-            "first_to_last_s": round(end - first, 2) if end and first else None}
+            "cpu_us_per_event": round(cpu_us, 1) if cpu_us else None,
+            "first_to_last_s": round(end - first, 2) if end and first else None,
+            "rate_by_decile": by_decile}  # 10-20 %, 20-30 % … of the backlog: shows a slowdown over time
 
 
 def percentiles(values: Sequence[float], qs: Sequence[float]) -> dict[str, float | None]:
