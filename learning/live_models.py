@@ -250,14 +250,14 @@ class LiveModels:
         drifts_before = models.drifts()
         while backlog and n < max_labels:
             lb = backlog.popleft()
-            features = model_features(lb.x)
-            if lb.model == "propensity":
-                sample = ModelSample.conversion(features, lb.action or "", int(lb.target), lb.ts)
-            elif lb.model == "value":
-                sample = ModelSample.revenue(features, lb.target, lb.ts)
-            else:
-                sample = ModelSample.churn(features, int(lb.target), lb.ts)
             try:
+                features = model_features(lb.x)
+                if lb.model == "propensity":
+                    sample = ModelSample.conversion(features, lb.action or "", int(lb.target), lb.ts)
+                elif lb.model == "value":
+                    sample = ModelSample.revenue(features, lb.target, lb.ts)
+                else:
+                    sample = ModelSample.churn(features, int(lb.target), lb.ts)
                 models.learn_one(sample)
             except ValueError as exc:  # e.g. a context of another size from an older engine
                 log.error("model label skipped (%s): %s", lb.model, exc)
