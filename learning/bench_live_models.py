@@ -15,6 +15,7 @@ import asyncio
 import json
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import orjson
@@ -80,8 +81,8 @@ def trained_models(training: bool) -> LiveModels:
 
 def engine(models: LiveModels | None) -> Engine:
     ctx = PolicyContext(load_catalogue(DEFAULT_CATALOGUE))
-    return Engine(MemoryStore(), ctx, make_policy("linucb", CONTEXT_DIM, seed=1), Metrics(), EngineConfig(),
-                  models=models)  # type: ignore[arg-type]
+    store: Any = MemoryStore()
+    return Engine(store, ctx, make_policy("linucb", CONTEXT_DIM, seed=1), Metrics(), EngineConfig(), models=models)
 
 
 def requests(n: int, users: int = 2000) -> list[RawMessage]:

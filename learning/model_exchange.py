@@ -34,7 +34,7 @@ class ModelExchange:
         if raw is None or (than is not None and int(raw) == than):
             return None
         blob = await self.client.hget(self.scorer_key, "blob")
-        return LiveScorer.from_json(blob) if blob is not None else None
+        return LiveScorer.from_json(blob.encode() if isinstance(blob, str) else blob) if blob is not None else None
 
     async def push_churn(self, batch: bytes) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
