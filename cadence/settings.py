@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     dedup_ring: int = Field(32, ge=1, le=256, description="Event ids remembered per user to drop duplicates.")
 
     policy: str = Field("linucb", description="Bandit policy: linucb, lints or egreedy.")
-    policy_alpha: float = Field(0.2, ge=0, description="Exploration width of LinUCB / scale of LinTS.")
+    policy_alpha: float = Field(0.1, ge=0, description="Exploration width of LinUCB / scale of LinTS.")
     shadow_policy: str = Field(
         "", description="A challenger policy (linucb, lints, egreedy) run in shadow: logged to 'shadow', never shown."
     )
