@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -54,6 +55,7 @@ PREFIX = "e2e."
 APP_ID = "bench-e2e"
 LATENCY_METRIC = "cadence_event_to_decision_seconds"
 PY_SPY = Path(sys.executable).with_name("py-spy")
+STOP = threading.Event()  # set by Ctrl-C / SIGTERM
 
 
 @dataclass(frozen=True)
@@ -115,8 +117,8 @@ def preload(bootstrap: str, events: Sequence[LoadEvent]) -> float:
     started = time.perf_counter()
     for e in events:
         producer.send(PREFIX + e.out.topic, key=e.out.key, value=e.out.value)
-    producer.flush()
-    producer.close()
+    producer.flush(timeout=120)
+    producer.close(timeout=5)
     return len(events) / (time.perf_counter() - started)
 
 
@@ -211,7 +213,7 @@ def latency_phase(bootstrap: str, worker: WorkerProcess, events: Sequence[LoadEv
 
     with DecisionWatcher(bootstrap, PREFIX + DECISIONS) as watcher:
         marks = {"warm": plan.warmup_s, "profile": plan.warmup_s + 1.0}
-        run = send_paced(bootstrap, PREFIX, events, rate, marks, on_mark)
+        run = send_paced(bootstrap, PREFIX, events, rate, marks, on_mark, should_stop=STOP.is_set)
         lag_at_end = len(events) - (engine_count(worker) - consumed_before)
         wanted = [e.event_id for e in events[run.marks.get("warm", 0):] if e.requests_decision]
         consumed_target = consumed_before + len(events)
@@ -339,7 +341,9 @@ def run(plan: Plan, data_dir: Path, profile_dir: Path | None) -> dict[str, Any]:
 
 
 def _interrupt(*_: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM stops the run like Ctrl-C: every child is stopped on the way out
+    """Ctrl-C and SIGTERM: stop the run; every child is stopped on the way out (``finally`` blocks)."""
+    STOP.set()
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -355,6 +359,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {"events": args.events, "rate": args.rate, "listpack_value": args.listpack_value}
     plan = Plan(**{**asdict(QUICK if args.quick else FULL), **{k: v for k, v in overrides.items() if v}})
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     data_dir = Path(tempfile.mkdtemp(prefix="cadence-bench-e2e-"))
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)

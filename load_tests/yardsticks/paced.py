@@ -7,7 +7,10 @@ The watcher reads the decisions topic by manual assignment from its end, with a 
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
+import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +24,9 @@ from load_tests.yardsticks.load import LoadEvent
 
 def _watch(bootstrap: str, topic: str, ready: mp.synchronize.Event, stop: mp.synchronize.Event,
            conn: Connection) -> None:
+    parent = os.getppid()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us (stop event), or we see it gone
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=5,
                              fetch_min_bytes=1)
     parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
@@ -30,7 +36,7 @@ def _watch(bootstrap: str, topic: str, ready: mp.synchronize.Event, stop: mp.syn
         consumer.position(tp)  # resolve the end offsets now, before anything is produced
     ready.set()
     arrivals: dict[str, float] = {}
-    while not stop.is_set():
+    while not stop.is_set() and os.getppid() == parent:
         for records in consumer.poll(timeout_ms=50, max_records=5000).values():
             now = time.time()
             for rec in records:
@@ -81,7 +87,8 @@ class PacedRun:
 
 
 def send_paced(bootstrap: str, prefix: str, events: Sequence[LoadEvent], rate: float, marks: dict[str, float],
-               on_mark: Callable[[str], None] | None = None) -> PacedRun:
+               on_mark: Callable[[str], None] | None = None, should_stop: Callable[[], bool] = lambda: False,
+               ) -> PacedRun:
     """Send ``events`` at ``rate`` per second (a burst every millisecond). ``marks`` name elapsed seconds;
     at each, ``on_mark(name)`` is called and the index of the next event is noted in ``PacedRun.marks``."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, acks=1)
@@ -90,6 +97,8 @@ def send_paced(bootstrap: str, prefix: str, events: Sequence[LoadEvent], rate: f
     i = 0
     try:
         while i < len(events):
+            if should_stop():
+                raise KeyboardInterrupt  # in case a library swallowed the one the signal raised
             elapsed = time.perf_counter() - started
             while pending and elapsed >= pending[0][1]:
                 name = pending.pop(0)[0]
@@ -103,8 +112,9 @@ def send_paced(bootstrap: str, prefix: str, events: Sequence[LoadEvent], rate: f
                 producer.send(prefix + e.out.topic, key=e.out.key, value=e.out.value)
                 i += 1
             time.sleep(0.001)
-        producer.flush()
+        producer.flush(timeout=30)
         run.send_s = time.perf_counter() - started
     finally:
-        producer.close()
+        with contextlib.suppress(Exception):  # never wait for ever on a broker that is gone
+            producer.close(timeout=5)
     return run
