@@ -77,6 +77,22 @@ class Settings(BaseSettings):
     holdout_salt: str = Field("cadence-1", min_length=1, description="Change it to draw a new control group.")
     bid_multiplier_low: float = Field(0.5, gt=0, description="Lowest bid multiplier sent on bid-signals.")
     bid_multiplier_high: float = Field(2.0, gt=0, description="Highest bid multiplier sent on bid-signals.")
+    models_enabled: bool = Field(True, description="Score with and train the River models (propensity, churn, value).")
+    models_label_window_s: float = Field(
+        3600.0, gt=0, description="A conversion this long after a decision counts as a positive for propensity."
+    )
+    models_label_grace_s: float = Field(
+        300.0, ge=0, description="Extra wait before an unconverted exposure is learned as a negative."
+    )
+    models_pending_max: int = Field(100_000, ge=1, description="Exposures waiting for their label per worker (~300 B each).")
+    models_exposure_share: float = Field(1.0, gt=0, le=1, description="Share of exposures the models learn from.")
+    models_churn_horizon_s: float = Field(1209600.0, gt=0, description="Silent this long after an activity = churned.")
+    models_churn_sample_every_s: float = Field(
+        86400.0, ge=0, description="A busy customer yields about one 'stayed' label per this long."
+    )
+    models_churn_watch_max: int = Field(200_000, ge=1, description="Customers watched for churn per worker.")
+    models_churn_share: float = Field(1.0, gt=0, le=1, description="Share of customers watched for churn.")
+    models_min_samples: int = Field(100, ge=0, description="Samples a model needs before its scores are shown.")
     snapshot_interval_s: float = Field(
         30.0, gt=0, description="How often the leading worker saves the learned state to Redis."
     )

@@ -93,7 +93,8 @@ def _segment(a: Action, r: Request) -> bool:
 def _score(a: Action, r: Request) -> bool:
     if a.min_score is None:
         return True
-    s = r.scores.get(a.min_score.score)
+    # "propensity" means this action's own propensity ("propensity:<action id>"), other names as they are
+    s = r.scores.get(f"{a.min_score.score}:{a.id}", r.scores.get(a.min_score.score))
     return s is not None and s >= a.min_score.min
 
 

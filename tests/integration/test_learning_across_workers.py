@@ -99,7 +99,7 @@ def test_what_one_worker_learns_improves_the_other(runtime: Runtime, isolated: d
         # First visits of distinct users (the context of b's users below), all within the same hour.
         requests = train(runtime, prefix, users_on(part_a, 1500, "a"), rounds=6, per_round=250)
         assert metric(b, "cadence_events_consumed_total") == 0  # b never saw a training event
-        learned = settled_version(a, at_least=requests)
+        learned = settled_version(a, at_least=int(requests * 0.9))
         wait_for(lambda: (b.health() or {}).get("policy_version") == learned, 30, "b to apply all of a's samples")
 
         queries = [event(f"q{i}", user_id=u, ts=T0 + requests + i, **CONTEXT)
@@ -125,7 +125,7 @@ def test_a_restarted_worker_resumes_from_the_latest_snapshot(runtime: Runtime, i
     first = start_worker(runtime, data_dir, "worker-1", **settings)
     try:
         requests = train(runtime, prefix, [f"u{i}" for i in range(50)], rounds=2, per_round=200)
-        version = settled_version(first, at_least=requests)
+        version = settled_version(first, at_least=int(requests * 0.9))  # holdout decisions teach no action
         time.sleep(2.5)  # a snapshot (every second) that includes everything
     finally:
         first.stop()
