@@ -306,8 +306,9 @@ def engine_core(redis_url: str, backlog: Sequence[LoadEvent], batch: int) -> dic
             "redis_wait_us_per_event": round(redis_s / len(raw) * 1e6, 1)}
 
 
-def run(plan: Plan, data_dir: Path, profile_dir: Path | None) -> dict[str, Any]:
-    report: dict[str, Any] = {"plan": asdict(plan), "cpus": os.cpu_count(), "load_at_start": load_now()}
+def run(plan: Plan, data_dir: Path, profile_dir: Path | None, report: dict[str, Any]) -> None:
+    """Every phase in turn, filling ``report`` as it goes (so a failure still leaves the phases done)."""
+    report.update(plan=asdict(plan), cpus=os.cpu_count(), load_at_start=load_now())
     mix = EventMix(load_catalogue(DEFAULT_CATALOGUE), plan.users, plan.seed)
     backlog = mix.take(plan.events)
     users = len({e.user_id for e in backlog})
@@ -331,13 +332,15 @@ def run(plan: Plan, data_dir: Path, profile_dir: Path | None) -> dict[str, Any]:
             procs.append(naive)
             report["naive"] = drain("naive", naive, naive.count, plan.events, plan.drain_timeout_s)
             naive.stop()
-            report["engine_core"] = engine_core(rt.redis_url or "", backlog[: plan.core_events], batch=200)
+            try:
+                report["engine_core"] = engine_core(rt.redis_url or "", backlog[: plan.core_events], batch=200)
+            except Exception as exc:  # the engine's own code in this process: report it, keep the rest
+                report["engine_core"] = {"error": f"{type(exc).__name__}: {exc}"}
             say(f"  engine core (no Kafka, no Faust): {report['engine_core']['events_per_s']:,.0f} events/s")
         finally:
             for p in procs:
                 p.stop()
     report["load_at_end"] = load_now()
-    return report
 
 
 def _interrupt(*_: object) -> None:
@@ -363,9 +366,9 @@ def main(argv: list[str] | None = None) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="cadence-bench-e2e-"))
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-    ok = False
+    ok, report = False, {}
     try:
-        report = run(plan, data_dir, args.profile)
+        run(plan, data_dir, args.profile, report)
         ok = True
     except KeyboardInterrupt:
         sys.exit("bench: interrupted; every process it started has been stopped")
@@ -376,6 +379,10 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(data_dir, ignore_errors=True)
         else:
             say(f"bench: logs in {data_dir}")
+            if args.json and report:
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps({**report, "incomplete": True}, indent=2))
+                say(f"bench: the phases done so far are in {args.json}")
     report["ratios"], report["targets"] = ratios(report), TARGETS
     report["warnings"] = warnings(report)
     if args.profile:
