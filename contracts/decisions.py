@@ -103,6 +103,12 @@ class LearningSample:
     placement: str = ""
     ts: float = 0.0
     mode: str = "exploit"  # the decision's mode; "holdout" samples measure the control group only
+    reward_type: str = ""  # "click" or "conversion" for rewards
+
+    @property
+    def key(self) -> str:
+        """Identifies the sample: a decision has one exposure and one reward per reward type."""
+        return f"{self.decision_id}:{self.kind}:{self.reward_type}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -115,6 +121,7 @@ class LearningSample:
             "placement": self.placement,
             "ts": self.ts,
             "mode": self.mode,
+            "reward_type": self.reward_type,
         }
 
     def to_json(self) -> bytes:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from contracts.events import Event
 from engine.pending import PendingDecision
 
 
-class Credit(str, Enum):
+class Credit(StrEnum):
     CREDITED = "credited"
     NO_DECISION = "no_decision"  # nothing pending matches (never decided, or superseded)
     ALREADY_CREDITED = "already_credited"

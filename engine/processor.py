@@ -28,6 +28,7 @@ from engine.bids import BidSignaller
 from engine.decide import POLICY_STATE_FIELD, decide, fallback, policy_state_of
 from engine.lift import LiftTracker
 from engine.pending import PENDING_PREFIX, pending_decisions
+from engine.replay import SeenKeys, decision_never_stored, replayed_decision, replayed_reward
 from features.context import build_context
 from features.erasure import user_digest
 from features.state import UserState
@@ -41,6 +42,10 @@ from policy.pipeline import PolicyContext
 log = logging.getLogger(__name__)
 # Decision requests that mean the customer is active (an email request is the email tool asking).
 ACTIVITY_TYPES = frozenset({"page_view", "ad_request"})
+
+
+class CircuitOpen(FeatureStoreError):
+    """The store failed less than a second ago: not tried, so the caller answers at once."""
 
 
 @dataclass(slots=True)
@@ -92,6 +97,7 @@ class Engine:
         self.watermark = 0.0
         self.learned_offsets: dict[int, int] = {}  # learning-topic partition -> next offset applied
         self.learned_watermark = 0.0
+        self._seen = SeenKeys()  # keys of learning samples applied recently
         self._unapplied: deque[FeatureUpdate] = deque()  # updates to replay once Redis answers again
         self._store_retry_at = 0.0  # monotonic time before which a failed store is not tried again
         self._replaying = asyncio.Lock()  # HTTP requests and the agent may both find updates to replay
@@ -162,6 +168,11 @@ class Engine:
         self.metrics.watermark.set(self.watermark)
         return events
 
+    async def flush_unapplied(self) -> None:
+        """Replay kept updates without waiting for new traffic (a timer calls this every second)."""
+        if self._unapplied and time.monotonic() >= self._store_retry_at and not await self._replay_unapplied():
+            self._store_retry_at = time.monotonic() + 1.0
+
     async def _replay_unapplied(self) -> bool:
         """Re-apply updates kept during an outage (idempotent: the dedup ring drops what did land)."""
         async with self._replaying:
@@ -201,13 +212,14 @@ class Engine:
         started = time.perf_counter()
         try:
             if time.monotonic() < self._store_retry_at:  # circuit open: answer fast, try again soon
-                raise FeatureStoreError("feature store unreachable a moment ago; retrying within a second")
+                raise CircuitOpen("feature store unreachable a moment ago; retrying within a second")
             if self._unapplied and not await self._replay_unapplied():
                 raise FeatureStoreError("feature store still unreachable (replaying earlier updates)")
             results = await self.store.apply(updates)
         except FeatureStoreError as exc:
             self.metrics.store_errors.labels("apply").inc()
-            self._store_retry_at = time.monotonic() + 1.0
+            if not isinstance(exc, CircuitOpen):  # only a real failure re-arms the breaker
+                self._store_retry_at = time.monotonic() + 1.0
             log.error("%s; %d events kept for replay, requests got fallback decisions", exc, len(events))
             self._keep_for_replay(updates)
             for event in events:
@@ -220,11 +232,12 @@ class Engine:
 
         writes: dict[str, dict[str, str]] = defaultdict(dict)
         for event, (applied, state) in zip(events, results, strict=True):
-            if not applied:
-                self.metrics.duplicates.inc()
-                continue
             if state is not None and writes.get(event.user_id):
                 state.fields.update(writes[event.user_id])  # decisions made earlier in this batch
+            if not applied:
+                self.metrics.duplicates.inc()
+                self._replay_duplicate(event, state, writes, out)
+                continue
             if event.kind.requests_decision:
                 self._decide(event, state, writes, out)
             elif event.kind.reward is not None:
@@ -240,6 +253,22 @@ class Engine:
             except FeatureStoreError as exc:
                 self.metrics.store_errors.labels("write").inc()
                 log.error("%s; pending decisions of %d users not stored", exc, len(writes))
+
+    def _replay_duplicate(self, event: Event, state: UserState | None, writes: dict, out: BatchOutput) -> None:
+        """A duplicate changes nothing, but its outputs may have been lost by a crash: send them again."""
+        if event.kind.requests_decision:
+            replay = replayed_decision(event, state, self.policy.name)
+            if replay is not None:
+                self._emit(replay[0], out)
+                out.learning.append(replay[1])
+            elif decision_never_stored(event, state):  # killed before the decision state was written
+                self._decide(event, state, writes, out)
+        elif event.kind.reward is not None:
+            sample = replayed_reward(event, state, self.config.click_reward, self.catalogue.value_scale)
+            if sample is not None:
+                out.learning.append(sample)
+            else:  # the credit itself may not have been stored: credit now (once, as ever)
+                self._credit(event, state, writes, out)
 
     def _without_erased(self, events: list[Event], out: BatchOutput) -> list[Event]:
         """Erased users get the default action and leave no trace in features or learning."""
@@ -320,6 +349,7 @@ class Engine:
                     placement=target.placement,
                     ts=event.ts,
                     mode=target.mode,
+                    reward_type=reward_type or "",
                 )
             )
 
@@ -333,6 +363,10 @@ class Engine:
         """Apply learning samples (all workers apply all of them); batched, per sample if a batch fails."""
         if positions:
             self.learned_offsets.update(positions)
+        fresh = [s for s in samples if self._seen.first_time(s.key)]  # replays after a crash: once only
+        if len(fresh) < len(samples):
+            self.metrics.learning_samples.labels("duplicate").inc(len(samples) - len(fresh))
+        samples = fresh
         usable = []
         for s in samples:
             self.lift.add(s)

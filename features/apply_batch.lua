@@ -19,7 +19,13 @@ for n, ev in ipairs(req.events) do
     if string.sub(ring, j, j + 7) == digest then dup = true; break end
   end
   if dup then
-    out[n] = 0
+    if want == 1 then  -- the state lets the engine re-emit what the first delivery may have lost
+      h['dd'] = nil
+      h['__dup'] = '1'
+      out[n] = h
+    else
+      out[n] = 0
+    end
   else
     local updates = {}
     local function put(field, value)

@@ -58,7 +58,8 @@ class RedisFeatureStore:
         out: list[tuple[bool, UserState | None]] = []
         for upd, result in zip(updates, orjson.loads(reply), strict=True):
             if isinstance(result, dict):
-                out.append((True, UserState(upd.user_id, result)))
+                applied = result.pop("__dup", None) is None
+                out.append((applied, UserState(upd.user_id, result)))
             else:
                 out.append((bool(result), None))
         return out

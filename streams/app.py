@@ -6,10 +6,12 @@ Agents decode nothing themselves: they hand raw messages to ``engine.Engine`` an
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -48,7 +50,7 @@ LEARNING_BATCH = 500  # samples per learning-topic message (~0.3 MB)
 def redis_client(settings: Settings) -> aioredis.Redis:
     assert settings.redis_url, "redis_url must be resolved before the app is built"
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
-    return aioredis.Redis.from_url(settings.redis_url, password=password, socket_timeout=2, socket_connect_timeout=1)
+    return aioredis.Redis.from_url(settings.redis_url, password=password, socket_timeout=0.5, socket_connect_timeout=0.5)
 
 
 def build_policy_context(settings: Settings, workers: int = 1) -> PolicyContext:
@@ -226,13 +228,23 @@ def create_app(settings: Settings) -> faust.App:
     register_views(app, engine, settings.api_token, settings.admin_token, emit, levers, erasures, tombstone,
                    settings.http_max_rps)
 
-    @app.task
-    async def learning_feed() -> None:
+    async def start_learning() -> dict[int, int] | None:
         status["generation"] = await snapshots.generation()
         await follow_shared_state()
         offsets = await load_snapshot()
         if engine.models is not None:  # the snapshot writer trains the models; take the lease now if free
             engine.models.training = await snapshots.try_lead(worker_id, settings.snapshot_interval_s * 3)
+        return offsets
+
+    @app.task
+    async def learning_feed() -> None:
+        while True:  # Redis may be away while the worker starts: wait for it rather than crash
+            try:
+                offsets = await start_learning()
+                break
+            except Exception as exc:
+                log.error("cannot read snapshots and levers yet (%s); retrying in 1 s", exc)
+                await asyncio.sleep(1.0)
         policy_ready.set()
         await follow_learning(
             settings.kafka_bootstrap or "", settings.topic(LEARNING), engine.learn, stop_learning,
@@ -250,7 +262,25 @@ def create_app(settings: Settings) -> faust.App:
             engine.models.replace(restored)
         engine.models.training = True
 
+    def survives(what: str) -> Callable[[Callable[[], Awaitable[None]]], Callable[[], Awaitable[None]]]:
+        """A timer body that logs a failure (Redis away) instead of letting Faust crash the worker."""
+        def wrap(body: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+            @functools.wraps(body)
+            async def guarded() -> None:
+                try:
+                    await body()
+                except Exception as exc:
+                    log.error("%s failed, will try again: %s", what, exc)
+            return guarded
+        return wrap
+
+    @app.timer(1.0)
+    @survives("replaying feature updates kept during a store outage")
+    async def replay_kept_updates() -> None:
+        await engine.flush_unapplied()
+
     @app.timer(settings.snapshot_interval_s)
+    @survives("saving a snapshot")
     async def save_snapshot() -> None:
         if not policy_ready.is_set():
             return
@@ -302,6 +332,7 @@ def create_app(settings: Settings) -> faust.App:
             await asyncio.sleep(0 if learned else 0.05)
 
     @app.timer(1.0)
+    @survives("following rollbacks")
     async def follow_rollbacks() -> None:
         generation = await snapshots.generation()
         if policy_ready.is_set() and generation != status["generation"]:

@@ -192,7 +192,6 @@ LOST_OUTPUTS = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=LOST_OUTPUTS)
 def test_every_request_gets_one_decision_after_a_kill(crash_run: CrashRun) -> None:
     by_request: dict[str, list[dict]] = defaultdict(list)
     for d in crash_run.decisions:
@@ -208,7 +207,6 @@ def test_every_request_gets_one_decision_after_a_kill(crash_run: CrashRun) -> No
         assert len(shown) == 1, f"{request} was decided differently on replay: {decisions}"
 
 
-@pytest.mark.xfail(strict=True, reason=LOST_OUTPUTS)
 def test_rewards_are_credited_once_after_a_kill(crash_run: CrashRun) -> None:
     rewards = [s for s in crash_run.samples if s.kind == "reward"]
     by_key: dict[tuple[str, str], list[LearningSample]] = defaultdict(list)
@@ -367,7 +365,6 @@ def redis_outage(tmp_path_factory: pytest.TempPathFactory) -> OutageRun:
     return run_outage(tmp_path_factory, "redis", REDIS_DOWN_S)
 
 
-@pytest.mark.xfail(strict=True, reason=TIMER_CRASH)
 def test_redis_outage_gets_fallback_decisions_marked_as_such(redis_outage: OutageRun) -> None:
     run = redis_outage
     by_request = run.decisions_by_request()
@@ -387,7 +384,6 @@ def test_redis_outage_gets_fallback_decisions_marked_as_such(redis_outage: Outag
     assert metric_sum(run.metrics_during, "cadence_decisions_total", mode="fallback") > 0
 
 
-@pytest.mark.xfail(strict=True, reason=TIMER_CRASH + " " + CIRCUIT_STUCK)
 def test_worker_survives_a_redis_outage_and_recovers_by_itself(redis_outage: OutageRun) -> None:
     run = redis_outage
     assert run.pid_after == run.pid_before, "the worker process exited"
@@ -399,7 +395,6 @@ def test_worker_survives_a_redis_outage_and_recovers_by_itself(redis_outage: Out
     assert after and all(d["mode"] != "fallback" for r in after for d in by_request[r])
 
 
-@pytest.mark.xfail(strict=True, reason=TIMER_CRASH + " " + CIRCUIT_STUCK)
 def test_no_feature_update_is_silently_lost_in_a_redis_outage(redis_outage: OutageRun) -> None:
     run = redis_outage
     wrong = lost_updates(run)

@@ -42,12 +42,17 @@ def test_worker_decides_routes_bad_input_and_ignores_duplicates(
             event("m2", user_id="m2", etype="email_request", placement="newsletter", ts=T0 + 22.5 * 3600),
         ])
 
-        decisions = TopicReader(runtime, prefix + "decisions").read_until(lambda r: len(r) >= 42)
         dead = TopicReader(runtime, prefix + "dead-letters").read_until(lambda r: len(r) >= len(BAD))
 
-        requests = [d["request_event_id"] for d in decisions]
-        assert sorted(requests) == sorted([e["event_id"] for e in before + after] + ["m1", "m2"])  # one each
-        by_id = {d["request_event_id"]: d for d in decisions}
+        decisions = TopicReader(runtime, prefix + "decisions").read_until(lambda r: len(r) >= 47)
+        ids_of: dict[str, set[str]] = {}
+        for d in decisions:
+            ids_of.setdefault(d["request_event_id"], set()).add(d["decision_id"])
+        assert sorted(ids_of) == sorted([e["event_id"] for e in before + after] + ["m1", "m2"])
+        assert all(len(ids) == 1 for ids in ids_of.values())  # one decision per request, whatever the replays
+        replays = [d for d in decisions if d["trace"].get("replayed")]
+        assert sorted(d["request_event_id"] for d in replays) == [f"g{i}" for i in range(5)]
+        by_id = {d["request_event_id"]: d for d in decisions if not d["trace"].get("replayed")}
         web = by_id["g3"]
         assert web["placement"] == "home_hero" and web["channel"] == "web" and web["user_id"] == "u3"
         assert web["action"].startswith("offer_") and 0 < web["probability"] <= 1
