@@ -47,7 +47,7 @@ from load_tests.yardsticks.measure import (
     top_self_frames,
 )
 from load_tests.yardsticks.paced import DecisionWatcher, send_paced
-from load_tests.yardsticks.report import SETTLE_S, TARGETS, ratios, table, warnings
+from load_tests.yardsticks.report import TARGETS, ratios, table, warnings
 from policy.catalogue import load_catalogue
 from streams.topics import ALL_TOPICS, DECISIONS
 
@@ -71,10 +71,11 @@ class Plan:
     drain_timeout_s: float = 300.0
     listpack_value: int | None = None  # CONFIG SET hash-max-listpack-value before the engine runs
     core_events: int = 40_000  # events the in-process engine-core phase replays (its rate settles quickly)
+    settle_s: float = 10.0  # after the last paced send: a decision later than this counts as missing
 
 
 QUICK = Plan(events=25_000, users=5_000, rate=5000.0, latency_s=10.0, warmup_s=2.0, drain_timeout_s=60.0,
-             core_events=10_000)
+             core_events=10_000, settle_s=5.0)
 FULL = Plan(events=150_000, users=20_000, rate=5000.0, latency_s=30.0, warmup_s=5.0)
 
 
@@ -217,7 +218,7 @@ def latency_phase(bootstrap: str, worker: WorkerProcess, events: Sequence[LoadEv
         lag_at_end = len(events) - (engine_count(worker) - consumed_before)
         wanted = [e.event_id for e in events[run.marks.get("warm", 0):] if e.requests_decision]
         consumed_target = consumed_before + len(events)
-        deadline = time.monotonic() + SETTLE_S
+        deadline = time.monotonic() + plan.settle_s
         while time.monotonic() < deadline and engine_count(worker) < consumed_target:
             time.sleep(0.2)
         time.sleep(0.5)  # decisions of the last batch are on their way
@@ -235,7 +236,7 @@ def latency_phase(bootstrap: str, worker: WorkerProcess, events: Sequence[LoadEv
         "target_rate": round(rate), "sent_rate": round(len(events) / run.send_s, 1),
         "seconds": round(run.send_s, 1), "consumed_rate": round(consumed / run.send_s, 1), "kept_up": kept_up,
         "lag_at_end": lag_at_end,
-        "requests_measured": len(wanted), "decisions_missing": missing,
+        "requests_measured": len(wanted), "decisions_missing": missing, "settle_s": plan.settle_s,
         "e2e_ms": {k: (v if v != float("inf") else None) for k, v in e2e_ms.items()},
         "worker_histogram_ms": {f"p{round(q * 100)}": hist.quantile_ms(q) for q in (0.5, 0.9, 0.99)},
         "worker_histogram_count": hist.count, "load_before": load, "profiled": "spy" in state,
