@@ -161,6 +161,8 @@ def engine_internals(text: str) -> dict[str, Any]:
         "store_apply_ms_mean": ms(store, 'op="apply"'),
         "store_write_ms_mean": ms(store, 'op="write"'),
         "decisions": metric_sum(text, "cadence_decisions_total"),
+        "fallback_decisions": metric_sum(text, "cadence_decisions_total", 'mode="fallback"'),
+        "store_errors": metric_sum(text, "cadence_feature_store_errors_total"),
         "dead_letters": metric_sum(text, "cadence_dead_letters_total"),
     }
 
@@ -304,7 +306,8 @@ def engine_core(redis_url: str, backlog: Sequence[LoadEvent], batch: int) -> dic
     redis_s = sum(metric_sum(text, f"{store}_sum", f'op="{op}"') for op in ("apply", "write"))
     return {"batch": batch, "events_per_s": round(len(raw) / wall_s, 1),
             "cpu_us_per_event": round(cpu_s / len(raw) * 1e6, 1),
-            "redis_wait_us_per_event": round(redis_s / len(raw) * 1e6, 1)}
+            "redis_wait_us_per_event": round(redis_s / len(raw) * 1e6, 1),
+            **{k: v for k, v in engine_internals(text).items() if k in ("fallback_decisions", "store_errors")}}
 
 
 def run(plan: Plan, data_dir: Path, profile_dir: Path | None, report: dict[str, Any]) -> None:
