@@ -123,8 +123,20 @@ def preload(bootstrap: str, events: Sequence[LoadEvent]) -> float:
     return len(events) / (time.perf_counter() - started)
 
 
+def metrics_of(worker: WorkerProcess, attempts: int = 10) -> str:
+    """The worker's /metrics; a busy worker may answer late (its loop runs a whole batch between requests)."""
+    for attempt in range(attempts):
+        try:
+            return worker.metrics_text()
+        except OSError:  # URLError and socket timeouts
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
 def engine_count(worker: WorkerProcess) -> float:
-    return metric_sum(worker.metrics_text(), "cadence_events_consumed_total")
+    return metric_sum(metrics_of(worker), "cadence_events_consumed_total")
 
 
 def drain(name: str, proc: WorkerProcess, count: Callable[[], float], total: int, timeout_s: float,
@@ -210,7 +222,7 @@ def latency_phase(bootstrap: str, worker: WorkerProcess, events: Sequence[LoadEv
 
     def on_mark(name: str) -> None:
         if name == "warm":
-            state["hist"] = histogram(worker.metrics_text(), LATENCY_METRIC)
+            state["hist"] = histogram(metrics_of(worker), LATENCY_METRIC)
         elif name == "profile" and profile is not None and worker.proc is not None:
             state["spy"] = py_spy(worker.proc.pid, profile)
 
@@ -227,7 +239,7 @@ def latency_phase(bootstrap: str, worker: WorkerProcess, events: Sequence[LoadEv
         arrivals = watcher.collect()
     if "spy" in state:
         state["spy"].wait(30)
-    hist = histogram(worker.metrics_text(), LATENCY_METRIC).minus(state["hist"])
+    hist = histogram(metrics_of(worker), LATENCY_METRIC).minus(state["hist"])
     e2e = [(arrivals[r] - run.sent_at[r]) * 1000 for r in wanted if r in arrivals]
     missing = len(wanted) - len(e2e)
     consumed = engine_count(worker) - consumed_before
@@ -260,7 +272,7 @@ def engine_phases(rt: Runtime, plan: Plan, data_dir: Path, common: dict[str, str
         report["engine"] = drain("engine", worker, lambda: engine_count(worker), plan.events,
                                  plan.drain_timeout_s, spy)
         time.sleep(1.0)  # the last batch's decision state is written after its events are counted
-        report["engine"].update(engine_internals(worker.metrics_text()))
+        report["engine"].update(engine_internals(metrics_of(worker)))
         report["memory"] = redis_memory(client, {e.user_id for e in backlog}, used_before)
         report["redis_cpu"] = redis_cpu(client, cpu_before, plan.events)
         say(f"  engine: {report['memory']['bytes_per_active_user']:,.0f} B of Redis per active user")

@@ -113,7 +113,13 @@ def drain_rate(count: Callable[[], float], total: int, timeout_s: float,
     samples: list[tuple[float, float, float]] = []
     started = last_progress = time.monotonic()
     while True:
-        now, done, used = time.monotonic(), count(), cpu()
+        try:
+            done = count()
+        except OSError:  # a busy process answered too late: no sample this time
+            if time.monotonic() - last_progress > STALL_S:
+                break
+            continue
+        now, used = time.monotonic(), cpu()
         if samples and done > samples[-1][1]:
             last_progress = now
         samples.append((now, done, used))
@@ -122,6 +128,8 @@ def drain_rate(count: Callable[[], float], total: int, timeout_s: float,
         if done >= total or now - started > timeout_s or now - last_progress > STALL_S:
             break
         time.sleep(POLL_S)
+    if not samples:  # never answered
+        samples.append((time.monotonic(), 0.0, cpu()))
     low, high = LOW * total, HIGH * total
     t_low, t_high = _crossing(samples, low), _crossing(samples, high)
     c_low, c_high = _crossing(samples, low, at=2), _crossing(samples, high, at=2)
