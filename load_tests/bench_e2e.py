@@ -221,8 +221,12 @@ def latency_phase(bootstrap: str, worker: WorkerProcess, events: Sequence[LoadEv
     state: dict[str, Any] = {"hist": Histogram.empty()}
 
     def on_mark(name: str) -> None:
-        if name == "warm":
-            state["hist"] = histogram(metrics_of(worker), LATENCY_METRIC)
+        if name == "warm":  # read in a thread: a busy worker may answer late, the pacer must not wait for it
+            def snapshot() -> None:
+                state["hist"] = histogram(metrics_of(worker), LATENCY_METRIC)
+
+            state["snapshot"] = threading.Thread(target=snapshot, daemon=True)
+            state["snapshot"].start()
         elif name == "profile" and profile is not None and worker.proc is not None:
             state["spy"] = py_spy(worker.proc.pid, profile)
 
@@ -239,6 +243,8 @@ def latency_phase(bootstrap: str, worker: WorkerProcess, events: Sequence[LoadEv
         arrivals = watcher.collect()
     if "spy" in state:
         state["spy"].wait(30)
+    if "snapshot" in state:
+        state["snapshot"].join(30)
     hist = histogram(metrics_of(worker), LATENCY_METRIC).minus(state["hist"])
     e2e = [(arrivals[r] - run.sent_at[r]) * 1000 for r in wanted if r in arrivals]
     missing = len(wanted) - len(e2e)
