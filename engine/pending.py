@@ -1,7 +1,9 @@
-"""The latest decision per user and placement, kept in the user's hash until its rewards are in.
+"""The latest decisions per user and placement, kept in the user's hash until their rewards are in.
 
-Stored as one field ``pd:{placement}`` holding a compact JSON list; the context goes along as base64 of
-float32 (108 characters for 20 features), so a reward arriving days later is learned with its context.
+One field ``pd:{placement}`` holds the last ``KEEP`` decisions of that placement (newest first) as a JSON
+list of compact lists; the context goes along as base64 of float16 (56 characters for 20 features), so a
+reward arriving days later is learned with its context. Keeping more than the latest one matters: a
+conversion often arrives after the user's next page view has replaced the decision it belongs to.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import orjson
 from features.state import UserState
 
 PENDING_PREFIX = "pd:"
+KEEP = 3  # decisions kept per placement: ~140 bytes each
 
 
 @dataclass(slots=True)
@@ -29,17 +32,15 @@ class PendingDecision:
     credited: list[str] = field(default_factory=list)  # reward types already credited
     mode: str = "exploit"  # the decision's mode: rewards of holdout decisions measure the control group
 
-    def encode(self) -> str:
-        x64 = base64.b64encode(self.x.astype(np.float32).tobytes()).decode("ascii")
-        return orjson.dumps(
-            [self.decision_id, self.action, round(self.probability, 6), self.ts, self.policy_version, self.credited,
-             x64, self.mode]
-        ).decode()
+    def to_wire(self) -> list:
+        x64 = base64.b64encode(self.x.astype(np.float16).tobytes()).decode("ascii")
+        return [self.decision_id, self.action, round(self.probability, 6), self.ts, self.policy_version,
+                self.credited, x64, self.mode]
 
     @classmethod
-    def decode(cls, placement: str, raw: str) -> PendingDecision:
-        decision_id, action, p, ts, version, credited, x64, mode = orjson.loads(raw)
-        x = np.frombuffer(base64.b64decode(x64), dtype=np.float32).astype(np.float64)
+    def from_wire(cls, placement: str, doc: list) -> PendingDecision:
+        decision_id, action, p, ts, version, credited, x64, mode = doc
+        x = np.frombuffer(base64.b64decode(x64), dtype=np.float16).astype(np.float64)
         return cls(decision_id, placement, action, p, ts, version, x, list(credited), mode)
 
     @property
@@ -48,8 +49,18 @@ class PendingDecision:
 
 
 def pending_decisions(state: UserState) -> list[PendingDecision]:
-    return [
-        PendingDecision.decode(name[len(PENDING_PREFIX) :], raw)
-        for name, raw in state.fields.items()
-        if name.startswith(PENDING_PREFIX)
-    ]
+    """Every pending decision of the user, newest first within each placement."""
+    out: list[PendingDecision] = []
+    for name, raw in state.fields.items():
+        if name.startswith(PENDING_PREFIX):
+            placement = name[len(PENDING_PREFIX) :]
+            out += [PendingDecision.from_wire(placement, doc) for doc in orjson.loads(raw)]
+    return out
+
+
+def slot_with(state: UserState | None, pending: PendingDecision) -> str:
+    """The placement's field value with ``pending`` added (new) or replaced (same decision id)."""
+    others = [p for p in (pending_decisions(state) if state is not None else [])
+              if p.placement == pending.placement and p.decision_id != pending.decision_id]
+    kept = sorted([pending, *others], key=lambda p: p.ts, reverse=True)[:KEEP]
+    return orjson.dumps([p.to_wire() for p in kept]).decode()

@@ -27,7 +27,7 @@ from engine.attribution import Credit, Windows, credit, match_pending
 from engine.bids import BidSignaller
 from engine.decide import POLICY_STATE_FIELD, decide, fallback, policy_state_of
 from engine.lift import LiftTracker
-from engine.pending import PENDING_PREFIX, pending_decisions
+from engine.pending import pending_decisions, slot_with
 from engine.replay import SeenKeys, decision_never_stored, replayed_decision, replayed_reward
 from features.context import build_context
 from features.erasure import user_digest
@@ -298,7 +298,7 @@ class Engine:
         pending = decided.pending
         if pending is None:
             return
-        writes[event.user_id][pending.field] = pending.encode()
+        writes[event.user_id][pending.field] = slot_with(state, pending)
         out.learning.append(
             LearningSample(
                 kind="exposure",
@@ -332,7 +332,7 @@ class Engine:
             return
         reward_type = event.kind.reward
         reward = self.config.click_reward if reward_type == "click" else event.revenue / self.catalogue.value_scale
-        writes[event.user_id][PENDING_PREFIX + target.placement] = target.encode()
+        writes[event.user_id][target.field] = slot_with(state, target)
         if reward_type == "click" and state is not None:
             placement = self.catalogue.placements.get(target.placement)
             channel = placement.channel if placement else event.channel

@@ -50,7 +50,7 @@ LEARNING_BATCH = 500  # samples per learning-topic message (~0.3 MB)
 def redis_client(settings: Settings) -> aioredis.Redis:
     assert settings.redis_url, "redis_url must be resolved before the app is built"
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
-    return aioredis.Redis.from_url(settings.redis_url, password=password, socket_timeout=0.5, socket_connect_timeout=0.5)
+    return aioredis.Redis.from_url(settings.redis_url, password=password, socket_timeout=2, socket_connect_timeout=0.5)
 
 
 def build_policy_context(settings: Settings, workers: int = 1) -> PolicyContext:

@@ -147,7 +147,7 @@ def register_views(
                 status = 400
                 dl = out.dead_letters[0]
                 return _error(web, status, dl.reason, "fix the request parameters", reason_code=dl.reason_code)
-            if not out.decisions:  # a duplicate request_id: the first call's decision stands
+            if not out.decisions:  # a repeated request_id whose decision is no longer kept
                 status = 409
                 return _error(web, status, "request_id was already decided", "send a new request_id")
             return web.bytes(out.decisions[0].to_json(), content_type="application/json")

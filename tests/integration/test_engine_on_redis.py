@@ -69,19 +69,22 @@ def test_a_replayed_duplicate_changes_no_feature(runtime: Runtime) -> None:
     metrics = Metrics()
     engine = make_engine(runtime, metrics)
 
-    async def go() -> tuple[dict, dict, int]:
+    async def go():  # noqa: ANN202
         first = event("dup-1", ts=T0 + 10)
-        await engine.process(msgs(first, event("other", ts=T0 + 20)))
+        original = (await engine.process(msgs(first, event("other", ts=T0 + 20)))).decisions[0]
         before = await fields(engine, "u1")
         out = await engine.process(msgs(first))  # the same event again, in a later batch
         out2 = await engine.process(msgs(first, first))  # and twice within one batch
         after = await fields(engine, "u1")
-        return before, after, len(out.decisions) + len(out2.decisions)
+        return original, before, after, out.decisions + out2.decisions, out.learning + out2.learning
 
-    before, after, decisions = run(go())
+    original, before, after, replays, samples = run(go())
     assert before == after
-    assert decisions == 0
     assert metrics.duplicates._value.get() == 3
+    # What a crash may have lost is sent again, identical: same decision id and action, marked replayed.
+    assert [(d.decision_id, d.action, d.trace) for d in replays] == [
+        (original.decision_id, original.action, {"replayed": True})] * 3
+    assert {s.key for s in samples} == {f"{original.decision_id}:exposure:"}  # learners apply it once
 
 
 def test_one_round_trip_per_batch(runtime: Runtime) -> None:
@@ -145,7 +148,7 @@ def test_decision_then_delayed_rewards_produce_learning_samples_once(runtime: Ru
     assert [(s.kind, s.reward) for s in out2.learning] == [("reward", 0.1)]  # second click: not again
     value_scale = engine.catalogue.value_scale
     assert [(s.kind, s.reward) for s in out3.learning] == [("reward", pytest.approx(20.0 / value_scale))]
-    assert out3.learning[0].x == pytest.approx(out.learning[0].x, rel=1e-6)
+    assert out3.learning[0].x == pytest.approx(out.learning[0].x, rel=1e-3)  # kept as float16
 
 
 def test_no_consent_gets_the_default_action_and_no_profile(runtime: Runtime) -> None:

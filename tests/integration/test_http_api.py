@@ -61,7 +61,9 @@ def test_decide_auth_validation_and_topic(worker: WorkerProcess, runtime: Runtim
     d = decide(worker, "u1", 1, device="mobile", segment="vip")
     assert d["user_id"] == "u1" and d["placement"] == "home_hero" and d["mode"] in ("exploit", "explore")
     assert d["action"].startswith("offer_") and 0 < d["probability"] <= 1
-    assert call(worker, "/decide", user_id="u1", placement="home_hero", ts=NOON + 1, request_id="r-u1-1")[0] == 409
+    status, again = call(worker, "/decide", user_id="u1", placement="home_hero", ts=NOON + 1, request_id="r-u1-1")
+    assert status == 200 and again["trace"] == {"replayed": True}  # the same request_id: the same decision
+    assert (again["decision_id"], again["action"]) == (d["decision_id"], d["action"])
 
     on_topic = TopicReader(runtime, isolated["topic_prefix"] + "decisions").read_until(
         lambda recs: any(r["decision_id"] == d["decision_id"] for r in recs))

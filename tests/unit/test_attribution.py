@@ -8,7 +8,8 @@ import pytest
 
 from contracts.events import Event, parse_event
 from engine.attribution import Credit, Windows, credit, match_pending
-from engine.pending import PendingDecision
+from engine.pending import KEEP, PendingDecision, pending_decisions, slot_with
+from features.state import UserState
 
 T0 = 1_767_571_200.0
 WINDOWS = Windows(click_s=1800, conversion_s=7 * 86400)
@@ -66,11 +67,26 @@ def test_no_pending_decision() -> None:
     assert credit(reward("click", T0), None, WINDOWS) is Credit.NO_DECISION
 
 
-def test_pending_decision_round_trips_through_its_encoding() -> None:
+def test_pending_decisions_round_trip_through_their_field() -> None:
     d = pending("d1", "home_hero", "offer_x", T0)
     d.credited.append("click")
-    back = PendingDecision.decode("home_hero", d.encode())
-    assert (back.decision_id, back.action, back.probability, back.ts, back.policy_version, back.credited) == (
-        "d1", "offer_x", 0.5, T0, 3, ["click"])
-    np.testing.assert_allclose(back.x, d.x, rtol=1e-6)
-    assert d.encode().isascii()
+    state = UserState("u1", {d.field: slot_with(None, d)})
+    (back,) = pending_decisions(state)
+    assert (back.decision_id, back.placement, back.action, back.probability, back.ts, back.policy_version,
+            back.credited) == ("d1", "home_hero", "offer_x", 0.5, T0, 3, ["click"])
+    np.testing.assert_allclose(back.x, d.x, rtol=1e-3)  # float16: three significant digits
+    assert state.fields[d.field].isascii()
+
+
+def test_the_last_decisions_of_a_placement_stay_creditable() -> None:
+    state = UserState("u1", {})
+    for i in range(KEEP + 2):
+        newer = pending(f"d{i}", "home_hero", "a", T0 + i)
+        state.fields[newer.field] = slot_with(state, newer)
+    kept = [p.decision_id for p in pending_decisions(state)]
+    assert kept == [f"d{i}" for i in range(KEEP + 1, 1, -1)]  # newest first, the oldest two dropped
+    superseded = match_pending(reward("conversion", T0 + 100, decision_id="d2", revenue=5), pending_decisions(state))
+    assert superseded is not None and superseded.decision_id == "d2"
+    assert credit(reward("conversion", T0 + 100, decision_id="d2", revenue=5), superseded, WINDOWS) is Credit.CREDITED
+    state.fields[superseded.field] = slot_with(state, superseded)  # the credit replaces that one entry
+    assert [(p.decision_id, p.credited) for p in pending_decisions(state)][2] == ("d2", ["conversion"])
