@@ -83,8 +83,9 @@ class RawReader:
     def __init__(self, rt: Runtime, topic: str) -> None:
         self._consumer = KafkaConsumer(bootstrap_servers=rt.kafka_bootstrap, enable_auto_commit=False,
                                        fetch_max_wait_ms=50, max_partition_fetch_bytes=4_000_000)
-        partitions = self._consumer.partitions_for_topic(topic) or set()
-        self._consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        partitions = wait_for(lambda: self._consumer.partitions_for_topic(topic), 10, f"metadata of {topic}")
+        self._parts = [TopicPartition(topic, p) for p in sorted(partitions)]
+        self._consumer.assign(self._parts)
         self._consumer.seek_to_beginning()
         self.records: list[tuple[int, int, bytes]] = []  # (partition, offset, value)
 
@@ -100,13 +101,20 @@ class RawReader:
         while time.monotonic() < deadline:
             self.poll()
 
+    def at_end(self) -> bool:
+        """Everything the topic held when asked has been read (a slow fetch is not an empty topic)."""
+        ends = self._consumer.end_offsets(self._parts)
+        return all(self._consumer.position(tp) >= end for tp, end in ends.items())
+
     def read_until_quiet(self, quiet_s: float, timeout_s: float) -> None:
-        """Read until nothing new arrived for ``quiet_s`` (or ``timeout_s`` passed)."""
+        """Read to the end of the topic, until nothing new arrived for ``quiet_s`` (or ``timeout_s`` passed)."""
         deadline = time.monotonic() + timeout_s
         last_new = time.monotonic()
-        while time.monotonic() < deadline and time.monotonic() - last_new < quiet_s:
+        while time.monotonic() < deadline:
             if self.poll():
                 last_new = time.monotonic()
+            elif time.monotonic() - last_new >= quiet_s and self.at_end():
+                return
 
     def json(self) -> list[dict]:
         return [orjson.loads(v) for _, _, v in self.records]
