@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     max_lateness_s: float = Field(
         30 * 86400.0, ge=0, description="Events whose ts is this far behind the watermark are rejected."
     )
+    max_time_jump_s: float = Field(
+        7 * 86400.0, gt=0, description="Events this far ahead of the watermark are refused (a sender's wrong clock)."
+    )
     feature_ttl_s: int = Field(30 * 86400, ge=60, description="Retention of a user's features in Redis.")
     dedup_ring: int = Field(32, ge=1, le=256, description="Event ids remembered per user to drop duplicates.")
 

@@ -219,3 +219,14 @@ def check_watermark(event: Event, watermark: float, max_future_s: float, max_lat
             f"ts is {watermark - event.ts:.0f}s behind the stream's event time; limit {max_late_s:.0f}s",
         )
     return None
+
+
+def check_jump(event: Event, watermark: float, max_jump_s: float) -> Rejection | None:
+    """Reject an event further ahead of the stream's watermark than event time can plausibly jump."""
+    if watermark > 0 and event.ts > watermark + max_jump_s:
+        return Rejection(
+            Reason.TS_OUT_OF_RANGE,
+            f"ts is {event.ts - watermark:.0f}s ahead of the stream's watermark; limit {max_jump_s:.0f}s "
+            "(check the sender's clock)",
+        )
+    return None

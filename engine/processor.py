@@ -22,7 +22,7 @@ import numpy as np
 from bandits.base import Policy
 from cadence.metrics import Metrics
 from contracts.decisions import DeadLetter, Decision, LearningSample
-from contracts.events import Event, Rejection, check_watermark, parse_event
+from contracts.events import Event, Rejection, check_jump, check_watermark, parse_event
 from engine.attribution import Credit, Windows, credit, match_pending
 from engine.bids import BidSignaller
 from engine.decide import POLICY_STATE_FIELD, decide, fallback, policy_state_of
@@ -73,8 +73,10 @@ class EngineConfig:
     max_event_bytes: int = 65536
     max_future_skew_s: float = 3600.0
     max_lateness_s: float = 30 * 86400.0
+    max_time_jump_s: float = 7 * 86400.0
     click_reward: float = 0.1
     windows: Windows = Windows(click_s=1800.0, conversion_s=7 * 86400.0)
+    watermark_resync_events: int = 1000  # this many events in a row ahead of the watermark: time jumped
     retry_buffer_max: int = 200_000  # feature updates kept for replay while Redis is unreachable
 
 
@@ -97,6 +99,7 @@ class Engine:
         self.watermark = 0.0
         self.learned_offsets: dict[int, int] = {}  # learning-topic partition -> next offset applied
         self.learned_watermark = 0.0
+        self._ahead: list[float] = []  # ts of consecutive events rejected as ahead of the watermark
         self._seen = SeenKeys()  # keys of learning samples applied recently
         self._unapplied: deque[FeatureUpdate] = deque()  # updates to replay once Redis answers again
         self._store_retry_at = 0.0  # monotonic time before which a failed store is not tried again
@@ -153,20 +156,35 @@ class Engine:
                 parsed.append((msg, result))
         if not parsed:
             return []
-        # The batch median resists a single wild timestamp; the watermark never moves backwards.
-        reference = max(self.watermark, statistics.median(e.ts for _, e in parsed))
+        # The batch median resists a single wild timestamp in a batch; the jump limit resists a batch made
+        # only of wild timestamps (one client with a wrong clock), so neither drags the stream's time along.
+        median = statistics.median(e.ts for _, e in parsed)
         events: list[Event] = []
         for msg, event in parsed:
-            late = check_watermark(event, reference, self.config.max_future_skew_s, self.config.max_lateness_s)
+            reference = max(self.watermark, median)
+            late = check_watermark(event, reference, self.config.max_future_skew_s, self.config.max_lateness_s) \
+                or check_jump(event, self.watermark, self.config.max_time_jump_s)
             if late is not None:
                 self._reject(msg, late, out)
+                if self.watermark and event.ts > self.watermark:
+                    self._note_ahead(event.ts)
                 continue
+            self._ahead.clear()
             events.append(event)
             out.timestamps[event.event_id] = msg.timestamp
             self.metrics.events.labels(event.topic, event.type).inc()
             self.watermark = max(self.watermark, event.ts)
         self.metrics.watermark.set(self.watermark)
         return events
+
+    def _note_ahead(self, ts: float) -> None:
+        """Events keep coming from far ahead, and nothing else: event time really jumped, follow it."""
+        self._ahead.append(ts)
+        if len(self._ahead) >= self.config.watermark_resync_events:
+            self.watermark = statistics.median(self._ahead)
+            log.warning("%d events in a row were ahead of the watermark: event time resynced to %.0f",
+                        len(self._ahead), self.watermark)
+            self._ahead.clear()
 
     async def flush_unapplied(self) -> None:
         """Replay kept updates without waiting for new traffic (a timer calls this every second)."""

@@ -92,6 +92,7 @@ def build_engine(settings: Settings, metrics: Metrics, client: aioredis.Redis) -
         max_event_bytes=settings.max_event_bytes,
         max_future_skew_s=settings.max_future_skew_s,
         max_lateness_s=settings.max_lateness_s,
+        max_time_jump_s=settings.max_time_jump_s,
         click_reward=settings.click_reward,
         windows=Windows(settings.click_window_s, settings.conversion_window_s),
     )

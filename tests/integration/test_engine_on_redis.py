@@ -232,3 +232,25 @@ def test_a_shadow_challenger_logs_its_choice_and_never_changes_the_decision(runt
     rec = with_shadow.shadow[0]
     assert rec.challenger == "egreedy" and rec.decision_id == with_shadow.decisions[0].decision_id
     assert rec.live_action == with_shadow.decisions[0].action and 0 < rec.challenger_probability <= 1
+
+
+def test_a_far_future_burst_is_rejected_but_a_real_jump_in_time_is_followed(runtime: Runtime) -> None:
+    engine = make_engine(runtime)
+    engine.config = EngineConfig(watermark_resync_events=50)
+    year = 365 * 86400.0
+
+    async def go():  # noqa: ANN202
+        await engine.process(msgs(*[event(f"g{i}", ts=T0 + i) for i in range(10)]))
+        burst = await engine.process(msgs(*[event(f"f{i}", ts=T0 + year + i) for i in range(40)]))
+        after_burst = engine.watermark
+        good = await engine.process(msgs(event("g-after", ts=T0 + 20)))
+        jump = await engine.process(msgs(*[event(f"j{i}", ts=T0 + year + 100 + i) for i in range(60)]))
+        return burst, after_burst, good, jump
+
+    burst, after_burst, good, jump = run(go())
+    assert {d.reason_code for d in burst.dead_letters} == {"ts_out_of_range"} and len(burst.dead_letters) == 40
+    assert after_burst == T0 + 9 and len(good.decisions) == 1
+    # The good event ended the first run of "ahead" events; 50 more in a row resync event time,
+    # and the ten after them are accepted.
+    assert len(jump.dead_letters) == 50 and len(jump.decisions) == 10
+    assert engine.watermark >= T0 + year
