@@ -87,7 +87,9 @@ class Settings(BaseSettings):
     models_label_grace_s: float = Field(
         300.0, ge=0, description="Extra wait before an unconverted exposure is learned as a negative."
     )
-    models_pending_max: int = Field(100_000, ge=1, description="Exposures waiting for their label per worker (~300 B each).")
+    models_pending_max: int = Field(
+        100_000, ge=1, description="Exposures waiting for their label per worker (~300 B each)."
+    )
     models_exposure_share: float = Field(1.0, gt=0, le=1, description="Share of exposures the models learn from.")
     models_churn_horizon_s: float = Field(1209600.0, gt=0, description="Silent this long after an activity = churned.")
     models_churn_sample_every_s: float = Field(
