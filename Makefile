@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed-stamp
 
-.PHONY: run test unit integration lint bench demo clean ops-check ope-coverage bench-models
+.PHONY: run test unit integration lint bench demo clean ops-check ope-coverage bench-models soak bench-e2e
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,3 +51,11 @@ ope-coverage: $(STAMP)
 
 bench-models: $(STAMP)
 	$(PY) -m load_tests.bench_models --json load_tests/results/models.json
+
+## Soak: one worker under steady load; is its memory flat? (minutes; not CI)
+soak: $(STAMP)
+	$(PY) -m load_tests.soak --minutes 10 --rate 2000 --json load_tests/results/soak.json
+
+## End-to-end benchmark against the Faust ceiling and naive yardsticks
+bench-e2e: $(STAMP)
+	$(PY) -m load_tests.bench_e2e --json load_tests/results/e2e.json

@@ -109,7 +109,9 @@ def redis_process(data_dir: Path, port: int | None = None, password: str | None 
 
     port = port or free_port()
     argv = [str(get_binary_path()), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(data_dir), "--daemonize", "no"]
+            "--dir", str(data_dir), "--daemonize", "no",
+            # a user's hash holds values up to ~600 bytes (pending decisions): keep it a compact listpack
+            "--hash-max-listpack-value", "1024"]
     if password:
         argv += ["--requirepass", password]
     return ServerProcess("embedded Redis server (Valkey)", argv, port, data_dir / "redis.log")

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 ACTIVITY_TYPES = frozenset({"page_view", "ad_request"})
 
 
+RESYNC_MIN_USERS = 100  # a jump in event time is believed only when this many users show it
+
+
 class CircuitOpen(FeatureStoreError):
     """The store failed less than a second ago: not tried, so the caller answers at once."""
 
@@ -99,7 +102,7 @@ class Engine:
         self.watermark = 0.0
         self.learned_offsets: dict[int, int] = {}  # learning-topic partition -> next offset applied
         self.learned_watermark = 0.0
-        self._ahead: list[float] = []  # ts of consecutive events rejected as ahead of the watermark
+        self._ahead: list[tuple[float, str]] = []  # (ts, user) of consecutive events rejected as ahead
         self._seen = SeenKeys()  # keys of learning samples applied recently
         self._unapplied: deque[FeatureUpdate] = deque()  # updates to replay once Redis answers again
         self._store_retry_at = 0.0  # monotonic time before which a failed store is not tried again
@@ -167,24 +170,34 @@ class Engine:
             if late is not None:
                 self._reject(msg, late, out)
                 if self.watermark and event.ts > self.watermark:
-                    self._note_ahead(event.ts)
+                    self._note_ahead(event)
                 continue
             self._ahead.clear()
             events.append(event)
             out.timestamps[event.event_id] = msg.timestamp
-            self.metrics.events.labels(event.topic, event.type).inc()
+            self.metrics.child(self.metrics.events, event.topic, event.type).inc()
             self.watermark = max(self.watermark, event.ts)
         self.metrics.watermark.set(self.watermark)
         return events
 
-    def _note_ahead(self, ts: float) -> None:
-        """Events keep coming from far ahead, and nothing else: event time really jumped, follow it."""
-        self._ahead.append(ts)
-        if len(self._ahead) >= self.config.watermark_resync_events:
-            self.watermark = statistics.median(self._ahead)
-            log.warning("%d events in a row were ahead of the watermark: event time resynced to %.0f",
-                        len(self._ahead), self.watermark)
-            self._ahead.clear()
+    def _note_ahead(self, event: Event) -> None:
+        """Events keep coming from far ahead, and nothing else: did event time really jump?
+
+        Only when they come from many users and agree with each other (within a day): a real jump moves
+        everyone's clock together, while wrong clocks are few or scattered.
+        """
+        self._ahead.append((event.ts, event.user_id))
+        if len(self._ahead) < self.config.watermark_resync_events:
+            return
+        times = sorted(ts for ts, _ in self._ahead)
+        middle = times[len(times) // 2]
+        near = [ts for ts in times if abs(ts - middle) <= 86400]
+        users = {u for ts, u in self._ahead if abs(ts - middle) <= 86400}
+        if len(near) >= 0.9 * len(times) and len(users) >= RESYNC_MIN_USERS:
+            self.watermark = middle
+            log.warning("%d events of %d users in a row were ahead of the watermark: event time resynced to %.0f",
+                        len(times), len(users), middle)
+        self._ahead.clear()
 
     async def flush_unapplied(self) -> None:
         """Replay kept updates without waiting for new traffic (a timer calls this every second)."""
@@ -303,7 +316,7 @@ class Engine:
     def _emit(self, decision: Decision, out: BatchOutput) -> None:
         out.decisions.append(decision)
         out.request_timestamps.append(out.timestamps.get(decision.request_event_id, 0.0))
-        self.metrics.decisions.labels(decision.placement, decision.action, decision.mode.value).inc()
+        self.metrics.child(self.metrics.decisions, decision.placement, decision.action, decision.mode.value).inc()
 
     def _decide(self, event: Event, state: UserState | None, writes: dict, out: BatchOutput) -> None:
         decided = decide(event, state, self.policy_ctx, self.policy, self.models)

@@ -234,9 +234,12 @@ def test_a_shadow_challenger_logs_its_choice_and_never_changes_the_decision(runt
     assert rec.live_action == with_shadow.decisions[0].action and 0 < rec.challenger_probability <= 1
 
 
-def test_a_far_future_burst_is_rejected_but_a_real_jump_in_time_is_followed(runtime: Runtime) -> None:
+def test_a_far_future_burst_is_rejected_but_a_real_jump_in_time_is_followed(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
     engine = make_engine(runtime)
     engine.config = EngineConfig(watermark_resync_events=50)
+    monkeypatch.setattr("engine.processor.RESYNC_MIN_USERS", 40)
     year = 365 * 86400.0
 
     async def go():  # noqa: ANN202
@@ -244,13 +247,18 @@ def test_a_far_future_burst_is_rejected_but_a_real_jump_in_time_is_followed(runt
         burst = await engine.process(msgs(*[event(f"f{i}", ts=T0 + year + i) for i in range(40)]))
         after_burst = engine.watermark
         good = await engine.process(msgs(event("g-after", ts=T0 + 20)))
-        jump = await engine.process(msgs(*[event(f"j{i}", ts=T0 + year + 100 + i) for i in range(60)]))
-        return burst, after_burst, good, jump
+        scattered = await engine.process(msgs(*[event(f"s{i}", user_id=f"s{i}", ts=T0 + year * (1 + i / 10))
+                                                 for i in range(50)]))  # wrong clocks, each its own way
+        jump = await engine.process(msgs(*[event(f"j{i}", user_id=f"j{i}", ts=T0 + year + 100 + i)
+                                           for i in range(160)]))
+        return burst, after_burst, good, scattered, jump
 
-    burst, after_burst, good, jump = run(go())
+    burst, after_burst, good, scattered, jump = run(go())
+    assert len(scattered.dead_letters) == 50 and engine.watermark >= T0 + year  # (checked after the jump)
     assert {d.reason_code for d in burst.dead_letters} == {"ts_out_of_range"} and len(burst.dead_letters) == 40
     assert after_burst == T0 + 9 and len(good.decisions) == 1
-    # The good event ended the first run of "ahead" events; 50 more in a row resync event time,
-    # and the ten after them are accepted.
-    assert len(jump.dead_letters) == 50 and len(jump.decisions) == 10
+    # The good event ended the first run of "ahead" events. The 50 scattered ones were judged and did not
+    # resync (they disagree); the jump did at its 50th event (50 agreeing, from 50 users), and the 110 after
+    # it were accepted.
+    assert len(jump.dead_letters) == 50 and len(jump.decisions) == 110
     assert engine.watermark >= T0 + year
