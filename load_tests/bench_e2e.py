@@ -38,7 +38,6 @@ from load_tests.yardsticks.load import EventMix, LoadEvent
 from load_tests.yardsticks.measure import (
     Histogram,
     drain_rate,
-    field_bytes,
     histogram,
     metric_mean,
     metric_sum,
@@ -47,6 +46,7 @@ from load_tests.yardsticks.measure import (
     top_self_frames,
 )
 from load_tests.yardsticks.paced import DecisionWatcher, send_paced
+from load_tests.yardsticks.redis_stats import redis_cpu, redis_memory
 from load_tests.yardsticks.report import TARGETS, ratios, table, warnings
 from policy.catalogue import load_catalogue
 from streams.topics import ALL_TOPICS, DECISIONS
@@ -179,42 +179,6 @@ def engine_internals(text: str) -> dict[str, Any]:
     }
 
 
-def redis_memory(client: redis.Redis, users: set[str], used_before: int, sample: int = 1000) -> dict:
-    """used_memory growth per active user; MEMORY USAGE, encoding and field sizes of a sample of user keys."""
-    used_after = int(client.info("memory")["used_memory"])
-    ids = sorted(users)[:: max(1, len(users) // sample)][:sample]
-    pipe = client.pipeline(transaction=False)
-    for k in (f"{APP_ID}:u:{u}" for u in ids):
-        pipe.memory_usage(k, samples=0)
-        pipe.object("encoding", k)
-        pipe.hgetall(k)
-    replies = pipe.execute()
-    usage = [r or 0 for r in replies[0::3]]
-    encodings: dict[str, int] = {}
-    for enc in replies[1::3]:
-        name = enc.decode() if isinstance(enc, bytes) else str(enc)
-        encodings[name] = encodings.get(name, 0) + 1
-    return {
-        "used_memory_before": used_before, "used_memory_after": used_after,
-        "user_keys": sum(1 for _ in client.scan_iter(f"{APP_ID}:u:*", count=1000)),
-        "bytes_per_active_user": round((used_after - used_before) / len(users), 1),
-        "hash_max_listpack_value": int(next(iter(client.config_get("hash-max-listpack-value").values()))),
-        "sampled_keys": len(ids), "memory_usage_mean_bytes": round(sum(usage) / max(len(usage), 1), 1),
-        "memory_usage_max_bytes": max(usage, default=0), "encodings": encodings,
-        "field_bytes_mean": field_bytes(replies[2::3]),
-    }
-
-
-def redis_cpu(client: redis.Redis, before: dict[str, Any], events: int) -> dict[str, Any]:
-    """Redis CPU per event while the engine drained (server-side: the Lua scripts run there)."""
-    after = client.info("cpu")
-    used = sum(float(after[k]) - float(before[k]) for k in ("used_cpu_user", "used_cpu_sys"))
-    stats = client.info("commandstats")
-    scripts = {k.removeprefix("cmdstat_"): v for k, v in stats.items() if k.startswith("cmdstat_eval")}
-    return {"cpu_us_per_event": round(used / events * 1e6, 1),
-            "scripts": {k: {"calls": v["calls"], "usec_per_call": v["usec_per_call"]} for k, v in scripts.items()}}
-
-
 def latency_phase(bootstrap: str, worker: WorkerProcess, events: Sequence[LoadEvent], rate: float, plan: Plan,
                   profile: Path | None) -> dict[str, Any]:
     load, consumed_before = load_now(), engine_count(worker)
@@ -279,7 +243,7 @@ def engine_phases(rt: Runtime, plan: Plan, data_dir: Path, common: dict[str, str
                                  plan.drain_timeout_s, spy)
         time.sleep(1.0)  # the last batch's decision state is written after its events are counted
         report["engine"].update(engine_internals(metrics_of(worker)))
-        report["memory"] = redis_memory(client, {e.user_id for e in backlog}, used_before)
+        report["memory"] = redis_memory(client, APP_ID, {e.user_id for e in backlog}, used_before)
         report["redis_cpu"] = redis_cpu(client, cpu_before, plan.events)
         say(f"  engine: {report['memory']['bytes_per_active_user']:,.0f} B of Redis per active user")
         easy = max(100.0, round(plan.easy_share * report["engine"]["events_per_s"], -2))
