@@ -164,7 +164,9 @@ class Engine:
         median = statistics.median(e.ts for _, e in parsed)
         events: list[Event] = []
         for msg, event in parsed:
-            reference = max(self.watermark, median)
+            # a batch whose median is far ahead (mostly wrong clocks) moves the reference by at most the jump
+            reference = max(self.watermark, min(median, self.watermark + self.config.max_time_jump_s)) \
+                if self.watermark else median
             late = check_watermark(event, reference, self.config.max_future_skew_s, self.config.max_lateness_s) \
                 or check_jump(event, self.watermark, self.config.max_time_jump_s)
             if late is not None:
