@@ -72,6 +72,10 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S, registry=r,
         )
         self.policy_version = Gauge("cadence_policy_version", "Learning steps in the live policy", registry=r)
+        self.consumer_lag = Gauge(
+            "cadence_consumer_lag_messages", "Messages behind the end of each assigned input partition",
+            ["topic", "partition"], registry=r,
+        )
         self.watermark = Gauge("cadence_event_time_watermark_seconds", "Largest event time seen", registry=r)
         # River models (learning/live_models.py). Metrics, samples and drifts come from the training worker.
         self.model_metric = Gauge(

@@ -7,6 +7,7 @@ content by hand, so keep both in step. Secrets are ``SecretStr`` and never appea
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +43,12 @@ class Settings(BaseSettings):
     catalogue: Path = Field(DEFAULT_CATALOGUE, description="Path of the action catalogue (TOML).")
     data_dir: Path = Field(Path(".cadence"), description="Where embedded servers and Faust keep their files.")
 
+    intake: Literal["direct", "faust"] = Field(
+        "direct", description="How the worker reads input topics: direct (record batches, aiokafka) or faust (agent)."
+    )
+    commit_interval_s: float = Field(
+        1.0, gt=0, description="Direct intake: longest time between offset commits (events after it are re-read)."
+    )
     batch_size: int = Field(2000, ge=1, description="Most events the worker takes in one batch.")
     batch_within_s: float = Field(0.01, gt=0, description="Longest wait for a batch to fill, in seconds.")
     fetch_max_wait_ms: int = Field(

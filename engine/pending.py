@@ -59,8 +59,11 @@ def pending_decisions(state: UserState) -> list[PendingDecision]:
 
 
 def slot_with(state: UserState | None, pending: PendingDecision) -> str:
-    """The placement's field value with ``pending`` added (new) or replaced (same decision id)."""
-    others = [p for p in (pending_decisions(state) if state is not None else [])
-              if p.placement == pending.placement and p.decision_id != pending.decision_id]
-    kept = sorted([pending, *others], key=lambda p: p.ts, reverse=True)[:KEEP]
-    return orjson.dumps([p.to_wire() for p in kept]).decode()
+    """The placement's field value with ``pending`` added (new) or replaced (same decision id).
+
+    The other decisions of the placement stay in their wire form (no context decoded and encoded again).
+    """
+    raw = state.fields.get(pending.field) if state is not None else None
+    others = [doc for doc in orjson.loads(raw) if doc[0] != pending.decision_id] if raw else []
+    kept = sorted([pending.to_wire(), *others], key=lambda doc: doc[3], reverse=True)[:KEEP]
+    return orjson.dumps(kept).decode()

@@ -39,7 +39,9 @@ from policy.holdout import HoldoutConfig
 from policy.lever_store import LeverStore
 from policy.pipeline import PolicyContext
 from streams.faust_tuning import set_fetch_max_wait
+from streams.intake import DirectIntake
 from streams.learning_feed import follow_learning
+from streams.outputs import OutputSender, OutRecord
 from streams.topics import BID_SIGNALS, DEAD_LETTERS, DECISIONS, ERASURES, INPUT_TOPICS, LEARNING, SHADOW
 from streams.web import register_views
 
@@ -107,7 +109,9 @@ def create_app(settings: Settings) -> faust.App:
     assert settings.kafka_bootstrap, "kafka_bootstrap must be resolved before the app is built"
     set_fetch_max_wait(settings.fetch_max_wait_ms)
     app = faust.App(
-        settings.app_id,
+        # with direct intake the consumer group ``app_id`` is the intake's; Faust's own consumer (it reads
+        # only its internal topics then) must not join it with another assignor
+        settings.app_id if settings.intake == "faust" else f"{settings.app_id}-faust",
         broker=f"kafka://{settings.kafka_bootstrap}",
         broker_session_timeout=6,
         broker_heartbeat_interval=1,
@@ -127,14 +131,15 @@ def create_app(settings: Settings) -> faust.App:
     app.cadence_engine = engine  # type: ignore[attr-defined]  # for tests and admin pages
 
     logical = {settings.topic(name): name for name in INPUT_TOPICS}
-    inputs = app.topic(*logical, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw")
     decisions_name, dead_letters_name, learning_name, bids_name, shadow_name, erasures_name = (
         settings.topic(t) for t in (DECISIONS, DEAD_LETTERS, LEARNING, BID_SIGNALS, SHADOW, ERASURES)
     )
 
+    sender = OutputSender(settings.kafka_bootstrap)
+
     async def tombstone(user_id: str, who: str) -> None:
         """A null value for the user's key on the compacted erasures topic (who asked travels in a header)."""
-        await app.producer.send(erasures_name, user_id.encode(), None, None, None, [("requested_by", who.encode())])
+        await sender.send([OutRecord(erasures_name, user_id.encode(), None, (("requested_by", who.encode()),))])
 
     async def emit(out: BatchOutput) -> None:
         """Hand every output to the producer, then wait until the broker has them all.
@@ -142,37 +147,80 @@ def create_app(settings: Settings) -> faust.App:
         The batch's input events are acknowledged only after this returns, so a crash can repeat
         outputs (at-least-once; decision ids are deterministic) but never lose them.
         """
-        producer = app.producer
-        pending = []
-        for d in out.decisions:
-            pending.append(await producer.send(decisions_name, d.user_id.encode(), d.to_json(), None, None, None))
-        for dl in out.dead_letters:
-            pending.append(await producer.send(dead_letters_name, None, dl.to_json(), None, None, None))
+        records = [OutRecord(decisions_name, d.user_id.encode(), d.to_json()) for d in out.decisions]
+        records += [OutRecord(dead_letters_name, None, dl.to_json()) for dl in out.dead_letters]
         for i in range(0, len(out.learning), LEARNING_BATCH):  # one message per slice: every worker reads all
-            chunk = out.learning[i : i + LEARNING_BATCH]
-            pending.append(await producer.send(learning_name, None, encode_samples(chunk), None, None, None))
-        for rec in out.shadow:
-            pending.append(await producer.send(shadow_name, None, rec.to_json(), None, None, None))
-        for b in out.bid_signals:
-            pending.append(await producer.send(bids_name, b["user_id"].encode(), orjson.dumps(b), None, None, None))
-        if pending:
-            await asyncio.gather(*pending)
+            records.append(OutRecord(learning_name, None, encode_samples(out.learning[i : i + LEARNING_BATCH])))
+        records += [OutRecord(shadow_name, None, rec.to_json()) for rec in out.shadow]
+        records += [OutRecord(bids_name, b["user_id"].encode(), orjson.dumps(b)) for b in out.bid_signals]
+        await sender.send(records)
         now = time.time()
         for sent in out.request_timestamps:
             if sent:
                 metrics.decision_latency.observe(max(0.0, now - sent))
 
-    @app.agent(inputs, name="ingest")
+    async def handle(raw: list[RawMessage]) -> None:
+        await emit(await engine.process(raw))
+
+    def assigned(partitions: set) -> None:
+        status["rebalanced"] = True
+        if engine.models is not None:
+            engine.models.reset_activity()  # customers watched for churn may now belong to another worker
+
+    intake = DirectIntake(
+        settings.kafka_bootstrap, logical, settings.app_id, handle, assigned, batch_size=settings.batch_size,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms, commit_interval_s=settings.commit_interval_s,
+    )
+    app.cadence_intake = intake  # type: ignore[attr-defined]
+
+    if settings.intake == "direct":
+        @app.task
+        async def direct_intake() -> None:
+            await policy_ready.wait()  # never decide with an empty policy while a snapshot is loading
+            await intake.run(stop_learning)
+
+    handled: dict[tuple[str, int], int] = {}  # Faust intake: (topic, partition) -> next offset to handle
+
     async def ingest(stream: faust.Stream) -> None:
-        await policy_ready.wait()  # never decide with an empty policy while a snapshot is loading
+        """The Faust agent (CADENCE_INTAKE=faust): the same batches, through Faust's stream."""
+        await policy_ready.wait()
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-            raw = [
+            await handle([
                 RawMessage(logical.get(e.message.topic, e.message.topic), e.message.partition, e.message.offset,
                            e.message.value if isinstance(e.message.value, bytes) else b"",
                            (e.message.timestamp or 0.0))
                 for e in batch
-            ]
-            await emit(await engine.process(raw))
+            ])
+            for e in batch:
+                handled[(e.message.topic, e.message.partition)] = e.message.offset + 1
+
+    def input_lag() -> dict[tuple[str, int], int]:
+        if settings.intake == "direct":
+            return {(tp.topic, tp.partition): lag for tp, lag in intake.lag().items()}
+        out = {}
+        for tp in app.consumer.assignment():
+            key = (tp.topic, tp.partition)
+            high = app.consumer.highwater(tp) if key in handled else None
+            if high is not None:
+                out[key] = max(0, high - handled[key])
+        return out
+
+    lag_labels: set[tuple[str, str]] = set()
+
+    @app.timer(1.0)
+    async def report_lag() -> None:
+        """cadence_consumer_lag_messages per assigned input partition (partitions gone are removed)."""
+        current = {(logical.get(t, t), str(p)): lag for (t, p), lag in input_lag().items()}
+        for labels in lag_labels - current.keys():
+            metrics.consumer_lag.remove(*labels)
+        for labels, lag in current.items():
+            metrics.consumer_lag.labels(*labels).set(lag)
+        lag_labels.clear()
+        lag_labels.update(current)
+
+    if settings.intake == "faust":
+        app.agent(app.topic(*logical, key_type=bytes, value_type=bytes, value_serializer="raw",
+                            key_serializer="raw"), name="ingest")(ingest)
 
     stop_learning = asyncio.Event()
     status: dict[str, Any] = {"rebalanced": False, "generation": 0, "snapshot": None}
@@ -182,9 +230,8 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.on_rebalance_complete.connect
     async def _rebalanced(app: faust.App, **kwargs: object) -> None:
-        status["rebalanced"] = True
-        if engine.models is not None:
-            engine.models.reset_activity()  # customers watched for churn may now belong to another worker
+        if settings.intake == "faust":
+            assigned(set())
 
     async def load_snapshot() -> dict[int, int] | None:
         found = await snapshots.load()
@@ -353,6 +400,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.page("/health")
     async def health_page(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        assignment = intake.assignment if settings.intake == "direct" else app.consumer.assignment()
         return web.json({
             "status": "ok",
             "ready": status["rebalanced"] and policy_ready.is_set(),
@@ -361,12 +409,13 @@ def create_app(settings: Settings) -> faust.App:
             "snapshot": status["snapshot"],
             "watermark": engine.watermark,
             "partitions": {
-                logical[t]: sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == t) for t in logical
+                logical[t]: sorted(tp.partition for tp in assignment if tp.topic == t) for t in logical
             },
         })
 
     @app.on_before_shutdown.connect
     async def _stop(app: faust.App, **kwargs: object) -> None:
         stop_learning.set()
+        await sender.stop()
 
     return app

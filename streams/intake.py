@@ -1,0 +1,149 @@
+"""Direct intake: the input topics read in record batches by one aiokafka consumer in the worker's group.
+
+Faust's stream machinery costs about 85 µs of CPU per message before our code sees it (an Event, a
+queue hop and an ack per message: measured with the ceiling yardstick of load_tests/bench_e2e.py); a
+consumer's ``getmany`` hands over a whole fetch for about 2.4 µs a message. The engine works on batches
+anyway, so the worker reads batches itself and keeps Faust for what it is good at here: the web server,
+timers, tasks and the application's life cycle. ``CADENCE_INTAKE=faust`` brings back the Faust agent.
+
+Delivery is at-least-once, as with the agent: offsets are committed only for batches whose outputs the
+broker has acknowledged, at most every ``commit_interval_s`` and whenever partitions are revoked (a lock
+makes a rebalance wait for the batch in flight). Events read again after a crash are duplicates the
+feature store's dedup ring recognises (engine/replay.py re-sends their stored outputs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from engine.processor import RawMessage
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[list[RawMessage]], Awaitable[None]]  # process one batch and wait for its outputs
+OnAssigned = Callable[[set[TopicPartition]], None]
+RETRY_AFTER_S = 1.0
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, intake: DirectIntake) -> None:
+        self.intake = intake
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        async with self.intake.in_flight:  # the batch being processed finishes first, then its offsets go
+            await self.intake.commit()
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self.intake.on_assigned(set(assigned))
+
+
+class DirectIntake:
+    """Batches of raw input messages, handed to ``handler``; offsets committed after it returns."""
+
+    def __init__(
+        self, bootstrap: str, topics: Mapping[str, str], group_id: str, handler: Handler,
+        on_assigned: OnAssigned, *, batch_size: int = 2000, fetch_max_wait_ms: int = 20,
+        commit_interval_s: float = 1.0, session_timeout_s: float = 6.0, heartbeat_s: float = 1.0,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topics = dict(topics)  # full topic name -> logical name
+        self.group_id = group_id
+        self.handler = handler
+        self.on_assigned = on_assigned
+        self.batch_size = batch_size
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        self.commit_interval_s = commit_interval_s
+        self.session_timeout_s = session_timeout_s
+        self.heartbeat_s = heartbeat_s
+        self.in_flight = asyncio.Lock()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._done: dict[TopicPartition, int] = {}  # next offset to commit, per partition, not yet committed
+        self._committed_at = 0.0
+        self._position: dict[TopicPartition, int] = {}  # next offset to handle, per partition
+
+    @property
+    def assignment(self) -> set[TopicPartition]:
+        return set(self._consumer.assignment()) if self._consumer is not None else set()
+
+    def lag(self) -> dict[TopicPartition, int]:
+        """Messages behind the end of each assigned partition, from the last fetch (no broker call)."""
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        out = {}
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is not None and tp in self._position:
+                out[tp] = max(0, high - self._position[tp])
+        return out
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, group_id=self.group_id, enable_auto_commit=False,
+            auto_offset_reset="earliest", fetch_max_wait_ms=self.fetch_max_wait_ms,
+            max_partition_fetch_bytes=4 << 20, session_timeout_ms=int(self.session_timeout_s * 1000),
+            heartbeat_interval_ms=int(self.heartbeat_s * 1000),
+        )
+        consumer.subscribe(list(self.topics), listener=_Rebalance(self))
+        await consumer.start()
+        self._consumer = consumer
+        try:
+            while not stop.is_set():
+                batches = await consumer.getmany(timeout_ms=200, max_records=self.batch_size)
+                if batches:
+                    async with self.in_flight:
+                        if not await self._handle(batches):
+                            await asyncio.sleep(RETRY_AFTER_S)
+                if self._done and time.monotonic() - self._committed_at >= self.commit_interval_s:
+                    await self.commit()
+        finally:
+            await self.commit()
+            await consumer.stop()
+            self._consumer = None
+
+    async def _handle(self, batches: Mapping[TopicPartition, list]) -> bool:
+        """Hand one fetch to the handler; if it fails, seek back so the same events come again."""
+        raw: list[RawMessage] = []
+        topics = self.topics
+        for tp, records in batches.items():
+            logical = topics.get(tp.topic, tp.topic)
+            raw.extend(
+                RawMessage(logical, tp.partition, r.offset, r.value if isinstance(r.value, bytes) else b"",
+                           r.timestamp / 1000.0 if r.timestamp else 0.0)
+                for r in records
+            )
+        try:
+            await self.handler(raw)
+        except Exception as exc:  # e.g. the broker refused outputs: nothing is committed, read it again
+            log.error("a batch of %d events failed (%s: %s); reading it again in %.0f s",
+                      len(raw), type(exc).__name__, exc, RETRY_AFTER_S)
+            consumer = self._consumer
+            for tp, records in batches.items():
+                if records and consumer is not None and tp in consumer.assignment():
+                    consumer.seek(tp, records[0].offset)
+            return False
+        for tp, records in batches.items():
+            if records:
+                self._done[tp] = self._position[tp] = records[-1].offset + 1
+        return True
+
+    async def commit(self) -> None:
+        """Commit what has been handled; a failure (rebalance, broker away) is retried with the next batch."""
+        consumer = self._consumer
+        if consumer is None or not self._done:
+            return
+        offsets = {tp: off for tp, off in self._done.items() if tp in consumer.assignment()}
+        try:
+            if offsets:
+                await consumer.commit(offsets)
+            self._done.clear()
+            self._committed_at = time.monotonic()
+        except KafkaError as exc:  # the events are read again after a restart: duplicates, deduplicated
+            log.warning("offset commit failed (%s); will retry", exc)
+            self._committed_at = time.monotonic()
