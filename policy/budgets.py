@@ -46,12 +46,15 @@ class _Buckets:
     def add(self, key: str, ts: float, count: int = 1, spend: float = 0.0) -> None:
         n = int(ts // self.width_s)
         buckets = self._by_key.setdefault(key, {})
-        bucket = buckets.setdefault(n, _Bucket())
+        bucket = buckets.get(n)
+        if bucket is None:
+            # Only a new bucket can make others too old, so the scan runs once per bucket, not per call.
+            bucket = buckets[n] = _Bucket()
+            newest = max(buckets)
+            for old in [k for k in buckets if k <= newest - self.keep]:
+                del buckets[old]
         bucket.count += count
         bucket.spend += spend
-        newest = max(buckets)
-        for old in [k for k in buckets if k <= newest - self.keep]:
-            del buckets[old]
 
 
 class WorkerBudgets:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from policy.budgets import WorkerBudgets
+from policy.budgets import WorkerBudgets, _Buckets
 
 DAY0 = 1_780_012_800.0  # a UTC midnight
 
@@ -76,3 +78,37 @@ def test_requests_older_than_the_kept_buckets_are_refused() -> None:
 def test_bad_budgets(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         WorkerBudgets(**kwargs)
+
+
+class _ScanEveryCall:
+    """The reference: counters per bucket, every bucket older than ``keep`` behind the newest dropped on
+    every add (what ``_Buckets`` did before it scanned only when a bucket was created)."""
+
+    def __init__(self, width_s: int, keep: int) -> None:
+        self.width_s, self.keep, self.buckets = width_s, keep, {}
+
+    def add(self, ts: float, count: int) -> None:
+        n = int(ts // self.width_s)
+        self.buckets[n] = self.buckets.get(n, 0) + count
+        newest = max(self.buckets)
+        self.buckets = {k: v for k, v in self.buckets.items() if k > newest - self.keep}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(-5, 30), st.integers(1, 3)), max_size=60), st.integers(1, 4))
+def test_buckets_keep_what_a_scan_on_every_add_keeps(adds: list[tuple[int, int]], keep: int) -> None:
+    """Out-of-order and late adds included: the same buckets and counts as the reference."""
+    buckets, reference = _Buckets(10, keep), _ScanEveryCall(10, keep)
+    for tick, count in adds:
+        buckets.add("k", tick * 7.0, count)
+        reference.add(tick * 7.0, count)
+        kept = {n: b.count for n, b in buckets._by_key["k"].items()}
+        assert kept == reference.buckets
+
+
+def test_a_late_add_counts_nowhere() -> None:
+    b = WorkerBudgets(keep_hours=2)
+    b.take_change("p", DAY0 + 5 * 3600)
+    b.take_change("p", DAY0 + 2 * 3600)  # older than the 2 hours kept: dropped, not counted
+    assert not b.change_available("p", DAY0 + 2 * 3600, 5)  # and still refused
+    assert b.change_available("p", DAY0 + 4 * 3600, 2)
