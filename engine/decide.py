@@ -66,6 +66,33 @@ def fallback(event: Event, ctx: PolicyContext, policy: Policy, reason: str) -> D
     return Decided(_decision(event, default, 1.0, Mode.FALLBACK, policy, {"fallback": reason}), None)
 
 
+class PolicyStates:
+    """Decoded policy states by their stored text, so a returning user's state is not decoded again.
+
+    Safe to share because policy states are never changed in place (``decide_action`` and ``after_click``
+    return new ones). Bounded: when full, it starts again empty.
+    """
+
+    def __init__(self, capacity: int = 50_000) -> None:
+        self.capacity = capacity
+        self._by_text: dict[str, UserPolicyState] = {}
+
+    def of(self, state: UserState | None) -> UserPolicyState:
+        raw = state.fields.get(POLICY_STATE_FIELD) if state else None
+        if raw is None:
+            return UserPolicyState()
+        found = self._by_text.get(raw)
+        return found if found is not None else policy_state_of(state)
+
+    def encode(self, policy_state: UserPolicyState) -> str:
+        """The text to store for ``policy_state``, remembered with it."""
+        text = policy_state.encode().decode()
+        if len(self._by_text) >= self.capacity:
+            self._by_text.clear()
+        self._by_text[text] = policy_state
+        return text
+
+
 def policy_state_of(state: UserState | None) -> UserPolicyState:
     raw = state.fields.get(POLICY_STATE_FIELD) if state else None
     try:
@@ -87,7 +114,7 @@ def trace_scores(scores: dict[str, float], action: str, version: int) -> dict[st
 
 
 def decide(event: Event, state: UserState | None, ctx: PolicyContext, policy: Policy,
-           models: LiveModels | None = None) -> Decided:
+           models: LiveModels | None = None, states: PolicyStates | None = None) -> Decided:
     consent = event.consent if event.consent is not None else (state.consent if state else None)
     if consent is False:
         return fallback(event, ctx, policy, "no_marketing_consent")
@@ -100,7 +127,7 @@ def decide(event: Event, state: UserState | None, ctx: PolicyContext, policy: Po
         scores = scorer.score(x, models.actions_of(ctx.catalogue, placement))
     outcome = decide_action(
         PolicyRequest(event.user_id, placement, event.ts, segment, consent, scores),
-        policy_state_of(state),
+        states.of(state) if states is not None else policy_state_of(state),
         ctx,
         lambda eligible: policy.select(x, eligible),
     )
@@ -125,7 +152,8 @@ def decide(event: Event, state: UserState | None, ctx: PolicyContext, policy: Po
             x=np.asarray(x, dtype=np.float64),
             mode=outcome.mode.value,
         )
-    return Decided(decision, pending, outcome.state.encode().decode(), ev, x)
+    text = states.encode(outcome.state) if states is not None else outcome.state.encode().decode()
+    return Decided(decision, pending, text, ev, x)
 
 
 def is_learnable(action: str) -> bool:

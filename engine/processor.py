@@ -25,7 +25,7 @@ from contracts.decisions import DeadLetter, Decision, LearningSample
 from contracts.events import Event, Rejection, check_jump, check_watermark, parse_event
 from engine.attribution import Credit, Windows, credit, match_pending
 from engine.bids import BidSignaller
-from engine.decide import POLICY_STATE_FIELD, decide, fallback, policy_state_of
+from engine.decide import POLICY_STATE_FIELD, PolicyStates, decide, fallback
 from engine.lift import LiftTracker
 from engine.pending import pending_decisions, slot_with
 from engine.replay import SeenKeys, decision_never_stored, replayed_decision, replayed_reward
@@ -106,8 +106,10 @@ class Engine:
         self._seen = SeenKeys()  # keys of learning samples applied recently
         self._unapplied: deque[FeatureUpdate] = deque()  # updates to replay once Redis answers again
         self._store_retry_at = 0.0  # monotonic time before which a failed store is not tried again
+        self._store_logged_at = 0.0  # monotonic time of the last store-failure log line
         self._replaying = asyncio.Lock()  # HTTP requests and the agent may both find updates to replay
         self._erased: set[str] = set()
+        self._policy_states = PolicyStates()  # decoded policy states of recent users
 
     @property
     def erased(self) -> set[str]:
@@ -253,7 +255,10 @@ class Engine:
             self.metrics.store_errors.labels("apply").inc()
             if not isinstance(exc, CircuitOpen):  # only a real failure re-arms the breaker
                 self._store_retry_at = time.monotonic() + 1.0
-            log.error("%s; %d events kept for replay, requests got fallback decisions", exc, len(events))
+            if not isinstance(exc, CircuitOpen) or time.monotonic() - self._store_logged_at >= 10.0:
+                self._store_logged_at = time.monotonic()  # one line per outage and every 10 s, not per batch
+                log.error("%s; %d events kept for replay, requests got fallback decisions (counted in "
+                          "cadence_feature_store_errors_total)", exc, len(events))
             self._keep_for_replay(updates)
             for event in events:
                 if event.kind.requests_decision:
@@ -321,7 +326,7 @@ class Engine:
         self.metrics.child(self.metrics.decisions, decision.placement, decision.action, decision.mode.value).inc()
 
     def _decide(self, event: Event, state: UserState | None, writes: dict, out: BatchOutput) -> None:
-        decided = decide(event, state, self.policy_ctx, self.policy, self.models)
+        decided = decide(event, state, self.policy_ctx, self.policy, self.models, self._policy_states)
         decision = decided.decision
         self._emit(decision, out)
         if self.models is not None and decided.x is not None and event.type in ACTIVITY_TYPES:
@@ -369,7 +374,8 @@ class Engine:
         if reward_type == "click" and state is not None:
             placement = self.catalogue.placements.get(target.placement)
             channel = placement.channel if placement else event.channel
-            writes[event.user_id][POLICY_STATE_FIELD] = policy_state_of(state).after_click(channel).encode().decode()
+            states = self._policy_states
+            writes[event.user_id][POLICY_STATE_FIELD] = states.encode(states.of(state).after_click(channel))
         if reward > 0:
             out.learning.append(
                 LearningSample(

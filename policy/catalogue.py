@@ -157,15 +157,17 @@ class Catalogue:
     actions: dict[str, Action]
     contact: dict[str, ContactPolicy] = field(default_factory=dict)  # channel -> contact policy
     _by_placement: dict[str, list[Action]] = field(default_factory=dict, repr=False)
+    _value_scale: float = field(default=1.0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         for p in self.placements:
             self._by_placement[p] = [a for a in self.actions.values() if p in a.placements]
+        self._value_scale = max((a.value for a in self.actions.values()), default=1.0) or 1.0
 
     @property
     def value_scale(self) -> float:
         """Largest action value: rewards are divided by it so the bandit learns on a 0..~1 scale."""
-        return max((a.value for a in self.actions.values()), default=1.0) or 1.0
+        return self._value_scale
 
     def eligible(
         self,

@@ -24,6 +24,7 @@ from engine.processor import BatchOutput, Engine, RawMessage
 from features.erasure import ErasureRegistry
 from policy.lever_store import LeverStore
 from policy.levers import Lever, LeverError, LeverKind
+from streams.decide_batcher import DecideBatcher
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,8 @@ def _error(web: faust.web.View, status: int, what: str, todo: str, **extra: Any)
     return web.json({"error": what, "what_to_do": todo, **extra}, status=status)
 
 
-def decide_request(params: dict[str, str], placement_channel: str, now: float) -> tuple[str, bytes]:
-    """The decision-request event (topic, JSON bytes) for an HTTP call, validated later like any event."""
+def decide_request(params: dict[str, str], placement_channel: str, now: float) -> tuple[str, str, bytes]:
+    """The decision-request event (event id, topic, JSON bytes) for an HTTP call, validated later like any event."""
     topic, etype = REQUEST_TYPES[placement_channel]
     doc: dict[str, Any] = {
         "event_id": params.get("request_id") or f"http-{uuid.uuid4().hex}",
@@ -88,7 +89,7 @@ def decide_request(params: dict[str, str], placement_channel: str, now: float) -
             doc[name] = params[name]
     if params.get("consent") in ("true", "false"):
         doc["consent"] = params["consent"] == "true"
-    return topic, orjson.dumps(doc)
+    return doc["event_id"], topic, orjson.dumps(doc)
 
 
 def register_views(
@@ -104,6 +105,8 @@ def register_views(
         task = asyncio.ensure_future(emit(out))
         background.add(task)
         task.add_done_callback(background.discard)
+
+    batcher = DecideBatcher(engine.process, emit_soon)
 
     def now_event_time() -> float:
         """'Now' for levers set by a person: the stream's event time when there is one, else the clock."""
@@ -137,20 +140,19 @@ def register_views(
                 return _error(web, status, f"unknown placement {params.get('placement', '')[:64]!r}",
                               "use a placement of the catalogue", placements=sorted(engine.catalogue.placements))
             try:
-                topic, raw = decide_request(params, placement.channel, time.time())
+                event_id, topic, raw = decide_request(params, placement.channel, time.time())
             except ValueError:
                 status = 400
                 return _error(web, status, "ts must be a number (epoch seconds)", "omit ts to decide for now")
-            out = await engine.process([RawMessage(topic, -1, -1, raw, time.time())])
-            emit_soon(out)
-            if out.dead_letters:
+            answer = await batcher.decide(event_id, RawMessage(topic, -1, -1, raw, time.time()))
+            if answer.dead_letter is not None:
                 status = 400
-                dl = out.dead_letters[0]
+                dl = answer.dead_letter
                 return _error(web, status, dl.reason, "fix the request parameters", reason_code=dl.reason_code)
-            if not out.decisions:  # a repeated request_id whose decision is no longer kept
+            if answer.decision is None:  # a repeated request_id whose decision is no longer kept
                 status = 409
                 return _error(web, status, "request_id was already decided", "send a new request_id")
-            return web.bytes(out.decisions[0].to_json(), content_type="application/json")
+            return web.bytes(answer.decision.to_json(), content_type="application/json")
         finally:
             metrics.http_latency.labels(str(status)).observe(time.perf_counter() - started)
             metrics.http_requests.labels("decide", str(status)).inc()

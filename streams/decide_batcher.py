@@ -1,0 +1,63 @@
+"""GET /decide requests that arrive together share one engine batch.
+
+One request alone is one engine batch: a Lua call to apply it, one to store its decision state. Under
+load, hundreds of requests in flight each held a Redis connection (the pool ran out: "Too many
+connections", and the breaker sent everyone fallbacks) and each paid the batch overheads. Here requests
+queue; one drain task at a time hands everything queued (up to ``max_batch``) to the engine, answers
+each request with its own decision or dead letter, and emits the batch's outputs once. A request that
+finds the queue idle is sent on the next turn of the event loop: batching adds no waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from contracts.decisions import DeadLetter, Decision
+from engine.processor import BatchOutput, RawMessage
+
+Process = Callable[[list[RawMessage]], Awaitable[BatchOutput]]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    decision: Decision | None = None
+    dead_letter: DeadLetter | None = None  # the request was refused (bad parameters)
+
+
+class DecideBatcher:
+    def __init__(self, process: Process, emit_soon: Callable[[BatchOutput], None], max_batch: int = 256) -> None:
+        self.process = process
+        self.emit_soon = emit_soon
+        self.max_batch = max_batch
+        self._queue: list[tuple[str, RawMessage, asyncio.Future[Answer]]] = []
+        self._drainer: asyncio.Task | None = None
+
+    async def decide(self, event_id: str, message: RawMessage) -> Answer:
+        """The answer to one request (``event_id``: the request's event id, ``message``: its event)."""
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._queue.append((event_id, message, future))
+        if self._drainer is None:
+            self._drainer = asyncio.ensure_future(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+                try:
+                    out = await self.process([message for _, message, _ in batch])
+                except Exception as exc:  # answer every waiting request, never leave one hanging
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                self.emit_soon(out)
+                decisions = {d.request_event_id: d for d in out.decisions}
+                refused = {id(dl.raw): dl for dl in out.dead_letters}
+                for event_id, message, future in batch:
+                    if not future.done():
+                        future.set_result(Answer(decisions.get(event_id), refused.get(id(message.value))))
+        finally:
+            self._drainer = None

@@ -1,0 +1,86 @@
+"""DecideBatcher: concurrent /decide requests share engine batches, each gets its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from contracts.decisions import DeadLetter, Decision, Mode
+from engine.processor import BatchOutput, RawMessage
+from streams.decide_batcher import DecideBatcher
+
+
+def decision_for(event_id: str) -> Decision:
+    return Decision(decision_id=f"d-{event_id}", request_event_id=event_id, user_id="u", ts=1.0, channel="web",
+                    placement="home_hero", action=f"a-{event_id}", probability=1.0, mode=Mode.EXPLOIT,
+                    policy="linucb", policy_version=0, trace={})
+
+
+class FakeEngine:
+    """Decides every message whose value is not b"bad"; refuses the bad ones as the engine would."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.batches: list[int] = []
+        self.fail = fail
+
+    async def process(self, messages: list[RawMessage]) -> BatchOutput:
+        self.batches.append(len(messages))
+        await asyncio.sleep(0.01)  # a Redis round trip: requests arriving meanwhile form the next batch
+        if self.fail:
+            raise ConnectionError("store away")
+        out = BatchOutput()
+        for m in messages:
+            if m.value.startswith(b"bad"):
+                out.dead_letters.append(DeadLetter(m.topic, -1, -1, "wrong_type", "ts must be a number", m.value))
+            else:
+                out.decisions.append(decision_for(m.value.decode()))
+        return out
+
+
+def run_requests(engine: FakeEngine, values: list[bytes], emitted: list[BatchOutput]) -> list:
+    async def go() -> list:
+        batcher = DecideBatcher(engine.process, emitted.append, max_batch=20)
+        first = asyncio.ensure_future(batcher.decide(values[0].decode(), RawMessage("web-events", -1, -1, values[0])))
+        await asyncio.sleep(0)  # the first request is on its way alone; the rest arrive while it is in flight
+        rest = [batcher.decide(v.decode(), RawMessage("web-events", -1, -1, v)) for v in values[1:]]
+        return await asyncio.gather(first, *rest, return_exceptions=True)
+
+    return asyncio.run(go())
+
+
+def test_requests_in_flight_together_share_batches_and_get_their_own_answers() -> None:
+    engine, emitted = FakeEngine(), []
+    values = [b"e0"] + [f"e{i}".encode() for i in range(1, 50)]
+    values[7] = b"bad7"
+    answers = run_requests(engine, values, emitted)
+    assert engine.batches == [1, 20, 20, 9]  # the first alone, then the queue in slices of max_batch
+    assert len(emitted) == 4  # outputs of each batch emitted once
+    for value, answer in zip(values, answers, strict=True):
+        if value.startswith(b"bad"):
+            assert answer.decision is None and answer.dead_letter is not None
+            assert answer.dead_letter.raw is value
+        else:
+            assert answer.dead_letter is None and answer.decision.request_event_id == value.decode()
+
+
+def test_a_failed_batch_fails_every_request_in_it_and_the_batcher_recovers() -> None:
+    engine, emitted = FakeEngine(fail=True), []
+    answers = run_requests(engine, [f"e{i}".encode() for i in range(5)], emitted)
+    assert all(isinstance(a, ConnectionError) for a in answers) and emitted == []
+    engine.fail = False
+    (answer,) = run_requests(engine, [b"e9"], emitted)
+    assert answer.decision is not None and answer.decision.request_event_id == "e9"
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_a_repeated_request_id_without_a_kept_decision_gets_no_decision(n: int) -> None:
+    async def go() -> list:
+        async def process(messages: list[RawMessage]) -> BatchOutput:
+            return BatchOutput()  # the engine found the request a duplicate with nothing stored
+
+        batcher = DecideBatcher(process, lambda out: None)
+        return await asyncio.gather(*[batcher.decide("same", RawMessage("web-events", -1, -1, b"x"))
+                                      for _ in range(n)])
+
+    assert [a.decision for a in asyncio.run(go())] == [None] * n
