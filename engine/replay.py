@@ -36,7 +36,7 @@ def replayed_decision(event: Event, state: UserState | None, policy: str) -> tup
         channel=event.channel, placement=p.placement, action=p.action, probability=round(p.probability, 6),
         mode=Mode(p.mode), policy=policy, policy_version=p.policy_version, trace={"replayed": True},
     )
-    exposure = LearningSample(kind="exposure", decision_id=p.decision_id, action=p.action, x=p.x.tolist(),
+    exposure = LearningSample(kind="exposure", decision_id=p.decision_id, action=p.action, x=p.x,
                               probability=p.probability, placement=p.placement, ts=p.ts, mode=p.mode)
     return decision, exposure
 
@@ -60,7 +60,7 @@ def replayed_reward(event: Event, state: UserState | None, click_reward: float,
     reward = click_reward if reward_type == "click" else event.revenue / value_scale
     if reward <= 0:
         return None
-    return LearningSample(kind="reward", decision_id=target.decision_id, action=target.action, x=target.x.tolist(),
+    return LearningSample(kind="reward", decision_id=target.decision_id, action=target.action, x=target.x,
                           reward=reward, probability=target.probability, placement=target.placement, ts=event.ts,
                           mode=target.mode, reward_type=reward_type)
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from contracts.decisions import sample_dicts
 from policy.catalogue import Catalogue
 
 MAX_PROBLEMS_LISTED = 5
@@ -176,13 +177,17 @@ def read_jsonl(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
             if not isinstance(doc, dict):
                 problems.append(f"{path.name}:{lineno}: not a JSON object")
                 continue
-            samples.extend(_expand(doc, f"{path.name}:{lineno}"))
+            samples.extend(_expand(doc, f"{path.name}:{lineno}", problems))
     return samples, problems
 
 
-def _expand(doc: dict[str, Any], where: str) -> list[dict[str, Any]]:
-    """A learning-topic message holds one sample or a batch ``{"samples": [...]}``."""
-    docs = doc["samples"] if isinstance(doc.get("samples"), list) else [doc]
+def _expand(doc: dict[str, Any], where: str, problems: list[str]) -> list[dict[str, Any]]:
+    """A learning-topic message holds one sample, a batch ``{"samples": [...]}`` or a batch in columns."""
+    try:
+        docs = sample_dicts(doc)
+    except (KeyError, TypeError, ValueError) as exc:
+        problems.append(f"{where}: a learning batch in columns (format 2) that cannot be read: {exc!r}")
+        return []
     out = []
     for i, d in enumerate(docs):
         if isinstance(d, dict):
@@ -220,7 +225,7 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> tuple[lis
                         problems.append(f"{tp.topic}[{tp.partition}]@{rec.offset}: not JSON ({exc})")
                         continue
                     if isinstance(doc, dict):
-                        samples.extend(_expand(doc, f"{tp.topic}[{tp.partition}]@{rec.offset}"))
+                        samples.extend(_expand(doc, f"{tp.topic}[{tp.partition}]@{rec.offset}", problems))
                     else:
                         problems.append(f"{tp.topic}[{tp.partition}]@{rec.offset}: not a JSON object")
         return samples, problems

@@ -189,3 +189,25 @@ def test_split_is_by_event_time():
     assert len(first) + len(second) == 10
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
         DecisionLog(decisions).split(1.0)
+
+
+def test_batches_in_columns_are_read_like_the_samples_they_hold(tmp_path, catalogue):
+    from contracts.decisions import encode_samples
+
+    samples = [
+        LearningSample("exposure", "a", "offer_bundle", [0.1 * i for i in range(20)], probability=0.2,
+                       placement="home_hero", ts=3.0),
+        LearningSample("reward", "a", "offer_bundle", [0.1 * i for i in range(20)], reward=0.7,
+                       placement="home_hero", ts=4.0, reward_type="click"),
+    ]
+    raw = encode_samples(samples)
+    assert orjson.loads(raw)["v"] == 2
+    path = tmp_path / "learning.jsonl"
+    broken = orjson.loads(raw) | {"x": "not base64 of 2 x 20 floats"}
+    path.write_bytes(raw + b"\n" + orjson.dumps(broken) + b"\n")
+    docs, problems = read_jsonl(path)
+    assert [d["_where"] for d in docs] == ["learning.jsonl:1#0", "learning.jsonl:1#1"]
+    assert docs[0]["x"] == samples[0].x  # float64 in binary: exact
+    assert len(problems) == 1 and problems[0].startswith("learning.jsonl:2: a learning batch in columns")
+    (d,) = join_samples(docs, catalogue)
+    assert (d.action, d.probability, d.reward) == ("offer_bundle", 0.2, 0.7)

@@ -1,0 +1,53 @@
+"""The learning topic's message formats: columns (format 2), the batch of objects (format 1), one sample."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+
+from contracts.decisions import LearningSample, decode_samples, encode_samples
+
+
+def samples(n: int, dim: int = 20, seed: int = 3) -> list[LearningSample]:
+    rng = np.random.default_rng(seed)
+    return [
+        LearningSample("reward" if i % 3 == 0 else "exposure", f"d{i}", f"offer_{i % 4}", rng.normal(size=dim),
+                       reward=float(i % 3 == 0) * rng.random(), probability=rng.random(), placement="home_hero",
+                       ts=1.7e9 + i, mode="explore" if i % 2 else "exploit", reward_type="click" if i % 3 == 0 else "")
+        for i in range(n)
+    ]
+
+
+def as_tuple(s: LearningSample) -> tuple:
+    return (s.kind, s.decision_id, s.action, tuple(np.asarray(s.x).tolist()), s.reward, s.probability, s.placement,
+            s.ts, s.mode, s.reward_type, s.key)
+
+
+def test_columns_round_trip_every_field_exactly() -> None:
+    batch = samples(50)
+    raw = encode_samples(batch)
+    assert orjson.loads(raw)["v"] == 2
+    back = decode_samples(raw)
+    assert [as_tuple(s) for s in back] == [as_tuple(s) for s in batch]
+    xs = np.array([s.x for s in back])
+    assert xs.shape == (50, 20) and xs.dtype == np.float64
+
+
+def test_columns_are_smaller_than_one_object_per_sample() -> None:
+    batch = samples(200)
+    old = orjson.dumps({"samples": [s.to_dict() for s in batch]}, option=orjson.OPT_SERIALIZE_NUMPY)
+    assert len(encode_samples(batch)) < 0.7 * len(old)
+
+
+def test_contexts_of_different_lengths_fall_back_to_objects() -> None:
+    batch = samples(3) + samples(2, dim=7)
+    raw = encode_samples(batch)
+    assert "samples" in orjson.loads(raw)
+    assert [as_tuple(s) for s in decode_samples(raw)] == [as_tuple(s) for s in batch]
+
+
+def test_older_formats_still_decode() -> None:
+    batch = samples(4)
+    objects = orjson.dumps({"samples": [s.to_dict() for s in batch]}, option=orjson.OPT_SERIALIZE_NUMPY)
+    assert [as_tuple(s) for s in decode_samples(objects)] == [as_tuple(s) for s in batch]
+    assert [as_tuple(s) for s in decode_samples(batch[0].to_json())] == [as_tuple(batch[0])]
