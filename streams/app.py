@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import os
 import socket
@@ -46,6 +47,7 @@ from streams.topics import BID_SIGNALS, DEAD_LETTERS, DECISIONS, ERASURES, INPUT
 from streams.web import register_views
 
 log = logging.getLogger(__name__)
+GC_GEN0_THRESHOLD = 20_000
 LEARNING_BATCH = 500  # samples per learning-topic message (~0.3 MB)
 
 
@@ -108,6 +110,7 @@ def build_engine(settings: Settings, metrics: Metrics, client: aioredis.Redis) -
 def create_app(settings: Settings) -> faust.App:
     assert settings.kafka_bootstrap, "kafka_bootstrap must be resolved before the app is built"
     set_fetch_max_wait(settings.fetch_max_wait_ms)
+    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)  # a batch allocates ~100 objects per event: fewer young sweeps
     app = faust.App(
         # with direct intake the consumer group ``app_id`` is the intake's; Faust's own consumer (it reads
         # only its internal topics then) must not join it with another assignor
@@ -294,6 +297,9 @@ def create_app(settings: Settings) -> faust.App:
                 log.error("cannot read snapshots and levers yet (%s); retrying in 1 s", exc)
                 await asyncio.sleep(1.0)
         policy_ready.set()
+        # Everything alive now (modules, catalogue, policy, models) lives as long as the worker: keep the
+        # cyclic GC from scanning it again and again (previous measurement: 386 -> 350 CPU us per event).
+        gc.freeze()
         await follow_learning(
             settings.kafka_bootstrap or "", settings.topic(LEARNING), engine.learn, stop_learning,
             start_offsets=offsets, fetch_max_wait_ms=settings.fetch_max_wait_ms,

@@ -11,13 +11,19 @@ finds the queue idle is sent on the next turn of the event loop: batching adds n
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from contracts.decisions import DeadLetter, Decision
 from engine.processor import BatchOutput, RawMessage
 
+log = logging.getLogger(__name__)
 Process = Callable[[list[RawMessage]], Awaitable[BatchOutput]]
+
+
+class EngineFailed(RuntimeError):
+    """The engine raised on the batch this request was in (logged once per batch, with the traceback)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,9 +55,11 @@ class DecideBatcher:
                 try:
                     out = await self.process([message for _, message, _ in batch])
                 except Exception as exc:  # answer every waiting request, never leave one hanging
+                    log.exception("the engine failed on a batch of %d /decide requests", len(batch))
+                    failed = EngineFailed(f"{type(exc).__name__}: {exc}")
                     for _, _, future in batch:
                         if not future.done():
-                            future.set_exception(exc)
+                            future.set_exception(failed)
                     continue
                 self.emit_soon(out)
                 decisions = {d.request_event_id: d for d in out.decisions}

@@ -66,6 +66,7 @@ class DirectIntake:
         self._done: dict[TopicPartition, int] = {}  # next offset to commit, per partition, not yet committed
         self._committed_at = 0.0
         self._position: dict[TopicPartition, int] = {}  # next offset to handle, per partition
+        self._failures = 0  # batches failed in a row
 
     @property
     def assignment(self) -> set[TopicPartition]:
@@ -121,13 +122,16 @@ class DirectIntake:
         try:
             await self.handler(raw)
         except Exception as exc:  # e.g. the broker refused outputs: nothing is committed, read it again
-            log.error("a batch of %d events failed (%s: %s); reading it again in %.0f s",
-                      len(raw), type(exc).__name__, exc, RETRY_AFTER_S)
+            self._failures += 1
+            log.error("a batch of %d events failed %d time(s) in a row (%s: %s); reading it again in %.0f s",
+                      len(raw), self._failures, type(exc).__name__, exc, RETRY_AFTER_S,
+                      exc_info=self._failures == 1)  # the traceback once per streak, not every second
             consumer = self._consumer
             for tp, records in batches.items():
                 if records and consumer is not None and tp in consumer.assignment():
                     consumer.seek(tp, records[0].offset)
             return False
+        self._failures = 0
         for tp, records in batches.items():
             if records:
                 self._done[tp] = self._position[tp] = records[-1].offset + 1

@@ -24,7 +24,7 @@ from engine.processor import BatchOutput, Engine, RawMessage
 from features.erasure import ErasureRegistry
 from policy.lever_store import LeverStore
 from policy.levers import Lever, LeverError, LeverKind
-from streams.decide_batcher import DecideBatcher
+from streams.decide_batcher import DecideBatcher, EngineFailed
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,12 @@ def register_views(
             except ValueError:
                 status = 400
                 return _error(web, status, "ts must be a number (epoch seconds)", "omit ts to decide for now")
-            answer = await batcher.decide(event_id, RawMessage(topic, -1, -1, raw, time.time()))
+            try:
+                answer = await batcher.decide(event_id, RawMessage(topic, -1, -1, raw, time.time()))
+            except EngineFailed as exc:
+                status = 500
+                return _error(web, status, f"the engine failed on this request's batch ({exc})",
+                              "retry, or show the placement's default action; the worker log has the traceback")
             if answer.dead_letter is not None:
                 status = 400
                 dl = answer.dead_letter

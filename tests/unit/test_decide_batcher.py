@@ -8,7 +8,7 @@ import pytest
 
 from contracts.decisions import DeadLetter, Decision, Mode
 from engine.processor import BatchOutput, RawMessage
-from streams.decide_batcher import DecideBatcher
+from streams.decide_batcher import DecideBatcher, EngineFailed
 
 
 def decision_for(event_id: str) -> Decision:
@@ -67,7 +67,8 @@ def test_requests_in_flight_together_share_batches_and_get_their_own_answers() -
 def test_a_failed_batch_fails_every_request_in_it_and_the_batcher_recovers() -> None:
     engine, emitted = FakeEngine(fail=True), []
     answers = run_requests(engine, [f"e{i}".encode() for i in range(5)], emitted)
-    assert all(isinstance(a, ConnectionError) for a in answers) and emitted == []
+    assert all(isinstance(a, EngineFailed) and "ConnectionError: store away" in str(a) for a in answers)
+    assert emitted == []
     engine.fail = False
     (answer,) = run_requests(engine, [b"e9"], emitted)
     assert answer.decision is not None and answer.decision.request_event_id == "e9"
