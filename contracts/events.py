@@ -34,6 +34,7 @@ class Reason(StrEnum):
     UNEXPECTED_FIELD = "unexpected_field"
     TS_OUT_OF_RANGE = "ts_out_of_range"
     UNKNOWN_TOPIC = "unknown_topic"
+    ENGINE_ERROR = "engine_error"  # valid input the engine's own code failed on (a bug): kept, not lost
 
 
 @dataclass(frozen=True, slots=True)

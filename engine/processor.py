@@ -15,19 +15,18 @@ import logging
 import statistics
 import time
 from collections import defaultdict, deque
-from dataclasses import dataclass, field
-
-import numpy as np
 
 from bandits.base import Policy
 from cadence.metrics import Metrics
 from contracts.decisions import DeadLetter, Decision, LearningSample
-from contracts.events import Event, Rejection, check_jump, check_watermark, parse_event
-from engine.attribution import Credit, Windows, credit, match_pending
+from contracts.events import Event, Reason, Rejection, check_jump, check_watermark, parse_event
+from engine.attribution import Credit, credit, match_pending
 from engine.bids import BidSignaller
 from engine.decide import POLICY_STATE_FIELD, PolicyStates, decide, fallback
+from engine.learner import EngineLearning
 from engine.lift import LiftTracker
 from engine.pending import pending_decisions, slot_with
+from engine.records import BatchOutput, EngineConfig, RawMessage
 from engine.replay import SeenKeys, decision_never_stored, replayed_decision, replayed_reward
 from features.context import build_context
 from features.erasure import user_digest
@@ -35,8 +34,8 @@ from features.state import UserState
 from features.store import FeatureStoreError, RedisFeatureStore
 from features.updates import FeatureUpdate, update_for
 from learning.live_models import LiveModels
-from ope.shadow import ShadowLog, ShadowRecord
-from policy.catalogue import NO_ACTION, Catalogue
+from ope.shadow import ShadowLog
+from policy.catalogue import Catalogue
 from policy.pipeline import PolicyContext
 
 log = logging.getLogger(__name__)
@@ -51,39 +50,10 @@ class CircuitOpen(FeatureStoreError):
     """The store failed less than a second ago: not tried, so the caller answers at once."""
 
 
-@dataclass(slots=True)
-class RawMessage:
-    topic: str  # logical topic name, without the deployment's prefix
-    partition: int
-    offset: int
-    value: bytes
-    timestamp: float = 0.0  # broker/producer timestamp (wall clock), for latency metrics only
+__all__ = ["BatchOutput", "CircuitOpen", "Engine", "EngineConfig", "RawMessage"]  # records re-exported
 
 
-@dataclass(slots=True)
-class BatchOutput:
-    decisions: list[Decision] = field(default_factory=list)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    learning: list[LearningSample] = field(default_factory=list)
-    bid_signals: list[dict] = field(default_factory=list)
-    shadow: list[ShadowRecord] = field(default_factory=list)  # what a challenger would have done
-    request_timestamps: list[float] = field(default_factory=list)  # per decision: its request's timestamp
-    timestamps: dict[str, float] = field(default_factory=dict)  # event_id -> Kafka timestamp, this batch
-
-
-@dataclass(frozen=True, slots=True)
-class EngineConfig:
-    max_event_bytes: int = 65536
-    max_future_skew_s: float = 3600.0
-    max_lateness_s: float = 30 * 86400.0
-    max_time_jump_s: float = 7 * 86400.0
-    click_reward: float = 0.1
-    windows: Windows = Windows(click_s=1800.0, conversion_s=7 * 86400.0)
-    watermark_resync_events: int = 1000  # this many events in a row ahead of the watermark: time jumped
-    retry_buffer_max: int = 200_000  # feature updates kept for replay while Redis is unreachable
-
-
-class Engine:
+class Engine(EngineLearning):
     def __init__(
         self, store: RedisFeatureStore, policy_ctx: PolicyContext, policy: Policy, metrics: Metrics,
         config: EngineConfig, bids: BidSignaller | None = None, shadow_policy: Policy | None = None,
@@ -142,6 +112,29 @@ class Engine:
             await self._apply(events, out)
         self.metrics.batch_latency.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(len(messages))
+        return out
+
+    async def process_isolating(self, messages: list[RawMessage]) -> BatchOutput:
+        """``process``, and if the engine's code raises, the batch again one event at a time: an event the
+        engine fails on goes to dead-letters (``engine_error``) instead of stalling its partition forever.
+        Events the failed attempt already applied come back as duplicates (their outputs are re-sent)."""
+        try:
+            return await self.process(messages)
+        except FeatureStoreError:
+            raise
+        except Exception:
+            log.exception("the engine failed on a batch of %d events; processing them one by one", len(messages))
+        out = BatchOutput()
+        for msg in messages:
+            try:
+                one = await self.process([msg])
+            except FeatureStoreError:
+                raise
+            except Exception as exc:
+                self._reject(msg, Rejection(Reason.ENGINE_ERROR, f"{type(exc).__name__}: {str(exc)[:200]}; "
+                                            "please report it with this dead letter"), out)
+                continue
+            out.merge(one)
         return out
 
     # -- steps ------------------------------------------------------------------------------------
@@ -391,60 +384,3 @@ class Engine:
                     reward_type=reward_type or "",
                 )
             )
-
-    # -- learning (all workers apply every sample: linear statistics are additive) ----------------
-    def replace_policy(self, policy: Policy) -> None:
-        """Swap in a restored policy (snapshot at start, or a rollback)."""
-        self.policy = policy
-        self.metrics.policy_version.set(policy.version)
-
-    def learn(self, samples: list[LearningSample], positions: dict[int, int] | None = None) -> None:
-        """Apply learning samples (all workers apply all of them); batched, per sample if a batch fails."""
-        if positions:
-            self.learned_offsets.update(positions)
-        fresh = [s for s in samples if self._seen.first_time(s.key)]  # replays after a crash: once only
-        if len(fresh) < len(samples):
-            self.metrics.learning_samples.labels("duplicate").inc(len(samples) - len(fresh))
-        samples = fresh
-        usable = []
-        for s in samples:
-            self.lift.add(s)
-            if s.action != NO_ACTION:  # a control decision that showed nothing counts for lift only
-                usable.append(s)
-        applied = self._learn_into(self.policy, usable)
-        if self.shadow_policy is not None:
-            self._learn_into(self.shadow_policy, usable)
-        for s in applied:
-            self.learned_watermark = max(self.learned_watermark, s.ts)
-            self.metrics.learning_samples.labels(s.kind).inc()
-            if s.kind == "reward":
-                self.metrics.reward_value.inc(s.reward)
-        self.metrics.policy_version.set(self.policy.version)
-        if self.models is not None:
-            self.models.learn(applied, self.learned_watermark)
-
-    def _learn_into(self, policy: Policy, usable: list[LearningSample]) -> list[LearningSample]:
-        exposures = [s for s in usable if s.kind == "exposure"]
-        rewards = [s for s in usable if s.kind == "reward"]
-        try:
-            if exposures:
-                policy.expose_many(np.array([s.x for s in exposures]), [s.action for s in exposures])
-            if rewards:
-                policy.reward_many(np.array([s.x for s in rewards]), [s.action for s in rewards],
-                                   [s.reward for s in rewards])
-            return usable
-        except ValueError:  # a malformed sample refuses the whole batch before anything changed
-            return [s for s in usable if self._learn_one(policy, s)]
-
-    def _learn_one(self, policy: Policy, s: LearningSample) -> bool:
-        try:
-            x = np.asarray(s.x)
-            if s.kind == "exposure":
-                policy.expose(x, s.action)
-            else:
-                policy.reward(x, s.action, s.reward)
-            return True
-        except ValueError as exc:  # e.g. a sample from an engine with another context size
-            log.error("learning sample %s skipped: %s", s.decision_id, exc)
-            self.metrics.learning_samples.labels("rejected").inc()
-            return False

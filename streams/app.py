@@ -163,7 +163,7 @@ def create_app(settings: Settings) -> faust.App:
                 metrics.decision_latency.observe(max(0.0, now - sent))
 
     async def handle(raw: list[RawMessage]) -> None:
-        await emit(await engine.process(raw))
+        await emit(await engine.process_isolating(raw))
 
     def assigned(partitions: set) -> None:
         status["rebalanced"] = True

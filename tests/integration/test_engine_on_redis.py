@@ -262,3 +262,36 @@ def test_a_far_future_burst_is_rejected_but_a_real_jump_in_time_is_followed(
     # it were accepted.
     assert len(jump.dead_letters) == 50 and len(jump.decisions) == 110
     assert engine.watermark >= T0 + year
+
+
+def test_an_event_the_engine_fails_on_is_dead_lettered_and_its_batch_still_decided(runtime: Runtime) -> None:
+    metrics = Metrics()
+    engine = make_engine(runtime, metrics)
+    select = engine.policy.select
+    failing = {"first": True, "always": False}
+
+    def buggy_select(x, actions):  # noqa: ANN001, ANN202 - a bug in the engine's own code path
+        if failing["always"]:
+            raise ValueError("always")
+        if failing["first"]:
+            failing["first"] = False  # the whole batch fails once; one by one it goes through
+            raise KeyError("boom")
+        return select(x, actions)
+
+    engine.policy.select = buggy_select  # type: ignore[method-assign]
+    batch = msgs(event("ok-1", user_id="a", ts=T0), event("ok-2", user_id="b", ts=T0 + 1))
+    poison = msgs(event("poison", user_id="c", ts=T0 + 2))
+
+    async def go():  # noqa: ANN202
+        first = await engine.process_isolating(batch)
+        failing["always"] = True
+        return first, await engine.process_isolating(poison)
+
+    first, second = run(go())
+    # one by one, both events were decided (the one applied before the failure comes back as a duplicate)
+    assert sorted(d.request_event_id for d in first.decisions) == ["ok-1", "ok-2"]
+    assert not first.dead_letters
+    (dl,) = second.dead_letters
+    assert (dl.reason_code, dl.raw) == ("engine_error", poison[0].value)
+    assert "ValueError: always" in dl.reason and not second.decisions
+    assert 'cadence_dead_letters_total{reason="engine_error"} 1.0' in metrics.exposition().decode()

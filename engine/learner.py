@@ -1,0 +1,89 @@
+"""The learning half of the engine: every worker applies every learning sample (linear statistics are additive).
+
+``EngineLearning`` is mixed into ``engine.processor.Engine``; it uses the engine's policy, shadow policy,
+models, lift tracker, metrics and the keys of samples already applied (``_seen``: a sample replayed after
+a crash is applied once).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from bandits.base import Policy
+from cadence.metrics import Metrics
+from contracts.decisions import LearningSample
+from engine.lift import LiftTracker
+from engine.replay import SeenKeys
+from learning.live_models import LiveModels
+from policy.catalogue import NO_ACTION
+
+log = logging.getLogger(__name__)
+
+
+class EngineLearning:
+    policy: Policy
+    shadow_policy: Policy | None
+    models: LiveModels | None
+    metrics: Metrics
+    lift: LiftTracker
+    learned_offsets: dict[int, int]
+    learned_watermark: float
+    _seen: SeenKeys
+
+    def replace_policy(self, policy: Policy) -> None:
+        """Swap in a restored policy (snapshot at start, or a rollback)."""
+        self.policy = policy
+        self.metrics.policy_version.set(policy.version)
+
+    def learn(self, samples: list[LearningSample], positions: dict[int, int] | None = None) -> None:
+        """Apply learning samples (all workers apply all of them); batched, per sample if a batch fails."""
+        if positions:
+            self.learned_offsets.update(positions)
+        fresh = [s for s in samples if self._seen.first_time(s.key)]  # replays after a crash: once only
+        if len(fresh) < len(samples):
+            self.metrics.learning_samples.labels("duplicate").inc(len(samples) - len(fresh))
+        samples = fresh
+        usable = []
+        for s in samples:
+            self.lift.add(s)
+            if s.action != NO_ACTION:  # a control decision that showed nothing counts for lift only
+                usable.append(s)
+        applied = self._learn_into(self.policy, usable)
+        if self.shadow_policy is not None:
+            self._learn_into(self.shadow_policy, usable)
+        for s in applied:
+            self.learned_watermark = max(self.learned_watermark, s.ts)
+            self.metrics.learning_samples.labels(s.kind).inc()
+            if s.kind == "reward":
+                self.metrics.reward_value.inc(s.reward)
+        self.metrics.policy_version.set(self.policy.version)
+        if self.models is not None:
+            self.models.learn(applied, self.learned_watermark)
+
+    def _learn_into(self, policy: Policy, usable: list[LearningSample]) -> list[LearningSample]:
+        exposures = [s for s in usable if s.kind == "exposure"]
+        rewards = [s for s in usable if s.kind == "reward"]
+        try:
+            if exposures:
+                policy.expose_many(np.array([s.x for s in exposures]), [s.action for s in exposures])
+            if rewards:
+                policy.reward_many(np.array([s.x for s in rewards]), [s.action for s in rewards],
+                                   [s.reward for s in rewards])
+            return usable
+        except ValueError:  # a malformed sample refuses the whole batch before anything changed
+            return [s for s in usable if self._learn_one(policy, s)]
+
+    def _learn_one(self, policy: Policy, s: LearningSample) -> bool:
+        try:
+            x = np.asarray(s.x)
+            if s.kind == "exposure":
+                policy.expose(x, s.action)
+            else:
+                policy.reward(x, s.action, s.reward)
+            return True
+        except ValueError as exc:  # e.g. a sample from an engine with another context size
+            log.error("learning sample %s skipped: %s", s.decision_id, exc)
+            self.metrics.learning_samples.labels("rejected").inc()
+            return False
