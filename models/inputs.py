@@ -4,7 +4,10 @@ Pure functions, cheap enough for the hot path (a few µs for the 20-feature cont
 
 - ``context`` is what ``features.context.build_context`` returns (a vector laid out as ``CONTEXT_NAMES``)
   or an equivalent mapping of names to already-scaled floats. The constant ``bias`` is dropped: River's
-  linear models learn their own intercept.
+  linear models learn their own intercept. The values are taken as they are, the history block included
+  (the vector carries it weighted by ``features.context.HISTORY_WEIGHT``, to keep it out of the bandit's
+  way): every model standardises its inputs, so a constant weight changes nothing it learns, and the
+  vector path and the mapping path of ``CompiledScorer`` read the same numbers.
 - ``profile`` is optional: what ``UserState.features(at)`` returns, ``{name: {"value", "age_s"}}``. It adds
   a fixed set of keys (every counter × window as ``log1p(count)``, every counter's recency as
   ``exp(-age_s / 1 day)``), so a feature the user never had is 0, not missing (a missing key would be

@@ -33,7 +33,8 @@ from models.propensity import PropensityModel
 from models.value import ValueModel
 
 SNAPSHOT_MAGIC = b"CADENCE-MODELS\n"
-SNAPSHOT_FORMAT = 1
+# 2: the context's history block is weighted by features.context.HISTORY_WEIGHT (format 1 learned it unweighted)
+SNAPSHOT_FORMAT = 2
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """A seeded stream with known truth for the models' tests and benchmarks (no I/O, no global randomness).
 
-Contexts are laid out like ``features.context.CONTEXT_NAMES`` (device and segment one-hots, cyclic hour,
-log-counts, recency, tenure). The hidden truth:
+Contexts are laid out like ``features.context.build_context`` vectors: device and segment one-hots,
+cyclic hour, then the history block (log-counts, recency, tenure) weighted by ``HISTORY_WEIGHT``. The
+hidden truth reads the history features unweighted:
 
 - conversion: ``σ(base_a + w_a · x)`` per action, weights drawn from the seed (offers suit different users);
 - churn: ``σ(-0.3 - 2.5·recency_web - 1.2·log_views_24h + 1.5·segment_new - 1·segment_vip)``;
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from contracts.events import DEVICES
-from features.context import CONTEXT_DIM, CONTEXT_NAMES, SEGMENTS
+from features.context import CONTEXT_DIM, CONTEXT_NAMES, HISTORY_SLICE, HISTORY_WEIGHT, SEGMENTS
 from models.inputs import model_features
 
 _IDX = {name: i for i, name in enumerate(CONTEXT_NAMES)}
@@ -72,7 +73,15 @@ class SyntheticStream:
         x[_IDX["log_revenue_7d"]] = math.log1p(rng.exponential(40.0)) / 4 if rng.random() < 0.3 else 0.0
         x[_IDX["recency_web"]] = math.exp(-rng.exponential(2.0))
         x[_IDX["tenure"]] = rng.random()
+        x[HISTORY_SLICE] *= HISTORY_WEIGHT  # as build_context lays them out
         return x
+
+    @staticmethod
+    def _unweighted(x: np.ndarray) -> np.ndarray:
+        """The context with its history block back in natural units (what the truth reads)."""
+        out = x.copy()
+        out[HISTORY_SLICE] /= HISTORY_WEIGHT
+        return out
 
     def conversion(self) -> tuple[dict[str, float], str, int, float]:
         """(features, action shown uniformly at random, converted, true probability)."""
@@ -80,18 +89,19 @@ class SyntheticStream:
         i = int(self._rng.integers(len(self.actions)))
         sign = -1.0 if self._changed("conversion") else 1.0
         base = self._base[i] if sign > 0 else -1.0 - self._base[i] / 3
-        p = _sigmoid(base + sign * float(self._weights[i] @ x))
+        p = _sigmoid(base + sign * float(self._weights[i] @ self._unweighted(x)))
         return model_features(x), self.actions[i], int(self._rng.random() < p), p
 
     def churn(self) -> tuple[dict[str, float], int, float]:
         """(features, churned, true probability)."""
         x = self.context()
+        u = self._unweighted(x)
         sign = -1.0 if self._changed("churn") else 1.0
         z = -0.3 + sign * (
-            -2.5 * x[_IDX["recency_web"]]
-            - 1.2 * x[_IDX["log_views_24h"]]
-            + 1.5 * x[_IDX["segment_new"]]
-            - 1.0 * x[_IDX["segment_vip"]]
+            -2.5 * u[_IDX["recency_web"]]
+            - 1.2 * u[_IDX["log_views_24h"]]
+            + 1.5 * u[_IDX["segment_new"]]
+            - 1.0 * u[_IDX["segment_vip"]]
         )
         p = _sigmoid(z)
         return model_features(x), int(self._rng.random() < p), p
@@ -99,13 +109,14 @@ class SyntheticStream:
     def revenue(self) -> tuple[dict[str, float], float, float]:
         """(features, revenue of a conversion, true expected revenue)."""
         x = self.context()
+        u = self._unweighted(x)
         level = math.log(3.0) if self._changed("revenue") else 0.0
         mu = (
             3.0
             + level
-            + 1.2 * x[_IDX["segment_vip"]]
-            + 0.6 * x[_IDX["segment_loyal"]]
-            + 0.8 * x[_IDX["log_revenue_7d"]]
+            + 1.2 * u[_IDX["segment_vip"]]
+            + 0.6 * u[_IDX["segment_loyal"]]
+            + 0.8 * u[_IDX["log_revenue_7d"]]
         )
         revenue = float(self._rng.lognormal(mu, REVENUE_SIGMA))
         return model_features(x), revenue, math.exp(mu + REVENUE_SIGMA**2 / 2)

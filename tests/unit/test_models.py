@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from models import ModelSample, ModelSet, PropensityModel, ValueModel
-from models.registry import SNAPSHOT_MAGIC
+from models.registry import SNAPSHOT_FORMAT, SNAPSHOT_MAGIC
 from models.synthetic import SyntheticStream
 
 
@@ -212,7 +212,7 @@ def test_restore_refuses_foreign_or_incompatible_bytes(monkeypatch):
         ModelSet.restore(b"hello")
     blob = ModelSet().snapshot()
     monkeypatch.setattr("models.registry.SNAPSHOT_FORMAT", 99)
-    with pytest.raises(ValueError, match="snapshot format 1 is not 99"):
+    with pytest.raises(ValueError, match=f"snapshot format {SNAPSHOT_FORMAT} is not 99"):
         ModelSet.restore(blob)
     monkeypatch.undo()
     monkeypatch.setattr("models.registry.river.__version__", "0.0.1")
