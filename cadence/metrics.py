@@ -63,6 +63,11 @@ class Metrics:
             "cadence_batch_processing_seconds", "Time to process one batch of events", buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
+        self.loop_lag = Histogram(
+            "cadence_event_loop_lag_seconds",
+            "How late a 50 ms timer wakes up: time the event loop was busy with something else (HTTP answers wait "
+            "that long)", buckets=LATENCY_BUCKETS_S, registry=r,
+        )
         self.batch_size = Histogram(
             "cadence_batch_size_events", "Events per batch", buckets=(1, 10, 50, 100, 250, 500, 1000, 2000), registry=r
         )

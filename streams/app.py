@@ -48,6 +48,8 @@ from streams.web import register_views
 
 log = logging.getLogger(__name__)
 GC_GEN0_THRESHOLD = 20_000
+LOOP_PROBE_S = 0.05
+TRAIN_CHUNK = 24  # labels per training step (~85 us each): the event loop waits at most ~2 ms for training
 LEARNING_BATCH = 500  # samples per learning-topic message (~0.3 MB)
 
 
@@ -328,6 +330,14 @@ def create_app(settings: Settings) -> faust.App:
             return guarded
         return wrap
 
+    @app.task
+    async def watch_loop_lag() -> None:
+        """cadence_event_loop_lag_seconds: how long the loop was blocked (a batch, training, a snapshot)."""
+        while not stop_learning.is_set():
+            started = time.perf_counter()
+            await asyncio.sleep(LOOP_PROBE_S)
+            metrics.loop_lag.observe(max(0.0, time.perf_counter() - started - LOOP_PROBE_S))
+
     @app.timer(1.0)
     @survives("replaying feature updates kept during a store outage")
     async def replay_kept_updates() -> None:
@@ -382,7 +392,7 @@ def create_app(settings: Settings) -> faust.App:
         """Learn queued labels in small chunks so that decisions never wait long behind training."""
         await policy_ready.wait()
         while not stop_learning.is_set() and engine.models is not None:
-            learned = engine.models.train(256)
+            learned = engine.models.train(TRAIN_CHUNK)
             await asyncio.sleep(0 if learned else 0.05)
 
     @app.timer(1.0)
