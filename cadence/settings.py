@@ -43,8 +43,10 @@ class Settings(BaseSettings):
     catalogue: Path = Field(DEFAULT_CATALOGUE, description="Path of the action catalogue (TOML).")
     data_dir: Path = Field(Path(".cadence"), description="Where embedded servers and Faust keep their files.")
 
-    intake: Literal["direct", "faust"] = Field(
-        "direct", description="How the worker reads input topics: direct (record batches, aiokafka) or faust (agent)."
+    intake: Literal["direct", "faust", "none"] = Field(
+        "direct",
+        description="How the worker reads input topics: direct (record batches, aiokafka), faust (agent), or none "
+        "(an HTTP-only replica: answers /decide, follows learning, consumes no events).",
     )
     commit_interval_s: float = Field(
         1.0, gt=0, description="Direct intake: longest time between offset commits (events after it are re-read)."

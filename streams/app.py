@@ -200,7 +200,7 @@ def create_app(settings: Settings) -> faust.App:
                 handled[(e.message.topic, e.message.partition)] = e.message.offset + 1
 
     def input_lag() -> dict[tuple[str, int], int]:
-        if settings.intake == "direct":
+        if settings.intake != "faust":
             return {(tp.topic, tp.partition): lag for tp, lag in intake.lag().items()}
         out = {}
         for tp in app.consumer.assignment():
@@ -228,7 +228,8 @@ def create_app(settings: Settings) -> faust.App:
                             key_serializer="raw"), name="ingest")(ingest)
 
     stop_learning = asyncio.Event()
-    status: dict[str, Any] = {"rebalanced": False, "generation": 0, "snapshot": None}
+    # an HTTP-only replica (intake none) has no partitions to wait for
+    status: dict[str, Any] = {"rebalanced": settings.intake == "none", "generation": 0, "snapshot": None}
     policy_ready = asyncio.Event()
     snapshots = SnapshotStore(engine.store.client, settings.app_id, keep=settings.snapshots_kept)
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
@@ -416,7 +417,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.page("/health")
     async def health_page(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
-        assignment = intake.assignment if settings.intake == "direct" else app.consumer.assignment()
+        assignment = app.consumer.assignment() if settings.intake == "faust" else intake.assignment
         return web.json({
             "status": "ok",
             "ready": status["rebalanced"] and policy_ready.is_set(),

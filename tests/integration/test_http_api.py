@@ -14,7 +14,7 @@ import redis
 
 from cadence.runtime import Runtime
 from cadence.workers import WorkerProcess
-from tests.helpers import T0, TopicReader, start_worker
+from tests.helpers import T0, TopicReader, event, produce, start_worker
 
 pytestmark = pytest.mark.integration
 API, ADMIN = "api-secret-1", "admin-secret-2"
@@ -74,6 +74,21 @@ def test_decide_auth_validation_and_topic(worker: WorkerProcess, runtime: Runtim
     status, profile = call(worker, "/profile", user_id="u1", ts=NOON + 2)
     assert status == 200 and profile["profile"]["segment"] == "vip"
     assert profile["features"]["page_views_1h"]["value"] == 1.0 and profile["features"]["page_views_1h"]["age_s"] == 1.0
+
+
+def test_an_http_only_replica_answers_and_consumes_no_events(runtime: Runtime, isolated: dict[str, str],
+                                                            data_dir: Path) -> None:
+    produce(runtime, isolated["topic_prefix"] + "web-events", [event(f"stream-{i}", ts=NOON) for i in range(5)])
+    replica = start_worker(runtime, data_dir, "replica", api_token=API, intake="none", **isolated)
+    try:
+        assert replica.health()["partitions"] == {"web-events": [], "email-events": [], "ad-events": []}
+        d = decide(replica, "h1", 1)
+        assert d["action"].startswith("offer_")
+        consumed = [line for line in replica.metrics_text().splitlines()
+                    if line.startswith("cadence_events_consumed_total{")]
+    finally:
+        replica.stop()
+    assert consumed == ['cadence_events_consumed_total{topic="web-events",type="page_view"} 1.0']  # its request
 
 
 def test_requests_over_the_rate_get_429(runtime: Runtime, isolated: dict[str, str], data_dir: Path) -> None:
