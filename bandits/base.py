@@ -37,6 +37,15 @@ class Choice:
     greedy: str  # the action with the best score (action != greedy means exploration)
     scores: dict[str, float] = field(default_factory=dict)
     probabilities: dict[str, float] = field(default_factory=dict)
+    # estimated mean reward of each action, without any exploration bonus (LinUCB's θₐ·x); empty when
+    # the policy does not say, then ``scores`` stand in for it (see ``mean_of``)
+    means: dict[str, float] = field(default_factory=dict)
+
+    def mean_of(self, action: str) -> float:
+        """The mean reward estimate of ``action`` (its score when the policy gave no means; 0 if unknown)."""
+        if self.means:
+            return self.means.get(action, 0.0)
+        return self.scores.get(action, 0.0)
 
     @property
     def explored(self) -> bool:
@@ -205,13 +214,22 @@ class Policy(ABC):
         return resolved
 
     @staticmethod
-    def _choice(actions: list[str], scores: list[float], probs: list[float], pick: int, best: int) -> Choice:
+    def _choice(
+        actions: list[str],
+        scores: list[float],
+        probs: list[float],
+        pick: int,
+        best: int,
+        means: list[float] | None = None,
+    ) -> Choice:
+        """``means``: the mean reward estimates when they differ from ``scores`` (else left empty)."""
         return Choice(
             action=actions[pick],
             probability=probs[pick],
             greedy=actions[best],
             scores=dict(zip(actions, scores, strict=True)),
             probabilities=dict(zip(actions, probs, strict=True)),
+            means=dict(zip(actions, means, strict=True)) if means is not None else {},
         )
 
     # -- to implement -------------------------------------------------------------------------

@@ -16,6 +16,7 @@ class LinUCB(LinearPolicy):
     logged selection probability of every eligible action is at least ε/K (needed for off-policy
     evaluation). Ties on the best score are broken uniformly at random and reported as such.
     A new action starts with θ = 0 and the widest interval, so it is tried soon after it appears.
+    ``Choice.means`` holds θₐ·x (the estimate without the bonus), for rules that must not be optimistic.
     """
 
     name = "linucb"
@@ -40,4 +41,4 @@ class LinUCB(LinearPolicy):
         np.maximum(var, 0.0, out=var)
         scores = (mean + self.alpha * np.sqrt(var)).tolist()
         pick, best, probs = greedy_pick(scores, self.epsilon, self._rng.random())
-        return self._choice(actions, scores, probs, pick, best)
+        return self._choice(actions, scores, probs, pick, best, mean.tolist())

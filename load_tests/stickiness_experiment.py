@@ -127,12 +127,17 @@ def change_report(decisions: Iterable[dict[str, Any]]) -> dict[str, Any]:
     ``max_changes_24h`` (most changes in any rolling 24 h, forced included: what a user saw) and
     ``max_changes_24h_at_unforced`` (most changes in the 24 h up to and including an unforced change:
     what the rule decided, which the cap bounds). ``by_exploration``: changes to a bandit exploration.
+    ``withdrawn``: decisions that showed the placement's default because the incumbent could not be shown
+    and no change was allowed (mode fallback, reason incumbent_unavailable; not a change, see
+    policy/stickiness.py).
     """
     seqs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    rows: dict[str, Counter] = defaultdict(Counter)
     for d in decisions:
         if d["mode"] in GOVERNED_MODES:
             seqs[(d["user_id"], d["placement"])].append(d)
-    rows: dict[str, Counter] = defaultdict(Counter)
+        elif (d.get("trace") or {}).get("fallback") == "incumbent_unavailable":
+            rows[d["placement"]]["withdrawn"] += 1
     sticky: dict[str, Counter] = defaultdict(Counter)
     for (_, placement), seq in seqs.items():
         seq.sort(key=lambda d: d["ts"])
@@ -157,7 +162,7 @@ def change_report(decisions: Iterable[dict[str, Any]]) -> dict[str, Any]:
         row["max_changes_24h_at_unforced"] = max([row["max_changes_24h_at_unforced"], *at_unforced])
     maxima = ("max_changes_24h", "max_changes_24h_at_unforced")
     overall = {k: max((r[k] for r in rows.values()), default=0) for k in maxima}
-    totals = ("changes", "forced", "by_exploration", "decisions")
+    totals = ("changes", "forced", "by_exploration", "decisions", "withdrawn")
     overall.update({k: sum(r[k] for r in rows.values()) for k in totals})
     placements = {p: {**row, "sticky": dict(sticky[p])} for p, row in sorted(rows.items())}
     return {"overall": overall, "placements": placements}
@@ -297,6 +302,7 @@ def compare(runs: list[dict[str, Any]], warmup_days: int) -> dict[str, Any]:
             "max_changes_24h": lim["changes"]["overall"]["max_changes_24h"],
             "max_changes_24h_at_unforced": lim["changes"]["overall"]["max_changes_24h_at_unforced"],
             "forced_changes": lim["changes"]["overall"]["forced"],
+            "withdrawn": lim["changes"]["overall"]["withdrawn"],
             "changes_by_exploration": lim["changes"]["overall"]["by_exploration"],
             "sticky_share": lim["summary"]["modes"].get("sticky", 0) / max(lim["summary"]["decisions"], 1),
             "same_requests": free["summary"]["requests_sent"] == lim["summary"]["requests_sent"],
@@ -335,13 +341,14 @@ def print_report(result: dict[str, Any], runs: list[dict[str, Any]]) -> None:
           f"days ({cfg['requests_per_sim_s']:.3f} requests per simulated s), {result['run_s']} s")
     print("engine's expected reward per decision over ALL decisions (consenting users):")
     print(f"{'seed':>4} {'no_limit':>9} {'1/day':>9} {'ratio':>6} {f'day{w}+':>6} {'oracle':>8} "
-          f"{'random':>8} {'1act/day':>8} {'sticky':>7} {'max chg/24h':>11} {'unforced':>8} {'forced':>6}")
+          f"{'random':>8} {'1act/day':>8} {'sticky':>7} {'max chg/24h':>11} {'unforced':>8} {'forced':>6} "
+          f"{'withdrawn':>9}")
     for r in cmp["per_seed"]:
         later = f"{r['ratio_after_warmup']:.3f}" if r["ratio_after_warmup"] else "-"
         print(f"{r['seed']:>4} {r['no_limit']:>9.5f} {r['sticky_1_per_day']:>9.5f} {r['ratio']:>6.3f} "
               f"{later:>6} {r['oracle']:>8.5f} {r['random']:>8.5f} {r['one_action_per_day_vs_oracle']:>8.3f} "
               f"{r['sticky_share']:>6.1%} {r['max_changes_24h']:>11} {r['max_changes_24h_at_unforced']:>8} "
-              f"{r['forced_changes']:>6}")
+              f"{r['forced_changes']:>6} {r['withdrawn']:>9}")
         print(f"     ratio by day {r['ratio_by_day']}, by placement {r['ratio_by_placement']}; "
               f"no_limit ÷ oracle by day {r['no_limit_vs_oracle_by_day']}; "
               f"{r['changes_by_exploration']} changes to an exploration")
@@ -352,7 +359,8 @@ def print_report(result: dict[str, Any], runs: list[dict[str, Any]]) -> None:
         if run["variant"] == LIMITED:
             print(f"seed {run['seed']} changes per placement (1/day): " + "; ".join(
                 f"{p} {row['changes']} ({row['forced']} forced, max {row['max_changes_24h']} in 24 h), "
-                f"sticky {row['sticky']}" for p, row in run["changes"]["placements"].items()))
+                f"{row.get('withdrawn', 0)} withdrawn, sticky {row['sticky']}"
+                for p, row in run["changes"]["placements"].items()))
     print(f"governed decisions per user and placement per simulated day: "
           f"{np.mean([r['governed_per_user_placement_day'] for r in runs]):.1f}")
     for name, ok in cmp["checks"].items():

@@ -22,6 +22,13 @@ this is the bandit's own probability. It is exact except in one corner: the band
 (it draws its greedy action among the tied ones) and costs or boosts split that tie; then it is the
 probability given the greedy action drawn.
 
+Where a decision lasts (placements with stickiness) the pipeline does not use the bandit's draw but
+``settled``: the best action on ev (UCB-optimistic) or on ``mean_ev`` (the same formula on the bandit's
+mean estimate ``Choice.means``, no exploration bonus), ties to the higher score, then catalogue order.
+It is deterministic given the statistics, so it is logged with probability 1. ``lower_ev(k)`` is the ev
+at the mean minus k bonus widths (a lower bound of the kind UCB's upper one is), for rules that must be
+sure an action is better before acting on it.
+
 When arbitration overrides the bandit's greedy action (a cost or boost made another action better), that
 greedy action is not shown in this context (probability 0): the business rule wins. Every other action
 keeps at least the bandit's exploration share, so off-policy estimates stay possible for them.
@@ -29,6 +36,7 @@ keeps at least the bandit's exploration share, so off-policy estimates stay poss
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -60,9 +68,23 @@ class Terms:
     boost: float
     cost: float
     ev: float
+    mean: float = 0.0  # the bandit's mean estimate (its score when it gives none)
+    scale: float = 1.0  # what a unit of estimate is worth here: value unit × boost
 
-    def to_trace(self) -> dict:
-        return {
+    def ev_of(self, estimate: float) -> float:
+        """The ev this action would have with ``estimate`` in place of the bandit's score."""
+        return max(estimate, 0.0) * self.scale - self.cost
+
+    @property
+    def mean_ev(self) -> float:
+        return self.ev_of(self.mean)
+
+    def lower_ev(self, k: float) -> float:
+        """The ev at the mean minus ``k`` widths of the bandit's exploration bonus (score − mean)."""
+        return self.ev_of(self.mean - k * max(self.score - self.mean, 0.0))
+
+    def to_trace(self, with_mean: bool = False) -> dict:
+        out = {
             "action": self.action,
             "score": round(self.score, 4),
             "value": self.value,
@@ -70,6 +92,9 @@ class Terms:
             "cost": self.cost,
             "ev": round(self.ev, 4),
         }
+        if with_mean:
+            out["mean_ev"] = round(self.mean_ev, 4)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,10 +103,36 @@ class Arbitrated:
     probability: float
     explored: bool
     ranked: tuple[Terms, ...]  # every eligible action, best ev first
+    eligible: tuple[str, ...] = ()  # the eligible actions in the order given (settles ties)
 
     @property
     def ev(self) -> dict[str, float]:
         return {t.action: t.ev for t in self.ranked}
+
+    @property
+    def mean_ev(self) -> dict[str, float]:
+        return {t.action: t.mean_ev for t in self.ranked}
+
+    def lower_ev(self, k: float) -> dict[str, float]:
+        return {t.action: t.lower_ev(k) for t in self.ranked}
+
+    def settled(self, on_mean: bool, salt: str = "") -> str:
+        """The best action without the bandit's draw: highest ev (``mean_ev`` when ``on_mean``), ties to
+        the higher score, then by a stable hash of ``salt`` and the action (a user id spreads a cold
+        start's ties over the actions, yet the same user and statistics always give the same action),
+        then to the earlier action in the eligible list."""
+        order = {a: i for i, a in enumerate(self.eligible)}
+        key = (lambda t: t.mean_ev) if on_mean else (lambda t: t.ev)
+        return min(
+            self.ranked,
+            key=lambda t: (-key(t), -t.score, _stable_hash(salt, t.action), order.get(t.action, 0)),
+        ).action
+
+
+def _stable_hash(salt: str, action: str) -> bytes:
+    """Same on every worker and run (never Python's hash()); blake2b, as CRCs order actions alike for
+    every salt."""
+    return hashlib.blake2b(f"{salt}\x00{action}".encode(), digest_size=8).digest()
 
 
 def arbitrate(
@@ -103,7 +154,16 @@ def arbitrate(
         unit = scale if config.reward_unit == "value" else action.value
         boost = boosts.get(a, 1.0)
         terms.append(
-            Terms(a, score, action.value, boost, action.cost, max(score, 0.0) * unit * boost - action.cost)
+            Terms(
+                a,
+                score,
+                action.value,
+                boost,
+                action.cost,
+                max(score, 0.0) * unit * boost - action.cost,
+                choice.mean_of(a),
+                unit * boost,
+            )
         )
     order = {a: i for i, a in enumerate(eligible)}
     ranked = tuple(sorted(terms, key=lambda t: (-t.ev, -t.score, order[t.action])))
@@ -121,4 +181,4 @@ def arbitrate(
     )
     if p <= 0.0:  # a bandit that gives no probabilities: fall back to its own number
         p = choice.probability
-    return Arbitrated(candidate, min(p, 1.0), explored, ranked)
+    return Arbitrated(candidate, min(p, 1.0), explored, ranked, tuple(eligible))

@@ -10,10 +10,22 @@ the first that settles the request returns:
 5. pin             a pin lever whose action is still eligible     -> pinned,  mode pinned
 6. nothing left                                                  -> default, mode fallback
 7. bandit + arbitration: ``select(eligible)`` asks the bandit (the caller binds the context vector), then
-   ``arbitrate`` picks the candidate and its probability              mode explore / exploit
+   ``arbitrate`` ranks the candidates                                   mode explore / exploit
+   - no stickiness on the placement: the candidate is arbitration's pick, the bandit's exploration kept;
+   - stickiness (any rule set): what is shown stays, so the candidate is deterministic and never a
+     random exploration: the first decision takes the best on the optimistic score (for LinUCB the
+     upper confidence bound: the one place where trying an uncertain action costs no change), a later
+     decision the best on the bandit's mean estimate. Measured on the closed loop (README, stickiness):
+     explorations that spend the day's one change, and changes judged on optimistic scores, cost most
+     of the reward the limit took.
 8. stickiness      keep the incumbent if a change is not allowed  -> incumbent, mode sticky
+                   (hysteresis and the confidence rule compare mean evs); when the incumbent is no
+                   longer eligible and no change is allowed       -> default, mode fallback
+                                                                     (trace fallback incumbent_unavailable)
 
-Logged probability: explore/exploit carry the probability of the candidate under bandit + arbitration.
+Logged probability: explore/exploit carry the probability of the candidate under bandit + arbitration;
+on a placement with stickiness the candidate is a function of the bandit's statistics alone, so it logs
+1.0 (off-policy estimates for such placements cannot come from their logs; the holdout measures lift).
 Every other mode logs 1.0: the action was not drawn at random. Sticky decisions are marked so that
 off-policy evaluation can leave them out, or count them honestly as p = 1 (they were deterministic given
 the user's history); an estimator must never divide by the bandit's probability for them.
@@ -134,22 +146,36 @@ def decide_action(
         trace["fallback"] = "no_eligible_action"
         return finish(default, Mode.FALLBACK, 1.0)
 
-    choice = select(list(eligible))
-    arb = arbitrate(choice, eligible, cat, levers.boosts, context.arbitration)
-    trace["top"] = [t.to_trace() for t in arb.ranked[: context.arbitration.top_k]]
-    trace["greedy"] = choice.greedy
-
     settings = placement.stickiness
     incumbent = state.sticky.get(placement.id)
+    budget_available = budgets.change_available(placement.id, ts, settings.max_changes_per_hour)
+    choice = select(list(eligible))
+    arb = arbitrate(choice, eligible, cat, levers.boosts, context.arbitration)
+    trace["greedy"] = choice.greedy
+    lower = None
+    if settings.limited:
+        # What is shown here stays: no random exploration and a deterministic candidate (p = 1). The
+        # first decision takes the optimistic (UCB) best, the one place where trying an action costs no
+        # change; a change goes to the best on the mean, and only when it is surely better (rule 3).
+        candidate = arb.settled(on_mean=incumbent is not None, salt=request.user_id)
+        probability, explored, ev = 1.0, False, arb.mean_ev
+        if settings.confidence > 0:
+            lower = arb.lower_ev(settings.confidence)
+        trace["top"] = [t.to_trace(with_mean=True) for t in arb.ranked[: context.arbitration.top_k]]
+    else:
+        candidate, probability, explored, ev = arb.action, arb.probability, arb.explored, arb.ev
+        trace["top"] = [t.to_trace() for t in arb.ranked[: context.arbitration.top_k]]
+
     verdict = judge(
         incumbent,
-        arb.action,
+        candidate,
         ts,
         settings,
         eligible=eligible,
-        ev=arb.ev,
-        explored=arb.explored,
-        budget_available=budgets.change_available(placement.id, ts, settings.max_changes_per_hour),
+        ev=ev,
+        explored=explored,
+        budget_available=budget_available,
+        lower=lower,
     )
     new.sticky[placement.id] = commit(incumbent, verdict, ts, settings)
     if verdict.changed:
@@ -157,7 +183,12 @@ def decide_action(
         trace["changed_from"] = incumbent.action if incumbent else None
         if verdict.forced:
             trace["forced"] = True
+    if verdict.withdrawn:
+        reason = verdict.kept.value if verdict.kept else ""
+        trace["fallback"] = "incumbent_unavailable"
+        trace["withdrawn"] = {"incumbent": verdict.action, "reason": reason, **verdict.detail}
+        return finish(default, Mode.FALLBACK, 1.0, choice)
     if verdict.kept is not None:
         trace["sticky"] = {"reason": verdict.kept.value, "challenger": verdict.challenger, **verdict.detail}
         return finish(verdict.action, Mode.STICKY, 1.0, choice)
-    return finish(verdict.action, Mode.EXPLORE if arb.explored else Mode.EXPLOIT, arb.probability, choice)
+    return finish(verdict.action, Mode.EXPLORE if explored else Mode.EXPLOIT, probability, choice)

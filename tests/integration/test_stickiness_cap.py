@@ -1,8 +1,10 @@
 """The rate limit on decision changes, seen from the decisions topic of a closed-loop run.
 
 Catalogue load_tests/catalogues/sticky_1_per_day.toml: every placement may change at most once per user
-in any rolling 24 hours (event time). The simulated clock is slow and the population small, so users
-come back to each placement many times a day and the cap binds.
+in any rolling 24 hours (event time), forced changes included (an ad creative that reached its daily
+contact cap gives way only when a change is allowed; otherwise the slot shows its default, "withdrawn").
+The simulated clock is slow and the population small, so users come back to each placement many times a
+day and the cap binds.
 """
 
 from __future__ import annotations
@@ -63,10 +65,18 @@ def test_no_user_changes_a_placement_twice_in_24h_and_kept_decisions_are_sticky(
 ) -> None:
     decisions = _closed_loop_decisions(runtime, isolated, data_dir)
     by_user_placement: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    withdrawn: dict[str, int] = defaultdict(int)
     for d in decisions:
         if d["mode"] in GOVERNED:
             by_user_placement[(d["user_id"], d["placement"])].append(d)
+            # every placement here has stickiness: no random exploration, every decision deterministic
+            assert d["mode"] != "explore" and d["probability"] == 1.0, d
+        elif (d.get("trace") or {}).get("fallback") == "incumbent_unavailable":
+            # the incumbent may not be shown and no change was allowed: the default, not a change
+            assert d["action"] == "none" and d["trace"]["withdrawn"]["incumbent"] in d["trace"]["removed"], d
+            withdrawn[d["placement"]] += 1
     changes: dict[str, int] = defaultdict(int)
+    forced: dict[str, int] = defaultdict(int)
     kept_by_cap: dict[str, int] = defaultdict(int)
     changed_again_after_a_day = 0
     for (user, placement), seq in by_user_placement.items():
@@ -88,17 +98,21 @@ def test_no_user_changes_a_placement_twice_in_24h_and_kept_decisions_are_sticky(
                 # only when the incumbent may not be shown any more (here: the ad creative's daily cap)
                 assert placement not in NEVER_FORCED, d
                 assert prev["action"] in trace.get("removed", {}), (prev, d)
-            else:
-                assert last_change is None or d["ts"] - last_change >= DAY_S, (
-                    f"{user} on {placement}: changes at {last_change} and {d['ts']}, less than 24 h apart")
-                changed_again_after_a_day += last_change is not None
+                forced[placement] += 1
+            # forced or not, no user and placement holds more than one change in any rolling 24 hours
+            assert last_change is None or d["ts"] - last_change >= DAY_S, (
+                f"{user} on {placement}: changes at {last_change} and {d['ts']}, less than 24 h apart")
+            changed_again_after_a_day += last_change is not None
             last_change = d["ts"]
 
-    # On placements whose incumbent never becomes ineligible every change was a rule-allowed one, so
-    # no user and placement holds more than one change in any rolling 24 hours.
     for placement in NEVER_FORCED - {"newsletter"}:  # emails are too rare (3 per week) to bind the cap
         assert changes[placement] > 0, changes
-        assert kept_by_cap[placement] > 0, kept_by_cap  # the cap was reached and held
+        assert withdrawn[placement] == 0, withdrawn  # their incumbents never stop being eligible
+    # the ad creatives' daily contact cap forced changes, and withdrew creatives once the change was spent
+    assert forced["display_slot"] > 0 and withdrawn["display_slot"] > 0, (forced, withdrawn)
+    # the cap was reached and held (changes go only to surely better actions, so it binds less often
+    # on the web placements than on the ad slot, where the contact cap asks for changes)
+    assert sum(kept_by_cap.values()) > 0, kept_by_cap
     assert changed_again_after_a_day > 0  # the window rolls: a day after a change, another one may come
     returning = {u for (u, p), seq in by_user_placement.items() if p == "home_hero" and len(seq) > 10}
     assert len(returning) >= USERS // 2, "too few returning users for the cap to matter"

@@ -209,3 +209,32 @@ def test_synthetic_world_is_seeded_and_contextual() -> None:
     assert (best_share > 0.05).sum() >= 4  # no single action is best everywhere
     assert p.max(axis=1).mean() > p.mean(axis=0).max() + 0.05  # context is worth knowing
     assert not np.array_equal(LinearWorld(seed=5).stream(10).contexts, one.contexts[:10])
+
+
+def test_linucb_reports_its_means_without_the_bonus() -> None:
+    """Choice.means is θₐ·x from the reference statistics; the score adds α·√(xᵀA⁻¹x) on top."""
+    alpha = 0.7
+    bandit, ref = LinUCB(DIM, alpha=alpha, epsilon=0.0, seed=2), Reference(1.0)
+    rng = np.random.default_rng(2)
+    for x in xs(60, seed=3):
+        a = ("a", "b", "c")[int(rng.integers(3))]
+        r = float(rng.random())
+        bandit.update(x, a, r)
+        ref.expose(x, a)
+        ref.reward(x, a, r)
+    x = xs(1, seed=9)[0]
+    choice = bandit.select(x, ["a", "b", "c"])
+    for a in "abc":
+        mean = float(ref.theta(a) @ x)
+        bonus = alpha * math.sqrt(float(x @ np.linalg.solve(ref.gram[a], x)))
+        assert choice.means[a] == pytest.approx(mean, abs=1e-9)
+        assert choice.scores[a] == pytest.approx(mean + bonus, abs=1e-9)
+        assert choice.mean_of(a) == choice.means[a]
+
+
+@pytest.mark.parametrize("policy", [EpsilonGreedy(DIM, seed=1), LinTS(DIM, seed=1)])
+def test_policies_scoring_on_the_mean_leave_means_to_the_scores(policy: LinearPolicy) -> None:
+    for x in xs(20):
+        policy.update(x, "a", 1.0)
+    choice = policy.select(xs(1, seed=5)[0], ["a", "b"])
+    assert choice.means == {} and choice.mean_of("a") == choice.scores["a"]

@@ -163,3 +163,44 @@ def test_bad_config(kwargs: dict, message: str) -> None:
 def test_empty_eligible_set_is_refused() -> None:
     with pytest.raises(ValueError, match="at least one eligible action"):
         arbitrate(eps_greedy({"a": 1.0}, "a"), [], CAT)
+
+
+def test_mean_and_lower_ev_use_the_bandits_means() -> None:
+    choice = Choice("a", 0.9, "a", {"a": 0.5, "b": 0.45}, {"a": 0.9, "b": 0.1}, means={"a": 0.3, "b": 0.4})
+    result = arbitrate(choice, ["a", "b"], CAT, {"b": 1.5})
+    assert result.mean_ev == pytest.approx({"a": 0.3 * 40, "b": 0.4 * 40 * 1.5 - 3.0})
+    # lower bound: mean minus k widths of the bonus (score - mean), floored at 0 like the score
+    assert result.lower_ev(1.0) == pytest.approx({"a": 0.1 * 40, "b": 0.35 * 40 * 1.5 - 3.0})
+    assert result.lower_ev(10.0)["a"] == 0.0
+    assert "mean_ev" in result.ranked[0].to_trace(with_mean=True)
+    assert "mean_ev" not in result.ranked[0].to_trace()
+
+
+def test_without_means_the_scores_stand_in() -> None:
+    result = arbitrate(eps_greedy(SCORES, "a"), ["a", "b", "c"], CAT)
+    assert result.mean_ev == result.ev
+    assert result.lower_ev(3.0) == result.ev
+
+
+@pytest.mark.parametrize(
+    ("case", "scores", "means", "on_mean", "expected"),
+    [
+        ("on the score: the optimistic best", {"a": 0.9, "b": 0.5}, {"a": 0.1, "b": 0.4}, False, "a"),
+        ("on the mean: the best estimate", {"a": 0.9, "b": 0.5}, {"a": 0.1, "b": 0.4}, True, "b"),
+        ("a mean tie goes to the higher score", {"a": 0.9, "b": 0.5}, {"a": 0.4, "b": 0.4}, True, "a"),
+    ],
+)
+def test_settled_is_the_best_without_the_draw(case, scores, means, on_mean, expected) -> None:
+    cat = catalogue({"a": 10.0, "b": 10.0})
+    choice = Choice("b", 0.05, "a", scores, {"a": 0.95, "b": 0.05}, means)  # the bandit explored b
+    assert arbitrate(choice, ["a", "b"], cat).settled(on_mean) == expected
+
+
+def test_settled_ties_are_spread_over_users_but_stable_for_each() -> None:
+    cat = catalogue({a: 10.0 for a in "abcde"})
+    cold = Choice("c", 0.2, "c", dict.fromkeys("abcde", 0.3), dict.fromkeys("abcde", 0.2), dict.fromkeys("abcde", 0.0))
+    result = arbitrate(cold, list("abcde"), cat)
+    picks = [result.settled(False, salt=f"u{i}") for i in range(200)]
+    assert set(picks) == set("abcde")  # a cold start does not send every user to the same action
+    assert all(result.settled(False, salt=f"u{i}") == p for i, p in enumerate(picks))  # no randomness
+    assert max(Counter(picks).values()) < 70  # roughly even: 40 each expected

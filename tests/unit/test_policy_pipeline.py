@@ -16,7 +16,7 @@ from policy.holdout import HoldoutConfig
 from policy.levers import Lever, LeverBook, LeverKind
 from policy.pipeline import PolicyContext, PolicyRequest, decide_action
 from policy.state import UserPolicyState
-from policy.stickiness import StickinessSettings
+from policy.stickiness import StickinessSettings, StickyState
 
 NOON = 1_780_012_800.0 + 12 * 3600  # 12:00 UTC
 EPS = 0.1
@@ -24,15 +24,16 @@ EPS = 0.1
 
 def make_catalogue() -> Catalogue:
     placements = {
-        "hero": Placement("hero", "web", NO_ACTION, StickinessSettings(600, 0.1, 2, None)),
+        "hero": Placement("hero", "web", NO_ACTION),
+        "shero": Placement("shero", "web", NO_ACTION, StickinessSettings(600, 0.1, 2, None)),
         "news": Placement("news", "email", "digest"),
         "slot": Placement("slot", "ad", NO_ACTION),
     }
     actions = {
-        "a": Action("a", "web", ("hero",), 10.0),
-        "b": Action("b", "web", ("hero",), 20.0),
-        "c": Action("c", "web", ("hero",), 30.0, segments=("vip",)),
-        "d": Action("d", "web", ("hero",), 30.0, max_per_day=1),
+        "a": Action("a", "web", ("hero", "shero"), 10.0),
+        "b": Action("b", "web", ("hero", "shero"), 20.0),
+        "c": Action("c", "web", ("hero", "shero"), 30.0, segments=("vip",)),
+        "d": Action("d", "web", ("hero", "shero"), 30.0, max_per_day=1),
         "digest": Action("digest", "email", ("news",), 5.0),
         "winback": Action("winback", "email", ("news",), 15.0),
         "cr1": Action("cr1", "ad", ("slot",), 10.0),
@@ -46,11 +47,13 @@ def make_catalogue() -> Catalogue:
 
 
 class FakeBandit:
-    """ε-greedy over fixed scores; ``pick`` forces its draw (an exploration when it is not the best)."""
+    """ε-greedy over fixed scores; ``pick`` forces its draw (an exploration when it is not the best);
+    ``means``: mean estimates below the scores (a UCB bandit's θ·x), none by default."""
 
-    def __init__(self, scores: dict[str, float], pick: str | None = None) -> None:
+    def __init__(self, scores: dict[str, float], pick: str | None = None, means: dict | None = None) -> None:
         self.scores = scores
         self.pick = pick
+        self.means = means
         self.asked: list[list[str]] = []
 
     def __call__(self, ids) -> Choice:
@@ -60,7 +63,8 @@ class FakeBandit:
         greedy = max(ids, key=lambda a: scores[a])
         probs = {a: EPS / len(ids) + (1 - EPS if a == greedy else 0.0) for a in ids}
         pick = self.pick if self.pick in ids else greedy
-        return Choice(pick, probs[pick], greedy, scores, probs)
+        means = {a: self.means.get(a, 0.0) for a in ids} if self.means is not None else {}
+        return Choice(pick, probs[pick], greedy, scores, probs, means)
 
 
 def context(*levers: Lever, holdout: HoldoutConfig | None = None) -> PolicyContext:
@@ -267,33 +271,119 @@ def test_exploration_is_logged_with_the_bandits_probability() -> None:
 
 def test_stickiness_keeps_the_incumbent_and_logs_it_as_sticky() -> None:
     ctx = context()
-    first, state = run(ctx, FakeBandit(SCORES), UserPolicyState(), NOON)
-    assert first.action == "b" and state.sticky["hero"].action == "b"
+    first, state = run(ctx, FakeBandit(SCORES), UserPolicyState(), NOON, "shero")
+    assert (first.action, first.mode, first.probability) == ("b", Mode.EXPLOIT, 1.0)
+    assert state.sticky["shero"].action == "b"
     better_a = FakeBandit({**SCORES, "a": 0.9})
-    kept, state2 = run(ctx, better_a, state, NOON + 60)
+    kept, state2 = run(ctx, better_a, state, NOON + 60, "shero")
     assert (kept.action, kept.mode, kept.probability) == ("b", Mode.STICKY, 1.0)
     assert kept.trace["sticky"]["reason"] == "dwell" and kept.trace["sticky"]["challenger"] == "a"
     assert kept.choice is not None and kept.choice.action == "a"  # what the bandit wanted, for the record
-    changed, state3 = run(ctx, better_a, state2, NOON + 600)
+    changed, state3 = run(ctx, better_a, state2, NOON + 600, "shero")
     assert (changed.action, changed.mode, changed.trace["changed_from"]) == ("a", Mode.EXPLOIT, "b")
-    assert state3.sticky["hero"].since == NOON + 600
+    assert changed.probability == 1.0 and "mean_ev" in changed.trace["top"][0]
+    assert state3.sticky["shero"].since == NOON + 600
     slightly_better_b = FakeBandit({**SCORES, "a": 0.9, "b": 0.95})
-    held, _ = run(ctx, slightly_better_b, state3, NOON + 1200)
+    held, _ = run(ctx, slightly_better_b, state3, NOON + 1200, "shero")
     assert (held.action, held.trace["sticky"]["reason"]) == ("a", "hysteresis")
 
 
-def test_daily_cap_then_forced_change_when_the_incumbent_is_banned() -> None:
+# The bandit's scores are optimistic (UCB), its means are not. "b" is the incumbent since NOON.
+UCB = {"a": 0.9, "b": 0.5, "d": 0.1}
+
+
+@pytest.mark.parametrize(
+    ("case", "incumbent", "bandit", "action", "mode", "reason"),
+    [
+        (
+            "first decision: the best on the optimistic score, not the bandit's exploration",
+            None,
+            FakeBandit(UCB, pick="d", means={"a": 0.1, "b": 0.4, "d": 0.05}),
+            "a",
+            Mode.EXPLOIT,
+            None,
+        ),
+        (
+            "later: the challenger is the best on the mean, not on the score",
+            "b",
+            FakeBandit({**UCB, "d": 0.8}, means={"a": 0.6, "b": 0.2, "d": 0.7}),
+            "d",
+            Mode.EXPLOIT,
+            None,
+        ),
+        (
+            "an exploration never spends the change",
+            "b",
+            FakeBandit(UCB, pick="d", means={"a": 0.1, "b": 0.4, "d": 0.05}),
+            "b",
+            Mode.EXPLOIT,
+            None,
+        ),
+        (
+            "better only on the optimistic score: kept by hysteresis on the means",
+            "b",
+            FakeBandit(UCB, means={"a": 0.41, "b": 0.4, "d": 0.05}),
+            "b",
+            Mode.STICKY,
+            "hysteresis",
+        ),
+        (
+            "better on the mean but not surely: kept by the confidence rule",
+            "b",
+            FakeBandit({**UCB, "a": 1.2}, means={"a": 0.6, "b": 0.4, "d": 0.05}),
+            "b",
+            Mode.STICKY,
+            "confidence",
+        ),
+        (
+            "surely better: changes",
+            "b",
+            FakeBandit({**UCB, "a": 0.65}, means={"a": 0.6, "b": 0.4, "d": 0.05}),  # 0.6 - 3 × 0.05 > 0.4
+            "a",
+            Mode.EXPLOIT,
+            None,
+        ),
+    ],
+)
+def test_sticky_placement_decides_on_means_and_never_explores(case, incumbent, bandit, action, mode, reason):
+    state = UserPolicyState()
+    if incumbent is not None:
+        state.sticky["shero"] = StickyState(incumbent, NOON)
+    out, after = run(context(), bandit, state, NOON + 3600, "shero")
+    assert (out.action, out.mode, out.probability) == (action, mode, 1.0)
+    assert (out.trace.get("sticky") or {}).get("reason") == reason
+    assert after.sticky["shero"].action == action
+
+
+def test_unlimited_placement_still_explores_with_the_bandits_probability() -> None:
+    out, _ = run(context(), FakeBandit(UCB, pick="d", means={"a": 0.1, "b": 0.4}), UserPolicyState(), NOON)
+    assert (out.action, out.mode, out.probability) == ("d", Mode.EXPLORE, pytest.approx(EPS / 3))
+
+
+def test_forced_changes_count_and_the_default_shows_when_the_cap_is_spent() -> None:
     ctx = context()
     state = UserPolicyState()
     ts = NOON
     for scores in ({"a": 0.9}, {"b": 2.0}, {"a": 5.0}):  # first decision, then two changes: the cap
-        _, state = run(ctx, FakeBandit({**SCORES, **scores}), state, ts)
+        _, state = run(ctx, FakeBandit({**SCORES, **scores}), state, ts, "shero")
         ts += 600
-    capped, state = run(ctx, FakeBandit({**SCORES, "b": 20.0}), state, ts)
+    capped, state = run(ctx, FakeBandit({**SCORES, "b": 20.0}), state, ts, "shero")
     assert (capped.action, capped.trace["sticky"]["reason"]) == ("a", "daily_cap")
-    ctx.levers.apply(Lever("ban-a", LeverKind.BAN, "ana", "broken link", ts, "a"))
-    forced, state = run(ctx, FakeBandit({**SCORES, "b": 20.0}), state, ts + 1)
+    ban = Lever("ban-a", LeverKind.BAN, "ana", "broken link", ts, "a", placement="shero", expires=ts + 7200)
+    ctx.levers.apply(ban)
+    withdrawn, after = run(ctx, FakeBandit({**SCORES, "b": 20.0}), state, ts + 1, "shero")
+    assert (withdrawn.action, withdrawn.mode, withdrawn.probability) == (NO_ACTION, Mode.FALLBACK, 1.0)
+    assert withdrawn.trace["fallback"] == "incumbent_unavailable"
+    assert withdrawn.trace["withdrawn"]["incumbent"] == "a" and withdrawn.trace["withdrawn"]["reason"] == "daily_cap"
+    assert after.sticky["shero"] == state.sticky["shero"]  # still the incumbent, no change recorded
+    back, _ = run(ctx, FakeBandit({**SCORES, "b": 20.0}), after, ts + 7300, "shero")  # ban over: a again
+    assert (back.action, back.trace["sticky"]["reason"]) == ("a", "daily_cap")
+    # the day after, the ban again: now a change is allowed, forced, and it is counted
+    day = ts + 86400
+    ctx.levers.apply(Lever("ban-a2", LeverKind.BAN, "ana", "again", day, "a", placement="shero"))
+    forced, later = run(ctx, FakeBandit({**SCORES, "b": 20.0}), after, day, "shero")
     assert (forced.action, forced.mode, forced.trace.get("forced")) == ("b", Mode.EXPLOIT, True)
+    assert later.sticky["shero"].changes[-1] == day
 
 
 def test_placement_budget_is_shared_by_users() -> None:
@@ -366,10 +456,10 @@ def test_with_a_real_bandit_every_outcome_is_well_formed() -> None:
     rng = np.random.default_rng(4)
     states: dict[str, UserPolicyState] = {}
     modes = set()
-    for i in range(600):
+    for i in range(800):
         user = f"u{rng.integers(30)}"
         x = rng.random(6)
-        placement = ("hero", "news", "slot")[i % 3]
+        placement = ("hero", "news", "slot", "shero")[i % 4]
         out = decide_action(
             PolicyRequest(user, placement, NOON + 97.0 * i, segment="vip" if i % 2 else None),
             states.get(user, UserPolicyState()),
@@ -381,7 +471,8 @@ def test_with_a_real_bandit_every_outcome_is_well_formed() -> None:
         assert 0 < out.probability <= 1
         if out.mode in (Mode.EXPLORE, Mode.EXPLOIT):
             assert out.action in out.trace["eligible"]
-            assert out.probability < 1 or len(out.trace["eligible"]) == 1
+            # a placement with stickiness decides deterministically; elsewhere every action keeps a share
+            assert (out.probability == 1.0) == (placement == "shero" or len(out.trace["eligible"]) == 1)
             bandit.update(x, out.action, float(rng.random() < 0.1))
         else:
             assert out.probability == 1.0

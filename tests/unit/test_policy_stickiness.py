@@ -35,6 +35,57 @@ def state(since: float = T0, changes: tuple[float, ...] = ()) -> StickyState:
         ("first decision is not a change", None, "b", T0, {}, "b", False, None),
         ("challenger is the incumbent", state(), "a", T0 + 1, {}, "a", False, None),
         ("incumbent gone: forced", state(), "b", T0 + 1, {"eligible": ("b", "c")}, "b", True, None),
+        (
+            "incumbent gone, cap spent: withdrawn (default shown)",
+            state(T0, (T0 - 3600, T0)),
+            "b",
+            T0 + 1,
+            {"eligible": ("b", "c")},
+            "a",
+            False,
+            KeepReason.DAILY_CAP,
+        ),
+        (
+            "incumbent gone, cap spent a day ago: forced",
+            state(T0, (T0 - 3600, T0)),
+            "b",
+            T0 + DAY_S + 1,
+            {"eligible": ("b", "c")},
+            "b",
+            True,
+            None,
+        ),
+        (
+            "incumbent gone, placement budget spent: withdrawn",
+            state(),
+            "b",
+            T0 + 1,
+            {"eligible": ("b", "c"), "budget_available": False},
+            "a",
+            False,
+            KeepReason.PLACEMENT_BUDGET,
+        ),
+        (
+            "confidence: the lower bound does not beat the incumbent",
+            state(),
+            "b",
+            T0 + 600,
+            {"lower": {"b": 1.0}},
+            "a",
+            False,
+            KeepReason.CONFIDENCE,
+        ),
+        ("confidence: the lower bound beats it", state(), "b", T0 + 600, {"lower": {"b": 1.01}}, "b", True, None),
+        (
+            "explorations skip confidence",
+            state(),
+            "c",
+            T0 + 600,
+            {"explored": True, "lower": {"c": 0.0}},
+            "c",
+            True,
+            None,
+        ),
         ("request older than the incumbent", state(), "b", T0 - 5, {}, "a", False, KeepReason.DWELL),
         ("dwell not reached", state(), "b", T0 + 599, {}, "a", False, KeepReason.DWELL),
         ("dwell reached, clear winner", state(), "b", T0 + 600, {}, "b", True, None),
@@ -119,11 +170,22 @@ def test_judge(case, incumbent, challenger, at, kwargs, action, changed, kept) -
     assert (verdict.action, verdict.changed, verdict.kept) == (action, changed, kept)
     if kept is not None:
         assert verdict.challenger == challenger
+    # withdrawn exactly when the incumbent may not be shown and the change was refused
+    assert verdict.withdrawn == (incumbent is not None and incumbent.action not in kwargs["eligible"] and not changed)
 
 
 def test_no_settings_means_no_limits() -> None:
     verdict = judge(state(), "c", T0, StickinessSettings(), eligible=ABC, ev=EV)
     assert verdict.changed and verdict.action == "c"
+    assert not StickinessSettings().limited
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"min_dwell_s": 1}, {"hysteresis": 0.01}, {"max_changes_per_day": 0}, {"max_changes_per_hour": 5}],
+)
+def test_any_rule_makes_a_placement_limited(kwargs: dict) -> None:
+    assert StickinessSettings(**kwargs).limited
 
 
 @pytest.mark.parametrize(
@@ -133,6 +195,7 @@ def test_no_settings_means_no_limits() -> None:
         ({"hysteresis": float("nan")}, "hysteresis must be a number >= 0"),
         ({"max_changes_per_day": 1.5}, "max_changes_per_day must be an integer >= 0"),
         ({"max_changes_per_hour": True}, "max_changes_per_hour must be an integer >= 0"),
+        ({"confidence": -1}, "confidence must be a number >= 0"),
     ],
 )
 def test_bad_settings(kwargs: dict, message: str) -> None:
@@ -203,29 +266,25 @@ def _windows_hold(times: list[float], cap: int) -> bool:
 @settings(max_examples=300, deadline=None)
 @given(rules, st.lists(step, min_size=1, max_size=80))
 def test_no_request_sequence_exceeds_the_daily_cap(rules: StickinessSettings, steps: list) -> None:
-    """Changes the rules could refuse never exceed the cap in any 24 h, nor in any calendar day, even
-    with requests out of order and the state round-tripped through its wire form after every step."""
+    """No change, forced ones included, ever exceeds the cap in any 24 h, nor in any calendar day, even
+    with requests out of order, incumbents that stop being eligible, and the state round-tripped through
+    its wire form after every step."""
     cap = rules.max_changes_per_day
     assert cap is not None
     s: StickyState | None = None
     ts = T0
-    voluntary: list[float] = []
     all_changes: list[float] = []
-    always_eligible = True
     for dt, challenger, explored, ev, incumbent_stays in steps:
         ts += dt
         eligible = set(ABC) if incumbent_stays or s is None else set(ABC) - {s.action} | {challenger}
-        always_eligible &= s is None or s.action in eligible
         verdict = judge(s, challenger, ts, rules, eligible=eligible, ev=ev, explored=explored)
         s = commit(s, verdict, ts, rules)
         if verdict.changed:
             all_changes.append(s.since)
-            if not verdict.forced:
-                voluntary.append(s.since)
+        if verdict.withdrawn:
+            assert s.action not in eligible  # the incumbent waits; nothing else took its place
         s = StickyState.from_wire(orjson.loads(orjson.dumps(s.to_wire())))
-    assert _windows_hold(voluntary, cap)
-    if always_eligible:
-        assert _windows_hold(all_changes, cap)
+    assert _windows_hold(all_changes, cap)
     assert all_changes == sorted(all_changes)  # change times never go backwards
 
 
