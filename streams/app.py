@@ -146,11 +146,11 @@ def create_app(settings: Settings) -> faust.App:
         """A null value for the user's key on the compacted erasures topic (who asked travels in a header)."""
         await sender.send([OutRecord(erasures_name, user_id.encode(), None, (("requested_by", who.encode()),))])
 
-    async def emit(out: BatchOutput) -> None:
-        """Hand every output to the producer, then wait until the broker has them all.
+    async def submit(out: BatchOutput) -> asyncio.Future:
+        """Hand every output to the producer; the future is done when the broker has them all.
 
-        The batch's input events are acknowledged only after this returns, so a crash can repeat
-        outputs (at-least-once; decision ids are deterministic) but never lose them.
+        The batch's input offsets are committed only after that, so a crash can repeat outputs
+        (at-least-once; decision ids are deterministic) but never lose them.
         """
         records = [OutRecord(decisions_name, d.user_id.encode(), d.to_json()) for d in out.decisions]
         records += [OutRecord(dead_letters_name, None, dl.to_json()) for dl in out.dead_letters]
@@ -158,14 +158,26 @@ def create_app(settings: Settings) -> faust.App:
             records.append(OutRecord(learning_name, None, encode_samples(out.learning[i : i + LEARNING_BATCH])))
         records += [OutRecord(shadow_name, None, rec.to_json()) for rec in out.shadow]
         records += [OutRecord(bids_name, b["user_id"].encode(), orjson.dumps(b)) for b in out.bid_signals]
-        await sender.send(records)
-        now = time.time()
-        for sent in out.request_timestamps:
-            if sent:
-                metrics.decision_latency.observe(max(0.0, now - sent))
+        delivered = await sender.submit(records)
 
-    async def handle(raw: list[RawMessage]) -> None:
-        await emit(await engine.process_isolating(raw))
+        def observe_latency(done: asyncio.Future) -> None:
+            if done.cancelled() or done.exception() is not None:
+                return
+            now = time.time()
+            for sent in out.request_timestamps:
+                if sent:
+                    metrics.decision_latency.observe(max(0.0, now - sent))
+
+        delivered.add_done_callback(observe_latency)
+        return delivered
+
+    async def emit(out: BatchOutput) -> None:
+        """Send every output and wait until the broker has them all."""
+        await (await submit(out))
+
+    async def handle(raw: list[RawMessage]) -> asyncio.Future:
+        """One batch processed and its outputs handed over; the intake commits once they are delivered."""
+        return await submit(await engine.process_isolating(raw))
 
     def assigned(partitions: set) -> None:
         status["rebalanced"] = True
@@ -186,11 +198,14 @@ def create_app(settings: Settings) -> faust.App:
 
     handled: dict[tuple[str, int], int] = {}  # Faust intake: (topic, partition) -> next offset to handle
 
+    async def emit_handled(raw: list[RawMessage]) -> None:
+        await (await handle(raw))  # Faust acks the events when this returns: after delivery
+
     async def ingest(stream: faust.Stream) -> None:
         """The Faust agent (CADENCE_INTAKE=faust): the same batches, through Faust's stream."""
         await policy_ready.wait()
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_within_s):
-            await handle([
+            await emit_handled([
                 RawMessage(logical.get(e.message.topic, e.message.topic), e.message.partition, e.message.offset,
                            e.message.value if isinstance(e.message.value, bytes) else b"",
                            (e.message.timestamp or 0.0))

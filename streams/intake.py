@@ -8,8 +8,10 @@ timers, tasks and the application's life cycle. ``CADENCE_INTAKE=faust`` brings 
 
 Delivery is at-least-once, as with the agent: offsets are committed only for batches whose outputs the
 broker has acknowledged, at most every ``commit_interval_s`` and whenever partitions are revoked (a lock
-makes a rebalance wait for the batch in flight). Events read again after a crash are duplicates the
-feature store's dedup ring recognises (engine/replay.py re-sends their stored outputs).
+makes a rebalance wait for the batch in flight). While one batch's outputs are on their way (``IN_FLIGHT``),
+the next batch is processed: the broker's acknowledgement no longer holds the engine up. Events read
+again after a crash are duplicates the feature store's dedup ring recognises (engine/replay.py re-sends
+their stored outputs).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
@@ -26,9 +30,18 @@ from engine.processor import RawMessage
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[list[RawMessage]], Awaitable[None]]  # process one batch and wait for its outputs
+# Process one batch and hand its outputs over; the awaitable it returns is done when they are delivered.
+Handler = Callable[[list[RawMessage]], Awaitable[Awaitable[object] | None]]
 OnAssigned = Callable[[set[TopicPartition]], None]
 RETRY_AFTER_S = 1.0
+IN_FLIGHT = 1  # batches whose outputs may still be on their way while the next one is processed
+
+
+@dataclass(slots=True)
+class _Handled:
+    starts: dict[TopicPartition, int]  # first offset of the batch, per partition
+    ends: dict[TopicPartition, int]  # the next offset after it
+    delivered: Awaitable[object] | None
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -37,6 +50,7 @@ class _Rebalance(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         async with self.intake.in_flight:  # the batch being processed finishes first, then its offsets go
+            await self.intake.settle(keep=0)
             await self.intake.commit()
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
@@ -67,6 +81,7 @@ class DirectIntake:
         self._committed_at = 0.0
         self._position: dict[TopicPartition, int] = {}  # next offset to handle, per partition
         self._failures = 0  # batches failed in a row
+        self._handled: deque[_Handled] = deque()  # processed, outputs maybe not delivered yet (oldest first)
 
     @property
     def assignment(self) -> set[TopicPartition]:
@@ -104,9 +119,12 @@ class DirectIntake:
                 if self._done and time.monotonic() - self._committed_at >= self.commit_interval_s:
                     await self.commit()
         finally:
-            await self.commit()
-            await consumer.stop()
-            self._consumer = None
+            try:
+                await self.settle(keep=0)
+                await self.commit()
+            finally:
+                await consumer.stop()
+                self._consumer = None
 
     async def _handle(self, batches: Mapping[TopicPartition, list]) -> bool:
         """Hand one fetch to the handler; if it fails, seek back so the same events come again."""
@@ -119,23 +137,55 @@ class DirectIntake:
                            r.timestamp / 1000.0 if r.timestamp else 0.0)
                 for r in records
             )
+        starts = {tp: records[0].offset for tp, records in batches.items() if records}
         try:
-            await self.handler(raw)
-        except Exception as exc:  # e.g. the broker refused outputs: nothing is committed, read it again
+            delivered = await self.handler(raw)
+        except Exception as exc:  # nothing of this batch is committed: read it again
             self._failures += 1
             log.error("a batch of %d events failed %d time(s) in a row (%s: %s); reading it again in %.0f s",
                       len(raw), self._failures, type(exc).__name__, exc, RETRY_AFTER_S,
                       exc_info=self._failures == 1)  # the traceback once per streak, not every second
-            consumer = self._consumer
-            for tp, records in batches.items():
-                if records and consumer is not None and tp in consumer.assignment():
-                    consumer.seek(tp, records[0].offset)
+            self._seek(starts)
             return False
         self._failures = 0
-        for tp, records in batches.items():
-            if records:
-                self._done[tp] = self._position[tp] = records[-1].offset + 1
+        ends = {tp: records[-1].offset + 1 for tp, records in batches.items() if records}
+        self._position.update(ends)
+        self._handled.append(_Handled(starts, ends, delivered))
+        return await self.settle(keep=IN_FLIGHT)
+
+    async def settle(self, keep: int) -> bool:
+        """Wait for the oldest deliveries until at most ``keep`` batches are on their way; delivered batches'
+        offsets become committable. A failed delivery sends the reader back to the first undelivered batch."""
+        while self._handled and (len(self._handled) > keep or self._delivered(self._handled[0])):
+            oldest = self._handled[0]
+            try:
+                if oldest.delivered is not None:
+                    await oldest.delivered
+            except Exception as exc:  # e.g. the broker refused: every batch from this one on is read again
+                log.error("outputs of %d batch(es) were not delivered (%s: %s); reading them again",
+                          len(self._handled), type(exc).__name__, exc)
+                first: dict[TopicPartition, int] = {}
+                for handled in self._handled:
+                    for tp, offset in handled.starts.items():
+                        first.setdefault(tp, offset)
+                self._handled.clear()
+                self._seek(first)
+                return False
+            self._handled.popleft()
+            self._done.update(oldest.ends)
         return True
+
+    @staticmethod
+    def _delivered(handled: _Handled) -> bool:
+        done = getattr(handled.delivered, "done", None)
+        return handled.delivered is None or (done is not None and done())
+
+    def _seek(self, offsets: Mapping[TopicPartition, int]) -> None:
+        consumer = self._consumer
+        for tp, offset in offsets.items():
+            if consumer is not None and tp in consumer.assignment():
+                consumer.seek(tp, offset)
+                self._position[tp] = offset
 
     async def commit(self) -> None:
         """Commit what has been handled; a failure (rebalance, broker away) is retried with the next batch."""

@@ -76,8 +76,19 @@ class OutputSender:
         return cached
 
     async def send(self, records: list[OutRecord]) -> None:
+        """Send ``records`` and wait until the broker has acknowledged all of them."""
+        await (await self.submit(records))
+
+    async def submit(self, records: list[OutRecord]) -> asyncio.Future:
+        """Hand ``records`` to the producer; the returned future is done when the broker has them all.
+
+        Per partition, batches are sent in the order they are submitted, so a caller can go on with its
+        next batch while this one is on its way and still keep each partition's records in order.
+        """
         if not records:
-            return
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
         producer = self._producer or await self.start()
         spread = next(self._rotation)
         grouped: dict[tuple[str, int], list[OutRecord]] = defaultdict(list)
@@ -95,4 +106,4 @@ class OutputSender:
                             is None:
                         raise ValueError(f"a record for {topic} is larger than {MAX_BATCH_BYTES} bytes")
             pending.append(await producer.send_batch(batch, topic, partition=partition))
-        await asyncio.gather(*pending)
+        return asyncio.gather(*pending)

@@ -127,3 +127,39 @@ def test_outputs_land_where_kafkas_partitioner_puts_their_keys(runtime: Runtime,
     seen, unkeyed = asyncio.run(go())
     assert unkeyed == 30
     assert {k: seen[k] for k in keys} == {k: {expected[k]} for k in keys}
+
+
+def test_a_batch_whose_outputs_are_not_delivered_is_read_again(runtime: Runtime, isolated: dict[str, str]) -> None:
+    bootstrap = runtime.kafka_bootstrap or ""
+    topic = isolated["topic_prefix"] + "email-events"
+    produce(bootstrap, topic, 60)
+    got: list[tuple[int, int]] = []
+    refused: list[tuple[int, int]] = []
+
+    async def handle(batch: list[RawMessage]) -> asyncio.Future:
+        got.extend((m.partition, m.offset) for m in batch)
+        delivered = asyncio.get_running_loop().create_future()
+        if not refused:  # the broker refuses the first batch's outputs after the engine has moved on
+            refused.extend((m.partition, m.offset) for m in batch)
+            delivered.set_exception(ConnectionError("broker away"))
+        else:
+            delivered.set_result(None)
+        return delivered
+
+    intake = DirectIntake(bootstrap, {topic: "email-events"}, isolated["app_id"], handle, lambda tps: None,
+                          batch_size=1000, commit_interval_s=0.1)
+
+    def done() -> bool:
+        return len(set(got)) == 60 and all(got.count(r) >= 2 for r in refused)
+
+    async def run_all() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(intake.run(stop))
+        async with asyncio.timeout(30):
+            while not done():
+                await asyncio.sleep(0.05)
+        stop.set()
+        await task
+
+    asyncio.run(run_all())
+    assert refused and done()  # nothing lost, and every refused event came again
