@@ -2,7 +2,8 @@
 
 For each seed the engine runs twice on the embedded stack, once per catalogue in load_tests/catalogues/
 (``no_limit.toml``: no stickiness; ``sticky_1_per_day.toml``: every placement changes at most once per
-user in any rolling 24 h, after an hour of dwell and with 5 % hysteresis). Everything else is the same:
+user in any rolling 24 h, forced changes included, after an hour of dwell and with 5 % hysteresis; see
+policy/stickiness.py for what a change is). Everything else is the same:
 world seed, traffic seed, engine seed (CADENCE_SEED), number of requests, simulated clock, contact caps
 and quiet hours; each run has a fresh worker, app id, topics and Redis namespace, and the simulator's
 World reads the same catalogue file as the worker.
@@ -21,8 +22,10 @@ What makes the comparison fair and meaningful:
   its learned reward stays short under any machine load (with thousands in flight the sim clock runs
   hours ahead of the engine: rewards come after the user's next decision on the placement and are lost,
   and batches span more than the worker's future-skew limit, dead-lettering valid requests);
-- the cap is checked from the decisions topic alone (``change_report``); runs where a valid request got
-  no decision are flagged (``all_requests_decided``).
+- the cap is checked from the decisions topic alone (``change_report``), for every change including the
+  forced ones (``cap_holds_for_all_changes``); decisions that showed the default because the incumbent
+  could not be shown and no change was allowed are counted as ``withdrawn``; runs where a valid request
+  got no decision are flagged (``all_requests_decided``).
 
 ClosedLoop draws traffic and clicks from one generator: once the two runs decide differently their
 traffic diverges (statistically the same, not identical), so compare over seeds.

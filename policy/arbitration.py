@@ -121,12 +121,13 @@ class Arbitrated:
         the higher score, then by a stable hash of ``salt`` and the action (a user id spreads a cold
         start's ties over the actions, yet the same user and statistics always give the same action),
         then to the earlier action in the eligible list."""
+        values = [(t.mean_ev if on_mean else t.ev, t.score, t) for t in self.ranked]
+        top = max((v, s) for v, s, _ in values)
+        tied = [t for v, s, t in values if (v, s) == top]
+        if len(tied) == 1:  # the usual case: no hash needed
+            return tied[0].action
         order = {a: i for i, a in enumerate(self.eligible)}
-        key = (lambda t: t.mean_ev) if on_mean else (lambda t: t.ev)
-        return min(
-            self.ranked,
-            key=lambda t: (-key(t), -t.score, _stable_hash(salt, t.action), order.get(t.action, 0)),
-        ).action
+        return min(tied, key=lambda t: (_stable_hash(salt, t.action), order.get(t.action, 0))).action
 
 
 def _stable_hash(salt: str, action: str) -> bytes:
