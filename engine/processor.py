@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import statistics
 import time
 from collections import defaultdict, deque
 
 from bandits.base import Policy
 from cadence.metrics import Metrics
 from contracts.decisions import DeadLetter, Decision, LearningSample
-from contracts.events import Event, Reason, Rejection, check_jump, check_watermark, parse_event
+from contracts.events import Event, Reason, Rejection, parse_event
 from engine.attribution import Credit, credit, match_pending
 from engine.bids import BidSignaller
 from engine.decide import POLICY_STATE_FIELD, PolicyStates, decide, fallback
+from engine.event_clock import ClockLimits, EventClock
 from engine.learner import EngineLearning
 from engine.lift import LiftTracker
 from engine.pending import pending_decisions, slot_with
@@ -69,10 +69,9 @@ class Engine(EngineLearning):
         self.models = models  # River models: scores in decisions, churn labels, the label join
         self._shadow_log = ShadowLog(shadow_policy.name) if shadow_policy is not None else None
         self.lift = LiftTracker()
-        self.watermark = 0.0
+        self._clock = EventClock()  # the stream's event time: which timestamps are believed
         self.learned_offsets: dict[int, int] = {}  # learning-topic partition -> next offset applied
         self.learned_watermark = 0.0
-        self._ahead: list[tuple[float, str]] = []  # (ts, user) of consecutive events rejected as ahead
         self._seen = SeenKeys()  # keys of learning samples applied recently
         self._unapplied: deque[FeatureUpdate] = deque()  # updates to replay once Redis answers again
         self._store_retry_at = 0.0  # monotonic time before which a failed store is not tried again
@@ -154,47 +153,25 @@ class Engine(EngineLearning):
                 parsed.append((msg, result))
         if not parsed:
             return []
-        # The batch median resists a single wild timestamp in a batch; the jump limit resists a batch made
-        # only of wild timestamps (one client with a wrong clock), so neither drags the stream's time along.
-        median = statistics.median(e.ts for _, e in parsed)
+        cfg = self.config
+        limits = ClockLimits(cfg.max_future_skew_s, cfg.max_lateness_s, cfg.max_time_jump_s,
+                             resync_events=cfg.watermark_resync_events, resync_min_users=RESYNC_MIN_USERS)
+        verdicts = self._clock.judge([event for _, event in parsed], limits)  # engine/event_clock.py: the rules
         events: list[Event] = []
-        for msg, event in parsed:
-            # a batch whose median is far ahead (mostly wrong clocks) moves the reference by at most the jump
-            reference = max(self.watermark, min(median, self.watermark + self.config.max_time_jump_s)) \
-                if self.watermark else median
-            late = check_watermark(event, reference, self.config.max_future_skew_s, self.config.max_lateness_s) \
-                or check_jump(event, self.watermark, self.config.max_time_jump_s)
+        for (msg, event), late in zip(parsed, verdicts, strict=True):
             if late is not None:
                 self._reject(msg, late, out)
-                if self.watermark and event.ts > self.watermark:
-                    self._note_ahead(event)
                 continue
-            self._ahead.clear()
             events.append(event)
             out.timestamps[event.event_id] = msg.timestamp
             self.metrics.child(self.metrics.events, event.topic, event.type).inc()
-            self.watermark = max(self.watermark, event.ts)
         self.metrics.watermark.set(self.watermark)
         return events
 
-    def _note_ahead(self, event: Event) -> None:
-        """Events keep coming from far ahead, and nothing else: did event time really jump?
-
-        Only when they come from many users and agree with each other (within a day): a real jump moves
-        everyone's clock together, while wrong clocks are few or scattered.
-        """
-        self._ahead.append((event.ts, event.user_id))
-        if len(self._ahead) < self.config.watermark_resync_events:
-            return
-        times = sorted(ts for ts, _ in self._ahead)
-        middle = times[len(times) // 2]
-        near = [ts for ts in times if abs(ts - middle) <= 86400]
-        users = {u for ts, u in self._ahead if abs(ts - middle) <= 86400}
-        if len(near) >= 0.9 * len(times) and len(users) >= RESYNC_MIN_USERS:
-            self.watermark = middle
-            log.warning("%d events of %d users in a row were ahead of the watermark: event time resynced to %.0f",
-                        len(times), len(users), middle)
-        self._ahead.clear()
+    @property
+    def watermark(self) -> float:
+        """The largest event time accepted (0.0 before the first event)."""
+        return self._clock.watermark
 
     async def flush_unapplied(self) -> None:
         """Replay kept updates without waiting for new traffic (a timer calls this every second)."""

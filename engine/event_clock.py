@@ -1,0 +1,151 @@
+"""The stream's event time as one worker judges it: which events are too far ahead or behind to believe.
+
+Pure: timestamps in, verdicts out; no I/O and never the wall clock, so replay and the simulator judge events
+exactly as a live worker does.
+
+The watermark is the largest ts accepted so far. Each event is judged against a reference, the watermark or
+a later time the batch agrees on, and refused when it is more than ``max_future_skew_s`` ahead of it, more
+than ``max_lateness_s`` behind it, or more than ``max_jump_s`` ahead of the watermark.
+
+Who may move event time on, and why:
+
+- Users vote, not events: one vote per user in a batch (the user's first ts), so a client with a wrong
+  clock that sends a burst has one voice however many events it sends. The batch's time is its median
+  vote, the lower of the two middle ones when they are even: a good event and a wrong clock in a batch of
+  two must not meet half way.
+- The first batch (no watermark yet) is judged against its median vote.
+- A later batch whose median vote is not further ahead of the watermark than the stream's pace makes
+  plausible is ordinary progress: the reference is that median. The pace is how far event time moved over
+  the last ``pace_events`` accepted events (the jump limit until there are that many), at least the skew:
+  a quiet stream, one event every quarter of an hour, may step hours ahead, while a stream of a thousand
+  events a minute that suddenly says "two hours later" in a small batch is not believed. (The broker hands
+  over whatever it has, one message at times, so a few wrong clocks can be most of a batch.)
+- Further ahead (within the jump limit) the batch is believed only when most of its users, and at least
+  ``advance_min_users`` of them, agree on that time within the skew: a busy stream that paused and came back.
+- Thin traffic after a pause still gets through: ``advance_events`` events in a row refused as ahead (no
+  event accepted between them), agreeing within the skew, from ``advance_min_users`` users and within the
+  jump limit, move the watermark to their median. Events of the old time in between break the run: they
+  show the stream's time did not move, only some clocks did.
+- Beyond the jump limit, ``resync_events`` events in a row from ``resync_min_users`` users, nine in ten of
+  them within a day of each other, resync the watermark: everyone's clock really jumped. Wrong clocks are
+  few or scattered.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from contracts.events import Event, Rejection, check_jump, check_watermark
+
+log = logging.getLogger(__name__)
+
+DAY_S = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClockLimits:
+    max_future_skew_s: float = 3600.0  # ahead of the reference: refused
+    max_lateness_s: float = 30 * DAY_S  # behind the reference: refused
+    max_jump_s: float = 7 * DAY_S  # ahead of the watermark: refused, whatever the batch says
+    advance_min_users: int = 10  # users that must agree before event time moves past the skew
+    advance_events: int = 20  # events in a row, refused as ahead, that move it within the jump limit
+    resync_events: int = 1000  # events in a row, refused as ahead, that move it past the jump limit
+    resync_min_users: int = 100  # users among them that must agree on the new time
+
+
+PACE_EVENTS = 64  # accepted events over which the stream's pace is measured
+
+
+class EventClock:
+    """The watermark and the run of events refused as ahead of it; ``judge`` is the only way in."""
+
+    def __init__(self, pace_events: int = PACE_EVENTS) -> None:
+        self.pace_events = pace_events
+        self._watermark = 0.0
+        self._recent: deque[float] = deque(maxlen=pace_events)  # the watermark after each recent acceptance
+        self._ahead: list[tuple[float, str]] = []  # (ts, user) of consecutive events refused as ahead
+
+    @property
+    def watermark(self) -> float:
+        """The largest event time accepted (0.0 before the first event)."""
+        return self._watermark
+
+    def judge(self, events: Sequence[Event], limits: ClockLimits) -> list[Rejection | None]:
+        """One verdict per event of a batch, in order: None (accepted, the watermark follows it) or why not."""
+        if not events:
+            return []
+        reference = self._reference(events, limits)
+        verdicts: list[Rejection | None] = []
+        for event in events:
+            reference = max(reference, self._watermark)
+            verdict = check_jump(event, self._watermark, limits.max_jump_s) \
+                or check_watermark(event, reference, limits.max_future_skew_s, limits.max_lateness_s)
+            if verdict is None:
+                self._ahead.clear()
+                self._watermark = max(self._watermark, event.ts)
+                self._recent.append(self._watermark)
+            elif self._watermark and event.ts > self._watermark:
+                self._note_ahead(event, limits)
+            verdicts.append(verdict)
+        return verdicts
+
+    def _reference(self, events: Sequence[Event], limits: ClockLimits) -> float:
+        """The time this batch is judged against (see the module's notes)."""
+        votes: dict[str, float] = {}
+        for event in events:
+            votes.setdefault(event.user_id, event.ts)
+        median = statistics.median_low(votes.values())  # a vote, the lower middle one: never a mean of two
+        if not self._watermark:
+            return median
+        plausible_s = min(max(limits.max_future_skew_s, self._pace_s(limits)), limits.max_jump_s)
+        if median <= self._watermark + plausible_s:
+            return max(self._watermark, median)
+        if median > self._watermark + limits.max_jump_s:
+            return self._watermark  # only a resync moves time that far
+        agreeing = sum(1 for ts in votes.values() if abs(ts - median) <= limits.max_future_skew_s)
+        if agreeing >= limits.advance_min_users and 2 * agreeing > len(votes):
+            return median
+        return self._watermark
+
+    def _pace_s(self, limits: ClockLimits) -> float:
+        """How far event time moved over the last ``pace_events`` accepted events (short history: the jump)."""
+        if len(self._recent) < self.pace_events:
+            return limits.max_jump_s
+        return self._watermark - self._recent[0]
+
+    def _note_ahead(self, event: Event, limits: ClockLimits) -> None:
+        """One more event refused as ahead, with none accepted since the last: did event time move on?"""
+        self._ahead.append((event.ts, event.user_id))
+        if len(self._ahead) >= limits.advance_events:
+            recent = self._ahead[-limits.advance_events:]
+            middle = _middle(recent)
+            if middle <= self._watermark + limits.max_jump_s and \
+                    self._agree(recent, middle, limits.max_future_skew_s, limits.advance_min_users):
+                self._move_to(recent, middle, "ahead of the watermark")
+                return
+        if len(self._ahead) >= limits.resync_events:
+            middle = _middle(self._ahead)
+            if self._agree(self._ahead, middle, DAY_S, limits.resync_min_users):
+                self._move_to(self._ahead, middle, "far ahead of the watermark")
+            self._ahead.clear()
+
+    @staticmethod
+    def _agree(run: list[tuple[float, str]], middle: float, within_s: float, min_users: int) -> bool:
+        """Nine in ten of the run within ``within_s`` of its middle, from at least ``min_users`` users."""
+        near = [user for ts, user in run if abs(ts - middle) <= within_s]
+        return len(near) >= 0.9 * len(run) and len(set(near)) >= min_users
+
+    def _move_to(self, run: list[tuple[float, str]], middle: float, where: str) -> None:
+        log.warning("%d events of %d users in a row were %s: event time moved from %.0f to %.0f",
+                    len(run), len({user for _, user in run}), where, self._watermark, middle)
+        self._watermark = middle
+        self._ahead.clear()
+
+
+def _middle(run: list[tuple[float, str]]) -> float:
+    times = sorted(ts for ts, _ in run)
+    return times[len(times) // 2]

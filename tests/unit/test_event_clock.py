@@ -1,0 +1,150 @@
+"""EventClock: which timestamps a worker believes, batch by batch (pure, event time only)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from contracts.events import Event, Reason
+from engine.event_clock import ClockLimits, EventClock
+
+T0 = 1_767_571_200.0  # 2026-01-05 00:00 UTC
+HOUR, DAY, YEAR = 3600.0, 86400.0, 365 * 86400.0
+LIMITS = ClockLimits()
+
+
+def ev(ts: float, user: str = "u1", event_id: str = "e") -> Event:
+    return Event(event_id=event_id, user_id=user, ts=ts, type="page_view", topic="web-events", channel="web")
+
+
+def good(n: int, ts: float, tag: str = "g", step_s: float = 1.0) -> list[Event]:
+    return [ev(ts + i * step_s, user=f"{tag}{i}", event_id=f"{tag}-e{i}") for i in range(n)]
+
+
+def accepted(clock: EventClock, batch: list[Event], limits: ClockLimits = LIMITS) -> list[bool]:
+    return [v is None for v in clock.judge(batch, limits)]
+
+
+def started(ts: float = T0) -> EventClock:
+    """A clock that has seen a busy stream: 200 users, one event a second (more than its pace window)."""
+    clock = EventClock()
+    assert all(accepted(clock, good(200, ts)))
+    assert clock.watermark == ts + 199
+    return clock
+
+
+def test_the_first_batch_sets_event_time_and_the_watermark_follows_accepted_events() -> None:
+    clock = EventClock()
+    assert clock.watermark == 0.0
+    assert all(accepted(clock, good(50, T0)))
+    assert clock.watermark == T0 + 49
+
+
+def test_verdicts_name_the_limit_that_was_crossed() -> None:
+    clock = started()
+    early, ahead, wild = clock.judge([ev(T0 - 40 * DAY), ev(T0 + 3 * HOUR), ev(T0 + YEAR)], LIMITS)
+    assert early is not None and early.reason is Reason.TS_OUT_OF_RANGE and "behind" in early.detail
+    assert ahead is not None and "ahead of the stream's event time" in ahead.detail
+    assert wild is not None and "check the sender's clock" in wild.detail
+
+
+@pytest.mark.parametrize("ahead_s", [2 * HOUR, 3 * DAY, 6.9 * DAY])
+def test_a_small_batch_made_mostly_of_wrong_clocks_does_not_move_event_time(ahead_s: float) -> None:
+    """The property-test failure: a broker fetch can hand over two bad events and one good one; the batch
+    median was then a wrong clock, trusted up to the jump limit, and the bad events were accepted."""
+    clock = started()
+    watermark = clock.watermark
+    batch = [ev(T0 + ahead_s, "bad1"), ev(T0 + 210, "ok1"), ev(T0 + ahead_s, "bad2")]
+    assert accepted(clock, batch) == [False, True, False]
+    assert clock.watermark == watermark + 11  # the good event, nothing else
+    assert accepted(clock, [ev(T0 + ahead_s, "bad3")]) == [False]  # alone in its batch: refused too
+
+
+def test_a_batch_whose_median_is_years_ahead_does_not_let_a_nearer_wrong_clock_in() -> None:
+    clock = started()
+    batch = [ev(T0 + YEAR + i, f"far{i}") for i in range(5)] + [ev(T0 + 2 * DAY, "near"), ev(T0 + 10, "ok")]
+    assert accepted(clock, batch) == [False] * 5 + [False, True]
+
+
+def test_one_client_bursting_cannot_outvote_the_others_in_the_first_batch() -> None:
+    clock = EventClock()
+    burst = [ev(T0 + 2 * DAY + i, "wrong-clock", f"w{i}") for i in range(100)]
+    verdicts = accepted(clock, burst + good(10, T0))
+    assert verdicts == [False] * 100 + [True] * 10
+    assert clock.watermark == T0 + 9
+
+
+def test_a_stream_that_paused_and_came_back_is_followed_in_one_batch() -> None:
+    clock = started()
+    back = good(40, T0 + 2 * DAY, tag="m") + [ev(T0 + 30, "straggler")]  # a few late events are normal
+    assert all(accepted(clock, back))
+    assert clock.watermark == T0 + 2 * DAY + 39
+
+
+def test_thin_traffic_after_a_pause_is_followed_after_a_short_run() -> None:
+    clock = started()
+    limits = ClockLimits(advance_events=20, advance_min_users=10)
+    later = [ev(T0 + 5 * HOUR + i * 10, f"m{i % 12}", f"m{i}") for i in range(30)]
+    verdicts = [accepted(clock, [e], limits)[0] for e in later]  # one event per batch
+    assert verdicts == [False] * 20 + [True] * 10
+    assert T0 + 5 * HOUR < clock.watermark <= T0 + 5 * HOUR + 300
+
+
+def test_events_of_the_old_time_in_between_keep_the_wrong_clocks_out() -> None:
+    """Wrong clocks mixed with a stream that did not move: the run never grows, nothing ahead gets in."""
+    clock = started()
+    rng = np.random.default_rng(7)
+    refused_ahead = 0
+    for i in range(2000):
+        if rng.random() < 0.3:  # 30 % wrong clocks, two hours ahead, many users, one per batch
+            refused_ahead += not accepted(clock, [ev(T0 + 2 * HOUR + i, f"bad{i % 50}")])[0]
+        else:
+            assert accepted(clock, [ev(T0 + 50 + i * 0.5, f"ok{i % 300}")]) == [True]
+    assert refused_ahead > 500
+    assert clock.watermark < T0 + 50 + 2000 * 0.5
+
+
+def test_a_far_jump_needs_many_agreeing_users_in_a_row() -> None:
+    limits = ClockLimits(resync_events=50, resync_min_users=40)
+    clock = started()
+    scattered = [ev(T0 + YEAR * (1 + i / 10), f"s{i}") for i in range(50)]  # wrong clocks, each its own way
+    assert not any(accepted(clock, scattered, limits))
+    few_users = [ev(T0 + YEAR + i, f"f{i % 5}") for i in range(50)]  # agreeing, but five clients
+    assert not any(accepted(clock, few_users, limits))
+    assert clock.watermark == T0 + 199
+    jump = [ev(T0 + YEAR + 100 + i, f"j{i}") for i in range(60)]
+    assert accepted(clock, jump, limits) == [False] * 50 + [True] * 10
+    assert clock.watermark >= T0 + YEAR
+
+
+def test_judging_nothing_changes_nothing() -> None:
+    clock = started()
+    assert clock.judge([], LIMITS) == []
+    assert clock.watermark == T0 + 199
+
+
+def test_a_quiet_stream_may_step_hours_ahead_one_event_at_a_time() -> None:
+    """One customer every quarter of an hour or so, now and then a two-hour lull: its pace allows that."""
+    clock = EventClock()
+    rng = np.random.default_rng(3)
+    gaps = rng.exponential(900.0, size=300)
+    gaps[100::40] = 2 * HOUR  # lulls, after the pace window has filled
+    times = T0 + np.cumsum(gaps)
+    assert all(accepted(clock, [ev(float(t), event_id=f"q{i}")])[0] for i, t in enumerate(times))
+    assert clock.watermark == float(times[-1])
+
+
+def test_a_fresh_clock_follows_a_lone_event_up_to_the_jump_limit() -> None:
+    """Too little history to know the stream's pace: only the skew around the batch and the jump limit hold."""
+    clock = EventClock()
+    assert accepted(clock, [ev(T0)]) == [True]
+    assert accepted(clock, [ev(T0 + 3 * DAY)]) == [True]
+    assert accepted(clock, [ev(T0 + 11 * DAY)]) == [False]
+    assert clock.watermark == T0 + 3 * DAY
+
+
+def test_a_batch_of_one_good_event_and_one_wrong_clock_does_not_meet_half_way() -> None:
+    """The mean of the two middle votes was the batch's time: a wrong clock two hours ahead got within the skew."""
+    clock = started()
+    assert accepted(clock, [ev(T0 + 199 + 2 * HOUR, "bad"), ev(T0 + 200, "ok")]) == [False, True]
+    assert clock.watermark == T0 + 200
