@@ -295,3 +295,46 @@ def test_an_event_the_engine_fails_on_is_dead_lettered_and_its_batch_still_decid
     assert (dl.reason_code, dl.raw) == ("engine_error", poison[0].value)
     assert "ValueError: always" in dl.reason and not second.decisions
     assert 'cadence_dead_letters_total{reason="engine_error"} 1.0' in metrics.exposition().decode()
+
+
+def test_wrong_clocks_hours_ahead_that_fill_a_small_batch_of_a_busy_stream_are_rejected(runtime: Runtime) -> None:
+    """Issue 7: the broker may hand over three messages, two of them from clocks two hours ahead (within the
+    jump limit). The batch's median was a wrong clock, so both were accepted and event time moved on; alone
+    in a batch, one was its own median. A busy stream (one event a second) does not step two hours at once."""
+    engine = make_engine(runtime)
+    ahead = T0 + 2 * 3600 + 600
+    busy = [event(f"b{i}", user_id=f"b{i % 50}", ts=T0 + i) for i in range(200)]
+
+    async def go():  # noqa: ANN202
+        first = await engine.process(msgs(*busy))
+        small = await engine.process(msgs(event("w1", user_id="w1", ts=ahead), event("ok", user_id="ok", ts=T0 + 201),
+                                          event("w2", user_id="w2", ts=ahead)))
+        alone = await engine.process(msgs(event("w3", user_id="w3", ts=ahead)))
+        pair = await engine.process(msgs(event("w4", user_id="w4", ts=ahead), event("ok2", user_id="ok", ts=T0 + 202)))
+        return first, small, alone, pair
+
+    first, small, alone, pair = run(go())
+    assert len(first.decisions) == 200 and not first.dead_letters
+    assert [(d.offset, d.reason_code) for d in small.dead_letters] == [(0, "ts_out_of_range"), (2, "ts_out_of_range")]
+    assert "ahead of the stream's event time" in small.dead_letters[0].reason
+    assert [d.request_event_id for d in small.decisions] == ["ok"]
+    assert len(alone.dead_letters) == 1 and not alone.decisions
+    assert [d.offset for d in pair.dead_letters] == [0] and [d.request_event_id for d in pair.decisions] == ["ok2"]
+    assert engine.watermark == T0 + 202
+
+
+def test_a_quiet_stream_is_followed_across_lulls_of_hours(runtime: Runtime) -> None:
+    """A stream that decides for a few customers, one event every quarter of an hour and two-hour lulls at
+    night, each event in a batch of its own: every event is believed (its pace allows the lulls)."""
+    engine = make_engine(runtime)
+    gaps = np.full(120, 900.0)
+    gaps[80::10] = 2 * 3600.0
+    times = T0 + np.cumsum(gaps)
+
+    async def go() -> list:
+        return [await engine.process(msgs(event(f"q{i}", user_id=f"q{i % 3}", ts=float(t))))
+                for i, t in enumerate(times)]
+
+    outs = run(go())
+    assert sum(len(o.decisions) for o in outs) == 120 and not any(o.dead_letters for o in outs)
+    assert engine.watermark == float(times[-1])
