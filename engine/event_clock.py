@@ -15,11 +15,13 @@ Who may move event time on, and why:
   two must not meet half way.
 - The first batch (no watermark yet) is judged against its median vote.
 - A later batch whose median vote is not further ahead of the watermark than the stream's pace makes
-  plausible is ordinary progress: the reference is that median. The pace is how far event time moved over
-  the last ``pace_events`` accepted events (the jump limit until there are that many), at least the skew:
-  a quiet stream, one event every quarter of an hour, may step hours ahead, while a stream of a thousand
-  events a minute that suddenly says "two hours later" in a small batch is not believed. (The broker hands
-  over whatever it has, one message at times, so a few wrong clocks can be most of a batch.)
+  plausible is ordinary progress: the reference is that median. The plausible step is the skew, or
+  ``pace_events`` times the median step of the watermark over the last ``pace_events`` accepted events
+  if that is more (the jump limit until there are that many): a quiet stream, one event every quarter of
+  an hour, may step hours ahead, while a stream of a thousand events a minute that suddenly says "two hours
+  later" in a small batch is not believed. (The broker hands over whatever it has, one message at times, so
+  a few wrong clocks can be most of a batch.) A median step, not the span: one lull or jump does not widen
+  what is believed next.
 - Further ahead (within the jump limit) the batch is believed only when most of its users, and at least
   ``advance_min_users`` of them, agree on that time within the skew: a busy stream that paused and came back.
 - Thin traffic after a pause still gets through: ``advance_events`` events in a row refused as ahead (no
@@ -66,7 +68,7 @@ class EventClock:
     def __init__(self, pace_events: int = PACE_EVENTS) -> None:
         self.pace_events = pace_events
         self._watermark = 0.0
-        self._recent: deque[float] = deque(maxlen=pace_events)  # the watermark after each recent acceptance
+        self._recent: deque[float] = deque(maxlen=pace_events + 1)  # the watermark after each recent acceptance
         self._ahead: list[tuple[float, str]] = []  # (ts, user) of consecutive events refused as ahead
 
     @property
@@ -101,8 +103,8 @@ class EventClock:
         median = statistics.median_low(votes.values())  # a vote, the lower middle one: never a mean of two
         if not self._watermark:
             return median
-        plausible_s = min(max(limits.max_future_skew_s, self._pace_s(limits)), limits.max_jump_s)
-        if median <= self._watermark + plausible_s:
+        if median <= self._watermark + limits.max_future_skew_s \
+                or median <= self._watermark + min(self._pace_s(limits), limits.max_jump_s):
             return max(self._watermark, median)
         if median > self._watermark + limits.max_jump_s:
             return self._watermark  # only a resync moves time that far
@@ -112,10 +114,13 @@ class EventClock:
         return self._watermark
 
     def _pace_s(self, limits: ClockLimits) -> float:
-        """How far event time moved over the last ``pace_events`` accepted events (short history: the jump)."""
-        if len(self._recent) < self.pace_events:
+        """``pace_events`` ordinary steps of the watermark: the median step of the recent accepted events, times
+        their number (the jump limit while there are fewer)."""
+        if len(self._recent) <= self.pace_events:
             return limits.max_jump_s
-        return self._watermark - self._recent[0]
+        marks = list(self._recent)
+        steps = sorted(later - earlier for earlier, later in zip(marks, marks[1:], strict=False))
+        return steps[len(steps) // 2] * self.pace_events
 
     def _note_ahead(self, event: Event, limits: ClockLimits) -> None:
         """One more event refused as ahead, with none accepted since the last: did event time move on?"""

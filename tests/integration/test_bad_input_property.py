@@ -2,9 +2,10 @@
 
 Every generated message is a valid event with exactly one fault injected, so the reason it must be
 rejected for is known without asking the parser. More than 10,000 of them go out in a few large produce
-batches, interleaved with good traffic as on a real stream (the event-time watermark is judged on a
-batch median, so good events must be the majority). Then: every bad message is in dead-letters with its
-reason, none touched the features or the policy, and the worker still decides.
+batches, interleaved with good traffic as on a real stream (engine/event_clock.py judges event time by the
+users of each batch and the stream's pace, so good events must be the majority of the stream, not of every
+batch: the broker may hand over a few messages at a time). Then: every bad message is in dead-letters with
+its reason, none touched the features or the policy, and the worker still decides.
 """
 
 from __future__ import annotations
@@ -361,14 +362,6 @@ def send_all(producer: KafkaProducer, prefix: str, items: list[tuple[str, dict |
     producer.flush()
     meta = [f.get(timeout=30) for f in futures]
     return [(m.topic, m.partition, m.offset) for m in meta]
-
-
-WATERMARK_POISONED = (
-    "engine bug: Engine._validate judges ts against max(watermark, batch median), so a batch made only of "
-    "far-future events (one client with a wrong clock) is accepted and moves the watermark a year ahead; "
-    "from then on every good event is rejected as ts_out_of_range (30 days late). Fix proposed in the "
-    "fault-tests report."
-)
 
 
 def outcome_of(decisions: list[dict], dead_letters: list[dict]) -> dict[str, str]:

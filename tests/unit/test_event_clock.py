@@ -148,3 +148,12 @@ def test_a_batch_of_one_good_event_and_one_wrong_clock_does_not_meet_half_way() 
     clock = started()
     assert accepted(clock, [ev(T0 + 199 + 2 * HOUR, "bad"), ev(T0 + 200, "ok")]) == [False, True]
     assert clock.watermark == T0 + 200
+
+
+def test_one_step_ahead_does_not_widen_what_is_believed_next() -> None:
+    """A busy stream that paused two days and came back (many users agree) is followed; a lone clock a day
+    ahead of that is still a wrong clock: the pace is the median step, not the span of the recent events."""
+    clock = started()
+    assert all(accepted(clock, good(40, T0 + 2 * DAY, tag="m")))
+    assert accepted(clock, [ev(T0 + 3 * DAY, "wrong")]) == [False]
+    assert accepted(clock, [ev(T0 + 2 * DAY + 50, "ok")]) == [True]
