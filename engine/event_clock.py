@@ -13,7 +13,10 @@ Who may move event time on, and why:
   clock that sends a burst has one voice however many events it sends. The batch's time is its median
   vote, the lower of the two middle ones when they are even: a good event and a wrong clock in a batch of
   two must not meet half way.
-- The first batch (no watermark yet) is judged against its median vote.
+- The first batch (no watermark yet) is judged against the median of its largest group of votes within the
+  skew of each other: with nothing to compare with, the time most users agree on. Wrong clocks are
+  scattered, so many of them in the first batch do not set event time a year ahead, which would have
+  refused every good event after as late, for good.
 - A later batch whose median vote is not further ahead of the watermark than the stream's pace makes
   plausible is ordinary progress: the reference is that median. The plausible step is the skew, or
   ``pace_events`` times the median step of the watermark over the last ``pace_events`` accepted events
@@ -100,9 +103,9 @@ class EventClock:
         votes: dict[str, float] = {}
         for event in events:
             votes.setdefault(event.user_id, event.ts)
-        median = statistics.median_low(votes.values())  # a vote, the lower middle one: never a mean of two
         if not self._watermark:
-            return median
+            return _densest(sorted(votes.values()), limits.max_future_skew_s)
+        median = statistics.median_low(votes.values())  # a vote, the lower middle one: never a mean of two
         if median <= self._watermark + limits.max_future_skew_s \
                 or median <= self._watermark + min(self._pace_s(limits), limits.max_jump_s):
             return max(self._watermark, median)
@@ -154,3 +157,14 @@ class EventClock:
 def _middle(run: list[tuple[float, str]]) -> float:
     times = sorted(ts for ts, _ in run)
     return times[len(times) // 2]
+
+
+def _densest(times: list[float], width_s: float) -> float:
+    """The lower median of the largest group of sorted ``times`` that lie within ``width_s`` of each other."""
+    start, size, low = 0, 0, 0
+    for high, ts in enumerate(times):
+        while ts - times[low] > width_s:
+            low += 1
+        if high - low + 1 > size:
+            start, size = low, high - low + 1
+    return times[start + (size - 1) // 2]

@@ -157,3 +157,14 @@ def test_one_step_ahead_does_not_widen_what_is_believed_next() -> None:
     assert all(accepted(clock, good(40, T0 + 2 * DAY, tag="m")))
     assert accepted(clock, [ev(T0 + 3 * DAY, "wrong")]) == [False]
     assert accepted(clock, [ev(T0 + 2 * DAY + 50, "ok")]) == [True]
+
+
+def test_a_first_batch_with_many_scattered_wrong_clocks_takes_the_time_most_users_agree_on() -> None:
+    """No watermark yet: the median vote would be a wrong clock (30 of 50 users, each its own way), event
+    time would start years ahead and every good event after would be refused as late, for good."""
+    clock = EventClock()
+    wrong = [ev(T0 + YEAR * (1 + i / 10), f"w{i}") for i in range(30)]
+    first = accepted(clock, wrong + good(20, T0))
+    assert first == [False] * 30 + [True] * 20
+    assert clock.watermark == T0 + 19
+    assert all(accepted(clock, good(10, T0 + 60, tag="later")))
