@@ -22,10 +22,8 @@ What makes the comparison fair and meaningful:
   its learned reward stays short under any machine load (with thousands in flight the sim clock runs
   hours ahead of the engine: rewards come after the user's next decision on the placement and are lost,
   and batches span more than the worker's future-skew limit, dead-lettering valid requests);
-- the cap is checked from the decisions topic alone (``change_report``), for every change including the
-  forced ones (``cap_holds_for_all_changes``); decisions that showed the default because the incumbent
-  could not be shown and no change was allowed are counted as ``withdrawn``; runs where a valid request
-  got no decision are flagged (``all_requests_decided``).
+- the cap is checked from the decisions topic alone (``change_report``), forced changes included;
+  runs where a valid request got no decision are flagged (``all_requests_decided``).
 
 ClosedLoop draws traffic and clicks from one generator: once the two runs decide differently their
 traffic diverges (statistically the same, not identical), so compare over seeds.
@@ -125,14 +123,11 @@ def change_report(decisions: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
     Per (user, placement), decisions of the governed modes in ``ts`` order; a change is a decision whose
     action differs from the previous one's (the first is not a change). A change marked ``forced`` in its
-    trace replaced an incumbent that was no longer eligible (e.g. the ad channel's per-creative daily
-    contact cap): the engine records it but cannot refuse it. Reported per placement and overall:
-    ``max_changes_24h`` (most changes in any rolling 24 h, forced included: what a user saw) and
-    ``max_changes_24h_at_unforced`` (most changes in the 24 h up to and including an unforced change:
-    what the rule decided, which the cap bounds). ``by_exploration``: changes to a bandit exploration.
-    ``withdrawn``: decisions that showed the placement's default because the incumbent could not be shown
-    and no change was allowed (mode fallback, reason incumbent_unavailable; not a change, see
-    policy/stickiness.py).
+    trace replaced an incumbent that was no longer eligible (e.g. an ad creative's daily contact cap);
+    it counts against the cap too. Per placement and overall: ``max_changes_24h`` (most changes in any
+    rolling 24 h, forced included: what a user saw), ``max_changes_24h_at_unforced`` (most changes in the
+    24 h up to and including an unforced change), ``by_exploration`` (changes to a bandit exploration).
+    ``withdrawn``: defaults shown as the incumbent may not be shown and no change is allowed (not changes).
     """
     seqs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     rows: dict[str, Counter] = defaultdict(Counter)
@@ -192,9 +187,7 @@ def reward_table(decisions: Iterable[dict[str, Any]], world: World) -> dict[str,
         rewards = {a: world.expected_reward(a, ctx) for a in world.catalogue.eligible(d["placement"])}
         engine, best = world.expected_reward(d["action"], ctx), max(rewards.values(), default=0.0)
         for row in (days[day], placements[d["placement"]]):
-            row[0] += 1
-            row[1] += engine
-            row[2] += best
+            row[0], row[1], row[2] = row[0] + 1, row[1] + engine, row[2] + best
         fixed[(d["user_id"], d["placement"], day)].update(rewards)
     oracle = sum(o for _, _, o in days.values())
     hindsight = sum(max(c.values(), default=0.0) for c in fixed.values())
@@ -324,8 +317,7 @@ def compare(runs: list[dict[str, Any]], warmup_days: int) -> dict[str, Any]:
         "checks": {
             "ratio_at_least_target": bool(ratio is not None and ratio >= TARGET_RATIO),
             "ratio_after_warmup_at_least_target": bool(later is not None and later >= TARGET_RATIO),
-            "cap_holds_for_unforced_changes": all(r["max_changes_24h_at_unforced"] <= CAP_PER_DAY
-                                                  for r in rows),
+            "cap_holds_for_unforced_changes": all(r["max_changes_24h_at_unforced"] <= CAP_PER_DAY for r in rows),
             "cap_holds_for_all_changes": all(r["max_changes_24h"] <= CAP_PER_DAY for r in rows),
             "same_number_of_requests": all(r["same_requests"] for r in rows),
             "all_requests_decided": all(r["all_requests_decided"] for r in rows),
@@ -343,13 +335,12 @@ def print_report(result: dict[str, Any], runs: list[dict[str, Any]]) -> None:
     print(f"stickiness cost: {cfg['requests']} requests, {cfg['users']} users, {cfg['sim_days']} simulated "
           f"days ({cfg['requests_per_sim_s']:.3f} requests per simulated s), {result['run_s']} s")
     print("engine's expected reward per decision over ALL decisions (consenting users):")
-    print(f"{'seed':>4} {'no_limit':>9} {'1/day':>9} {'ratio':>6} {f'day{w}+':>6} {'oracle':>8} "
-          f"{'random':>8} {'1act/day':>8} {'sticky':>7} {'max chg/24h':>11} {'unforced':>8} {'forced':>6} "
-          f"{'withdrawn':>9}")
+    print(f"{'seed':>4} {'no_limit':>9} {'1/day':>9} {'ratio':>6} {f'day{w}+':>6} {'oracle':>8} {'random':>8} "
+          f"{'1act/day':>8} {'sticky':>7} {'max chg/24h':>11} {'unforced':>8} {'forced':>6} withdrawn")
     for r in cmp["per_seed"]:
         later = f"{r['ratio_after_warmup']:.3f}" if r["ratio_after_warmup"] else "-"
-        print(f"{r['seed']:>4} {r['no_limit']:>9.5f} {r['sticky_1_per_day']:>9.5f} {r['ratio']:>6.3f} "
-              f"{later:>6} {r['oracle']:>8.5f} {r['random']:>8.5f} {r['one_action_per_day_vs_oracle']:>8.3f} "
+        print(f"{r['seed']:>4} {r['no_limit']:>9.5f} {r['sticky_1_per_day']:>9.5f} {r['ratio']:>6.3f} {later:>6} "
+              f"{r['oracle']:>8.5f} {r['random']:>8.5f} {r['one_action_per_day_vs_oracle']:>8.3f} "
               f"{r['sticky_share']:>6.1%} {r['max_changes_24h']:>11} {r['max_changes_24h_at_unforced']:>8} "
               f"{r['forced_changes']:>6} {r['withdrawn']:>9}")
         print(f"     ratio by day {r['ratio_by_day']}, by placement {r['ratio_by_placement']}; "
@@ -385,8 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cfg = RunConfig(args.requests, args.users, args.sim_days, args.warmup_days, args.rate,
                     args.max_outstanding, args.max_wall)
-    started = time.monotonic()
-    runs = []
+    started, runs = time.monotonic(), []
     try:
         with tempfile.TemporaryDirectory(prefix="cadence-stk-") as tmp, Runtime(Path(tmp), None, None) as rt:
             for seed, variant in ((seed, variant) for seed in args.seeds for variant in VARIANTS):
