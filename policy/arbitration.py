@@ -58,9 +58,10 @@ class ArbitrationConfig:
             raise ValueError("top_k must be >= 1")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Terms:
-    """One action's arbitration terms (shown in the trace)."""
+    """One action's arbitration terms (shown in the trace). Not frozen (a frozen dataclass costs more to
+    build, and one is built per eligible action per request); nothing changes them after ``arbitrate``."""
 
     action: str
     score: float  # bandit score
@@ -70,14 +71,14 @@ class Terms:
     ev: float
     mean: float = 0.0  # the bandit's mean estimate (its score when it gives none)
     scale: float = 1.0  # what a unit of estimate is worth here: value unit × boost
+    mean_ev: float = 0.0  # ev_of(mean), set by __post_init__
+
+    def __post_init__(self) -> None:
+        self.mean_ev = self.ev_of(self.mean)
 
     def ev_of(self, estimate: float) -> float:
         """The ev this action would have with ``estimate`` in place of the bandit's score."""
         return max(estimate, 0.0) * self.scale - self.cost
-
-    @property
-    def mean_ev(self) -> float:
-        return self.ev_of(self.mean)
 
     def lower_ev(self, k: float) -> float:
         """The ev at the mean minus ``k`` widths of the bandit's exploration bonus (score − mean)."""
@@ -148,26 +149,19 @@ def arbitrate(
         raise ValueError("arbitrate() needs at least one eligible action")
     boosts = boosts or {}
     scale = catalogue.value_scale
-    terms: list[Terms] = []
-    for a in eligible:
-        action = catalogue.actions[a]
-        score = choice.scores.get(a, 0.0)
-        unit = scale if config.reward_unit == "value" else action.value
-        boost = boosts.get(a, 1.0)
-        terms.append(
-            Terms(
-                a,
-                score,
-                action.value,
-                boost,
-                action.cost,
-                max(score, 0.0) * unit * boost - action.cost,
-                choice.mean_of(a),
-                unit * boost,
-            )
-        )
-    order = {a: i for i, a in enumerate(eligible)}
-    ranked = tuple(sorted(terms, key=lambda t: (-t.ev, -t.score, order[t.action])))
+    by_value = config.reward_unit == "value"
+    actions, scores = catalogue.actions, choice.scores
+    means = choice.means or scores  # Choice.mean_of: the score when the policy gave no means
+    keyed: list[tuple[float, float, int, Terms]] = []
+    for i, a in enumerate(eligible):
+        action = actions[a]
+        score = scores.get(a, 0.0)
+        unit = (scale if by_value else action.value) * boosts.get(a, 1.0)
+        t = Terms(a, score, action.value, boosts.get(a, 1.0), action.cost, max(score, 0.0) * unit - action.cost,
+                  means.get(a, 0.0), unit)
+        keyed.append((-t.ev, -score, i, t))
+    keyed.sort(key=lambda k: k[:3])  # best ev, then higher score, then eligible order
+    ranked = tuple(k[3] for k in keyed)
     top_ev = ranked[0].ev
     # On an ev tie the bandit's greedy action wins: it keeps the bandit's own random tie-breaking.
     best = (

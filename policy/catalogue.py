@@ -105,6 +105,7 @@ FILTERS: dict[str, Callable[[Action, Request], bool]] = {
     "segment": _segment,
     "score": _score,
 }
+_FILTER_ITEMS = tuple(FILTERS.items())
 
 
 class Eligibility(Sequence[str]):
@@ -186,8 +187,13 @@ class Catalogue:
         request = Request(ts, segment, consent, scores or {})
         ids: list[str] = []
         removed: dict[str, str] = {}
+        filters = _FILTER_ITEMS
         for a in self._by_placement.get(placement, []):
-            reason = next((name for name, keeps in FILTERS.items() if not keeps(a, request)), None)
+            reason = None
+            for name, keeps in filters:  # the first filter that refuses names the reason
+                if not keeps(a, request):
+                    reason = name
+                    break
             if reason is None and usage is not None and ts is not None:
                 reason = usage.action_block(a.id, ts, a.cost, a.max_per_day, a.budget_per_day)
             if reason is None:
