@@ -27,6 +27,7 @@ import numpy as np
 
 from contracts.events import DEVICES, Event
 from features.state import UserState
+from features.windows import estimate, parse_cell
 
 SEGMENTS = ("new", "casual", "loyal", "vip")
 POLICY_NAMES: tuple[str, ...] = (
@@ -50,31 +51,42 @@ _SEGMENT_AT = {s: 1 + len(DEVICES) + i for i, s in enumerate(SEGMENTS)}
 _HOUR_AT = POLICY_NAMES.index("hour_sin")
 _DAY_S = 86400.0
 _TENURE_FULL_S = 30 * _DAY_S
+_WEEK = 7 * 86400
+
+
+def _history_values(t: float, state: UserState) -> list[float]:
+    """The history block at event time ``t``, unweighted, in ``HISTORY_NAMES`` order (one pass, no dict)."""
+    fields = state.fields
+
+    def count(name: str, size: int) -> float:
+        raw = fields.get(name)
+        return estimate(parse_cell(raw), t, size) if raw else 0.0
+
+    last_pv = fields.get("t:pv")
+    first = fields.get("fs")
+    return [
+        math.log1p(count("pvh", 3600)),
+        math.log1p(count("pvd", 86400)) / 2,
+        math.log1p(count("ckw", _WEEK)),
+        math.log1p(count("cvw", _WEEK)),
+        math.log1p(count("rvw", _WEEK)) / 4,
+        math.exp(-max(0.0, t - float(last_pv)) / 3600.0) if last_pv is not None else 0.0,
+        math.log1p(count("eow", _WEEK)),
+        math.log1p(count("acw", _WEEK)),
+        min(1.0, (t - float(first)) / _TENURE_FULL_S) if first is not None else 0.0,
+    ]
 
 
 def history_features(event: Event, state: UserState | None) -> dict[str, float]:
     """The history block by name, unweighted; every name of ``HISTORY_NAMES`` (0 for an unknown user)."""
-    out = dict.fromkeys(HISTORY_NAMES, 0.0)
     if state is None or not state.exists:
-        return out
-    t = event.ts
-    out["log_views_1h"] = math.log1p(state.count("pv", "h", t))
-    out["log_views_24h"] = math.log1p(state.count("pv", "d", t)) / 2
-    out["log_clicks_7d"] = math.log1p(state.count("ck", "w", t))
-    out["log_conversions_7d"] = math.log1p(state.count("cv", "w", t))
-    out["log_revenue_7d"] = math.log1p(state.count("rv", "w", t)) / 4
-    age = state.age("pv", t)
-    out["recency_web"] = math.exp(-age / 3600.0) if age is not None else 0.0
-    out["log_email_opens_7d"] = math.log1p(state.count("eo", "w", t))
-    out["log_ad_clicks_7d"] = math.log1p(state.count("ac", "w", t))
-    first = state.first_seen
-    out["tenure"] = min(1.0, (t - first) / _TENURE_FULL_S) if first is not None else 0.0
-    return out
+        return dict.fromkeys(HISTORY_NAMES, 0.0)
+    return dict(zip(HISTORY_NAMES, _history_values(event.ts, state), strict=True))
 
 
 def build_context(event: Event, state: UserState | None) -> np.ndarray:
     """The ``CONTEXT_DIM`` vector laid out as ``CONTEXT_NAMES`` (history block weighted by HISTORY_WEIGHT)."""
-    x = np.zeros(CONTEXT_DIM)
+    x = [0.0] * CONTEXT_DIM
     x[0] = 1.0
     device = event.device or (state.device if state else None)
     if device in _DEVICE_AT:
@@ -88,6 +100,5 @@ def build_context(event: Event, state: UserState | None) -> np.ndarray:
     x[_HOUR_AT + 1] = math.cos(angle)
     x[_HOUR_AT + 2] = 1.0 if ((int(t // _DAY_S) + 3) % 7) >= 5 else 0.0  # 1970-01-01 was a Thursday
     if state is not None and state.exists:
-        x[HISTORY_SLICE] = HISTORY_WEIGHT * np.fromiter(history_features(event, state).values(), float, CONTEXT_DIM
-                                                         - POLICY_DIM)
-    return x
+        x[POLICY_DIM:] = [HISTORY_WEIGHT * v for v in _history_values(t, state)]
+    return np.array(x)
