@@ -14,9 +14,11 @@ is kept out of the bandit's way: LinUCB's ridge prior (λ = 1) on a feature scal
 λ/w² = 10⁶ on its coefficient, so the bandit's estimates and confidence widths practically ignore it.
 The bandit is better off without these features: they grow as a customer accumulates history (a
 drifting input the reward does not depend on through them), and every feature a disjoint linear bandit
-learns per action slows the learning of the ones that matter (load_tests/policy_tuning.py: 0.93 -> 0.95
-of the oracle's reward at 40-50k decisions). The River models standardise every input
-(``StandardScaler``), so for them the weight changes nothing. Everything is in [-1, ~3] before weighting.
+learns per action slows the learning of the ones that matter (load_tests/policy_tuning.py, share of the
+oracle's reward at 40-50k decisions, worlds 1-4: 0.953 unweighted -> 0.965 weighted, better on each).
+The River models standardise every input (``StandardScaler``), so for them the weight changes nothing.
+In the float16 pending record a weighted value keeps 3 significant digits (subnormal only below
+natural values of 0.06, where the absolute step is 6e-5). Everything is in [-1, ~3] before weighting.
 """
 
 from __future__ import annotations

@@ -20,8 +20,9 @@ simulator.loop.Scoreboard; "40-50k" is the mean of the windows that end at 40k, 
 
 The variant ``ceiling`` is not a policy: it scores actions with the world's true expected reward (hidden
 information no engine has) through the same pipeline, to show the best the scoreboard allows. It falls
-as the day goes on (0.99 -> ~0.96 at 50k decisions): the display slot's contact cap (6 impressions of a
-creative per user and day) removes the best creative for busy users, and the oracle ignores caps.
+as the day goes on (world 1: 0.998 in the first window, 0.974 at 40-50k, 0.967 at 50k): the display
+slot's contact cap (6 impressions of a creative per user and day) removes the best creative for busy
+users, and the oracle ignores caps.
 
     .venv/bin/python -m load_tests.policy_tuning --decisions 60000 --seeds 1,2,3 --variants current,legacy_a0.1
 """
