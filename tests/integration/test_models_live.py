@@ -10,6 +10,7 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ from learning.snapshots import SnapshotInfo, SnapshotStore
 from learning.state import LearnedState
 from policy.catalogue import load_catalogue
 from policy.pipeline import PolicyContext
+from policy.stickiness import StickinessSettings
 from tests.helpers import T0, TopicReader, event, produce, start_worker
 
 pytestmark = pytest.mark.integration
@@ -48,7 +50,11 @@ def in_process_engine(rt: Runtime, namespace: str) -> Engine:
     """An engine on the real Redis that shows offers uniformly at random (ε = 1) and trains the models."""
     client = aioredis.Redis.from_url(rt.redis_url or "")
     store = RedisFeatureStore(client, namespace, ttl_s=30 * 86400, dedup_ring=16)
-    ctx = PolicyContext(load_catalogue(DEFAULT_CATALOGUE))
+    # Sticky placements decide deterministically (no random draw), so for offers shown uniformly at random
+    # this engine's catalogue has no stickiness: the models, not the rate limit, are under test here.
+    catalogue = load_catalogue(DEFAULT_CATALOGUE)
+    catalogue.placements = {k: replace(p, stickiness=StickinessSettings()) for k, p in catalogue.placements.items()}
+    ctx = PolicyContext(catalogue)
     config = ModelConfig(join=JoinConfig(window_s=1800.0, grace_s=60.0), churn_horizon_s=DAY,
                          churn_sample_every_s=6 * 3600.0, min_samples=50)
     models = LiveModels(config, 0.1, ctx.catalogue.value_scale)
@@ -174,8 +180,12 @@ def test_a_worker_shows_scores_in_decide_and_profile_and_exports_model_metrics(
     runtime: Runtime, isolated: dict[str, str], data_dir: Path
 ) -> None:
     prefix = isolated["topic_prefix"]
+    # offers drawn uniformly at random (epsilon 1) on a catalogue without stickiness (sticky placements
+    # decide deterministically): the models, not the rate limit, are under test here
+    catalogue = data_dir / "catalogue_no_stickiness.toml"
+    catalogue.write_text(re.sub(r"\[placement\.stickiness\][^\[]*", "", DEFAULT_CATALOGUE.read_text()))
     worker = start_worker(runtime, data_dir, "models-1", api_token=API, snapshot_interval_s="1", policy="egreedy",
-                          policy_epsilon="1", holdout_share="0", **isolated)
+                          policy_epsilon="1", holdout_share="0", catalogue=str(catalogue), **isolated)
     try:
         rng = np.random.default_rng(6)
         reader = TopicReader(runtime, prefix + "decisions")
@@ -222,7 +232,7 @@ def test_a_worker_shows_scores_in_decide_and_profile_and_exports_model_metrics(
 
     saved = asyncio.run(latest_models())
     assert saved is not None and saved.version > 0
-    restarted = start_worker(runtime, data_dir, "models-2", api_token=API, **isolated)
+    restarted = start_worker(runtime, data_dir, "models-2", api_token=API, catalogue=str(catalogue), **isolated)
     try:  # a worker that starts decides with the models of the latest snapshot
         again = get(restarted, "/profile", user_id="w5", ts=T0 + 4 * 3600)
         assert again["scores"]["model_version"] == saved.version
