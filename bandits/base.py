@@ -25,7 +25,8 @@ import numpy as np
 ELIGIBLE_CACHE_SIZE = 4096  # distinct eligible sets remembered (catalogues have a handful per placement)
 # Layout of the pickled state; bump when a policy's private attributes change so that an old snapshot is
 # refused with a clear message instead of failing later. 2: shared ridge statistics (bandits.ridge).
-SNAPSHOT_FORMAT = 2
+# 3: the context's history block is weighted by 1e-3 (features.context): statistics of 2 mean something else.
+SNAPSHOT_FORMAT = 3
 
 
 @dataclass(slots=True)
