@@ -112,6 +112,7 @@ _STICKINESS_FIELDS: dict[str, Callable[[Any], Any]] = {
     "hysteresis": _number,
     "max_changes_per_day": _count,
     "max_changes_per_hour": _count,
+    "confidence": _number,
 }
 _CONTACT_FIELDS: dict[str, Callable[[Any], Any]] = {
     "max_contacts": _count,

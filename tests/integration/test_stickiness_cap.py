@@ -35,8 +35,17 @@ GOVERNED = {"explore", "exploit", "sticky"}  # modes that went through the stick
 NEVER_FORCED = {"home_hero", "product_sidebar", "newsletter"}
 
 
+def _eager_catalogue(data_dir: Path) -> Path:
+    """sticky_1_per_day with the confidence rule off: the policy asks for changes more often, so the daily
+    cap has to refuse some in every run (with it on, a run may want no second change within a day)."""
+    path = data_dir / "sticky_1_per_day_eager.toml"
+    path.write_text(STICKY_1_PER_DAY.read_text().replace("[placement.stickiness]\n",
+                                                          "[placement.stickiness]\nconfidence = 0\n"))
+    return path
+
+
 def _closed_loop_decisions(runtime: Runtime, isolated: dict[str, str], data_dir: Path) -> list[dict]:
-    worker = start_worker(runtime, data_dir, catalogue=str(STICKY_1_PER_DAY), **isolated)
+    worker = start_worker(runtime, data_dir, catalogue=str(_eager_catalogue(data_dir)), **isolated)
     prefix = isolated["topic_prefix"]
     world = World(load_catalogue(STICKY_1_PER_DAY), n_users=USERS, seed=5)
     loop = ClosedLoop(world, runtime.kafka_bootstrap or "", topic=lambda n: prefix + n, rate=800, seed=5,
