@@ -24,11 +24,12 @@ BAD = [
 ]
 
 
+@pytest.mark.parametrize("intake", ["direct", "faust"])  # record batches (default) or the Faust agent
 def test_worker_decides_routes_bad_input_and_ignores_duplicates(
-    runtime: Runtime, isolated: dict[str, str], data_dir: Path
+    runtime: Runtime, isolated: dict[str, str], data_dir: Path, intake: str
 ) -> None:
     prefix = isolated["topic_prefix"]
-    worker = start_worker(runtime, data_dir, **isolated)
+    worker = start_worker(runtime, data_dir, intake=intake, **isolated)
     try:
         evening = T0 + 21.5 * 3600  # near the email quiet hours (22:00-06:00 UTC) of the default catalogue
         before = [event(f"g{i}", user_id=f"u{i}", ts=evening + i, device="desktop", segment="loyal") for i in range(20)]
