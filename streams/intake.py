@@ -116,6 +116,10 @@ class DirectIntake:
                     async with self.in_flight:
                         if not await self._handle(batches):
                             await asyncio.sleep(RETRY_AFTER_S)
+                elif self._handled:  # the stream went quiet: let the last batch's offsets become committable
+                    async with self.in_flight:
+                        if not await self.settle(keep=0):
+                            await asyncio.sleep(RETRY_AFTER_S)
                 if self._done and time.monotonic() - self._committed_at >= self.commit_interval_s:
                     await self.commit()
         finally:

@@ -163,3 +163,47 @@ def test_a_batch_whose_outputs_are_not_delivered_is_read_again(runtime: Runtime,
 
     asyncio.run(run_all())
     assert refused and done()  # nothing lost, and every refused event came again
+
+
+def test_offsets_are_committed_while_the_stream_is_quiet(runtime: Runtime, isolated: dict[str, str]) -> None:
+    """The last batch's outputs are delivered after a moment; with no batch after it, its offsets must still
+    be committed (not only at shutdown), or a crash during a quiet spell would read it again."""
+    from kafka import TopicPartition as KafkaTopicPartition
+    from kafka.admin import KafkaAdminClient
+
+    bootstrap = runtime.kafka_bootstrap or ""
+    topic = isolated["topic_prefix"] + "web-events"
+    produce(bootstrap, topic, 30)
+    got: list[RawMessage] = []
+
+    async def handle(batch: list[RawMessage]) -> asyncio.Future:
+        got.extend(batch)
+        delivered = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(0.05, delivered.set_result, None)  # the broker's ack comes later
+        return delivered
+
+    intake = DirectIntake(bootstrap, {topic: "web-events"}, isolated["app_id"], handle, lambda tps: None,
+                          commit_interval_s=0.1)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+
+    def committed() -> int:
+        group = isolated["app_id"]
+        offsets = admin.list_group_offsets({group: [KafkaTopicPartition(topic, p) for p in range(4)]})[group]
+        return sum(meta.offset for meta in offsets.values() if meta.offset > 0)
+
+    async def run_quiet() -> int:
+        stop = asyncio.Event()
+        task = asyncio.create_task(intake.run(stop))
+        try:
+            async with asyncio.timeout(30):
+                while len(got) < 30 or await asyncio.to_thread(committed) < 30:
+                    await asyncio.sleep(0.1)
+            return await asyncio.to_thread(committed)  # while the intake still runs, the stream quiet
+        finally:
+            stop.set()
+            await task
+
+    try:
+        assert asyncio.run(run_quiet()) == 30
+    finally:
+        admin.close()
