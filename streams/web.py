@@ -20,6 +20,7 @@ import faust
 import orjson
 from pydantic import SecretStr
 
+from contracts.events import Reason
 from engine.processor import BatchOutput, Engine, RawMessage
 from features.erasure import ErasureRegistry
 from policy.lever_store import LeverStore
@@ -106,7 +107,7 @@ def register_views(
         background.add(task)
         task.add_done_callback(background.discard)
 
-    batcher = DecideBatcher(engine.process, emit_soon)
+    batcher = DecideBatcher(engine.process_isolating, emit_soon)  # one bad request cannot fail its batch
 
     def now_event_time() -> float:
         """'Now' for levers set by a person: the stream's event time when there is one, else the clock."""
@@ -150,6 +151,10 @@ def register_views(
                 status = 500
                 return _error(web, status, f"the engine failed on this request's batch ({exc})",
                               "retry, or show the placement's default action; the worker log has the traceback")
+            if answer.dead_letter is not None and answer.dead_letter.reason_code == Reason.ENGINE_ERROR:
+                status = 500
+                return _error(web, status, f"the engine failed on this request ({answer.dead_letter.reason})",
+                              "show the placement's default action; the request is in dead-letters for a bug report")
             if answer.dead_letter is not None:
                 status = 400
                 dl = answer.dead_letter
