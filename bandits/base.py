@@ -8,6 +8,12 @@ worker they happen on do not matter. ``update(x, a, r)`` is both at once; ``expo
 
 The public methods validate their inputs (shape, finiteness, action names) and never modify the arrays
 they are given; subclasses receive checked float64 arrays and arm indices.
+
+Batches: ``prepare(xs)`` scores the contexts of many requests against every arm in one numpy step and
+``select_row(prepared, i, actions)`` then chooses for request i as ``select(xs[i], actions)`` would (the
+same draws from the policy's generator, in call order). A prepared batch is only used while the policy's
+statistics are the ones it was scored with; after any learning step, a new arm, or for a row that is not
+finite, ``select_row`` is ``select`` on that row.
 """
 
 from __future__ import annotations
@@ -53,6 +59,18 @@ class Choice:
         return self.action != self.greedy
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """Contexts of a batch of requests scored against every arm (``Policy.prepare``)."""
+
+    owner: int  # id() of the policy that scored them
+    version: int  # its version then: the statistics the rows hold
+    arms: int  # how many arms it had
+    xs: np.ndarray  # (n, dim), float64
+    finite: np.ndarray  # (n,) bool: rows that are finite (the others go through ``select``)
+    rows: Any  # the subclass's precomputation (``_prepare``)
+
+
 class Policy(ABC):
     """A contextual bandit over a changing set of string-named actions.
 
@@ -92,6 +110,31 @@ class Policy(ABC):
             resolved = self._resolve(key)
         names, idx = resolved
         return self._select(x, names, idx)
+
+    def prepare(self, xs: np.ndarray) -> Prepared:
+        """Score a batch of contexts (shape (n, dim)) for ``select_row``; the inputs are not modified."""
+        xs = np.array(xs, dtype=np.float64)  # a copy: the caller may reuse its array
+        if xs.ndim != 2 or xs.shape[1] != self.dim:
+            raise ValueError(f"contexts must have shape (n, {self.dim}), got {xs.shape}")
+        finite = np.isfinite(xs).all(axis=1)
+        clean = np.where(finite[:, None], xs, 0.0) if not finite.all() else xs
+        rows = self._prepare(clean) if len(xs) and self._index else None
+        return Prepared(id(self), self._n_updates, len(self._index), xs, finite, rows)
+
+    def select_row(self, prepared: Prepared, row: int, actions: Sequence[str]) -> Choice:
+        """``select(prepared.xs[row], actions)``, from the batch's scores while they are current."""
+        key = tuple(actions)
+        resolved = self._eligible.get(key)
+        if resolved is None:
+            resolved = self._resolve(key)
+        names, idx = resolved
+        current = (
+            prepared.rows is not None and prepared.owner == id(self) and prepared.version == self._n_updates
+            and prepared.arms == len(self._index) and bool(prepared.finite[row])
+        )
+        if not current:
+            return self.select(prepared.xs[row], actions)
+        return self._select_prepared(prepared.rows, row, names, idx)
 
     def expose(self, x: np.ndarray, action: str) -> None:
         x = self._check_x(x)
@@ -241,6 +284,15 @@ class Policy(ABC):
     @abstractmethod
     def _select(self, x: np.ndarray, actions: list[str], idx: np.ndarray | None) -> Choice:
         """Pick one of ``actions``; ``idx`` holds their arm indices, None when they are all arms in order."""
+
+    def _prepare(self, xs: np.ndarray) -> Any:
+        """Precompute what ``_select_prepared`` needs for every row of ``xs`` and every arm (default: the
+        contexts themselves, so a policy without a batch path selects row by row)."""
+        return xs
+
+    def _select_prepared(self, rows: Any, row: int, actions: list[str], idx: np.ndarray | None) -> Choice:
+        """``_select`` for one row of a prepared batch (same draws from the generator as ``_select``)."""
+        return self._select(rows[row], actions, idx)
 
     @abstractmethod
     def _expose(self, x: np.ndarray, arm: int) -> None: ...

@@ -51,6 +51,20 @@ class LinTS(LinearPolicy):
 
     def _select(self, x: np.ndarray, actions: list[str], idx: np.ndarray | None) -> Choice:
         mean, var = self._moments(x, idx)
+        return self._sample(mean, var, actions)
+
+    def _prepare(self, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._moments_many(xs)
+
+    def _select_prepared(self, rows: tuple[np.ndarray, np.ndarray], row: int, actions: list[str],
+                         idx: np.ndarray | None) -> Choice:
+        mean, var = rows[0][row], rows[1][row]
+        if idx is not None:
+            mean, var = mean[idx], var[idx]
+        return self._sample(mean.copy(), var.copy(), actions)
+
+    def _sample(self, mean: np.ndarray, var: np.ndarray, actions: list[str]) -> Choice:
+        """Thompson draws from the per-arm normals N(mean, α² var) (``var`` is clipped in place)."""
         np.maximum(var, 0.0, out=var)
         k, n, eps = len(actions), self.n_draws, self.epsilon
         draws = self._rng.standard_normal((n, k))
@@ -61,9 +75,7 @@ class LinTS(LinearPolicy):
         shares += eps / k
         probs = shares.tolist()
         u = self._rng.random()
-        if u < eps:
-            pick = min(int(u / eps * k), k - 1)
-        else:
-            pick = int(winners[min(int((u - eps) / (1.0 - eps) * n), n - 1)])
+        draw = min(int((u - eps) / (1.0 - eps) * n), n - 1)  # the draw whose winner is played (u >= eps)
+        pick = min(int(u / eps * k), k - 1) if u < eps else int(winners[draw])
         scores = mean.tolist()
         return self._choice(actions, scores, probs, pick, int(mean.argmax()))

@@ -42,3 +42,17 @@ class LinUCB(LinearPolicy):
         scores = (mean + self.alpha * np.sqrt(var)).tolist()
         pick, best, probs = greedy_pick(scores, self.epsilon, self._rng.random())
         return self._choice(actions, scores, probs, pick, best, mean.tolist())
+
+    def _prepare(self, xs: np.ndarray) -> tuple[list[list[float]], list[list[float]]]:
+        mean, var = self._moments_many(xs)
+        np.maximum(var, 0.0, out=var)
+        return (mean + self.alpha * np.sqrt(var)).tolist(), mean.tolist()
+
+    def _select_prepared(self, rows: tuple[list[list[float]], list[list[float]]], row: int, actions: list[str],
+                         idx: np.ndarray | None) -> Choice:
+        scores, mean = rows[0][row], rows[1][row]
+        if idx is not None:
+            arms = idx.tolist()
+            scores, mean = [scores[a] for a in arms], [mean[a] for a in arms]
+        pick, best, probs = greedy_pick(scores, self.epsilon, self._rng.random())
+        return self._choice(actions, scores, probs, pick, best, mean)

@@ -89,6 +89,14 @@ class LinearPolicy(Policy):
         var = np.dot(np.dot(inverses, x), x)
         return np.dot(self._stack[kd:][idx], x), var
 
+    def _moments_many(self, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``_moments`` for every row of ``xs`` and every arm at once: two (n, K) arrays."""
+        d, n = self.dim, len(self._since_refresh)
+        kd = n * d
+        y = xs @ self._stack.T  # (rows, K·d + K): Aₐ⁻¹x of every arm, then θₐ·x
+        var = np.einsum("rkd,rd->rk", y[:, :kd].reshape(len(xs), n, d), xs)
+        return y[:, kd:], var
+
     def _means(self, x: np.ndarray, idx: np.ndarray | None) -> np.ndarray:
         mean = np.dot(self._stack[len(self._since_refresh) * self.dim :], x)
         return mean if idx is None else mean[idx]

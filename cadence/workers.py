@@ -79,5 +79,6 @@ def worker_env(base: dict[str, str], **settings: str) -> dict[str, str]:
     env = dict(base)
     env.update({f"CADENCE_{k.upper()}": v for k, v in settings.items()})
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")  # see cadence/__init__.py
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
     return env

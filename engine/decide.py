@@ -13,12 +13,13 @@ the action shown, the churn risk and the value, rounded to 4 digits.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from bandits.base import Policy
+from bandits.base import Choice, Policy, Prepared
 from contracts.decisions import Decision, Mode, decision_id_for
 from contracts.events import Event
 from engine.pending import PendingDecision
@@ -113,12 +114,58 @@ def trace_scores(scores: dict[str, float], action: str, version: int) -> dict[st
     return out
 
 
+def consent_of(event: Event, state: UserState | None) -> bool | None:
+    """The request's consent: the event's own flag, else the user's stored one (None when unknown)."""
+    return event.consent if event.consent is not None else (state.consent if state else None)
+
+
+@dataclass(slots=True)
+class BatchContexts:
+    """The context vectors of a batch's requests, scored by the policy in one step (``Policy.prepare``).
+
+    The policy's statistics do not change while a batch is decided (learning comes from the learning
+    topic between batches), so scoring every request against every arm at once gives the choices that
+    scoring them one by one would give. ``row_of`` maps a request's position in the batch to its row.
+    """
+
+    row_of: dict[int, int]
+    prepared: Prepared | None
+
+    @classmethod
+    def build(cls, policy: Policy, requests: list[tuple[int, Event, UserState | None]]) -> BatchContexts:
+        """Contexts of the requests that will need the bandit (``(position, event, state)``; consent not
+        refused)."""
+        row_of: dict[int, int] = {}
+        xs: list[np.ndarray] = []
+        for position, event, state in requests:
+            if consent_of(event, state) is not False:
+                row_of[position] = len(xs)
+                xs.append(build_context(event, state))
+        return cls(row_of, policy.prepare(np.array(xs)) if xs else None)
+
+    def selector(self, policy: Policy, position: int) -> tuple[np.ndarray, Callable[[Sequence[str]], Choice]] | None:
+        """The context of the request at ``position`` and its select function (None if not in the batch)."""
+        row = self.row_of.get(position)
+        prepared = self.prepared
+        if row is None or prepared is None:
+            return None
+        return prepared.xs[row], lambda eligible: policy.select_row(prepared, row, eligible)
+
+
 def decide(event: Event, state: UserState | None, ctx: PolicyContext, policy: Policy,
-           models: LiveModels | None = None, states: PolicyStates | None = None) -> Decided:
-    consent = event.consent if event.consent is not None else (state.consent if state else None)
+           models: LiveModels | None = None, states: PolicyStates | None = None,
+           batch: BatchContexts | None = None, position: int = -1) -> Decided:
+    """The decision for ``event``; with ``batch`` the context and bandit scores come from the batch's
+    (``position`` is the event's place in it)."""
+    consent = consent_of(event, state)
     if consent is False:
         return fallback(event, ctx, policy, "no_marketing_consent")
-    x = build_context(event, state)
+    found = batch.selector(policy, position) if batch is not None else None
+    if found is None:
+        x = build_context(event, state)
+        select: Callable[[Sequence[str]], Choice] = lambda eligible: policy.select(x, eligible)  # noqa: E731
+    else:
+        x, select = found
     segment = event.segment or (state.segment if state else None)
     placement = event.placement or ""
     scorer = models.scorer if models is not None else None
@@ -129,7 +176,7 @@ def decide(event: Event, state: UserState | None, ctx: PolicyContext, policy: Po
         PolicyRequest(event.user_id, placement, event.ts, segment, consent, scores),
         states.of(state) if states is not None else policy_state_of(state),
         ctx,
-        lambda eligible: policy.select(x, eligible),
+        select,
     )
     if scores and scorer is not None:
         outcome.trace["scores"] = trace_scores(scores, outcome.action, scorer.version)

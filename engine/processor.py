@@ -11,9 +11,11 @@ labeller (this worker owns those customers), and ``learn`` hands the learning st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict, deque
+from collections.abc import Awaitable
 
 from bandits.base import Policy
 from cadence.metrics import Metrics
@@ -21,7 +23,7 @@ from contracts.decisions import DeadLetter, Decision, LearningSample
 from contracts.events import Event, Reason, Rejection, parse_event
 from engine.attribution import Credit, credit, match_pending
 from engine.bids import BidSignaller
-from engine.decide import POLICY_STATE_FIELD, PolicyStates, decide, fallback
+from engine.decide import POLICY_STATE_FIELD, BatchContexts, PolicyStates, decide, fallback
 from engine.event_clock import ClockLimits, EventClock
 from engine.learner import EngineLearning
 from engine.lift import LiftTracker
@@ -43,11 +45,16 @@ log = logging.getLogger(__name__)
 ACTIVITY_TYPES = frozenset({"page_view", "ad_request"})
 
 
+STORE_CHUNK = 256  # events per feature-store call: the next chunk's call runs in Redis while one is decided
 RESYNC_MIN_USERS = 100  # a jump in event time is believed only when this many users show it
 
 
 class CircuitOpen(FeatureStoreError):
     """The store failed less than a second ago: not tried, so the caller answers at once."""
+
+
+async def _raising(exc: Exception) -> list[tuple[bool, UserState | None]]:
+    raise exc
 
 
 __all__ = ["BatchOutput", "CircuitOpen", "Engine", "EngineConfig", "RawMessage"]  # records re-exported
@@ -209,47 +216,34 @@ class Engine(EngineLearning):
         self.metrics.updates_pending.set(len(self._unapplied))
 
     async def _apply(self, events: list[Event], out: BatchOutput) -> None:
+        """Apply the events to the feature store and decide, chunk by chunk: while one chunk is decided,
+        Redis already applies the next (its states lack this chunk's decision writes, which ``writes``
+        patches in, as for two events of one user in the same chunk)."""
         if self.erased:
             events = self._without_erased(events, out)
             if not events:
                 return
         updates = [update_for(e, store_profile=e.consent is not False) for e in events]
-        started = time.perf_counter()
-        try:
-            if time.monotonic() < self._store_retry_at:  # circuit open: answer fast, try again soon
-                raise CircuitOpen("feature store unreachable a moment ago; retrying within a second")
-            if self._unapplied and not await self._replay_unapplied():
-                raise FeatureStoreError("feature store still unreachable (replaying earlier updates)")
-            results = await self.store.apply(updates)
-        except FeatureStoreError as exc:
-            self.metrics.store_errors.labels("apply").inc()
-            if not isinstance(exc, CircuitOpen):  # only a real failure re-arms the breaker
-                self._store_retry_at = time.monotonic() + 1.0
-            if not isinstance(exc, CircuitOpen) or time.monotonic() - self._store_logged_at >= 10.0:
-                self._store_logged_at = time.monotonic()  # one line per outage and every 10 s, not per batch
-                log.error("%s; %d events kept for replay, requests got fallback decisions (counted in "
-                          "cadence_feature_store_errors_total)", exc, len(events))
-            self._keep_for_replay(updates)
-            for event in events:
-                if event.kind.requests_decision:
-                    self._emit(fallback(event, self.policy_ctx, self.policy, "feature_store_unavailable").decision, out)
-                elif event.kind.reward is not None:
-                    self.metrics.rewards.labels("store_unavailable").inc()
-            return
-        self.metrics.store_latency.labels("apply").observe(time.perf_counter() - started)
-
         writes: dict[str, dict[str, str]] = defaultdict(dict)
-        for event, (applied, state) in zip(events, results, strict=True):
-            if state is not None and writes.get(event.user_id):
-                state.fields.update(writes[event.user_id])  # decisions made earlier in this batch
-            if not applied:
-                self.metrics.duplicates.inc()
-                self._replay_duplicate(event, state, writes, out)
-                continue
-            if event.kind.requests_decision:
-                self._decide(event, state, writes, out)
-            elif event.kind.reward is not None:
-                self._credit(event, state, writes, out)
+        loading: Awaitable[list[tuple[bool, UserState | None]]] | None = None  # the next chunk's call, sent
+        try:
+            for start in range(0, len(events), STORE_CHUNK):
+                chunk, chunk_updates = events[start : start + STORE_CHUNK], updates[start : start + STORE_CHUNK]
+                try:
+                    results = await (loading if loading is not None else self._load(chunk_updates, timed=True))
+                except FeatureStoreError as exc:
+                    loading = None
+                    self._store_failed(exc, chunk, chunk_updates, out)
+                    continue
+                loading = None
+                following = updates[start + STORE_CHUNK : start + 2 * STORE_CHUNK]
+                if following:  # sent now: Redis works on it while this chunk is decided
+                    loading = await self._load_ahead(following)
+                self._decide_chunk(chunk, results, writes, out)
+        finally:
+            if loading is not None:  # the engine failed mid-batch: the call in flight still finishes
+                with contextlib.suppress(Exception):
+                    await loading
         if self.models is not None:
             self.models.advance_activity(self.watermark)
 
@@ -262,7 +256,65 @@ class Engine(EngineLearning):
                 self.metrics.store_errors.labels("write").inc()
                 log.error("%s; pending decisions of %d users not stored", exc, len(writes))
 
-    def _replay_duplicate(self, event: Event, state: UserState | None, writes: dict, out: BatchOutput) -> None:
+    async def _load(self, updates: list[FeatureUpdate], timed: bool) -> list[tuple[bool, UserState | None]]:
+        """One feature-store call (after replaying updates kept during an outage). ``timed``: observe its
+        round trip (calls sent ahead are read back after a chunk is decided: their wait is not Redis's)."""
+        started = time.perf_counter()
+        if time.monotonic() < self._store_retry_at:  # circuit open: answer fast, try again soon
+            raise CircuitOpen("feature store unreachable a moment ago; retrying within a second")
+        if self._unapplied and not await self._replay_unapplied():
+            raise FeatureStoreError("feature store still unreachable (replaying earlier updates)")
+        results = await self.store.apply(updates)
+        if timed:
+            self.metrics.store_latency.labels("apply").observe(time.perf_counter() - started)
+        return results
+
+    async def _load_ahead(self, updates: list[FeatureUpdate]) -> Awaitable[list[tuple[bool, UserState | None]]]:
+        """The next chunk's call, sent now; the awaitable reads its reply (or raises FeatureStoreError)."""
+        if time.monotonic() < self._store_retry_at or self._unapplied:
+            return self._load(updates, timed=False)  # the outage path, run when awaited
+        try:
+            return await self.store.apply_ahead(updates)
+        except FeatureStoreError as exc:
+            return _raising(exc)
+
+    def _store_failed(self, exc: FeatureStoreError, events: list[Event], updates: list[FeatureUpdate],
+                      out: BatchOutput) -> None:
+        """The store did not take these events: keep their updates for replay, answer with fallbacks."""
+        self.metrics.store_errors.labels("apply").inc()
+        if not isinstance(exc, CircuitOpen):  # only a real failure re-arms the breaker
+            self._store_retry_at = time.monotonic() + 1.0
+        if not isinstance(exc, CircuitOpen) or time.monotonic() - self._store_logged_at >= 10.0:
+            self._store_logged_at = time.monotonic()  # one line per outage and every 10 s, not per batch
+            log.error("%s; %d events kept for replay, requests got fallback decisions (counted in "
+                      "cadence_feature_store_errors_total)", exc, len(events))
+        self._keep_for_replay(updates)
+        for event in events:
+            if event.kind.requests_decision:
+                self._emit(fallback(event, self.policy_ctx, self.policy, "feature_store_unavailable").decision, out)
+            elif event.kind.reward is not None:
+                self.metrics.rewards.labels("store_unavailable").inc()
+
+    def _decide_chunk(self, events: list[Event], results: list[tuple[bool, UserState | None]],
+                      writes: dict[str, dict[str, str]], out: BatchOutput) -> None:
+        batch = BatchContexts.build(
+            self.policy, [(i, e, r[1]) for i, (e, r) in enumerate(zip(events, results, strict=True))
+                          if e.kind.requests_decision]
+        )
+        for position, (event, (applied, state)) in enumerate(zip(events, results, strict=True)):
+            if state is not None and writes.get(event.user_id):
+                state.fields.update(writes[event.user_id])  # decisions made earlier in this batch
+            if not applied:
+                self.metrics.duplicates.inc()
+                self._replay_duplicate(event, state, writes, out, batch, position)
+                continue
+            if event.kind.requests_decision:
+                self._decide(event, state, writes, out, batch, position)
+            elif event.kind.reward is not None:
+                self._credit(event, state, writes, out)
+
+    def _replay_duplicate(self, event: Event, state: UserState | None, writes: dict, out: BatchOutput,
+                          batch: BatchContexts | None = None, position: int = -1) -> None:
         """A duplicate changes nothing, but its outputs may have been lost by a crash: send them again."""
         if event.kind.requests_decision:
             replay = replayed_decision(event, state, self.policy.name)
@@ -270,7 +322,7 @@ class Engine(EngineLearning):
                 self._emit(replay[0], out)
                 out.learning.append(replay[1])
             elif decision_never_stored(event, state):  # killed before the decision state was written
-                self._decide(event, state, writes, out)
+                self._decide(event, state, writes, out, batch, position)
         elif event.kind.reward is not None:
             sample = replayed_reward(event, state, self.config.click_reward, self.catalogue.value_scale)
             if sample is not None:
@@ -295,8 +347,10 @@ class Engine(EngineLearning):
         out.request_timestamps.append(out.timestamps.get(decision.request_event_id, 0.0))
         self.metrics.child(self.metrics.decisions, decision.placement, decision.action, decision.mode.value).inc()
 
-    def _decide(self, event: Event, state: UserState | None, writes: dict, out: BatchOutput) -> None:
-        decided = decide(event, state, self.policy_ctx, self.policy, self.models, self._policy_states)
+    def _decide(self, event: Event, state: UserState | None, writes: dict, out: BatchOutput,
+                batch: BatchContexts | None = None, position: int = -1) -> None:
+        decided = decide(event, state, self.policy_ctx, self.policy, self.models, self._policy_states, batch,
+                         position)
         decision = decided.decision
         self._emit(decision, out)
         if self.models is not None and decided.x is not None and event.type in ACTIVITY_TYPES:

@@ -58,31 +58,39 @@ class ArbitrationConfig:
             raise ValueError("top_k must be >= 1")
 
 
-@dataclass(slots=True)
 class Terms:
-    """One action's arbitration terms (shown in the trace). Not frozen (a frozen dataclass costs more to
-    build, and one is built per eligible action per request); nothing changes them after ``arbitrate``."""
+    """One action's arbitration terms (shown in the trace). A plain slotted class, built with every field
+    computed (one is built per eligible action per request, so no dataclass machinery and no ``max()``
+    calls); nothing changes them after ``arbitrate``."""
 
-    action: str
-    score: float  # bandit score
-    value: float
-    boost: float
-    cost: float
-    ev: float
-    mean: float = 0.0  # the bandit's mean estimate (its score when it gives none)
-    scale: float = 1.0  # what a unit of estimate is worth here: value unit × boost
-    mean_ev: float = 0.0  # ev_of(mean), set by __post_init__
+    __slots__ = ("action", "score", "value", "boost", "cost", "ev", "mean", "scale", "mean_ev")
 
-    def __post_init__(self) -> None:
+    def __init__(self, action: str, score: float, value: float, boost: float, cost: float, ev: float,
+                 mean: float | None = None, scale: float = 1.0) -> None:
+        self.action = action
+        self.score = score  # bandit score
+        self.value = value
+        self.boost = boost
+        self.cost = cost
+        self.ev = ev
+        self.mean = score if mean is None else mean  # the bandit's mean estimate (its score when none)
+        self.scale = scale  # what a unit of estimate is worth here: value unit × boost
         self.mean_ev = self.ev_of(self.mean)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Terms) and all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
+
+    def __repr__(self) -> str:
+        return "Terms(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"
 
     def ev_of(self, estimate: float) -> float:
         """The ev this action would have with ``estimate`` in place of the bandit's score."""
-        return max(estimate, 0.0) * self.scale - self.cost
+        return (estimate if estimate > 0.0 else 0.0) * self.scale - self.cost
 
     def lower_ev(self, k: float) -> float:
         """The ev at the mean minus ``k`` widths of the bandit's exploration bonus (score − mean)."""
-        return self.ev_of(self.mean - k * max(self.score - self.mean, 0.0))
+        width = self.score - self.mean
+        return self.ev_of(self.mean - k * width if width > 0.0 else self.mean)
 
     def to_trace(self, with_mean: bool = False) -> dict:
         out = {
@@ -147,7 +155,6 @@ def arbitrate(
     """Rank ``eligible`` (the set the bandit chose from) and pick the candidate."""
     if not eligible:
         raise ValueError("arbitrate() needs at least one eligible action")
-    boosts = boosts or {}
     scale = catalogue.value_scale
     by_value = config.reward_unit == "value"
     actions, scores = catalogue.actions, choice.scores
@@ -156,19 +163,23 @@ def arbitrate(
     for i, a in enumerate(eligible):
         action = actions[a]
         score = scores.get(a, 0.0)
-        unit = (scale if by_value else action.value) * boosts.get(a, 1.0)
-        t = Terms(a, score, action.value, boosts.get(a, 1.0), action.cost, max(score, 0.0) * unit - action.cost,
+        boost = boosts.get(a, 1.0) if boosts else 1.0
+        unit = (scale if by_value else action.value) * boost
+        t = Terms(a, score, action.value, boost, action.cost, (score if score > 0.0 else 0.0) * unit - action.cost,
                   means.get(a, 0.0), unit)
         keyed.append((-t.ev, -score, i, t))
-    keyed.sort(key=lambda k: k[:3])  # best ev, then higher score, then eligible order
+    keyed.sort()  # best ev, then higher score, then eligible order (i is unique: Terms are never compared)
     ranked = tuple(k[3] for k in keyed)
     top_ev = ranked[0].ev
     # On an ev tie the bandit's greedy action wins: it keeps the bandit's own random tie-breaking.
-    best = (
-        choice.greedy
-        if any(t.action == choice.greedy and t.ev == top_ev for t in ranked)
-        else ranked[0].action
-    )
+    best = ranked[0].action
+    greedy = choice.greedy
+    for t in ranked:
+        if t.ev != top_ev:
+            break
+        if t.action == greedy:
+            best = greedy
+            break
     explored = choice.explored
     candidate = choice.action if explored else best
     p = (choice.probabilities.get(candidate, 0.0) if candidate != choice.greedy else 0.0) + (

@@ -21,6 +21,7 @@ from features.store import RedisFeatureStore
 from features.windows import WINDOWS, add_to_cell, parse_cell
 from policy.catalogue import load_catalogue
 from policy.pipeline import PolicyContext
+from policy.state import UserPolicyState
 from tests.helpers import T0, event
 
 pytestmark = pytest.mark.integration
@@ -267,18 +268,18 @@ def test_a_far_future_burst_is_rejected_but_a_real_jump_in_time_is_followed(
 def test_an_event_the_engine_fails_on_is_dead_lettered_and_its_batch_still_decided(runtime: Runtime) -> None:
     metrics = Metrics()
     engine = make_engine(runtime, metrics)
-    select = engine.policy.select
+    select_row = engine.policy.select_row
     failing = {"first": True, "always": False}
 
-    def buggy_select(x, actions):  # noqa: ANN001, ANN202 - a bug in the engine's own code path
+    def buggy_select_row(prepared, row, actions):  # noqa: ANN001, ANN202 - a bug in the engine's own code path
         if failing["always"]:
             raise ValueError("always")
         if failing["first"]:
             failing["first"] = False  # the whole batch fails once; one by one it goes through
             raise KeyError("boom")
-        return select(x, actions)
+        return select_row(prepared, row, actions)
 
-    engine.policy.select = buggy_select  # type: ignore[method-assign]
+    engine.policy.select_row = buggy_select_row  # type: ignore[method-assign]
     batch = msgs(event("ok-1", user_id="a", ts=T0), event("ok-2", user_id="b", ts=T0 + 1))
     poison = msgs(event("poison", user_id="c", ts=T0 + 2))
 
@@ -338,3 +339,55 @@ def test_a_quiet_stream_is_followed_across_lulls_of_hours(runtime: Runtime) -> N
     outs = run(go())
     assert sum(len(o.decisions) for o in outs) == 120 and not any(o.dead_letters for o in outs)
     assert engine.watermark == float(times[-1])
+
+
+def test_a_batch_of_several_store_chunks_decides_as_one(runtime: Runtime) -> None:
+    """Chunks after the first are applied by Redis while the one before is decided, so their states are read
+    before its decisions are written: the engine patches them in (a user's second decision, a chunk later,
+    sees the first one pending and its stickiness)."""
+    from engine.processor import STORE_CHUNK
+
+    engine = make_engine(runtime)
+    n = STORE_CHUNK + 40
+    docs = [event(f"c{i}", user_id="same" if i in (0, STORE_CHUNK + 5) else f"o{i}", ts=T0 + i) for i in range(n)]
+
+    async def go():  # noqa: ANN202
+        out = await engine.process(msgs(*docs))
+        return out, await fields(engine, "same")
+
+    out, stored = run(go())
+    assert len(out.decisions) == n
+    kept = [d[0] for d in orjson.loads(stored["pd:home_hero"])]
+    first, second = (next(d for d in out.decisions if d.request_event_id == f"c{i}") for i in (0, STORE_CHUNK + 5))
+    assert kept == [second.decision_id, first.decision_id]  # newest first: both pending, none lost
+    # the second saw the first one's stickiness: the incumbent is still shown since the first decision
+    sticky = UserPolicyState.decode(stored["pol"].encode()).sticky["home_hero"]
+    assert second.action == first.action and (sticky.action, sticky.since) == (first.action, first.ts)
+
+
+def test_a_call_sent_ahead_gives_what_apply_gives_and_survives_a_script_flush(runtime: Runtime) -> None:
+    from contracts.events import parse_event
+    from features.updates import update_for
+
+    engine = make_engine(runtime)
+    store = engine.store
+
+    def updates(prefix: str) -> list:
+        return [update_for(parse_event(orjson.dumps(event(f"{prefix}{i}", user_id=f"{prefix}u{i % 3}", ts=T0 + i)),
+                                       "web-events", 100_000)) for i in range(6)]
+
+    async def go():  # noqa: ANN202
+        await store.client.script_flush()  # Redis forgot the script: NOSCRIPT, then loaded through apply
+        ahead = await store.apply_ahead(updates("a"))
+        second = await store.apply_ahead(updates("b"))  # one call is out already: this one is a plain apply
+        got_ahead, got_second = await ahead, await second
+        plain = await store.apply(updates("a"))  # the same events again: duplicates now
+        again = await (await store.apply_ahead(updates("c")))  # the connection is fine after NOSCRIPT
+        await store.close()
+        return got_ahead, got_second, plain, again
+
+    got_ahead, got_second, plain, again = run(go())
+    assert [applied for applied, _ in got_ahead] == [True] * 6 and [a for a, _ in got_second] == [True] * 6
+    assert [applied for applied, _ in plain] == [False] * 6
+    assert [s.fields["pvh"] for _, s in got_ahead[3:]] != [s.fields["pvh"] for _, s in got_ahead[:3]]
+    assert [a for a, _ in again] == [True] * 6 and again[5][1].user_id == "cu2"

@@ -128,6 +128,43 @@ def test_probabilities_are_a_distribution_over_the_eligible_set(name: str) -> No
         assert choice.probability == choice.probabilities[choice.action]
 
 
+def _same_choice(a, b) -> None:
+    assert (a.action, a.greedy) == (b.action, b.greedy)
+    assert a.probabilities == pytest.approx(b.probabilities, rel=1e-9, abs=1e-12)
+    assert a.scores == pytest.approx(b.scores, rel=1e-9, abs=1e-12)
+    assert a.means == pytest.approx(b.means, rel=1e-9, abs=1e-12)
+
+
+def test_a_prepared_batch_chooses_what_select_chooses(name: str) -> None:
+    """select_row on a batch scored at once = select row by row (same draws, eligible sets varying)."""
+    batch, single = make_policy(name, DIM, seed=2), make_policy(name, DIM, seed=2)
+    train(batch, n=200)
+    train(single, n=200)
+    xs = contexts(150, seed=21)
+    rng = np.random.default_rng(22)
+    eligible = [[a for a in ACTIONS if rng.random() < 0.6] or ["b"] for _ in xs]
+    prepared = batch.prepare(xs)
+    xs[:] = 0.0  # the batch keeps its own copy of the contexts
+    for row, actions in enumerate(eligible):
+        _same_choice(batch.select_row(prepared, row, actions), single.select(contexts(150, seed=21)[row], actions))
+    assert batch.version == single.version
+
+
+def test_a_prepared_batch_is_not_used_once_the_policy_has_learned(name: str) -> None:
+    policy, reference = make_policy(name, DIM, seed=3), make_policy(name, DIM, seed=3)
+    xs = contexts(4, seed=23)
+    prepared = policy.prepare(xs)
+    for p in (policy, reference):
+        train(p, n=100)  # learning after prepare: the batch's scores are stale
+        p.select(xs[0], ACTIONS + ["new"])  # and a new arm
+    _same_choice(policy.select_row(prepared, 1, ACTIONS), reference.select(xs[1], ACTIONS))
+    bad = xs.copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):  # only the bad row is refused, as select() would
+        policy.select_row(policy.prepare(bad), 2, ACTIONS)
+    _same_choice(policy.select_row(policy.prepare(bad), 3, ACTIONS), reference.select(xs[3], ACTIONS))
+
+
 @pytest.mark.parametrize("trained", [False, True], ids=["cold", "trained"])
 def test_logged_probabilities_match_how_often_actions_are_picked(name: str, trained: bool) -> None:
     """Replaying one state many times: pick frequencies agree with the mean logged probability."""
