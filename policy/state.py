@@ -30,7 +30,10 @@ class UserPolicyState:
     contacts: dict[str, ChannelHistory] = field(default_factory=dict)  # channel -> history
 
     def copy(self) -> UserPolicyState:
-        return UserPolicyState(dict(self.sticky), {k: v.copy() for k, v in self.contacts.items()})
+        """A new state that may be changed without touching this one. Shallow: sticky states are frozen and
+        channel histories are replaced, never changed in place (``record_contact`` and ``record_click``
+        return new ones), so the copy shares them."""
+        return UserPolicyState(dict(self.sticky), dict(self.contacts))
 
     def after_click(self, channel: str) -> UserPolicyState:
         """The state after the user clicked on ``channel``: its ignored-exposure streak starts again."""

@@ -6,7 +6,7 @@ import pytest
 
 from cadence.settings import DEFAULT_CATALOGUE
 from policy.catalogue import load_catalogue
-from policy.contact import ChannelHistory
+from policy.contact import ChannelHistory, ContactPolicy, record_click, record_contact
 from policy.state import PolicyStateError, UserPolicyState
 from policy.stickiness import StickyState
 
@@ -56,10 +56,15 @@ def test_a_busy_user_fits_the_budget() -> None:
 def test_none_is_a_new_user_and_copies_are_independent() -> None:
     assert UserPolicyState.decode(None) == UserPolicyState()
     state = busy_user()
+    before = state.encode()
     copy = state.copy()
-    copy.contacts["email"].contacts.append(T0 + 1)
+    # what the policy does to a copy: replace a channel's history (record_contact returns a new one),
+    # replace or drop a placement's sticky state
+    copy.contacts["email"] = record_contact(ContactPolicy(max_contacts=5), copy.contacts["email"], "e", T0 + 1)
+    copy.contacts["ad"] = record_click(copy.contacts["ad"]) or ChannelHistory()
     copy.sticky.pop("home_hero")
-    assert "home_hero" in state.sticky and T0 + 1 not in state.contacts["email"].contacts
+    assert state.encode() == before and copy.encode() != before
+    assert T0 + 1 in copy.contacts["email"].contacts and T0 + 1 not in state.contacts["email"].contacts
 
 
 def test_a_click_resets_the_channels_ignored_streak() -> None:
