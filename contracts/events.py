@@ -128,26 +128,46 @@ def _type_ok(value: Any, expected: str) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+# name -> (expected type, required, character limit for strings): one lookup per field
+_FIELD_RULES: dict[str, tuple[str, bool, int]] = {
+    name: (expected, name in COMMON_REQUIRED,
+           MAX_ID_LEN if name in ("event_id", "user_id", "decision_id") else MAX_TEXT_LEN)
+    for name, expected in {**OPTIONAL_FIELDS, **COMMON_REQUIRED}.items()
+}
+
+
+def _field_problem(name: str, value: Any, expected: str, required: bool, limit: int) -> Rejection | None:
+    if value is None and not required:
+        return None
+    if not _type_ok(value, expected):
+        return Rejection(Reason.WRONG_TYPE, f"field {name!r} must be a {expected}, got {type(value).__name__}")
+    if expected == _STR:
+        if not value or len(value) > limit:
+            return Rejection(Reason.INVALID_VALUE, f"field {name!r} must be 1..{limit} characters")
+    elif expected == _NUM and not math.isfinite(value):
+        return Rejection(Reason.INVALID_VALUE, f"field {name!r} must be a finite number")
+    return None
+
+
 def _check_fields(doc: dict[str, Any]) -> Rejection | None:
-    for name in doc:
-        if name not in ALLOWED_FIELDS:
+    """The first problem, in this order: an unexpected field, a missing required one, then a field of the
+    wrong type or value (in the document's order)."""
+    first: Rejection | None = None
+    rules = _FIELD_RULES
+    for name, value in doc.items():
+        rule = rules.get(name)
+        if rule is None:
             shown = name if len(name) <= 40 else name[:40] + "…"
             return Rejection(Reason.UNEXPECTED_FIELD, f"unexpected field {shown!r}; allowed: {sorted(ALLOWED_FIELDS)}")
+        if first is None:
+            expected, required, limit = rule
+            if value.__class__ is not str or expected != _STR or not value or len(value) > limit:  # fast path
+                first = _field_problem(name, value, expected, required, limit)
     for name in COMMON_REQUIRED:
         if name not in doc:
             return Rejection(Reason.MISSING_FIELD, f"missing required field {name!r}")
-    for name, value in doc.items():
-        expected = COMMON_REQUIRED.get(name) or OPTIONAL_FIELDS[name]
-        if value is None and name not in COMMON_REQUIRED:
-            continue
-        if not _type_ok(value, expected):
-            return Rejection(Reason.WRONG_TYPE, f"field {name!r} must be a {expected}, got {type(value).__name__}")
-        if expected == _STR:
-            limit = MAX_ID_LEN if name in ("event_id", "user_id", "decision_id") else MAX_TEXT_LEN
-            if not value or len(value) > limit:
-                return Rejection(Reason.INVALID_VALUE, f"field {name!r} must be 1..{limit} characters")
-        elif expected == _NUM and not math.isfinite(value):
-            return Rejection(Reason.INVALID_VALUE, f"field {name!r} must be a finite number")
+    if first is not None:
+        return first
     for name in ("revenue", "cost"):
         value = doc.get(name)
         if value is not None and not 0 <= value <= MAX_AMOUNT:

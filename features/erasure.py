@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import redis.asyncio as aioredis
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a worker sees the same active users again and again
 def user_digest(user_id: str) -> str:
     return hashlib.blake2b(user_id.encode(), digest_size=16).hexdigest()
 

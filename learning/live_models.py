@@ -24,7 +24,6 @@ Nothing here does I/O; ``streams/app.py`` moves the bytes.
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,6 +34,7 @@ import numpy as np
 import orjson
 
 from contracts.decisions import LearningSample
+from features.erasure import user_digest
 from learning.label_join import JoinConfig, Label, LabelJoin
 from models.churn import ChurnLabel, ChurnLabeler
 from models.compiled import CompiledScorer
@@ -199,7 +199,7 @@ class LiveModels:
 
     def observe(self, user_id: str, ts: float, x: np.ndarray) -> None:
         """An activity of a customer this worker owns, with the context vector of that moment."""
-        digest = hashlib.blake2b(user_id.encode(), digest_size=16).hexdigest()  # = features.erasure.user_digest
+        digest = user_digest(user_id)
         if not _watched(digest, self.config.churn_share):
             return
         self._outbox(self._churn.observe(digest, ts, np.asarray(x, dtype=np.float32).tobytes()))
