@@ -8,6 +8,7 @@ a crash is applied once).
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 import numpy as np
 
@@ -53,11 +54,13 @@ class EngineLearning:
         applied = self._learn_into(self.policy, usable)
         if self.shadow_policy is not None:
             self._learn_into(self.shadow_policy, usable)
-        for s in applied:
-            self.learned_watermark = max(self.learned_watermark, s.ts)
-            self.metrics.learning_samples.labels(s.kind).inc()
-            if s.kind == "reward":
-                self.metrics.reward_value.inc(s.reward)
+        if applied:  # counted once per kind, not per sample
+            self.learned_watermark = max(self.learned_watermark, max(s.ts for s in applied))
+            for kind, n in Counter(s.kind for s in applied).items():
+                self.metrics.learning_samples.labels(kind).inc(n)
+            rewards = [s.reward for s in applied if s.kind == "reward"]
+            if rewards:
+                self.metrics.reward_value.inc(sum(rewards))
         self.metrics.policy_version.set(self.policy.version)
         if self.models is not None:
             self.models.learn(applied, self.learned_watermark)

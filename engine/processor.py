@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Awaitable
 
 from bandits.base import Policy
@@ -171,7 +171,8 @@ class Engine(EngineLearning):
                 continue
             events.append(event)
             out.timestamps[event.event_id] = msg.timestamp
-            self.metrics.child(self.metrics.events, event.topic, event.type).inc()
+        for (topic, etype), n in Counter((e.topic, e.type) for e in events).items():  # once per kind
+            self.metrics.child(self.metrics.events, topic, etype).inc(n)
         self.metrics.watermark.set(self.watermark)
         return events
 
