@@ -16,7 +16,9 @@ from cadence.runtime import Runtime
 from cadence.settings import DEFAULT_CATALOGUE
 from contracts.decisions import Mode
 from engine.processor import Engine, EngineConfig, RawMessage
+from engine.pending import pending_decisions
 from features.context import CONTEXT_DIM
+from features.state import UserState
 from features.store import RedisFeatureStore
 from features.windows import WINDOWS, add_to_cell, parse_cell
 from policy.catalogue import load_catalogue
@@ -357,7 +359,7 @@ def test_a_batch_of_several_store_chunks_decides_as_one(runtime: Runtime) -> Non
 
     out, stored = run(go())
     assert len(out.decisions) == n
-    kept = [d[0] for d in orjson.loads(stored["pd:home_hero"])]
+    kept = [p.decision_id for p in pending_decisions(UserState("same", stored)) if p.placement == "home_hero"]
     first, second = (next(d for d in out.decisions if d.request_event_id == f"c{i}") for i in (0, STORE_CHUNK + 5))
     assert kept == [second.decision_id, first.decision_id]  # newest first: both pending, none lost
     # the second saw the first one's stickiness: the incumbent is still shown since the first decision
