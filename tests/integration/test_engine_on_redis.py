@@ -15,8 +15,8 @@ from cadence.metrics import Metrics
 from cadence.runtime import Runtime
 from cadence.settings import DEFAULT_CATALOGUE
 from contracts.decisions import Mode
-from engine.processor import Engine, EngineConfig, RawMessage
 from engine.pending import pending_decisions
+from engine.processor import Engine, EngineConfig, RawMessage
 from features.context import CONTEXT_DIM
 from features.state import UserState
 from features.store import RedisFeatureStore
