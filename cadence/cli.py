@@ -86,6 +86,7 @@ def _render(loop: Any, workers: list[WorkerProcess]) -> str:
     s = loop.summary()
     r, a = s["reward_per_decision"], s["all_decisions_reward"]
     ratio = s["last_window_engine_vs_oracle"] or s["engine_vs_oracle"] or 0.0
+    ratio_available = s["last_window_engine_vs_available_oracle"] or s["engine_vs_available_oracle"] or 0.0
     health = workers[0].health() or {}
     lines = [
         "cadence — live (Ctrl-C to stop)",
@@ -100,10 +101,13 @@ def _render(loop: Any, workers: list[WorkerProcess]) -> str:
         f"  dead letters  {s['dead_letters']:>9,}   of {s['bad_events_sent']} bad events sent; "
         f"duplicates sent {s['duplicates_sent']}",
         "",
-        "  expected reward per decision          engine    random    oracle",
-        f"    policy's own choices               {r['engine']:.4f}    {r['random']:.4f}    {r['oracle']:.4f}",
-        f"    all decisions (with the rules)     {a['engine']:.4f}    {a['random']:.4f}    {a['oracle']:.4f}",
-        f"  policy / oracle, last window: {ratio:.1%}    policy / random: {s['engine_vs_random'] or 0:.2f}x",
+        "  expected reward per decision          engine    random    oracle    oracle within caps",
+        f"    policy's own choices               {r['engine']:.4f}    {r['random']:.4f}    {r['oracle']:.4f}"
+        f"    {r['available_oracle']:.4f}",
+        f"    all decisions (with the rules)     {a['engine']:.4f}    {a['random']:.4f}    {a['oracle']:.4f}"
+        f"    {a['available_oracle']:.4f}",
+        f"  policy / oracle, last window: {ratio:.1%}  (within caps: {ratio_available:.1%})    "
+        f"policy / random: {s['engine_vs_random'] or 0:.2f}x",
     ]
     return "\n".join(lines)
 

@@ -41,16 +41,19 @@ class _Totals:
     engine: float = 0.0
     random: float = 0.0
     oracle: float = 0.0
+    available: float = 0.0  # the oracle restricted to the actions the engine could choose (trace.eligible)
 
-    def add(self, engine: float, random: float, oracle: float) -> None:
+    def add(self, engine: float, random: float, oracle: float, available: float) -> None:
         self.n += 1
         self.engine += engine
         self.random += random
         self.oracle += oracle
+        self.available += available
 
     def rates(self) -> dict[str, float]:
         n = max(self.n, 1)
-        return {"engine": self.engine / n, "random": self.random / n, "oracle": self.oracle / n}
+        return {"engine": self.engine / n, "random": self.random / n, "oracle": self.oracle / n,
+                "available_oracle": self.available / n}
 
 
 CHOSEN_MODES = ("explore", "exploit")
@@ -58,8 +61,13 @@ CHOSEN_MODES = ("explore", "exploit")
 
 @dataclass
 class Scoreboard:
-    """Expected reward per decision of the engine, of a uniform random policy and of the oracle.
+    """Expected reward per decision of the engine, of a uniform random policy and of two oracles.
 
+    ``oracle`` plays the best action of the placement, ignoring contact caps. ``available_oracle`` plays
+    the best of the actions the engine could choose at that moment (the decision's ``trace.eligible``,
+    after caps, dates and budgets): the regret of a policy whose action set changes from call to call
+    ("sleeping bandits"), which the policy itself is responsible for. The display slot's 6-per-day
+    creative cap removes the uncapped oracle's favourite more often as a simulated day goes on.
     ``chosen`` covers the decisions the policy chose freely (explore/exploit): how good the learned
     policy is. ``all`` covers every decision for consenting users, including the ones the business rules
     settled (sticky, holdout, pinned, suppressed, fallback): what the engine earns with its rules.
@@ -75,16 +83,18 @@ class Scoreboard:
     curve_every: int = CURVE_EVERY
     _window: _Totals = field(default_factory=_Totals)
 
-    def add(self, mode: str, engine: float, random: float, oracle: float) -> None:
-        self.all.add(engine, random, oracle)
+    def add(self, mode: str, engine: float, random: float, oracle: float, available: float) -> None:
+        self.all.add(engine, random, oracle, available)
         if mode not in CHOSEN_MODES:
             return
-        self.chosen.add(engine, random, oracle)
+        self.chosen.add(engine, random, oracle, available)
         w = self._window
-        w.add(engine, random, oracle)
+        w.add(engine, random, oracle, available)
         if w.n >= self.curve_every:
             self.curve.append({"decisions": self.chosen.n, "engine": w.engine / w.n, "random": w.random / w.n,
-                               "oracle": w.oracle / w.n, "engine_vs_oracle": w.engine / w.oracle if w.oracle else 0.0})
+                               "oracle": w.oracle / w.n, "available_oracle": w.available / w.n,
+                               "engine_vs_oracle": w.engine / w.oracle if w.oracle else 0.0,
+                               "engine_vs_available_oracle": w.engine / w.available if w.available else 0.0})
             self._window = _Totals()
 
 
@@ -203,7 +213,9 @@ class ClosedLoop:
         action, ctx, world = doc["action"], req.ctx, self.world
         if req.consent:
             _, best = world.oracle(req.placement, ctx)
-            sb.add(doc["mode"], world.expected_reward(action, ctx), world.random_reward(req.placement, ctx), best)
+            available = world.best_reward_among(doc.get("trace", {}).get("eligible") or [action], ctx)
+            sb.add(doc["mode"], world.expected_reward(action, ctx), world.random_reward(req.placement, ctx), best,
+                   available)
         p_click = world.click_probability(action, ctx)
         if p_click and self.rng.random() < p_click:
             click_ts = doc["ts"] + float(self.rng.exponential(traffic.MEAN_CLICK_DELAY_S))
@@ -284,10 +296,16 @@ class ClosedLoop:
             "reward_per_decision": {k: round(v, 5) for k, v in rates.items()},
             "engine_vs_random": round(rates["engine"] / rates["random"], 3) if rates["random"] else None,
             "engine_vs_oracle": round(rates["engine"] / rates["oracle"], 3) if rates["oracle"] else None,
+            "engine_vs_available_oracle": (
+                round(rates["engine"] / rates["available_oracle"], 3) if rates["available_oracle"] else None
+            ),
             "all_decisions_reward": {k: round(v, 5) for k, v in overall.items()},
             "all_decisions_vs_oracle": round(overall["engine"] / overall["oracle"], 3) if overall["oracle"] else None,
             "last_window_engine_vs_oracle": (
                 round(self.score.curve[-1]["engine_vs_oracle"], 3) if self.score.curve else None
+            ),
+            "last_window_engine_vs_available_oracle": (
+                round(self.score.curve[-1]["engine_vs_available_oracle"], 3) if self.score.curve else None
             ),
             "realized_reward_per_decision": round(self.score.realized / max(self.score.decisions, 1), 5),
             "decision_latency_ms": {"p50": pct(0.5), "p99": pct(0.99)},

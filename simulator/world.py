@@ -93,6 +93,10 @@ class World:
         best = max(self.catalogue.eligible(placement), key=lambda a: self.expected_reward(a, ctx))
         return best, self.expected_reward(best, ctx)
 
+    def best_reward_among(self, actions: list[str], ctx: Context) -> float:
+        """Expected reward of the best of ``actions`` (0 for an empty list)."""
+        return max((self.expected_reward(a, ctx) for a in actions), default=0.0)
+
     def random_reward(self, placement: str, ctx: Context) -> float:
         eligible = self.catalogue.eligible(placement)
         return sum(self.expected_reward(a, ctx) for a in eligible) / len(eligible) if eligible else 0.0

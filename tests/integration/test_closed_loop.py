@@ -38,3 +38,6 @@ def test_engine_learns_online_and_beats_random(runtime: Runtime, isolated: dict[
     # than in its own first window.
     assert late["engine"] > 1.25 * late["random"], curve
     assert late["engine_vs_oracle"] > curve[0]["engine_vs_oracle"] + 0.1, curve
+    # The oracle within caps chooses from the decision's trace.eligible, a subset of the placement's actions.
+    assert all(p["available_oracle"] <= p["oracle"] + 1e-12 for p in curve), curve
+    assert all(p["engine"] <= p["available_oracle"] + 1e-12 for p in curve), curve
