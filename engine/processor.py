@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 from bandits.base import Policy
 from cadence.metrics import Metrics
@@ -51,6 +51,9 @@ RESYNC_MIN_USERS = 100  # a jump in event time is believed only when this many u
 
 class CircuitOpen(FeatureStoreError):
     """The store failed less than a second ago: not tried, so the caller answers at once."""
+
+
+Decided = Callable[[BatchOutput], None]  # called with a batch's final outputs, before its state write
 
 
 async def _raising(exc: Exception) -> list[tuple[bool, UserState | None]]:
@@ -110,22 +113,31 @@ class Engine(EngineLearning):
                       channel="web")
         return self.models.profile_scores(build_context(probe, state), list(self.catalogue.actions))
 
-    async def process(self, messages: list[RawMessage]) -> BatchOutput:
+    async def process(self, messages: list[RawMessage], decided: Decided | None = None) -> BatchOutput:
+        """Validate, apply and decide a batch, then store its decision state.
+
+        ``decided`` (optional) is called with the batch's outputs as soon as they are final, before the
+        decision-state write goes to Redis: an HTTP caller answers while that write is in flight (its
+        outcome only changes metrics and the log, never the outputs)."""
         started = time.perf_counter()
         out = BatchOutput()
         events = self._validate(messages, out)
-        if events:
-            await self._apply(events, out)
+        writes = await self._apply(events, out) if events else {}
+        if decided is not None:
+            decided(out)
+        if writes:
+            await self._write(writes)
         self.metrics.batch_latency.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(len(messages))
         return out
 
-    async def process_isolating(self, messages: list[RawMessage]) -> BatchOutput:
+    async def process_isolating(self, messages: list[RawMessage], decided: Decided | None = None) -> BatchOutput:
         """``process``, and if the engine's code raises, the batch again one event at a time: an event the
         engine fails on goes to dead-letters (``engine_error``) instead of stalling its partition forever.
-        Events the failed attempt already applied come back as duplicates (their outputs are re-sent)."""
+        Events the failed attempt already applied come back as duplicates (their outputs are re-sent).
+        ``decided``: as for ``process``, called once with the outputs (after the retries if there were)."""
         try:
-            return await self.process(messages)
+            return await self.process(messages, decided)
         except FeatureStoreError:
             raise
         except Exception:
@@ -141,6 +153,8 @@ class Engine(EngineLearning):
                                             "please report it with this dead letter"), out)
                 continue
             out.merge(one)
+        if decided is not None:
+            decided(out)
         return out
 
     # -- steps ------------------------------------------------------------------------------------
@@ -216,14 +230,14 @@ class Engine(EngineLearning):
             log.error("feature store unreachable: retry buffer full, %d oldest updates dropped", overflow)
         self.metrics.updates_pending.set(len(self._unapplied))
 
-    async def _apply(self, events: list[Event], out: BatchOutput) -> None:
+    async def _apply(self, events: list[Event], out: BatchOutput) -> dict[str, dict[str, str]]:
         """Apply the events to the feature store and decide, chunk by chunk: while one chunk is decided,
         Redis already applies the next (its states lack this chunk's decision writes, which ``writes``
-        patches in, as for two events of one user in the same chunk)."""
+        patches in, as for two events of one user in the same chunk). Returns the decision-state writes."""
         if self.erased:
             events = self._without_erased(events, out)
             if not events:
-                return
+                return {}
         updates = [update_for(e, store_profile=e.consent is not False) for e in events]
         writes: dict[str, dict[str, str]] = defaultdict(dict)
         loading: Awaitable[list[tuple[bool, UserState | None]]] | None = None  # the next chunk's call, sent
@@ -247,15 +261,17 @@ class Engine(EngineLearning):
                     await loading
         if self.models is not None:
             self.models.advance_activity(self.watermark)
+        return writes
 
-        if writes:
-            started = time.perf_counter()
-            try:
-                await self.store.write_fields(writes)
-                self.metrics.store_latency.labels("write").observe(time.perf_counter() - started)
-            except FeatureStoreError as exc:
-                self.metrics.store_errors.labels("write").inc()
-                log.error("%s; pending decisions of %d users not stored", exc, len(writes))
+    async def _write(self, writes: dict[str, dict[str, str]]) -> None:
+        """Store the batch's decision state (pending decisions, policy states) in one call."""
+        started = time.perf_counter()
+        try:
+            await self.store.write_fields(writes)
+            self.metrics.store_latency.labels("write").observe(time.perf_counter() - started)
+        except FeatureStoreError as exc:
+            self.metrics.store_errors.labels("write").inc()
+            log.error("%s; pending decisions of %d users not stored", exc, len(writes))
 
     async def _load(self, updates: list[FeatureUpdate], timed: bool) -> list[tuple[bool, UserState | None]]:
         """One feature-store call (after replaying updates kept during an outage). ``timed``: observe its

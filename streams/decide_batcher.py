@@ -4,7 +4,8 @@ One request alone is one engine batch: a Lua call to apply it, one to store its 
 load, hundreds of requests in flight each held a Redis connection (the pool ran out: "Too many
 connections", and the breaker sent everyone fallbacks) and each paid the batch overheads. Here requests
 queue; one drain task at a time hands everything queued (up to ``max_batch``) to the engine, answers
-each request with its own decision or dead letter, and emits the batch's outputs once. A request that
+each request with its own decision or dead letter as soon as the batch is decided (while the engine
+stores the batch's decision state), and emits the batch's outputs once. A request that
 finds the queue idle is sent on the next turn of the event loop: batching adds no waiting.
 """
 
@@ -19,7 +20,7 @@ from contracts.decisions import DeadLetter, Decision
 from engine.processor import BatchOutput, RawMessage
 
 log = logging.getLogger(__name__)
-Process = Callable[[list[RawMessage]], Awaitable[BatchOutput]]
+Process = Callable[[list[RawMessage], Callable[[BatchOutput], None]], Awaitable[BatchOutput]]
 
 
 class EngineFailed(RuntimeError):
@@ -52,20 +53,23 @@ class DecideBatcher:
         try:
             while self._queue:
                 batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+
+                def answer(out: BatchOutput, batch: list = batch) -> None:
+                    """Called by the engine once the batch is decided, before its state write is stored."""
+                    self.emit_soon(out)
+                    decisions = {d.request_event_id: d for d in out.decisions}
+                    refused = {id(dl.raw): dl for dl in out.dead_letters}
+                    for event_id, message, future in batch:
+                        if not future.done():
+                            future.set_result(Answer(decisions.get(event_id), refused.get(id(message.value))))
+
                 try:
-                    out = await self.process([message for _, message, _ in batch])
+                    await self.process([message for _, message, _ in batch], answer)
                 except Exception as exc:  # answer every waiting request, never leave one hanging
                     log.exception("the engine failed on a batch of %d /decide requests", len(batch))
                     failed = EngineFailed(f"{type(exc).__name__}: {exc}")
                     for _, _, future in batch:
                         if not future.done():
                             future.set_exception(failed)
-                    continue
-                self.emit_soon(out)
-                decisions = {d.request_event_id: d for d in out.decisions}
-                refused = {id(dl.raw): dl for dl in out.dead_letters}
-                for event_id, message, future in batch:
-                    if not future.done():
-                        future.set_result(Answer(decisions.get(event_id), refused.get(id(message.value))))
         finally:
             self._drainer = None

@@ -285,12 +285,15 @@ def test_an_event_the_engine_fails_on_is_dead_lettered_and_its_batch_still_decid
     batch = msgs(event("ok-1", user_id="a", ts=T0), event("ok-2", user_id="b", ts=T0 + 1))
     poison = msgs(event("poison", user_id="c", ts=T0 + 2))
 
+    answered: list = []
+
     async def go():  # noqa: ANN202
-        first = await engine.process_isolating(batch)
+        first = await engine.process_isolating(batch, answered.append)
         failing["always"] = True
-        return first, await engine.process_isolating(poison)
+        return first, await engine.process_isolating(poison, answered.append)
 
     first, second = run(go())
+    assert len(answered) == 2 and answered[0] is first and answered[1] is second  # once each, the final outputs
     # one by one, both events were decided (the one applied before the failure comes back as a duplicate)
     assert sorted(d.request_event_id for d in first.decisions) == ["ok-1", "ok-2"]
     assert not first.dead_letters
@@ -393,3 +396,28 @@ def test_a_call_sent_ahead_gives_what_apply_gives_and_survives_a_script_flush(ru
     assert [applied for applied, _ in plain] == [False] * 6
     assert [s.fields["pvh"] for _, s in got_ahead[3:]] != [s.fields["pvh"] for _, s in got_ahead[:3]]
     assert [a for a, _ in again] == [True] * 6 and again[5][1].user_id == "cu2"
+
+
+def test_outputs_are_handed_over_once_decided_before_the_state_write(runtime: Runtime) -> None:
+    engine = make_engine(runtime)
+    steps: list[str] = []
+    write_fields = engine.store.write_fields
+
+    async def recorded_write(writes):  # noqa: ANN001, ANN202
+        steps.append("write")
+        await write_fields(writes)
+
+    engine.store.write_fields = recorded_write  # type: ignore[method-assign]
+
+    def decided(out) -> None:  # noqa: ANN001
+        steps.append(f"decided {len(out.decisions)}")
+
+    async def go():  # noqa: ANN202
+        out = await engine.process(msgs(event("w1", user_id="w", ts=T0), event("w2", user_id="v", ts=T0 + 1)), decided)
+        bad = await engine.process(msgs(b"{oops"), decided)  # nothing to write: still answered
+        return out, bad, await engine.store.read("w")
+
+    out, bad, stored = run(go())
+    assert steps == ["decided 2", "write", "decided 0"]
+    assert len(out.decisions) == 2 and len(bad.dead_letters) == 1
+    assert pending_decisions(stored)  # the write still happened after the answer

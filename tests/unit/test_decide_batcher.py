@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -23,8 +24,9 @@ class FakeEngine:
     def __init__(self, fail: bool = False) -> None:
         self.batches: list[int] = []
         self.fail = fail
+        self.writing = False  # the batch's decision-state write is in flight
 
-    async def process(self, messages: list[RawMessage]) -> BatchOutput:
+    async def process(self, messages: list[RawMessage], decided: Callable[[BatchOutput], None]) -> BatchOutput:
         self.batches.append(len(messages))
         await asyncio.sleep(0.01)  # a Redis round trip: requests arriving meanwhile form the next batch
         if self.fail:
@@ -35,6 +37,10 @@ class FakeEngine:
                 out.dead_letters.append(DeadLetter(m.topic, -1, -1, "wrong_type", "ts must be a number", m.value))
             else:
                 out.decisions.append(decision_for(m.value.decode()))
+        decided(out)
+        self.writing = True
+        await asyncio.sleep(0.01)  # the decision-state write
+        self.writing = False
         return out
 
 
@@ -74,11 +80,25 @@ def test_a_failed_batch_fails_every_request_in_it_and_the_batcher_recovers() -> 
     assert answer.decision is not None and answer.decision.request_event_id == "e9"
 
 
+def test_a_request_is_answered_once_decided_while_the_state_write_is_in_flight() -> None:
+    engine = FakeEngine()
+
+    async def go() -> tuple[object, bool]:
+        batcher = DecideBatcher(engine.process, lambda out: None)
+        answer = await batcher.decide("e1", RawMessage("web-events", -1, -1, b"e1"))
+        return answer, engine.writing
+
+    answer, still_writing = asyncio.run(go())
+    assert answer.decision is not None and answer.decision.request_event_id == "e1"
+    assert still_writing
+
+
 @pytest.mark.parametrize("n", [1, 3])
 def test_a_repeated_request_id_without_a_kept_decision_gets_no_decision(n: int) -> None:
     async def go() -> list:
-        async def process(messages: list[RawMessage]) -> BatchOutput:
-            return BatchOutput()  # the engine found the request a duplicate with nothing stored
+        async def process(messages: list[RawMessage], decided: Callable[[BatchOutput], None]) -> BatchOutput:
+            decided(BatchOutput())  # the engine found the request a duplicate with nothing stored
+            return BatchOutput()
 
         batcher = DecideBatcher(process, lambda out: None)
         return await asyncio.gather(*[batcher.decide("same", RawMessage("web-events", -1, -1, b"x"))
