@@ -25,7 +25,7 @@ from engine.processor import BatchOutput, Engine, RawMessage
 from features.erasure import ErasureRegistry
 from policy.lever_store import LeverStore
 from policy.levers import Lever, LeverError, LeverKind
-from streams.decide_batcher import DecideBatcher, EngineFailed
+from streams.decide_batcher import Answer, DecideBatcher, EngineFailed
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,25 @@ def decide_request(params: dict[str, str], placement_channel: str, now: float) -
     return doc["event_id"], topic, orjson.dumps(doc)
 
 
+def answer_status(answer: Answer | EngineFailed) -> tuple[int, dict[str, Any] | None]:
+    """HTTP status of a /decide answer, and the error document unless it is a decision (200)."""
+    def problem(what: str, todo: str, **extra: Any) -> dict[str, Any]:
+        return {"error": what, "what_to_do": todo, **extra}
+
+    if isinstance(answer, EngineFailed):
+        return 500, problem(f"the engine failed on this request's batch ({answer})",
+                            "retry, or show the placement's default action; the worker log has the traceback")
+    dl = answer.dead_letter
+    if dl is not None and dl.reason_code == Reason.ENGINE_ERROR:
+        return 500, problem(f"the engine failed on this request ({dl.reason})",
+                            "show the placement's default action; the request is in dead-letters for a bug report")
+    if dl is not None:
+        return 400, problem(dl.reason, "fix the request parameters", reason_code=dl.reason_code)
+    if answer.decision is None:  # a repeated request_id whose decision is no longer kept
+        return 409, problem("request_id was already decided", "send a new request_id")
+    return 200, None
+
+
 def register_views(
     app: faust.App, engine: Engine, api_token: SecretStr | None, admin_token: SecretStr | None,
     emit: Callable[[BatchOutput], Awaitable[None]], levers: LeverStore, erasures: ErasureRegistry,
@@ -146,22 +165,14 @@ def register_views(
                 status = 400
                 return _error(web, status, "ts must be a number (epoch seconds)", "omit ts to decide for now")
             try:
-                answer = await batcher.decide(event_id, RawMessage(topic, -1, -1, raw, time.time()))
+                answer: Answer | EngineFailed = await batcher.decide(event_id, RawMessage(topic, -1, -1, raw,
+                                                                                          time.time()))
             except EngineFailed as exc:
-                status = 500
-                return _error(web, status, f"the engine failed on this request's batch ({exc})",
-                              "retry, or show the placement's default action; the worker log has the traceback")
-            if answer.dead_letter is not None and answer.dead_letter.reason_code == Reason.ENGINE_ERROR:
-                status = 500
-                return _error(web, status, f"the engine failed on this request ({answer.dead_letter.reason})",
-                              "show the placement's default action; the request is in dead-letters for a bug report")
-            if answer.dead_letter is not None:
-                status = 400
-                dl = answer.dead_letter
-                return _error(web, status, dl.reason, "fix the request parameters", reason_code=dl.reason_code)
-            if answer.decision is None:  # a repeated request_id whose decision is no longer kept
-                status = 409
-                return _error(web, status, "request_id was already decided", "send a new request_id")
+                answer = exc
+            status, problem = answer_status(answer)
+            if problem is not None:
+                return web.json(problem, status=status)
+            assert isinstance(answer, Answer) and answer.decision is not None
             return web.bytes(answer.decision.to_json(), content_type="application/json")
         finally:
             metrics.http_latency.labels(str(status)).observe(time.perf_counter() - started)
