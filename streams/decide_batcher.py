@@ -73,3 +73,30 @@ class DecideBatcher:
                             future.set_exception(failed)
         finally:
             self._drainer = None
+
+
+class OutputCoalescer:
+    """Emits the outputs of /decide batches that finish within ``delay_s`` of each other as one.
+
+    Under load a /decide batch holds a handful of requests, and each emit was its own set of record
+    batches and produce request; the broker's and the worker's cost is per batch, not per record. The
+    answers do not wait for the emit, so holding outputs a few milliseconds costs the website nothing;
+    readers of the decisions topic see them that much later. Order is kept: outputs are merged and
+    handed to ``emit`` in the order they came.
+    """
+
+    def __init__(self, emit: Callable[[BatchOutput], None], delay_s: float = 0.005) -> None:
+        self.emit = emit
+        self.delay_s = delay_s
+        self._held: BatchOutput | None = None
+
+    def __call__(self, out: BatchOutput) -> None:
+        if self._held is None:
+            self._held = BatchOutput()
+            asyncio.get_running_loop().call_later(self.delay_s, self.flush)
+        self._held.merge(out)
+
+    def flush(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            self.emit(held)

@@ -25,7 +25,7 @@ from engine.processor import BatchOutput, Engine, RawMessage
 from features.erasure import ErasureRegistry
 from policy.lever_store import LeverStore
 from policy.levers import Lever, LeverError, LeverKind
-from streams.decide_batcher import Answer, DecideBatcher, EngineFailed
+from streams.decide_batcher import Answer, DecideBatcher, EngineFailed, OutputCoalescer
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,8 @@ def register_views(
         background.add(task)
         task.add_done_callback(background.discard)
 
-    batcher = DecideBatcher(engine.process_isolating, emit_soon)  # one bad request cannot fail its batch
+    # one bad request cannot fail its batch; outputs of batches finishing within 5 ms go out together
+    batcher = DecideBatcher(engine.process_isolating, OutputCoalescer(emit_soon))
 
     def now_event_time() -> float:
         """'Now' for levers set by a person: the stream's event time when there is one, else the clock."""

@@ -9,7 +9,7 @@ import pytest
 
 from contracts.decisions import DeadLetter, Decision, Mode
 from engine.processor import BatchOutput, RawMessage
-from streams.decide_batcher import DecideBatcher, EngineFailed
+from streams.decide_batcher import DecideBatcher, EngineFailed, OutputCoalescer
 
 
 def decision_for(event_id: str) -> Decision:
@@ -105,3 +105,19 @@ def test_a_repeated_request_id_without_a_kept_decision_gets_no_decision(n: int) 
                                       for _ in range(n)])
 
     assert [a.decision for a in asyncio.run(go())] == [None] * n
+
+
+def test_outputs_of_batches_finishing_close_together_are_emitted_once_in_order() -> None:
+    emitted: list[BatchOutput] = []
+
+    async def go() -> None:
+        coalesce = OutputCoalescer(emitted.append, delay_s=0.02)
+        for name in ("a", "b", "c"):
+            coalesce(BatchOutput(decisions=[decision_for(name)]))
+        assert emitted == []  # held until the delay has passed
+        await asyncio.sleep(0.05)
+        coalesce(BatchOutput(decisions=[decision_for("d")]))
+        await asyncio.sleep(0.05)
+
+    asyncio.run(go())
+    assert [[d.request_event_id for d in out.decisions] for out in emitted] == [["a", "b", "c"], ["d"]]
