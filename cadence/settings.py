@@ -100,6 +100,10 @@ class Settings(BaseSettings):
         100_000, ge=1, description="Exposures waiting for their label per worker (~300 B each)."
     )
     models_exposure_share: float = Field(1.0, gt=0, le=1, description="Share of exposures the models learn from.")
+    models_train_cpu_share: float = Field(
+        0.25, gt=0, le=1, description="Most of the event loop's time the model trainer takes while labels wait; "
+        "decisions come first (labels beyond the backlog are dropped and counted).",
+    )
     models_churn_horizon_s: float = Field(1209600.0, gt=0, description="Silent this long after an activity = churned.")
     models_churn_sample_every_s: float = Field(
         86400.0, ge=0, description="A busy customer yields about one 'stayed' label per this long."

@@ -43,6 +43,7 @@ from streams.faust_tuning import set_fetch_max_wait
 from streams.intake import DirectIntake
 from streams.learning_feed import follow_learning
 from streams.outputs import OutputSender, OutRecord
+from streams.pacing import rest_after
 from streams.topics import BID_SIGNALS, DEAD_LETTERS, DECISIONS, ERASURES, INPUT_TOPICS, LEARNING, SHADOW
 from streams.web import register_views
 
@@ -405,11 +406,13 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.task
     async def train_models() -> None:
-        """Learn queued labels in small chunks so that decisions never wait long behind training."""
+        """Learn queued labels in small chunks, taking at most a share of the loop (streams/pacing.py)."""
         await policy_ready.wait()
         while not stop_learning.is_set() and engine.models is not None:
+            started = time.perf_counter()
             learned = engine.models.train(TRAIN_CHUNK)
-            await asyncio.sleep(0 if learned else 0.05)
+            busy = time.perf_counter() - started
+            await asyncio.sleep(rest_after(busy, settings.models_train_cpu_share) if learned else 0.05)
 
     @app.timer(1.0)
     @survives("following rollbacks")
