@@ -1,8 +1,8 @@
 """A paced producer and a decision watcher: end-to-end latency from an event's send to its decision.
 
 Both are light, so that on a 2-core machine the yardstick does not take the CPU the worker and the broker
-need: the producer sends the events due each millisecond as one record batch per partition (the
-worker's own ``OutputSender``, about 1 µs a record; kafka-python's ``send`` costs tens of µs each), and
+need: the producer sends the events due every ``SEND_EVERY_S`` (5 ms) as one record batch per partition
+(the worker's own ``OutputSender``, about 1 µs a record; kafka-python's ``send`` costs tens of µs each), and
 the watcher reads with aiokafka ``getmany``. The watcher runs in its own process (sharing the producer's
 GIL would add its own delay to every figure). Both stamp ``time.time()``, one clock for both processes.
 The watcher reads the decisions topic by manual assignment from its end, with a 5 ms fetch wait.
@@ -25,6 +25,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from load_tests.yardsticks.load import LoadEvent
 from streams.outputs import OutputSender, OutRecord
+
+# Events due are sent every 5 ms, as a producer with Kafka 4.0's default linger.ms (5) would. A produce
+# request every millisecond cost the embedded broker ~0.5 of a core on this 2-core machine, CPU the worker
+# then lacked (the worker got ~0.7 of a core at 2,600/s). Latency starts at each event's actual send.
+SEND_EVERY_S = 0.005
 
 
 def _watch(bootstrap: str, topic: str, ready: mp.synchronize.Event, stop: mp.synchronize.Event,
@@ -102,7 +107,7 @@ class PacedRun:
 def send_paced(bootstrap: str, prefix: str, events: Sequence[LoadEvent], rate: float, marks: dict[str, float],
                on_mark: Callable[[str], None] | None = None, should_stop: Callable[[], bool] = lambda: False,
                ) -> PacedRun:
-    """Send ``events`` at ``rate`` per second (a burst every millisecond). ``marks`` name elapsed seconds;
+    """Send ``events`` at ``rate`` per second (a burst every ``SEND_EVERY_S``). ``marks`` name elapsed seconds;
     at each, ``on_mark(name)`` is called and the index of the next event is noted in ``PacedRun.marks``."""
     return asyncio.run(_send_paced(bootstrap, prefix, events, rate, marks, on_mark, should_stop))
 
@@ -136,7 +141,7 @@ async def _send_paced(bootstrap: str, prefix: str, events: Sequence[LoadEvent], 
                 i = due
             if len(deliveries) > 1000:  # delivered futures are dropped as they finish
                 deliveries = [d for d in deliveries if not d.done()]
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(SEND_EVERY_S)
         await asyncio.wait_for(asyncio.gather(*deliveries), 30)
         run.send_s = time.perf_counter() - started
     finally:
