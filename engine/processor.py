@@ -25,6 +25,7 @@ from engine.attribution import Credit, credit, match_pending
 from engine.bids import BidSignaller
 from engine.decide import POLICY_STATE_FIELD, BatchContexts, PolicyStates, decide, fallback
 from engine.event_clock import ClockLimits, EventClock
+from engine.inflight import WritesInFlight
 from engine.learner import EngineLearning
 from engine.lift import LiftTracker
 from engine.pending import pending_decisions, slot_with
@@ -89,6 +90,8 @@ class Engine(EngineLearning):
         self._replaying = asyncio.Lock()  # HTTP requests and the agent may both find updates to replay
         self._erased: set[str] = set()
         self._policy_states = PolicyStates()  # decoded policy states of recent users
+        self._in_flight = WritesInFlight()  # decision-state writes a read may not show yet (engine/inflight.py)
+        self._write_turn: asyncio.Future[None] | None = None  # done when the last write sent has its answer
 
     @property
     def erased(self) -> set[str]:
@@ -123,10 +126,11 @@ class Engine(EngineLearning):
         out = BatchOutput()
         events = self._validate(messages, out)
         writes = await self._apply(events, out) if events else {}
+        seq = self._in_flight.register(writes) if writes else -1  # later reads are patched with it until stored
         if decided is not None:
             decided(out)
         if writes:
-            await self._write(writes)
+            await self._write(writes, seq)
         self.metrics.batch_latency.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(len(messages))
         return out
@@ -241,37 +245,64 @@ class Engine(EngineLearning):
         updates = [update_for(e, store_profile=e.consent is not False) for e in events]
         writes: dict[str, dict[str, str]] = defaultdict(dict)
         loading: Awaitable[list[tuple[bool, UserState | None]]] | None = None  # the next chunk's call, sent
+        loading_tick: int | None = None  # when it was sent (WritesInFlight)
+        in_flight = self._in_flight
         try:
             for start in range(0, len(events), STORE_CHUNK):
                 chunk, chunk_updates = events[start : start + STORE_CHUNK], updates[start : start + STORE_CHUNK]
+                tick, loading_tick = (loading_tick if loading_tick is not None else in_flight.read_sent()), None
                 try:
-                    results = await (loading if loading is not None else self._load(chunk_updates, timed=True))
-                except FeatureStoreError as exc:
+                    try:
+                        results = await (loading if loading is not None else self._load(chunk_updates, timed=True))
+                    except FeatureStoreError as exc:
+                        loading = None
+                        self._store_failed(exc, chunk, chunk_updates, out)
+                        continue
                     loading = None
-                    self._store_failed(exc, chunk, chunk_updates, out)
-                    continue
-                loading = None
-                following = updates[start + STORE_CHUNK : start + 2 * STORE_CHUNK]
-                if following:  # sent now: Redis works on it while this chunk is decided
-                    loading = await self._load_ahead(following)
-                self._decide_chunk(chunk, results, writes, out)
+                    following = updates[start + STORE_CHUNK : start + 2 * STORE_CHUNK]
+                    if following:  # sent now: Redis works on it while this chunk is decided
+                        loading_tick = in_flight.read_sent()
+                        loading = await self._load_ahead(following)
+                    self._decide_chunk(chunk, results, writes, out, in_flight.patches(tick))
+                finally:
+                    in_flight.read_done(tick)
         finally:
             if loading is not None:  # the engine failed mid-batch: the call in flight still finishes
                 with contextlib.suppress(Exception):
                     await loading
+            if loading_tick is not None:
+                in_flight.read_done(loading_tick)
         if self.models is not None:
             self.models.advance_activity(self.watermark)
         return writes
 
-    async def _write(self, writes: dict[str, dict[str, str]]) -> None:
-        """Store the batch's decision state (pending decisions, policy states) in one call."""
-        started = time.perf_counter()
+    async def _write(self, writes: dict[str, dict[str, str]], seq: int) -> None:
+        """Store the batch's decision state (pending decisions, policy states) in one call.
+
+        One write is out at a time, in the order batches were decided (a batch decided while an earlier
+        one's write is in flight waits for it), so Redis applies them in the order ``WritesInFlight``
+        patches them in."""
+        previous, turn = self._write_turn, asyncio.get_running_loop().create_future()
+        self._write_turn = turn
         try:
-            await self.store.write_fields(writes)
+            if previous is not None and not previous.done():
+                await asyncio.shield(previous)
+            started = time.perf_counter()
+            try:
+                await self.store.write_fields(writes)
+            except FeatureStoreError as exc:
+                self._in_flight.drop(seq)
+                self.metrics.store_errors.labels("write").inc()
+                log.error("%s; pending decisions of %d users not stored", exc, len(writes))
+                return
+            except BaseException:
+                self._in_flight.drop(seq)  # cancelled or failed in flight: not known to be stored
+                raise
+            self._in_flight.acknowledge(seq)
             self.metrics.store_latency.labels("write").observe(time.perf_counter() - started)
-        except FeatureStoreError as exc:
-            self.metrics.store_errors.labels("write").inc()
-            log.error("%s; pending decisions of %d users not stored", exc, len(writes))
+        finally:
+            if not turn.done():
+                turn.set_result(None)
 
     async def _load(self, updates: list[FeatureUpdate], timed: bool) -> list[tuple[bool, UserState | None]]:
         """One feature-store call (after replaying updates kept during an outage). ``timed``: observe its
@@ -313,12 +344,16 @@ class Engine(EngineLearning):
                 self.metrics.rewards.labels("store_unavailable").inc()
 
     def _decide_chunk(self, events: list[Event], results: list[tuple[bool, UserState | None]],
-                      writes: dict[str, dict[str, str]], out: BatchOutput) -> None:
+                      writes: dict[str, dict[str, str]], out: BatchOutput,
+                      unseen: dict[str, dict[str, str]] | None = None) -> None:
+        """``unseen``: writes of earlier batches the chunk's read may not show (WritesInFlight.patches)."""
         batch = BatchContexts.build(
             self.policy, [(i, e, r[1]) for i, (e, r) in enumerate(zip(events, results, strict=True))
                           if e.kind.requests_decision]
         )
         for position, (event, (applied, state)) in enumerate(zip(events, results, strict=True)):
+            if state is not None and unseen and event.user_id in unseen:
+                state.fields.update(unseen[event.user_id])  # decisions of earlier batches, not stored yet
             if state is not None and writes.get(event.user_id):
                 state.fields.update(writes[event.user_id])  # decisions made earlier in this batch
             if not applied:

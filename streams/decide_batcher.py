@@ -4,9 +4,11 @@ One request alone is one engine batch: a Lua call to apply it, one to store its 
 load, hundreds of requests in flight each held a Redis connection (the pool ran out: "Too many
 connections", and the breaker sent everyone fallbacks) and each paid the batch overheads. Here requests
 queue; one drain task at a time hands everything queued (up to ``max_batch``) to the engine, answers
-each request with its own decision or dead letter as soon as the batch is decided (while the engine
-stores the batch's decision state), and emits the batch's outputs once. A request that
-finds the queue idle is sent on the next turn of the event loop: batching adds no waiting.
+each request with its own decision or dead letter as soon as the batch is decided, and emits the batch's
+outputs once. The next batch starts then too, while the engine stores the decided one's decision state
+(its reads are patched with that write: engine/inflight.py); at most ``max_storing`` batches are still
+storing at once. A request that finds the queue idle is sent on the next turn of the event loop:
+batching adds no waiting.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 from contracts.decisions import DeadLetter, Decision
 from engine.processor import BatchOutput, RawMessage
@@ -33,13 +36,21 @@ class Answer:
     dead_letter: DeadLetter | None = None  # the request was refused (bad parameters)
 
 
+def _release(answered: asyncio.Future[None], _task: asyncio.Task) -> None:
+    if not answered.done():  # the engine call ended without deciding (it failed): the next batch may start
+        answered.set_result(None)
+
+
 class DecideBatcher:
-    def __init__(self, process: Process, emit_soon: Callable[[BatchOutput], None], max_batch: int = 256) -> None:
+    def __init__(self, process: Process, emit_soon: Callable[[BatchOutput], None], max_batch: int = 256,
+                 max_storing: int = 2) -> None:
         self.process = process
         self.emit_soon = emit_soon
         self.max_batch = max_batch
+        self.max_storing = max_storing
         self._queue: list[tuple[str, RawMessage, asyncio.Future[Answer]]] = []
         self._drainer: asyncio.Task | None = None
+        self._storing: list[asyncio.Task] = []  # batches decided (answered) whose engine call has not returned
 
     async def decide(self, event_id: str, message: RawMessage) -> Answer:
         """The answer to one request (``event_id``: the request's event id, ``message``: its event)."""
@@ -50,29 +61,43 @@ class DecideBatcher:
         return await future
 
     async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while self._queue:
+                self._storing = [task for task in self._storing if not task.done()]
+                if len(self._storing) >= self.max_storing:
+                    await asyncio.wait(self._storing[:1])
+                    continue
                 batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-
-                def answer(out: BatchOutput, batch: list = batch) -> None:
-                    """Called by the engine once the batch is decided, before its state write is stored."""
-                    self.emit_soon(out)
-                    decisions = {d.request_event_id: d for d in out.decisions}
-                    refused = {id(dl.raw): dl for dl in out.dead_letters}
-                    for event_id, message, future in batch:
-                        if not future.done():
-                            future.set_result(Answer(decisions.get(event_id), refused.get(id(message.value))))
-
-                try:
-                    await self.process([message for _, message, _ in batch], answer)
-                except Exception as exc:  # answer every waiting request, never leave one hanging
-                    log.exception("the engine failed on a batch of %d /decide requests", len(batch))
-                    failed = EngineFailed(f"{type(exc).__name__}: {exc}")
-                    for _, _, future in batch:
-                        if not future.done():
-                            future.set_exception(failed)
+                answered: asyncio.Future[None] = loop.create_future()
+                task = asyncio.ensure_future(self._run(batch, answered))
+                task.add_done_callback(partial(_release, answered))
+                self._storing.append(task)
+                await answered  # decided (or failed): the next batch may start
         finally:
             self._drainer = None
+
+    async def _run(self, batch: list[tuple[str, RawMessage, asyncio.Future[Answer]]],
+                   answered: asyncio.Future[None]) -> None:
+        def answer(out: BatchOutput) -> None:
+            """Called by the engine once the batch is decided, before its state write is stored."""
+            self.emit_soon(out)
+            decisions = {d.request_event_id: d for d in out.decisions}
+            refused = {id(dl.raw): dl for dl in out.dead_letters}
+            for event_id, message, future in batch:
+                if not future.done():
+                    future.set_result(Answer(decisions.get(event_id), refused.get(id(message.value))))
+            if not answered.done():
+                answered.set_result(None)
+
+        try:
+            await self.process([message for _, message, _ in batch], answer)
+        except Exception as exc:  # answer every waiting request, never leave one hanging
+            log.exception("the engine failed on a batch of %d /decide requests", len(batch))
+            failed = EngineFailed(f"{type(exc).__name__}: {exc}")
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(failed)
 
 
 class OutputCoalescer:

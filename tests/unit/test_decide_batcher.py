@@ -121,3 +121,33 @@ def test_outputs_of_batches_finishing_close_together_are_emitted_once_in_order()
 
     asyncio.run(go())
     assert [[d.request_event_id for d in out.decisions] for out in emitted] == [["a", "b", "c"], ["d"]]
+
+
+@pytest.mark.parametrize("max_storing", [1, 2])
+def test_the_next_batch_starts_while_the_last_one_stores_at_most_max_storing_at_once(max_storing: int) -> None:
+    """A batch that is decided releases the next one; its state write goes on (the engine patches reads
+    with it). No more than ``max_storing`` batches are answered-but-storing at once."""
+    storing = 0
+    most_storing = 0
+    started_while_storing = 0
+
+    async def process(messages: list[RawMessage], decided: Callable[[BatchOutput], None]) -> BatchOutput:
+        nonlocal storing, most_storing, started_while_storing
+        started_while_storing += storing > 0
+        await asyncio.sleep(0.005)  # the feature-store call
+        decided(BatchOutput(decisions=[decision_for(m.value.decode()) for m in messages]))
+        storing += 1
+        most_storing = max(most_storing, storing)
+        await asyncio.sleep(0.03)  # a slow decision-state write
+        storing -= 1
+        return BatchOutput()
+
+    async def go() -> list:
+        batcher = DecideBatcher(process, lambda out: None, max_batch=1, max_storing=max_storing)
+        return await asyncio.gather(*[batcher.decide(f"e{i}", RawMessage("web-events", -1, -1, f"e{i}".encode()))
+                                      for i in range(6)])
+
+    answers = asyncio.run(go())
+    assert [a.decision.request_event_id for a in answers] == [f"e{i}" for i in range(6)]
+    assert most_storing == max_storing
+    assert (started_while_storing > 0) == (max_storing > 1)
