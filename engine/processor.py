@@ -253,7 +253,7 @@ class Engine(EngineLearning):
                 tick, loading_tick = (loading_tick if loading_tick is not None else in_flight.read_sent()), None
                 try:
                     try:
-                        results = await (loading if loading is not None else self._load(chunk_updates, timed=True))
+                        results = await (loading if loading is not None else self._load_now(chunk_updates))
                     except FeatureStoreError as exc:
                         loading = None
                         self._store_failed(exc, chunk, chunk_updates, out)
@@ -304,23 +304,26 @@ class Engine(EngineLearning):
             if not turn.done():
                 turn.set_result(None)
 
-    async def _load(self, updates: list[FeatureUpdate], timed: bool) -> list[tuple[bool, UserState | None]]:
-        """One feature-store call (after replaying updates kept during an outage). ``timed``: observe its
-        round trip (calls sent ahead are read back after a chunk is decided: their wait is not Redis's)."""
-        started = time.perf_counter()
+    async def _load(self, updates: list[FeatureUpdate]) -> list[tuple[bool, UserState | None]]:
+        """One feature-store call, after replaying updates kept during an outage (the outage path)."""
         if time.monotonic() < self._store_retry_at:  # circuit open: answer fast, try again soon
             raise CircuitOpen("feature store unreachable a moment ago; retrying within a second")
         if self._unapplied and not await self._replay_unapplied():
             raise FeatureStoreError("feature store still unreachable (replaying earlier updates)")
-        results = await self.store.apply(updates)
-        if timed:
-            self.metrics.store_latency.labels("apply").observe(time.perf_counter() - started)
+        return await self.store.apply(updates)
+
+    async def _load_now(self, updates: list[FeatureUpdate]) -> list[tuple[bool, UserState | None]]:
+        """A chunk's call and its reply, on the store's own connection when it is free: about 35 us of CPU
+        less than a pooled call, a tenth of a one-request /decide batch."""
+        started = time.perf_counter()
+        results = await (await self._load_ahead(updates))
+        self.metrics.store_latency.labels("apply").observe(time.perf_counter() - started)
         return results
 
     async def _load_ahead(self, updates: list[FeatureUpdate]) -> Awaitable[list[tuple[bool, UserState | None]]]:
         """The next chunk's call, sent now; the awaitable reads its reply (or raises FeatureStoreError)."""
         if time.monotonic() < self._store_retry_at or self._unapplied:
-            return self._load(updates, timed=False)  # the outage path, run when awaited
+            return self._load(updates)  # the outage path, run when awaited
         try:
             return await self.store.apply_ahead(updates)
         except FeatureStoreError as exc:

@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Mapping, Sequence
 from importlib import resources
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -20,6 +21,15 @@ from features.windows import WINDOWS
 
 class FeatureStoreError(RuntimeError):
     """Redis could not be reached or answered with an error; the caller falls back and retries later."""
+
+
+async def _read_reply(conn: AbstractConnection, timeout_s: float) -> Any:
+    """The reply to the command sent last on ``conn``. redis-py answers None when an explicit read timeout
+    passes; here that is an error (the reply may still come, so the caller drops the connection)."""
+    reply = await conn.read_response(timeout=timeout_s)
+    if reply is None:
+        raise TimeoutError(f"no reply from Redis within {timeout_s:g} s")
+    return reply
 
 
 class RedisFeatureStore:
@@ -37,6 +47,8 @@ class RedisFeatureStore:
         self.last_round_trip_s = 0.0
         self._ahead: AbstractConnection | None = None  # the connection of calls sent ahead (``apply_ahead``)
         self._ahead_busy = False
+        self._writer: AbstractConnection | None = None  # the connection of ``write_fields`` (one write at a time)
+        self._writer_busy = False
         self._ahead_timeout_s = float(client.connection_pool.connection_kwargs.get("socket_timeout") or 2.0)
 
     def key(self, user_id: str) -> str:
@@ -83,7 +95,7 @@ class RedisFeatureStore:
         self, conn: AbstractConnection, updates: Sequence[FeatureUpdate]
     ) -> list[tuple[bool, UserState | None]]:
         try:
-            reply = await conn.read_response(timeout=self._ahead_timeout_s)
+            reply = await _read_reply(conn, self._ahead_timeout_s)
         except NoScriptError:
             return await self.apply(updates)
         except Exception as exc:
@@ -94,26 +106,36 @@ class RedisFeatureStore:
         return self._results(updates, reply)
 
     async def _ahead_connection(self) -> AbstractConnection:
-        conn = self._ahead
-        if conn is None:
-            pool = self.client.connection_pool
-            # No socket timeout on this connection: with one, redis-py sends through asyncio.wait_for, which
-            # yields before the bytes go out. Reads get the client's timeout explicitly (_read_ahead).
-            conn = self._ahead = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+        if self._ahead is None:
+            self._ahead = self._own_connection()
+        return await self._connected(self._ahead)
+
+    def _own_connection(self) -> AbstractConnection:
+        pool = self.client.connection_pool
+        # No socket timeout on the store's own connections: with one, redis-py sends through asyncio.wait_for,
+        # which yields before the bytes go out. Reads get the client's timeout explicitly.
+        return pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+
+    async def _connected(self, conn: AbstractConnection) -> AbstractConnection:
         if not conn.is_connected:
             await asyncio.wait_for(conn.connect(), self._ahead_timeout_s)
         return conn
 
     async def _drop_ahead(self) -> None:
         """Forget a connection in an unknown state (a reply may be half read): the next call reconnects."""
-        if self._ahead is not None:
+        await self._drop(self._ahead)
+
+    @staticmethod
+    async def _drop(conn: AbstractConnection | None) -> None:
+        if conn is not None:
             with contextlib.suppress(Exception):
-                await self._ahead.disconnect()
+                await conn.disconnect()
 
     async def close(self) -> None:
-        """Close the store's own connection (the client's pool is its owner's to close)."""
+        """Close the store's own connections (the client's pool is its owner's to close)."""
         await self._drop_ahead()
-        self._ahead = None
+        await self._drop(self._writer)
+        self._ahead = self._writer = None
 
     def _payload(self, updates: Sequence[FeatureUpdate]) -> bytes:
         return orjson.dumps({
@@ -141,11 +163,33 @@ class RedisFeatureStore:
         """Set fields of several users in one call (decision state after a batch)."""
         if not writes:
             return
-        request = {"ttl": self.ttl_s, "writes": {self.key(u): dict(f) for u, f in writes.items() if f}}
+        payload = orjson.dumps({"ttl": self.ttl_s, "writes": {self.key(u): dict(f) for u, f in writes.items() if f}})
+        if self._writer_busy:  # another write is out on the store's connection: a pooled one
+            try:
+                await self._write_script(args=[payload])
+            except Exception as exc:
+                raise FeatureStoreError(f"feature store write failed: {exc}") from exc
+            return
+        # The store's own connection: about 35 us of CPU less per call than a pooled client call (no pool,
+        # no asyncio.wait_for), which is a tenth of a one-request /decide batch.
+        self._writer_busy = True
         try:
-            await self._write_script(args=[orjson.dumps(request)])
+            if self._writer is None:
+                self._writer = self._own_connection()
+            conn = await self._connected(self._writer)
+            await conn.send_packed_command(conn.pack_command("EVALSHA", self._write_script.sha, 0, payload),
+                                           check_health=False)
+            await _read_reply(conn, self._ahead_timeout_s)
+        except NoScriptError:  # Redis forgot the script (restarted): the client's call loads it again
+            try:
+                await self._write_script(args=[payload])
+            except Exception as exc:
+                raise FeatureStoreError(f"feature store write failed: {exc}") from exc
         except Exception as exc:
+            await self._drop(self._writer)  # a reply may be half read
             raise FeatureStoreError(f"feature store write failed: {exc}") from exc
+        finally:
+            self._writer_busy = False
 
     async def read(self, user_id: str) -> UserState:
         try:
