@@ -1,6 +1,15 @@
-"""Disjoint LinUCB with Sherman–Morrison updates and an ε floor that keeps every probability > 0."""
+"""Disjoint LinUCB with Sherman–Morrison updates and an ε floor that keeps every probability > 0.
+
+The floor shrinks as the played estimate sharpens (from ``epsilon`` down to ``epsilon_min``), see
+``LinUCB``; it is computed from the statistics alone, so every worker with the same samples uses the
+same floor and a snapshot needs no extra state.
+"""
 
 from __future__ import annotations
+
+import logging
+import math
+from typing import Any
 
 import numpy as np
 
@@ -8,15 +17,34 @@ from bandits.base import Choice
 from bandits.explore import greedy_pick
 from bandits.ridge import LinearPolicy
 
+log = logging.getLogger(__name__)
+
+EPSILON_MIN = 0.005  # default lowest exploration share: every eligible action keeps ≥ 0.005/K
+EXPLORE_SAMPLES = 100  # default: the floor is ε until the greedy arm has about this many samples near x
+
 
 class LinUCB(LinearPolicy):
     """Score = θₐ·x + α √(xᵀ Aₐ⁻¹ x); Aₐ⁻¹ is kept up to date with rank-one updates (no inversion).
 
-    With probability ``epsilon`` the action is drawn uniformly from the eligible set instead, so the
-    logged selection probability of every eligible action is at least ε/K (needed for off-policy
-    evaluation). Ties on the best score are broken uniformly at random and reported as such.
-    A new action starts with θ = 0 and the widest interval, so it is tried soon after it appears.
-    ``Choice.means`` holds θₐ·x (the estimate without the bonus), for rules that must not be optimistic.
+    With probability ε(x) the action is drawn uniformly from the eligible set instead, so the logged
+    selection probability of every eligible action is at least ε(x)/K ≥ ``epsilon_min``/K (needed for
+    off-policy evaluation); the logged probabilities are the true ones for the ε(x) used.
+    The exploration share decays with what the policy knows about the arm it would play:
+
+        ε(x) = max(ε_min, ε · min(1, √n₀ · wᵍ(x) / w₀(x)))
+
+    where wᵍ(x) = √(xᵀA_g⁻¹x) is the width of the greedy arm g at x and w₀(x) = √(xᵀx / ridge) the width
+    of an arm that has seen nothing, so wᵍ/w₀ ≈ 1/√(1 + n) for an arm with n samples in x's direction:
+    ε while the greedy arm has fewer than about n₀ = ``explore_samples`` samples like x, then ε·√(n₀/n)
+    down to ε_min. A new action or a new kind of context brings the full ε back. Uniform picks of an arm
+    already well known are what the floor costs (each loses the gap to the best arm), so paying ε only
+    while the estimate is young keeps the coverage where it is cheap. ``epsilon_min = epsilon`` gives the
+    constant floor of earlier versions.
+
+    Ties on the best score are broken uniformly at random and reported as such (ε(x) uses the width of
+    the first of them). A new action starts with θ = 0 and the widest interval, so it is tried soon after
+    it appears. ``Choice.means`` holds θₐ·x (the estimate without the bonus), for rules that must not be
+    optimistic.
     """
 
     name = "linucb"
@@ -29,30 +57,71 @@ class LinUCB(LinearPolicy):
         ridge: float = 1.0,
         seed: int = 0,
         refresh_every: int = 512,
+        epsilon_min: float | None = None,
+        explore_samples: float = EXPLORE_SAMPLES,
     ) -> None:
         if not alpha >= 0 or not 0 <= epsilon <= 1:
             raise ValueError(f"need alpha >= 0 and 0 <= epsilon <= 1, got alpha={alpha}, epsilon={epsilon}")
+        if epsilon_min is None:
+            epsilon_min = min(EPSILON_MIN, epsilon)
+        if not 0 <= epsilon_min <= epsilon:
+            raise ValueError(f"need 0 <= epsilon_min <= epsilon, got epsilon_min={epsilon_min}, epsilon={epsilon}")
+        if not explore_samples > 0:
+            raise ValueError(f"explore_samples must be > 0, got {explore_samples}")
         super().__init__(dim, ridge=ridge, seed=seed, refresh_every=refresh_every)
         self.alpha = alpha
         self.epsilon = epsilon
+        self.epsilon_min = epsilon_min
+        self.explore_samples = explore_samples
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "epsilon_min" not in state:  # a snapshot of a LinUCB with the constant floor (same statistics)
+            state["epsilon_min"] = min(EPSILON_MIN, state["epsilon"])
+            state["explore_samples"] = EXPLORE_SAMPLES
+            log.warning(
+                "LinUCB snapshot from before the decaying exploration floor: its statistics are read as they "
+                "are; the floor now decays from epsilon=%g to epsilon_min=%g (explore_samples=%g)",
+                state["epsilon"], state["epsilon_min"], EXPLORE_SAMPLES,
+            )
+        self.__dict__.update(state)
+
+    def _epsilon(self, width: float, sq_norm: float) -> float:
+        """ε(x) from the greedy arm's width and x·x (both >= 0)."""
+        eps, low = self.epsilon, self.epsilon_min
+        if low >= eps or sq_norm <= 0.0:
+            return eps
+        ratio = math.sqrt(self.explore_samples * self.ridge / sq_norm) * width
+        return eps if ratio >= 1.0 else max(low, eps * ratio)
 
     def _select(self, x: np.ndarray, actions: list[str], idx: np.ndarray | None) -> Choice:
         mean, var = self._moments(x, idx)
         np.maximum(var, 0.0, out=var)
-        scores = (mean + self.alpha * np.sqrt(var)).tolist()
-        pick, best, probs = greedy_pick(scores, self.epsilon, self._rng.random())
+        width = np.sqrt(var)
+        scores_arr = mean + self.alpha * width
+        scores = scores_arr.tolist()
+        eps = self._epsilon(float(width[int(scores_arr.argmax())]), float(np.dot(x, x)))
+        pick, best, probs = greedy_pick(scores, eps, self._rng.random())
         return self._choice(actions, scores, probs, pick, best, mean.tolist())
 
-    def _prepare(self, xs: np.ndarray) -> tuple[list[list[float]], list[list[float]]]:
+    def _prepare(self, xs: np.ndarray) -> tuple[list[list[float]], list[list[float]], list[list[float]], list[float]]:
         mean, var = self._moments_many(xs)
         np.maximum(var, 0.0, out=var)
-        return (mean + self.alpha * np.sqrt(var)).tolist(), mean.tolist()
+        width = np.sqrt(var)
+        scores = mean + self.alpha * width
+        sq_norms = np.einsum("rd,rd->r", xs, xs)
+        return scores.tolist(), mean.tolist(), width.tolist(), sq_norms.tolist()
 
-    def _select_prepared(self, rows: tuple[list[list[float]], list[list[float]]], row: int, actions: list[str],
-                         idx: np.ndarray | None) -> Choice:
-        scores, mean = rows[0][row], rows[1][row]
+    def _select_prepared(
+        self,
+        rows: tuple[list[list[float]], list[list[float]], list[list[float]], list[float]],
+        row: int,
+        actions: list[str],
+        idx: np.ndarray | None,
+    ) -> Choice:
+        scores, mean, width = rows[0][row], rows[1][row], rows[2][row]
         if idx is not None:
             arms = idx.tolist()
-            scores, mean = [scores[a] for a in arms], [mean[a] for a in arms]
-        pick, best, probs = greedy_pick(scores, self.epsilon, self._rng.random())
+            scores, mean, width = [scores[a] for a in arms], [mean[a] for a in arms], [width[a] for a in arms]
+        eps = self._epsilon(width[scores.index(max(scores))], rows[3][row])
+        pick, best, probs = greedy_pick(scores, eps, self._rng.random())
         return self._choice(actions, scores, probs, pick, best, mean)

@@ -12,7 +12,11 @@ expected reward / oracle expected (Σ p(x_t, a_t) / Σ max_a p(x_t, a): the same
 
 cadence rows come in two protocols: "update on reveal" (the peers' protocol: update(x, a, r) when the
 reward arrives) and "expose now" (the engine's protocol: expose(x, a) at decision time, reward(x, a, r)
-on reveal; only possible because its statistics split exposures from rewards).
+on reveal; only possible because its statistics split exposures from rewards). A third, "expose now,
+imputed", is an experiment on top of the second: at decision time the in-flight reward is imputed with the
+current estimate ŷ = θₐ·x (reward(x, a, ŷ), which leaves θₐ unchanged and narrows the interval), corrected
+by reward(x, a, r − ŷ) on reveal, so the final statistics are the same as the other protocols'. The engine
+does not do this (it would need a sample when an attribution window closes without a reward).
 
     python load_tests/bench_bandits.py [--steps 20000] [--delay 50] [--seed 0 [1 2 …]] [--json out.json]
 """
@@ -66,20 +70,31 @@ class Runner(Protocol):
 
 # -- cadence -------------------------------------------------------------------------------------
 class Cadence:
-    def __init__(self, cfg: Config, name: str, expose_now: bool, **params: Any) -> None:
+    def __init__(self, cfg: Config, name: str, expose_now: bool, impute: bool = False, **params: Any) -> None:
         self.policy = make_policy(name, cfg.dim, seed=cfg.seed + 1, **params)
         self.actions = [f"a{i}" for i in range(cfg.n_actions)]
         self.arm_of = {a: i for i, a in enumerate(self.actions)}
-        self.expose_now = expose_now
+        self.expose_now = expose_now or impute
+        self.impute = impute
+        self.imputed: deque[float] = deque()  # ŷ of the decisions in flight, in decision order (FIFO reveal)
 
     def select(self, x: np.ndarray) -> tuple[int, float]:
         choice = self.policy.select(x, self.actions)
         if self.expose_now:
             self.policy.expose(x, choice.action)
+        if self.impute:
+            guess = choice.means[choice.action]
+            if guess:
+                self.policy.reward(x, choice.action, guess)
+            self.imputed.append(guess)
         return self.arm_of[choice.action], choice.probability
 
     def learn(self, x: np.ndarray, arm: int, reward: float, probability: float) -> None:
-        if self.expose_now:
+        if self.impute:
+            correction = reward - self.imputed.popleft()
+            if correction:
+                self.policy.reward(x, self.actions[arm], correction)
+        elif self.expose_now:
             self.policy.reward(x, self.actions[arm], reward)
         else:
             self.policy.update(x, self.actions[arm], reward)
@@ -194,17 +209,21 @@ class Contender:
 OURS = {"linucb": {"alpha": ALPHA_UCB}, "lints": {"alpha": ALPHA_TS}, "egreedy": {"epsilon": EPSILON}}
 
 
-def cadence_contender(name: str, expose_now: bool, note: str = "", **params: Any) -> Contender:
-    protocol = "expose now" if expose_now else "update on reveal"
+def cadence_contender(
+    name: str, expose_now: bool, note: str = "", impute: bool = False, **params: Any
+) -> Contender:
+    protocol = "expose now, imputed" if impute else "expose now" if expose_now else "update on reveal"
     params = {**OURS[name], **params}
     label = f"{name}{''.join(f' {k}={v}' for k, v in params.items() if k not in OURS[name])} ({protocol})"
-    return Contender(label, "cadence", lambda c: Cadence(c, name, expose_now, **params), note)
+    return Contender(label, "cadence", lambda c: Cadence(c, name, expose_now, impute, **params), note)
 
 
 CONTENDERS = [
     *(cadence_contender(name, expose_now=False) for name in OURS),
     *(cadence_contender(name, expose_now=True) for name in OURS),
+    cadence_contender("linucb", True, "in-flight rewards imputed with θₐ·x, corrected on reveal", impute=True),
     cadence_contender("linucb", False, "no propensity floor: the cost of the ε floor", epsilon=0.0),
+    cadence_contender("linucb", False, "the constant ε = 0.02 floor of earlier versions", epsilon_min=0.02),
     Contender("LinUCBDisjoint", "river", RiverContextual, "library defaults (alpha=1, beta=1)"),
     Contender("EpsilonGreedy", "river", lambda c: RiverPlain(c, "egreedy"), "not contextual: ignores x"),
     Contender("ThompsonSampling(Beta)", "river", lambda c: RiverPlain(c, "ts"), "not contextual: ignores x"),

@@ -116,6 +116,98 @@ def test_linucb_probabilities_split_ties_and_keep_the_floor() -> None:
     assert trained.probabilities == pytest.approx({"a": 0.05 + 0.8, "b": 0.05, "c": 0.05, "d": 0.05})
 
 
+def test_linucb_floor_decays_with_what_the_greedy_arm_knows_and_comes_back_for_a_new_arm() -> None:
+    """ε(x) = max(ε_min, ε·min(1, √n₀·w_g/w₀)) with w_g the greedy arm's width (reference statistics)
+    and w₀ = √(x·x/ridge); the logged floor of every other action is ε(x)/K, above ε_min/K."""
+    eps, low, n0, ridge = 0.2, 0.05, 4.0, 2.0
+    policy = LinUCB(DIM, alpha=0.3, epsilon=eps, epsilon_min=low, explore_samples=n0, ridge=ridge, seed=0)
+    ref = Reference(ridge)
+    x = xs(1, seed=7)[0]
+    cold = policy.select(x, ["a", "b", "c"])
+    assert cold.probabilities == pytest.approx(dict.fromkeys("abc", 1 / 3))  # a tie: ε/K + (1-ε)/K each
+    seen = []
+    rng = np.random.default_rng(3)
+    for n, row in enumerate(xs(400, seed=8)):
+        for a, rate in (("a", 0.9), ("b", 0.1), ("c", 0.1)):
+            r = float(rng.random() < rate)
+            policy.update(row, a, r)
+            ref.expose(row, a)
+            ref.reward(row, a, r)
+        if n in (0, 40, 399):
+            choice = policy.select(x, ["a", "b", "c"])
+            assert choice.greedy == "a"
+            ratio = math.sqrt(n0 * ridge / float(x @ x)) * ref.width("a", x)
+            want = max(low, eps * min(1.0, ratio))
+            assert choice.probabilities["b"] == pytest.approx(want / 3, rel=1e-9)
+            assert choice.probabilities["a"] == pytest.approx(1 - 2 * want / 3, rel=1e-9)
+            seen.append(want)
+    assert seen[0] == eps and seen[0] > seen[1] > seen[2] == low  # full ε, decaying, then the minimum
+    fresh = policy.select(x, ["b", "c", "new"])  # a cold arm is the greedy one: the full ε again
+    assert fresh.greedy == "new"
+    assert fresh.probabilities["b"] == pytest.approx(eps / 3)
+    constant = LinUCB(DIM, alpha=0.3, epsilon=eps, epsilon_min=eps, ridge=ridge, seed=0)
+    for row in xs(400, seed=8):
+        constant.update(row, "a", 1.0)
+    assert constant.select(x, ["a", "b"]).probabilities["b"] == pytest.approx(eps / 2)  # the old floor
+
+
+def test_linucb_prepared_batch_uses_the_same_decayed_floor_as_select() -> None:
+    """The floor comes from the greedy arm's width in both paths, whatever its place in the eligible set."""
+    batch, single = (LinUCB(DIM, alpha=0.2, epsilon=0.3, epsilon_min=0.01, explore_samples=2, seed=6)
+                     for _ in range(2))
+    rng = np.random.default_rng(1)
+    for n, x in enumerate(xs(600, seed=4)):  # d pays best and is known best; the others are seen less
+        for a, rate in (("a", 0.2), ("b", 0.3), ("c", 0.1), ("d", 0.8)):
+            if a == "d" or n % 20 == 0:
+                r = float(rng.random() < rate)
+                batch.update(x, a, r)
+                single.update(x, a, r)
+    rows = xs(40, seed=5)
+    prepared = batch.prepare(rows)
+    floors = set()
+    for i, x in enumerate(rows):
+        eligible = [["a", "b", "c", "d"], ["d", "c", "b"], ["b", "a", "d"], ["c", "b", "a"]][i % 4]
+        got, want = batch.select_row(prepared, i, eligible), single.select(x, eligible)
+        assert (got.action, got.greedy) == (want.action, want.greedy)
+        assert got.probabilities == pytest.approx(want.probabilities, rel=1e-9, abs=1e-12)
+        floors.add(round(min(want.probabilities.values()) * len(eligible), 6))
+    assert max(floors) < 0.3 and len(floors) > 2  # the floor is decayed, and differs between rows
+
+
+def test_linucb_snapshot_without_the_decaying_floor_is_read_with_the_defaults(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A pickle of LinUCB from before epsilon_min: same statistics, the default floor, and a warning."""
+    old = LinUCB(DIM, epsilon=0.03, seed=4)
+    for x in xs(50, seed=2):
+        old.update(x, "a" if x[1] > 0 else "b", float(x[2] > 0))
+    del old.epsilon_min, old.explore_samples  # what an earlier version pickled
+    with caplog.at_level("WARNING", logger="bandits.linucb"):
+        restored = LinUCB.restore(old.snapshot())
+    assert "before the decaying exploration floor" in caplog.text
+    assert isinstance(restored, LinUCB)
+    assert (restored.epsilon, restored.epsilon_min, restored.explore_samples) == (0.03, 0.005, 100)
+    assert LinUCB.restore(restored.snapshot()).__dict__.keys() == restored.__dict__.keys()
+    np.testing.assert_array_equal(restored.stats("a").gram, old.stats("a").gram)
+    np.testing.assert_array_equal(restored.stats("b").sums, old.stats("b").sums)
+    floorless = LinUCB(DIM, epsilon=0.0)
+    del floorless.epsilon_min, floorless.explore_samples
+    assert LinUCB.restore(floorless.snapshot()).epsilon_min == 0.0  # never above the policy's ε
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"epsilon": 0.01, "epsilon_min": 0.02}, "epsilon_min <= epsilon"),
+        ({"epsilon_min": -0.1}, "epsilon_min <= epsilon"),
+        ({"explore_samples": 0}, "explore_samples must be > 0"),
+    ],
+)
+def test_linucb_refuses_a_bad_floor(params: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        LinUCB(DIM, **params)
+
+
 def test_exposure_without_reward_moves_linucb_to_other_cold_arms() -> None:
     """Engine protocol (expose now, reward later): a pending exposure narrows that arm's interval,
     so the next requests try other arms instead of repeating one while rewards are in flight."""
