@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, overload
 from policy.contact import ContactPolicy
 from policy.stickiness import StickinessSettings
 
+NO_CONTACT_RULES = ContactPolicy()  # a channel without rules (frozen: one instance, not one per request)
+
 if TYPE_CHECKING:
     from policy.budgets import WorkerBudgets
 
@@ -211,7 +213,7 @@ class Catalogue:
         return p.stickiness if p else StickinessSettings()
 
     def contact_policy(self, channel: str) -> ContactPolicy:
-        return self.contact.get(channel) or ContactPolicy()
+        return self.contact.get(channel) or NO_CONTACT_RULES
 
 
 def load_catalogue(path: str | Path) -> Catalogue:

@@ -20,7 +20,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from bandits import make_policy
-from cadence.metrics import Metrics
+from cadence.metrics import Metrics, observe_many
 from cadence.settings import Settings
 from contracts.decisions import encode_samples
 from engine.attribution import Windows
@@ -165,9 +165,7 @@ def create_app(settings: Settings) -> faust.App:
             if done.cancelled() or done.exception() is not None:
                 return
             now = time.time()
-            for sent in out.request_timestamps:
-                if sent:
-                    metrics.decision_latency.observe(max(0.0, now - sent))
+            observe_many(metrics.decision_latency, [max(0.0, now - sent) for sent in out.request_timestamps if sent])
 
         delivered.add_done_callback(observe_latency)
         return delivered
