@@ -179,15 +179,40 @@ def engine_internals(text: str) -> dict[str, Any]:
     }
 
 
+def phase_internals(before: str, after: str) -> dict[str, Any]:
+    """What the worker did between two scrapes of its /metrics: batches, their size and time, Redis round
+    trips, event-loop lag (means over the phase; the loop lag's p99 from its buckets)."""
+    def delta(name: str, labels: str = "") -> float:
+        return metric_sum(after, name, labels) - metric_sum(before, name, labels)
+
+    def mean_ms(name: str, labels: str = "") -> float | None:
+        n = delta(f"{name}_count", labels)
+        return round(delta(f"{name}_sum", labels) / n * 1000, 2) if n else None
+
+    store = "cadence_feature_store_round_trip_seconds"
+    batches = delta("cadence_batch_size_events_count")
+    lag = histogram(after, "cadence_event_loop_lag_seconds").minus(histogram(before, "cadence_event_loop_lag_seconds"))
+    return {
+        "batches": int(batches),
+        "batch_size_mean": round(delta("cadence_batch_size_events_sum") / batches, 1) if batches else None,
+        "batch_processing_ms_mean": mean_ms("cadence_batch_processing_seconds"),
+        "store_apply_ms_mean": mean_ms(store, 'op="apply"'),
+        "store_write_ms_mean": mean_ms(store, 'op="write"'),
+        "loop_lag_ms_mean": mean_ms("cadence_event_loop_lag_seconds"),
+        "loop_lag_ms_p99": lag.quantile_ms(0.99),
+    }
+
+
 def latency_phase(bootstrap: str, worker: WorkerProcess, events: Sequence[LoadEvent], rate: float, plan: Plan,
                   profile: Path | None) -> dict[str, Any]:
     load, consumed_before = load_now(), engine_count(worker)
-    state: dict[str, Any] = {"hist": Histogram.empty()}
+    state: dict[str, Any] = {"hist": Histogram.empty(), "text": ""}
 
     def on_mark(name: str) -> None:
         if name == "warm":  # read in a thread: a busy worker may answer late, the pacer must not wait for it
             def snapshot() -> None:
-                state["hist"] = histogram(metrics_of(worker), LATENCY_METRIC)
+                state["text"] = metrics_of(worker)
+                state["hist"] = histogram(state["text"], LATENCY_METRIC)
 
             state["snapshot"] = threading.Thread(target=snapshot, daemon=True)
             state["snapshot"].start()
@@ -209,7 +234,8 @@ def latency_phase(bootstrap: str, worker: WorkerProcess, events: Sequence[LoadEv
         state["spy"].wait(30)
     if "snapshot" in state:
         state["snapshot"].join(30)
-    hist = histogram(metrics_of(worker), LATENCY_METRIC).minus(state["hist"])
+    text = metrics_of(worker)
+    hist = histogram(text, LATENCY_METRIC).minus(state["hist"])
     e2e = [(arrivals[r] - run.sent_at[r]) * 1000 for r in wanted if r in arrivals]
     missing = len(wanted) - len(e2e)
     consumed = engine_count(worker) - consumed_before
@@ -224,6 +250,7 @@ def latency_phase(bootstrap: str, worker: WorkerProcess, events: Sequence[LoadEv
         "e2e_ms": {k: (v if v != float("inf") else None) for k, v in e2e_ms.items()},
         "worker_histogram_ms": {f"p{round(q * 100)}": hist.quantile_ms(q) for q in (0.5, 0.9, 0.99)},
         "worker_histogram_count": hist.count, "load_before": load, "profiled": "spy" in state,
+        "worker_internals": phase_internals(state["text"], text) if state["text"] else None,
     }
 
 
