@@ -67,8 +67,8 @@ def table(report: dict[str, Any]) -> str:
             rows.append(("  batches: events, ms each (Redis apply+write)",
                          f"{inside['batch_size_mean']} ev, {inside['batch_processing_ms_mean']} ms "
                          f"({inside['store_apply_ms_mean']}+{inside['store_write_ms_mean']})", "", ""))
-            rows.append(("  event-loop lag mean / p99", f"{inside['loop_lag_ms_mean']} / {inside['loop_lag_ms_p99']} ms",
-                         "", ""))
+            lag = f"{inside['loop_lag_ms_mean']} / {inside['loop_lag_ms_p99']} ms"
+            rows.append(("  event-loop lag mean / p99", lag, "", ""))
     rows += [
         ("Redis bytes per active user (used_memory)", f"{mem['bytes_per_active_user']:,.0f} B", "≤ 1 KiB",
          _verdict(r["bytes_per_user"], t["bytes_per_user"], False)),
