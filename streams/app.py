@@ -112,7 +112,8 @@ def build_engine(settings: Settings, metrics: Metrics, client: aioredis.Redis) -
 
 def create_app(settings: Settings) -> faust.App:
     assert settings.kafka_bootstrap, "kafka_bootstrap must be resolved before the app is built"
-    set_fetch_max_wait(settings.fetch_max_wait_ms)
+    if settings.intake == "faust":  # otherwise Faust's consumer reads only its own internal topics: no hurry
+        set_fetch_max_wait(settings.fetch_max_wait_ms)
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)  # a batch allocates ~100 objects per event: fewer young sweeps
     app = faust.App(
         # with direct intake the consumer group ``app_id`` is the intake's; Faust's own consumer (it reads
@@ -319,7 +320,7 @@ def create_app(settings: Settings) -> faust.App:
         gc.freeze()
         await follow_learning(
             settings.kafka_bootstrap or "", settings.topic(LEARNING), engine.learn, stop_learning,
-            start_offsets=offsets, fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            start_offsets=offsets, fetch_max_wait_ms=settings.learning_fetch_max_wait_ms,
         )
 
     exchange = ModelExchange(engine.store.client, settings.app_id)
