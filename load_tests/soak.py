@@ -1,6 +1,6 @@
-"""Soak: one worker on the embedded stack under a steady load for minutes; is its memory flat?
+"""Soak: engine workers (one by default, one consumer group) on the embedded stack under a steady load for minutes; is memory flat?
 
-    python -m load_tests.soak [--minutes 10] [--rate 5000] [--users 50000] [--sample-s 10] [--json PATH]
+    python -m load_tests.soak [--minutes 10] [--rate 5000] [--users 50000] [--workers 1] [--sample-s 10] [--json PATH]
 
 The load is the realistic seeded mix of load_tests/yardsticks/load.py (requests, clicks, conversions,
 email opens, ad clicks for ``--users`` users), sent at ``--rate`` events/s, with event time advancing as
@@ -72,7 +72,7 @@ def metric_total(text: str, name: str) -> float:
 @dataclass
 class Sample:
     elapsed_s: float
-    worker_rss_mb: float
+    worker_rss_mb: float  # the largest worker's RSS (with --workers N, each is judged by the largest)
     broker_rss_mb: float
     redis_rss_mb: float
     redis_used_mb: float
@@ -160,23 +160,25 @@ def verdict(samples: list[Sample], flat_mb_per_min: float, judge_share: float = 
 def soak(args: argparse.Namespace) -> dict:
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="cadence-soak-"))
     rt = Runtime(data_dir / "stack", None, None).start()
-    worker = None
+    workers: list[WorkerProcess] = []
     sender = None
     try:
         assert rt.broker and rt.broker.proc and rt.redis and rt.redis.proc
         prefix = "soak."
         create_topics(rt.kafka_bootstrap or "", [prefix + t for t in ALL_TOPICS], partitions=4)
         env = worker_env(rt.env(), app_id="soak", topic_prefix=prefix, log_level="warn")
-        worker = WorkerProcess(env, data_dir, "worker-1").start()
-        worker.wait_ready(timeout_s=120)
-        assert worker.proc is not None
+        # one consumer group: the workers share the input partitions, each learns from all (learning topic)
+        workers = [WorkerProcess(env, data_dir, f"worker-{i + 1}").start() for i in range(args.workers)]
+        for worker in workers:
+            worker.wait_ready(timeout_s=120)
         mix = EventMix(load_catalogue(DEFAULT_CATALOGUE), users=args.users, seed=args.seed,
                        requests_per_sim_s=args.rate)  # event time runs with the wall clock
         sender = Sender(rt.kafka_bootstrap or "", prefix, mix, args.rate)
         thread = threading.Thread(target=sender.run, name="soak-sender", daemon=True)
         client = redis.Redis.from_url(rt.redis_url or "")
         samples: list[Sample] = []
-        print(f"soak: {args.minutes:g} min at {args.rate:g} events/s, {args.users} users; data in {data_dir}")
+        print(f"soak: {args.minutes:g} min at {args.rate:g} events/s, {args.users} users, {args.workers} worker(s); "
+              f"data in {data_dir}")
         print(HEADER, flush=True)
         started = time.monotonic()
         thread.start()
@@ -184,17 +186,20 @@ def soak(args: argparse.Namespace) -> dict:
         next_at = started + args.sample_s
         while True:
             time.sleep(max(0.0, min(next_at, end) - time.monotonic()))
-            if worker.proc.poll() is not None:
-                print(f"the worker exited with code {worker.proc.returncode}; see {worker.log_path}", file=sys.stderr)
+            exited = [w for w in workers if w.proc is None or w.proc.poll() is not None]
+            if exited:
+                print(f"a worker exited; see {exited[0].log_path}", file=sys.stderr)
                 break
-            with urllib.request.urlopen(worker.url + "/metrics", timeout=5) as resp:
-                text = resp.read().decode()
-            consumed = int(metric_total(text, "cadence_events_consumed_total")
-                           + metric_total(text, "cadence_dead_letters_total"))
+            texts = []
+            for worker in workers:
+                with urllib.request.urlopen(worker.url + "/metrics", timeout=5) as resp:
+                    texts.append(resp.read().decode())
+            consumed = sum(int(metric_total(text, "cadence_events_consumed_total")
+                               + metric_total(text, "cadence_dead_letters_total")) for text in texts)
             info = client.info("memory")
             sample = Sample(
                 elapsed_s=round(time.monotonic() - started, 1),
-                worker_rss_mb=round(rss_bytes(worker.proc.pid) / MB, 1),
+                worker_rss_mb=round(max(rss_bytes(w.proc.pid) for w in workers if w.proc) / MB, 1),
                 broker_rss_mb=round(rss_bytes(rt.broker.proc.pid) / MB, 1),
                 redis_rss_mb=round(rss_bytes(rt.redis.proc.pid) / MB, 1),
                 redis_used_mb=round(int(info["used_memory"]) / MB, 1),
@@ -202,7 +207,7 @@ def soak(args: argparse.Namespace) -> dict:
                 sent=sender.sent,
                 consumed=consumed,
                 lag=max(0, sender.sent - consumed),
-                decisions=int(metric_total(text, "cadence_decisions_total")),
+                decisions=sum(int(metric_total(text, "cadence_decisions_total")) for text in texts),
             )
             samples.append(sample)
             print(TABLE.format(**asdict(sample)), flush=True)
@@ -213,7 +218,8 @@ def soak(args: argparse.Namespace) -> dict:
         thread.join(30)
         elapsed = samples[-1].elapsed_s if samples else 0.0
         result = {
-            "config": {"minutes": args.minutes, "rate": args.rate, "users": args.users, "seed": args.seed,
+            "config": {"minutes": args.minutes, "rate": args.rate, "users": args.users, "workers": args.workers,
+                       "seed": args.seed,
                        "sample_s": args.sample_s, "flat_mb_per_min": args.flat_mb_per_min,
                        "judge_share": args.judge_share},
             "samples": [asdict(s) for s in samples],
@@ -223,14 +229,14 @@ def soak(args: argparse.Namespace) -> dict:
                 "sent_rate_per_s": round(sender.sent / elapsed, 1) if elapsed else 0.0,
                 "consumed_rate_per_s": round(samples[-1].consumed / elapsed, 1) if elapsed else 0.0,
                 "sender_behind_s": round(sender.behind_s, 2),
-                "worker_alive": worker.proc.poll() is None,
+                "worker_alive": all(w.proc is not None and w.proc.poll() is None for w in workers),
             },
         }
         return result
     finally:
         if sender is not None:
             sender.stop()
-        if worker is not None:
+        for worker in workers:
             worker.stop()
         rt.stop()
 
@@ -245,12 +251,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="worker RSS slope under which memory counts as flat (default 1.0 MB/min)")
     parser.add_argument("--judge-share", type=float, default=0.5,
                         help="the last share of the run whose slopes are judged (default 0.5: the rest is warm-up)")
+    parser.add_argument("--workers", type=int, default=1, help="workers in one consumer group (default 1)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--data-dir", help="where the embedded servers and the worker log go (default: a temp dir)")
     parser.add_argument("--json", type=Path, help="write config, samples and summary here")
     args = parser.parse_args(argv)
-    if args.minutes <= 0 or args.rate <= 0 or args.sample_s <= 0:
-        parser.error("--minutes, --rate and --sample-s must be positive")
+    if args.minutes <= 0 or args.rate <= 0 or args.sample_s <= 0 or args.workers < 1:
+        parser.error("--minutes, --rate, --sample-s and --workers must be positive")
     if not 0.0 < args.judge_share <= 1.0:
         parser.error(f"--judge-share must be in (0, 1], got {args.judge_share}")
     result = soak(args)
