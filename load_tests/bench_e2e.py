@@ -176,6 +176,8 @@ def engine_internals(text: str) -> dict[str, Any]:
         "fallback_decisions": metric_sum(text, "cadence_decisions_total", 'mode="fallback"'),
         "store_errors": metric_sum(text, "cadence_feature_store_errors_total"),
         "dead_letters": metric_sum(text, "cadence_dead_letters_total"),
+        "model_labels_learned": metric_sum(text, "cadence_model_samples_learned_total"),
+        "model_labels_dropped": metric_sum(text, "cadence_model_labels_dropped_total"),
     }
 
 
