@@ -20,7 +20,8 @@ from bandits.ridge import LinearPolicy
 log = logging.getLogger(__name__)
 
 EPSILON_MIN = 0.005  # default lowest exploration share: every eligible action keeps ≥ 0.005/K
-EXPLORE_SAMPLES = 100  # default: the floor is ε until the greedy arm has about this many samples near x
+EXPLORE_SAMPLES = 30  # default: the floor is ε until the greedy arm has about this many samples like x
+RIDGE = 10.0  # default prior λ of Aₐ = λI + Σ x xᵀ (coefficients ~ N(0, σ²/λ): click-rate effects are small)
 
 
 class LinUCB(LinearPolicy):
@@ -31,20 +32,22 @@ class LinUCB(LinearPolicy):
     off-policy evaluation); the logged probabilities are the true ones for the ε(x) used.
     The exploration share decays with what the policy knows about the arm it would play:
 
-        ε(x) = max(ε_min, ε · min(1, √n₀ · wᵍ(x) / w₀(x)))
+        ε(x) = max(ε_min, ε · min(1, √(n₀ / (1 + k(x))))),   k(x) = xᵀx / wᵍ(x)² − ridge
 
-    where wᵍ(x) = √(xᵀA_g⁻¹x) is the width of the greedy arm g at x and w₀(x) = √(xᵀx / ridge) the width
-    of an arm that has seen nothing, so wᵍ/w₀ ≈ 1/√(1 + n) for an arm with n samples in x's direction:
-    ε while the greedy arm has fewer than about n₀ = ``explore_samples`` samples like x, then ε·√(n₀/n)
-    down to ε_min. A new action or a new kind of context brings the full ε back. Uniform picks of an arm
-    already well known are what the floor costs (each loses the gap to the best arm), so paying ε only
-    while the estimate is young keeps the coverage where it is cheap. ``epsilon_min = epsilon`` gives the
-    constant floor of earlier versions.
+    where wᵍ(x) = √(xᵀA_g⁻¹x) is the width of the greedy arm g at x; k(x) is what the greedy arm has
+    learned in x's direction beyond its prior (n·xᵀx after n samples equal to x, whatever the ridge):
+    ε while that is below n₀ = ``explore_samples``, then ε·√(n₀/(1 + k)) down to ε_min. (With ridge 1 this
+    is the ε·√n₀·wᵍ/w₀ of earlier versions, w₀ = √(xᵀx) a cold arm's width.) A new action or a new kind
+    of context brings the full ε back. Uniform picks of an arm already well known are what the floor costs
+    (each loses the gap to the best arm), so paying ε only while the estimate is young keeps the coverage
+    where it is cheap. ``epsilon_min = epsilon`` gives the constant floor of earlier versions.
 
     Ties on the best score are broken uniformly at random and reported as such (ε(x) uses the width of
     the first of them). A new action starts with θ = 0 and the widest interval, so it is tried soon after
-    it appears. ``Choice.means`` holds θₐ·x (the estimate without the bonus), for rules that must not be
-    optimistic.
+    it appears. The ridge prior λ = 10 (by default; coefficients a priori ~ N(0, σ²/λ)) suits rewards in
+    [0, 1] whose dependence on each feature is small: it shrinks the estimates of rarely played actions
+    and narrows a cold action's interval by √λ (load_tests/README_bandits.md). ``Choice.means`` holds θₐ·x
+    (the estimate without the bonus), for rules that must not be optimistic.
     """
 
     name = "linucb"
@@ -54,7 +57,7 @@ class LinUCB(LinearPolicy):
         dim: int,
         alpha: float = 0.5,
         epsilon: float = 0.02,
-        ridge: float = 1.0,
+        ridge: float = RIDGE,
         seed: int = 0,
         refresh_every: int = 512,
         epsilon_min: float | None = None,
@@ -90,8 +93,13 @@ class LinUCB(LinearPolicy):
         eps, low = self.epsilon, self.epsilon_min
         if low >= eps or sq_norm <= 0.0:
             return eps
-        ratio = math.sqrt(self.explore_samples * self.ridge / sq_norm) * width
-        return eps if ratio >= 1.0 else max(low, eps * ratio)
+        # 1 + k with k = xᵀx/w² − ridge (= n·xᵀx after n samples equal to x): the prior does not count
+        if width <= 0.0:
+            return low
+        seen = 1.0 + sq_norm / (width * width) - self.ridge
+        if seen <= self.explore_samples:
+            return eps
+        return max(low, eps * math.sqrt(self.explore_samples / seen))
 
     def _select(self, x: np.ndarray, actions: list[str], idx: np.ndarray | None) -> Choice:
         mean, var = self._moments(x, idx)

@@ -48,6 +48,7 @@ from bandits.synthetic import LinearWorld, Stream  # noqa: E402
 
 DEFAULT_STEPS = 20_000  # about 2 minutes for everything on 2 shared cores (MABWiser ≈ 2 ms per step)
 ALPHA_UCB = 0.5  # LinUCB width, the same for cadence and MABWiser (same score formula)
+RIDGE_UCB = 10.0  # cadence LinUCB's default ridge prior λ (MABWiser's l2_lambda; its default is 1)
 ALPHA_TS = 0.25  # LinTS posterior scale, the same for cadence and MABWiser
 EPSILON = 0.05  # ε of every ε-greedy contender
 
@@ -151,13 +152,13 @@ class RiverPlain:
 
 # -- MABWiser ------------------------------------------------------------------------------------
 class Mabwiser:
-    def __init__(self, cfg: Config, kind: str) -> None:
+    def __init__(self, cfg: Config, kind: str, alpha: float, l2_lambda: float = 1.0) -> None:
         from mabwiser.mab import MAB, LearningPolicy
 
         learning = (
-            LearningPolicy.LinUCB(alpha=ALPHA_UCB, l2_lambda=1.0)
+            LearningPolicy.LinUCB(alpha=alpha, l2_lambda=l2_lambda)
             if kind == "linucb"
-            else LearningPolicy.LinTS(alpha=ALPHA_TS, l2_lambda=1.0)
+            else LearningPolicy.LinTS(alpha=alpha, l2_lambda=l2_lambda)
         )
         self.mab = MAB(arms=list(range(cfg.n_actions)), learning_policy=learning, seed=cfg.seed + 1)
         self.mab.fit(decisions=[], rewards=[], contexts=np.empty((0, cfg.dim)))  # predict() needs a fit
@@ -224,11 +225,20 @@ CONTENDERS = [
     cadence_contender("linucb", True, "in-flight rewards imputed with θₐ·x, corrected on reveal", impute=True),
     cadence_contender("linucb", False, "no propensity floor: the cost of the ε floor", epsilon=0.0),
     cadence_contender("linucb", False, "the constant ε = 0.02 floor of earlier versions", epsilon_min=0.02),
+    cadence_contender("linucb", False, "the previous default: ridge 1, floor decay n₀ = 100", ridge=1.0,
+                      explore_samples=100),
+    cadence_contender("linucb", False, "previous default without the floor", ridge=1.0, epsilon=0.0),
     Contender("LinUCBDisjoint", "river", RiverContextual, "library defaults (alpha=1, beta=1)"),
     Contender("EpsilonGreedy", "river", lambda c: RiverPlain(c, "egreedy"), "not contextual: ignores x"),
     Contender("ThompsonSampling(Beta)", "river", lambda c: RiverPlain(c, "ts"), "not contextual: ignores x"),
-    Contender("LinUCB", "mabwiser", lambda c: Mabwiser(c, "linucb")),
-    Contender("LinTS", "mabwiser", lambda c: Mabwiser(c, "lints")),
+    Contender("LinUCB", "mabwiser", lambda c: Mabwiser(c, "linucb", ALPHA_UCB), "alpha=0.5, l2_lambda=1"),
+    Contender(
+        "LinUCB l2_lambda=10", "mabwiser", lambda c: Mabwiser(c, "linucb", ALPHA_UCB, RIDGE_UCB),
+        "cadence's defaults (alpha=0.5, ridge 10): the same algorithm as cadence linucb epsilon=0.0",
+    ),
+    Contender("LinUCB defaults", "mabwiser", lambda c: Mabwiser(c, "linucb", 1.0), "library defaults (alpha=1)"),
+    Contender("LinTS", "mabwiser", lambda c: Mabwiser(c, "lints", ALPHA_TS), "alpha=0.25, l2_lambda=1"),
+    Contender("LinTS defaults", "mabwiser", lambda c: Mabwiser(c, "lints", 1.0), "library defaults (alpha=1)"),
     Contender("cb_explore_adf epsilon", "vowpalwabbit", lambda c: Vowpal(c, f"--epsilon {EPSILON}")),
     Contender("cb_explore_adf squarecb", "vowpalwabbit", lambda c: Vowpal(c, "--squarecb")),
     Contender("uniform random", "reference", Uniform),

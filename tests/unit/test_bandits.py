@@ -9,6 +9,7 @@ import pytest
 
 from bandits import EpsilonGreedy, LinearPolicy, LinTS, LinUCB
 from bandits.explore import greedy_pick
+from bandits.linucb import EXPLORE_SAMPLES, RIDGE
 from bandits.synthetic import BASE_HIGH, BASE_LOW, LinearWorld
 
 DIM = 5
@@ -93,7 +94,7 @@ def test_statistics_equal_the_textbook_ones(cls: type[LinearPolicy], refresh_eve
 )
 def test_linucb_scores_are_mean_plus_alpha_width(eligible: list[str]) -> None:
     actions = [*"abcdefghijkl"]  # 12 arms: a small eligible set goes through the copy-only-those path
-    policy, ref = LinUCB(DIM, alpha=0.7, epsilon=0.0, seed=0), Reference(ridge=1.0)
+    policy, ref = LinUCB(DIM, alpha=0.7, epsilon=0.0, seed=0), Reference(ridge=RIDGE)  # the default prior
     feed(policy, ref, 400, actions, seed=2)
     for x in xs(10, seed=3):
         scores = policy.select(x, eligible).scores
@@ -102,7 +103,7 @@ def test_linucb_scores_are_mean_plus_alpha_width(eligible: list[str]) -> None:
 
 
 def test_linucb_probabilities_split_ties_and_keep_the_floor() -> None:
-    policy = LinUCB(DIM, alpha=1.0, epsilon=0.2, seed=0)
+    policy = LinUCB(DIM, alpha=1.0, epsilon=0.2, epsilon_min=0.2, seed=0)  # the constant floor
     x = xs(1)[0]
     cold = policy.select(x, ["a", "b", "c", "d"])  # every arm cold: a four-way tie
     assert cold.probabilities == pytest.approx(dict.fromkeys("abcd", 0.25))
@@ -117,8 +118,8 @@ def test_linucb_probabilities_split_ties_and_keep_the_floor() -> None:
 
 
 def test_linucb_floor_decays_with_what_the_greedy_arm_knows_and_comes_back_for_a_new_arm() -> None:
-    """ε(x) = max(ε_min, ε·min(1, √n₀·w_g/w₀)) with w_g the greedy arm's width (reference statistics)
-    and w₀ = √(x·x/ridge); the logged floor of every other action is ε(x)/K, above ε_min/K."""
+    """ε(x) = max(ε_min, ε·min(1, √(n₀/(1 + k)))), k = x·x/w_g² − ridge with w_g the greedy arm's width
+    (reference statistics); the logged floor of every other action is ε(x)/K, above ε_min/K."""
     eps, low, n0, ridge = 0.2, 0.05, 4.0, 2.0
     policy = LinUCB(DIM, alpha=0.3, epsilon=eps, epsilon_min=low, explore_samples=n0, ridge=ridge, seed=0)
     ref = Reference(ridge)
@@ -136,8 +137,8 @@ def test_linucb_floor_decays_with_what_the_greedy_arm_knows_and_comes_back_for_a
         if n in (0, 40, 399):
             choice = policy.select(x, ["a", "b", "c"])
             assert choice.greedy == "a"
-            ratio = math.sqrt(n0 * ridge / float(x @ x)) * ref.width("a", x)
-            want = max(low, eps * min(1.0, ratio))
+            known = 1.0 + float(x @ x) / ref.width("a", x) ** 2 - ridge
+            want = max(low, eps * min(1.0, math.sqrt(n0 / known)))
             assert choice.probabilities["b"] == pytest.approx(want / 3, rel=1e-9)
             assert choice.probabilities["a"] == pytest.approx(1 - 2 * want / 3, rel=1e-9)
             seen.append(want)
@@ -149,6 +150,41 @@ def test_linucb_floor_decays_with_what_the_greedy_arm_knows_and_comes_back_for_a
     for row in xs(400, seed=8):
         constant.update(row, "a", 1.0)
     assert constant.select(x, ["a", "b"]).probabilities["b"] == pytest.approx(eps / 2)  # the old floor
+
+
+def test_linucb_floor_counts_samples_not_the_prior() -> None:
+    """After n samples equal to x the floor is ε·√(n₀/(1 + n·x·x)) whatever the ridge: a stronger prior
+    narrows the interval but does not count as samples."""
+    eps, low, n0 = 0.2, 0.001, 4.0
+    x = xs(1, seed=7)[0]
+    for n in (0, 3, 40):
+        floors = []
+        for ridge in (1.0, 10.0):
+            policy = LinUCB(DIM, alpha=0.3, epsilon=eps, epsilon_min=low, explore_samples=n0, ridge=ridge, seed=0)
+            for _ in range(n):
+                policy.update(x, "a", 1.0)
+            policy.update(x, "b", 0.0)  # b is known to be worse: a is the greedy arm at x
+            floors.append(policy.select(x, ["a", "b"]).probabilities["b"] * 2)
+        want = max(low, eps * min(1.0, math.sqrt(n0 / (1.0 + n * float(x @ x)))))
+        assert floors == pytest.approx([want, want], rel=1e-6)
+
+
+def test_linucb_snapshot_keeps_the_prior_it_was_built_with() -> None:
+    """Changing the default ridge does not touch older snapshots: they keep their λ (which their statistics
+    hold), choose as the original would, and keep learning with it."""
+    old = LinUCB(DIM, ridge=1.0, seed=4)
+    for x in xs(80, seed=2):
+        old.update(x, "a" if x[1] > 0 else "b", float(x[2] > 0))
+    restored = LinUCB.restore(old.snapshot())
+    assert restored.ridge == 1.0 and RIDGE != 1.0
+    for x in xs(30, seed=3):
+        got, want = restored.select(x, ["a", "b", "c"]), old.select(x, ["a", "b", "c"])
+        assert (got.action, got.probabilities) == (want.action, want.probabilities)
+        restored.update(x, got.action, 1.0)
+        old.update(x, want.action, 1.0)
+    np.testing.assert_array_equal(restored.stats("c").gram, old.stats("c").gram)
+    restored.select(xs(1)[0], ["a", "new"])
+    np.testing.assert_array_equal(restored.stats("new").gram, np.eye(DIM))  # a new arm gets its λ = 1 too
 
 
 def test_linucb_prepared_batch_uses_the_same_decayed_floor_as_select() -> None:
@@ -186,7 +222,7 @@ def test_linucb_snapshot_without_the_decaying_floor_is_read_with_the_defaults(
         restored = LinUCB.restore(old.snapshot())
     assert "before the decaying exploration floor" in caplog.text
     assert isinstance(restored, LinUCB)
-    assert (restored.epsilon, restored.epsilon_min, restored.explore_samples) == (0.03, 0.005, 100)
+    assert (restored.epsilon, restored.epsilon_min, restored.explore_samples) == (0.03, 0.005, EXPLORE_SAMPLES)
     assert LinUCB.restore(restored.snapshot()).__dict__.keys() == restored.__dict__.keys()
     np.testing.assert_array_equal(restored.stats("a").gram, old.stats("a").gram)
     np.testing.assert_array_equal(restored.stats("b").sums, old.stats("b").sums)
@@ -306,7 +342,7 @@ def test_synthetic_world_is_seeded_and_contextual() -> None:
 def test_linucb_reports_its_means_without_the_bonus() -> None:
     """Choice.means is θₐ·x from the reference statistics; the score adds α·√(xᵀA⁻¹x) on top."""
     alpha = 0.7
-    bandit, ref = LinUCB(DIM, alpha=alpha, epsilon=0.0, seed=2), Reference(1.0)
+    bandit, ref = LinUCB(DIM, alpha=alpha, epsilon=0.0, seed=2), Reference(RIDGE)
     rng = np.random.default_rng(2)
     for x in xs(60, seed=3):
         a = ("a", "b", "c")[int(rng.integers(3))]
