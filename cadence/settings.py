@@ -75,6 +75,10 @@ class Settings(BaseSettings):
 
     policy: str = Field("linucb", description="Bandit policy: linucb, lints or egreedy.")
     policy_alpha: float = Field(0.1, ge=0, description="Exploration width of LinUCB / scale of LinTS.")
+    policy_ridge: float = Field(
+        1.0, gt=0, description="Prior λ of LinUCB's statistics (A = λI + Σ x xᵀ). The engine's α was tuned on the "
+        "closed loop with λ = 1; the bandit benchmark's best is λ = 10 (LinUCB's own default) at α = 0.5."
+    )
     shadow_policy: str = Field(
         "", description="A challenger policy (linucb, lints, egreedy) run in shadow: logged to 'shadow', never shown."
     )
