@@ -79,6 +79,10 @@ class Settings(BaseSettings):
         1.0, gt=0, description="Prior λ of LinUCB's statistics (A = λI + Σ x xᵀ). The engine's α was tuned on the "
         "closed loop with λ = 1; the bandit benchmark's best is λ = 10 (LinUCB's own default) at α = 0.5."
     )
+    policy_explore_samples: float = Field(
+        100.0, gt=0, description="LinUCB's exploration floor stays at its full ε until the greedy arm has about "
+        "this many samples like the context, then decays to ε_min (the closed loop's choice; LinUCB's default is 30)."
+    )
     shadow_policy: str = Field(
         "", description="A challenger policy (linucb, lints, egreedy) run in shadow: logged to 'shadow', never shown."
     )

@@ -85,7 +85,8 @@ def model_config(settings: Settings) -> ModelConfig:
 
 def build_engine(settings: Settings, metrics: Metrics, client: aioredis.Redis) -> Engine:
     params = {
-        "linucb": {"alpha": settings.policy_alpha, "ridge": settings.policy_ridge},
+        "linucb": {"alpha": settings.policy_alpha, "ridge": settings.policy_ridge,
+                   "explore_samples": settings.policy_explore_samples},
         "lints": {"alpha": settings.policy_ts_scale},
         "egreedy": {"epsilon": settings.policy_epsilon},
     }
