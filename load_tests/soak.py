@@ -1,4 +1,4 @@
-"""Soak: engine workers (one by default, one consumer group) on the embedded stack under a steady load for minutes; is memory flat?
+"""Soak: engine workers (one by default, one consumer group) under a steady load for minutes; is memory flat?
 
     python -m load_tests.soak [--minutes 10] [--rate 5000] [--users 50000] [--workers 1] [--sample-s 10] [--json PATH]
 
