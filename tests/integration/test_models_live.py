@@ -213,8 +213,16 @@ def test_a_worker_shows_scores_in_decide_and_profile_and_exports_model_metrics(
         profile = get(worker, "/profile", user_id="w5", ts=T0 + 4 * 3600)
         assert profile["features"]
         assert profile["scores"]["model_version"] >= decision["trace"]["scores"]["model_version"]
-        propensity = profile["scores"]["propensity"]
-        assert max(propensity, key=propensity.get) == BEST, propensity
+
+        # A conversion is a positive label at once; an exposure without one becomes a negative only when its
+        # window closes (1 h 05 of event time later). So the first published scorers have learned mostly
+        # positives (every propensity near 1.0); the ranking is right once the trainer has the negatives too.
+        def ranked() -> dict | None:
+            propensity = get(worker, "/profile", user_id="w5", ts=T0 + 4 * 3600)["scores"]["propensity"]
+            return propensity if max(propensity, key=propensity.get) == BEST else None
+
+        propensity = wait_for(ranked, 30, f"{BEST} ranked first in /profile's propensities")
+        assert propensity[BEST] > max(v for a, v in propensity.items() if a != BEST)
 
         exported = (r'^cadence_model_metric\{metric="log_loss",model="propensity"\} 0\.\d+',
                     r'^cadence_model_drifts_total\{model="propensity"\} \d', r"^cadence_model_version [1-9]")
