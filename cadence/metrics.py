@@ -139,6 +139,5 @@ def observe_many(histogram: Histogram, amounts: Iterable[float]) -> None:
             continue
         tally[bisect_left(bounds, amount)] += 1  # the first bound >= amount, as observe() finds it
     total.inc(added)  # as observe() does, NaN included
-    for i, n in tally.items():
-        if i < len(buckets):
-            buckets[i].inc(n)
+    for i, n in tally.items():  # the last bound is +Inf: every amount but NaN has a bucket
+        buckets[i].inc(n)

@@ -48,8 +48,7 @@ class Holdout:
 
 def _holdout(seed: int) -> Holdout:
     """Contexts drawn from the same world (same truth) as the training stream, with another draw seed."""
-    stream = SyntheticStream(actions=ACTIONS, seed=seed)
-    stream._rng = np.random.default_rng([seed, 99])  # same truth, other contexts
+    stream = SyntheticStream(actions=ACTIONS, seed=seed, draw_seed=[seed, 99])  # same truth, other contexts
     conv = [stream.conversion() for _ in range(HOLDOUT)]
     rev = [stream.revenue() for _ in range(HOLDOUT)]
     return Holdout([c[0] for c in conv], [c[1] for c in conv], np.array([c[3] for c in conv]),

@@ -33,12 +33,14 @@ def _sigmoid(z: float) -> float:
 
 class SyntheticStream:
     def __init__(
-        self, actions: Sequence[str] = ("a", "b", "c", "d"), seed: int = 0, change_at: int | None = None
+        self, actions: Sequence[str] = ("a", "b", "c", "d"), seed: int = 0, change_at: int | None = None,
+        draw_seed: int | Sequence[int] | None = None,
     ):
         self.actions = tuple(actions)
-        self.seed = seed
+        self.seed = seed  # the world: base rates and weights
         self.change_at = change_at
-        self._rng = np.random.default_rng(seed)
+        self.draw_seed = seed if draw_seed is None else draw_seed  # the contexts and outcomes drawn from it
+        self._rng = np.random.default_rng(self.draw_seed)
         truth_rng = np.random.default_rng([seed, 1])
         self._base = truth_rng.normal(-3.2, 0.3, size=len(self.actions))
         self._weights = truth_rng.normal(0.0, 0.5, size=(len(self.actions), CONTEXT_DIM))

@@ -219,3 +219,14 @@ def test_restore_refuses_foreign_or_incompatible_bytes(monkeypatch):
     with pytest.raises(ValueError, match="written with river .* this process runs river 0.0.1"):
         ModelSet.restore(blob)
     assert blob.startswith(SNAPSHOT_MAGIC)
+
+
+
+def test_synthetic_draw_seed_keeps_the_world_and_changes_the_draws() -> None:
+    plain, same, other = (SyntheticStream(seed=3), SyntheticStream(seed=3, draw_seed=3),
+                          SyntheticStream(seed=3, draw_seed=[3, 99]))
+    first = [plain.conversion()[0] for _ in range(20)]
+    assert first == [same.conversion()[0] for _ in range(20)]  # draw_seed defaults to seed
+    assert first != [other.conversion()[0] for _ in range(20)]  # other contexts ...
+    assert other._base.tolist() == plain._base.tolist()  # ... from the same world
+    assert other._weights.tolist() == plain._weights.tolist()
