@@ -73,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     if args.messages < 100 or args.every_ms <= 0 or min(args.waits) < 1:
         ap.error("--messages must be >= 100 (for a p99), --every-ms > 0 and every wait >= 1 ms")
     external = os.environ.get("KAFKA_BOOTSTRAP")
+    # a Redis URL given means Runtime starts no Redis: this probe needs only the broker
     with Runtime(Path(tempfile.mkdtemp(prefix="cadence-fetch-wait-")), external or None, "redis://unused") as rt:
         bootstrap = rt.kafka_bootstrap or ""
         rows = [asyncio.run(probe(bootstrap, w, args.messages, args.every_ms / 1000)) for w in args.waits]
