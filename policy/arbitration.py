@@ -73,9 +73,9 @@ class Terms:
         self.boost = boost
         self.cost = cost
         self.ev = ev
-        self.mean = score if mean is None else mean  # the bandit's mean estimate (its score when none)
+        self.mean = m = score if mean is None else mean  # the bandit's mean estimate (its score when none)
         self.scale = scale  # what a unit of estimate is worth here: value unit × boost
-        self.mean_ev = self.ev_of(self.mean)
+        self.mean_ev = (m if m > 0.0 else 0.0) * scale - cost  # ev_of(mean), inlined: one per action per request
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Terms) and all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
@@ -130,9 +130,14 @@ class Arbitrated:
         the higher score, then by a stable hash of ``salt`` and the action (a user id spreads a cold
         start's ties over the actions, yet the same user and statistics always give the same action),
         then to the earlier action in the eligible list."""
-        values = [(t.mean_ev if on_mean else t.ev, t.score, t) for t in self.ranked]
-        top = max((v, s) for v, s, _ in values)
-        tied = [t for v, s, t in values if (v, s) == top]
+        tied: list[Terms] = []
+        top_v = top_s = 0.0
+        for t in self.ranked:  # one pass, no tuples: this runs for most requests
+            v = t.mean_ev if on_mean else t.ev
+            if not tied or v > top_v or (v == top_v and t.score > top_s):
+                tied, top_v, top_s = [t], v, t.score
+            elif v == top_v and t.score == top_s:
+                tied.append(t)
         if len(tied) == 1:  # the usual case: no hash needed
             return tied[0].action
         order = {a: i for i, a in enumerate(self.eligible)}

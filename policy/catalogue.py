@@ -107,7 +107,20 @@ FILTERS: dict[str, Callable[[Action, Request], bool]] = {
     "segment": _segment,
     "score": _score,
 }
-_FILTER_ITEMS = tuple(FILTERS.items())
+# When a filter can refuse an action at all; the others are skipped for it (the result is the same).
+_APPLIES: dict[str, Callable[[Action], bool]] = {
+    "consent": lambda a: a.consent_needed,
+    "dates": lambda a: a.start is not None or a.end is not None,
+    "segment": lambda a: bool(a.segments),
+    "score": lambda a: a.min_score is not None,
+}
+_Rules = tuple[tuple[str, Callable[[Action, "Request"], bool]], ...]
+
+
+def _rules_of(a: Action) -> tuple[Action, _Rules, bool]:
+    """``a``, the filters that can refuse it (in order) and whether it has a daily volume or budget limit."""
+    rules = tuple((name, keeps) for name, keeps in FILTERS.items() if _APPLIES[name](a))
+    return a, rules, a.max_per_day is not None or a.budget_per_day is not None
 
 
 class Eligibility(Sequence[str]):
@@ -118,6 +131,13 @@ class Eligibility(Sequence[str]):
     def __init__(self, ids: Sequence[str], removed: Mapping[str, str] | None = None) -> None:
         self._ids = list(ids)
         self.removed = dict(removed or {})
+
+    @classmethod
+    def _owning(cls, ids: list[str], removed: dict[str, str]) -> Eligibility:
+        """One that takes ``ids`` and ``removed`` as they are (new objects of the caller's: no copies)."""
+        made = cls.__new__(cls)
+        made._ids, made.removed = ids, removed
+        return made
 
     @overload
     def __getitem__(self, i: int) -> str: ...
@@ -147,11 +167,13 @@ class Eligibility(Sequence[str]):
 
     def without(self, drop: Mapping[str, str]) -> Eligibility:
         """Remove more actions (``drop``: id -> reason); earlier reasons are kept."""
+        if not drop:
+            return Eligibility._owning(list(self._ids), dict(self.removed))
         removed = dict(self.removed)
         for a, why in drop.items():
             if a in self._ids:
                 removed[a] = why
-        return Eligibility([a for a in self._ids if a not in drop], removed)
+        return Eligibility._owning([a for a in self._ids if a not in drop], removed)
 
 
 @dataclass(slots=True)
@@ -159,12 +181,12 @@ class Catalogue:
     placements: dict[str, Placement]
     actions: dict[str, Action]
     contact: dict[str, ContactPolicy] = field(default_factory=dict)  # channel -> contact policy
-    _by_placement: dict[str, list[Action]] = field(default_factory=dict, repr=False)
+    _by_placement: dict[str, list[tuple[Action, _Rules, bool]]] = field(default_factory=dict, repr=False)
     _value_scale: float = field(default=1.0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         for p in self.placements:
-            self._by_placement[p] = [a for a in self.actions.values() if p in a.placements]
+            self._by_placement[p] = [_rules_of(a) for a in self.actions.values() if p in a.placements]
         self._value_scale = max((a.value for a in self.actions.values()), default=1.0) or 1.0
 
     @property
@@ -189,20 +211,20 @@ class Catalogue:
         request = Request(ts, segment, consent, scores or {})
         ids: list[str] = []
         removed: dict[str, str] = {}
-        filters = _FILTER_ITEMS
-        for a in self._by_placement.get(placement, []):
+        limits = usage is not None and ts is not None
+        for a, rules, limited in self._by_placement.get(placement, ()):
             reason = None
-            for name, keeps in filters:  # the first filter that refuses names the reason
+            for name, keeps in rules:  # the first filter that refuses names the reason
                 if not keeps(a, request):
                     reason = name
                     break
-            if reason is None and usage is not None and ts is not None:
-                reason = usage.action_block(a.id, ts, a.cost, a.max_per_day, a.budget_per_day)
+            if reason is None and limited and limits:
+                reason = usage.action_block(a.id, ts, a.cost, a.max_per_day, a.budget_per_day)  # type: ignore[union-attr,arg-type]
             if reason is None:
                 ids.append(a.id)
             else:
                 removed[a.id] = reason
-        return Eligibility(ids, removed)
+        return Eligibility._owning(ids, removed)
 
     def default_action(self, placement: str) -> str:
         p = self.placements.get(placement)
