@@ -106,7 +106,7 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="A conversion this long after a decision counts as a positive for propensity."
     )
     models_label_grace_s: float = Field(
-        300.0, ge=0, description="Extra wait before an unconverted exposure is learned as a negative."
+        300.0, ge=0, description="Extra wait after the window before any exposure's propensity label is learned."
     )
     models_pending_max: int = Field(
         100_000, ge=1, description="Exposures waiting for their label per worker (~300 B each)."

@@ -1,30 +1,43 @@
 """Delayed labels for the propensity and value models, on the learning stream's event time (pure).
 
-Every exposure (a decision that showed an action, with its context ``x``) waits here until its label is
-known; rewards for its ``decision_id`` resolve it:
+Every exposure (a decision that showed an action, with its context ``x``) waits here until its window
+closes, when the learning stream's watermark passes ``ts + window_s + grace_s`` (``grace_s`` waits for
+rewards from learning partitions that run behind the fastest one). Then, and only then, it yields its
+propensity label, with ``ts`` = that close:
 
-- a **conversion** within ``window_s`` of the decision: label 1 for propensity at once, and its revenue
-  (``reward × value_scale``) for the value model;
-- no conversion by the time the learning stream's watermark passes ``ts + window_s + grace_s``: label 0.
-  ``grace_s`` waits for rewards from learning partitions that run behind the fastest one.
+- label 1 if a **conversion** for its ``decision_id`` came within ``window_s`` of the decision (the
+  conversion only marks the waiting exposure as converted; it keeps waiting);
+- label 0 otherwise.
 
 Propensity therefore reads "P(the customer converts within ``window_s`` of being shown the action)".
-Clicks do not resolve anything (they pay the bandit, not this label). A conversion is told from a click
+Positives and negatives come at the same delay, in exposure order, so what the model has learned at any
+moment is the exposures whose windows have closed, whatever their outcome: no delayed-feedback bias (no
+positive-only start for a fresh model, no excess of positives while traffic grows). The price: a fresh
+model's first propensity labels come one ``window_s + grace_s`` of event time after its first exposures.
+
+The **value** model learns at once: the first conversion of a followed exposure (within the window or
+after it, as long as the exposure still waits) yields its revenue (``reward × value_scale``) as a label,
+once per exposure. That model only ever learns from conversions (the revenue of a sale, never a 0 for an
+exposure that did not convert), so when its labels come does not bias it.
+
+Clicks do not resolve anything (they pay the bandit, not these labels). A conversion is told from a click
 by its reward: a reward equal to the engine's ``click_reward`` is a click, anything else a conversion
 (a conversion whose revenue is exactly ``click_reward × value_scale`` would be read as a click: rare,
-and it only loses that one positive).
+and it only loses that one positive). A conversion more than ``window_s`` after its decision is not a
+positive (the exposure's label stays 0), and a conversion before its decision cannot be its effect.
 
-Unbiased by construction: a positive is learned only for an exposure that is followed here, so every
-followed exposure yields exactly one propensity label, whatever arrives later. Conversions of exposures
-that are not followed (dropped, sampled out, or from before a restart) teach nothing.
+Every followed exposure yields exactly one propensity label, whatever arrives later. Conversions of
+exposures that are not followed (dropped, sampled out, or from before a restart) teach nothing.
 
 Bounds: at most ``capacity`` exposures wait; when full, the oldest is dropped unlearned (counted). The
-drop depends on arrival order only, never on the outcome, so it loses data without biasing the labels.
-``share`` < 1 follows only that share of exposures, chosen by a stable hash of the decision id (so every
-worker follows the same ones): at high decision rates it trades sample size for memory and CPU, and
-leaves the label rate unbiased (no weights needed). Memory is about 300 bytes per waiting exposure.
-Duplicated samples (the topic is at-least-once) are ignored: an exposure already waiting is not added
-twice, and a resolved one is no longer there to be resolved again.
+drop depends on arrival order only, never on the outcome (converted exposures wait like the others), so it
+loses data without biasing the labels. ``share`` < 1 follows only that share of exposures, chosen by a
+stable hash of the decision id (so every worker follows the same ones): at high decision rates it trades
+sample size for memory and CPU, and leaves the label rate unbiased (no weights needed). Memory is about
+300 bytes per waiting exposure with a context of 20 (a slotted record: action, ts, the context as float32
+and two flags, plus its entry in the dict). Duplicated samples (the topic is at-least-once) are ignored:
+an exposure already waiting is not added twice, and a second conversion for it changes nothing (its
+revenue was learned, it is marked converted already).
 """
 
 from __future__ import annotations
@@ -64,7 +77,7 @@ class Label:
     model: str
     x: Sequence[float]  # the context vector (features.context layout), compact
     target: float  # converted 0/1, revenue, or churned 0/1
-    ts: float  # event time at which the label became known
+    ts: float  # event time at which the label became known (propensity: its exposure's window close)
     action: str | None = None  # propensity only
 
 
@@ -74,6 +87,7 @@ class _Waiting:
     ts: float
     x: array
     revenue_learned: bool = False
+    converted: bool = False  # a conversion came within window_s: label 1 when the window closes
 
 
 def followed(decision_id: str, share: float) -> bool:
@@ -85,7 +99,7 @@ def followed(decision_id: str, share: float) -> bool:
 
 
 class LabelJoin:
-    """Exposures waiting for their label; ``add`` resolves conversions, ``advance`` closes windows."""
+    """Exposures waiting for their label; ``add`` records conversions, ``advance`` closes windows."""
 
     def __init__(self, config: JoinConfig, click_reward: float, value_scale: float) -> None:
         if value_scale <= 0:
@@ -108,7 +122,11 @@ class LabelJoin:
         return abs(reward - self.click_reward) <= 1e-12
 
     def add(self, samples: Iterable[LearningSample]) -> list[Label]:
-        """Take exposures and rewards in stream order; returns the labels they resolve now."""
+        """Take exposures and rewards in stream order; returns the value labels they resolve now.
+
+        Propensity labels never come from here: a conversion within the window marks its exposure as
+        converted, and ``advance`` labels it when the window closes.
+        """
         out: list[Label] = []
         waiting, config = self._waiting, self.config
         for s in samples:
@@ -127,12 +145,12 @@ class LabelJoin:
                     out.append(Label("value", w.x, s.reward * self.value_scale, s.ts))
                     w.revenue_learned = True
                 if s.ts - w.ts <= config.window_s:
-                    out.append(Label("propensity", w.x, 1.0, s.ts, w.action))
-                    del waiting[s.decision_id]
+                    w.converted = True
         return out
 
     def advance(self, watermark: float) -> list[Label]:
-        """Label 0 every exposure whose window (plus grace) closed before ``watermark``."""
+        """Propensity labels (1 converted, 0 not) of the exposures whose window (plus grace) closed before
+        ``watermark``, in exposure order, each at the event time of its close."""
         out: list[Label] = []
         waiting = self._waiting
         wait_s = self.config.window_s + self.config.grace_s
@@ -141,5 +159,5 @@ class LabelJoin:
             if w.ts + wait_s > watermark:
                 break
             del waiting[decision_id]
-            out.append(Label("propensity", w.x, 0.0, w.ts + wait_s, w.action))
+            out.append(Label("propensity", w.x, 1.0 if w.converted else 0.0, w.ts + wait_s, w.action))
         return out

@@ -49,22 +49,90 @@ def context(segment: str, device: str = "mobile", hour: float = 12.0) -> np.ndar
 
 
 # -- the label join ------------------------------------------------------------------------------------
-def test_conversions_resolve_at_once_and_silence_only_after_window_and_grace():
+def propensity(labels: list) -> list[tuple[str | None, float, float]]:
+    return [(lb.action, lb.target, lb.ts) for lb in labels if lb.model == "propensity"]
+
+
+def test_a_conversion_is_a_positive_only_when_its_window_closes_and_revenue_is_learned_at_once():
     join = LabelJoin(JoinConfig(window_s=100.0, grace_s=10.0), CLICK, VALUE_SCALE)
     assert join.add([exposure("d1", "a", 0.0), exposure("d2", "b", 5.0), exposure("d3", "a", 6.0)]) == []
     assert join.add([reward("d2", "b", 20.0, CLICK)]) == []  # a click resolves nothing
-    labels = join.add([reward("d1", "a", 50.0, 0.75)])  # a conversion paying 30
-    assert [(lb.model, lb.target, lb.action, lb.ts) for lb in labels] == [("value", 30.0, None, 50.0),
-                                                                           ("propensity", 1.0, "a", 50.0)]
-    assert join.add([reward("d1", "a", 51.0, 0.75)]) == []  # a repeated reward: already resolved
-    assert join.advance(114.9) == []  # d2's window closes at 105, plus 10 s grace
-    [silent] = join.advance(115.0)
-    assert (silent.model, silent.action, silent.target, silent.ts) == ("propensity", "b", 0.0, 115.0)
+    labels = join.add([reward("d1", "a", 50.0, 0.75)])  # a conversion paying 30: its revenue, no propensity yet
+    assert [(lb.model, lb.target, lb.action, lb.ts) for lb in labels] == [("value", 30.0, None, 50.0)]
+    assert len(join) == 3  # the converted exposure still waits for its window to close
+    assert join.advance(109.9) == []  # d1's window closes at 100, plus 10 s grace
+    assert propensity(join.advance(110.0)) == [("a", 1.0, 110.0)]
     late = join.add([reward("d3", "a", 108.0, 0.5)])  # 102 s after its decision: revenue, not a positive
     assert [(lb.model, lb.target) for lb in late] == [("value", 20.0)]
-    assert join.add([reward("d3", "a", 109.0, 0.5)]) == []  # its revenue was learned already
-    assert [(lb.model, lb.target) for lb in join.advance(200.0)] == [("propensity", 0.0)]
+    assert join.advance(114.9) == []
+    assert propensity(join.advance(115.0)) == [("b", 0.0, 115.0)]  # d2: shown, clicked, never converted
+    assert propensity(join.advance(200.0)) == [("a", 0.0, 116.0)]  # d3: its conversion came too late
     assert len(join) == 0
+    assert join.add([reward("d1", "a", 300.0, 0.75)]) == []  # after the close: nothing waits for it
+
+
+def test_labels_come_in_exposure_order_with_positives_and_negatives_interleaved():
+    join = LabelJoin(JoinConfig(window_s=50.0, grace_s=5.0), CLICK, VALUE_SCALE)
+    converts = {1: 40.0, 2: 3.0, 5: 20.0, 8: 1.0}  # decision -> seconds to its conversion
+    join.add([exposure(f"d{i}", f"a{i}", float(i)) for i in range(10)])
+    # conversions arrive in their own time order (d8 first), not in the order of their decisions
+    rewards = sorted((i + dt, i) for i, dt in converts.items())
+    values = join.add([reward(f"d{i}", f"a{i}", ts, 0.5) for ts, i in rewards])
+    assert [lb.model for lb in values] == ["value"] * 4
+    assert join.advance(54.9) == []
+    first = propensity(join.advance(59.0))  # the windows of d0..d4 closed
+    rest = propensity(join.advance(1e9))
+    assert first + rest == [(f"a{i}", 1.0 if i in converts else 0.0, i + 55.0) for i in range(10)]
+    assert len(first) == 5
+
+
+def test_a_burst_yields_no_propensity_before_its_windows_close_then_exactly_its_conversion_rate():
+    join = LabelJoin(JoinConfig(window_s=600.0, grace_s=60.0), CLICK, VALUE_SCALE)
+    early: list = []
+    for i in range(1000):  # one exposure every 0.1 s; every other one converts 5 s later
+        early += join.add([exposure(f"d{i}", "a", i * 0.1)])
+        if i % 2 == 0:
+            early += join.add([reward(f"d{i}", "a", i * 0.1 + 5.0, 0.5)])
+    early += join.advance(659.9)  # the first window closes at 660
+    assert propensity(early) == [] and sum(lb.model == "value" for lb in early) == 500
+    labels = propensity(join.advance(760.0))
+    assert len(labels) == 1000 and sum(target for _, target, _ in labels) / len(labels) == 0.5
+
+
+def test_a_fresh_model_does_not_learn_from_positives_alone():
+    config = ModelConfig(join=JoinConfig(window_s=600.0, grace_s=60.0), min_samples=50)
+    live = LiveModels(config, CLICK, VALUE_SCALE)
+    live.training = True
+    x = context("vip").tolist()
+    for i in range(400):  # half the exposures convert 5 s after their decision
+        batch = [exposure(f"d{i}", "a", float(i), x)] + ([reward(f"d{i}", "a", i + 5.0, 0.5, x)] if i % 2 else [])
+        live.learn(batch, i + 5.0)
+    while live.train():
+        pass
+    assert live.models.samples()["propensity"] == 0 and live.models.samples()["value"] == 200
+    assert live.publish().ready == {"value"}  # no propensity shown before its labels exist
+    live.learn([], 1e9)
+    while live.train():
+        pass
+    assert live.models.samples()["propensity"] == 400
+    assert 0.3 < live.publish().score(context("vip"), ["a"])["propensity:a"] < 0.7  # not near 1.0
+
+
+def test_a_conversion_at_window_s_is_a_positive_one_after_it_is_not():
+    join = LabelJoin(JoinConfig(window_s=100.0, grace_s=0.0), CLICK, VALUE_SCALE)
+    join.add([exposure("d1", "a", 0.0), exposure("d2", "a", 0.0)])
+    join.add([reward("d1", "a", 100.0, 0.5), reward("d2", "a", 100.5, 0.5)])
+    assert [target for _, target, _ in propensity(join.advance(100.0))] == [1.0, 0.0]
+
+
+def test_duplicates_and_repeated_conversions_change_nothing():
+    join = LabelJoin(JoinConfig(window_s=100.0, grace_s=10.0), CLICK, VALUE_SCALE)
+    join.add([exposure("d1", "a", 0.0), exposure("d2", "b", 1.0)])
+    first = join.add([reward("d1", "a", 10.0, 0.5)])
+    replays = [exposure("d1", "a", 0.0), reward("d1", "a", 10.0, 0.5), exposure("d2", "b", 1.0)]  # at-least-once
+    again = join.add(replays + [reward("d1", "a", 20.0, 0.75)])  # and a second conversion, later
+    assert [(lb.model, lb.target) for lb in first] == [("value", 20.0)] and again == [] and len(join) == 2
+    assert propensity(join.advance(1e9)) == [("a", 1.0, 110.0), ("b", 0.0, 111.0)]  # one label each
 
 
 def test_exposures_are_bounded_deduplicated_and_unknown_rewards_ignored():
@@ -76,6 +144,12 @@ def test_exposures_are_bounded_deduplicated_and_unknown_rewards_ignored():
     assert join.add([reward("d1", "a", 5.0, 0.5), reward("nobody", "a", 5.0, 0.5)]) == []
     assert join.add([reward("d2", "a", 0.5, 0.5)]) == []  # a reward before its decision cannot be its effect
     assert sorted(lb.target for lb in join.advance(1e9)) == [0.0, 0.0]
+    # a converted exposure waits like the others, so the oldest goes whatever its outcome
+    join.add([exposure("d4", "c", 10.0), exposure("d5", "d", 11.0)])
+    assert [lb.model for lb in join.add([reward("d4", "c", 12.0, 0.5)])] == ["value"]
+    join.add([exposure("d6", "e", 13.0)])
+    assert join.dropped == 2
+    assert [(lb.action, lb.target) for lb in join.advance(1e9)] == [("d", 0.0), ("e", 0.0)]
 
 
 def test_the_followed_share_is_stable_and_about_right():
