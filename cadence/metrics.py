@@ -71,6 +71,10 @@ class Metrics:
             "How late a 50 ms timer wakes up: time the event loop was busy with something else (HTTP answers wait "
             "that long)", buckets=LATENCY_BUCKETS_S, registry=r,
         )
+        self.gc_pause = Histogram(
+            "cadence_gc_pause_seconds", "Garbage collections run between batches (streams/gc_pacing.py), by "
+            "generation: 2 is the full one", ["generation"], buckets=LATENCY_BUCKETS_S, registry=r,
+        )
         self.batch_size = Histogram(
             "cadence_batch_size_events", "Events per batch", buckets=(1, 10, 50, 100, 250, 500, 1000, 2000), registry=r
         )

@@ -128,6 +128,10 @@ class Settings(BaseSettings):
         30.0, gt=0, description="How often the leading worker saves the learned state to Redis."
     )
     snapshots_kept: int = Field(20, ge=1, description="Snapshot versions kept in Redis for rollback.")
+    gc_full_interval_s: float = Field(
+        600.0, gt=0, description="How often the worker runs a full garbage collection (between batches; the "
+        "young collections run there too, see streams/gc_pacing.py)."
+    )
 
     api_token: SecretStr | None = Field(None, description="Bearer token for GET /decide. Unset: endpoint off.")
     admin_token: SecretStr | None = Field(None, description="Bearer token for admin endpoints.")
