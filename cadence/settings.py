@@ -128,6 +128,10 @@ class Settings(BaseSettings):
         30.0, gt=0, description="How often the leading worker saves the learned state to Redis."
     )
     snapshots_kept: int = Field(20, ge=1, description="Snapshot versions kept in Redis for rollback.")
+    gc_paced: bool = Field(
+        True, description="Run the garbage collector between batches (streams/gc_pacing.py); false leaves it to "
+        "Python (thresholds 20,000 / 20 / 20)."
+    )
     gc_full_interval_s: float = Field(
         600.0, gt=0, description="How often the worker runs a full garbage collection (between batches; the "
         "young collections run there too, see streams/gc_pacing.py)."

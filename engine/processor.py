@@ -46,8 +46,18 @@ log = logging.getLogger(__name__)
 ACTIVITY_TYPES = frozenset({"page_view", "ad_request"})
 
 
-STORE_CHUNK = 256  # events per feature-store call: the next chunk's call runs in Redis while one is decided
+STORE_CHUNK = 256  # events per feature-store call at most: the next chunk's call runs in Redis while one is decided
+MIN_SPLIT = 64  # a batch of more events than this goes in at least two chunks, so Redis always has one to work on
 RESYNC_MIN_USERS = 100  # a jump in event time is believed only when this many users show it
+
+
+def chunk_size(events: int) -> int:
+    """Events per feature-store call for a batch of ``events``: chunks of ``STORE_CHUNK``, and at least two
+    for a batch of more than ``MIN_SPLIT`` (a one-chunk batch waits for its whole Redis call with nothing
+    to decide meanwhile: at 1,400 events/s that was a quarter of each batch's time)."""
+    if events <= MIN_SPLIT:
+        return max(events, 1)
+    return min(STORE_CHUNK, -(-events // 2))
 
 
 class CircuitOpen(FeatureStoreError):
@@ -247,9 +257,10 @@ class Engine(EngineLearning):
         loading: Awaitable[list[tuple[bool, UserState | None]]] | None = None  # the next chunk's call, sent
         loading_tick: int | None = None  # when it was sent (WritesInFlight)
         in_flight = self._in_flight
+        size = chunk_size(len(events))
         try:
-            for start in range(0, len(events), STORE_CHUNK):
-                chunk, chunk_updates = events[start : start + STORE_CHUNK], updates[start : start + STORE_CHUNK]
+            for start in range(0, len(events), size):
+                chunk, chunk_updates = events[start : start + size], updates[start : start + size]
                 tick, loading_tick = (loading_tick if loading_tick is not None else in_flight.read_sent()), None
                 try:
                     try:
@@ -259,7 +270,7 @@ class Engine(EngineLearning):
                         self._store_failed(exc, chunk, chunk_updates, out)
                         continue
                     loading = None
-                    following = updates[start + STORE_CHUNK : start + 2 * STORE_CHUNK]
+                    following = updates[start + size : start + 2 * size]
                     if following:  # sent now: Redis works on it while this chunk is decided
                         loading_tick = in_flight.read_sent()
                         loading = await self._load_ahead(following)

@@ -1,10 +1,10 @@
 """Python's cyclic garbage collector, run between batches instead of in the middle of one.
 
 Left to itself (with the worker's thresholds: 20,000, 20, 20), the collector starts whenever 20,000 more
-container objects are alive than at its last run. In the worker that moment falls inside a batch, when the batch's own events,
-decisions and traces are alive: a young collection then scans them (and promotes them, though they die
-with the batch), and every 20th, an older collection scans everything promoted since, a stall of about
-200 ms on a 2-core VM that delays every event and HTTP answer waiting behind it.
+container objects are alive than at its last run. In the worker that moment falls inside a batch, when
+the batch's own events, decisions and traces are alive: a young collection then scans them (and promotes
+them, though they die with the batch), and every 20th, an older collection scans everything promoted
+since, a stall of about 200 ms on a 2-core VM that delays every event and HTTP answer waiting behind it.
 
 Paced, the automatic collector is off and :meth:`GcPacer.between_batches` runs the collections where a
 batch has just finished, so only objects that really outlive batches are scanned:

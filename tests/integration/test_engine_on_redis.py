@@ -95,9 +95,9 @@ def test_a_replayed_duplicate_changes_no_feature(runtime: Runtime) -> None:
 
 
 def test_one_round_trip_per_batch(runtime: Runtime) -> None:
-    """300 events of 7 users: one script call per store chunk (256 events) applies them, one more stores the
+    """300 events of 7 users: one script call per store chunk (two of 150) applies them, one more stores the
     decision state, and nothing else reaches Redis (counted by Redis itself, whatever connection is used)."""
-    from engine.processor import STORE_CHUNK
+    from engine.processor import chunk_size
 
     engine = make_engine(runtime)
     client = engine.store.client
@@ -119,7 +119,8 @@ def test_one_round_trip_per_batch(runtime: Runtime) -> None:
     out, calls = run(go())
     assert len(out.decisions) == 300
     assert not [d for d in out.decisions if d.mode is Mode.FALLBACK]
-    assert calls["evalsha"] == -(-300 // STORE_CHUNK) + 1
+    assert chunk_size(300) == 150
+    assert calls["evalsha"] == 2 + 1
     # Redis counts the scripts' own commands too; any other command came from a client
     scripted = {m.lower() for f in ("apply_batch.lua", "write_fields.lua")
                 for m in re.findall(r"redis\.call\('(\w+)'", (Path(features.__file__).parent / f).read_text())}
@@ -352,11 +353,13 @@ def test_a_batch_of_several_store_chunks_decides_as_one(runtime: Runtime) -> Non
     """Chunks after the first are applied by Redis while the one before is decided, so their states are read
     before its decisions are written: the engine patches them in (a user's second decision, a chunk later,
     sees the first one pending and its stickiness)."""
-    from engine.processor import STORE_CHUNK
+    from engine.processor import STORE_CHUNK, chunk_size
 
     engine = make_engine(runtime)
-    n = STORE_CHUNK + 40
-    docs = [event(f"c{i}", user_id="same" if i in (0, STORE_CHUNK + 5) else f"o{i}", ts=T0 + i) for i in range(n)]
+    n = 2 * STORE_CHUNK + 40  # three chunks: 256, 256, 40
+    assert chunk_size(n) == STORE_CHUNK
+    later = 2 * STORE_CHUNK + 5  # the same user again, two chunks later
+    docs = [event(f"c{i}", user_id="same" if i in (0, later) else f"o{i}", ts=T0 + i) for i in range(n)]
 
     async def go():  # noqa: ANN202
         out = await engine.process(msgs(*docs))
@@ -365,7 +368,7 @@ def test_a_batch_of_several_store_chunks_decides_as_one(runtime: Runtime) -> Non
     out, stored = run(go())
     assert len(out.decisions) == n
     kept = [p.decision_id for p in pending_decisions(UserState("same", stored)) if p.placement == "home_hero"]
-    first, second = (next(d for d in out.decisions if d.request_event_id == f"c{i}") for i in (0, STORE_CHUNK + 5))
+    first, second = (next(d for d in out.decisions if d.request_event_id == f"c{i}") for i in (0, later))
     assert kept == [second.decision_id, first.decision_id]  # newest first: both pending, none lost
     # the second saw the first one's stickiness: the incumbent is still shown since the first decision
     sticky = UserPolicyState.decode(stored["pol"].encode()).sticky["home_hero"]
@@ -423,3 +426,29 @@ def test_outputs_are_handed_over_once_decided_before_the_state_write(runtime: Ru
     assert steps == ["decided 2", "write", "decided 0"]
     assert len(out.decisions) == 2 and len(bad.dead_letters) == 1
     assert pending_decisions(stored)  # the write still happened after the answer
+
+
+def test_a_batch_of_a_hundred_goes_in_two_chunks_and_decides_as_one(runtime: Runtime) -> None:
+    """Past MIN_SPLIT events a batch is two store calls, the second applied by Redis while the first chunk is
+    decided; a user in both chunks still sees their first decision in the second."""
+    from engine.processor import MIN_SPLIT, chunk_size
+
+    engine = make_engine(runtime)
+    n = 100
+    assert n > MIN_SPLIT and chunk_size(n) == 50
+    docs = [event(f"h{i}", user_id="twice" if i in (3, 77) else f"p{i}", ts=T0 + i) for i in range(n)]
+    client = engine.store.client
+
+    async def go():  # noqa: ANN202
+        await engine.process(msgs(event("warm-up", user_id="w", ts=T0)))  # loads both scripts into Redis
+        before = int((await client.info("commandstats"))["cmdstat_evalsha"]["calls"])
+        out = await engine.process(msgs(*docs))
+        after = int((await client.info("commandstats"))["cmdstat_evalsha"]["calls"])
+        return out, after - before, await fields(engine, "twice")
+
+    out, evalsha, stored = run(go())
+    assert evalsha == 2 + 1  # two chunks applied, one decision-state write
+    first, second = (next(d for d in out.decisions if d.request_event_id == f"h{i}") for i in (3, 77))
+    kept = [p.decision_id for p in pending_decisions(UserState("twice", stored)) if p.placement == "home_hero"]
+    assert kept == [second.decision_id, first.decision_id]
+    assert second.action == first.action  # the incumbent from the first chunk's decision stays
