@@ -166,12 +166,13 @@ def create_app(settings: Settings) -> faust.App:
         records += [OutRecord(shadow_name, None, rec.to_json()) for rec in out.shadow]
         records += [OutRecord(bids_name, b["user_id"].encode(), orjson.dumps(b)) for b in out.bid_signals]
         delivered = await sender.submit(records)
+        sent_at = out.request_timestamps  # only these: the batch's outputs are not kept alive until delivered
 
         def observe_latency(done: asyncio.Future) -> None:
             if done.cancelled() or done.exception() is not None:
                 return
             now = time.time()
-            observe_many(metrics.decision_latency, [max(0.0, now - sent) for sent in out.request_timestamps if sent])
+            observe_many(metrics.decision_latency, [max(0.0, now - sent) for sent in sent_at if sent])
 
         delivered.add_done_callback(observe_latency)
         return delivered

@@ -40,7 +40,30 @@ async def hand_over(raw: list[RawMessage], process: Process, submit: Submit) -> 
         if not processing.done():  # the write may still be running: let it finish, keep its outcome quiet
             processing.add_done_callback(_retrieve)
         raise
-    return asyncio.gather(delivered, processing)
+    return _both(delivered, processing)
+
+
+def _both(delivered: asyncio.Future, processing: asyncio.Future) -> asyncio.Future[None]:
+    """Done when both are (the first exception, if any). Unlike ``gather`` it keeps neither result, so the
+    batch's outputs are freed once delivered and stored, not when the intake next settles its batches."""
+    both: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def check(_: asyncio.Future) -> None:
+        if both.done() or not (delivered.done() and processing.done()):
+            return
+        for part in (delivered, processing):
+            if part.cancelled():
+                both.cancel()
+                return
+            if part.exception() is not None:
+                both.set_exception(part.exception())  # type: ignore[arg-type]
+                _retrieve(delivered if part is processing else processing)
+                return
+        both.set_result(None)
+
+    delivered.add_done_callback(check)
+    processing.add_done_callback(check)
+    return both
 
 
 def _retrieve(task: asyncio.Future) -> None:

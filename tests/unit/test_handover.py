@@ -119,3 +119,23 @@ def test_a_refused_hand_over_raises_and_the_write_still_finishes_quietly() -> No
     unhandled = asyncio.run(go())
     gc.collect()  # an exception never retrieved is reported when its task is collected
     assert unhandled == []
+
+
+def test_a_delivery_the_broker_refused_fails_the_batch_and_success_carries_no_outputs() -> None:
+    async def go() -> None:
+        engine, producer = Engine(), Producer()
+        engine.write_done.set()
+        done = await hand_over(RAW, engine.process, producer.submit)
+        assert producer.acked is not None
+        producer.acked.set_exception(ConnectionError("not acknowledged"))
+        with pytest.raises(ConnectionError, match="not acknowledged"):
+            await asyncio.wait_for(done, 1.0)
+
+        engine, producer = Engine(), Producer()
+        engine.write_done.set()
+        done = await hand_over(RAW, engine.process, producer.submit)
+        assert producer.acked is not None
+        producer.acked.set_result(None)
+        assert await asyncio.wait_for(done, 1.0) is None  # nothing of the batch is held by what the intake keeps
+
+    asyncio.run(go())
