@@ -140,7 +140,6 @@ def create_app(settings: Settings) -> faust.App:
     app.cadence_engine = engine  # type: ignore[attr-defined]  # for tests and admin pages
     gc_pacer = GcPacer(full_interval_s=settings.gc_full_interval_s,
                        on_pause=lambda generation, s: metrics.gc_pause.labels(str(generation)).observe(s))
-    app.cadence_gc_pacer = gc_pacer  # type: ignore[attr-defined]
 
     logical = {settings.topic(name): name for name in INPUT_TOPICS}
     decisions_name, dead_letters_name, learning_name, bids_name, shadow_name, erasures_name = (
@@ -186,7 +185,7 @@ def create_app(settings: Settings) -> faust.App:
         # outputs go as soon as they are final; the next batch is read while this one's state write is in
         # flight (streams/handover.py); the intake commits once both are done
         delivered = await hand_over(raw, engine.process_isolating, submit)
-        gc_pacer.between_batches()  # the batch's objects are gone: collect now if it is time
+        gc_pacer.between_batches()  # the batch is decided and handed over: collect now if it is time
         return delivered
 
     def assigned(partitions: set) -> None:
