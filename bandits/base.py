@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy.linalg import blas
 
 ELIGIBLE_CACHE_SIZE = 4096  # distinct eligible sets remembered (catalogues have a handful per placement)
 # Layout of the pickled state; bump when a policy's private attributes change so that an old snapshot is
@@ -207,8 +208,8 @@ class Policy(ABC):
         if x.shape != (self.dim,):
             raise ValueError(f"context must have shape ({self.dim},), got {x.shape}")
         # x·x is NaN/inf when any entry is; only then pay for the element-wise check (huge finite
-        # entries can overflow the square without being invalid)
-        if not math.isfinite(np.dot(x, x)) and not np.isfinite(x).all():
+        # entries can overflow the square without being invalid). BLAS ddot: a Python float, fast.
+        if not math.isfinite(blas.ddot(x, x)) and not np.isfinite(x).all():
             raise ValueError("context holds NaN or infinity; repair the feature vector before deciding")
         return x
 
@@ -267,13 +268,15 @@ class Policy(ABC):
         means: list[float] | None = None,
     ) -> Choice:
         """``means``: the mean reward estimates when they differ from ``scores`` (else left empty)."""
+        # the lists are the policy's own, one entry per action by construction: plain zips (no strict
+        # check) on this per-request path
         return Choice(
-            action=actions[pick],
-            probability=probs[pick],
-            greedy=actions[best],
-            scores=dict(zip(actions, scores, strict=True)),
-            probabilities=dict(zip(actions, probs, strict=True)),
-            means=dict(zip(actions, means, strict=True)) if means is not None else {},
+            actions[pick],
+            probs[pick],
+            actions[best],
+            dict(zip(actions, scores)),  # noqa: B905
+            dict(zip(actions, probs)),  # noqa: B905
+            dict(zip(actions, means)) if means is not None else {},  # noqa: B905
         )
 
     # -- to implement -------------------------------------------------------------------------

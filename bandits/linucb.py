@@ -15,7 +15,7 @@ import numpy as np
 
 from bandits.base import Choice
 from bandits.explore import greedy_pick
-from bandits.ridge import LinearPolicy
+from bandits.ridge import LinearPolicy, ddot
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +103,14 @@ class LinUCB(LinearPolicy):
 
     def _select(self, x: np.ndarray, actions: list[str], idx: np.ndarray | None) -> Choice:
         mean, var = self._moments(x, idx)
-        np.maximum(var, 0.0, out=var)
-        width = np.sqrt(var)
-        scores_arr = mean + self.alpha * width
-        scores = scores_arr.tolist()
-        eps = self._epsilon(float(width[int(scores_arr.argmax())]), float(np.dot(x, x)))
+        # a handful of arms: Python floats from here on are faster than more small numpy calls
+        # (same IEEE operations, so the same scores as the batch path's numpy arithmetic)
+        means, alpha, sqrt = mean.tolist(), self.alpha, math.sqrt
+        widths = [sqrt(v) if v > 0.0 else 0.0 for v in var.tolist()]
+        scores = [m + alpha * w for m, w in zip(means, widths)]  # noqa: B905 (both one per arm)
+        eps = self._epsilon(widths[scores.index(max(scores))], ddot(x, x))
         pick, best, probs = greedy_pick(scores, eps, self._rng.random())
-        return self._choice(actions, scores, probs, pick, best, mean.tolist())
+        return self._choice(actions, scores, probs, pick, best, means)
 
     def _prepare(self, xs: np.ndarray) -> tuple[list[list[float]], list[list[float]], list[list[float]], list[float]]:
         mean, var = self._moments_many(xs)

@@ -21,6 +21,10 @@ from scipy.linalg import blas
 
 from bandits.base import Policy
 
+# x·y of two float64 vectors as a Python float: BLAS directly, about a quarter of float(np.dot(x, y))'s
+# cost, which matters on the per-request path (a select + update is a few µs of numpy calls)
+ddot = blas.ddot
+
 SMALL_BATCH = 4  # per arm: up to this many rows go through Sherman–Morrison, more through one inversion
 
 
@@ -106,8 +110,8 @@ class LinearPolicy(Policy):
         # θ' = A'⁻¹b = θ − A⁻¹x (x·θ) / (1 + xᵀA⁻¹x)
         inv, theta = self._inverse(arm), self._theta(arm)
         ax = np.dot(inv, x)
-        denom = 1.0 + float(np.dot(x, ax))
-        blas.daxpy(ax, theta, a=-float(np.dot(x, theta)) / denom)
+        denom = 1.0 + ddot(x, ax)
+        blas.daxpy(ax, theta, a=-ddot(x, theta) / denom)
         blas.dger(-1.0 / denom, ax, ax, a=inv.T, overwrite_a=True)
         blas.dger(1.0, x, x, a=self._gram[arm].T, overwrite_a=True)
         self._tick(arm)
@@ -121,8 +125,8 @@ class LinearPolicy(Policy):
         # exposure and reward fused: θ' = θ + A⁻¹x (r − x·θ) / (1 + xᵀA⁻¹x)  (recursive least squares)
         inv, theta = self._inverse(arm), self._theta(arm)
         ax = np.dot(inv, x)
-        denom = 1.0 + float(np.dot(x, ax))
-        blas.daxpy(ax, theta, a=(reward - float(np.dot(x, theta))) / denom)
+        denom = 1.0 + ddot(x, ax)
+        blas.daxpy(ax, theta, a=(reward - ddot(x, theta)) / denom)
         blas.dger(-1.0 / denom, ax, ax, a=inv.T, overwrite_a=True)
         blas.dger(1.0, x, x, a=self._gram[arm].T, overwrite_a=True)
         if reward:
