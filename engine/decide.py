@@ -8,7 +8,8 @@ Model scores (learning/live_models.py), when a published scorer exists, are comp
 vector as the bandit's: ``churn_risk``, ``value`` and ``propensity:<action>`` for every action of the
 placement go to the policy as ``PolicyRequest.scores`` (so catalogue ``min_score`` rules can use them), and
 a compact copy lands in the decision's trace as ``trace["scores"]``: the model version, the propensity of
-the action shown, the churn risk and the value, rounded to 4 digits.
+the action shown, the churn risk and the value, rounded to 4 digits. A batch's requests get their scores'
+affine maps from one matrix product (``BatchContexts``), the same numbers as scoring each alone.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from contracts.events import Event
 from engine.pending import PendingDecision
 from features.context import build_context
 from features.state import UserState
-from learning.live_models import SCORE_DIGITS, LiveModels
+from learning.live_models import SCORE_DIGITS, LiveModels, LiveScorer
 from policy.catalogue import NO_ACTION
 from policy.pipeline import PolicyContext, PolicyRequest, decide_action
 from policy.state import PolicyStateError, UserPolicyState
@@ -130,18 +131,32 @@ class BatchContexts:
 
     row_of: dict[int, int]
     prepared: Prepared | None
+    scorer: LiveScorer | None = None  # the model scorer ``logits`` come from
+    logits: list[list[float]] | None = None  # per row: the scorer's affine maps (``CompiledScorer.logits``)
 
     @classmethod
-    def build(cls, policy: Policy, requests: list[tuple[int, Event, UserState | None]]) -> BatchContexts:
+    def build(cls, policy: Policy, requests: list[tuple[int, Event, UserState | None]],
+              scorer: LiveScorer | None = None) -> BatchContexts:
         """Contexts of the requests that will need the bandit (``(position, event, state)``; consent not
-        refused)."""
+        refused); with ``scorer``, their model scores' affine maps too, in one product."""
         row_of: dict[int, int] = {}
         xs: list[np.ndarray] = []
         for position, event, state in requests:
             if consent_of(event, state) is not False:
                 row_of[position] = len(xs)
                 xs.append(build_context(event, state))
-        return cls(row_of, policy.prepare(np.array(xs)) if xs else None)
+        if not xs:
+            return cls(row_of, None)
+        contexts = np.array(xs)
+        logits = scorer.compiled.logits(contexts) if scorer is not None and scorer.ready else None
+        return cls(row_of, policy.prepare(contexts), scorer, logits)
+
+    def logits_of(self, position: int, scorer: LiveScorer) -> list[float] | None:
+        """The request's row of ``logits`` if they come from ``scorer`` (else None: score it alone)."""
+        row = self.row_of.get(position)
+        if row is None or self.logits is None or scorer is not self.scorer:
+            return None
+        return self.logits[row]
 
     def selector(self, policy: Policy, position: int) -> tuple[np.ndarray, Callable[[Sequence[str]], Choice]] | None:
         """The context of the request at ``position`` and its select function (None if not in the batch)."""
@@ -171,7 +186,9 @@ def decide(event: Event, state: UserState | None, ctx: PolicyContext, policy: Po
     scorer = models.scorer if models is not None else None
     scores: dict[str, float] = {}
     if models is not None and scorer is not None:
-        scores = scorer.score(x, models.actions_of(ctx.catalogue, placement))
+        actions = models.actions_of(ctx.catalogue, placement)
+        z = batch.logits_of(position, scorer) if batch is not None else None
+        scores = scorer.score(x, actions) if z is None else scorer.score_logits(z, actions)
     outcome = decide_action(
         PolicyRequest(event.user_id, placement, event.ts, segment, consent, scores),
         states.of(state) if states is not None else policy_state_of(state),

@@ -363,7 +363,8 @@ class Engine(EngineLearning):
         """``unseen``: writes of earlier batches the chunk's read may not show (WritesInFlight.patches)."""
         batch = BatchContexts.build(
             self.policy, [(i, e, r[1]) for i, (e, r) in enumerate(zip(events, results, strict=True))
-                          if e.kind.requests_decision]
+                          if e.kind.requests_decision],
+            self.models.scorer if self.models is not None else None,
         )
         for position, (event, (applied, state)) in enumerate(zip(events, results, strict=True)):
             if state is not None and unseen and event.user_id in unseen:

@@ -87,7 +87,19 @@ class LiveScorer:
         """Named scores of the ready models: ``churn_risk``, ``value``, ``propensity:<action>``."""
         if not self.ready:
             return {}
-        raw = self.compiled.score(np.asarray(x, dtype=float), actions if "propensity" in self.ready else ())
+        return self._shown(self.compiled.score(np.asarray(x, dtype=float), self._scored(actions)))
+
+    def score_logits(self, z: Sequence[float], actions: Sequence[str]) -> dict[str, float]:
+        """``score`` from the customer's row of ``compiled.logits`` (a batch's contexts, scored at once)."""
+        if not self.ready:
+            return {}
+        return self._shown(self.compiled.from_logits(z, self._scored(actions)))
+
+    def _scored(self, actions: Sequence[str]) -> Sequence[str]:
+        return actions if "propensity" in self.ready else ()
+
+    def _shown(self, raw: dict[str, float]) -> dict[str, float]:
+        """Only the ready models' scores."""
         if "churn" not in self.ready:
             del raw["churn_risk"]
         if "value" not in self.ready:
@@ -136,7 +148,7 @@ class LiveModels:
         self._dropped = {"join_full": 0, "churn_full": 0, "train_backlog": 0, "churn_outbox": 0, "rebalance": 0}
         self._training = False
         self._scorer: LiveScorer | None = None
-        self._placement_actions: dict[str, tuple[str, ...]] = {}
+        self._placement_actions: dict[str, tuple[Any, tuple[str, ...]]] = {}  # placement -> (catalogue, ids)
         self._exported: dict[str, int] = {}  # metric key -> total already exported
         self._baseline()
 
@@ -274,11 +286,12 @@ class LiveModels:
 
     # -- scores ------------------------------------------------------------------------------------
     def actions_of(self, catalogue: Any, placement: str) -> tuple[str, ...]:
-        """The placement's catalogue actions (static, cached)."""
-        actions = self._placement_actions.get(placement)
-        if actions is None:
-            actions = self._placement_actions[placement] = tuple(catalogue.eligible(placement))
-        return actions
+        """Every action of the placement, the ones filtered out for this request included (an action gated
+        on its own propensity needs that score to pass); cached per placement and catalogue."""
+        cached = self._placement_actions.get(placement)
+        if cached is None or cached[0] is not catalogue:
+            cached = self._placement_actions[placement] = (catalogue, catalogue.placement_actions(placement))
+        return cached[1]
 
     def profile_scores(self, x: np.ndarray, actions: Sequence[str]) -> dict[str, Any]:
         """Scores of one customer for CRM/sales tools: churn_risk, value and propensity per action."""

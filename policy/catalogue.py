@@ -189,6 +189,11 @@ class Catalogue:
             self._by_placement[p] = [_rules_of(a) for a in self.actions.values() if p in a.placements]
         self._value_scale = max((a.value for a in self.actions.values()), default=1.0) or 1.0
 
+    def placement_actions(self, placement: str) -> tuple[str, ...]:
+        """Every action of the placement in catalogue order, before any filter (what the models score:
+        an action gated on its own score must be scored to pass)."""
+        return tuple(a.id for a, _, _ in self._by_placement.get(placement, ()))
+
     @property
     def value_scale(self) -> float:
         """Largest action value: rewards are divided by it so the bandit learns on a 0..~1 scale."""

@@ -33,15 +33,19 @@ def test_compiled_scores_equal_river_scores_for_vectors_mappings_and_batches():
     assert scorer.names == tuple(CONTEXT_NAMES) and scorer.version == models.version
     contexts = np.array([stream.context() for _ in range(300)])
     batch = scorer.score_batch(contexts, ACTIONS)
+    logits = scorer.logits(contexts)  # the engine's batch path: one product, then a row per customer
+    assert len(logits) == len(contexts) and len(logits[0]) == len(scorer.coef)
     for i, x in enumerate(contexts):
         expected = models.score(model_features(x), ACTIONS)
         from_vector = scorer.score(x, ACTIONS)
         from_mapping = scorer.score(model_features(x), ACTIONS)
-        assert from_vector.keys() == expected.keys() == batch.keys()
+        from_logits = scorer.from_logits(logits[i], ACTIONS)
+        assert from_vector.keys() == expected.keys() == batch.keys() == from_logits.keys()
         for key, value in expected.items():
             assert from_vector[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
             assert from_mapping[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
             assert batch[key][i] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+            assert from_logits[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
     assert batch["propensity:never_seen"].std() > 0  # the pooled model, not a constant
 
 

@@ -15,8 +15,8 @@ from cadence.metrics import Metrics
 from cadence.settings import DEFAULT_CATALOGUE
 from contracts.decisions import LearningSample
 from contracts.events import Event
-from engine.decide import decide
-from features.context import CONTEXT_DIM, CONTEXT_NAMES
+from engine.decide import BatchContexts, decide
+from features.context import CONTEXT_DIM, CONTEXT_NAMES, build_context
 from features.erasure import user_digest
 from features.state import UserState
 from learning.label_join import JoinConfig, LabelJoin, followed
@@ -334,6 +334,48 @@ def test_decisions_carry_compact_scores_and_min_score_rules_use_them():
     assert new["removed"]["offer_bundle"] == "score"
     without = decide(request(4), state, strict, policy, None).decision.trace  # no models: a missing score
     assert "scores" not in without and without["removed"]["offer_bundle"] == "score"
+
+
+def test_an_action_gated_on_its_own_propensity_is_scored_from_the_first_decision():
+    # the scored actions were once the placement's *eligible* ones without scores, which never include an
+    # action gated on a score: on a fresh worker that action was removed for "score" forever
+    live = offer_models()
+    strict = engine_context(ScoreRule("propensity:offer_bundle", 0.3))
+    cat = strict.catalogue
+    every = tuple(a for a in cat.actions if "home_hero" in cat.actions[a].placements)
+    assert live.actions_of(cat, "home_hero") == every and "offer_bundle" in every
+    policy = make_policy("linucb", CONTEXT_DIM, seed=1)
+    trace = decide(request(1), UserState("u1", {"seg": "vip", "dev": "mobile"}), strict, policy, live).decision.trace
+    assert "offer_bundle" in trace["eligible"], trace["removed"]
+
+
+def test_a_batch_scores_its_requests_in_one_product_with_the_scores_of_one_by_one():
+    live = offer_models()
+    scorer = live.scorer
+    assert scorer is not None
+    strict = engine_context(ScoreRule("propensity:offer_bundle", 0.3))
+    policy = make_policy("linucb", CONTEXT_DIM, seed=1)
+    segments = ["vip", "new", "vip", "new", "vip", "new"]
+    events = [request(i, seg) for i, seg in enumerate(segments)]
+    states = [UserState(f"u{i}", {"seg": seg, "dev": "mobile"}) for i, seg in enumerate(segments)]
+    batch = BatchContexts.build(policy, list(zip(range(6), events, states, strict=True)), scorer)
+    assert batch.logits is not None and len(batch.logits) == 6
+    actions = live.actions_of(strict.catalogue, "home_hero")
+    for i, event in enumerate(events):
+        z = batch.logits_of(i, scorer)
+        assert z is not None
+        alone = scorer.score(build_context(event, states[i]), actions)
+        together = scorer.score_logits(z, actions)
+        assert together.keys() == alone.keys()
+        assert all(together[k] == pytest.approx(v, rel=1e-12, abs=1e-15) for k, v in alone.items())
+        trace = decide(event, states[i], strict, policy, live, batch=batch, position=i).decision.trace
+        if segments[i] == "vip":
+            assert "offer_bundle" in trace["eligible"], trace
+        else:
+            assert trace["removed"]["offer_bundle"] == "score"
+    # a scorer published after the batch was built is not the batch's: its requests are scored alone
+    assert batch.logits_of(0, LiveScorer(scorer.compiled, scorer.ready)) is None
+    assert BatchContexts.build(policy, [(0, events[0], states[0])], None).logits is None
 
 
 def test_profile_scores_rank_the_offer_that_converts_first():
