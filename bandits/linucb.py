@@ -104,7 +104,7 @@ class LinUCB(LinearPolicy):
     def _select(self, x: np.ndarray, actions: list[str], idx: np.ndarray | None) -> Choice:
         mean, var = self._moments(x, idx)
         # a handful of arms: Python floats from here on are faster than more small numpy calls
-        # (same IEEE operations, so the same scores as the batch path's numpy arithmetic)
+        # (the same IEEE operations as numpy's element-wise ones, so the same scores from the same moments)
         means, alpha, sqrt = mean.tolist(), self.alpha, math.sqrt
         widths = [sqrt(v) if v > 0.0 else 0.0 for v in var.tolist()]
         scores = [m + alpha * w for m, w in zip(means, widths)]  # noqa: B905 (both one per arm)
