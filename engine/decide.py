@@ -72,26 +72,38 @@ class PolicyStates:
     """Decoded policy states by their stored text, so a returning user's state is not decoded again.
 
     Safe to share because policy states are never changed in place (``decide_action`` and ``after_click``
-    return new ones). Bounded: when full, it starts again empty.
+    return new ones). Bounded in two generations of ``capacity / 2`` texts: when the newer one is full,
+    the older one is dropped and the newer one takes its place. So a state stored in the last
+    ``capacity / 2`` decisions is always found, and at most ``capacity`` are held. On the bench's stream
+    this finds 78.5 % of returning users' states; one dict of 50,000 emptied when full found 73.1 %, with as
+    many held on average and half again as many at the peak (``python -m load_tests.policy_state_cache``).
     """
 
-    def __init__(self, capacity: int = 50_000) -> None:
+    def __init__(self, capacity: int = 33_000) -> None:
+        if capacity < 2:
+            raise ValueError(f"capacity must be at least 2 policy states, got {capacity}")
         self.capacity = capacity
-        self._by_text: dict[str, UserPolicyState] = {}
+        self._newer: dict[str, UserPolicyState] = {}
+        self._older: dict[str, UserPolicyState] = {}
+
+    def __len__(self) -> int:
+        return len(self._newer) + len(self._older)
 
     def of(self, state: UserState | None) -> UserPolicyState:
         raw = state.fields.get(POLICY_STATE_FIELD) if state else None
         if raw is None:
             return UserPolicyState()
-        found = self._by_text.get(raw)
+        found = self._newer.get(raw)
+        if found is None:
+            found = self._older.get(raw)
         return found if found is not None else policy_state_of(state)
 
     def encode(self, policy_state: UserPolicyState) -> str:
         """The text to store for ``policy_state``, remembered with it."""
         text = policy_state.encode().decode()
-        if len(self._by_text) >= self.capacity:
-            self._by_text.clear()
-        self._by_text[text] = policy_state
+        if len(self._newer) >= self.capacity // 2:
+            self._older, self._newer = self._newer, {}
+        self._newer[text] = policy_state
         return text
 
 
