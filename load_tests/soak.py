@@ -6,7 +6,8 @@ The load is the realistic seeded mix of load_tests/yardsticks/load.py (requests,
 email opens, ad clicks for ``--users`` users), sent at ``--rate`` events/s, with event time advancing as
 fast as the wall clock. Every ``--sample-s`` seconds it records the worker's RSS (psutil if installed,
 else /proc/PID/status VmRSS), the broker's and Redis' RSS, Redis ``used_memory`` and key count, and how
-far the worker has got (events consumed, decisions). It prints one table row per sample and a verdict:
+far the worker has got (events consumed, decisions), and the share of a core the worker(s), the broker and
+Redis used over the interval (/proc; 100 = one core busy). It prints one table row per sample and a verdict:
 memory is "flat" when the least-squares slope of the worker's RSS over the last ``--judge-share`` of the run
 (default: the last half) is below ``--flat-mb-per-min``; what comes before is warm-up: caches, the user
 population, Python's allocator. Bounded structures fill in a time set by their capacity over the rate (at
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import sys
 import tempfile
@@ -45,9 +47,10 @@ from streams.topics import ALL_TOPICS
 MB = 1024 * 1024
 CHUNK_S = 0.05  # the sender hands events to the producer every 50 ms
 TABLE = ("{elapsed_s:>7.0f} {worker_rss_mb:>10.1f} {redis_used_mb:>10.1f} {redis_rss_mb:>9.1f} {broker_rss_mb:>10.1f} "
-         "{redis_keys:>9d} {sent:>10d} {consumed:>10d} {lag:>8d} {decisions:>10d}")
+         "{redis_keys:>9d} {sent:>10d} {consumed:>10d} {lag:>8d} {decisions:>10d} "
+         "{worker_cpu_pct:>7.0f} {broker_cpu_pct:>7.0f} {redis_cpu_pct:>7.0f}")
 HEADER = (f"{'t (s)':>7} {'worker MB':>10} {'redis used':>10} {'redis RSS':>9} {'broker MB':>10} {'keys':>9} "
-          f"{'sent':>10} {'consumed':>10} {'lag':>8} {'decisions':>10}")
+          f"{'sent':>10} {'consumed':>10} {'lag':>8} {'decisions':>10} {'wrk CPU':>7} {'brk CPU':>7} {'rds CPU':>7}")
 
 
 def rss_bytes(pid: int) -> int:
@@ -63,6 +66,33 @@ def rss_bytes(pid: int) -> int:
     if found is None:
         raise RuntimeError(f"no VmRSS in /proc/{pid}/status: is process {pid} still running?")
     return int(found.group(1)) * 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc; 0.0 where it cannot be read)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+
+
+@dataclass
+class CpuShare:
+    """Share of one core each process used since the previous call (100 = one core busy)."""
+
+    pids: dict[str, list[int]]
+    _last: dict[str, float] = field(default_factory=dict)
+    _at: float = 0.0
+
+    def __call__(self) -> dict[str, float]:
+        now = time.monotonic()
+        used = {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in self.pids.items()}
+        span = now - self._at
+        out = {name: round(100.0 * (used[name] - self._last.get(name, 0.0)) / span, 1) if self._at and span > 0
+               else 0.0 for name in used}
+        self._last, self._at = used, now
+        return out
 
 
 def metric_total(text: str, name: str) -> float:
@@ -81,6 +111,9 @@ class Sample:
     consumed: int
     lag: int
     decisions: int
+    worker_cpu_pct: float = 0.0  # of one core, over the last sample interval (all workers together)
+    broker_cpu_pct: float = 0.0
+    redis_cpu_pct: float = 0.0
 
 
 @dataclass
@@ -180,6 +213,9 @@ def soak(args: argparse.Namespace) -> dict:
         print(f"soak: {args.minutes:g} min at {args.rate:g} events/s, {args.users} users, {args.workers} worker(s); "
               f"data in {data_dir}")
         print(HEADER, flush=True)
+        cpu = CpuShare({"worker": [w.proc.pid for w in workers if w.proc], "broker": [rt.broker.proc.pid],
+                        "redis": [rt.redis.proc.pid]})
+        cpu()
         started = time.monotonic()
         thread.start()
         end = started + args.minutes * 60
@@ -197,6 +233,7 @@ def soak(args: argparse.Namespace) -> dict:
             consumed = sum(int(metric_total(text, "cadence_events_consumed_total")
                                + metric_total(text, "cadence_dead_letters_total")) for text in texts)
             info = client.info("memory")
+            shares = cpu()
             sample = Sample(
                 elapsed_s=round(time.monotonic() - started, 1),
                 worker_rss_mb=round(max(rss_bytes(w.proc.pid) for w in workers if w.proc) / MB, 1),
@@ -208,6 +245,9 @@ def soak(args: argparse.Namespace) -> dict:
                 consumed=consumed,
                 lag=max(0, sender.sent - consumed),
                 decisions=sum(int(metric_total(text, "cadence_decisions_total")) for text in texts),
+                worker_cpu_pct=shares["worker"],
+                broker_cpu_pct=shares["broker"],
+                redis_cpu_pct=shares["redis"],
             )
             samples.append(sample)
             print(TABLE.format(**asdict(sample)), flush=True)

@@ -1,6 +1,8 @@
 """The soak's verdict: warm-up then a plateau is flat; steady growth is not, whatever the window."""
 
-from load_tests.soak import Sample, verdict
+import os
+
+from load_tests.soak import CpuShare, Sample, cpu_seconds, verdict
 
 
 def _run(rss_at: list[float], step_s: float = 15.0) -> list[Sample]:
@@ -27,3 +29,15 @@ def test_steady_growth_is_growing_on_any_window() -> None:
 
 def test_too_few_samples_is_not_called_flat() -> None:
     assert verdict(_run([300.0]), flat_mb_per_min=1.0)["flat"] is False
+
+
+def test_cpu_seconds_count_this_process_and_the_share_starts_at_zero():
+    share = CpuShare({"me": [os.getpid()]})
+    assert share() == {"me": 0.0}  # the first call only sets the baseline
+    before = cpu_seconds(os.getpid())
+    total = 0
+    while cpu_seconds(os.getpid()) - before < 0.05:  # burn a little CPU (no timing assertion)
+        total += sum(range(10_000))
+    assert cpu_seconds(os.getpid()) > before > 0.0
+    assert share()["me"] > 0.0
+    assert cpu_seconds(2**22 + 12345) == 0.0  # a process that does not exist
