@@ -15,6 +15,7 @@ import argparse
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import orjson
 
@@ -22,7 +23,13 @@ from cadence.settings import DEFAULT_CATALOGUE
 from load_tests.yardsticks.load import EventMix
 from policy.catalogue import load_catalogue
 
-Design = Callable[[Sequence[str], int], dict[str, float]]
+
+class Cache(Protocol):
+    """What the replay needs of a design: is text ``i`` remembered, remember it, how many are held."""
+
+    def __contains__(self, i: int) -> bool: ...
+    def add(self, i: int) -> None: ...
+    def __len__(self) -> int: ...
 
 
 def requesting_users(events: int, users: int, seed: int) -> list[str]:
@@ -35,8 +42,44 @@ def requesting_users(events: int, users: int, seed: int) -> list[str]:
     return out
 
 
-def clear(requests: Sequence[str], capacity: int) -> dict[str, float]:
-    cache: set[int] = set()
+class Cleared:
+    """One set, emptied when it holds ``capacity`` texts (the design before 2026-12-03)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self.held = capacity, set[int]()
+
+    def __contains__(self, i: int) -> bool:
+        return i in self.held
+
+    def add(self, i: int) -> None:
+        if len(self.held) >= self.capacity:
+            self.held.clear()
+        self.held.add(i)
+
+    def __len__(self) -> int:
+        return len(self.held)
+
+
+class TwoGenerations:
+    """Two sets of ``capacity / 2``: when the newer is full the older is dropped (``PolicyStates``)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.half, self.newer, self.older = capacity // 2, set[int](), set[int]()
+
+    def __contains__(self, i: int) -> bool:
+        return i in self.newer or i in self.older
+
+    def add(self, i: int) -> None:
+        if len(self.newer) >= self.half:
+            self.older, self.newer = self.newer, set()
+        self.newer.add(i)
+
+    def __len__(self) -> int:
+        return len(self.newer) + len(self.older)
+
+
+def replay(requests: Sequence[str], cache: Cache, capacity: int) -> dict[str, float]:
+    """Each request looks up its user's latest text, then stores a new one."""
     latest: dict[str, int] = {}
     hits = returning = held = 0
     for i, user in enumerate(requests):
@@ -44,29 +87,9 @@ def clear(requests: Sequence[str], capacity: int) -> dict[str, float]:
         if last is not None:
             returning += 1
             hits += last in cache
-        if len(cache) >= capacity:
-            cache.clear()
         latest[user] = i
         cache.add(i)
         held += len(cache)
-    return {"hit_rate": hits / max(returning, 1), "mean_held": held / len(requests), "peak_held": capacity}
-
-
-def two_gen(requests: Sequence[str], capacity: int) -> dict[str, float]:
-    newer: set[int] = set()
-    older: set[int] = set()
-    latest: dict[str, int] = {}
-    hits = returning = held = 0
-    for i, user in enumerate(requests):
-        last = latest.get(user)
-        if last is not None:
-            returning += 1
-            hits += last in newer or last in older
-        if len(newer) >= capacity // 2:
-            older, newer = newer, set()
-        latest[user] = i
-        newer.add(i)
-        held += len(newer) + len(older)
     return {"hit_rate": hits / max(returning, 1), "mean_held": held / len(requests), "peak_held": capacity}
 
 
@@ -78,12 +101,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     requests = requesting_users(args.events, args.users, args.seed)
-    designs: list[tuple[str, Design, int]] = [("clear", clear, 50_000), ("two_gen", two_gen, 33_000),
-                                              ("two_gen", two_gen, 50_000)]
+    designs: list[tuple[str, Callable[[int], Cache], int]] = [
+        ("clear", Cleared, 50_000), ("two_gen", TwoGenerations, 33_000), ("two_gen", TwoGenerations, 50_000)]
     print(f"{len(requests):,} decision requests of {len(set(requests)):,} users")
     rows = []
     for name, design, capacity in designs:
-        row = {"design": name, "capacity": capacity, **design(requests, capacity)}
+        row = {"design": name, "capacity": capacity, **replay(requests, design(capacity), capacity)}
         rows.append(row)
         print(f"  {name:8} capacity {capacity:>6,}: found {row['hit_rate']:.1%} of returning users' states, "
               f"{row['mean_held']:,.0f} held on average, {row['peak_held']:,} at most")
