@@ -198,7 +198,7 @@ def decide(event: Event, state: UserState | None, ctx: PolicyContext, policy: Po
     scorer = models.scorer if models is not None else None
     scores: dict[str, float] = {}
     if models is not None and scorer is not None:
-        actions = models.actions_of(ctx.catalogue, placement)
+        actions = ctx.catalogue.placement_actions(placement)
         z = batch.logits_of(position, scorer) if batch is not None else None
         scores = scorer.score(x, actions) if z is None else scorer.score_logits(z, actions)
     outcome = decide_action(

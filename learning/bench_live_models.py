@@ -117,7 +117,7 @@ def parts_us(repeats: int, calls: int = 20_000) -> dict[str, float]:
     scorer = models.scorer
     assert scorer is not None
     x = np.random.default_rng(0).random(CONTEXT_DIM)
-    actions = models.actions_of(load_catalogue(DEFAULT_CATALOGUE), "home_hero")
+    actions = load_catalogue(DEFAULT_CATALOGUE).placement_actions("home_hero")
     scores = scorer.score(x, actions)
     counter = iter(range(10**9))
 

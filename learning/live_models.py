@@ -148,7 +148,6 @@ class LiveModels:
         self._dropped = {"join_full": 0, "churn_full": 0, "train_backlog": 0, "churn_outbox": 0, "rebalance": 0}
         self._training = False
         self._scorer: LiveScorer | None = None
-        self._placement_actions: dict[str, tuple[Any, tuple[str, ...]]] = {}  # placement -> (catalogue, ids)
         self._exported: dict[str, int] = {}  # metric key -> total already exported
         self._baseline()
 
@@ -285,14 +284,6 @@ class LiveModels:
         return n
 
     # -- scores ------------------------------------------------------------------------------------
-    def actions_of(self, catalogue: Any, placement: str) -> tuple[str, ...]:
-        """Every action of the placement, the ones filtered out for this request included (an action gated
-        on its own propensity needs that score to pass); cached per placement and catalogue."""
-        cached = self._placement_actions.get(placement)
-        if cached is None or cached[0] is not catalogue:
-            cached = self._placement_actions[placement] = (catalogue, catalogue.placement_actions(placement))
-        return cached[1]
-
     def profile_scores(self, x: np.ndarray, actions: Sequence[str]) -> dict[str, Any]:
         """Scores of one customer for CRM/sales tools: churn_risk, value and propensity per action."""
         scorer = self._scorer

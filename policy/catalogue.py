@@ -183,16 +183,18 @@ class Catalogue:
     contact: dict[str, ContactPolicy] = field(default_factory=dict)  # channel -> contact policy
     _by_placement: dict[str, list[tuple[Action, _Rules, bool]]] = field(default_factory=dict, repr=False)
     _value_scale: float = field(default=1.0, init=False, repr=False)
+    _ids_by_placement: dict[str, tuple[str, ...]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         for p in self.placements:
             self._by_placement[p] = [_rules_of(a) for a in self.actions.values() if p in a.placements]
+            self._ids_by_placement[p] = tuple(a.id for a, _, _ in self._by_placement[p])
         self._value_scale = max((a.value for a in self.actions.values()), default=1.0) or 1.0
 
     def placement_actions(self, placement: str) -> tuple[str, ...]:
         """Every action of the placement in catalogue order, before any filter (what the models score:
         an action gated on its own score must be scored to pass)."""
-        return tuple(a.id for a, _, _ in self._by_placement.get(placement, ()))
+        return self._ids_by_placement.get(placement, ())
 
     @property
     def value_scale(self) -> float:

@@ -343,7 +343,7 @@ def test_an_action_gated_on_its_own_propensity_is_scored_from_the_first_decision
     strict = engine_context(ScoreRule("propensity:offer_bundle", 0.3))
     cat = strict.catalogue
     every = tuple(a for a in cat.actions if "home_hero" in cat.actions[a].placements)
-    assert live.actions_of(cat, "home_hero") == every and "offer_bundle" in every
+    assert cat.placement_actions("home_hero") == every and "offer_bundle" in every
     policy = make_policy("linucb", CONTEXT_DIM, seed=1)
     trace = decide(request(1), UserState("u1", {"seg": "vip", "dev": "mobile"}), strict, policy, live).decision.trace
     assert "offer_bundle" in trace["eligible"], trace["removed"]
@@ -360,7 +360,7 @@ def test_a_batch_scores_its_requests_in_one_product_with_the_scores_of_one_by_on
     states = [UserState(f"u{i}", {"seg": seg, "dev": "mobile"}) for i, seg in enumerate(segments)]
     batch = BatchContexts.build(policy, list(zip(range(6), events, states, strict=True)), scorer)
     assert batch.logits is not None and len(batch.logits) == 6
-    actions = live.actions_of(strict.catalogue, "home_hero")
+    actions = strict.catalogue.placement_actions("home_hero")
     for i, event in enumerate(events):
         z = batch.logits_of(i, scorer)
         assert z is not None
