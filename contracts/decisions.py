@@ -136,27 +136,61 @@ class LearningSample:
 _COLUMNS = ("kind", "decision_id", "action", "reward", "probability", "placement", "ts", "mode", "reward_type")
 
 
-def encode_samples(samples: list[LearningSample]) -> bytes:
+def encode_samples(samples: list[LearningSample], source: str = "", progress: float | None = None) -> bytes:
     """One learning-topic message for a batch of samples, in columns (format 2)::
 
         {"v": 2, "n": N, "dim": D, "kind": [...], "decision_id": [...], ... one list per field ...,
-         "x": "<base64 of the N x D contexts, float64 little-endian, row by row>"}
+         "x": "<base64 of the N x D contexts, float64 little-endian, row by row>",
+         "src": "<the producing worker>", "wm": <its event-time watermark when it sent the batch>}
 
     Columns and one binary matrix cost a fraction of one JSON object per sample with its own list of
     floats (encode and decode), and the learner gets the contexts as one array. Samples whose contexts
-    differ in length (an engine with another context size) fall back to format 1: ``{"samples": [...]}``.
+    differ in length (an engine with another context size) fall back to format 1: ``{"samples": [...]}``
+    (with ``src`` and ``wm`` too). ``src``/``wm`` are left out when ``source`` is empty or ``progress`` is
+    None: the reader then takes the batch's largest ``ts`` as an anonymous producer's progress
+    (learning.source_progress says what the progress is for).
     """
     try:
         xs = np.asarray([s.x for s in samples], dtype="<f8")
     except ValueError:
         xs = None
+    doc: dict[str, Any]
     if xs is None or xs.ndim != 2:
-        return orjson.dumps({"samples": [s.to_dict() for s in samples]}, option=orjson.OPT_SERIALIZE_NUMPY)
-    doc: dict[str, Any] = {"v": 2, "n": len(samples), "dim": xs.shape[1]}
-    for name in _COLUMNS:
-        doc[name] = [getattr(s, name) for s in samples]
-    doc["x"] = base64.b64encode(xs.tobytes()).decode("ascii")
-    return orjson.dumps(doc)
+        doc = {"samples": [s.to_dict() for s in samples]}
+    else:
+        doc = {"v": 2, "n": len(samples), "dim": xs.shape[1]}
+        for name in _COLUMNS:
+            doc[name] = [getattr(s, name) for s in samples]
+        doc["x"] = base64.b64encode(xs.tobytes()).decode("ascii")
+    if source and progress is not None:
+        doc["src"], doc["wm"] = source, float(progress)
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def encode_idle(source: str, progress: float) -> bytes:
+    """A worker that holds nothing back says so: no samples, ``"idle": true``. It sends this when it stops
+    cleanly, and when it is caught up with its input but has sent no samples for a while (its next samples
+    come from new events, at the stream's current time, not from a backlog)."""
+    return orjson.dumps({"samples": [], "src": source, "wm": float(progress), "idle": True})
+
+
+@dataclass(slots=True)
+class LearningBatch:
+    """One learning-topic message: its samples and who sent them, how far in event time it had got."""
+
+    samples: list[LearningSample]
+    source: str = ""  # "" for a message without a producer (older engines, tools): see ``progress``
+    progress: float | None = None  # the producer's event-time watermark; None when the message has none
+    idle: bool = False  # the producer holds nothing back: it stopped, or it is caught up and quiet
+
+    @property
+    def reported(self) -> tuple[str, float] | None:
+        """(producer, progress) as the label join should count it; an anonymous batch reports its largest ts."""
+        if self.progress is not None:
+            return self.source, self.progress
+        if self.samples:
+            return "", max(s.ts for s in self.samples)
+        return None
 
 
 def sample_dicts(doc: Any) -> list[dict[str, Any]]:
@@ -171,15 +205,24 @@ def sample_dicts(doc: Any) -> list[dict[str, Any]]:
 
 def decode_samples(raw: bytes) -> list[LearningSample]:
     """The samples of one learning-topic message (format 2 columns, a format-1 batch, or a single sample)."""
+    return decode_batch(raw).samples
+
+
+def decode_batch(raw: bytes) -> LearningBatch:
+    """One learning-topic message: its samples (any format) and its producer's progress, if it has one."""
     doc = orjson.loads(raw)
     if isinstance(doc, dict) and doc.get("v") == 2:
         n, dim = int(doc["n"]), int(doc["dim"])
         xs = np.frombuffer(base64.b64decode(doc["x"]), dtype="<f8").reshape(n, dim)
         kinds, ids, actions, rewards, probs, places, times, modes, types = (doc[name] for name in _COLUMNS)
-        return [
+        samples = [
             LearningSample(kinds[i], ids[i], actions[i], xs[i], rewards[i], probs[i], places[i], times[i], modes[i],
                            types[i])
             for i in range(n)
         ]
-    docs = doc["samples"] if isinstance(doc, dict) and "samples" in doc else [doc]
-    return [LearningSample(**d) for d in docs]
+    else:
+        docs = doc["samples"] if isinstance(doc, dict) and "samples" in doc else [doc]
+        samples = [LearningSample(**d) for d in docs]
+    if isinstance(doc, dict) and isinstance(doc.get("src"), str) and doc["src"] and "wm" in doc:
+        return LearningBatch(samples, doc["src"], float(doc["wm"]), doc.get("idle") is True)
+    return LearningBatch(samples)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import orjson
 
-from contracts.decisions import LearningSample, decode_samples, encode_samples
+from contracts.decisions import LearningSample, decode_batch, decode_samples, encode_idle, encode_samples
 
 
 def samples(n: int, dim: int = 20, seed: int = 3) -> list[LearningSample]:
@@ -51,3 +51,27 @@ def test_older_formats_still_decode() -> None:
     objects = orjson.dumps({"samples": [s.to_dict() for s in batch]}, option=orjson.OPT_SERIALIZE_NUMPY)
     assert [as_tuple(s) for s in decode_samples(objects)] == [as_tuple(s) for s in batch]
     assert [as_tuple(s) for s in decode_samples(batch[0].to_json())] == [as_tuple(batch[0])]
+
+
+def test_a_batch_carries_its_producer_and_progress_in_either_format() -> None:
+    for batch in (samples(5), samples(3) + samples(2, dim=7)):  # columns, then the objects fallback
+        back = decode_batch(encode_samples(batch, "host-a:17", 1.7e9 + 900.5))
+        assert [as_tuple(s) for s in back.samples] == [as_tuple(s) for s in batch]
+        assert (back.source, back.progress, back.idle) == ("host-a:17", 1.7e9 + 900.5, False)
+        assert back.reported == ("host-a:17", 1.7e9 + 900.5)  # its own clock, not its samples' largest ts
+
+
+def test_a_batch_without_producer_reports_its_largest_ts_anonymously() -> None:
+    batch = samples(6)
+    for raw in (encode_samples(batch), encode_samples(batch, "", 5.0), encode_samples(batch, "w", None),
+                orjson.dumps({"samples": [s.to_dict() for s in batch]}, option=orjson.OPT_SERIALIZE_NUMPY)):
+        back = decode_batch(raw)
+        assert back.source == "" and back.progress is None and not back.idle
+        assert back.reported == ("", max(s.ts for s in batch))
+    assert decode_batch(encode_samples([])).reported is None  # nothing to say
+
+
+def test_an_idle_message_has_no_samples_and_names_its_producer() -> None:
+    back = decode_batch(encode_idle("host-b:9", 1.7e9 + 60.0))
+    assert back.samples == [] and decode_samples(encode_idle("host-b:9", 1.0)) == []
+    assert (back.source, back.progress, back.idle) == ("host-b:9", 1.7e9 + 60.0, True)
