@@ -89,6 +89,13 @@ class Metrics:
             ["topic", "partition"], registry=r,
         )
         self.watermark = Gauge("cadence_event_time_watermark_seconds", "Largest event time seen", registry=r)
+        self.label_watermark = Gauge(
+            "cadence_label_watermark_seconds", "Event time up to which label windows may close: the progress of "
+            "the slowest worker writing the learning topic (learning/source_progress.py)", registry=r,
+        )
+        self.learning_producers = Gauge(
+            "cadence_learning_producers", "Workers whose progress holds the label windows open", registry=r
+        )
         # River models (learning/live_models.py). Metrics, samples and drifts come from the training worker.
         self.model_metric = Gauge(
             "cadence_model_metric", "Progressive validation metric per model: log_loss, roc_auc (rolling), "

@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     models_label_grace_s: float = Field(
         300.0, ge=0, description="Extra wait after the window before any exposure's propensity label is learned."
     )
+    models_label_max_lag_s: float = Field(
+        1800.0, ge=0, description="Label windows close at the slowest worker's event time, but a worker further "
+        "behind the fastest than this stops holding them open (a crashed worker delays labels at most this "
+        "long); 0 closes them at the fastest worker's time.",
+    )
     models_pending_max: int = Field(
         100_000, ge=1, description="Exposures waiting for their label per worker (~300 B each)."
     )

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
 
 from bandits.base import Policy
 from cadence.metrics import Metrics
-from contracts.decisions import LearningSample
+from contracts.decisions import LearningBatch, LearningSample
 from engine.lift import LiftTracker
 from engine.replay import SeenKeys
 from learning.live_models import LiveModels
+from learning.source_progress import SourceProgress
 from policy.catalogue import NO_ACTION
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,7 @@ class EngineLearning:
     lift: LiftTracker
     learned_offsets: dict[int, int]
     learned_watermark: float
+    sources: SourceProgress  # how far each producer of the learning topic has got: closes label windows
     _seen: SeenKeys
 
     def replace_policy(self, policy: Policy) -> None:
@@ -38,10 +41,29 @@ class EngineLearning:
         self.policy = policy
         self.metrics.policy_version.set(policy.version)
 
-    def learn(self, samples: list[LearningSample], positions: dict[int, int] | None = None) -> None:
-        """Apply learning samples (all workers apply all of them); batched, per sample if a batch fails."""
+    def learn_batches(self, batches: Sequence[LearningBatch], positions: dict[int, int] | None = None) -> None:
+        """Learning-topic messages as the feed read them: their samples, then their producers' progress."""
+        self.learn([s for b in batches for s in b.samples], positions, batches)
+
+    def learn(
+        self, samples: list[LearningSample], positions: dict[int, int] | None = None,
+        batches: Sequence[LearningBatch] | None = None,
+    ) -> None:
+        """Apply learning samples (all workers apply all of them); batched, per sample if a batch fails.
+
+        ``batches`` are the messages they came in, for their producers' progress; without them the samples
+        count as one anonymous producer's (their largest ts), as do messages without a producer.
+        """
         if positions:
             self.learned_offsets.update(positions)
+        for batch in batches if batches is not None else [LearningBatch(samples)]:
+            if batch.idle:
+                self.sources.release(batch.source)
+            elif (reported := batch.reported) is not None:
+                self.sources.report(*reported)
+        closing = self.sources.settle()
+        self.metrics.label_watermark.set(closing)
+        self.metrics.learning_producers.set(len(self.sources))
         fresh = [s for s in samples if self._seen.first_time(s.key)]  # replays after a crash: once only
         if len(fresh) < len(samples):
             self.metrics.learning_samples.labels("duplicate").inc(len(samples) - len(fresh))
@@ -63,7 +85,7 @@ class EngineLearning:
                 self.metrics.reward_value.inc(sum(rewards))
         self.metrics.policy_version.set(self.policy.version)
         if self.models is not None:
-            self.models.learn(applied, self.learned_watermark)
+            self.models.learn(applied, closing)
 
     def _learn_into(self, policy: Policy, usable: list[LearningSample]) -> list[LearningSample]:
         exposures = [s for s in usable if s.kind == "exposure"]

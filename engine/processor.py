@@ -36,7 +36,9 @@ from features.erasure import user_digest
 from features.state import UserState
 from features.store import FeatureStoreError, RedisFeatureStore
 from features.updates import FeatureUpdate, update_for
+from learning.label_join import JoinConfig
 from learning.live_models import LiveModels
+from learning.source_progress import SourceProgress
 from ope.shadow import ShadowLog
 from policy.catalogue import Catalogue
 from policy.pipeline import PolicyContext
@@ -93,6 +95,8 @@ class Engine(EngineLearning):
         self._clock = EventClock()  # the stream's event time: which timestamps are believed
         self.learned_offsets: dict[int, int] = {}  # learning-topic partition -> next offset applied
         self.learned_watermark = 0.0
+        join = models.config.join if models is not None else JoinConfig()
+        self.sources = SourceProgress(join.max_source_lag_s)  # closes the label join's windows
         self._seen = SeenKeys()  # keys of learning samples applied recently
         self._unapplied: deque[FeatureUpdate] = deque()  # updates to replay once Redis answers again
         self._store_retry_at = 0.0  # monotonic time before which a failed store is not tried again

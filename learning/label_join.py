@@ -57,13 +57,15 @@ _HASH_SPACE = float(1 << 64)
 @dataclass(frozen=True, slots=True)
 class JoinConfig:
     window_s: float = 3600.0  # a conversion within this long after the decision (event time) is a positive
-    grace_s: float = 300.0  # extra wait for rewards from learning partitions that lag the watermark
+    grace_s: float = 300.0  # extra wait for rewards read after later ones (other learning partitions, lateness)
+    max_source_lag_s: float = 1800.0  # a producer further behind the fastest stops holding windows open
     capacity: int = 100_000  # exposures waiting at most; the oldest is dropped unlearned when full
     share: float = 1.0  # share of exposures followed (stable hash of the decision id)
 
     def __post_init__(self) -> None:
-        if self.window_s <= 0 or self.grace_s < 0:
-            raise ValueError(f"need window_s > 0 and grace_s >= 0, got {self.window_s}, {self.grace_s}")
+        if self.window_s <= 0 or self.grace_s < 0 or self.max_source_lag_s < 0:
+            raise ValueError(f"need window_s > 0, grace_s >= 0 and max_source_lag_s >= 0, got {self.window_s}, "
+                             f"{self.grace_s}, {self.max_source_lag_s}")
         if self.capacity < 1:
             raise ValueError(f"capacity must be at least 1 exposure, got {self.capacity}")
         if not 0.0 < self.share <= 1.0:

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from bandits import make_policy
 from cadence.metrics import Metrics, observe_many
 from cadence.settings import Settings
-from contracts.decisions import encode_samples
+from contracts.decisions import encode_idle, encode_samples
 from engine.attribution import Windows
 from engine.bids import BidSignaller
 from engine.processor import BatchOutput, Engine, EngineConfig, RawMessage
@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 LOOP_PROBE_S = 0.05
 TRAIN_CHUNK = 24  # labels per training step (~85 us each): the event loop waits at most ~2 ms for training
 LEARNING_BATCH = 500  # samples per learning-topic message (~0.3 MB)
+IDLE_AFTER_S = 5.0  # caught up and no learning samples sent this long: stop holding label windows open
 
 
 def redis_client(settings: Settings) -> aioredis.Redis:
@@ -74,8 +75,9 @@ def model_config(settings: Settings) -> ModelConfig:
     base, join = ModelConfig(), JoinConfig()
     return ModelConfig(
         enabled=bool(get("enabled", base.enabled)),
-        join=JoinConfig(get("label_window_s", join.window_s), get("label_grace_s", join.grace_s),
-                        int(get("pending_max", join.capacity)), get("exposure_share", join.share)),
+        join=JoinConfig(window_s=get("label_window_s", join.window_s), grace_s=get("label_grace_s", join.grace_s),
+                        max_source_lag_s=get("label_max_lag_s", join.max_source_lag_s),
+                        capacity=int(get("pending_max", join.capacity)), share=get("exposure_share", join.share)),
         churn_horizon_s=get("churn_horizon_s", base.churn_horizon_s),
         churn_sample_every_s=get("churn_sample_every_s", base.churn_sample_every_s),
         churn_capacity=int(get("churn_watch_max", base.churn_capacity)),
@@ -147,6 +149,9 @@ def create_app(settings: Settings) -> faust.App:
     )
 
     sender = OutputSender(settings.kafka_bootstrap)
+    worker_id = f"{socket.gethostname()}:{os.getpid()}"  # snapshot lease holder; producer of learning samples
+    # learning samples this worker sent: when (monotonic), and whether its progress holds others' label windows
+    producing: dict[str, Any] = {"last_sent": 0.0, "holding": False}
 
     async def tombstone(user_id: str, who: str) -> None:
         """A null value for the user's key on the compacted erasures topic (who asked travels in a header)."""
@@ -160,8 +165,12 @@ def create_app(settings: Settings) -> faust.App:
         """
         records = [OutRecord(decisions_name, d.user_id.encode(), d.to_json()) for d in out.decisions]
         records += [OutRecord(dead_letters_name, None, dl.to_json()) for dl in out.dead_letters]
+        progress = engine.watermark or None  # how far this worker has got: other workers close label windows by it
         for i in range(0, len(out.learning), LEARNING_BATCH):  # one message per slice: every worker reads all
-            records.append(OutRecord(learning_name, None, encode_samples(out.learning[i : i + LEARNING_BATCH])))
+            chunk = out.learning[i : i + LEARNING_BATCH]
+            records.append(OutRecord(learning_name, None, encode_samples(chunk, worker_id, progress)))
+        if out.learning:
+            producing["last_sent"], producing["holding"] = time.monotonic(), True
         records += [OutRecord(shadow_name, None, rec.to_json()) for rec in out.shadow]
         records += [OutRecord(bids_name, b["user_id"].encode(), orjson.dumps(b)) for b in out.bid_signals]
         delivered = await sender.submit(records)
@@ -256,7 +265,6 @@ def create_app(settings: Settings) -> faust.App:
     status: dict[str, Any] = {"rebalanced": settings.intake == "none", "generation": 0, "snapshot": None}
     policy_ready = asyncio.Event()
     snapshots = SnapshotStore(engine.store.client, settings.app_id, keep=settings.snapshots_kept)
-    worker_id = f"{socket.gethostname()}:{os.getpid()}"
 
     @app.on_rebalance_complete.connect
     async def _rebalanced(app: faust.App, **kwargs: object) -> None:
@@ -330,7 +338,7 @@ def create_app(settings: Settings) -> faust.App:
         if settings.gc_paced:
             gc_pacer.start()  # from now on the collector runs between batches (streams/gc_pacing.py)
         await follow_learning(
-            settings.kafka_bootstrap or "", settings.topic(LEARNING), engine.learn, stop_learning,
+            settings.kafka_bootstrap or "", settings.topic(LEARNING), engine.learn_batches, stop_learning,
             start_offsets=offsets, fetch_max_wait_ms=settings.learning_fetch_max_wait_ms,
         )
 
@@ -364,6 +372,17 @@ def create_app(settings: Settings) -> faust.App:
             started = time.perf_counter()
             await asyncio.sleep(LOOP_PROBE_S)
             metrics.loop_lag.observe(max(0.0, time.perf_counter() - started - LOOP_PROBE_S))
+
+    @app.timer(1.0)
+    @survives("telling the other workers that this one is idle")
+    async def release_label_windows() -> None:
+        """Caught up with every input partition and nothing sent for a while: this worker's next samples come
+        from new events, so it stops holding the other workers' label windows (learning/source_progress.py).
+        A quiet period is measured on the wall clock: it is about this process being idle, not event time."""
+        quiet = time.monotonic() - producing["last_sent"] >= IDLE_AFTER_S
+        if producing["holding"] and quiet and not any(input_lag().values()):
+            producing["holding"] = False
+            await sender.send([OutRecord(learning_name, None, encode_idle(worker_id, engine.watermark))])
 
     @app.timer(1.0)
     @survives("replaying feature updates kept during a store outage")
@@ -467,6 +486,11 @@ def create_app(settings: Settings) -> faust.App:
     async def _stop(app: faust.App, **kwargs: object) -> None:
         gc_pacer.stop()
         stop_learning.set()
+        if producing["holding"]:  # this worker sends no more samples: stop holding label windows open for it
+            try:
+                await sender.send([OutRecord(learning_name, None, encode_idle(worker_id, engine.watermark))])
+            except Exception as exc:  # the broker is away: the others drop this worker after the max lag
+                log.warning("could not tell the other workers that this one stops: %s", exc)
         await sender.stop()
 
     return app

@@ -3,6 +3,8 @@
 Exposures and rewards are additive statistics, so all workers converge to the same policy whatever
 the order; what one worker's users teach reaches the others as fast as the topic delivers. A worker
 starts from the offsets of the snapshot it loaded (or from the beginning when there is none).
+Each message also says which worker wrote it and how far that worker had got in event time; the
+batches go to the engine whole, so it can close label windows at the slowest worker's progress.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from contracts.decisions import LearningSample, decode_samples
+from contracts.decisions import LearningBatch, decode_batch
 
 log = logging.getLogger(__name__)
 
-OnBatch = Callable[[list[LearningSample], dict[int, int]], None]
+OnBatch = Callable[[list[LearningBatch], dict[int, int]], None]
 
 
 async def learning_partitions(consumer: AIOKafkaConsumer, topic: str, stop: asyncio.Event) -> set[int]:
@@ -52,18 +54,18 @@ async def follow_learning(
                 await consumer.seek_to_beginning(tp)
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=200, max_records=5000)
-            samples: list[LearningSample] = []
+            read: list[LearningBatch] = []
             positions: dict[int, int] = {}
             for tp, records in batches.items():
                 for rec in records:
                     try:
-                        samples.extend(decode_samples(rec.value))
+                        read.append(decode_batch(rec.value))
                     except Exception as exc:  # written by us; a bad one is logged, never fatal
                         log.error("unreadable learning sample at %s/%s: %s", tp.partition, rec.offset, exc)
                 if records:
                     positions[tp.partition] = records[-1].offset + 1
             if positions:
-                on_batch(samples, positions)
+                on_batch(read, positions)
     finally:
         await consumer.stop()
 

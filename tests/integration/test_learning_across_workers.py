@@ -113,6 +113,15 @@ def test_what_one_worker_learns_improves_the_other(runtime: Runtime, isolated: d
         share_best = sum(d["action"] == BEST for d in answers) / len(answers)
         # An untrained policy picks among 5 tied offers (~20 % each); b learned from a's users.
         assert share_best >= 0.8, [(d["action"], d["mode"]) for d in answers]
+
+        # Every learning message names its worker and that worker's event-time progress; a worker caught up
+        # and quiet for a few seconds says it holds nothing back. Then label windows may close at the last
+        # progress reported: b's, at its last query, which a never saw as an event (a's own clock is behind).
+        last_query = T0 + requests + len(queries) - 1
+        assert metric(a, "cadence_event_time_watermark_seconds") < last_query
+        for worker in (a, b):
+            wait_for(lambda w=worker: metric(w, "cadence_learning_producers") == 0
+                     and metric(w, "cadence_label_watermark_seconds") == last_query, 30, "both workers to go idle")
     finally:
         a.stop()
         b.stop()

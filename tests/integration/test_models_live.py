@@ -23,6 +23,7 @@ from bandits import make_policy
 from cadence.metrics import Metrics
 from cadence.runtime import Runtime
 from cadence.settings import DEFAULT_CATALOGUE
+from contracts.decisions import LearningBatch, LearningSample, decode_batch, encode_samples
 from engine.processor import Engine, EngineConfig, RawMessage
 from features.context import CONTEXT_DIM
 from features.erasure import user_digest
@@ -31,6 +32,7 @@ from learning.label_join import JoinConfig
 from learning.live_models import LiveModels, ModelConfig
 from learning.model_exchange import ModelExchange
 from learning.snapshots import SnapshotInfo, SnapshotStore
+from learning.source_progress import SourceProgress
 from learning.state import LearnedState
 from policy.catalogue import load_catalogue
 from policy.pipeline import PolicyContext
@@ -250,3 +252,43 @@ def test_a_worker_shows_scores_in_decide_and_profile_and_exports_model_metrics(
         assert max(again["scores"]["propensity"], key=again["scores"]["propensity"].get) == BEST
     finally:
         restarted.stop()
+
+
+def labels_of_a_lagging_worker(rt: Runtime, max_lag_s: float) -> tuple[float, int]:
+    """The trainer reads the learning topic of two workers: "fast" runs 1,000 s of event time ahead of "slow",
+    whose 40 decisions all convert 300 s later, within their 600 s window, but reach the topic only after fast
+    has passed the windows' close. Returns the propensity the trainer then learned for that offer, and how many
+    propensity labels it learned."""
+    engine = in_process_engine(rt, f"lag{uuid.uuid4().hex[:8]}")
+    config = ModelConfig(join=JoinConfig(window_s=600.0, grace_s=30.0, max_source_lag_s=max_lag_s), min_samples=1)
+    engine.models = LiveModels(config, 0.1, engine.catalogue.value_scale)
+    engine.sources = SourceProgress(max_lag_s)
+    engine.models.training = True
+    x = np.zeros(CONTEXT_DIM)
+    x[0] = 1.0
+
+    def batch(source: str, progress: float, samples: list[LearningSample]) -> LearningBatch:
+        return decode_batch(encode_samples(samples, source, progress))  # as the learning feed reads them
+
+    def clicks(start: float) -> list[LearningSample]:  # the fast worker's traffic: clicks teach no label
+        return [LearningSample("reward", f"fast{start}-{i}", "offer_a", x, 0.1, ts=start + i, reward_type="click")
+                for i in range(5)]
+
+    shown = [LearningSample("exposure", f"slow{i}", BEST, x, probability=0.2, ts=T0 + i) for i in range(40)]
+    converted = [LearningSample("reward", s.decision_id, BEST, x, 0.5, ts=s.ts + 300.0, reward_type="conversion")
+                 for s in shown]
+    engine.learn_batches([batch("slow", T0 + 39, shown), batch("fast", T0 + 1000, clicks(T0 + 995))], {0: 2})
+    engine.learn_batches([batch("fast", T0 + 1500, clicks(T0 + 1495)), batch("slow", T0 + 400, converted)], {0: 4})
+    engine.learn_batches([batch("slow", T0 + 700, [])], {0: 5})  # slow has caught up past the windows' close
+    while engine.models.train(1000):
+        pass
+    scores = engine.models.publish().score(x, [BEST])
+    return scores[f"propensity:{BEST}"], engine.models.models.samples()["propensity"]
+
+
+def test_conversions_of_a_worker_behind_the_others_are_learned_as_positives(runtime: Runtime) -> None:
+    held, held_labels = labels_of_a_lagging_worker(runtime, max_lag_s=1800.0)
+    fastest, fastest_labels = labels_of_a_lagging_worker(runtime, max_lag_s=0.0)  # windows close at the fastest
+    assert held_labels == fastest_labels == 40  # each exposure labelled once either way
+    # held open for the slow worker: 40 positives; closed at the fast worker's time: 40 negatives
+    assert held > 0.5 > fastest, (held, fastest)
