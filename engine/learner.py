@@ -58,7 +58,7 @@ class EngineLearning:
             self.learned_offsets.update(positions)
         for batch in batches if batches is not None else [LearningBatch(samples)]:
             if batch.idle:
-                self.sources.release(batch.source)
+                self.sources.release(batch.source, batch.progress or 0.0)
             elif (reported := batch.reported) is not None:
                 self.sources.report(*reported)
         closing = self.sources.settle()

@@ -18,7 +18,9 @@ A producer that stops reporting (it crashed, or it has no traffic) must not hold
 - ``max_lag_s = 0`` closes at the fastest producer, the behaviour before producers reported progress.
 
 The closing time never moves back: a producer that reports again after being dropped, or a new one that
-starts behind, holds later windows, not ones already closed.
+starts behind, holds later windows, not ones already closed. A released producer holds windows again only
+with progress beyond the one it was released at: its older messages, read after the release (they were on
+another partition of the learning topic), do not bring it back.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class SourceProgress:
             raise ValueError(f"max_lag_s must be >= 0, got {max_lag_s}")
         self.max_lag_s = max_lag_s
         self._progress: dict[str, float] = {}
+        self._released: dict[str, float] = {}  # producer -> the progress it was released at
         self._closing = 0.0
         self.dropped = 0  # producers dropped for lagging more than max_lag_s (or silent that long)
 
@@ -45,12 +48,15 @@ class SourceProgress:
 
     def report(self, source: str, progress: float) -> None:
         """``source`` has sent everything up to event time ``progress`` (``settle`` moves the closing time)."""
-        if progress > self._progress.get(source, float("-inf")):
+        known = max(self._progress.get(source, float("-inf")), self._released.get(source, float("-inf")))
+        if progress > known:
             self._progress[source] = progress
 
-    def release(self, source: str) -> None:
-        """``source`` holds nothing back (it stopped, or it is caught up and quiet) until it reports again."""
+    def release(self, source: str, progress: float) -> None:
+        """``source`` holds nothing back (it stopped, or it is caught up and quiet, at ``progress``) until it
+        reports progress beyond that."""
         self._progress.pop(source, None)
+        self._released[source] = max(progress, self._released.get(source, progress))
 
     def settle(self) -> float:
         """Drop the producers too far behind and return the closing time. Call it once per read of the
@@ -64,4 +70,6 @@ class SourceProgress:
                 del self._progress[source]
             self.dropped += len(stale)
             self._closing = max(self._closing, min(self._progress.values()))
+            for source in [s for s, p in self._released.items() if p < floor]:
+                del self._released[source]  # anything it sends now is that far behind: dropped anyway
         return self._closing

@@ -33,12 +33,24 @@ def test_windows_already_closed_stay_closed_for_a_producer_that_starts_behind() 
 def test_a_producer_that_stops_cleanly_releases_the_windows_at_once() -> None:
     sources = SourceProgress(max_lag_s=1800.0)
     assert reported(sources, ("a", 5000.0), ("b", 4000.0)) == 4000.0
-    sources.release("b")
+    sources.release("b", 4000.0)
     assert sources.settle() == 5000.0 and len(sources) == 1
-    sources.release("unknown")  # a release read twice, or of a producer already dropped
+    sources.release("unknown", 10.0)  # a release read twice, or of a producer already dropped
     assert sources.settle() == 5000.0
-    sources.release("a")
+    sources.release("a", 5000.0)
     assert sources.settle() == 5000.0 and len(sources) == 0  # nobody left: the closing time stays
+
+
+def test_a_released_producer_holds_again_only_with_newer_progress() -> None:
+    sources = SourceProgress(max_lag_s=1800.0)
+    assert reported(sources, ("a", 1000.0), ("idle", 900.0)) == 900.0
+    sources.release("idle", 950.0)  # caught up and quiet at 950
+    # an older message of its own, read after the release (another learning partition): not brought back
+    assert reported(sources, ("idle", 940.0), ("a", 1200.0)) == 1200.0 and len(sources) == 1
+    assert reported(sources, ("idle", 950.0)) == 1200.0 and len(sources) == 1
+    # new events, new samples: it holds the windows not yet closed again
+    assert reported(sources, ("idle", 1150.0), ("a", 1300.0)) == 1200.0 and len(sources) == 2
+    assert reported(sources, ("idle", 1250.0)) == 1250.0
 
 
 def test_a_producer_further_behind_than_max_lag_stops_holding_the_windows() -> None:
