@@ -270,16 +270,20 @@ def labels_of_a_lagging_worker(rt: Runtime, max_lag_s: float) -> tuple[float, in
     def batch(source: str, progress: float, samples: list[LearningSample]) -> LearningBatch:
         return decode_batch(encode_samples(samples, source, progress))  # as the learning feed reads them
 
-    def clicks(start: float) -> list[LearningSample]:  # the fast worker's traffic: clicks teach no label
-        return [LearningSample("reward", f"fast{start}-{i}", "offer_a", x, 0.1, ts=start + i, reward_type="click")
+    def clicks(worker: str, start: float) -> list[LearningSample]:  # other traffic: clicks teach no label
+        return [LearningSample("reward", f"{worker}{start}-{i}", "offer_a", x, 0.1, ts=start + i, reward_type="click")
                 for i in range(5)]
 
     shown = [LearningSample("exposure", f"slow{i}", BEST, x, probability=0.2, ts=T0 + i) for i in range(40)]
     converted = [LearningSample("reward", s.decision_id, BEST, x, 0.5, ts=s.ts + 300.0, reward_type="conversion")
                  for s in shown]
-    engine.learn_batches([batch("slow", T0 + 39, shown), batch("fast", T0 + 1000, clicks(T0 + 995))], {0: 2})
-    engine.learn_batches([batch("fast", T0 + 1500, clicks(T0 + 1495)), batch("slow", T0 + 400, converted)], {0: 4})
-    engine.learn_batches([batch("slow", T0 + 700, [])], {0: 5})  # slow has caught up past the windows' close
+    reads = [  # three reads of the learning topic, as the feed hands them over
+        [batch("slow", T0 + 39, shown), batch("fast", T0 + 1000, clicks("fast", T0 + 995))],
+        [batch("fast", T0 + 1500, clicks("fast", T0 + 1495)), batch("slow", T0 + 400, converted)],
+        [batch("slow", T0 + 700, clicks("slow", T0 + 695))],  # slow has caught up past the windows' close
+    ]
+    for offset, read in enumerate(reads):
+        engine.learn_batches(read, {0: offset + 1})
     while engine.models.train(1000):
         pass
     scores = engine.models.publish().score(x, [BEST])
