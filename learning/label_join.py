@@ -1,9 +1,11 @@
 """Delayed labels for the propensity and value models, on the learning stream's event time (pure).
 
 Every exposure (a decision that showed an action, with its context ``x``) waits here until its window
-closes, when the learning stream's watermark passes ``ts + window_s + grace_s`` (``grace_s`` waits for
-rewards from learning partitions that run behind the fastest one). Then, and only then, it yields its
-propensity label, with ``ts`` = that close:
+closes, when the learning stream's watermark passes ``ts + window_s + grace_s``. That watermark is the
+slowest live worker's progress (learning/source_progress.py: a worker catching up on a backlog holds the
+windows open); ``grace_s`` waits for rewards read after later ones (another partition of the learning
+topic, events within a worker's accepted lateness). Then, and only then, it yields its propensity label,
+with ``ts`` = that close:
 
 - label 1 if a **conversion** for its ``decision_id`` came within ``window_s`` of the decision (the
   conversion only marks the waiting exposure as converted; it keeps waiting);
