@@ -16,11 +16,10 @@ One worker trains, every worker scores with the same published version:
   exposures at hand). A propensity label, 1 or 0 alike, comes when its exposure's window closes (the
   learning watermark, the slowest live worker's progress, passes ``ts + window_s + grace_s``), so a fresh
   model shows no propensity before ``min_samples`` exposures' windows have closed, and learns positives and
-  negatives at the same delay
-  (no positive-only start); a value label comes with the conversion. Churn needs per-customer activity,
-  which only the partition owner sees: it runs a :class:`models.churn.ChurnLabeler` keyed by a digest of
-  the user id (never the id), with the compact context vector as features, and hands resolved labels
-  (without any id) to the trainer through ``take_churn_labels`` / ``add_churn_labels`` (the app ships
+  negatives at the same delay (no positive-only start); a value label comes with the conversion. Churn needs
+  per-customer activity, which only the partition owner sees: it runs a :class:`models.churn.ChurnLabeler`
+  keyed by a digest of the user id (never the id), with the compact context vector as features, and hands
+  resolved labels (without any id) to the trainer through ``take_churn_labels`` / ``add_churn_labels`` (the app ships
   them through Redis).
 
 Nothing here does I/O; ``streams/app.py`` moves the bytes.
