@@ -96,6 +96,11 @@ class Metrics:
         self.learning_producers = Gauge(
             "cadence_learning_producers", "Workers whose progress holds the label windows open", registry=r
         )
+        self.learning_producers_dropped = Counter(
+            "cadence_learning_producers_dropped_total", "Workers that stopped holding the label windows because "
+            "they were more than CADENCE_MODELS_LABEL_MAX_LAG_S behind the fastest (a crash, or a long lag)",
+            registry=r,
+        )
         # River models (learning/live_models.py). Metrics, samples and drifts come from the training worker.
         self.model_metric = Gauge(
             "cadence_model_metric", "Progressive validation metric per model: log_loss, roc_auc (rolling), "

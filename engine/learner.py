@@ -61,7 +61,10 @@ class EngineLearning:
                 self.sources.release(batch.source, batch.progress or 0.0)
             elif (reported := batch.reported) is not None:
                 self.sources.report(*reported)
+        dropped_before = self.sources.dropped
         closing = self.sources.settle()
+        if self.sources.dropped > dropped_before:
+            self.metrics.learning_producers_dropped.inc(self.sources.dropped - dropped_before)
         self.metrics.label_watermark.set(closing)
         self.metrics.learning_producers.set(len(self.sources))
         fresh = [s for s in samples if self._seen.first_time(s.key)]  # replays after a crash: once only

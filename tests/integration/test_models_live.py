@@ -254,11 +254,11 @@ def test_a_worker_shows_scores_in_decide_and_profile_and_exports_model_metrics(
         restarted.stop()
 
 
-def labels_of_a_lagging_worker(rt: Runtime, max_lag_s: float) -> tuple[float, int]:
+def labels_of_a_lagging_worker(rt: Runtime, max_lag_s: float) -> tuple[float, int, float]:
     """The trainer reads the learning topic of two workers: "fast" runs 1,000 s of event time ahead of "slow",
     whose 40 decisions all convert 300 s later, within their 600 s window, but reach the topic only after fast
-    has passed the windows' close. Returns the propensity the trainer then learned for that offer, and how many
-    propensity labels it learned."""
+    has passed the windows' close. Returns the propensity the trainer then learned for that offer, how many
+    propensity labels it learned, and how many times a worker was dropped for lagging (its metric)."""
     engine = in_process_engine(rt, f"lag{uuid.uuid4().hex[:8]}")
     config = ModelConfig(join=JoinConfig(window_s=600.0, grace_s=30.0, max_source_lag_s=max_lag_s), min_samples=1)
     engine.models = LiveModels(config, 0.1, engine.catalogue.value_scale)
@@ -287,12 +287,16 @@ def labels_of_a_lagging_worker(rt: Runtime, max_lag_s: float) -> tuple[float, in
     while engine.models.train(1000):
         pass
     scores = engine.models.publish().score(x, [BEST])
-    return scores[f"propensity:{BEST}"], engine.models.models.samples()["propensity"]
+    dropped = [s.value for f in text_string_to_metric_families(engine.metrics.exposition().decode())
+               for s in f.samples if s.name == "cadence_learning_producers_dropped_total"]
+    return scores[f"propensity:{BEST}"], engine.models.models.samples()["propensity"], sum(dropped)
 
 
 def test_conversions_of_a_worker_behind_the_others_are_learned_as_positives(runtime: Runtime) -> None:
-    held, held_labels = labels_of_a_lagging_worker(runtime, max_lag_s=1800.0)
-    fastest, fastest_labels = labels_of_a_lagging_worker(runtime, max_lag_s=0.0)  # windows close at the fastest
+    held, held_labels, held_dropped = labels_of_a_lagging_worker(runtime, max_lag_s=1800.0)
+    # windows close at the fastest worker's time: slow is dropped for lagging in each of the three reads
+    fastest, fastest_labels, fastest_dropped = labels_of_a_lagging_worker(runtime, max_lag_s=0.0)
     assert held_labels == fastest_labels == 40  # each exposure labelled once either way
+    assert (held_dropped, fastest_dropped) == (0, 3)
     # held open for the slow worker: 40 positives; closed at the fast worker's time: 40 negatives
     assert held > 0.5 > fastest, (held, fastest)
