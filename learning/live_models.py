@@ -19,8 +19,8 @@ One worker trains, every worker scores with the same published version:
   negatives at the same delay (no positive-only start); a value label comes with the conversion. Churn needs
   per-customer activity, which only the partition owner sees: it runs a :class:`models.churn.ChurnLabeler`
   keyed by a digest of the user id (never the id), with the compact context vector as features, and hands
-  resolved labels (without any id) to the trainer through ``take_churn_labels`` / ``add_churn_labels`` (the app ships
-  them through Redis).
+  resolved labels (without any id) to the trainer through ``take_churn_labels`` / ``add_churn_labels`` (the
+  app ships them through Redis).
 
 Nothing here does I/O; ``streams/app.py`` moves the bytes.
 """
