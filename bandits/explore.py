@@ -12,8 +12,9 @@ def greedy_pick(scores: list[float], epsilon: float, u: float) -> tuple[int, int
     """
     k = len(scores)
     top_score = max(scores)
-    top = [i for i, s in enumerate(scores) if s == top_score]
-    n_top = len(top)
+    n_top = scores.count(top_score)
+    # one best score is the usual case: find it in C instead of a Python scan of every score
+    top = [scores.index(top_score)] if n_top == 1 else [i for i, s in enumerate(scores) if s == top_score]
     if u < epsilon:
         pick = min(int(u / epsilon * k), k - 1)
         best = pick if pick in top else top[0]
