@@ -60,6 +60,10 @@ class Settings(BaseSettings):
         100, ge=1, le=5000, description="The same for the learning topic (what other workers learned): it "
         "bounds how late learning arrives, not decisions; fewer empty fetches leave the CPU to the intake."
     )
+    learning_idle_after_s: float = Field(
+        5.0, gt=0, description="A worker caught up on its input and without learning samples to send for this "
+        "long (wall clock) tells the others it holds no label windows open; it also does so when it stops."
+    )
     max_event_bytes: int = Field(65536, ge=256, description="Larger payloads go to dead-letters as too_large.")
     max_future_skew_s: float = Field(
         3600.0, ge=0, description="Events whose ts is this far ahead of the worker's watermark are rejected."

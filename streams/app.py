@@ -53,7 +53,6 @@ log = logging.getLogger(__name__)
 LOOP_PROBE_S = 0.05
 TRAIN_CHUNK = 24  # labels per training step (~85 us each): the event loop waits at most ~2 ms for training
 LEARNING_BATCH = 500  # samples per learning-topic message (~0.3 MB)
-IDLE_AFTER_S = 5.0  # caught up and no learning samples sent this long: stop holding label windows open
 
 
 def redis_client(settings: Settings) -> aioredis.Redis:
@@ -379,7 +378,7 @@ def create_app(settings: Settings) -> faust.App:
         """Caught up with every input partition and nothing sent for a while: this worker's next samples come
         from new events, so it stops holding the other workers' label windows (learning/source_progress.py).
         A quiet period is measured on the wall clock: it is about this process being idle, not event time."""
-        quiet = time.monotonic() - producing["last_sent"] >= IDLE_AFTER_S
+        quiet = time.monotonic() - producing["last_sent"] >= settings.learning_idle_after_s
         if producing["holding"] and quiet and not any(input_lag().values()):
             producing["holding"] = False
             await sender.send([OutRecord(learning_name, None, encode_idle(worker_id, engine.watermark))])

@@ -48,6 +48,13 @@ def wait_for(check, timeout_s: float = 60.0, what: str = "condition"):  # noqa: 
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def split(a: WorkerProcess, b: WorkerProcess) -> tuple[set[int], set[int]] | None:
+    """The input partitions of a and b once they share all of them, else None."""
+    pa = set((a.health() or {}).get("partitions", {}).get("web-events", []))
+    pb = set((b.health() or {}).get("partitions", {}).get("web-events", []))
+    return (pa, pb) if pa and pb and not pa & pb and pa | pb == set(range(PARTITIONS)) else None
+
+
 def settled_version(worker: WorkerProcess, at_least: int) -> int:
     """The worker's policy version once it stops moving (all learning samples applied)."""
     last = -1
@@ -90,12 +97,7 @@ def test_what_one_worker_learns_improves_the_other(runtime: Runtime, isolated: d
     a = start_worker(runtime, data_dir, "worker-a", **isolated)
     b = start_worker(runtime, data_dir, "worker-b", **isolated)
     try:
-        def split():  # noqa: ANN202
-            pa = set((a.health() or {}).get("partitions", {}).get("web-events", []))
-            pb = set((b.health() or {}).get("partitions", {}).get("web-events", []))
-            return (pa, pb) if pa and pb and not pa & pb and pa | pb == set(range(PARTITIONS)) else None
-
-        part_a, part_b = wait_for(split, 90, "the two workers to share the partitions")
+        part_a, part_b = wait_for(lambda: split(a, b), 90, "the two workers to share the partitions")
         # First visits of distinct users (the context of b's users below), all within the same hour.
         requests = train(runtime, prefix, users_on(part_a, 1500, "a"), rounds=6, per_round=250)
         assert metric(b, "cadence_events_consumed_total") == 0  # b never saw a training event
@@ -122,6 +124,36 @@ def test_what_one_worker_learns_improves_the_other(runtime: Runtime, isolated: d
         for worker in (a, b):
             wait_for(lambda w=worker: metric(w, "cadence_learning_producers") == 0
                      and metric(w, "cadence_label_watermark_seconds") == last_query, 30, "both workers to go idle")
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_a_worker_that_stops_cleanly_stops_holding_the_label_windows(runtime: Runtime, isolated: dict[str, str],
+                                                                     data_dir: Path) -> None:
+    prefix = isolated["topic_prefix"]
+    never_idle = {**isolated, "learning_idle_after_s": "3600"}  # only the stop can release a worker here
+    a = start_worker(runtime, data_dir, "worker-a", **never_idle)
+    b = start_worker(runtime, data_dir, "worker-b", **never_idle)
+    try:
+        part_a, _ = wait_for(lambda: split(a, b), 90, "the two workers to share the partitions")
+        requests = train(runtime, prefix, users_on(part_a, 40, "s"), rounds=1, per_round=40)
+
+        def held_at_a() -> float | None:  # b's label windows close at a's event-time progress, a holding them
+            progress = metric(a, "cadence_event_time_watermark_seconds")
+            held = metric(b, "cadence_learning_producers") == 1
+            return progress if held and metric(b, "cadence_label_watermark_seconds") == progress else None
+
+        # Longer than the default idle time: a, caught up and quiet, still holds b's windows (b sent nothing:
+        # no events on its partitions), at a's last event (a conversion, a minute after its request).
+        time.sleep(7)
+        progress = wait_for(held_at_a, 30, "b to see a holding its windows at a's last event")
+        assert progress >= T0 + requests - 1
+        a.stop()  # SIGTERM: a clean stop
+        assert a.proc is not None and a.proc.returncode == 0
+        wait_for(lambda: metric(b, "cadence_learning_producers") == 0, 15, "b to see a's idle message")
+        assert metric(b, "cadence_learning_producers_dropped_total") == 0  # released by a, not dropped for lag
+        assert metric(b, "cadence_label_watermark_seconds") == progress
     finally:
         a.stop()
         b.stop()
