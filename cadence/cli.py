@@ -214,7 +214,7 @@ def cmd_snapshots(args: argparse.Namespace) -> None:
         try:
             offsets = end_offsets(settings.kafka_bootstrap or "", settings.topic(LEARNING))
             info = await store.rollback(args.version, offsets)
-        except SnapshotError as exc:
+        except (SnapshotError, TimeoutError) as exc:
             sys.exit(f"cadence: {exc}")
         print(f"rolled back to version {args.version}: live as version {info.version}; "
               "every worker switches within a second")

@@ -9,6 +9,10 @@ end after each round, waits, and prints the partition's first offset and the bro
 
 If the first offset stays 0 and the RSS grows by the same step every round, the broker keeps everything, and a
 long soak on it measures the broker's growing log as much as the engine (load_tests/soak.py, README soak row).
+
+It also prints the end offset that ListOffsets reports next to the true one (a fetch's high watermark): Tansu
+0.6.0 answers ListOffsets(latest) with the first offset of the last record batch + 1, short of the end by the
+rest of that batch, so tools that need the end read it from a fetch (streams.learning_feed.end_offsets).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from cadence.runtime import broker_process
 from load_tests.soak import rss_bytes
+from streams.learning_feed import end_offsets
 
 TOPIC = "retention-probe"
 
@@ -51,22 +56,29 @@ def main(argv: list[str] | None = None) -> int:
         consumer = KafkaConsumer(bootstrap_servers=bootstrap)
         tp = TopicPartition(TOPIC, 0)
         payload = b"x" * args.size
+        acked = 0
         for n in range(args.rounds):
-            for _ in range(args.records):
-                producer.send(TOPIC, payload)
+            futures = [producer.send(TOPIC, payload) for _ in range(args.records)]
             producer.flush()
-            end = consumer.end_offsets([tp])[tp]
+            failed = [f.exception for f in futures if f.failed()]
+            acked += len(futures) - len(failed)
+            listed = consumer.end_offsets([tp])[tp]  # ListOffsets: Tansu 0.6 answers the last batch's first + 1
+            end = end_offsets(bootstrap, TOPIC)[0]  # from a fetch's high watermark: the true end
             try:
                 admin.delete_records({tp: end})
                 deleted = "accepted"
             except Exception as exc:  # Tansu 0.6.0 closes the connection
                 deleted = f"refused ({type(exc).__name__}: {exc})"
             time.sleep(args.wait_s)
-            row = {"round": n + 1, "end_offset": end, "first_offset": consumer.beginning_offsets([tp])[tp],
+            row = {"round": n + 1, "acked_so_far": acked, "send_errors": len(failed),
+                   "first_send_error": repr(failed[0]) if failed else None, "end_offset": end,
+                   "end_offset_listed": listed, "first_offset": consumer.beginning_offsets([tp])[tp],
                    "broker_rss_mb": round(rss_bytes(broker.proc.pid) / 2**20, 1), "delete_records": deleted}
             rows.append(row)
-            print(f"round {row['round']}: offsets {row['first_offset']}..{end}, broker RSS {row['broker_rss_mb']} MB,"
-                  f" DeleteRecords {deleted}", flush=True)
+            print(f"round {row['round']}: {acked:,} records acknowledged so far ({len(failed)} sends failed"
+                  f"{': ' + row['first_send_error'] if failed else ''}), offsets {row['first_offset']}..{end}"
+                  f" (ListOffsets says {listed}), broker RSS {row['broker_rss_mb']} MB, DeleteRecords {deleted}",
+                  flush=True)
         consumer.close()
         producer.close()
         admin.close()

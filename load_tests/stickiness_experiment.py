@@ -92,10 +92,12 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[dict
         parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
         consumer.assign(parts)
         consumer.seek_to_beginning()
+        # Tansu 0.6 lists the end only up to the last batch's first record: also read up to the high
+        # watermark the fetches report (on a topic still written to, that takes in later records too)
         ends = consumer.end_offsets(parts)
         docs: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < ends[tp] for tp in parts):
+        while any(consumer.position(tp) < max(ends[tp], consumer.highwater(tp) or 0) for tp in parts):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{topic}: could not read up to the end offsets within {timeout_s:.0f}s")
             for records in consumer.poll(timeout_ms=200, max_records=10000).values():

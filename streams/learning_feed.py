@@ -70,14 +70,33 @@ async def follow_learning(
         await consumer.stop()
 
 
-def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    """Current end offsets of every partition (kafka-python, for the CLI)."""
+def end_offsets(bootstrap: str, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
+    """Current end offsets of every partition (kafka-python, for the CLI's rollback).
+
+    Read from the high watermark of a fetch, not from ListOffsets alone: the embedded broker (Tansu 0.6.0)
+    answers ListOffsets(latest) with the first offset of the partition's last record batch + 1, short of
+    the end by the rest of that batch (load_tests/broker_retention.py shows it), and a rollback that resumed
+    learning there would apply those samples again on top of the restored state.
+    """
+    import time
+
     from kafka import KafkaConsumer
     from kafka import TopicPartition as KTopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=10)
     try:
         tps = [KTopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        return {tp.partition: int(off) for tp, off in consumer.end_offsets(tps).items()}
+        listed = consumer.end_offsets(tps)  # a lower bound on Tansu, exact on Kafka
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, listed[tp])
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.highwater(tp) is None for tp in tps):
+            if time.monotonic() > deadline:
+                missing = sorted(tp.partition for tp in tps if consumer.highwater(tp) is None)
+                raise TimeoutError(f"{topic}: no fetch answered for partitions {missing} within {timeout_s:.0f} s; "
+                                   "is the broker reachable? try again")
+            consumer.poll(timeout_ms=50, max_records=1)  # the records are not needed, the watermark is
+        return {tp.partition: max(int(listed[tp]), int(consumer.highwater(tp) or 0)) for tp in tps}
     finally:
         consumer.close()

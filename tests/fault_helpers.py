@@ -103,8 +103,9 @@ class RawReader:
 
     def at_end(self) -> bool:
         """Everything the topic held when asked has been read (a slow fetch is not an empty topic)."""
-        ends = self._consumer.end_offsets(self._parts)
-        return all(self._consumer.position(tp) >= end for tp, end in ends.items())
+        ends = self._consumer.end_offsets(self._parts)  # Tansu 0.6: only up to the last batch's first record
+        return all(self._consumer.position(tp) >= max(end, self._consumer.highwater(tp) or 0)
+                   for tp, end in ends.items())
 
     def read_until_quiet(self, quiet_s: float, timeout_s: float) -> None:
         """Read to the end of the topic, until nothing new arrived for ``quiet_s`` (or ``timeout_s`` passed)."""

@@ -93,3 +93,20 @@ def test_unpack_refuses_foreign_blobs() -> None:
 
     with pytest.raises(ValueError, match="not a cadence learned-state snapshot"):
         LearnedState.unpack(pickle.dumps({"something": "else"}))
+
+
+def test_a_rollback_resumes_learning_after_the_last_record_of_a_batch(runtime: Runtime) -> None:
+    """The offsets a rollback stores are the true ends of the learning topic, records sent in one batch too."""
+    from kafka import KafkaProducer
+
+    from cadence.runtime import create_topics
+    from streams.learning_feed import end_offsets
+
+    topic = f"ends{uuid.uuid4().hex[:8]}"
+    create_topics(runtime.kafka_bootstrap or "", [topic], partitions=2)
+    producer = KafkaProducer(bootstrap_servers=runtime.kafka_bootstrap, linger_ms=50)
+    sent = [producer.send(topic, b"sample", partition=0) for _ in range(10)]  # one batch: offsets 0..9
+    producer.flush()
+    producer.close()
+    assert [f.get().offset for f in sent] == list(range(10))
+    assert end_offsets(runtime.kafka_bootstrap or "", topic) == {0: 10, 1: 0}
