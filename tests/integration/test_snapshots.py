@@ -95,8 +95,9 @@ def test_unpack_refuses_foreign_blobs() -> None:
         LearnedState.unpack(pickle.dumps({"something": "else"}))
 
 
-def test_a_rollback_resumes_learning_after_the_last_record_of_a_batch(runtime: Runtime) -> None:
-    """The offsets a rollback stores are the true ends of the learning topic, records sent in one batch too."""
+def test_the_offsets_a_rollback_stores_are_the_true_ends_of_the_learning_topic(runtime: Runtime) -> None:
+    """`cadence snapshots rollback` stores these ends as the offsets to resume learning from: past the last
+    record of a batch too, so no sample already learned is applied again on top of the restored state."""
     from kafka import KafkaProducer
 
     from cadence.runtime import create_topics
