@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from typing import cast
 
 import redis.asyncio as aioredis
 
@@ -43,4 +44,4 @@ class ErasureRegistry:
         return int(await self.client.get(self.generation_key) or 0)
 
     async def digests(self) -> set[str]:
-        return {d.decode() for d in await self.client.smembers(self.set_key)}
+        return {cast(bytes, d).decode() for d in await self.client.smembers(self.set_key)}  # not decoded

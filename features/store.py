@@ -7,7 +7,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Mapping, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -193,7 +193,7 @@ class RedisFeatureStore:
 
     async def read(self, user_id: str) -> UserState:
         try:
-            flat = await self.client.hgetall(self.key(user_id))
+            flat = cast(dict[bytes, bytes], await self.client.hgetall(self.key(user_id)))  # responses not decoded
         except Exception as exc:
             raise FeatureStoreError(f"feature store read failed: {exc}") from exc
         return UserState(user_id, {k.decode(): v.decode(errors="replace") for k, v in flat.items() if k != b"dd"})

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from typing import cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -40,7 +41,7 @@ class SnapshotInfo:
         return orjson.dumps(asdict(self), option=orjson.OPT_NON_STR_KEYS)
 
     @classmethod
-    def from_json(cls, raw: bytes) -> SnapshotInfo:
+    def from_json(cls, raw: bytes | str) -> SnapshotInfo:
         doc = orjson.loads(raw)
         doc["offsets"] = {int(k): int(v) for k, v in doc.get("offsets", {}).items()}
         return cls(**doc)
@@ -94,7 +95,7 @@ class SnapshotStore:
         if raw_info is None or blob is None:
             have = [i.version for i in await self.list()]
             raise SnapshotError(f"no snapshot version {version}; versions kept: {have or 'none'}")
-        return SnapshotInfo.from_json(raw_info), blob
+        return SnapshotInfo.from_json(raw_info), cast(bytes, blob)  # the client does not decode responses
 
     async def rollback(self, version: int, current_offsets: dict[int, int]) -> SnapshotInfo:
         """Make ``version``'s state live on every worker again, as a new version; returns its info."""
@@ -114,7 +115,7 @@ class SnapshotStore:
         if ok:
             return True
         holder = await self.client.get(key)
-        if holder is not None and holder.decode() == worker_id:
+        if holder is not None and cast(bytes, holder).decode() == worker_id:
             await self.client.pexpire(key, int(ttl_s * 1000))
             return True
         return False

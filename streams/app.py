@@ -257,7 +257,7 @@ def create_app(settings: Settings) -> faust.App:
 
     if settings.intake == "faust":
         app.agent(app.topic(*logical, key_type=bytes, value_type=bytes, value_serializer="raw",
-                            key_serializer="raw"), name="ingest")(ingest)
+                            key_serializer="raw"), name="ingest")(ingest)  # type: ignore[arg-type]  # a Stream (take_events), not StreamT
 
     stop_learning = asyncio.Event()
     # an HTTP-only replica (intake none) has no partitions to wait for
@@ -265,7 +265,7 @@ def create_app(settings: Settings) -> faust.App:
     policy_ready = asyncio.Event()
     snapshots = SnapshotStore(engine.store.client, settings.app_id, keep=settings.snapshots_kept)
 
-    @app.on_rebalance_complete.connect
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # stubs: (sender, *args, signal, **kw)
     async def _rebalanced(app: faust.App, **kwargs: object) -> None:
         if settings.intake == "faust":
             assigned(set())
@@ -481,7 +481,7 @@ def create_app(settings: Settings) -> faust.App:
         """The collector's check outside batches too: an idle worker or an HTTP-only replica collects."""
         gc_pacer.tick()
 
-    @app.on_before_shutdown.connect
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # stubs: (sender, *args, signal, **kw)
     async def _stop(app: faust.App, **kwargs: object) -> None:
         gc_pacer.stop()
         stop_learning.set()

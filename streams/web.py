@@ -205,7 +205,8 @@ def register_views(
             if not _authorized(request, admin_token):
                 return _error(web, 401, "missing or wrong admin bearer token",
                               "send 'Authorization: Bearer <CADENCE_ADMIN_TOKEN>'")
-            if request.content_length and request.content_length > MAX_BODY_BYTES:
+            length = request.content_length  # type: ignore[attr-defined]  # faust's Request is aiohttp's
+            if length and length > MAX_BODY_BYTES:
                 return _error(web, 413, f"body larger than {MAX_BODY_BYTES} bytes", "send one change at a time")
             try:
                 return await handler(web, request, **kw)
