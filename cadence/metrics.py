@@ -83,6 +83,12 @@ class Metrics:
             "From the request event's Kafka timestamp to its decision being acknowledged by the broker",
             buckets=LATENCY_BUCKETS_S, registry=r,
         )
+        self.intake_wait = Histogram(
+            "cadence_intake_wait_seconds",
+            "From an input event's Kafka timestamp to the worker starting on its batch: time in the broker, the "
+            "consumer's fetch and the queue (event to decision minus this is processing and delivery)",
+            buckets=LATENCY_BUCKETS_S, registry=r,
+        )
         self.policy_version = Gauge("cadence_policy_version", "Learning steps in the live policy", registry=r)
         self.consumer_lag = Gauge(
             "cadence_consumer_lag_messages", "Messages behind the end of each assigned input partition",

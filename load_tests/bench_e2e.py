@@ -54,6 +54,7 @@ from streams.topics import ALL_TOPICS, DECISIONS
 PREFIX = "e2e."
 APP_ID = "bench-e2e"
 LATENCY_METRIC = "cadence_event_to_decision_seconds"
+INTAKE_METRIC = "cadence_intake_wait_seconds"  # the part of it before the worker starts on a batch
 PY_SPY = Path(sys.executable).with_name("py-spy")
 STOP = threading.Event()  # set by Ctrl-C / SIGTERM
 
@@ -208,13 +209,14 @@ def phase_internals(before: str, after: str) -> dict[str, Any]:
 def latency_phase(bootstrap: str, worker: WorkerProcess, events: Sequence[LoadEvent], rate: float, plan: Plan,
                   profile: Path | None) -> dict[str, Any]:
     load, consumed_before = load_now(), engine_count(worker)
-    state: dict[str, Any] = {"hist": Histogram.empty(), "text": ""}
+    state: dict[str, Any] = {"hist": Histogram.empty(), "intake": Histogram.empty(), "text": ""}
 
     def on_mark(name: str) -> None:
         if name == "warm":  # read in a thread: a busy worker may answer late, the pacer must not wait for it
             def snapshot() -> None:
                 state["text"] = metrics_of(worker)
                 state["hist"] = histogram(state["text"], LATENCY_METRIC)
+                state["intake"] = histogram(state["text"], INTAKE_METRIC)
 
             state["snapshot"] = threading.Thread(target=snapshot, daemon=True)
             state["snapshot"].start()
@@ -238,6 +240,7 @@ def latency_phase(bootstrap: str, worker: WorkerProcess, events: Sequence[LoadEv
         state["snapshot"].join(30)
     text = metrics_of(worker)
     hist = histogram(text, LATENCY_METRIC).minus(state["hist"])
+    intake = histogram(text, INTAKE_METRIC).minus(state["intake"])
     e2e = [(arrivals[r] - run.sent_at[r]) * 1000 for r in wanted if r in arrivals]
     missing = len(wanted) - len(e2e)
     consumed = engine_count(worker) - consumed_before
@@ -251,7 +254,9 @@ def latency_phase(bootstrap: str, worker: WorkerProcess, events: Sequence[LoadEv
         "requests_measured": len(wanted), "decisions_missing": missing, "settle_s": plan.settle_s,
         "e2e_ms": {k: (v if v != float("inf") else None) for k, v in e2e_ms.items()},
         "worker_histogram_ms": {f"p{round(q * 100)}": hist.quantile_ms(q) for q in (0.5, 0.9, 0.99)},
-        "worker_histogram_count": hist.count, "load_before": load, "profiled": "spy" in state,
+        "worker_histogram_count": hist.count,
+        "worker_intake_wait_ms": {f"p{round(q * 100)}": intake.quantile_ms(q) for q in (0.5, 0.9, 0.99)},
+        "load_before": load, "profiled": "spy" in state,
         "worker_internals": phase_internals(state["text"], text) if state["text"] else None,
     }
 

@@ -190,6 +190,8 @@ def create_app(settings: Settings) -> faust.App:
 
     async def handle(raw: list[RawMessage]) -> asyncio.Future:
         """One batch processed and its outputs handed over; the intake commits once they are delivered."""
+        now = time.time()  # wall clock, like the Kafka timestamps it is set against: a latency, not event time
+        observe_many(metrics.intake_wait, [max(0.0, now - m.timestamp) for m in raw if m.timestamp])
         # outputs go as soon as they are final; the next batch is read while this one's state write is in
         # flight (streams/handover.py); the intake commits once both are done
         delivered = await hand_over(raw, engine.process_isolating, submit)

@@ -62,6 +62,9 @@ def table(report: dict[str, Any]) -> str:
         rows.append((f"e2e p50 / p99 at {lat['target_rate']:,}/s{behind}", _latency_cell(lat), *target))
         hist = lat["worker_histogram_ms"]
         rows.append(("  worker histogram p50 / p99", f"{hist['p50']} / {hist['p99']} ms", "", ""))
+        wait = lat.get("worker_intake_wait_ms")
+        if wait:
+            rows.append(("    of which intake wait p50 / p99", f"{wait['p50']} / {wait['p99']} ms", "", ""))
         inside = lat.get("worker_internals")
         if inside and inside["batches"]:
             rows.append(("  batches: events, ms each (Redis apply+write)",

@@ -73,5 +73,7 @@ def test_worker_decides_routes_bad_input_and_ignores_duplicates(
         metrics = worker.metrics_text()
         assert "cadence_duplicate_events_total 5.0" in metrics
         assert 'cadence_dead_letters_total{reason="malformed_json"} 2.0' in metrics
+        inputs = len(before) + len(BAD) + 5 + len(after) + 2  # every message read, bad ones and duplicates too
+        assert f"cadence_intake_wait_seconds_count {float(inputs)}" in metrics
     finally:
         worker.stop()
