@@ -27,13 +27,16 @@ class Windows:
 
 
 def match_pending(event: Event, pending: list[PendingDecision]) -> PendingDecision | None:
-    """The decision a reward event refers to: by decision_id, else the latest one with its action/channel."""
+    """The decision a reward event refers to: by decision_id, else the latest one with its action/placement
+    made at or before the reward's event time (a reward read after a newer decision still belongs to the
+    one it followed). If every candidate is later than the reward, the latest: ``credit`` says why not."""
     if event.decision_id:
         return next((p for p in pending if p.decision_id == event.decision_id), None)
     candidates = [p for p in pending if event.action_id is None or p.action == event.action_id]
     if event.placement:
         candidates = [p for p in candidates if p.placement == event.placement]
-    return max(candidates, key=lambda p: p.ts, default=None)
+    before = [p for p in candidates if p.ts <= event.ts]
+    return max(before or candidates, key=lambda p: p.ts, default=None)
 
 
 def credit(event: Event, decision: PendingDecision | None, windows: Windows) -> Credit:

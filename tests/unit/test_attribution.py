@@ -39,6 +39,17 @@ def test_without_decision_id_takes_the_latest_with_the_same_action() -> None:
     assert match_pending(reward("click", T0 + 10), decisions).decision_id == "d3"
 
 
+def test_without_decision_id_a_reward_read_late_goes_to_the_decision_it_followed() -> None:
+    # the next page view's decision (T0 + 100) is already pending when a click from T0 + 50 is read
+    decisions = [pending("d2", "home_hero", "a", T0 + 100), pending("d1", "home_hero", "a", T0)]
+    click = reward("click", T0 + 50, offer_id="a", placement="home_hero")
+    target = match_pending(click, decisions)
+    assert target is not None and target.decision_id == "d1"
+    assert credit(click, target, WINDOWS) is Credit.CREDITED
+    early = reward("click", T0 - 5, offer_id="a", placement="home_hero")  # before every decision: not theirs
+    assert credit(early, match_pending(early, decisions), WINDOWS) is Credit.BEFORE_DECISION
+
+
 @pytest.mark.parametrize(
     ("etype", "delay", "outcome"),
     [
