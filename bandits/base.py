@@ -19,7 +19,6 @@ finite, ``select_row`` is ``select`` on that row.
 from __future__ import annotations
 
 import io
-import math
 import pickle
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -34,6 +33,13 @@ ELIGIBLE_CACHE_SIZE = 4096  # distinct eligible sets remembered (catalogues have
 # refused with a clear message instead of failing later. 2: shared ridge statistics (bandits.ridge).
 # 3: the context's history block is weighted by 1e-3 (features.context): statistics of 2 mean something else.
 SNAPSHOT_FORMAT = 3
+# Bounds on what a policy learns from. Finite values beyond them overflow the ridge statistics (x·xᵀ, r·x)
+# to infinity, and the next refresh of A⁻¹ turns an arm's estimates to NaN for good. The engine's contexts
+# lie in [-1, ~3] per entry (features/context.py); rewards are clicks and scaled values.
+MAX_CONTEXT_NORM = 1e6
+MAX_REWARD = 1e9
+_TOO_LARGE = ("context is too large (largest entry {big:.3g}; its norm may be at most 1e+06): scale the features "
+              "to small values (the engine's lie in [-1, 3]) before deciding or learning")
 
 
 @dataclass(slots=True)
@@ -68,7 +74,7 @@ class Prepared:
     version: int  # its version then: the statistics the rows hold
     arms: int  # how many arms it had
     xs: np.ndarray  # (n, dim), float64
-    finite: np.ndarray  # (n,) bool: rows that are finite (the others go through ``select``)
+    finite: np.ndarray  # (n,) bool: rows finite and within MAX_CONTEXT_NORM (others go through ``select``)
     rows: Any  # the subclass's precomputation (``_prepare``)
 
 
@@ -117,7 +123,8 @@ class Policy(ABC):
         xs = np.array(xs, dtype=np.float64)  # a copy: the caller may reuse its array
         if xs.ndim != 2 or xs.shape[1] != self.dim:
             raise ValueError(f"contexts must have shape (n, {self.dim}), got {xs.shape}")
-        finite = np.isfinite(xs).all(axis=1)
+        # rows with NaN, infinity or a norm beyond the bound are False: select_row sends them to select()
+        finite = np.einsum("ij,ij->i", xs, xs) <= MAX_CONTEXT_NORM**2 if len(xs) else np.ones(0, dtype=bool)
         clean = np.where(finite[:, None], xs, 0.0) if not finite.all() else xs
         rows = self._prepare(clean) if len(xs) and self._index else None
         return Prepared(id(self), self._n_updates, len(self._index), xs, finite, rows)
@@ -170,8 +177,9 @@ class Policy(ABC):
         rs = np.array(rewards, dtype=np.float64)
         if rs.shape != (len(actions),):
             raise ValueError(f"need one reward per action: {len(actions)} actions, rewards shaped {rs.shape}")
-        if not np.isfinite(rs).all():
-            raise ValueError("rewards must be finite; drop or repair those samples before learning")
+        if not (np.abs(rs) <= MAX_REWARD).all():
+            raise ValueError(f"rewards must be finite and at most {MAX_REWARD:g} in size; drop or repair those "
+                             "samples before learning (or learn a scaled reward)")
         xs = self._check_rows(xs, len(actions))
         arms = self._arms(actions)
         if len(arms):
@@ -207,10 +215,12 @@ class Policy(ABC):
         x = np.asarray(x, dtype=np.float64)
         if x.shape != (self.dim,):
             raise ValueError(f"context must have shape ({self.dim},), got {x.shape}")
-        # x·x is NaN/inf when any entry is; only then pay for the element-wise check (huge finite
-        # entries can overflow the square without being invalid). BLAS ddot: a Python float, fast.
-        if not math.isfinite(blas.ddot(x, x)) and not np.isfinite(x).all():
-            raise ValueError("context holds NaN or infinity; repair the feature vector before deciding")
+        # x·x is NaN/inf when any entry is, and above the bound when an entry is huge: one BLAS ddot (a
+        # Python float, fast) answers both, the element-wise check runs only to say which.
+        if not blas.ddot(x, x) <= MAX_CONTEXT_NORM**2:
+            if not np.isfinite(x).all():
+                raise ValueError("context holds NaN or infinity; repair the feature vector before deciding")
+            raise ValueError(_TOO_LARGE.format(big=float(np.abs(x).max())))
         return x
 
     def _check_rows(self, xs: np.ndarray, n: int) -> np.ndarray:
@@ -219,13 +229,16 @@ class Policy(ABC):
             raise ValueError(f"contexts must have shape ({n}, {self.dim}) (a row per action), got {xs.shape}")
         if not np.isfinite(xs).all():
             raise ValueError("contexts hold NaN or infinity; repair the feature vectors before learning")
+        if len(xs) and not float(np.einsum("ij,ij->i", xs, xs).max()) <= MAX_CONTEXT_NORM**2:
+            raise ValueError(_TOO_LARGE.format(big=float(np.abs(xs).max())))
         return xs
 
     @staticmethod
     def _check_reward(reward: float) -> float:
         r = float(reward)
-        if not math.isfinite(r):
-            raise ValueError(f"reward must be finite, got {reward!r}; drop or repair the sample first")
+        if not abs(r) <= MAX_REWARD:
+            raise ValueError(f"reward must be finite and at most {MAX_REWARD:g} in size, got {reward!r}; "
+                             "drop or repair the sample first (or learn a scaled reward)")
         return r
 
     def _arm(self, action: str) -> int:

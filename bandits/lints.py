@@ -75,7 +75,8 @@ class LinTS(LinearPolicy):
         shares += eps / k
         probs = shares.tolist()
         u = self._rng.random()
-        draw = min(int((u - eps) / (1.0 - eps) * n), n - 1)  # the draw whose winner is played (u >= eps)
-        pick = min(int(u / eps * k), k - 1) if u < eps else int(winners[draw])
+        # u < ε explores uniformly over the eligible actions; otherwise the winner of the draw u points at
+        # is played (only then is 1 - ε > 0 divided by: ε = 1 explores always)
+        pick = min(int(u / eps * k), k - 1) if u < eps else int(winners[min(int((u - eps) / (1.0 - eps) * n), n - 1)])
         scores = mean.tolist()
         return self._choice(actions, scores, probs, pick, int(mean.argmax()))

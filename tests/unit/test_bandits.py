@@ -293,6 +293,13 @@ def test_lints_logged_probability_matches_the_two_arm_closed_form() -> None:
     assert np.std(logged) < 0.05  # one estimate: √(p(1−p)/128)·(1−ε) ≤ 0.04
 
 
+def test_lints_with_epsilon_one_explores_uniformly() -> None:
+    policy = LinTS(DIM, epsilon=1.0, seed=0)  # the constructor allows it; select divided by 1 - ε = 0
+    picks = [policy.select(x, ["a", "b", "c"]) for x in xs(300)]
+    assert all(c.probabilities == pytest.approx({"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}) for c in picks)
+    assert {c.action for c in picks} == {"a", "b", "c"}
+
+
 def test_lints_with_one_draw_still_logs_a_floor_for_every_action() -> None:
     policy = LinTS(DIM, n_draws=1, epsilon=0.1, seed=0)
     choice = policy.select(xs(1)[0], ["a", "b", "c", "d"])
@@ -300,11 +307,34 @@ def test_lints_with_one_draw_still_logs_a_floor_for_every_action() -> None:
     assert choice.probability == choice.probabilities[choice.action]
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
-def test_huge_finite_contexts_are_accepted() -> None:
-    policy = LinUCB(DIM, seed=0)
-    x = np.full(DIM, 1e200)  # x·x overflows, yet every entry is finite
-    assert policy.select(x, ["a", "b"]).action in {"a", "b"}
+@pytest.mark.parametrize("make", [LinUCB, LinTS, EpsilonGreedy])
+def test_contexts_and_rewards_too_large_for_the_statistics_are_refused(make) -> None:
+    # Finite but huge values used to pass: x·xᵀ overflowed to infinity, and the next refresh of A⁻¹ (a batch
+    # of more than 4 rows of one arm) made that arm's estimates NaN for good, winning every greedy pick.
+    policy = make(DIM, seed=0)
+    rows = xs(20)
+    for i, x in enumerate(rows[:10]):
+        policy.update(x, "ab"[i % 2], float(i % 3 == 0))
+    huge = rows[0].copy()
+    huge[1] = 1e160
+    before = policy.version
+    with pytest.raises(ValueError, match="too large"):
+        policy.expose(huge, "a")
+    with pytest.raises(ValueError, match="too large"):
+        policy.expose_many(np.vstack([rows[10:15], huge]), ["a"] * 6)  # refused whole, before any change
+    with pytest.raises(ValueError, match="at most"):
+        policy.reward_many(rows[10:12], ["a", "a"], [1.0, 1e200])
+    with pytest.raises(ValueError, match="at most"):
+        policy.reward(rows[10], "a", -1e12)
+    with pytest.raises(ValueError, match="too large"):
+        policy.select(np.full(DIM, 1e200), ["a", "b"])  # x·x overflows, every entry finite
+    prepared = policy.prepare(np.vstack([rows[15], huge]))
+    with pytest.raises(ValueError, match="too large"):
+        policy.select_row(prepared, 1, ["a", "b"])
+    assert policy.version == before
+    policy.expose_many(rows[10:16], ["a"] * 6)  # a refresh of A⁻¹ from A: still finite
+    choice = policy.select_row(policy.prepare(rows[16:17]), 0, ["a", "b"])
+    assert all(math.isfinite(v) for v in choice.scores.values())
 
 
 GREEDY_CASES = [
