@@ -20,6 +20,7 @@ from typing import cast
 
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import WatchError
 
 
 class SnapshotError(LookupError):
@@ -57,14 +58,32 @@ class SnapshotStore:
         return f"{self.namespace}:snap:{suffix}"
 
     async def save(self, blob: bytes, info: SnapshotInfo) -> SnapshotInfo:
-        version = int(await self.client.incr(self._key("seq")))
-        info.version = version
-        info.created_at = info.created_at or time.time()
-        info.size_bytes = len(blob)
+        saved = await self.save_if_current(blob, info, None)
+        assert saved is not None  # no generation to check: always saved
+        return saved
+
+    async def save_if_current(self, blob: bytes, info: SnapshotInfo, generation: int | None) -> SnapshotInfo | None:
+        """Save ``blob`` as the newest version, unless a rollback bumped the generation past ``generation``
+        (the one the caller's state belongs to): then nothing is written and None comes back. Without this
+        a periodic snapshot of the pre-rollback state, written just after a rollback, would become the
+        latest version and undo it. ``generation=None`` saves unconditionally."""
+        gen_key = self._key("generation")
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.set(self._key(str(version)), blob)
-            pipe.hset(self._key("index"), str(version), info.to_json())
-            await pipe.execute()
+            if generation is not None:
+                await pipe.watch(gen_key)  # EXEC fails if a rollback bumps it before the write
+                if int(await pipe.get(gen_key) or 0) != generation:
+                    await pipe.unwatch()
+                    return None
+            info.version = int(await self.client.incr(self._key("seq")))
+            info.created_at = info.created_at or time.time()
+            info.size_bytes = len(blob)
+            pipe.multi()
+            pipe.set(self._key(str(info.version)), blob)
+            pipe.hset(self._key("index"), str(info.version), info.to_json())
+            try:
+                await pipe.execute()
+            except WatchError:  # a rollback came in between: its version stays the latest
+                return None
         await self._trim()
         return info
 
@@ -105,7 +124,7 @@ class SnapshotStore:
         info = SnapshotInfo(0, old.policy, old.policy_version, dict(current_offsets), old.watermark,
                             note=f"rollback to version {version}")
         info = await self.save(blob, info)
-        await self.client.incr(self._key("generation"))
+        await self.client.incr(self._key("generation"))  # workers load it; older-generation saves are refused
         return info
 
     async def try_lead(self, worker_id: str, ttl_s: float) -> bool:

@@ -408,10 +408,12 @@ def create_app(settings: Settings) -> faust.App:
                             engine.learned_watermark, note=f"periodic, by {worker_id}")
         blob = LearnedState(engine.policy, models.models if models is not None else None).pack()
         scorer = models.publish() if models is not None else None  # the version the snapshot holds
-        saved = await snapshots.save(blob, info)
+        saved = await snapshots.save_if_current(blob, info, status["generation"])
+        if saved is None:  # a rollback this worker has not followed yet: follow_rollbacks loads it first
+            return
         status["snapshot"] = saved.version
         if scorer is not None:
-            await exchange.publish(scorer)
+            await exchange.publish(scorer, status["generation"])
 
     @app.timer(1.0)
     async def exchange_models() -> None:
@@ -427,7 +429,8 @@ def create_app(settings: Settings) -> faust.App:
                 models.add_churn_labels(await exchange.pop_churn())
             else:
                 current = models.scorer
-                scorer = await exchange.newer_scorer(current.version if current is not None else None)
+                scorer = await exchange.newer_scorer(current.version if current is not None else None,
+                                                     status["generation"])
                 if scorer is not None:
                     models.use(scorer)
         except Exception as exc:  # Redis away: keep deciding with the scorer we have
