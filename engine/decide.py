@@ -62,10 +62,14 @@ def _decision(event: Event, action: str, probability: float, mode: Mode, policy:
     )
 
 
-def fallback(event: Event, ctx: PolicyContext, policy: Policy, reason: str) -> Decided:
-    """The placement's default action, marked as a fallback with its reason."""
-    default = ctx.catalogue.default_action(event.placement or "")
-    return Decided(_decision(event, default, 1.0, Mode.FALLBACK, policy, {"fallback": reason}), None)
+def fallback(event: Event, ctx: PolicyContext, policy: Policy, reason: str, consent: bool | None = None) -> Decided:
+    """The placement's default action (or "none" where ``consent`` or its dates withhold it), marked as a
+    fallback with its reason."""
+    action, withheld = ctx.catalogue.fallback_action(event.placement or "", event.ts, consent)
+    trace: dict[str, Any] = {"fallback": reason}
+    if withheld is not None:
+        trace["default_withheld"] = withheld
+    return Decided(_decision(event, action, 1.0, Mode.FALLBACK, policy, trace), None)
 
 
 class PolicyStates:
@@ -186,7 +190,7 @@ def decide(event: Event, state: UserState | None, ctx: PolicyContext, policy: Po
     (``position`` is the event's place in it)."""
     consent = consent_of(event, state)
     if consent is False:
-        return fallback(event, ctx, policy, "no_marketing_consent")
+        return fallback(event, ctx, policy, "no_marketing_consent", consent)
     found = batch.selector(policy, position) if batch is not None else None
     if found is None:
         x = build_context(event, state)

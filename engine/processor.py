@@ -357,7 +357,8 @@ class Engine(EngineLearning):
         self._keep_for_replay(updates)
         for event in events:
             if event.kind.requests_decision:
-                self._emit(fallback(event, self.policy_ctx, self.policy, "feature_store_unavailable").decision, out)
+                unavailable = fallback(event, self.policy_ctx, self.policy, "feature_store_unavailable", event.consent)
+                self._emit(unavailable.decision, out)
             elif event.kind.reward is not None:
                 self.metrics.rewards.labels("store_unavailable").inc()
 
@@ -410,7 +411,7 @@ class Engine(EngineLearning):
                 continue
             self.metrics.erased_events.inc()
             if event.kind.requests_decision:
-                self._emit(fallback(event, self.policy_ctx, self.policy, "erased_user").decision, out)
+                self._emit(fallback(event, self.policy_ctx, self.policy, "erased_user", event.consent).decision, out)
         return kept
 
     def _emit(self, decision: Decision, out: BatchOutput) -> None:

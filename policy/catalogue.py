@@ -4,6 +4,8 @@
 returns an :class:`Eligibility`: the eligible ids (a sequence of str, as before) plus, for every other
 action of the placement, the filter that removed it (for the decision trace). Filters, in order:
 
+Fallbacks show the placement's default only where the first two filters allow it (``fallback_action``).
+
 - consent     the action needs marketing consent (``consent_needed``, default true) and the user refused
               it (consent False). Unknown consent (None) does not remove, like the engine's own check.
 - dates       ``ts`` is before ``start`` or at/after ``end`` (ISO 8601, UTC). Skipped when ts is None.
@@ -236,6 +238,21 @@ class Catalogue:
     def default_action(self, placement: str) -> str:
         p = self.placements.get(placement)
         return p.default_action if p else NO_ACTION
+
+    def fallback_action(self, placement: str, ts: float | None = None,
+                        consent: bool | None = None) -> tuple[str, str | None]:
+        """What a fallback (and the holdout) shows: the placement's default, unless this request may not see
+        it: the user refused consent and the default needs it, or ``ts`` is outside its dates. Then "none",
+        and the filter that withheld the default (for the trace); otherwise (default, None)."""
+        default = self.default_action(placement)
+        action = self.actions.get(default)
+        if action is None:  # "none"
+            return default, None
+        request = Request(ts, None, consent)
+        for name in ("consent", "dates"):
+            if not FILTERS[name](action, request):
+                return NO_ACTION, name
+        return default, None
 
     def stickiness(self, placement: str) -> StickinessSettings:
         p = self.placements.get(placement)

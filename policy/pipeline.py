@@ -92,7 +92,9 @@ def decide_action(
     placement = cat.placements.get(request.placement)
     if placement is None:
         return PolicyOutcome(NO_ACTION, Mode.FALLBACK, 1.0, {"fallback": "unknown_placement"}, state.copy())
-    default, channel = placement.default_action, placement.channel
+    # the default, unless this user may not see it (no consent for it, outside its dates): then "none"
+    default, withheld = cat.fallback_action(placement.id, ts, request.consent)
+    channel = placement.channel
     contact = cat.contact_policy(channel)
     history = state.contacts.get(channel)
     new = state.copy()
@@ -100,6 +102,8 @@ def decide_action(
 
     def finish(action: str, mode: Mode, p: float, choice: Choice | None = None) -> PolicyOutcome:
         """The outcome; a shown action counts as a contact and against the action's daily budgets."""
+        if withheld is not None and mode in (Mode.FALLBACK, Mode.HOLDOUT):
+            trace["default_withheld"] = withheld
         if action != NO_ACTION:
             new.contacts[channel] = record_contact(contact, new.contacts.get(channel), action, ts)
             if action in cat.actions:

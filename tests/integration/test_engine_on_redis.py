@@ -162,11 +162,17 @@ def test_no_consent_gets_the_default_action_and_no_profile(runtime: Runtime) -> 
 
     async def go():  # noqa: ANN202
         out = await engine.process(msgs(event("nc", consent=False, device="mobile", segment="vip")))
-        return out, await fields(engine, "u1")
+        # the newsletter's default, email_digest, needs consent too: nothing is sent
+        mail = await engine.process(msgs(event("nm", user_id="u2", consent=False, etype="email_request",
+                                               placement="newsletter", ts=T0 + 12 * 3600), topic="email-events"))
+        return out, await fields(engine, "u1"), mail
 
-    out, stored = run(go())
+    out, stored, mail = run(go())
     d = out.decisions[0]
     assert (d.mode, d.action, d.trace["fallback"]) == (Mode.FALLBACK, "none", "no_marketing_consent")
+    m = mail.decisions[0]
+    assert (m.mode, m.action, m.trace) == (
+        Mode.FALLBACK, "none", {"fallback": "no_marketing_consent", "default_withheld": "consent"})
     assert out.learning == []
     assert "dev" not in stored and "seg" not in stored and stored["cons"] == "0"
 

@@ -208,6 +208,19 @@ def test_eligibility_filters(
     assert result.removed == removed
 
 
+def test_a_fallback_shows_the_default_only_where_consent_and_its_dates_allow(tmp_path: Path) -> None:
+    dated = RULES.replace('default_action = "plain"', 'default_action = "spring"')
+    cat = load_catalogue(write(tmp_path, dated))
+    assert cat.fallback_action("hero", SPRING, consent=True) == ("spring", None)
+    assert cat.fallback_action("hero", SPRING, consent=None) == ("spring", None)  # unknown: like eligibility
+    assert cat.fallback_action("hero", SPRING, consent=False) == (NO_ACTION, "consent")
+    assert cat.fallback_action("hero", ts("2026-06-01T00:00:00"), consent=True) == (NO_ACTION, "dates")
+    assert cat.fallback_action("nowhere", SPRING) == (NO_ACTION, None)
+    shipped = load_catalogue(DEFAULT_CATALOGUE)  # the newsletter's default digest needs consent
+    assert shipped.fallback_action("newsletter", SPRING, consent=False) == (NO_ACTION, "consent")
+    assert shipped.fallback_action("newsletter", SPRING, consent=True) == ("email_digest", None)
+
+
 def test_volume_cap_and_budget_use_worker_counters(tmp_path: Path) -> None:
     cat = load_catalogue(write(tmp_path, RULES))
     usage = WorkerBudgets()

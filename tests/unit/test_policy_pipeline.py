@@ -227,14 +227,14 @@ P_BEST_OF = {n: 1 - EPS + EPS / n for n in range(1, 6)}
             {"fallback": "no_eligible_action", "eligible": []},
         ),
         (
-            "no consent keeps no-consent-needed actions out too",
+            "no consent: every action needs it, the default too, so nothing is sent",
             {"placement": "news", "consent": False},
             context(),
-            "digest",
+            "none",
             Mode.FALLBACK,
             1.0,
             None,
-            {"fallback": "no_eligible_action"},
+            {"fallback": "no_eligible_action", "default_withheld": "consent"},
         ),
     ],
 )
