@@ -74,6 +74,11 @@ class WorkerBudgets:
     def _limit(self, limit: float) -> float:
         return limit * self.share
 
+    def _whole(self, limit: int) -> int:
+        """This worker's share of a count limit, rounded down; 1e-9 absorbs the float error of the share
+        (49 × (1/49) is 0.99999…, which must give 1, not 0)."""
+        return math.floor(self._limit(limit) + 1e-9)
+
     def action_block(
         self, action_id: str, ts: float, cost: float, max_per_day: int | None, budget_per_day: float | None
     ) -> str | None:
@@ -83,7 +88,7 @@ class WorkerBudgets:
         bucket = self._actions.get(action_id, ts)
         if bucket is None:
             return "volume_cap" if max_per_day is not None else "budget"
-        if max_per_day is not None and bucket.count + 1 > math.floor(self._limit(max_per_day)):
+        if max_per_day is not None and bucket.count + 1 > self._whole(max_per_day):
             return "volume_cap"
         if budget_per_day is not None and bucket.spend + cost > self._limit(budget_per_day) + 1e-9:
             return "budget"
@@ -101,7 +106,7 @@ class WorkerBudgets:
         if max_per_hour is None:
             return True
         bucket = self._changes.get(placement, ts)
-        return bucket is not None and bucket.count + 1 <= math.floor(self._limit(max_per_hour))
+        return bucket is not None and bucket.count + 1 <= self._whole(max_per_hour)
 
     def take_change(self, placement: str, ts: float) -> None:
         self._changes.add(placement, ts)

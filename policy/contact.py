@@ -11,8 +11,11 @@ A contact is a decision that shows something (any action other than "none") on t
   suppress_days after the last exposure. Then one more exposure is allowed; if it is ignored too the
   pause starts again (a probe per pause). A click resets the count.
 
-The per-user history per channel is small: the last ``max_contacts`` contact times, today's count per
-action, the ignored streak and the last exposure time.
+The per-user history per channel is small: the last ``max_contacts`` contact times, the per-action counts
+of the latest UTC day with a contact and of the day before, the ignored streak and the last exposure time.
+Requests come in event time and may be late; where the history no longer knows what happened around a late
+request (a contact dropped from the last ``max_contacts``, a day older than the two kept), the rule refuses:
+a cap is never passed because the history forgot.
 """
 
 from __future__ import annotations
@@ -78,39 +81,58 @@ class ChannelHistory:
     per_action: dict[str, int] = field(default_factory=dict)
     ignored: int = 0  # exposures since the last click
     last_exposure: float = 0.0
+    day_before: dict[str, int] = field(default_factory=dict)  # per-action counts of day - 1 (late requests)
 
     def copy(self) -> ChannelHistory:
         return ChannelHistory(
-            list(self.contacts), self.day, dict(self.per_action), self.ignored, self.last_exposure
+            list(self.contacts), self.day, dict(self.per_action), self.ignored, self.last_exposure,
+            dict(self.day_before),
         )
 
+    def counts_of(self, day: int) -> dict[str, int] | None:
+        """Per-action counts of UTC ``day``; None when the history no longer knows them (older days)."""
+        if day > self.day:
+            return {}
+        if day == self.day:
+            return self.per_action
+        return self.day_before if day == self.day - 1 else None
+
     def to_wire(self) -> list:
-        """[contact times, day, {action: count}, ignored, last exposure]; times rounded up to seconds."""
-        return [
+        """[contact times, day, {action: count}, ignored, last exposure, {action: count of day - 1}] (the
+        last only when not empty); times rounded up to seconds."""
+        doc = [
             [math.ceil(t) for t in self.contacts],
             self.day,
             self.per_action,
             self.ignored,
             math.ceil(self.last_exposure),
         ]
+        if self.day_before:
+            doc.append(self.day_before)
+        return doc
 
     @classmethod
     def from_wire(cls, doc: list) -> ChannelHistory:
-        contacts, day, per_action, ignored, last = doc
+        if not isinstance(doc, list) or len(doc) not in (5, 6):
+            raise ValueError(f"channel history {doc!r} is not [contacts, day, per_action, ignored, last(, before)]")
+        contacts, day, per_action, ignored, last = doc[:5]
+        before = doc[5] if len(doc) == 6 else {}
         if not (
             isinstance(contacts, list)
             and isinstance(day, int)
             and isinstance(per_action, dict)
             and isinstance(ignored, int)
             and isinstance(last, int | float)
+            and isinstance(before, dict)
         ):
-            raise ValueError(f"channel history {doc!r} is not [contacts, day, per_action, ignored, last]")
+            raise ValueError(f"channel history {doc!r} is not [contacts, day, per_action, ignored, last(, before)]")
         return cls(
             [float(t) for t in contacts],
             day,
             {str(k): int(v) for k, v in per_action.items()},
             ignored,
             float(last),
+            {str(k): int(v) for k, v in before.items()},
         )
 
 
@@ -118,12 +140,18 @@ def channel_block(policy: ContactPolicy, history: ChannelHistory | None, ts: flo
     """The rule that forbids any contact on the channel at ``ts``, or None."""
     if policy.is_quiet(ts):
         return ContactCap.QUIET_HOURS
+    if policy.max_contacts == 0:  # no contact at all, first ones included
+        return ContactCap.CHANNEL_CAP
     if history is None:
         return None
     if policy.max_contacts is not None:
         window = policy.window_days * DAY_S
         # |ts - t| rather than ts - t: a late request also sees contacts made after it (stricter).
         if sum(1 for t in history.contacts if abs(ts - t) < window) >= policy.max_contacts:
+            return ContactCap.CHANNEL_CAP
+        # Older than every remembered contact with the memory full: contacts dropped from it may lie in
+        # this request's window, and the history cannot count them.
+        if len(history.contacts) >= policy.max_contacts and ts < history.contacts[0]:
             return ContactCap.CHANNEL_CAP
     n = policy.suppress_after_ignored
     if n is not None and history.ignored >= n and ts < history.last_exposure + policy.suppress_days * DAY_S:
@@ -136,9 +164,12 @@ def action_capped(policy: ContactPolicy, history: ChannelHistory | None, action:
     cap = policy.max_per_action_per_day
     if cap is None:
         return False
-    if history is None or history.day != int(ts // DAY_S):
+    if history is None:
         return cap == 0
-    return history.per_action.get(action, 0) >= cap
+    counts = history.counts_of(int(ts // DAY_S))
+    if counts is None:  # a request two or more days older than the latest contact: its day is forgotten
+        return True
+    return counts.get(action, 0) >= cap
 
 
 def record_contact(
@@ -153,11 +184,13 @@ def record_contact(
     day = int(ts // DAY_S)
     if policy.max_per_action_per_day is not None:
         if day > h.day:
+            h.day_before = h.per_action if day == h.day + 1 else {}
             h.day, h.per_action = day, {}
-        if day == h.day:
-            h.per_action[action] = h.per_action.get(action, 0) + 1
+        counts = h.counts_of(day)
+        if counts is not None:
+            counts[action] = counts.get(action, 0) + 1
     else:
-        h.per_action = {}
+        h.per_action, h.day_before = {}, {}
     h.ignored += 1
     h.last_exposure = max(h.last_exposure, ts)
     return h

@@ -175,7 +175,8 @@ def judge(
         return StickyVerdict(incumbent, kept=reason, challenger=challenger, detail=detail)
 
     dwell = ts - state.since
-    if ts < state.since or dwell < settings.min_dwell_s:
+    # a request older than the incumbent keeps it, on a placement with limits; without any, nothing stays
+    if (ts < state.since and settings.limited) or 0 <= dwell < settings.min_dwell_s:
         return keep(KeepReason.DWELL, dwell_s=round(dwell, 3), min_dwell_s=settings.min_dwell_s)
     if not explored:
         inc, ch = ev.get(incumbent, 0.0), ev.get(challenger, 0.0)

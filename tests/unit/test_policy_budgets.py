@@ -32,16 +32,19 @@ def test_budget_counts_cost() -> None:
     assert b.action_usage("a", DAY0) == (3, pytest.approx(1.0))
 
 
-@pytest.mark.parametrize(("share", "allowed"), [(1.0, 10), (0.5, 5), (0.25, 2)])
-def test_share_splits_limits_between_workers(share: float, allowed: int) -> None:
+@pytest.mark.parametrize(
+    ("share", "limit", "allowed"),
+    [(1.0, 10, 10), (0.5, 10, 5), (0.25, 10, 2), (1 / 49, 49, 1), (1 / 98, 98, 1)],  # 49 × (1/49) < 1 in floats
+)
+def test_share_splits_limits_between_workers(share: float, limit: int, allowed: int) -> None:
     b = WorkerBudgets(share=share)
     n = 0
-    while b.action_block("a", DAY0, 1.0, 10, 100.0) is None and n < 100:
+    while b.action_block("a", DAY0, 1.0, limit, 1000.0) is None and n < 100:
         b.record_action("a", DAY0, 1.0)
         n += 1
     assert n == allowed
     changes = 0
-    while b.change_available("p", DAY0, 10) and changes < 100:
+    while b.change_available("p", DAY0, limit) and changes < 100:
         b.take_change("p", DAY0)
         changes += 1
     assert changes == allowed

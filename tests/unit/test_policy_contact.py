@@ -78,6 +78,15 @@ IGNORE_3 = ContactPolicy(suppress_after_ignored=3, suppress_days=14)
             at_hour(12, 1),
             ContactCap.CHANNEL_CAP,
         ),
+        (
+            "late request older than the remembered contacts: the dropped ones may be in its window",
+            TWO_PER_WEEK,
+            [at_hour(0), at_hour(0, 6), at_hour(0, 8)],  # the first is no longer remembered
+            at_hour(12, 0),
+            ContactCap.CHANNEL_CAP,
+        ),
+        ("late request while the memory is not full", TWO_PER_WEEK, [at_hour(12, 9)], at_hour(12, 1), None),
+        ("max_contacts 0: not even a first contact", ContactPolicy(max_contacts=0), [], at_hour(12), ContactCap.CHANNEL_CAP),
         ("two ignored", IGNORE_3, [at_hour(1), at_hour(2)], at_hour(3), None),
         (
             "three ignored: pause",
@@ -143,6 +152,22 @@ def test_per_action_daily_cap_counts_each_action_per_utc_day() -> None:
     assert action_capped(ContactPolicy(max_per_action_per_day=0), None, "creative_a", at_hour(4))
 
 
+def test_per_action_daily_cap_holds_for_late_requests_across_midnight() -> None:
+    # Two impressions at 23:00 on day 0, then a request on day 1: requests of day 0 read late must still
+    # see day 0's two (they used to see a day that was not the history's and count as uncapped, unrecorded).
+    policy = ContactPolicy(max_per_action_per_day=2)
+    h = history_with(policy, [at_hour(23), at_hour(23.1), at_hour(9, 1)], "creative_a")
+    assert h is not None and h.day_before == {"creative_a": 2} and h.per_action == {"creative_a": 1}
+    assert action_capped(policy, h, "creative_a", at_hour(23.5))
+    assert not action_capped(policy, h, "creative_b", at_hour(23.5))
+    h2 = record_contact(policy, h, "creative_b", at_hour(23.6))  # a late contact counts on its own day
+    assert h2.day_before == {"creative_a": 2, "creative_b": 1} and h2.per_action == {"creative_a": 1}
+    assert action_capped(policy, h2, "creative_a", at_hour(12, -1))  # two days back: forgotten, refused
+    assert not action_capped(policy, h2, "creative_a", at_hour(10, 1))  # day 1 has room for one more
+    gap = record_contact(policy, h2, "creative_a", at_hour(8, 3))  # day 3 follows day 1: day 2 was empty
+    assert gap.day_before == {} and gap.per_action == {"creative_a": 1}
+
+
 def test_history_keeps_only_what_the_rules_need() -> None:
     policy = ContactPolicy(max_contacts=2)
     h = history_with(policy, [at_hour(h) for h in range(1, 6)])
@@ -156,8 +181,11 @@ def test_wire_round_trip_rounds_up() -> None:
     back = ChannelHistory.from_wire(orjson.loads(orjson.dumps(h.to_wire())))
     assert back.contacts == [at_hour(1) + 1] and back.last_exposure == at_hour(1) + 1
     assert (back.day, back.per_action, back.ignored) == (20603, {"c": 2}, 4)
-    with pytest.raises(ValueError, match="is not \\[contacts, day, per_action, ignored, last\\]"):
+    with pytest.raises(ValueError, match="is not \\[contacts, day, per_action, ignored, last\\(, before\\)\\]"):
         ChannelHistory.from_wire([[], "day", {}, 0, 0])
+    h.day_before = {"c": 1, "d": 3}  # the day before's counts travel as a sixth element
+    assert ChannelHistory.from_wire(orjson.loads(orjson.dumps(h.to_wire()))).day_before == {"c": 1, "d": 3}
+    assert len(ChannelHistory([], 1, {}, 0, 0.0).to_wire()) == 5  # older states read as they are
 
 
 @pytest.mark.parametrize(

@@ -178,6 +178,11 @@ def test_no_settings_means_no_limits() -> None:
     verdict = judge(state(), "c", T0, StickinessSettings(), eligible=ABC, ev=EV)
     assert verdict.changed and verdict.action == "c"
     assert not StickinessSettings().limited
+    incumbent = state()
+    late = judge(incumbent, "c", incumbent.since - 5, StickinessSettings(), eligible=ABC, ev=EV)
+    assert late.changed and late.action == "c"  # a late request too: nothing stays without a rule
+    limited = judge(incumbent, "c", incumbent.since - 5, StickinessSettings(hysteresis=0.01), eligible=ABC, ev=EV)
+    assert limited.kept is KeepReason.DWELL  # with a rule, a request older than the incumbent keeps it
 
 
 @pytest.mark.parametrize(
