@@ -114,8 +114,13 @@ class Engine(EngineLearning):
 
     @erased.setter
     def erased(self, digests: set[str]) -> None:
+        new = digests - self._erased
         if self.models is not None:
-            self.models.forget(digests - self._erased)
+            self.models.forget(new)
+        if new and self._unapplied:  # updates kept through an outage must not bring an erased user back
+            kept = [u for u in self._unapplied if user_digest(u.user_id) not in new]
+            self._unapplied = deque(kept)
+            self.metrics.updates_pending.set(len(kept))
         self._erased = digests
 
     @property
@@ -230,7 +235,8 @@ class Engine(EngineLearning):
                 await self.store.apply(chunk)
             except FeatureStoreError:
                 return False
-            for _ in chunk:
+            sent = {id(u) for u in chunk}  # by identity: an erasure may have filtered the deque meanwhile
+            while self._unapplied and id(self._unapplied[0]) in sent:
                 self._unapplied.popleft()
             self.metrics.updates_replayed.inc(len(chunk))
         self.metrics.updates_pending.set(0)

@@ -8,6 +8,8 @@ from typing import cast
 
 import redis.asyncio as aioredis
 
+from features.store import user_key
+
 
 @functools.lru_cache(maxsize=1 << 16)  # a worker sees the same active users again and again
 def user_digest(user_id: str) -> str:
@@ -24,16 +26,13 @@ class ErasureRegistry:
         self.generation_key = f"{namespace}:erased:generation"
 
     async def erase(self, user_id: str) -> int:
-        """Delete every key of the user (one SCAN of the namespace); returns how many were deleted."""
-        deleted = 0
-        escaped = "".join("\\" + c if c in "*?[]\\" else c for c in user_id)
-        patterns = [f"{self.namespace}:u:{escaped}", f"{self.namespace}:*:{escaped}"]
-        keys: set[bytes] = set()
-        for pattern in patterns:
-            async for key in self.client.scan_iter(match=pattern, count=1000):
-                keys.add(key)
-        if keys:
-            deleted = int(await self.client.delete(*keys))
+        """Delete the user's key (``features.store.user_key``: everything the engine keeps per user lives in
+        it) and remember the digest; returns how many keys were deleted (0 or 1).
+
+        The key is named exactly, never matched by a pattern: a pattern such as ``{ns}:*:{id}`` also
+        matches other users' keys (``{ns}:u:alice:3`` for user ``3``) and the shared state in the namespace
+        (``{ns}:snap:3``, ``{ns}:snap:index``), and erasing a user must delete nothing else."""
+        deleted = int(await self.client.delete(user_key(self.namespace, user_id)))
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.sadd(self.set_key, user_digest(user_id))
             pipe.incr(self.generation_key)

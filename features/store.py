@@ -32,6 +32,11 @@ async def _read_reply(conn: AbstractConnection, timeout_s: float) -> Any:
     return reply
 
 
+def user_key(namespace: str, user_id: str) -> str:
+    """The one Redis key that holds a user's data: features, dedup ring, decision and policy state."""
+    return f"{namespace}:u:{user_id}"
+
+
 class RedisFeatureStore:
     """Per-user hashes ``{namespace}:u:{user_id}``. Writes go through ``apply_batch.lua``."""
 
@@ -52,7 +57,7 @@ class RedisFeatureStore:
         self._ahead_timeout_s = float(client.connection_pool.connection_kwargs.get("socket_timeout") or 2.0)
 
     def key(self, user_id: str) -> str:
-        return f"{self.namespace}:u:{user_id}"
+        return user_key(self.namespace, user_id)
 
     async def apply(self, updates: Sequence[FeatureUpdate]) -> list[tuple[bool, UserState | None]]:
         """Apply updates in order; per update: (applied, state after it) — applied is False for a duplicate."""

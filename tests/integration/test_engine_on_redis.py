@@ -458,3 +458,57 @@ def test_a_batch_of_a_hundred_goes_in_two_chunks_and_decides_as_one(runtime: Run
     kept = [p.decision_id for p in pending_decisions(UserState("twice", stored)) if p.placement == "home_hero"]
     assert kept == [second.decision_id, first.decision_id]
     assert second.action == first.action  # the incumbent from the first chunk's decision stays
+
+
+def test_erasing_a_user_deletes_their_key_and_nothing_else(runtime: Runtime) -> None:
+    from features.erasure import ErasureRegistry
+
+    client = aioredis.Redis.from_url(runtime.redis_url or "")
+    ns = f"test{uuid.uuid4().hex[:8]}"
+
+    async def go() -> tuple[int, int, list[str]]:
+        await client.hset(f"{ns}:u:3", "pvh", "1:1:0")  # user "3"
+        await client.hset(f"{ns}:u:alice:3", "pvh", "1:1:0")  # user "alice:3"
+        await client.set(f"{ns}:snap:3", b"snapshot version 3")  # shared state whose names end like ids
+        await client.hset(f"{ns}:snap:index", "3", "{}")
+        registry = ErasureRegistry(client, ns)
+        deleted = await registry.erase("3")
+        none = await registry.erase("index")
+        left = sorted(k.decode() for k in await client.keys(f"{ns}:*"))
+        await client.aclose()
+        return deleted, none, left
+
+    deleted, none, left = run(go())
+    assert (deleted, none) == (1, 0)
+    assert left == sorted([f"{ns}:u:alice:3", f"{ns}:snap:3", f"{ns}:snap:index", f"{ns}:erased",
+                           f"{ns}:erased:generation"])
+
+
+def test_updates_kept_through_an_outage_do_not_bring_an_erased_user_back(runtime: Runtime) -> None:
+    from features.erasure import ErasureRegistry
+    from features.store import FeatureStoreError
+
+    engine = make_engine(runtime)
+    store = engine.store
+
+    async def go() -> tuple[dict[str, str], dict[str, str], int]:
+        real_apply, real_ahead = store.apply, store.apply_ahead
+
+        async def down(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            raise FeatureStoreError("connection refused")
+
+        store.apply = down  # type: ignore[method-assign]
+        store.apply_ahead = down  # type: ignore[method-assign]
+        await engine.process(msgs(event("g1", user_id="gone", device="mobile", segment="vip"),
+                                  event("k1", user_id="kept", ts=T0 + 1, device="mobile")))
+        store.apply, store.apply_ahead = real_apply, real_ahead  # Redis is back
+        registry = ErasureRegistry(store.client, store.namespace)
+        await registry.erase("gone")  # before the buffer is replayed
+        engine.erased = await registry.digests()  # what follow_shared_state does within a second
+        engine._store_retry_at = 0.0  # the breaker's second has passed
+        await engine.flush_unapplied()
+        return (await store.read("gone")).fields, (await store.read("kept")).fields, len(engine._unapplied)
+
+    gone, kept, pending = run(go())
+    assert gone == {} and pending == 0
+    assert kept.get("dev") == "mobile"  # the other user's update was replayed
