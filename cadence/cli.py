@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -11,9 +12,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
 from cadence.runtime import Runtime, RuntimeStartError, create_topics
-from cadence.settings import Settings
+from cadence.settings import Settings, redact_url
 from cadence.workers import WorkerProcess, worker_env
 from streams.topics import ALL_TOPICS, COMPACTED
 
@@ -24,10 +26,16 @@ def create_engine_topics(bootstrap: str, settings: Settings) -> None:
 
 
 def _settings() -> Settings:
+    unknown = Settings.unknown_environment(dict(os.environ))
+    if unknown:
+        sys.exit(f"cadence: unknown setting(s) in the environment: {', '.join(unknown)}\n"
+                 "See the README's configuration table.")
     try:
         return Settings()
-    except Exception as exc:
-        sys.exit(f"cadence: invalid configuration: {exc}\nSee the README's configuration table.")
+    except ValidationError as exc:  # one line per problem, never the values given (tokens, passwords)
+        problems = "\n".join(f"  {'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
+                              for e in exc.errors(include_url=False, include_input=False))
+        sys.exit(f"cadence: invalid configuration:\n{problems}\nSee the README's configuration table.")
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
@@ -57,7 +65,7 @@ def _stack(settings: Settings, n_workers: int, quiet: bool) -> Iterator[tuple[Ru
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     started = time.monotonic()
     with Runtime(settings.data_dir, settings.kafka_bootstrap, settings.redis_url) as rt:
-        say(f"cadence: Kafka at {rt.kafka_bootstrap}, Redis at {rt.redis_url}")
+        say(f"cadence: Kafka at {rt.kafka_bootstrap}, Redis at {redact_url(rt.redis_url)}")
         create_engine_topics(rt.kafka_bootstrap or "", settings)
         env = worker_env(rt.env(), log_level=settings.log_level)
         workers = [WorkerProcess(env, settings.data_dir, f"worker-{i + 1}").start() for i in range(n_workers)]
@@ -275,8 +283,8 @@ def cmd_erase_user(args: argparse.Namespace) -> None:
 
     settings = _settings()
     _redis_and_kafka(settings, need_kafka=True)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)  # first: no erasure without its tombstone
     deleted = asyncio.run(ErasureRegistry(redis_client(settings), settings.app_id).erase(args.user_id))
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
     producer.send(settings.topic(ERASURES), key=args.user_id.encode(), value=None,
                   headers=[("requested_by", args.who.encode())])
     producer.flush()
@@ -359,8 +367,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from kafka.errors import KafkaError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except (RedisConnectionError, RedisTimeoutError) as exc:  # a message, not a 70-line traceback
+        sys.exit(f"cadence: cannot reach Redis ({exc}). Is it running, and do REDIS_URL and REDIS_PASSWORD "
+                 "point at the server the workers use?")
+    except KafkaError as exc:
+        sys.exit(f"cadence: cannot reach Kafka ({type(exc).__name__}: {exc}). Is the broker running, and does "
+                 "KAFKA_BOOTSTRAP point at it?")
 
 
 if __name__ == "__main__":

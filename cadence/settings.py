@@ -6,19 +6,37 @@ content by hand, so keep both in step. Secrets are ``SecretStr`` and never appea
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_CATALOGUE = Path(__file__).with_name("catalogue.toml")
+# Accepted log level names -> the name Faust's logging takes ("crit" is an alias the README used to list).
+LOG_LEVELS = {"critical": "critical", "crit": "critical", "error": "error", "warn": "warn",
+              "warning": "warn", "info": "info", "debug": "debug"}
+
+
+def redact_url(url: str | None) -> str | None:
+    """``url`` with its password (``redis://user:secret@host``) shown as ***, for logs and messages."""
+    if not url or "@" not in url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
 
 
 class Settings(BaseSettings):
     """Engine configuration. Environment names are ``CADENCE_<FIELD>`` unless noted."""
 
-    model_config = SettingsConfigDict(env_prefix="CADENCE_", extra="forbid", frozen=True)
+    # hide_input_in_errors: a validation error must not print the values it was given (tokens, passwords)
+    model_config = SettingsConfigDict(env_prefix="CADENCE_", extra="forbid", frozen=True, hide_input_in_errors=True)
 
     kafka_bootstrap: str | None = Field(
         default=None,
@@ -38,7 +56,7 @@ class Settings(BaseSettings):
     app_id: str = Field("cadence", description="Faust application id; also the consumer group id.")
     topic_prefix: str = Field("", description="Prefix for every topic name (lets several engines share a cluster).")
     partitions: int = Field(4, ge=1, description="Partitions for the topics the engine creates.")
-    web_port: int = Field(6066, ge=0, description="Port of the worker's HTTP server (/metrics, /decide).")
+    web_port: int = Field(6066, ge=0, le=65535, description="Port of the worker's HTTP server (/metrics, /decide).")
     web_host: str = Field("127.0.0.1", description="Interface the worker's HTTP server binds to.")
     catalogue: Path = Field(DEFAULT_CATALOGUE, description="Path of the action catalogue (TOML).")
     data_dir: Path = Field(Path(".cadence"), description="Where embedded servers and Faust keep their files.")
@@ -77,7 +95,9 @@ class Settings(BaseSettings):
     feature_ttl_s: int = Field(30 * 86400, ge=60, description="Retention of a user's features in Redis.")
     dedup_ring: int = Field(32, ge=1, le=256, description="Event ids remembered per user to drop duplicates.")
 
-    policy: str = Field("linucb", description="Bandit policy: linucb, lints or egreedy.")
+    policy: Literal["linucb", "lints", "egreedy"] = Field(
+        "linucb", description="Bandit policy: linucb, lints or egreedy."
+    )
     policy_alpha: float = Field(0.1, ge=0, description="Exploration width of LinUCB / scale of LinTS.")
     policy_ridge: float = Field(
         1.0, gt=0, description="Prior λ of LinUCB's statistics (A = λI + Σ x xᵀ). The engine's α was tuned on the "
@@ -87,7 +107,7 @@ class Settings(BaseSettings):
         100.0, gt=0, description="LinUCB's exploration floor stays at its full ε until the greedy arm has about "
         "this many samples like the context, then decays to ε_min (the closed loop's choice; LinUCB's default is 30)."
     )
-    shadow_policy: str = Field(
+    shadow_policy: Literal["", "linucb", "lints", "egreedy"] = Field(
         "", description="A challenger policy (linucb, lints, egreedy) run in shadow: logged to 'shadow', never shown."
     )
     policy_ts_scale: float = Field(0.25, ge=0, description="Posterior scale of LinTS (lints).")
@@ -149,7 +169,51 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(None, description="Bearer token for GET /decide. Unset: endpoint off.")
     admin_token: SecretStr | None = Field(None, description="Bearer token for admin endpoints.")
     http_max_rps: float = Field(5000.0, gt=0, description="Most GET /decide requests per second per worker.")
-    log_level: str = Field("warn", description="Worker log level: crit, error, warn, info or debug.")
+    log_level: str = Field("warn", description="Worker log level: critical (or crit), error, warn, info or debug.")
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        level = LOG_LEVELS.get(value.strip().lower())
+        if level is None:
+            raise ValueError(f"unknown log level {value!r}; use one of critical, error, warn, info, debug")
+        return level
+
+    @field_validator("api_token", "admin_token", "redis_password")
+    @classmethod
+    def _not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("is set but empty: give it a value (a long random string for tokens) or unset it "
+                             "(an unset token turns its endpoints off; an empty one must not open them)")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.api_token is not None and self.admin_token is not None and (
+            self.api_token.get_secret_value() == self.admin_token.get_secret_value()
+        ):
+            raise ValueError("CADENCE_API_TOKEN and CADENCE_ADMIN_TOKEN must differ: the website's token must "
+                             "not open the admin endpoints")
+        if self.bid_multiplier_low > self.bid_multiplier_high:
+            raise ValueError(f"CADENCE_BID_MULTIPLIER_LOW ({self.bid_multiplier_low}) is above "
+                             f"CADENCE_BID_MULTIPLIER_HIGH ({self.bid_multiplier_high}); swap them")
+        return self
+
+    def __repr_args__(self):  # noqa: ANN204  # pydantic's own signature
+        """As pydantic's, with a password inside REDIS_URL redacted (tokens are SecretStr already)."""
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "redis_url" else value
+
+    @classmethod
+    def unknown_environment(cls, environ: dict[str, str]) -> list[str]:
+        """``CADENCE_*`` variables that are no setting (a typo is otherwise silently ignored), each with the
+        closest setting's name when there is one."""
+        known = {f"CADENCE_{name.upper()}" for name in cls.model_fields}
+        out = []
+        for name in sorted(n for n in environ if n.startswith("CADENCE_") and n not in known):
+            close = difflib.get_close_matches(name, known, n=1)
+            out.append(f"{name} (did you mean {close[0]}?)" if close else name)
+        return out
 
     def topic(self, name: str) -> str:
         """Full topic name for a logical topic."""

@@ -423,7 +423,9 @@ class Engine(EngineLearning):
     def _emit(self, decision: Decision, out: BatchOutput) -> None:
         out.decisions.append(decision)
         out.request_timestamps.append(out.timestamps.get(decision.request_event_id, 0.0))
-        self.metrics.child(self.metrics.decisions, decision.placement, decision.action, decision.mode.value).inc()
+        # a placement the catalogue does not know comes from the sender: one label for all (bounded series)
+        placement = decision.placement if decision.placement in self.policy_ctx.catalogue.placements else "unknown"
+        self.metrics.child(self.metrics.decisions, placement, decision.action, decision.mode.value).inc()
 
     def _decide(self, event: Event, state: UserState | None, writes: dict, out: BatchOutput,
                 batch: BatchContexts | None = None, position: int = -1) -> None:

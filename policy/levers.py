@@ -49,8 +49,18 @@ class Lever:
     expires: float | None = None
 
     def check(self) -> None:
-        if not self.lever_id:
+        if not self.lever_id or not isinstance(self.lever_id, str):
             raise LeverError("lever_id must be a non-empty string")
+        # a lever is shared by every worker and read on every decision: a wrong type must be refused here,
+        # not fail every decision later
+        for name in ("who", "why", "action", "user_id", "segment", "placement"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise LeverError(f"lever {self.lever_id!r}: {name!r} must be a string, got {value!r:.60}")
+        for name in ("factor", "expires"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise LeverError(f"lever {self.lever_id!r}: {name!r} must be a number, got {value!r:.60}")
         if isinstance(self.ts, bool) or not isinstance(self.ts, int | float) or not math.isfinite(self.ts):
             raise LeverError(
                 f"lever {self.lever_id!r}: 'ts' must be event time in epoch seconds, got {self.ts!r}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -59,11 +60,20 @@ class TokenBucket:
 
 
 def _authorized(request: Any, token: SecretStr | None) -> bool:
+    """A bearer token equal to ``token``; never for an unset or empty token (Settings refuses empty ones too),
+    and a header that is not valid UTF-8 is simply not the token (no error)."""
+    expected = token.get_secret_value() if token is not None else ""
+    if not expected:
+        return False
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
-    return token is not None and scheme.lower() == "bearer" and hmac.compare_digest(
-        given.encode(), token.get_secret_value().encode()
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), expected.encode()
     )
+
+
+class BodyTooLarge(Exception):
+    """An admin request body beyond MAX_BODY_BYTES, found while reading it (chunked: no Content-Length)."""
 
 
 def _view(fun: Callable[..., Awaitable[faust.web.Response]]) -> type[faust.web.View]:
@@ -181,13 +191,27 @@ def register_views(
 
     @app.page("/profile")
     async def profile_view(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        if api_token is None:
+            return _error(web, 404, "GET /profile is disabled", "set CADENCE_API_TOKEN on the workers")
         if not _authorized(request, api_token):
             return _error(web, 401, "missing or wrong bearer token", "send 'Authorization: Bearer <CADENCE_API_TOKEN>'")
+        if len(request.query_string) > 2048:
+            return _error(web, 400, "query string longer than 2048 bytes", "pass only user_id and ts")
+        wait = bucket.take()  # the same per-worker budget as /decide: a profile read costs a Redis round trip
+        if wait:
+            response = _error(web, 429, "too many requests", f"retry after {wait:.3f}s")
+            response.headers["Retry-After"] = str(max(1, round(wait)))
+            return response
         user_id = request.query.get("user_id", "")
         if not 0 < len(user_id) <= 128:
             return _error(web, 400, "user_id must be 1..128 characters", "pass ?user_id=...")
+        try:
+            at = float(request.query.get("ts") or now_event_time())
+        except ValueError:
+            at = math.nan
+        if not math.isfinite(at):
+            return _error(web, 400, "ts must be a number (epoch seconds)", "omit ts for the stream's current time")
         state = await engine.store.read(user_id)
-        at = float(request.query.get("ts") or now_event_time())
         # Model scores at ``at`` (churn risk, value, propensity per action), as decisions see them; not for
         # customers who refused marketing: no decision uses scores for them either.
         scores = engine.profile_scores(state, at) if state.consent is not False else {"withheld": "no_consent"}
@@ -210,6 +234,8 @@ def register_views(
                 return _error(web, 413, f"body larger than {MAX_BODY_BYTES} bytes", "send one change at a time")
             try:
                 return await handler(web, request, **kw)
+            except BodyTooLarge:  # a chunked body has no Content-Length: counted while read
+                return _error(web, 413, f"body larger than {MAX_BODY_BYTES} bytes", "send one change at a time")
             except LeverError as exc:
                 return _error(web, 400, str(exc), "fix the field named and send again")
             except (orjson.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
@@ -219,7 +245,14 @@ def register_views(
         return guarded
 
     async def body(request: faust.web.Request) -> dict[str, Any]:
-        doc = orjson.loads(await request.read())
+        stream = request.content  # type: ignore[attr-defined]  # aiohttp's StreamReader
+        chunks, size = [], 0
+        while chunk := await stream.read(MAX_BODY_BYTES + 1):  # b"" at the end of the body
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise BodyTooLarge
+            chunks.append(chunk)
+        doc = orjson.loads(b"".join(chunks))
         if not isinstance(doc, dict):
             raise ValueError("expected a JSON object")
         return doc

@@ -167,3 +167,48 @@ def test_erase_user_removes_every_key_and_excludes_the_user(worker: WorkerProces
     consumer.close()
     assert [(r.key, r.value) for r in records] == [(b"gdpr-user-7", None)]
     assert "gdpr-user-7" not in worker.metrics_text()
+
+
+def _raw(worker: WorkerProcess, head: bytes, body: bytes = b"") -> tuple[int, bytes]:
+    """One HTTP/1.1 exchange written by hand (for what urllib will not send: chunked bodies, raw bytes)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", worker.web_port), timeout=10) as s:
+        s.sendall(head + body)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return int(data.split(b" ", 2)[1]), data.split(b"\r\n\r\n", 1)[-1]
+
+
+def test_hostile_requests_get_clear_errors_and_change_nothing(worker: WorkerProcess, runtime: Runtime,
+                                                             isolated: dict[str, str]) -> None:
+    # a chunked body has no Content-Length: the 16 KiB admin limit is counted while reading it
+    doc = {"kind": "ban", "action": "offer_10pct", "who": "a", "why": "b" * 100_000, "ts": NOON,
+           "placement": "home_hero"}
+    body = json.dumps(doc).encode()
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 4096]), body[i:i + 4096]) for i in range(0, len(body), 4096))
+    head = (f"POST /admin/levers HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\nContent-Type: "
+            "application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n").encode()
+    assert _raw(worker, head, chunks + b"0\r\n\r\n")[0] == 413
+    # a lever of the wrong type is refused, not stored for every worker to fail on
+    status, out = call(worker, "/admin/levers", token=ADMIN, method="POST", body={
+        "kind": "ban", "action": ["offer_10pct"], "who": "ops", "why": "typo", "placement": "home_hero", "ts": NOON})
+    assert status == 400 and "'action' must be a string" in out["error"]
+    assert call(worker, "/admin/levers", token=ADMIN)[1]["levers"] == []
+    assert decide(worker, "hostile-1", 1)["mode"] in ("exploit", "explore")
+    # an Authorization header that is not UTF-8 is a wrong token, not a server error
+    head = (b"GET /decide?user_id=u1&placement=home_hero HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n"
+            b"Connection: close\r\n\r\n")
+    assert _raw(worker, head)[0] == 401
+    status, out = call(worker, "/profile", user_id="u1", ts="yesterday")
+    assert status == 400 and "ts must be a number" in out["error"]
+    # placements a sender makes up do not become metric label values (one "unknown" series)
+    produce(runtime, isolated["topic_prefix"] + "web-events",
+            [event(f"junk-{i}", user_id=f"ju{i}", ts=NOON + i, placement=f"junk-{i:03d}") for i in range(40)])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and 'placement="unknown"' not in worker.metrics_text():
+        time.sleep(0.5)
+    text = worker.metrics_text()
+    assert 'cadence_decisions_total{action="none",mode="fallback",placement="unknown"} 40.0' in text
+    assert "junk-0" not in text

@@ -86,7 +86,7 @@ IGNORE_3 = ContactPolicy(suppress_after_ignored=3, suppress_days=14)
             ContactCap.CHANNEL_CAP,
         ),
         ("late request while the memory is not full", TWO_PER_WEEK, [at_hour(12, 9)], at_hour(12, 1), None),
-        ("max_contacts 0: not even a first contact", ContactPolicy(max_contacts=0), [], at_hour(12), ContactCap.CHANNEL_CAP),
+        ("max_contacts 0: no first contact", ContactPolicy(max_contacts=0), [], at_hour(12), ContactCap.CHANNEL_CAP),
         ("two ignored", IGNORE_3, [at_hour(1), at_hour(2)], at_hour(3), None),
         (
             "three ignored: pause",

@@ -1,0 +1,74 @@
+"""Settings refuse what would open an endpoint, crash a worker later or be silently ignored; secrets stay hidden."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from cadence.settings import Settings, redact_url
+from streams.web import _authorized
+
+
+class _Request:
+    def __init__(self, authorization: str | None) -> None:
+        self.headers = {} if authorization is None else {"Authorization": authorization}
+
+
+@pytest.mark.parametrize("name", ["api_token", "admin_token", "redis_password"])
+@pytest.mark.parametrize("value", ["", "   "])
+def test_an_empty_secret_is_refused_not_taken_as_a_token(name: str, value: str) -> None:
+    # CADENCE_ADMIN_TOKEN= (an unset ${VAR} in a compose file) used to open the admin endpoints to "Bearer "
+    with pytest.raises(ValidationError, match="is set but empty"):
+        Settings(**{name: value})
+
+
+def test_authorization_needs_a_real_token_and_survives_any_header() -> None:
+    token = SecretStr("s3cret-token")
+    assert _authorized(_Request("Bearer s3cret-token"), token)
+    assert _authorized(_Request("bearer s3cret-token"), token)
+    assert not _authorized(_Request("Bearer wrong"), token)
+    assert not _authorized(_Request(None), token)
+    assert not _authorized(_Request("Bearer \udcff\udcfe"), token)  # not UTF-8 (aiohttp's escapes): no error
+    for empty in (None, SecretStr("")):
+        assert not _authorized(_Request("Bearer "), empty)
+        assert not _authorized(_Request("Bearer"), empty)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"api_token": "same-token", "admin_token": "same-token"}, "must differ"),
+        ({"bid_multiplier_low": 3.0, "bid_multiplier_high": 2.0}, "swap them"),
+        ({"web_port": 70000}, "less than or equal to 65535"),
+        ({"log_level": "loud"}, "unknown log level"),
+        ({"policy": "linucbb"}, "'linucb', 'lints' or 'egreedy'"),
+        ({"shadow_policy": "ts"}, "'linucb', 'lints' or 'egreedy'"),
+    ],
+)
+def test_settings_that_would_fail_later_are_refused_now(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Settings(**kwargs)
+
+
+def test_log_level_names_are_the_ones_faust_takes() -> None:
+    from mode.utils.logging import level_number
+
+    for given, expected in (("crit", "critical"), ("CRITICAL", "critical"), ("warning", "warn"), ("debug", "debug")):
+        level = Settings(log_level=given).log_level
+        assert level == expected
+        assert isinstance(level_number(level), int)  # "crit" itself made the worker exit at start
+
+
+def test_validation_errors_and_repr_never_show_secrets() -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(api_token="tok-visible-1", admin_token="tok-visible-1", web_port=-1)
+    assert "tok-visible-1" not in str(caught.value)
+    shown = repr(Settings(redis_url="rediss://default:hunter2@redis.example:6380/0", api_token="tok-2"))
+    assert "hunter2" not in shown and "tok-2" not in shown and "redis.example:6380" in shown
+    assert redact_url("redis://:pw@h:1/0") == "redis://:***@h:1/0"
+    assert redact_url("redis://h:1/0") == "redis://h:1/0"
+
+
+def test_a_misspelled_setting_is_named_with_the_closest_one() -> None:
+    found = Settings.unknown_environment({"CADENCE_API_TOKNE": "x", "CADENCE_API_TOKEN": "y", "PATH": "/bin"})
+    assert found == ["CADENCE_API_TOKNE (did you mean CADENCE_API_TOKEN?)"]
