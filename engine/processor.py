@@ -106,6 +106,10 @@ class Engine(EngineLearning):
         self._policy_states = PolicyStates()  # decoded policy states of recent users
         self._in_flight = WritesInFlight()  # decision-state writes a read may not show yet (engine/inflight.py)
         self._write_turn: asyncio.Future[None] | None = None  # done when the last write sent has its answer
+        # user id -> done when the batch that last took the user has its writes registered: a batch that
+        # overlaps an earlier one still deciding (the intake's and a /decide batch run concurrently) waits
+        # for it, so that its reads are patched with that batch's decision state instead of overwriting it
+        self._deciding: dict[str, asyncio.Future[None]] = {}
 
     @property
     def erased(self) -> set[str]:
@@ -144,7 +148,7 @@ class Engine(EngineLearning):
         started = time.perf_counter()
         out = BatchOutput()
         events = self._validate(messages, out)
-        writes = await self._apply(events, out) if events else {}
+        writes = await self._decide_in_turn(events, out) if events else {}
         seq = self._in_flight.register(writes) if writes else -1  # later reads are patched with it until stored
         if decided is not None:
             decided(out)
@@ -179,6 +183,26 @@ class Engine(EngineLearning):
         if decided is not None:
             decided(out)
         return out
+
+    async def _decide_in_turn(self, events: list[Event], out: BatchOutput) -> dict[str, dict[str, str]]:
+        """``_apply``, after every earlier batch still deciding for one of these users has registered its
+        writes (so this batch reads them, patched). Batches wait only for batches that started before
+        them, so no two wait for each other; batches with no user in common run concurrently as before."""
+        users = {e.user_id for e in events}
+        deciding = self._deciding
+        earlier = {f for u in users if (f := deciding.get(u)) is not None}
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for u in users:
+            deciding[u] = turn
+        try:
+            if earlier:
+                await asyncio.wait(earlier)
+            return await self._apply(events, out)
+        finally:  # registered by the caller before it next awaits, so later batches see these writes
+            turn.set_result(None)
+            for u in users:
+                if deciding.get(u) is turn:
+                    del deciding[u]
 
     # -- steps ------------------------------------------------------------------------------------
     def _reject(self, msg: RawMessage, rejection: Rejection, out: BatchOutput) -> None:

@@ -24,6 +24,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaError
 
 from engine.processor import RawMessage
@@ -35,6 +37,12 @@ Handler = Callable[[list[RawMessage]], Awaitable[Awaitable[object] | None]]
 OnAssigned = Callable[[set[TopicPartition]], None]
 RETRY_AFTER_S = 1.0
 IN_FLIGHT = 1  # batches whose outputs may still be on their way while the next one is processed
+# Co-partitioning: a user's events are keyed by user id on every input topic, and all input topics have the
+# same partition count, so the range assignor gives partition p of every topic to one worker: a user's web,
+# email and ad events are decided by one worker, never by two at once (whose state writes would overwrite
+# each other). aiokafka's default, round robin over all topic-partitions, splits them with 3+ workers. It
+# stays listed second so that a group still running older workers keeps working during a rolling upgrade.
+ASSIGNORS = (RangePartitionAssignor, RoundRobinPartitionAssignor)
 
 
 @dataclass(slots=True)
@@ -104,7 +112,7 @@ class DirectIntake:
             bootstrap_servers=self.bootstrap, group_id=self.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", fetch_max_wait_ms=self.fetch_max_wait_ms,
             max_partition_fetch_bytes=4 << 20, session_timeout_ms=int(self.session_timeout_s * 1000),
-            heartbeat_interval_ms=int(self.heartbeat_s * 1000),
+            heartbeat_interval_ms=int(self.heartbeat_s * 1000), partition_assignment_strategy=ASSIGNORS,
         )
         consumer.subscribe(list(self.topics), listener=_Rebalance(self))
         await consumer.start()

@@ -81,3 +81,46 @@ def test_a_failed_write_is_not_patched_into_later_batches(runtime) -> None:  # n
     kept = [p.decision_id for p in pending_decisions(UserState("lost", stored)) if p.placement == "home_hero"]
     assert kept == [out2.decisions[0].decision_id]  # the first was never stored, and is not pretended to be
     assert len(engine._in_flight) == 0
+
+
+def test_a_batch_waits_for_an_earlier_one_still_deciding_for_its_user(runtime) -> None:  # noqa: ANN001
+    # The intake's batch and a /decide batch run concurrently. A batch's writes used to be registered only
+    # after its last chunk was decided, so a /decide for a user of its first chunk read the state without
+    # that decision, and the later write replaced the other's pending decision and policy state.
+    engine = make_engine(runtime)
+    store = engine.store
+    read_ahead = store._read_ahead
+    held = asyncio.Event()
+    calls: list[int] = []
+
+    async def slow_second_chunk(conn, updates):  # noqa: ANN001, ANN202
+        calls.append(len(updates))
+        if len(calls) == 2:
+            await held.wait()  # Redis slow to answer the intake batch's second chunk
+        return await read_ahead(conn, updates)
+
+    store._read_ahead = slow_second_chunk  # type: ignore[method-assign]
+
+    async def go():  # noqa: ANN202
+        docs = [event("i-same", user_id="same")] + [event(f"i{k}", user_id=f"o{k}", ts=T0 + k * 0.01)
+                                                   for k in range(99)]
+        intake = asyncio.ensure_future(engine.process(msgs(*docs)))
+        await asyncio.sleep(0.2)  # chunk 1 (with "same") decided, chunk 2's reply held back
+        http = asyncio.ensure_future(engine.process(msgs(event("h-same", user_id="same", ts=T0 + 1))))
+        await asyncio.sleep(0.2)
+        waited = not http.done()
+        free = await engine.process(msgs(event("h-free", user_id="free", ts=T0 + 1)))  # no user in common
+        held.set()
+        first, second = await intake, await http
+        stored = (await store.read("same")).fields
+        click = await engine.process(msgs(event("c-same", user_id="same", ts=T0 + 30, etype="click",
+                                                decision_id=second.decisions[0].decision_id)))
+        return waited, free, first, second, stored, click
+
+    waited, free, first, second, stored, click = asyncio.run(go())
+    assert len(calls) >= 2  # the intake batch did read in two chunks
+    assert waited and len(free.decisions) == 1
+    by_intake = next(d for d in first.decisions if d.user_id == "same")
+    kept = [p.decision_id for p in pending_decisions(UserState("same", stored))]
+    assert by_intake.decision_id in kept and second.decisions[0].decision_id in kept
+    assert [s.kind for s in click.learning] == ["reward"]  # the /decide decision is found and credited

@@ -207,3 +207,36 @@ def test_offsets_are_committed_while_the_stream_is_quiet(runtime: Runtime, isola
         assert asyncio.run(run_quiet()) == 30
     finally:
         admin.close()
+
+
+def test_three_workers_get_the_same_partitions_of_every_input_topic(runtime: Runtime,
+                                                                    isolated: dict[str, str]) -> None:
+    # A user's web, email and ad events share a key, so the same partition number on each topic. Round robin
+    # over all topic-partitions (aiokafka's default) gave them to different workers once there were three.
+    bootstrap = runtime.kafka_bootstrap or ""
+    topics = {isolated["topic_prefix"] + name: name for name in ("web-events", "email-events", "ad-events")}
+    assigned: dict[int, set] = {}
+
+    async def handle(batch: list[RawMessage]) -> None:
+        return None
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        intakes = [DirectIntake(bootstrap, topics, isolated["app_id"], handle,
+                                lambda tps, i=i: assigned.__setitem__(i, set(tps))) for i in range(3)]
+        tasks = [asyncio.create_task(intake.run(stop)) for intake in intakes]
+        try:
+            async with asyncio.timeout(60):
+                while not (len(assigned) == 3 and sum(len(a) for a in assigned.values()) == 12
+                           and all(set(i.assignment) == assigned[n] for n, i in enumerate(intakes))):
+                    await asyncio.sleep(0.2)
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+
+    asyncio.run(go())
+    for tps in assigned.values():
+        per_topic = {topic: {tp.partition for tp in tps if tp.topic == topic} for topic in topics}
+        assert len({frozenset(parts) for parts in per_topic.values()}) == 1, per_topic  # the same on every topic
+    every = {(tp.topic, tp.partition) for tps in assigned.values() for tp in tps}
+    assert len(every) == 12  # all of them, each once
