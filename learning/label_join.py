@@ -28,8 +28,10 @@ by its reward: a reward equal to the engine's ``click_reward`` is a click, anyth
 and it only loses that one positive). A conversion more than ``window_s`` after its decision is not a
 positive (the exposure's label stays 0), and a conversion before its decision cannot be its effect.
 
-Every followed exposure yields exactly one propensity label, whatever arrives later. Conversions of
-exposures that are not followed (dropped, sampled out, or from before a restart) teach nothing.
+Every followed exposure yields exactly one propensity label, whatever arrives later. A conversion read
+before its exposure (they may sit on different partitions of the learning topic) is kept until the exposure
+comes, or until the watermark passes the conversion's ts + ``grace_s`` (at most ``capacity`` of them).
+Conversions of exposures that are not followed (dropped, sampled out, or from before a restart) teach nothing.
 
 Bounds: at most ``capacity`` exposures wait; when full, the oldest is dropped unlearned (counted). The
 drop depends on arrival order only, never on the outcome (converted exposures wait like the others), so it
@@ -112,6 +114,10 @@ class LabelJoin:
         self.click_reward = click_reward
         self.value_scale = value_scale
         self._waiting: OrderedDict[str, _Waiting] = OrderedDict()  # arrival order, about event time
+        # conversions read before their exposure (decision id -> (ts, reward)), arrival order: the two may
+        # be on different partitions of the learning topic, read out of order; kept until the exposure
+        # comes or the watermark passes ts + grace_s (then the exposure is not coming: not followed)
+        self._early: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._dropped = 0
 
     def __len__(self) -> int:
@@ -140,24 +146,39 @@ class LabelJoin:
                 if len(waiting) >= config.capacity:
                     waiting.popitem(last=False)
                     self._dropped += 1
-                waiting[s.decision_id] = _Waiting(sys.intern(s.action), s.ts, array("f", s.x))
+                w = waiting[s.decision_id] = _Waiting(sys.intern(s.action), s.ts, array("f", s.x))
+                early = self._early.pop(s.decision_id, None) if self._early else None
+                if early is not None:
+                    self._convert(w, *early, out)
             elif s.kind == "reward" and s.reward > 0 and not self._is_click(s.reward):
                 w = waiting.get(s.decision_id)
-                if w is None or s.ts < w.ts:
-                    continue
-                if not w.revenue_learned:
-                    out.append(Label("value", w.x, s.reward * self.value_scale, s.ts))
-                    w.revenue_learned = True
-                if s.ts - w.ts <= config.window_s:
-                    w.converted = True
+                if w is not None:
+                    self._convert(w, s.ts, s.reward, out)
+                elif followed(s.decision_id, config.share) and s.decision_id not in self._early:
+                    if len(self._early) >= config.capacity:
+                        self._early.popitem(last=False)
+                    self._early[s.decision_id] = (s.ts, s.reward)
         return out
+
+    def _convert(self, w: _Waiting, ts: float, reward: float, out: list[Label]) -> None:
+        """A conversion for exposure ``w``: its revenue (once), and converted if within the window."""
+        if ts < w.ts:  # before its decision: cannot be its effect
+            return
+        if not w.revenue_learned:
+            out.append(Label("value", w.x, reward * self.value_scale, ts))
+            w.revenue_learned = True
+        if ts - w.ts <= self.config.window_s:
+            w.converted = True
 
     def advance(self, watermark: float) -> list[Label]:
         """Propensity labels (1 converted, 0 not) of the exposures whose window (plus grace) closed before
         ``watermark``, in exposure order, each at the event time of its close."""
         out: list[Label] = []
+        early, grace_s = self._early, self.config.grace_s
+        while early and next(iter(early.values()))[0] + grace_s <= watermark:
+            early.popitem(last=False)  # its exposure did not come within the grace: not followed here
         waiting = self._waiting
-        wait_s = self.config.window_s + self.config.grace_s
+        wait_s = self.config.window_s + grace_s
         while waiting:
             decision_id, w = next(iter(waiting.items()))
             if w.ts + wait_s > watermark:

@@ -71,6 +71,20 @@ def test_a_conversion_is_a_positive_only_when_its_window_closes_and_revenue_is_l
     assert join.add([reward("d1", "a", 300.0, 0.75)]) == []  # after the close: nothing waits for it
 
 
+def test_a_conversion_read_before_its_exposure_still_counts_until_the_grace_passes():
+    # Exposure and conversion travel on different partitions of the learning topic and may be read out of
+    # order; the conversion used to be dropped, and the exposure labelled 0 without its revenue.
+    join = LabelJoin(JoinConfig(window_s=100.0, grace_s=10.0), CLICK, VALUE_SCALE)
+    assert join.add([reward("d1", "a", 60.0, 0.5), reward("d2", "b", 30.0, 0.5)]) == []
+    labels = join.add([exposure("d1", "a", 0.0)])  # it arrives: the conversion it missed counts now
+    assert [(lb.model, lb.target, lb.ts) for lb in labels] == [("value", 20.0, 60.0)]
+    assert join.add([reward("d1", "a", 61.0, 0.5)]) == []  # a duplicate conversion changes nothing
+    assert propensity(join.advance(110.0)) == [("a", 1.0, 110.0)]
+    # d2's exposure did not come within the grace (30 + 10 <= 110): its conversion was forgotten
+    assert join.add([exposure("d2", "b", 0.0)]) == []
+    assert propensity(join.advance(200.0)) == [("b", 0.0, 110.0)]
+
+
 def test_labels_come_in_exposure_order_with_positives_and_negatives_interleaved():
     join = LabelJoin(JoinConfig(window_s=50.0, grace_s=5.0), CLICK, VALUE_SCALE)
     converts = {1: 40.0, 2: 3.0, 5: 20.0, 8: 1.0}  # decision -> seconds to its conversion
