@@ -277,14 +277,22 @@ def cmd_erase_user(args: argparse.Namespace) -> None:
 
     from kafka import KafkaProducer
 
-    from features.erasure import ErasureRegistry
+    from features.erasure import ErasureRegistry, user_digest
+    from policy.lever_store import LeverStore
     from streams.app import redis_client
     from streams.topics import ERASURES
 
     settings = _settings()
     _redis_and_kafka(settings, need_kafka=True)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)  # first: no erasure without its tombstone
-    deleted = asyncio.run(ErasureRegistry(redis_client(settings), settings.app_id).erase(args.user_id))
+    async def erase() -> int:
+        client = redis_client(settings)
+        deleted = await ErasureRegistry(client, settings.app_id).erase(args.user_id)
+        await LeverStore(client, settings.app_id).update(  # levers aimed at the user: gone, audit redacted
+            lambda b: b.forget_user(args.user_id, f"erased:{user_digest(args.user_id)[:12]}"))
+        return deleted
+
+    deleted = asyncio.run(erase())
     producer.send(settings.topic(ERASURES), key=args.user_id.encode(), value=None,
                   headers=[("requested_by", args.who.encode())])
     producer.flush()

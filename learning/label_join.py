@@ -146,10 +146,10 @@ class LabelJoin:
                 if len(waiting) >= config.capacity:
                     waiting.popitem(last=False)
                     self._dropped += 1
-                w = waiting[s.decision_id] = _Waiting(sys.intern(s.action), s.ts, array("f", s.x))
+                exposed = waiting[s.decision_id] = _Waiting(sys.intern(s.action), s.ts, array("f", s.x))
                 early = self._early.pop(s.decision_id, None) if self._early else None
                 if early is not None:
-                    self._convert(w, *early, out)
+                    self._convert(exposed, *early, out)
             elif s.kind == "reward" and s.reward > 0 and not self._is_click(s.reward):
                 w = waiting.get(s.decision_id)
                 if w is not None:

@@ -17,7 +17,7 @@ Redis, ``apply``/``revoke`` for the CLI and HTTP endpoints.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 
 import orjson
@@ -162,6 +162,16 @@ class LeverBook:
         if lever is None:
             raise LeverError(f"no lever {lever_id!r}; known: {sorted(self._levers)}")
         self._audit.append(AuditRecord(ts, who, why, "revoke", lever_id, lever.to_dict()))
+
+    def forget_user(self, user_id: str, replacement: str) -> int:
+        """GDPR erasure: drop the levers that target ``user_id`` and write ``replacement`` (a digest, not the
+        id) where the audit names them; returns how many levers were dropped. The audit keeps who did what."""
+        gone = [k for k, lv in self._levers.items() if lv.user_id == user_id]
+        for k in gone:
+            del self._levers[k]
+        self._audit = [replace(a, lever={**a.lever, "user_id": replacement}) if a.lever.get("user_id") == user_id
+                       else a for a in self._audit]
+        return len(gone)
 
     def prune(self, ts: float) -> list[str]:
         """Drop levers expired at ``ts`` (the audit keeps them); returns their ids."""

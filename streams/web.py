@@ -23,7 +23,7 @@ from pydantic import SecretStr
 
 from contracts.events import Reason
 from engine.processor import BatchOutput, Engine, RawMessage
-from features.erasure import ErasureRegistry
+from features.erasure import ErasureRegistry, user_digest
 from policy.lever_store import LeverStore
 from policy.levers import Lever, LeverError, LeverKind
 from streams.decide_batcher import Answer, DecideBatcher, EngineFailed, OutputCoalescer
@@ -295,6 +295,7 @@ def register_views(
         if not user_id or not who:
             raise ValueError("'user_id' and 'who' are required")
         deleted = await erasures.erase(user_id)
+        await levers.update(lambda b: b.forget_user(user_id, f"erased:{user_digest(user_id)[:12]}"))
         await tombstone(user_id, who)
         engine.erased = await erasures.digests()
         return web.json({"erased": True, "keys_deleted": deleted})

@@ -146,6 +146,9 @@ def test_erase_user_removes_every_key_and_excludes_the_user(worker: WorkerProces
                                                            isolated: dict[str, str]) -> None:
     for i in range(3):
         decide(worker, "gdpr-user-7", 500 + i, segment="loyal")
+    status, _ = call(worker, "/admin/levers", token=ADMIN, method="POST", body={
+        "kind": "pin", "action": "offer_10pct", "user_id": "gdpr-user-7", "who": "sales", "why": "vip deal"})
+    assert status == 201  # a lever aimed at the user is personal data too
     client = redis.Redis.from_url(runtime.redis_url or "")
     assert list(client.scan_iter(match="*gdpr-user-7*"))
     status, doc = call(worker, "/admin/erase-user", token=ADMIN, method="POST", body={"user_id": "gdpr-user-7",
@@ -156,7 +159,9 @@ def test_erase_user_removes_every_key_and_excludes_the_user(worker: WorkerProces
     time.sleep(0.5)
     assert list(client.scan_iter(match="*gdpr-user-7*")) == []
     assert all(b"gdpr-user-7" not in (client.get(k) or b"") for k in client.scan_iter(match=f"{isolated['app_id']}:*")
-               if client.type(k) == b"string")
+               if client.type(k) == b"string")  # the lever book included: the pin is gone, its audit redacted
+    levers = call(worker, "/admin/levers", token=ADMIN)[1]
+    assert levers["levers"] == [] and levers["audit"][0]["lever"]["user_id"].startswith("erased:")
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=runtime.kafka_bootstrap, enable_auto_commit=False)
