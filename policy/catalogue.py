@@ -4,8 +4,6 @@
 returns an :class:`Eligibility`: the eligible ids (a sequence of str, as before) plus, for every other
 action of the placement, the filter that removed it (for the decision trace). Filters, in order:
 
-Fallbacks show the placement's default only where the first two filters allow it (``fallback_action``).
-
 - consent     the action needs marketing consent (``consent_needed``, default true) and the user refused
               it (consent False). Unknown consent (None) does not remove, like the engine's own check.
 - dates       ``ts`` is before ``start`` or at/after ``end`` (ISO 8601, UTC). Skipped when ts is None.
@@ -13,6 +11,9 @@ Fallbacks show the placement's default only where the first two filters allow it
 - score       ``min_score = {score = "propensity", min = 0.1}``: the named model score is missing or lower.
 - volume_cap / budget   ``max_per_day`` decisions or ``budget_per_day`` spend (sum of ``cost``) of the
               action in the UTC day would be passed; needs ``usage`` (a ``policy.budgets.WorkerBudgets``).
+
+Fallbacks (and the holdout) show the placement's default only where the first two filters allow it
+(``fallback_action``); otherwise "none".
 
 Loading is in :mod:`policy.catalogue_file`; ``load_catalogue`` is re-exported here.
 """
