@@ -166,8 +166,12 @@ class Settings(BaseSettings):
         "young collections run there too, see streams/gc_pacing.py)."
     )
 
-    api_token: SecretStr | None = Field(None, description="Bearer token for GET /decide. Unset: endpoint off.")
-    admin_token: SecretStr | None = Field(None, description="Bearer token for admin endpoints.")
+    api_token: SecretStr | None = Field(
+        None, description="Bearer token for GET /decide and /profile. Unset: endpoints off; empty: refused."
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token for admin endpoints, not the API token's. Unset: endpoints off; empty: refused."
+    )
     http_max_rps: float = Field(5000.0, gt=0, description="Most GET /decide requests per second per worker.")
     log_level: str = Field("warn", description="Worker log level: critical (or crit), error, warn, info or debug.")
 

@@ -67,9 +67,11 @@ def _authorized(request: Any, token: SecretStr | None) -> bool:
         return False
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        given.encode("utf-8", "surrogateescape"), expected.encode()
-    )
+    try:
+        presented = given.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a code point no request bytes decode to: not the token
+        return False
+    return scheme.lower() == "bearer" and hmac.compare_digest(presented, expected.encode())
 
 
 class BodyTooLarge(Exception):
