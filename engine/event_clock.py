@@ -34,6 +34,10 @@ Who may move event time on, and why:
 - Beyond the jump limit, ``resync_events`` events in a row from ``resync_min_users`` users, nine in ten of
   them within a day of each other, resync the watermark: everyone's clock really jumped. Wrong clocks are
   few or scattered.
+- Events are judged against times users corroborate: the latest time ``CORROBORATION`` (3) users have
+  reached, not the watermark (the largest ts accepted). A backlog read in order moves that on with its many
+  users; one client whose every event is a little under the skew beyond its last gets its first event in
+  and no more, within a batch or across batches. The watermark stays at most the skew ahead of it.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ class ClockLimits:
 
 
 PACE_EVENTS = 64  # accepted events over which the stream's pace is measured
+CORROBORATION = 3  # users whose latest accepted times make the time events are judged against (see judge)
 
 
 class EventClock:
@@ -73,30 +78,56 @@ class EventClock:
         self._watermark = 0.0
         self._recent: deque[float] = deque(maxlen=pace_events + 1)  # the watermark after each recent acceptance
         self._ahead: list[tuple[float, str]] = []  # (ts, user) of consecutive events refused as ahead
+        self._top: dict[str, float] = {}  # the CORROBORATION users with the latest accepted times: user -> ts
 
     @property
     def watermark(self) -> float:
         """The largest event time accepted (0.0 before the first event)."""
         return self._watermark
 
+    @property
+    def corroborated(self) -> float:
+        """The latest time that ``CORROBORATION`` users have reached (with fewer users seen, the least recent
+        of theirs): what later events are judged against. Unlike the watermark, one client's clock cannot
+        move it; the watermark is at most the skew ahead of it."""
+        return min(self._top.values()) if self._top else 0.0
+
     def judge(self, events: Sequence[Event], limits: ClockLimits) -> list[Rejection | None]:
-        """One verdict per event of a batch, in order: None (accepted, the watermark follows it) or why not."""
+        """One verdict per event of a batch, in order: None (accepted, the watermark follows it) or why not.
+
+        Within a batch the reference follows accepted events only as far as several users have got
+        (``corroborated``): a backlog read in order moves it on, while one client with a wrong clock, each of
+        its events a little under the skew beyond the last, is refused after the first."""
         if not events:
             return []
         reference = self._reference(events, limits)
         verdicts: list[Rejection | None] = []
         for event in events:
-            reference = max(reference, self._watermark)
+            reference = max(reference, self.corroborated)
             verdict = check_jump(event, self._watermark, limits.max_jump_s) \
                 or check_watermark(event, reference, limits.max_future_skew_s, limits.max_lateness_s)
             if verdict is None:
                 self._ahead.clear()
                 self._watermark = max(self._watermark, event.ts)
                 self._recent.append(self._watermark)
+                self._reached(event.user_id, event.ts)
             elif self._watermark and event.ts > self._watermark:
                 self._note_ahead(event, limits)
             verdicts.append(verdict)
         return verdicts
+
+    def _reached(self, user: str, ts: float) -> None:
+        """``user``'s event at ``ts`` was accepted: keep the ``CORROBORATION`` users with the latest times."""
+        top = self._top
+        if user in top:
+            top[user] = max(top[user], ts)
+        elif len(top) < CORROBORATION:
+            top[user] = ts
+        else:
+            oldest = min(top, key=top.__getitem__)
+            if ts > top[oldest]:
+                del top[oldest]
+                top[user] = ts
 
     def _reference(self, events: Sequence[Event], limits: ClockLimits) -> float:
         """The time this batch is judged against (see the module's notes)."""
@@ -106,15 +137,16 @@ class EventClock:
         if not self._watermark:
             return _densest(sorted(votes.values()), limits.max_future_skew_s)
         median = statistics.median_low(votes.values())  # a vote, the lower middle one: never a mean of two
+        agreed = self.corroborated
         if median <= self._watermark + limits.max_future_skew_s \
                 or median <= self._watermark + min(self._pace_s(limits), limits.max_jump_s):
-            return max(self._watermark, median)
+            return max(agreed, median)
         if median > self._watermark + limits.max_jump_s:
-            return self._watermark  # only a resync moves time that far
+            return agreed  # only a resync moves time that far
         agreeing = sum(1 for ts in votes.values() if abs(ts - median) <= limits.max_future_skew_s)
         if agreeing >= limits.advance_min_users and 2 * agreeing > len(votes):
             return median
-        return self._watermark
+        return agreed
 
     def _pace_s(self, limits: ClockLimits) -> float:
         """``pace_events`` ordinary steps of the watermark: the median step of the recent accepted events, times
@@ -151,6 +183,7 @@ class EventClock:
         log.warning("%d events of %d users in a row were %s: event time moved from %.0f to %.0f",
                     len(run), len({user for _, user in run}), where, self._watermark, middle)
         self._watermark = middle
+        self._top = {user: middle for _, user in run[-CORROBORATION:]}  # the users that moved it agree on it
         self._ahead.clear()
 
 

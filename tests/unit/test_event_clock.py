@@ -168,3 +168,27 @@ def test_a_first_batch_with_many_scattered_wrong_clocks_takes_the_time_most_user
     assert first == [False] * 30 + [True] * 20
     assert clock.watermark == T0 + 19
     assert all(accepted(clock, good(10, T0 + 60, tag="later")))
+
+
+def test_one_client_cannot_walk_event_time_ahead_event_by_event() -> None:
+    """Each event used to be judged against the watermark the previous one had just moved: one client whose
+    clock ran 3,000 s further with every event walked event time 33 hours ahead in one batch."""
+    clock = started()
+    before = clock.watermark
+    batch = good(5, before + 1, tag="ok") + [ev(before + 3000 * (k + 1), "wrong", f"w{k}") for k in range(40)]
+    verdicts = accepted(clock, batch)
+    assert verdicts[:5] == [True] * 5
+    assert sum(verdicts[5:]) == 1  # its first event is within the skew; the next ones are not
+    assert clock.watermark - before <= LIMITS.max_future_skew_s
+    for k in range(5):  # nor batch after batch, each of its events just under the skew beyond the watermark
+        verdicts = accepted(clock, [ev(clock.watermark + 3000, "wrong", f"x{k}")] + good(3, before + 10 + k, f"n{k}"))
+        assert verdicts == [False, True, True, True]
+    assert clock.watermark - before <= LIMITS.max_future_skew_s
+
+
+def test_a_backlog_batch_spanning_hours_is_followed_in_order() -> None:
+    """What the running reference is for: a worker catching up reads hours of many users' events in one batch."""
+    clock = started()
+    backlog = [ev(T0 + 200 + i * 20.0, f"b{i % 50}", f"b{i}") for i in range(1000)]  # 5.5 hours, 50 users
+    assert all(accepted(clock, backlog))
+    assert clock.watermark == T0 + 200 + 999 * 20.0
