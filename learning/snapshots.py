@@ -22,6 +22,20 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
+# KEYS[1] lease, ARGV[1] worker id, ARGV[2] ttl in ms: 1 if this worker holds the lease now (taken or renewed)
+_LEAD = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if holder then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
 
 class SnapshotError(LookupError):
     """A snapshot that was asked for does not exist; the message lists what does."""
@@ -128,13 +142,7 @@ class SnapshotStore:
         return info
 
     async def try_lead(self, worker_id: str, ttl_s: float) -> bool:
-        """One worker writes snapshots at a time: the holder of a short lease."""
-        key = self._key("lease")
-        ok = await self.client.set(key, worker_id, nx=True, px=int(ttl_s * 1000))
-        if ok:
-            return True
-        holder = await self.client.get(key)
-        if holder is not None and cast(bytes, holder).decode() == worker_id:
-            await self.client.pexpire(key, int(ttl_s * 1000))
-            return True
-        return False
+        """One worker writes snapshots at a time: the holder of a short lease. Taking a free lease and
+        renewing one's own are one atomic step (a script): a lease that expired between a check and a
+        renewal must not be renewed for the worker that took it meanwhile, with both believing they lead."""
+        return bool(await self.client.eval(_LEAD, 1, self._key("lease"), worker_id, int(ttl_s * 1000)))

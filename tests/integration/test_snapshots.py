@@ -140,10 +140,14 @@ def test_list_and_trim_keep_the_newest_versions(runtime: Runtime) -> None:
 def test_only_one_worker_leads_snapshot_writing(runtime: Runtime) -> None:
     store = store_for(runtime)
 
-    async def go() -> tuple[bool, bool, bool]:
-        return await store.try_lead("w1", 5), await store.try_lead("w2", 5), await store.try_lead("w1", 5)
+    async def go() -> tuple[bool, ...]:
+        held = await store.try_lead("w1", 5), await store.try_lead("w2", 5), await store.try_lead("w1", 5)
+        await store.try_lead("w1", 0.2)  # renewed with a short lease, then left to expire
+        await asyncio.sleep(0.4)
+        taken = await store.try_lead("w2", 5), await store.try_lead("w1", 5)  # w1 must not renew w2's lease
+        return (*held, *taken)
 
-    assert asyncio.run(go()) == (True, False, True)
+    assert asyncio.run(go()) == (True, False, True, True, False)
 
 
 def test_unpack_refuses_foreign_blobs() -> None:
