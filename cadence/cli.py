@@ -277,7 +277,7 @@ def cmd_erase_user(args: argparse.Namespace) -> None:
 
     from kafka import KafkaProducer
 
-    from features.erasure import ErasureRegistry, user_digest
+    from features.erasure import ErasureRegistry, erased_label
     from policy.lever_store import LeverStore
     from streams.app import redis_client
     from streams.topics import ERASURES
@@ -289,7 +289,7 @@ def cmd_erase_user(args: argparse.Namespace) -> None:
         client = redis_client(settings)
         deleted = await ErasureRegistry(client, settings.app_id).erase(args.user_id)
         await LeverStore(client, settings.app_id).update(  # levers aimed at the user: gone, audit redacted
-            lambda b: b.forget_user(args.user_id, f"erased:{user_digest(args.user_id)[:12]}"))
+            lambda b: b.forget_user(args.user_id, erased_label(args.user_id)))
         return deleted
 
     deleted = asyncio.run(erase())

@@ -16,6 +16,11 @@ def user_digest(user_id: str) -> str:
     return hashlib.blake2b(user_id.encode(), digest_size=16).hexdigest()
 
 
+def erased_label(user_id: str) -> str:
+    """What stands for an erased user where a record must say someone was meant (lever audit): no id."""
+    return f"erased:{user_digest(user_id)[:12]}"
+
+
 class ErasureRegistry:
     """``{ns}:erased`` holds digests of erased users; workers keep a copy and follow its generation."""
 

@@ -23,7 +23,7 @@ from pydantic import SecretStr
 
 from contracts.events import Reason
 from engine.processor import BatchOutput, Engine, RawMessage
-from features.erasure import ErasureRegistry, user_digest
+from features.erasure import ErasureRegistry, erased_label
 from policy.lever_store import LeverStore
 from policy.levers import Lever, LeverError, LeverKind
 from streams.decide_batcher import Answer, DecideBatcher, EngineFailed, OutputCoalescer
@@ -85,6 +85,13 @@ def _view(fun: Callable[..., Awaitable[faust.web.Response]]) -> type[faust.web.V
 
 def _error(web: faust.web.View, status: int, what: str, todo: str, **extra: Any) -> faust.web.Response:
     return web.json({"error": what, "what_to_do": todo, **extra}, status=status)
+
+
+def _too_many(web: faust.web.View, wait: float) -> faust.web.Response:
+    """429 with Retry-After (whole seconds, at least 1) for a request over the rate limit."""
+    response = _error(web, 429, "too many requests", f"retry after {wait:.3f}s")
+    response.headers["Retry-After"] = str(max(1, round(wait)))
+    return response
 
 
 def decide_request(params: dict[str, str], placement_channel: str, now: float) -> tuple[str, str, bytes]:
@@ -160,9 +167,7 @@ def register_views(
             wait = bucket.take()
             if wait:
                 status = 429
-                response = _error(web, status, "too many requests", f"retry after {wait:.3f}s")
-                response.headers["Retry-After"] = str(max(1, round(wait)))
-                return response
+                return _too_many(web, wait)
             params = {k: v for k, v in request.query.items()}
             if len(request.query_string) > 2048:
                 status = 400
@@ -201,9 +206,7 @@ def register_views(
             return _error(web, 400, "query string longer than 2048 bytes", "pass only user_id and ts")
         wait = bucket.take()  # the same per-worker budget as /decide: a profile read costs a Redis round trip
         if wait:
-            response = _error(web, 429, "too many requests", f"retry after {wait:.3f}s")
-            response.headers["Retry-After"] = str(max(1, round(wait)))
-            return response
+            return _too_many(web, wait)
         user_id = request.query.get("user_id", "")
         if not 0 < len(user_id) <= 128:
             return _error(web, 400, "user_id must be 1..128 characters", "pass ?user_id=...")
@@ -297,7 +300,7 @@ def register_views(
         if not user_id or not who:
             raise ValueError("'user_id' and 'who' are required")
         deleted = await erasures.erase(user_id)
-        await levers.update(lambda b: b.forget_user(user_id, f"erased:{user_digest(user_id)[:12]}"))
+        await levers.update(lambda b: b.forget_user(user_id, erased_label(user_id)))
         await tombstone(user_id, who)
         engine.erased = await erasures.digests()
         return web.json({"erased": True, "keys_deleted": deleted})
