@@ -45,6 +45,14 @@ class Metrics:
             "cadence_feature_updates_lost_total", "Feature updates dropped because the retry buffer was full",
             registry=r,
         )
+        self.decision_state_unstored = Gauge(
+            "cadence_decision_state_unstored_users", "Users whose decision state (pending decisions, stickiness, "
+            "contact history) Redis has not taken yet: kept in memory and retried every second", registry=r,
+        )
+        self.decision_state_lost = Counter(
+            "cadence_decision_state_lost_total", "Users' decision-state writes dropped because the retry buffer was "
+            "full", registry=r,
+        )
         self.erased_events = Counter(
             "cadence_erased_user_events_total", "Events of erased users, not stored nor learned", registry=r
         )

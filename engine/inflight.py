@@ -12,8 +12,10 @@ may not have applied when the read went out. The rule, with ``tick`` = writes ac
 Writes set whole fields computed from patched states, and they reach Redis in registration order (the
 engine sends one at a time), so a later write already contains an earlier one's effect and patching in
 order gives exactly the fields Redis would have shown had the read come after every write before it.
-Patching a write the read did show changes nothing for the same reason. A write that failed is dropped:
-Redis does not have it, and later reads must not pretend it does (as if the batch had never been stored).
+Patching a write the read did show changes nothing for the same reason. A write that failed stays in
+flight: the engine keeps it and stores it with a later write, so later reads are patched with it meanwhile.
+Only a write the engine gives up on (its retry buffer full) is dropped: later reads must then not pretend
+Redis has it.
 Entries are kept only while some outstanding read was sent before their acknowledgement.
 """
 

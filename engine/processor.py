@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from bandits.base import Policy
 from cadence.metrics import Metrics
@@ -105,7 +105,13 @@ class Engine(EngineLearning):
         self._erased: set[str] = set()
         self._policy_states = PolicyStates()  # decoded policy states of recent users
         self._in_flight = WritesInFlight()  # decision-state writes a read may not show yet (engine/inflight.py)
-        self._write_turn: asyncio.Future[None] | None = None  # done when the last write sent has its answer
+        # decision-state writes Redis did not take, oldest first, as (WritesInFlight handle, writes): retried
+        # before the next write and by the timer, still patched into reads meanwhile (``_store_writes``)
+        self._unstored: deque[tuple[int, dict[str, dict[str, str]]]] = deque()
+        self._write_retry_at = 0.0  # monotonic time before which a failed write is not tried again
+        self._write_logged_at = 0.0
+        self._writes_kept = False  # a write failed since the last one Redis took
+        self._write_turn_future: asyncio.Future[None] | None = None  # done when the last write sent has its answer
         # user id -> done when the batch that last took the user has its writes registered: a batch that
         # overlaps an earlier one still deciding (the intake's and a /decide batch run concurrently) waits
         # for it, so that its reads are patched with that batch's decision state instead of overwriting it
@@ -125,6 +131,11 @@ class Engine(EngineLearning):
             kept = [u for u in self._unapplied if user_digest(u.user_id) not in new]
             self._unapplied = deque(kept)
             self.metrics.updates_pending.set(len(kept))
+        if new and self._unstored:  # nor a decision-state write Redis did not take before the erasure
+            for _, writes in self._unstored:
+                for user_id in [u for u in writes if user_digest(u) in new]:
+                    del writes[user_id]
+            self.metrics.decision_state_unstored.set(self._unstored_users())
         self._erased = digests
 
     @property
@@ -322,32 +333,87 @@ class Engine(EngineLearning):
         return writes
 
     async def _write(self, writes: dict[str, dict[str, str]], seq: int) -> None:
-        """Store the batch's decision state (pending decisions, policy states) in one call.
+        """Store the batch's decision state (pending decisions, policy states), with any earlier write
+        Redis did not take, in one call.
 
         One write is out at a time, in the order batches were decided (a batch decided while an earlier
         one's write is in flight waits for it), so Redis applies them in the order ``WritesInFlight``
         patches them in."""
-        previous, turn = self._write_turn, asyncio.get_running_loop().create_future()
-        self._write_turn = turn
+        async with self._write_turn():
+            self._unstored.append((seq, writes))
+            await self._store_writes()
+
+    async def flush_unstored(self) -> None:
+        """Retry decision-state writes Redis did not take, without waiting for the next batch (a timer)."""
+        if self._unstored and time.monotonic() >= self._write_retry_at:
+            async with self._write_turn():
+                await self._store_writes()
+
+    @contextlib.asynccontextmanager
+    async def _write_turn(self) -> AsyncIterator[None]:
+        previous, turn = self._write_turn_future, asyncio.get_running_loop().create_future()
+        self._write_turn_future = turn
         try:
             if previous is not None and not previous.done():
                 await asyncio.shield(previous)
-            started = time.perf_counter()
-            try:
-                await self.store.write_fields(writes)
-            except FeatureStoreError as exc:
-                self._in_flight.drop(seq)
-                self.metrics.store_errors.labels("write").inc()
-                log.error("%s; pending decisions of %d users not stored", exc, len(writes))
-                return
-            except BaseException:
-                self._in_flight.drop(seq)  # cancelled or failed in flight: not known to be stored
-                raise
-            self._in_flight.acknowledge(seq)
-            self.metrics.store_latency.labels("write").observe(time.perf_counter() - started)
+            yield
         finally:
             if not turn.done():
                 turn.set_result(None)
+
+    async def _store_writes(self) -> None:
+        """Write every unstored write as one (in order, later fields win: each write sets whole fields
+        computed from states patched with the earlier ones, so the merge is what Redis would hold after
+        storing them one by one). On failure they stay: later reads are still patched with them, and the
+        next write or the timer tries again (a second later at the earliest). Cancelled in flight, they stay
+        too: whether Redis has them is not known, and storing them again is harmless (fields are set).
+        Called in the write turn."""
+        unstored = self._unstored
+        if len(unstored) > 1 and time.monotonic() < self._write_retry_at:
+            self._keep_bounded()  # Redis failed a moment ago: keep this one with the others, try later
+            return
+        if len(unstored) == 1:  # the usual case: this batch's write alone
+            merged = unstored[0][1]
+        else:
+            merged = {}
+            for _, writes in unstored:
+                for user_id, fields in writes.items():
+                    if fields:
+                        merged.setdefault(user_id, {}).update(fields)
+        started = time.perf_counter()
+        try:
+            await self.store.write_fields(merged)
+        except FeatureStoreError as exc:
+            self.metrics.store_errors.labels("write").inc()
+            self._write_retry_at = time.monotonic() + 1.0
+            self._writes_kept = True
+            if time.monotonic() - self._write_logged_at >= 10.0:  # one line per outage and every 10 s
+                self._write_logged_at = time.monotonic()
+                log.error("%s; decision state of %d users kept, retried every second (counted in "
+                          "cadence_decision_state_unstored_users)", exc, len(merged))
+            self._keep_bounded()
+            return
+        self.metrics.store_latency.labels("write").observe(time.perf_counter() - started)
+        for seq, _ in unstored:
+            self._in_flight.acknowledge(seq)
+        unstored.clear()
+        if self._writes_kept:  # after an outage: nothing kept any more
+            self._writes_kept = False
+            self.metrics.decision_state_unstored.set(0)
+
+    def _keep_bounded(self) -> None:
+        """At most ``retry_buffer_max`` users' decision state kept: the oldest writes go first (counted)."""
+        users = self._unstored_users()
+        while users > self.config.retry_buffer_max and len(self._unstored) > 1:
+            seq, oldest = self._unstored.popleft()
+            self._in_flight.drop(seq)
+            self.metrics.decision_state_lost.inc(len(oldest))
+            log.error("feature store unreachable: decision state of %d users dropped (buffer full)", len(oldest))
+            users = self._unstored_users()
+        self.metrics.decision_state_unstored.set(users)
+
+    def _unstored_users(self) -> int:
+        return len({user_id for _, writes in self._unstored for user_id in writes})
 
     async def _load(self, updates: list[FeatureUpdate]) -> list[tuple[bool, UserState | None]]:
         """One feature-store call, after replaying updates kept during an outage (the outage path)."""

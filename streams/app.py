@@ -386,9 +386,10 @@ def create_app(settings: Settings) -> faust.App:
             await sender.send([OutRecord(learning_name, None, encode_idle(worker_id, engine.watermark))])
 
     @app.timer(1.0)
-    @survives("replaying feature updates kept during a store outage")
+    @survives("replaying feature updates and decision state kept during a store outage")
     async def replay_kept_updates() -> None:
         await engine.flush_unapplied()
+        await engine.flush_unstored()
 
     @app.timer(settings.snapshot_interval_s)
     @survives("saving a snapshot")
@@ -490,6 +491,7 @@ def create_app(settings: Settings) -> faust.App:
     async def _stop(app: faust.App, **kwargs: object) -> None:
         gc_pacer.stop()
         stop_learning.set()
+        await engine.flush_unstored()  # decision state Redis did not take: a last try (failures are logged)
         if producing["holding"]:  # this worker sends no more samples: stop holding label windows open for it
             try:
                 await sender.send([OutRecord(learning_name, None, encode_idle(worker_id, engine.watermark))])

@@ -57,30 +57,112 @@ def test_a_batch_decided_while_the_last_write_is_in_flight_keeps_both_decisions(
     assert len(engine._in_flight) == 0  # nothing kept once both are stored
 
 
-def test_a_failed_write_is_not_patched_into_later_batches(runtime) -> None:  # noqa: ANN001
+def failing_writes(engine, fail: set[int]):  # noqa: ANN001, ANN201
+    """The store's write_fields, failing on the calls numbered in ``fail`` (1-based); returns the calls made."""
     from features.store import FeatureStoreError
 
-    engine = make_engine(runtime)
     write_fields = engine.store.write_fields
-    calls = []
+    calls: list[dict] = []
 
-    async def first_write_fails(writes):  # noqa: ANN001, ANN202
-        calls.append(len(calls))
-        if len(calls) == 1:
+    async def flaky(writes):  # noqa: ANN001, ANN202
+        calls.append({u: dict(f) for u, f in writes.items()})
+        if len(calls) in fail:
             raise FeatureStoreError("feature store write failed: test")
         await write_fields(writes)
 
-    engine.store.write_fields = first_write_fails  # type: ignore[method-assign]
+    engine.store.write_fields = flaky  # type: ignore[method-assign]
+    return calls
+
+
+def test_a_failed_write_is_kept_patched_into_later_batches_and_stored_with_the_next_one(runtime) -> None:  # noqa: ANN001
+    # A failed decision-state write used to be dropped: the decision had gone out, but its pending record and the
+    # user's policy state were lost, so a click on it earned nothing and the next change was not limited.
+    engine = make_engine(runtime)
+    calls = failing_writes(engine, fail={1})
 
     async def go():  # noqa: ANN202
-        out1 = await engine.process(msgs(event("f1", user_id="lost", ts=T0)))
-        out2 = await engine.process(msgs(event("f2", user_id="lost", ts=T0 + 5)))
-        return out1, out2, await fields(engine, "lost")
+        out1 = await engine.process(msgs(event("f1", user_id="kept", ts=T0)))
+        unstored = engine.metrics.decision_state_unstored._value.get()
+        # within a second of the failure: this batch's write joins the kept one, neither is tried yet
+        out2 = await engine.process(msgs(event("f2", user_id="kept", ts=T0 + 5)))
+        tried = len(calls)
+        click = await engine.process(msgs(event("c1", user_id="kept", ts=T0 + 30, etype="click",
+                                                decision_id=out1.decisions[0].decision_id,
+                                                offer_id=out1.decisions[0].action)))
+        engine._write_retry_at = 0.0  # a second later
+        out3 = await engine.process(msgs(event("f3", user_id="other", ts=T0 + 40)))
+        return out1, out2, unstored, tried, click, out3, await fields(engine, "kept")
 
-    out1, out2, stored = asyncio.run(go())
-    kept = [p.decision_id for p in pending_decisions(UserState("lost", stored)) if p.placement == "home_hero"]
-    assert kept == [out2.decisions[0].decision_id]  # the first was never stored, and is not pretended to be
-    assert len(engine._in_flight) == 0
+    out1, out2, unstored, tried, click, out3, stored = asyncio.run(go())
+    d1, d2 = out1.decisions[0], out2.decisions[0]
+    assert unstored == 1 and engine.metrics.store_errors.labels("write")._value.get() == 1
+    assert tried == 1 and len(calls) == 2 and set(calls[1]) == {"kept", "other"}  # one write carried all four
+    assert [s.kind for s in click.learning] == ["reward"]  # a click on the kept decision is credited
+    kept = [p.decision_id for p in pending_decisions(UserState("kept", stored)) if p.placement == "home_hero"]
+    assert kept[0] == d2.decision_id  # the second batch read the first's decision, patched, and kept both
+    sticky = UserPolicyState.decode(stored["pol"].encode()).sticky["home_hero"]
+    assert (sticky.action, sticky.since) == (d1.action, d1.ts)  # the first decision still limits changes
+    assert len(engine._in_flight) == 0 and not engine._unstored
+    assert engine.metrics.decision_state_unstored._value.get() == 0
+
+
+def test_the_timer_stores_a_failed_write_without_waiting_for_traffic(runtime) -> None:  # noqa: ANN001
+    engine = make_engine(runtime)
+    calls = failing_writes(engine, fail={1, 2})
+
+    async def go():  # noqa: ANN202
+        out = await engine.process(msgs(event("t1", user_id="quiet", ts=T0)))
+        await engine.flush_unstored()  # within a second of the failure: not tried yet
+        tried_early = len(calls)
+        engine._write_retry_at = 0.0  # a second later
+        await engine.flush_unstored()  # fails again: still kept
+        still_kept = len(engine._unstored)
+        engine._write_retry_at = 0.0
+        await engine.flush_unstored()
+        return out, tried_early, still_kept, await fields(engine, "quiet")
+
+    out, tried_early, still_kept, stored = asyncio.run(go())
+    assert tried_early == 1 and still_kept == 1 and len(calls) == 3
+    assert [p.decision_id for p in pending_decisions(UserState("quiet", stored))] == [out.decisions[0].decision_id]
+    assert len(engine._in_flight) == 0 and engine.metrics.decision_state_unstored._value.get() == 0
+
+
+def test_a_kept_write_does_not_bring_an_erased_user_back(runtime) -> None:  # noqa: ANN001
+    from features.erasure import user_digest
+
+    engine = make_engine(runtime)
+    failing_writes(engine, fail={1})
+
+    async def go():  # noqa: ANN202
+        await engine.process(msgs(event("e1", user_id="gone", ts=T0), event("e2", user_id="stays", ts=T0)))
+        await engine.store.client.delete(engine.store.key("gone"))  # what `cadence erase-user gone` does ...
+        engine.erased = {user_digest("gone")}  # ... and every worker then follows
+        engine._write_retry_at = 0.0
+        await engine.flush_unstored()
+        return await engine.store.client.exists(engine.store.key("gone")), await fields(engine, "stays")
+
+    gone_exists, stays = asyncio.run(go())
+    assert gone_exists == 0
+    assert pending_decisions(UserState("stays", stays))  # the other user's kept state was stored
+
+
+def test_the_kept_writes_are_bounded_oldest_dropped_first(runtime) -> None:  # noqa: ANN001
+    from engine.records import EngineConfig
+
+    engine = make_engine(runtime)
+    engine.config = EngineConfig(retry_buffer_max=2)
+    failing_writes(engine, fail={1, 2, 3, 4})
+
+    async def go():  # noqa: ANN202
+        for k in range(3):  # three batches of one user each while Redis refuses writes
+            await engine.process(msgs(event(f"b{k}", user_id=f"u{k}", ts=T0 + k)))
+        return [set(w) for _, w in engine._unstored]
+
+    kept = asyncio.run(go())
+    assert kept == [{"u1"}, {"u2"}]
+    assert engine.metrics.decision_state_lost._value.get() == 1
+    assert engine.metrics.decision_state_unstored._value.get() == 2
+    assert len(engine._in_flight) == 2  # the dropped write is no longer patched into reads
 
 
 def test_a_batch_waits_for_an_earlier_one_still_deciding_for_its_user(runtime) -> None:  # noqa: ANN001
