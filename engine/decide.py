@@ -41,6 +41,9 @@ class Decided:
     policy_state: str | None = None  # the user's new policy state (stickiness, contact history)
     expected_value: float = 0.0  # arbitration's expected value of the action shown (bid signals)
     x: np.ndarray | None = None  # the context vector the decision was made with (None for fallbacks)
+    # shows nothing, in the holdout's treated group: no pending decision, but the lift counts it (the control
+    # group's decisions are all counted, "none" included, so leaving these out would flatter the engine)
+    lift_only: bool = False
 
 
 def _decision(event: Event, action: str, probability: float, mode: Mode, policy: Policy,
@@ -233,7 +236,7 @@ def decide(event: Event, state: UserState | None, ctx: PolicyContext, policy: Po
             mode=outcome.mode.value,
         )
     text = states.encode(outcome.state) if states is not None else outcome.state.encode().decode()
-    return Decided(decision, pending, text, ev, x)
+    return Decided(decision, pending, text, ev, x, lift_only=pending is None and outcome.grouped)
 
 
 def is_learnable(action: str) -> bool:

@@ -529,6 +529,10 @@ class Engine(EngineLearning):
             writes[event.user_id][POLICY_STATE_FIELD] = decided.policy_state
         pending = decided.pending
         if pending is None:
+            if decided.lift_only and decided.x is not None:  # counted by the lift, learned by no policy
+                out.learning.append(LearningSample(kind="exposure", decision_id=decision.decision_id,
+                                                   action=decision.action, x=decided.x, placement=decision.placement,
+                                                   ts=event.ts, mode=decision.mode.value))
             return
         writes[event.user_id][pending.field] = slot_with(state, pending)
         out.learning.append(

@@ -83,6 +83,9 @@ class PolicyOutcome:
     trace: dict[str, Any]
     state: UserPolicyState  # store this back for the user
     choice: Choice | None = None  # the bandit's choice, when it was asked
+    # the request went through the holdout split: it is one of the lift's observations (control or treated),
+    # whatever it shows, "none" included
+    grouped: bool = False
 
 
 def decide_action(
@@ -99,6 +102,7 @@ def decide_action(
     history = state.contacts.get(channel)
     new = state.copy()
     trace: dict[str, Any] = {}
+    grouped = False
 
     def finish(action: str, mode: Mode, p: float, choice: Choice | None = None) -> PolicyOutcome:
         """The outcome; a shown action counts as a contact and against the action's daily budgets."""
@@ -108,7 +112,7 @@ def decide_action(
             new.contacts[channel] = record_contact(contact, new.contacts.get(channel), action, ts)
             if action in cat.actions:
                 budgets.record_action(action, ts, cat.actions[action].cost)
-        return PolicyOutcome(action, mode, p, trace, new, choice)
+        return PolicyOutcome(action, mode, p, trace, new, choice, grouped)
 
     blocked: ContactCap | None = channel_block(contact, history, ts)
     if blocked is not None:
@@ -122,6 +126,7 @@ def decide_action(
         trace["fallback"] = "kill_switch"
         return finish(default, Mode.FALLBACK, 1.0)
 
+    grouped = context.holdout is not None  # from here on, every outcome is in the control or treated group
     if context.holdout is not None and context.holdout.in_control(request.user_id, placement.id):
         trace["holdout"] = context.holdout.scope
         return finish(default, Mode.HOLDOUT, 1.0)

@@ -512,3 +512,30 @@ def test_updates_kept_through_an_outage_do_not_bring_an_erased_user_back(runtime
     gone, kept, pending = run(go())
     assert gone == {} and pending == 0
     assert kept.get("dev") == "mobile"  # the other user's update was replayed
+
+
+def test_the_lift_counts_treated_decisions_that_show_nothing(runtime: Runtime) -> None:
+    # Control decisions are counted whatever they show; a treated decision showing "none" (every action of the
+    # placement banned here) was not, so the lift's treated mean ran over shown decisions only.
+    from policy.holdout import HoldoutConfig
+    from policy.levers import Lever, LeverKind
+
+    engine = make_engine(runtime)
+    engine.policy_ctx.holdout = HoldoutConfig(0.0, "s")  # nobody in control: every request is treated
+    for a in engine.catalogue.placement_actions("home_hero"):
+        engine.policy_ctx.levers.apply(Lever(f"ban-{a}", LeverKind.BAN, "ana", "test", T0 - 60, a))
+
+    async def go():  # noqa: ANN202
+        out = await engine.process(msgs(event("n1", user_id="nothing", ts=T0)))
+        return out, await fields(engine, "nothing")
+
+    out, stored = run(go())
+    d = out.decisions[0]
+    assert (d.action, d.mode, d.placement) == ("none", Mode.FALLBACK, "home_hero")
+    assert [(s.kind, s.action, s.mode, s.decision_id) for s in out.learning] == [
+        ("exposure", "none", "fallback", d.decision_id)]
+    assert not pending_decisions(UserState("nothing", stored))  # nothing to credit: no pending record in Redis
+    before = engine.policy.snapshot()
+    engine.learn(out.learning)
+    assert engine.lift.result()["treated_decisions"] == 1
+    assert engine.policy.snapshot() == before  # counted by the lift, learned by no policy

@@ -477,3 +477,22 @@ def test_with_a_real_bandit_every_outcome_is_well_formed() -> None:
         else:
             assert out.probability == 1.0
     assert {Mode.EXPLOIT, Mode.STICKY, Mode.HOLDOUT, Mode.SUPPRESSED} <= modes
+
+
+def test_the_lift_groups_hold_every_request_past_the_holdout_split() -> None:
+    # The lift compares reward per decision between the groups. Control decisions count even when they show
+    # "none"; treated decisions that showed "none" (nothing eligible) used to be left out, so the treated
+    # group's mean was over its shown decisions only.
+    bandit = FakeBandit(SCORES)
+
+    def outcome(ctx: PolicyContext, **kw):  # noqa: ANN202
+        request = PolicyRequest(**{"user_id": "u1", "placement": "hero", "ts": NOON, **kw})
+        return decide_action(request, UserPolicyState(), ctx, bandit)
+
+    treated, control = HoldoutConfig(0.0, "s"), HoldoutConfig(1.0, "s")
+    assert outcome(context(holdout=treated)).grouped and outcome(context(holdout=control)).grouped
+    nothing = outcome(context(holdout=treated), consent=False)
+    assert (nothing.action, nothing.mode, nothing.grouped) == (NO_ACTION, Mode.FALLBACK, True)
+    assert not outcome(context(), consent=False).grouped  # no holdout: no groups
+    killed = outcome(context(lever(LeverKind.KILL), holdout=treated))  # stopped before the split, in both groups
+    assert (killed.mode, killed.grouped) == (Mode.FALLBACK, False)
