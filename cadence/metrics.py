@@ -65,7 +65,9 @@ class Metrics:
         self.shadow = Counter(
             "cadence_shadow_decisions_total", "Decisions a shadow challenger also made", ["outcome"], registry=r
         )
-        self.levers_active = Gauge("cadence_levers_active", "Levers in the shared book", registry=r)
+        self.levers_active = Gauge(
+            "cadence_levers_active", "Levers in force or to come on this worker (expired ones are dropped)", registry=r
+        )
         self.store_latency = Histogram(
             "cadence_feature_store_round_trip_seconds", "Feature store round trip per batch", ["op"],
             buckets=LATENCY_BUCKETS_S, registry=r,

@@ -138,6 +138,14 @@ class Engine(EngineLearning):
             self.metrics.decision_state_unstored.set(self._unstored_users())
         self._erased = digests
 
+    def prune_levers(self) -> int:
+        """Drop levers that expired before any event time the clock still accepts (they can never apply
+        again, and every request checks every lever); returns how many are left."""
+        book = self.policy_ctx.levers
+        if self._clock.corroborated:  # accepted events are at most max_lateness_s behind it (a skew's margin)
+            book.prune(self._clock.corroborated - self.config.max_lateness_s - self.config.max_future_skew_s)
+        return len(book.levers)
+
     @property
     def catalogue(self) -> Catalogue:
         return self.policy_ctx.catalogue

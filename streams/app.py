@@ -296,7 +296,7 @@ def create_app(settings: Settings) -> faust.App:
         if generation != followed["levers"]:
             engine.policy_ctx.levers = await levers.load()
             followed["levers"] = generation
-            metrics.levers_active.set(len(engine.policy_ctx.levers.levers))
+        metrics.levers_active.set(engine.prune_levers())
         generation = await erasures.generation()
         if generation != followed["erasures"]:
             engine.erased = await erasures.digests()

@@ -539,3 +539,28 @@ def test_the_lift_counts_treated_decisions_that_show_nothing(runtime: Runtime) -
     engine.learn(out.learning)
     assert engine.lift.result()["treated_decisions"] == 1
     assert engine.policy.snapshot() == before  # counted by the lift, learned by no policy
+
+
+def test_levers_that_can_never_apply_again_are_dropped_from_the_worker_book(runtime: Runtime) -> None:
+    # Every request checks every lever; expired ones used to stay in the book for good.
+    from policy.levers import Lever, LeverKind
+
+    engine = make_engine(runtime)
+    day = 86400.0
+    book = engine.policy_ctx.levers
+    book.apply(Lever("old-ban", LeverKind.BAN, "ana", "spring sale over", T0, "offer_10pct", expires=T0 + day))
+    book.apply(Lever("recent-ban", LeverKind.BAN, "ana", "stock out", T0, "offer_10pct", expires=T0 + 20 * day))
+    book.apply(Lever("pin", LeverKind.PIN, "ana", "launch", T0, "offer_10pct"))
+    assert engine.prune_levers() == 3  # no event time yet: nothing is known to be over
+
+    async def go():  # noqa: ANN202
+        for k in range(3):  # event time reaches T0 + 40 days (three users, so the clock believes it)
+            await engine.process(msgs(event(f"p{k}", user_id=f"u{k}", ts=T0 + 40 * day)))
+        left = engine.prune_levers()
+        return left, await engine.process(msgs(event("late", user_id="u9", ts=T0 + 10 * day)))
+
+    left, late = run(go())
+    # "recent-ban" ended 20 days ago: an event that late is still accepted (30 days), so it stays
+    assert left == 2 and sorted(lv.lever_id for lv in book.levers) == ["pin", "recent-ban"]
+    d = late.decisions[0]  # the ban still holds for it (and beats the pin of the same action)
+    assert "recent-ban" in d.trace["levers"] and d.action != "offer_10pct" and "offer_10pct" in d.trace["removed"]
