@@ -66,7 +66,8 @@ def _instant(v: Any) -> float:
     """ISO 8601 text or a TOML date/datetime -> epoch seconds. Dates mean 00:00 UTC; times need an offset."""
     if isinstance(v, str):
         try:
-            v = datetime.fromisoformat(v) if "T" in v or " " in v else date.fromisoformat(v)
+            text = v.upper()  # RFC 3339 allows 't' and 'z'; Python's parser takes upper case only
+            v = datetime.fromisoformat(text) if "T" in text or " " in text else date.fromisoformat(text)
         except ValueError:
             raise _Bad(f"{v!r} is not an ISO 8601 date or time, e.g. '2026-11-01T00:00:00Z'") from None
     if isinstance(v, datetime):
@@ -175,12 +176,12 @@ def _placement(e: _Entry) -> Placement:
     sticky = e.doc.get("stickiness", {})
     if not isinstance(sticky, dict):
         e.fail("stickiness", "must be a table, e.g. [placement.stickiness] after the [[placement]]")
-    return Placement(
-        f["id"],
-        f["channel"],
-        f.get("default_action", NO_ACTION),
-        StickinessSettings(**e.fields(_STICKINESS_FIELDS, sub=("stickiness",))),
-    )
+    given = e.fields(_STICKINESS_FIELDS, sub=("stickiness",))
+    settings = StickinessSettings(**given)
+    if given.get("confidence", 0) > 0 and not settings.limited:
+        e.fail("confidence", "applies to a change the other rules allow, and none is set here: add min_dwell_s, "
+               "hysteresis or a max_changes_* limit, or remove confidence", sub=("stickiness",))
+    return Placement(f["id"], f["channel"], f.get("default_action", NO_ACTION), settings)
 
 
 def _score_rule(e: _Entry) -> ScoreRule | None:

@@ -151,6 +151,13 @@ SPRING = ts("2026-04-01T12:00:00")
 ALL = ["always", "spring", "vip_only", "likely", "plain"]
 
 
+@pytest.mark.parametrize("text", ["2026-06-01t00:00:00z", "2026-06-01T00:00:00z", "2026-06-01 00:00:00+00:00"])
+def test_times_in_every_rfc_3339_spelling_are_read(tmp_path: Path, text: str) -> None:
+    # RFC 3339 allows a lowercase 't' and 'z'; the catalogue used to refuse them as "not an ISO 8601 date or time"
+    cat = load_catalogue(write(tmp_path, RULES.replace("end = 2026-06-01T00:00:00Z", f'end = "{text}"')))
+    assert cat.actions["spring"].end == ts("2026-06-01T00:00:00")
+
+
 def test_rules_are_parsed(tmp_path: Path) -> None:
     cat = load_catalogue(write(tmp_path, RULES))
     assert cat.stickiness("hero") == StickinessSettings(600.0, 0.1, 3, 100)
@@ -378,6 +385,12 @@ BAD = [
         BASE + "\n[contact.email]\nmax_contacts = 2\nquiet_hours_utc = [7, 7]  # <-\n",
         "quiet_hours_utc",
         "two different whole UTC hours",
+    ),
+    (
+        "confidence without a rule to apply to (it was accepted and did nothing)",
+        BASE.replace('channel = "web"\n', 'channel = "web"\n\n[placement.stickiness]\nconfidence = 0.9  # <-\n', 1),
+        "stickiness.confidence",
+        "none is set here: add min_dwell_s",
     ),
     ("contact window zero", BASE + "\n[contact.email]\nwindow_days = 0  # <-\n", "window_days", "> 0"),
     ("contact channel", BASE + "\n[contact.fax]  # <-\nmax_contacts = 1\n", "fax", "is not a channel"),
