@@ -47,6 +47,23 @@ class LiftTracker:
             group.total += sample.reward
             group.total_sq += sample.reward**2
 
+    def to_state(self) -> dict[str, list[float]]:
+        """The six numbers, for snapshots: a worker resuming the learning topic at a snapshot's offsets must
+        resume its lift there too (otherwise it counts rewards of decisions it never counted)."""
+        t, c = self._treated, self._control
+        return {"treated": [t.n, t.total, t.total_sq], "control": [c.n, c.total, c.total_sq]}
+
+    @classmethod
+    def from_state(cls, state: object) -> LiftTracker:
+        """``to_state``'s numbers back; anything else (a snapshot from before lift was kept) starts empty."""
+        tracker = cls()
+        if isinstance(state, dict):
+            for name, group in (("treated", tracker._treated), ("control", tracker._control)):
+                values = state.get(name)
+                if isinstance(values, list | tuple) and len(values) == 3:
+                    group.n, group.total, group.total_sq = int(values[0]), float(values[1]), float(values[2])
+        return tracker
+
     def result(self) -> dict[str, float | int | None]:
         t, c = self._treated, self._control
         diff = t.mean - c.mean

@@ -1,4 +1,4 @@
-"""What a snapshot holds: the policy and the River models (when enabled), as one blob.
+"""What a snapshot holds: the policy, the River models (when enabled) and the holdout lift, as one blob.
 
 The models travel as ``ModelSet.snapshot()`` bytes (header with format and River version), so a snapshot
 written by another River version still restores the policy: the models are then left out (logged) and
@@ -13,6 +13,7 @@ import pickle
 from dataclasses import dataclass
 
 from bandits.base import Policy
+from engine.lift import LiftTracker
 from models.registry import ModelSet
 
 FORMAT = 1
@@ -23,11 +24,14 @@ log = logging.getLogger(__name__)
 class LearnedState:
     policy: Policy
     models: ModelSet | None = None  # the River models when scoring models are enabled
+    # the lift over the learning topic up to the snapshot's offsets (None in snapshots from before it was kept)
+    lift: LiftTracker | None = None
 
     def pack(self) -> bytes:
         return pickle.dumps(
             {"format": FORMAT, "policy": self.policy.snapshot(),
-             "models": self.models.snapshot() if self.models is not None else None},
+             "models": self.models.snapshot() if self.models is not None else None,
+             "lift": self.lift.to_state() if self.lift is not None else None},
             protocol=pickle.HIGHEST_PROTOCOL,
         )
 
@@ -46,4 +50,5 @@ class LearnedState:
         elif models is not None and not isinstance(models, ModelSet):
             log.error("snapshot models of unknown type %s left out", type(models).__name__)
             models = None
-        return cls(Policy.restore(doc["policy"]), models)
+        lift = LiftTracker.from_state(doc["lift"]) if doc.get("lift") is not None else None
+        return cls(Policy.restore(doc["policy"]), models, lift)

@@ -4,8 +4,8 @@
 the first that settles the request returns:
 
 1. contact block   quiet hours, channel cap or ignored exposures  -> "none",  mode suppressed
-2. kill switch     a kill lever                                   -> default, mode fallback
-3. holdout         the user is in the control group              -> default, mode holdout
+2. holdout         the user is in the control group              -> default, mode holdout
+3. kill switch     a kill lever                                   -> default, mode fallback
 4. eligibility     catalogue filters, lever bans, per-action daily contact cap
 5. pin             a pin lever whose action is still eligible     -> pinned,  mode pinned
 6. nothing left                                                  -> default, mode fallback
@@ -119,17 +119,20 @@ def decide_action(
         trace["caps"] = [blocked.value]
         return finish(NO_ACTION, Mode.SUPPRESSED, 1.0)
 
+    # From here on every outcome is in the control or the treated group. Control users get the default,
+    # levers or not (a kill switch would show them the same); for treated users the levers are part of
+    # what the engine does, so the lift measures them too.
+    grouped = context.holdout is not None
+    if context.holdout is not None and context.holdout.in_control(request.user_id, placement.id):
+        trace["holdout"] = context.holdout.scope
+        return finish(default, Mode.HOLDOUT, 1.0)
+
     levers = context.levers.active(ts, request.user_id, request.segment, placement.id)
     if levers.lever_ids:
         trace["levers"] = list(levers.lever_ids)
     if levers.kill is not None:
         trace["fallback"] = "kill_switch"
         return finish(default, Mode.FALLBACK, 1.0)
-
-    grouped = context.holdout is not None  # from here on, every outcome is in the control or treated group
-    if context.holdout is not None and context.holdout.in_control(request.user_id, placement.id):
-        trace["holdout"] = context.holdout.scope
-        return finish(default, Mode.HOLDOUT, 1.0)
 
     eligible = cat.eligible(placement.id, ts, request.segment, request.consent, request.scores, budgets)
     drop = {a: "ban" for a in eligible if a in levers.bans}

@@ -494,5 +494,9 @@ def test_the_lift_groups_hold_every_request_past_the_holdout_split() -> None:
     nothing = outcome(context(holdout=treated), consent=False)
     assert (nothing.action, nothing.mode, nothing.grouped) == (NO_ACTION, Mode.FALLBACK, True)
     assert not outcome(context(), consent=False).grouped  # no holdout: no groups
-    killed = outcome(context(lever(LeverKind.KILL), holdout=treated))  # stopped before the split, in both groups
-    assert (killed.mode, killed.grouped) == (Mode.FALLBACK, False)
+    # levers act on the treated group only; a control user sees the default, with or without a kill switch
+    # (a kill-switch decision of a control user used to count as treated in the lift)
+    killed = outcome(context(lever(LeverKind.KILL), holdout=treated))
+    assert (killed.mode, killed.grouped, killed.trace["fallback"]) == (Mode.FALLBACK, True, "kill_switch")
+    kept_out = outcome(context(lever(LeverKind.KILL), holdout=control))
+    assert (kept_out.mode, kept_out.grouped, kept_out.trace.get("fallback")) == (Mode.HOLDOUT, True, None)
