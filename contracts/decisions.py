@@ -105,6 +105,8 @@ class LearningSample:
     ts: float = 0.0
     mode: str = "exploit"  # the decision's mode; "holdout" samples measure the control group only
     reward_type: str = ""  # "click" or "conversion" for rewards
+    # exposures the bandit drew (explore/exploit): the actions it chose among, for off-policy evaluation
+    eligible: list[str] | None = None
 
     @property
     def key(self) -> str:
@@ -123,6 +125,7 @@ class LearningSample:
             "ts": self.ts,
             "mode": self.mode,
             "reward_type": self.reward_type,
+            "eligible": self.eligible,
         }
 
     def to_json(self) -> bytes:
@@ -161,6 +164,8 @@ def encode_samples(samples: list[LearningSample], source: str = "", progress: fl
         doc = {"v": 2, "n": len(samples), "dim": xs.shape[1]}
         for name in _COLUMNS:
             doc[name] = [getattr(s, name) for s in samples]
+        if any(s.eligible is not None for s in samples):  # an optional column: older readers ignore it
+            doc["eligible"] = [s.eligible for s in samples]
         doc["x"] = base64.b64encode(xs.tobytes()).decode("ascii")
     if source and progress is not None:
         doc["src"], doc["wm"] = source, float(progress)
@@ -199,7 +204,9 @@ def sample_dicts(doc: Any) -> list[dict[str, Any]]:
         n, dim = int(doc["n"]), int(doc["dim"])
         xs = np.frombuffer(base64.b64decode(doc["x"]), dtype="<f8").reshape(n, dim)
         cols = [doc[name] for name in _COLUMNS]
-        return [{**dict(zip(_COLUMNS, row, strict=True)), "x": x.tolist()} for *row, x in zip(*cols, xs, strict=True)]
+        eligible = doc.get("eligible") or [None] * n
+        return [{**dict(zip(_COLUMNS, row, strict=True)), "x": x.tolist(), "eligible": e}
+                for *row, x, e in zip(*cols, xs, eligible, strict=True)]
     return doc["samples"] if isinstance(doc, dict) and "samples" in doc else [doc]
 
 
@@ -215,9 +222,10 @@ def decode_batch(raw: bytes) -> LearningBatch:
         n, dim = int(doc["n"]), int(doc["dim"])
         xs = np.frombuffer(base64.b64decode(doc["x"]), dtype="<f8").reshape(n, dim)
         kinds, ids, actions, rewards, probs, places, times, modes, types = (doc[name] for name in _COLUMNS)
+        eligible = doc.get("eligible") or [None] * n
         samples = [
             LearningSample(kinds[i], ids[i], actions[i], xs[i], rewards[i], probs[i], places[i], times[i], modes[i],
-                           types[i])
+                           types[i], eligible[i])
             for i in range(n)
         ]
     else:

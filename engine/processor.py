@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from bandits.base import Policy
 from cadence.metrics import Metrics
-from contracts.decisions import DeadLetter, Decision, LearningSample
+from contracts.decisions import DeadLetter, Decision, LearningSample, Mode
 from contracts.events import Event, Reason, Rejection, parse_event
 from engine.attribution import Credit, credit, match_pending
 from engine.bids import BidSignaller
@@ -46,6 +46,7 @@ from policy.pipeline import PolicyContext
 log = logging.getLogger(__name__)
 # Decision requests that mean the customer is active (an email request is the email tool asking).
 ACTIVITY_TYPES = frozenset({"page_view", "ad_request"})
+DRAWN = frozenset({Mode.EXPLORE, Mode.EXPLOIT})  # decisions the bandit drew: their exposures carry the eligible set
 
 
 STORE_CHUNK = 256  # events per feature-store call at most: the next chunk's call runs in Redis while one is decided
@@ -543,6 +544,7 @@ class Engine(EngineLearning):
                                                    ts=event.ts, mode=decision.mode.value))
             return
         writes[event.user_id][pending.field] = slot_with(state, pending)
+        eligible = decision.trace.get("eligible")
         out.learning.append(
             LearningSample(
                 kind="exposure",
@@ -553,9 +555,9 @@ class Engine(EngineLearning):
                 placement=pending.placement,
                 ts=event.ts,
                 mode=pending.mode,
+                eligible=eligible if decision.mode in DRAWN else None,
             )
         )
-        eligible = decision.trace.get("eligible")
         if self.shadow_policy is not None and self._shadow_log is not None and eligible and \
                 decision.mode.value in ("explore", "exploit", "sticky"):
             choice = self.shadow_policy.select(pending.x, eligible)

@@ -63,6 +63,8 @@ class JoinReport:
     excluded_modes: dict[str, int] = field(default_factory=dict)  # decisions left out, by mode
     unknown_placements: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # unreadable or invalid records, with their place
+    static_eligible: int = 0  # decisions without their logged eligible set (older logs): the catalogue's static set
+    deterministic: int = 0  # left out: logged with probability 1 among several eligible actions
 
     def notes(self) -> list[str]:
         out = []
@@ -81,6 +83,17 @@ class JoinReport:
             out.append(
                 f"left out {sum(self.excluded_modes.values())} decisions the bandit did not draw ({counts}); "
                 "OPE scores a candidate in the bandit's place, on the decisions the bandit made"
+            )
+        if self.deterministic:
+            out.append(
+                f"left out {self.deterministic} decisions logged with probability 1 among several eligible actions "
+                "(placements with stickiness rules choose so): OPE can only reweigh random draws"
+            )
+        if self.static_eligible:
+            out.append(
+                f"{self.static_eligible} decisions carry no eligible set (logged by an older engine): they use the "
+                "catalogue's actions of the placement without dates, segments or score gates, which can bias "
+                "the estimates; a log from this version avoids it"
             )
         if self.unknown_placements:
             out.append(
@@ -330,12 +343,23 @@ def join_samples(
     decisions = []
     for decision_id, doc in exposures.items():
         placement = doc.get("placement", "")
-        choices = eligible[placement]
+        logged = doc.get("eligible")  # the set the bandit chose among (engines since it was logged)
+        if isinstance(logged, list) and logged and all(isinstance(a, str) and a for a in logged):
+            choices = tuple(logged)
+        else:  # an older log: the catalogue's static set (no dates, segments or score gates known)
+            choices = eligible[placement]
+            report.static_eligible += 1
         if doc["action"] not in choices:
             report.problems.append(
                 f"{doc.get('_where', decision_id)}: action {doc['action']!r} is not eligible "
                 f"for placement {placement!r} in the catalogue"
             )
+            continue
+        if doc.get("mode") in (None, *RANDOMISED_MODES) and _probability(doc) == 1.0 and len(choices) > 1:
+            # "exploit" for sure among several: a placement with stickiness rules chooses so. No draw to
+            # reweigh; a candidate choosing otherwise would get weight 0 here and bias every estimate.
+            # (Modes asked for explicitly, such as "sticky", are kept as they are.)
+            report.deterministic += 1
             continue
         decisions.append(
             LoggedDecision(

@@ -151,6 +151,7 @@ def test_decision_then_delayed_rewards_produce_learning_samples_once(runtime: Ru
     d, out, out2, out3 = run(go())
     assert d.mode in (Mode.EXPLOIT, Mode.EXPLORE) and 0 < d.probability <= 1
     assert [s.kind for s in out.learning] == ["exposure"]
+    assert out.learning[0].eligible == d.trace["eligible"] and d.action in d.trace["eligible"]  # for OPE
     assert [(s.kind, s.reward) for s in out2.learning] == [("reward", 0.1)]  # second click: not again
     value_scale = engine.catalogue.value_scale
     assert [(s.kind, s.reward) for s in out3.learning] == [("reward", pytest.approx(20.0 / value_scale))]

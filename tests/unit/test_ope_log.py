@@ -211,3 +211,46 @@ def test_batches_in_columns_are_read_like_the_samples_they_hold(tmp_path, catalo
     assert len(problems) == 1 and problems[0].startswith("learning.jsonl:2: a learning batch in columns")
     (d,) = join_samples(docs, catalogue)
     assert (d.action, d.probability, d.reward) == ("offer_bundle", 0.2, 0.7)
+
+
+def test_the_eligible_set_logged_with_a_decision_is_the_one_candidates_choose_from(catalogue):
+    # The catalogue's static set knows no dates, segments or score gates: decisions that showed a gated action
+    # were dropped as "not eligible", and candidates could pick actions that were out of date.
+    samples = [
+        {**exposure("gated", action="offer_vip"), "mode": "explore", "eligible": ["offer_vip", "offer_10pct"]},
+        {**exposure("dated"), "mode": "exploit", "eligible": ["offer_10pct", "offer_bundle"]},
+        {**exposure("older"), "mode": "exploit"},  # logged by an engine that did not send the set
+    ]
+    log = join_samples(samples, catalogue)
+    by_id = {d.decision_id: d for d in log}
+    assert by_id["gated"].eligible == ("offer_vip", "offer_10pct") and by_id["dated"].eligible == (
+        "offer_10pct", "offer_bundle")
+    assert by_id["older"].eligible == tuple(catalogue.eligible("home_hero"))
+    assert not log.report.problems and log.report.static_eligible == 1
+    assert "1 decisions carry no eligible set" in " ".join(log.report.notes())
+
+
+def test_decisions_chosen_for_sure_among_several_are_left_out(catalogue):
+    # A placement with stickiness rules logs "exploit" with probability 1: IPS cannot reweigh such a choice
+    # (a uniform candidate was estimated at 0.10 on a log whose every policy earns 0.5).
+    samples = [
+        {**exposure("sure", p=1.0), "mode": "exploit", "eligible": ["offer_10pct", "offer_bundle"]},
+        {**exposure("only", p=1.0), "mode": "exploit", "eligible": ["offer_10pct"]},  # one choice: nothing else
+        {**exposure("drawn", p=0.9), "mode": "exploit", "eligible": ["offer_10pct", "offer_bundle"]},
+    ]
+    log = join_samples(samples, catalogue)
+    assert sorted(d.decision_id for d in log) == ["drawn", "only"] and log.report.deterministic == 1
+    assert "left out 1 decisions logged with probability 1" in " ".join(log.report.notes())
+
+
+def test_the_eligible_column_survives_the_learning_topic_and_older_messages_still_read():
+    from contracts.decisions import decode_batch, encode_samples, sample_dicts
+
+    samples = [LearningSample("exposure", "a", "offer_10pct", X, probability=0.5, eligible=["offer_10pct", "b"]),
+               LearningSample("reward", "a", "offer_10pct", X, reward=1.0)]
+    raw = encode_samples(samples)
+    assert [s.eligible for s in decode_batch(raw).samples] == [["offer_10pct", "b"], None]
+    assert [d["eligible"] for d in sample_dicts(orjson.loads(raw))] == [["offer_10pct", "b"], None]
+    older = orjson.loads(encode_samples([LearningSample("exposure", "a", "offer_10pct", X)]))
+    assert "eligible" not in older  # the column is only sent when some sample has a set
+    assert decode_batch(orjson.dumps(older)).samples[0].eligible is None
