@@ -63,6 +63,9 @@ def decision_id_for(request_event_id: str, placement: str) -> str:
     return hashlib.blake2b(f"{request_event_id}|{placement}".encode(), digest_size=12).hexdigest()
 
 
+DEAD_LETTER_RAW_MAX = 131_072  # bytes of the raw input a dead letter keeps (base64: 171 KiB, well under 1 MiB)
+
+
 @dataclass(slots=True)
 class DeadLetter:
     source_topic: str
@@ -73,18 +76,22 @@ class DeadLetter:
     raw: bytes
 
     def to_json(self) -> bytes:
+        """The dead-letter record. The raw input is kept up to ``DEAD_LETTER_RAW_MAX`` bytes: a larger one (a
+        ``too_large`` event near the broker's own limit) would make a record the broker refuses, and the
+        batch would then be read again and again, stalling its partitions."""
         preview = self.raw[:512].decode("utf-8", errors="replace")
-        return orjson.dumps(
-            {
-                "source_topic": self.source_topic,
-                "partition": self.partition,
-                "offset": self.offset,
-                "reason_code": self.reason_code,
-                "reason": self.reason,
-                "raw_b64": base64.b64encode(self.raw).decode("ascii"),
-                "raw_preview": preview,
-            }
-        )
+        doc = {
+            "source_topic": self.source_topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "reason_code": self.reason_code,
+            "reason": self.reason,
+            "raw_b64": base64.b64encode(self.raw[:DEAD_LETTER_RAW_MAX]).decode("ascii"),
+            "raw_preview": preview,
+        }
+        if len(self.raw) > DEAD_LETTER_RAW_MAX:
+            doc["raw_bytes"], doc["raw_truncated"] = len(self.raw), True
+        return orjson.dumps(doc)
 
 
 @dataclass(slots=True)
