@@ -9,15 +9,25 @@ The future it returns is done when the broker has acknowledged the outputs and t
 The intake commits the batch's offsets only then: a crash in between reads the batch again, and its events
 come back as duplicates whose stored outputs are re-sent, or, if the write never landed, are decided again
 (engine/replay.py). A failure before the outputs are final raises here, and the intake reads the batch again.
+
+Outputs the broker did not take are sent again, the same records, up to ``RESENDS`` times a second apart,
+before the batch fails and the intake reads it again. Reading it again is the last resort: a request's
+decision is rebuilt from the user's stored pending decisions, which keep the last three per placement, so a
+request followed by three newer ones of its user by then had its decision lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 
 from engine.processor import BatchOutput, Decided, RawMessage
+
+log = logging.getLogger(__name__)
+RESENDS = 3  # a batch's outputs are sent again this many times before the batch fails (read again)
+RESEND_AFTER_S = 1.0
 
 Process = Callable[[list[RawMessage], Decided], Awaitable[BatchOutput]]
 Submit = Callable[[BatchOutput], Awaitable[asyncio.Future]]
@@ -35,12 +45,32 @@ async def hand_over(raw: list[RawMessage], process: Process, submit: Submit) -> 
     try:
         await asyncio.wait((final, processing), return_when=asyncio.FIRST_COMPLETED)
         out = final.result() if final.done() else processing.result()  # raises what the engine raised
-        delivered = await submit(out)
+        delivered = asyncio.ensure_future(_deliver(out, submit, await submit(out)))
     except BaseException:
         if not processing.done():  # the write may still be running: let it finish, keep its outcome quiet
             processing.add_done_callback(_retrieve)
         raise
     return _both(delivered, processing)
+
+
+async def _deliver(out: BatchOutput, submit: Submit, first: Awaitable[object]) -> None:
+    """Wait for ``first``; if the broker did not take the outputs, send them again (``RESENDS`` times)."""
+    delivered = first
+    for attempt in range(1, RESENDS + 2):
+        try:
+            await delivered
+            return
+        except Exception as exc:
+            if attempt > RESENDS:
+                raise
+            log.warning("outputs of a batch were not delivered (%s: %s); sending them again in %.0f s (%d of %d)",
+                        type(exc).__name__, exc, RESEND_AFTER_S, attempt, RESENDS)
+        await asyncio.sleep(RESEND_AFTER_S)
+        delivered = _submitted(submit, out)
+
+
+async def _submitted(submit: Submit, out: BatchOutput) -> None:
+    await (await submit(out))
 
 
 def _both(delivered: asyncio.Future, processing: asyncio.Future) -> asyncio.Future[None]:
