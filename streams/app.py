@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 LOOP_PROBE_S = 0.05
 TRAIN_CHUNK = 24  # labels per training step (~85 us each): the event loop waits at most ~2 ms for training
 LEARNING_BATCH = 500  # samples per learning-topic message (~0.3 MB)
+INTAKE_STOP_TIMEOUT_S = 15.0  # at shutdown, how long the intake may take to deliver and commit its last batch
 
 
 def redis_client(settings: Settings) -> aioredis.Redis:
@@ -493,6 +494,12 @@ def create_app(settings: Settings) -> faust.App:
     async def _stop(app: faust.App, **kwargs: object) -> None:
         gc_pacer.stop()
         stop_learning.set()
+        if intake.running:  # its last batch is handed over and committed before the producer stops
+            try:
+                await asyncio.wait_for(intake.finished.wait(), timeout=INTAKE_STOP_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("the intake did not finish within %.0f s; its last batch is read again after a restart",
+                            INTAKE_STOP_TIMEOUT_S)
         await engine.flush_unstored()  # decision state Redis did not take: a last try (failures are logged)
         if producing["holding"]:  # this worker sends no more samples: stop holding label windows open for it
             try:

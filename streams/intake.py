@@ -90,6 +90,8 @@ class DirectIntake:
         self._position: dict[TopicPartition, int] = {}  # next offset to handle, per partition
         self._failures = 0  # batches failed in a row
         self._handled: deque[_Handled] = deque()  # processed, outputs maybe not delivered yet (oldest first)
+        self.running = False  # between the start of ``run`` and its last commit
+        self.finished = asyncio.Event()  # set when ``run`` has settled and committed its last batch
 
     @property
     def assignment(self) -> set[TopicPartition]:
@@ -115,7 +117,13 @@ class DirectIntake:
             heartbeat_interval_ms=int(self.heartbeat_s * 1000), partition_assignment_strategy=ASSIGNORS,
         )
         consumer.subscribe(list(self.topics), listener=_Rebalance(self))
-        await consumer.start()
+        self.running = True
+        try:
+            await consumer.start()
+        except BaseException:
+            self.running = False
+            self.finished.set()
+            raise
         self._consumer = consumer
         try:
             while not stop.is_set():
@@ -137,6 +145,8 @@ class DirectIntake:
             finally:
                 await consumer.stop()
                 self._consumer = None
+                self.running = False
+                self.finished.set()
 
     async def _handle(self, batches: Mapping[TopicPartition, list]) -> bool:
         """Hand one fetch to the handler; if it fails, seek back so the same events come again."""

@@ -42,9 +42,12 @@ class OutputSender:
         self._partitioner = DefaultPartitioner()
         self._key_partition: dict[tuple[bytes, int], int] = {}
         self._rotation = itertools.count()
+        self._stopped = False
 
     async def start(self) -> AIOKafkaProducer:
         async with self._starting:
+            if self._stopped:  # a late batch at shutdown: fail it (not committed, read again), not a new producer
+                raise RuntimeError("the output sender is stopped (the worker is shutting down)")
             if self._producer is None:
                 producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=self.linger_ms,
                                             max_batch_size=MAX_BATCH_BYTES, acks=1)
@@ -53,6 +56,7 @@ class OutputSender:
             return self._producer
 
     async def stop(self) -> None:
+        self._stopped = True
         if self._producer is not None:
             producer, self._producer = self._producer, None
             await producer.stop()  # flushes what is still buffered
