@@ -22,10 +22,10 @@ after it, as long as the exposure still waits) yields its revenue (``reward × v
 once per exposure. That model only ever learns from conversions (the revenue of a sale, never a 0 for an
 exposure that did not convert), so when its labels come does not bias it.
 
-Clicks do not resolve anything (they pay the bandit, not these labels). A conversion is told from a click
-by its reward: a reward equal to the engine's ``click_reward`` is a click, anything else a conversion
-(a conversion whose revenue is exactly ``click_reward × value_scale`` would be read as a click: rare,
-and it only loses that one positive). A conversion more than ``window_s`` after its decision is not a
+Clicks do not resolve anything (they pay the bandit, not these labels). A reward says whether it is a click
+or a conversion (``reward_type``); only samples from engines that did not send it are told by value (a reward
+equal to ``click_reward`` is a click there, so a conversion worth exactly ``click_reward × value_scale`` was
+read as one). A conversion more than ``window_s`` after its decision is not a
 positive (the exposure's label stays 0), and a conversion before its decision cannot be its effect.
 
 Every followed exposure yields exactly one propensity label, whatever arrives later. A conversion read
@@ -128,8 +128,12 @@ class LabelJoin:
         """Exposures dropped unlearned because ``capacity`` was reached."""
         return self._dropped
 
-    def _is_click(self, reward: float) -> bool:
-        return abs(reward - self.click_reward) <= 1e-12
+    def _is_click(self, sample: LearningSample) -> bool:
+        """Rewards say what they are (``reward_type``); only samples from before that was sent are told by
+        their value, which a conversion worth exactly the click reward shares (a $10 sale at value scale 100)."""
+        if sample.reward_type:
+            return sample.reward_type == "click"
+        return abs(sample.reward - self.click_reward) <= 1e-12
 
     def add(self, samples: Iterable[LearningSample]) -> list[Label]:
         """Take exposures and rewards in stream order; returns the value labels they resolve now.
@@ -150,7 +154,7 @@ class LabelJoin:
                 early = self._early.pop(s.decision_id, None) if self._early else None
                 if early is not None:
                     self._convert(exposed, *early, out)
-            elif s.kind == "reward" and s.reward > 0 and not self._is_click(s.reward):
+            elif s.kind == "reward" and s.reward > 0 and not self._is_click(s):
                 w = waiting.get(s.decision_id)
                 if w is not None:
                     self._convert(w, s.ts, s.reward, out)

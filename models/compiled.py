@@ -56,6 +56,12 @@ class CompiledScorer:
 
     def _vector(self, x: np.ndarray | Mapping[str, float]) -> np.ndarray:
         if isinstance(x, Mapping):
+            # a 0 for a missing name is not what River does (it skips the key: the feature's mean after scaling):
+            # refuse rather than score wrong, unless no row reads it (e.g. the constant bias the models drop)
+            missing = [n for i, n in enumerate(self.names) if n not in x and self.coef[:, i].any()]
+            if missing:
+                raise ValueError(f"input lacks {len(missing)} of the scorer's features: {missing[:5]}; pass every "
+                                 "name in CompiledScorer.names (or the engine's full context vector)")
             return np.fromiter((x.get(n, 0.0) for n in self.names), dtype=float, count=len(self.names))
         x = np.asarray(x, dtype=float)
         if x.shape[-1] != len(self.names):

@@ -15,6 +15,7 @@ counted as drifts, because a model that is learning makes its error go down, and
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -71,6 +72,7 @@ class ProgressiveMonitor:
             metric.update(y_true, y_pred)
         self._n += 1
         self._positives += y_true > 0
+        self._note_label(y_true > 0)
         self._last_ts = ts
         before = self._adwin.estimation
         self._adwin.update(error)
@@ -80,11 +82,26 @@ class ProgressiveMonitor:
             return True
         return False
 
+    def _note_label(self, positive: bool) -> None:
+        """The labels of the AUC window (monitors from older snapshots start theirs empty)."""
+        window: deque[bool] | None = self.__dict__.get("_window")
+        if window is None:
+            window = deque(maxlen=self.auc_window)
+            self._window: deque[bool] = window
+            self._window_positives = 0
+        if len(window) == window.maxlen:
+            self._window_positives -= window[0]
+        window.append(positive)
+        self._window_positives += positive
+
     def as_dict(self) -> dict[str, Any]:
         """Plain numbers for logs, the metrics endpoint and Prometheus gauges."""
         out: dict[str, Any] = {name: float(metric.get()) for name, metric in self._metrics.items()}
-        if self.task == "binary" and not 0 < self._positives < self._n:
-            out["roc_auc"] = None  # undefined until both classes were seen (River reports 0.0)
+        window: deque[bool] | None = self.__dict__.get("_window")
+        if self.task == "binary" and (window is None or not 0 < self._window_positives < len(window)):
+            # undefined unless both classes are in the AUC's window (River reports 0.0): a stretch without
+            # conversions would otherwise read as a model gone bad
+            out["roc_auc"] = None
         out["samples"] = self._n
         out["error_window_mean"] = float(self._adwin.estimation)
         out["drifts"] = self._n_drifts

@@ -51,8 +51,11 @@ class PropensityModel:
         return self._counts.get(action, 0)
 
     def _model_for(self, action: str) -> linear_model.LogisticRegression:
-        if self._counts.get(action, 0) >= self.warmup:
-            return self._per_offer[action]
+        """The offer's own model once it has ``warmup`` samples (and at least one: with ``warmup`` 0 an unseen
+        offer has no model yet), else the pooled one; ``affines`` makes the same choice for the compiled scorer."""
+        own = self._per_offer.get(action)
+        if own is not None and self._counts[action] >= self.warmup:
+            return own
         return self._pooled
 
     def predict_one(self, features: dict[str, float], action: str) -> float:
