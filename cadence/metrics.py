@@ -61,6 +61,10 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.5), registry=r,
         )
         self.http_requests = Counter("cadence_http_requests_total", "HTTP requests", ["endpoint", "status"], registry=r)
+        self.http_outputs_lost = Counter(
+            "cadence_http_outputs_lost_total", "Batches of /decide outputs (answered decisions, dead letters of bad "
+            "requests) the broker did not take after the resends", registry=r,
+        )
         self.lift = Gauge("cadence_holdout_lift", "Live lift over the holdout group", ["stat"], registry=r)
         self.shadow = Counter(
             "cadence_shadow_decisions_total", "Decisions a shadow challenger also made", ["outcome"], registry=r

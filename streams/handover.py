@@ -45,7 +45,7 @@ async def hand_over(raw: list[RawMessage], process: Process, submit: Submit) -> 
     try:
         await asyncio.wait((final, processing), return_when=asyncio.FIRST_COMPLETED)
         out = final.result() if final.done() else processing.result()  # raises what the engine raised
-        delivered = asyncio.ensure_future(_deliver(out, submit, await submit(out)))
+        delivered = asyncio.ensure_future(with_resends(lambda: _submitted(submit, out), await submit(out)))
     except BaseException:
         if not processing.done():  # the write may still be running: let it finish, keep its outcome quiet
             processing.add_done_callback(_retrieve)
@@ -53,9 +53,10 @@ async def hand_over(raw: list[RawMessage], process: Process, submit: Submit) -> 
     return _both(delivered, processing)
 
 
-async def _deliver(out: BatchOutput, submit: Submit, first: Awaitable[object]) -> None:
-    """Wait for ``first``; if the broker did not take the outputs, send them again (``RESENDS`` times)."""
-    delivered = first
+async def with_resends(send: Callable[[], Awaitable[object]], first: Awaitable[object] | None = None) -> None:
+    """Await ``first`` (or ``send()``); while the broker refuses, ``send()`` again, ``RESENDS`` times a second
+    apart. Raises the last failure."""
+    delivered = first if first is not None else send()
     for attempt in range(1, RESENDS + 2):
         try:
             await delivered
@@ -63,10 +64,10 @@ async def _deliver(out: BatchOutput, submit: Submit, first: Awaitable[object]) -
         except Exception as exc:
             if attempt > RESENDS:
                 raise
-            log.warning("outputs of a batch were not delivered (%s: %s); sending them again in %.0f s (%d of %d)",
+            log.warning("outputs were not delivered (%s: %s); sending them again in %.0f s (%d of %d)",
                         type(exc).__name__, exc, RESEND_AFTER_S, attempt, RESENDS)
         await asyncio.sleep(RESEND_AFTER_S)
-        delivered = _submitted(submit, out)
+        delivered = send()
 
 
 async def _submitted(submit: Submit, out: BatchOutput) -> None:

@@ -26,6 +26,7 @@ from engine.processor import BatchOutput, Engine, RawMessage
 from features.erasure import ErasureRegistry, erased_label
 from policy.lever_store import LeverStore
 from policy.levers import Lever, LeverError, LeverKind
+from streams import handover
 from streams.decide_batcher import Answer, DecideBatcher, EngineFailed, OutputCoalescer
 
 log = logging.getLogger(__name__)
@@ -140,8 +141,19 @@ def register_views(
     metrics = engine.metrics
     background: set[asyncio.Task] = set()
 
+    async def emit_or_count(out: BatchOutput) -> None:
+        """Send /decide outputs (answered already): refused ones are sent again like the intake's, then
+        counted as lost instead of vanishing with a task nobody awaits."""
+        try:
+            await handover.with_resends(lambda: emit(out))
+        except Exception as exc:
+            metrics.http_outputs_lost.inc()
+            log.error("outputs of a /decide batch (%d decisions, %d dead letters) were not delivered after %d "
+                      "tries (%s: %s); counted in cadence_http_outputs_lost_total", len(out.decisions),
+                      len(out.dead_letters), handover.RESENDS + 1, type(exc).__name__, exc)
+
     def emit_soon(out: BatchOutput) -> None:
-        task = asyncio.ensure_future(emit(out))
+        task = asyncio.ensure_future(emit_or_count(out))
         background.add(task)
         task.add_done_callback(background.discard)
 

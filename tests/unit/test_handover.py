@@ -171,3 +171,25 @@ def test_outputs_the_broker_refused_are_sent_again_not_recomputed(monkeypatch: p
     assert failed is None and len(broker.submitted) == 3 and all(o is broker.submitted[0] for o in broker.submitted)
     broker, failed = asyncio.run(go(refusals=handover.RESENDS + 1))  # still refused: the batch is read again
     assert isinstance(failed, ConnectionError) and len(broker.submitted) == handover.RESENDS + 1
+
+
+def test_with_resends_sends_again_then_gives_up_with_the_last_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    # /decide outputs go this way too: a refused emit used to fail a task nobody awaited (no retry, no metric)
+    import streams.handover as handover
+
+    monkeypatch.setattr(handover, "RESEND_AFTER_S", 0.0)
+    calls: list[int] = []
+
+    def refusing(times: int):  # noqa: ANN202
+        async def send() -> None:
+            calls.append(1)
+            if len(calls) <= times:
+                raise ConnectionError(f"refused {len(calls)}")
+        return send
+
+    asyncio.run(handover.with_resends(refusing(2)))
+    assert len(calls) == 3
+    calls.clear()
+    with pytest.raises(ConnectionError, match=f"refused {handover.RESENDS + 1}"):
+        asyncio.run(handover.with_resends(refusing(99)))
+    assert len(calls) == handover.RESENDS + 1
