@@ -7,7 +7,7 @@ the placement's default action, logged with probability 1 and mode "holdout".
 
 :class:`LiftEstimator` compares mean reward per decision of treated and control users: the difference
 of means with a Welch (unequal variances) standard error and a normal-approximation confidence interval.
-It needs at least 2 rewards per group; with few conversions use many decisions, not few.
+It needs at least 2 decisions (each with its reward, 0 included) per group; with few conversions use many decisions.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ class LiftEstimator:
         t, c = self._treated, self._control
         if t.n < 2 or c.n < 2:
             raise ValueError(
-                f"lift needs at least 2 rewards per group, have {t.n} treated and {c.n} control; "
+                f"lift needs at least 2 decisions per group, have {t.n} treated and {c.n} control; "
                 "collect more decisions or raise the holdout share"
             )
         se = math.sqrt(t.variance / t.n + c.variance / c.n)

@@ -107,12 +107,12 @@ def test_merge_equals_one_estimator_and_round_trips() -> None:
     assert (a.diff, a.std_error) == pytest.approx((b.diff, b.std_error), rel=1e-9)
 
 
-def test_lift_needs_two_rewards_per_group_and_finite_rewards() -> None:
+def test_lift_needs_two_decisions_per_group_and_finite_rewards() -> None:
     est = LiftEstimator()
     est.add(True, 1.0)
     est.add(True, 0.0)
     est.add(False, 1.0)
-    with pytest.raises(ValueError, match="at least 2 rewards per group, have 2 treated and 1 control"):
+    with pytest.raises(ValueError, match="at least 2 decisions per group, have 2 treated and 1 control"):
         est.result()
     with pytest.raises(ValueError, match="reward must be finite"):
         est.add(False, float("nan"))
