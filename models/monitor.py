@@ -52,7 +52,8 @@ class ProgressiveMonitor:
         self._n_drifts = 0
         self._last_drift_ts: float | None = None
         self._last_ts: float | None = None
-        self._positives = 0
+        self._window: deque[bool] = deque(maxlen=auc_window)  # the AUC window's labels: is it defined?
+        self._window_positives = 0
 
     @property
     def n_samples(self) -> int:
@@ -71,7 +72,6 @@ class ProgressiveMonitor:
         for metric in self._metrics.values():
             metric.update(y_true, y_pred)
         self._n += 1
-        self._positives += y_true > 0
         self._note_label(y_true > 0)
         self._last_ts = ts
         before = self._adwin.estimation
@@ -82,13 +82,14 @@ class ProgressiveMonitor:
             return True
         return False
 
-    def _note_label(self, positive: bool) -> None:
-        """The labels of the AUC window (monitors from older snapshots start theirs empty)."""
-        window: deque[bool] | None = self.__dict__.get("_window")
-        if window is None:
-            window = deque(maxlen=self.auc_window)
-            self._window: deque[bool] = window
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if "_window" not in state:  # a monitor from a snapshot before the window's labels were kept: start it empty
+            self._window = deque(maxlen=self.auc_window)
             self._window_positives = 0
+
+    def _note_label(self, positive: bool) -> None:
+        window = self._window
         if len(window) == window.maxlen:
             self._window_positives -= window[0]
         window.append(positive)
@@ -97,8 +98,7 @@ class ProgressiveMonitor:
     def as_dict(self) -> dict[str, Any]:
         """Plain numbers for logs, the metrics endpoint and Prometheus gauges."""
         out: dict[str, Any] = {name: float(metric.get()) for name, metric in self._metrics.items()}
-        window: deque[bool] | None = self.__dict__.get("_window")
-        if self.task == "binary" and (window is None or not 0 < self._window_positives < len(window)):
+        if self.task == "binary" and not 0 < self._window_positives < len(self._window):
             # undefined unless both classes are in the AUC's window (River reports 0.0): a stretch without
             # conversions would otherwise read as a model gone bad
             out["roc_auc"] = None
