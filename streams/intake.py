@@ -60,6 +60,7 @@ class _Rebalance(ConsumerRebalanceListener):
         async with self.intake.in_flight:  # the batch being processed finishes first, then its offsets go
             await self.intake.settle(keep=0)
             await self.intake.commit()
+            self.intake.forget(set(revoked))
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         self.intake.on_assigned(set(assigned))
@@ -89,6 +90,7 @@ class DirectIntake:
         self._committed_at = 0.0
         self._position: dict[TopicPartition, int] = {}  # next offset to handle, per partition
         self._failures = 0  # batches failed in a row
+        self._generation = 0  # +1 at every revocation: a fetch from an older one is not handled
         self._handled: deque[_Handled] = deque()  # processed, outputs maybe not delivered yet (oldest first)
         self.running = False  # between the start of ``run`` and its last commit
         self.finished = asyncio.Event()  # set when ``run`` has settled and committed its last batch
@@ -128,8 +130,11 @@ class DirectIntake:
         try:
             while not stop.is_set():
                 batches = await consumer.getmany(timeout_ms=200, max_records=self.batch_size)
+                generation = self._generation  # aiokafka returns records of the assignment current now
                 if batches:
                     async with self.in_flight:
+                        if generation != self._generation:  # a revocation ran first: the new owner reads them
+                            continue
                         if not await self._handle(batches):
                             await asyncio.sleep(RETRY_AFTER_S)
                 elif self._handled:  # the stream went quiet: let the last batch's offsets become committable
@@ -196,6 +201,14 @@ class DirectIntake:
             self._handled.popleft()
             self._done.update(oldest.ends)
         return True
+
+    def forget(self, revoked: set[TopicPartition]) -> None:
+        """Drop what is kept of partitions this worker gave up. Offsets whose commit failed must not be
+        committed if the partition comes back: its next owner may have committed further since."""
+        self._generation += 1
+        for tp in revoked:
+            self._done.pop(tp, None)
+            self._position.pop(tp, None)
 
     @staticmethod
     def _delivered(handled: _Handled) -> bool:
