@@ -26,6 +26,11 @@ class Metrics:
         self.events = Counter("cadence_events_consumed_total", "Input events consumed", ["topic", "type"], registry=r)
         self.dead_letters = Counter("cadence_dead_letters_total", "Inputs sent to dead-letters", ["reason"], registry=r)
         self.duplicates = Counter("cadence_duplicate_events_total", "Events dropped as duplicates", registry=r)
+        self.replayed_requests = Counter(
+            "cadence_replayed_requests_total", "Duplicate requests (a batch read again after a crash) by what was "
+            "sent again: the kept decision, a new one (none was stored), or nothing (superseded)", ["outcome"],
+            registry=r,
+        )
         self.decisions = Counter(
             "cadence_decisions_total", "Decisions emitted", ["placement", "action", "mode"], registry=r
         )

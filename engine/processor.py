@@ -496,10 +496,14 @@ class Engine(EngineLearning):
         if event.kind.requests_decision:
             replay = replayed_decision(event, state, self.policy.name)
             if replay is not None:
+                self.metrics.replayed_requests.labels("reemitted").inc()
                 self._emit(replay[0], out)
                 out.learning.append(replay[1])
-            elif decision_never_stored(event, state):  # killed before the decision state was written
-                self._decide(event, state, writes, out, batch, position)
+            elif decision_never_stored(event, state):  # killed before its state was written, or it showed nothing
+                self.metrics.replayed_requests.labels("redecided").inc()
+                self._decide(event, state, writes, out, batch, position, redecided=True)
+            else:  # KEEP newer decisions of its placement are kept instead: the website shows those
+                self.metrics.replayed_requests.labels("superseded").inc()
         elif event.kind.reward is not None:
             sample = replayed_reward(event, state, self.config.click_reward, self.catalogue.value_scale)
             if sample is not None:
@@ -527,10 +531,12 @@ class Engine(EngineLearning):
         self.metrics.child(self.metrics.decisions, placement, decision.action, decision.mode.value).inc()
 
     def _decide(self, event: Event, state: UserState | None, writes: dict, out: BatchOutput,
-                batch: BatchContexts | None = None, position: int = -1) -> None:
+                batch: BatchContexts | None = None, position: int = -1, redecided: bool = False) -> None:
         decided = decide(event, state, self.policy_ctx, self.policy, self.models, self._policy_states, batch,
                          position)
         decision = decided.decision
+        if redecided:  # same id as the first time, decided again from today's state: it may differ
+            decision.trace["replayed"] = "redecided"
         self._emit(decision, out)
         if self.models is not None and decided.x is not None and event.type in ACTIVITY_TYPES:
             self.models.observe(event.user_id, event.ts, decided.x)

@@ -565,3 +565,36 @@ def test_levers_that_can_never_apply_again_are_dropped_from_the_worker_book(runt
     assert left == 2 and sorted(lv.lever_id for lv in book.levers) == ["pin", "recent-ban"]
     d = late.decisions[0]  # the ban still holds for it (and beats the pin of the same action)
     assert "recent-ban" in d.trace["levers"] and d.action != "offer_10pct" and "offer_10pct" in d.trace["removed"]
+
+
+def test_a_batch_read_again_resends_what_redis_kept_and_counts_what_it_could_not(runtime: Runtime) -> None:
+    # A crash between the state write and the broker's acknowledgement: the same batch comes back.
+    from engine.pending import KEEP
+    from policy.levers import Lever, LeverKind
+
+    metrics = Metrics()
+    engine = make_engine(runtime, metrics)
+    book = engine.policy_ctx.levers
+    views = msgs(*(event(f"pv{i}", ts=T0 + 10 * i) for i in range(KEEP + 1)))  # one user, one placement
+
+    async def go():  # noqa: ANN202
+        first = await engine.process(views)
+        again = await engine.process(views)
+        book.apply(Lever("k1", LeverKind.KILL, "ops", "incident", ts=T0))
+        killed = msgs(event("pv-killed", ts=T0 + 100))
+        shown_none = await engine.process(killed)  # the kill switch: "none", no pending decision stored
+        book.revoke("k1", "ops", "incident over", T0 + 101)
+        return first, again, shown_none, await engine.process(killed)
+
+    first, again, shown_none, redecided = run(go())
+    outcome = {s.labels["outcome"]: s.value for s in metrics.replayed_requests.collect()[0].samples
+               if s.name.endswith("_total")}
+    # the three newest are sent again as decided; the oldest is superseded by them: nothing, but counted
+    assert [(d.decision_id, d.action) for d in again.decisions] == [(d.decision_id, d.action)
+                                                                    for d in first.decisions[1:]]
+    assert all(d.trace == {"replayed": True} for d in again.decisions)
+    # the killed request stored nothing: decided again from the state of now, under its id, and marked so
+    assert shown_none.decisions[0].action == "none"
+    d = redecided.decisions[0]
+    assert d.decision_id == shown_none.decisions[0].decision_id and d.trace["replayed"] == "redecided"
+    assert outcome == {"reemitted": KEEP, "superseded": 1, "redecided": 1}
