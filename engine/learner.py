@@ -20,6 +20,7 @@ from engine.lift import LiftTracker
 from engine.replay import SeenKeys
 from learning.live_models import LiveModels
 from learning.source_progress import SourceProgress
+from learning.state import LearnedState
 from policy.catalogue import NO_ACTION
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,22 @@ class EngineLearning:
     learned_watermark: float
     sources: SourceProgress  # how far each producer of the learning topic has got: closes label windows
     _seen: SeenKeys
+
+    def learned_state(self) -> LearnedState:
+        """What a snapshot of this worker's learning holds (pair it with ``learned_offsets``, read at once)."""
+        models = self.models.models if self.models is not None else None
+        return LearnedState(self.policy, models, self.lift, self._seen.newest())
+
+    def resume_from(self, state: LearnedState, offsets: dict[int, int]) -> None:
+        """Start from a snapshot: its policy, models and lift, learning on from its ``offsets``; the samples
+        it had applied are known, so their copies re-emitted after a crash are not applied twice."""
+        self.replace_policy(state.policy)
+        if self.models is not None and state.models is not None:
+            self.models.replace(state.models)
+        self.learned_offsets = dict(offsets)
+        if state.lift is not None:  # the lift up to those offsets: the learning topic is read on from there
+            self.lift = state.lift
+        self._seen.remember(state.seen)
 
     def replace_policy(self, policy: Policy) -> None:
         """Swap in a restored policy (snapshot at start, or a rollback)."""

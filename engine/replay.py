@@ -11,6 +11,8 @@ by ``decision_id``), and learners drop samples whose key they have already appli
 from __future__ import annotations
 
 from collections import OrderedDict
+from hashlib import blake2b
+from itertools import islice
 
 from contracts.decisions import Decision, LearningSample, Mode, decision_id_for
 from contracts.events import Event
@@ -65,17 +67,39 @@ def replayed_reward(event: Event, state: UserState | None, click_reward: float,
                           mode=target.mode, reward_type=reward_type)
 
 
+SNAPSHOT_KEYS = 50_000  # keys a snapshot carries (8 bytes each): far more than a crashed batch re-emits
+
+
 class SeenKeys:
-    """The last ``capacity`` learning-sample keys applied: a replayed sample is applied once."""
+    """The last ``capacity`` learning-sample keys applied: a replayed sample is applied once.
+
+    Keys are kept as 8-byte digests. A snapshot carries the newest ``SNAPSHOT_KEYS`` of them: a crashed
+    worker's re-read batch re-emits samples whose originals may be just before the snapshot's offsets, and a
+    worker resuming from the snapshot reads the copies after them.
+    """
 
     def __init__(self, capacity: int = 200_000) -> None:
         self.capacity = capacity
-        self._keys: OrderedDict[str, None] = OrderedDict()
+        self._keys: OrderedDict[bytes, None] = OrderedDict()
 
     def first_time(self, key: str) -> bool:
-        if key in self._keys:
+        digest = blake2b(key.encode(), digest_size=8).digest()
+        if digest in self._keys:
             return False
-        self._keys[key] = None
+        self._keys[digest] = None
         if len(self._keys) > self.capacity:
             self._keys.popitem(last=False)
         return True
+
+    def newest(self, n: int = SNAPSHOT_KEYS) -> bytes:
+        """The newest ``n`` digests, oldest first, as one string of bytes (for a snapshot)."""
+        keys = self._keys
+        skip = max(0, len(keys) - n)
+        return b"".join(islice(keys, skip, None))
+
+    def remember(self, digests: bytes) -> None:
+        """Add the digests ``newest`` gave (a restored snapshot's), as if applied before everything since."""
+        for at in range(0, len(digests) - len(digests) % 8, 8):
+            self._keys[digests[at : at + 8]] = None
+        while len(self._keys) > self.capacity:
+            self._keys.popitem(last=False)

@@ -1,4 +1,6 @@
-"""What a snapshot holds: the policy, the River models (when enabled) and the holdout lift, as one blob.
+"""What a snapshot holds: the policy, the River models (when enabled), the holdout lift and the digests of
+the newest learning samples applied (so that a worker resuming from it does not apply again a sample
+re-emitted after a crash), as one blob.
 
 The models travel as ``ModelSet.snapshot()`` bytes (header with format and River version), so a snapshot
 written by another River version still restores the policy: the models are then left out (logged) and
@@ -26,12 +28,15 @@ class LearnedState:
     models: ModelSet | None = None  # the River models when scoring models are enabled
     # the lift over the learning topic up to the snapshot's offsets (None in snapshots from before it was kept)
     lift: LiftTracker | None = None
+    # digests of the newest learning samples applied (engine.replay.SeenKeys.newest): their copies, re-emitted
+    # after a crash past the snapshot's offsets, are not applied again (b"" in snapshots from before)
+    seen: bytes = b""
 
     def pack(self) -> bytes:
         return pickle.dumps(
             {"format": FORMAT, "policy": self.policy.snapshot(),
              "models": self.models.snapshot() if self.models is not None else None,
-             "lift": self.lift.to_state() if self.lift is not None else None},
+             "lift": self.lift.to_state() if self.lift is not None else None, "seen": self.seen},
             protocol=pickle.HIGHEST_PROTOCOL,
         )
 
@@ -51,4 +56,5 @@ class LearnedState:
             log.error("snapshot models of unknown type %s left out", type(models).__name__)
             models = None
         lift = LiftTracker.from_state(doc["lift"]) if doc.get("lift") is not None else None
-        return cls(Policy.restore(doc["policy"]), models, lift)
+        seen = doc.get("seen")
+        return cls(Policy.restore(doc["policy"]), models, lift, seen if isinstance(seen, bytes) else b"")

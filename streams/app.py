@@ -278,13 +278,7 @@ def create_app(settings: Settings) -> faust.App:
         if found is None:
             return None
         info, blob = found
-        state = LearnedState.unpack(blob)
-        engine.replace_policy(state.policy)
-        if engine.models is not None and state.models is not None:
-            engine.models.replace(state.models)
-        engine.learned_offsets = dict(info.offsets)
-        if state.lift is not None:  # the lift up to those offsets: the learning topic is read on from there
-            engine.lift = state.lift
+        engine.resume_from(LearnedState.unpack(blob), info.offsets)
         status["snapshot"] = info.version
         log.warning("loaded snapshot version %s (policy version %s)", info.version, info.policy_version)
         return dict(info.offsets)
@@ -410,7 +404,7 @@ def create_app(settings: Settings) -> faust.App:
             return
         info = SnapshotInfo(0, engine.policy.name, engine.policy.version, dict(engine.learned_offsets),
                             engine.learned_watermark, note=f"periodic, by {worker_id}")
-        blob = LearnedState(engine.policy, models.models if models is not None else None, engine.lift).pack()
+        blob = engine.learned_state().pack()
         scorer = models.publish() if models is not None else None  # the version the snapshot holds
         saved = await snapshots.save_if_current(blob, info, status["generation"])
         if saved is None:  # a rollback this worker has not followed yet: follow_rollbacks loads it first
