@@ -98,7 +98,7 @@ class SeenKeys:
         return b"".join(islice(keys, skip, None))
 
     def remember(self, digests: bytes) -> None:
-        """Add the digests ``newest`` gave (a restored snapshot's), as if applied before everything since."""
+        """Add the digests ``newest`` gave (a restored snapshot's), as the newest (a worker resumes empty)."""
         for at in range(0, len(digests) - len(digests) % 8, 8):
             self._keys[digests[at : at + 8]] = None
         while len(self._keys) > self.capacity:
