@@ -274,12 +274,18 @@ def with_ess_warning(est: Estimate, min_ess: float = MIN_ESS) -> Estimate:
 
 
 def on_policy(log: DecisionLog, name: str = "logged policy") -> Estimate:
-    """The logging policy's own value: the mean logged reward, with its normal 95 % interval."""
+    """The logging policy's own value: the mean logged reward, with its normal 95 % interval.
+
+    Averaged over the decisions the estimators can weigh (``usable_rows``: a usable logged probability),
+    the very population every candidate estimate covers; rows left out of one are left out of the other,
+    so a candidate is never compared with the logging policy on other traffic.
+    """
     if len(log) == 0:
         raise OPEError(
             "the decision log is empty: there is no logged reward to average; check the log source"
         )
-    r = log.rewards
+    rows, _ = usable_rows(log)
+    r = log.rewards[rows]
     n = len(r)
     value = float(r.mean())
     se = float(r.std(ddof=1) / np.sqrt(n)) if n > 1 else float("inf")

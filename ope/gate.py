@@ -5,8 +5,9 @@ estimate plus ``min_lift``, and none of the candidate's warnings is one that mak
 untrustworthy (``blocking``). The decision carries its evidence, so it can go to an audit log as it is.
 
 The current policy's estimate is normally ``estimators.on_policy(log)``: the mean reward of the very log
-it produced (``cadence ope`` does this), so it needs no weighting. Event time of the last decision
-covered is recorded instead of a wall-clock time, so a replayed gate gives the same record.
+it produced (``cadence ope`` does this), so it needs no weighting; it covers the same decisions as the
+candidate estimates (those with a usable logged probability), so both describe the same traffic. Event
+time of the last decision covered is recorded instead of a wall-clock time, so a replayed gate gives the same record.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
 import orjson
 import pytest
 
@@ -110,3 +111,29 @@ def test_progress_bar_draws_on_long_runs(log_file, tmp_path, capsys, monkeypatch
     run(["--log", str(log_file), "--candidate", '{"kind": "uniform"}'])
     err = capsys.readouterr().err
     assert "uniform" in err and "3,000/3,000" in err
+
+
+def test_a_candidate_equal_to_the_logging_policy_is_not_promoted_over_a_different_population(tmp_path):
+    # half of the decisions carry no probability (and earn less): the candidates are weighted on the other
+    # half only, so the logging policy's value must come from that half too
+    rng = np.random.default_rng(1)
+    lines = []
+    for i in range(4000):
+        a = str(rng.choice(["a", "b"]))
+        exp = {"kind": "exposure", "decision_id": f"d{i}", "action": a, "x": [1.0, float(rng.random())],
+               "placement": "p", "ts": float(i), "mode": "explore", "eligible": ["a", "b"]}
+        if i % 2 == 0:
+            exp["probability"] = 0.5
+        lines.append(exp)
+        if rng.random() < (0.15 if i % 2 == 0 else 0.02):
+            lines.append({"kind": "reward", "decision_id": f"d{i}", "action": a, "x": exp["x"],
+                          "reward": 1.0, "ts": i + 0.5})
+    log, out = tmp_path / "log.jsonl", tmp_path / "ope.json"
+    log.write_bytes(b"\n".join(orjson.dumps(doc) for doc in lines))
+    assert run(["--log", str(log), "--candidate", '{"kind": "uniform"}', "--json", str(out), "--quiet"]) == 0
+    doc = orjson.loads(out.read_bytes())
+    estimates, gate = doc["candidates"][0]["estimates"], doc["candidates"][0]["gate"]
+    assert doc["logged_policy"]["n"] == estimates["dr"]["n"] == 2000
+    # uniform logged uniformly: its weights are all 1, so IPS is the logged mean of those very rows
+    assert estimates["ips"]["value"] == pytest.approx(doc["logged_policy"]["value"], abs=1e-12)
+    assert gate["current_value"] == doc["logged_policy"]["value"] and not gate["promote"]

@@ -237,3 +237,14 @@ def test_estimate_serialises_with_its_warnings():
     d = evaluate(never_took_c(make_log()), Uniform())["dr"].to_dict()
     assert d["estimator"] == "dr" and d["candidate"] == "uniform"
     assert {"code", "message"} <= set(d["warnings"][0])
+
+
+def test_on_policy_averages_the_rows_the_candidates_are_weighted_on():
+    # rows 0..99 carry no probability and only zero rewards: the estimators leave them out, so must the
+    # logging policy's value the gate compares them with
+    log = with_changes(make_log(), range(100), probability=None, reward=0.0)
+    usable = [d.reward for d in log.decisions[100:]]
+    logged = on_policy(log)
+    assert logged.n == 500 and logged.value == pytest.approx(np.mean(usable))
+    same = evaluate(log, Fixed({"a": 0.5, "b": 0.3, "c": 0.2}), estimators=("ips",))["ips"]
+    assert same.n == logged.n and same.value == pytest.approx(logged.value)
