@@ -12,12 +12,23 @@ Configs (``name`` is optional everywhere and labels the candidate in tables and 
                                                           eligible the candidate is uniform
     {"kind": "bandit", "policy": "linucb", "params": {"alpha": 0.5, "epsilon": 0.05},
      "train_on": "first_half"}                            a bandits/ policy trained on the first half,
-                                                          then frozen; its Choice.probabilities are used
+                                                          then frozen, and run as the engine runs it:
+                                                          its choice goes through arbitration (below)
     {"kind": "greedy_model", "epsilon": 0.0, "train_on": "first_half"}
                                                           argmax of a per-action ridge reward model fitted
                                                           on the first half, with an ε-uniform floor;
                                                           "ridge": a fixed penalty (default: chosen by
                                                           leave-one-out error)
+
+The engine never shows the bandit's pick as it is: arbitration (policy/arbitration.py) ranks the eligible
+actions by expected value (score × value scale × boost − cost) and shows the ev winner unless the bandit
+explored, and the logged probability is that of bandit + arbitration. A ``bandit`` candidate is scored the
+same way: its target probability of an action is the probability arbitration gives it (``arbitrate`` on
+each pick the bandit can make), with the catalogue's values and costs and the engine's arbitration
+settings, so a candidate identical to the deployed bandit estimates the logged value. What the log cannot
+say is left out and stated: boost levers active when the log was made (they are not in the learning
+samples) are not applied, and on placements with stickiness the engine decides without the bandit's draw
+from the user's incumbent (not logged either); such decisions are not evaluated by default (ope/log.py).
 """
 
 from __future__ import annotations
@@ -30,11 +41,27 @@ import numpy as np
 import orjson
 
 from bandits import POLICIES, make_policy
-from bandits.base import Policy
+from bandits.base import Choice, Policy
+from ope.diagnostics import OPEError
 from ope.log import DecisionLog
 from ope.reward_model import RIDGE_GRID, RidgeRewardModel
+from policy.arbitration import ArbitrationConfig, arbitrate
+from policy.catalogue import Catalogue
+from policy.pipeline import PolicyContext
 
 TRAIN_SPLITS = {"first_half": 0.5}  # the only training split: evaluate on what the candidate never saw
+
+
+def _engine_arbitration() -> ArbitrationConfig:
+    """The arbitration settings the engine runs with: streams/app.py builds its PolicyContext with the
+    default (no setting changes it), so read that default rather than repeat it."""
+    default = PolicyContext.__dataclass_fields__["arbitration"].default
+    if not isinstance(default, ArbitrationConfig):
+        raise TypeError("policy.pipeline.PolicyContext.arbitration has no default ArbitrationConfig")
+    return default
+
+
+ENGINE_ARBITRATION = _engine_arbitration()
 
 
 class CandidateConfigError(ValueError):
@@ -61,15 +88,61 @@ class Constant:
         return {a: 1.0 / len(eligible) for a in eligible}
 
 
-class FrozenBandit:
-    """A bandits/ policy after training; only its selection probabilities are read."""
+def arbitrated_probs(
+    choice: Choice, eligible: Sequence[str], catalogue: Catalogue, config: ArbitrationConfig = ENGINE_ARBITRATION
+) -> dict[str, float]:
+    """The probability of each eligible action being shown when ``choice``'s draw goes through arbitration.
 
-    def __init__(self, policy: Policy, name: str) -> None:
+    Each pick the bandit can make is run through ``arbitrate``, which names the action shown and the
+    probability the engine logs for it (every pick leading to that action counted); so these are exactly
+    the logged probabilities, and they sum to the bandit's total, 1.
+    """
+    out = dict.fromkeys(eligible, 0.0)
+    for pick in eligible:
+        q = choice.probabilities.get(pick, 0.0)
+        if q > 0.0:
+            arb = arbitrate(
+                Choice(pick, q, choice.greedy, choice.scores, choice.probabilities, choice.means),
+                eligible,
+                catalogue,
+                None,
+                config,
+            )
+            out[arb.action] = arb.probability
+    return out
+
+
+class FrozenBandit:
+    """A bandits/ policy after training, followed by arbitration as the engine runs it."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        name: str,
+        catalogue: Catalogue,
+        arbitration: ArbitrationConfig = ENGINE_ARBITRATION,
+    ) -> None:
         self.policy = policy
         self.name = name
+        self.catalogue = catalogue
+        self.arbitration = arbitration
 
     def target_probs(self, x: np.ndarray, eligible: Sequence[str]) -> dict[str, float]:
-        return dict(self.policy.select(x, list(eligible)).probabilities)
+        eligible = list(eligible)
+        unknown = [a for a in eligible if a not in self.catalogue.actions]
+        if unknown:
+            raise OPEError(
+                f"candidate {self.name!r}: eligible actions {unknown} are not in the catalogue, so their value "
+                "and cost are unknown and the bandit cannot be run through arbitration as the engine runs it; "
+                "pass the catalogue the engine ran with (--catalogue)"
+            )
+        choice = self.policy.select(x, eligible)
+        if not choice.probabilities:
+            raise OPEError(
+                f"candidate {self.name!r}: the policy gives no selection probabilities, so its probability "
+                "after arbitration is unknown"
+            )
+        return arbitrated_probs(choice, eligible, self.catalogue, self.arbitration)
 
 
 class GreedyModel:
@@ -101,12 +174,14 @@ def _check_keys(config: dict[str, Any], allowed: set[str]) -> None:
         )
 
 
-def _build_uniform(config: dict[str, Any], train: DecisionLog | None) -> Uniform:
+def _build_uniform(config: dict[str, Any], train: DecisionLog | None, catalogue: Catalogue | None) -> Uniform:
     _check_keys(config, set())
     return Uniform(config.get("name", "uniform"))
 
 
-def _build_constant(config: dict[str, Any], train: DecisionLog | None) -> Constant:
+def _build_constant(
+    config: dict[str, Any], train: DecisionLog | None, catalogue: Catalogue | None
+) -> Constant:
     _check_keys(config, {"action"})
     action = config.get("action")
     actions = [action] if isinstance(action, str) else action
@@ -127,7 +202,9 @@ def _train_log(config: dict[str, Any], train: DecisionLog | None) -> DecisionLog
     return train
 
 
-def _build_bandit(config: dict[str, Any], train: DecisionLog | None) -> FrozenBandit:
+def _build_bandit(
+    config: dict[str, Any], train: DecisionLog | None, catalogue: Catalogue | None
+) -> FrozenBandit:
     _check_keys(config, {"policy", "params", "train_on"})
     name = config.get("policy")
     if name not in POLICIES:
@@ -144,12 +221,19 @@ def _build_bandit(config: dict[str, Any], train: DecisionLog | None) -> FrozenBa
         raise CandidateConfigError(
             f"candidate 'bandit': policy {name!r} rejects params {params}: {exc}"
         ) from None
+    if catalogue is None:
+        raise CandidateConfigError(
+            "candidate 'bandit' needs the catalogue the engine ran with: the engine runs the bandit's choice "
+            "through arbitration (action values and costs), and the candidate is scored the same way"
+        )
     for d in log:
         policy.update(d.x, d.action, d.reward)
-    return FrozenBandit(policy, config.get("name", f"bandit:{name}"))
+    return FrozenBandit(policy, config.get("name", f"bandit:{name}"), catalogue)
 
 
-def _build_greedy_model(config: dict[str, Any], train: DecisionLog | None) -> GreedyModel:
+def _build_greedy_model(
+    config: dict[str, Any], train: DecisionLog | None, catalogue: Catalogue | None
+) -> GreedyModel:
     _check_keys(config, {"epsilon", "ridge", "train_on"})
     epsilon = config.get("epsilon", 0.0)
     ridge = config.get("ridge")
@@ -168,7 +252,7 @@ def _build_greedy_model(config: dict[str, Any], train: DecisionLog | None) -> Gr
     return GreedyModel(model, actions, float(epsilon), config.get("name", "greedy_model"))
 
 
-CANDIDATE_KINDS: dict[str, Callable[[dict[str, Any], DecisionLog | None], Any]] = {
+CANDIDATE_KINDS: dict[str, Callable[[dict[str, Any], DecisionLog | None, Catalogue | None], Any]] = {
     "uniform": _build_uniform,
     "constant": _build_constant,
     "bandit": _build_bandit,
@@ -190,14 +274,18 @@ def needs_training(config: dict[str, Any]) -> bool:
     return True
 
 
-def build_candidate(config: dict[str, Any], train: DecisionLog | None = None) -> Any:
+def build_candidate(
+    config: dict[str, Any], train: DecisionLog | None = None, catalogue: Catalogue | None = None
+) -> Any:
+    """The candidate of ``config``; learners train on ``train``; ``catalogue`` is the one the engine ran
+    with (a ``bandit`` candidate needs it for arbitration)."""
     kind = config.get("kind")
     if kind not in CANDIDATE_KINDS:
         raise CandidateConfigError(
             f"candidate config needs field 'kind', one of {sorted(CANDIDATE_KINDS)}; got {kind!r}"
         )
     needs_training(config)
-    return CANDIDATE_KINDS[kind](config, train)
+    return CANDIDATE_KINDS[kind](config, train, catalogue)
 
 
 def load_config(source: str) -> dict[str, Any]:
@@ -220,22 +308,29 @@ def load_config(source: str) -> dict[str, Any]:
     return config
 
 
-def plan(log: DecisionLog, configs: Sequence[dict[str, Any]]) -> tuple[list[Any], DecisionLog, str]:
+def plan(
+    log: DecisionLog, configs: Sequence[dict[str, Any]], catalogue: Catalogue | None = None
+) -> tuple[list[Any], DecisionLog, str]:
     """Build every candidate and choose the evaluation log they all share.
 
     When any candidate learns, all are evaluated on the second half (so their numbers compare); otherwise
-    on the whole log. Returns (candidates, evaluation log, a sentence saying which).
+    on the whole log. ``catalogue`` is the one the engine ran with (``bandit`` candidates need it). Returns
+    (candidates, evaluation log, a sentence saying which).
     """
     if any(needs_training(c) for c in configs):
         train, held_out = log.split(TRAIN_SPLITS["first_half"])
-        candidates = [build_candidate(c, train) for c in configs]
+        candidates = [build_candidate(c, train, catalogue) for c in configs]
         note = (
             f"trained candidates learned from the first {len(train)} decisions; every candidate is "
             f"evaluated on the later {len(held_out)}"
         )
-        return candidates, held_out, note
-    return (
-        [build_candidate(c) for c in configs],
-        log,
-        f"every candidate is evaluated on all {len(log)} decisions",
-    )
+    else:
+        candidates, held_out = [build_candidate(c, None, catalogue) for c in configs], log
+        note = f"every candidate is evaluated on all {len(log)} decisions"
+    if any(isinstance(c, FrozenBandit) for c in candidates):
+        note += (
+            "; bandit candidates are run through arbitration as the engine runs it (catalogue values and "
+            f"costs, reward unit {ENGINE_ARBITRATION.reward_unit!r}), without the boost levers active when "
+            "the log was made (the log does not hold them)"
+        )
+    return candidates, held_out, note

@@ -9,6 +9,7 @@ Wire it into cadence/cli.py with ``from ope.cli import add_ope_parser`` and ``ad
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from ope.estimators import CI_METHOD, ESTIMATORS, Estimate, OPEError, evaluate, 
 from ope.gate import decide_promotion
 from ope.log import RANDOMISED_MODES, DecisionLog, join_samples, read_jsonl, read_topic
 from ope.progress import ProgressBar
-from policy.catalogue import CatalogueError, load_catalogue
+from policy.catalogue import Catalogue, CatalogueError, load_catalogue
 
 LONG_RUN = 5000  # decisions × candidates above which a progress bar is drawn (on a terminal)
 
@@ -57,7 +58,13 @@ def add_ope_parser(subparsers: Any) -> argparse.ArgumentParser:
         help='candidate config file or inline JSON, e.g. \'{"kind": "uniform"}\' (repeatable; '
         "kinds: uniform, constant, bandit, greedy_model, see ope/candidates.py)",
     )
-    sp.add_argument("--catalogue", type=Path, default=DEFAULT_CATALOGUE, help="catalogue the engine ran with")
+    sp.add_argument(
+        "--catalogue",
+        type=Path,
+        default=Path(os.environ.get("CADENCE_CATALOGUE") or DEFAULT_CATALOGUE),
+        help="catalogue the engine ran with (default: $CADENCE_CATALOGUE, as the engine reads it, else the "
+        "bundled one); bandit candidates are run through arbitration with its values and costs",
+    )
     sp.add_argument(
         "--modes",
         default=",".join(RANDOMISED_MODES),
@@ -84,13 +91,12 @@ def add_ope_parser(subparsers: Any) -> argparse.ArgumentParser:
     return sp
 
 
-def _read_log(args: argparse.Namespace) -> DecisionLog:
+def _read_log(args: argparse.Namespace, catalogue: Catalogue) -> DecisionLog:
     if bool(args.log) == bool(args.bootstrap):
         raise OPEError(
             "give the decision log either as --log FILE.jsonl or as --bootstrap HOST:PORT [--topic], "
             "not both and not neither"
         )
-    catalogue = load_catalogue(args.catalogue)
     samples: list[dict[str, Any]] = []
     problems: list[str] = []
     for path in args.log or []:
@@ -179,8 +185,9 @@ def evaluate_all(
     clip: float | None,
     seed: int,
     progress: bool,
+    catalogue: Catalogue | None = None,
 ) -> tuple[DecisionLog, str, list[dict[str, Any]]]:
-    candidates, held_out, note = plan(log, configs)
+    candidates, held_out, note = plan(log, configs, catalogue)
     results: list[dict[str, Any]] = []
     names: set[str] = set()
     for config, candidate in zip(configs, candidates, strict=True):
@@ -197,7 +204,8 @@ def evaluate_all(
 
 def run_ope(args: argparse.Namespace) -> int:
     try:
-        log = _read_log(args)
+        catalogue = load_catalogue(args.catalogue)
+        log = _read_log(args, catalogue)
         configs = [load_config(c) for c in args.candidate]
         estimators = [e.strip() for e in args.estimators.split(",") if e.strip()]
         if args.gate_estimator not in estimators:
@@ -205,7 +213,13 @@ def run_ope(args: argparse.Namespace) -> int:
         for note in log.report.notes():
             print(f"cadence ope: {note}", file=sys.stderr)
         held_out, note, results = evaluate_all(
-            log, configs, estimators, args.clip, args.seed, progress=not args.quiet and sys.stderr.isatty()
+            log,
+            configs,
+            estimators,
+            args.clip,
+            args.seed,
+            progress=not args.quiet and sys.stderr.isatty(),
+            catalogue=catalogue,
         )
         logged = on_policy(held_out)
     except (OPEError, CandidateConfigError, CatalogueError, FileNotFoundError, ValueError) as exc:

@@ -86,7 +86,7 @@ def run_study(
     for done, seed in enumerate(seeds):
         synthetic = SyntheticLogs(World(catalogue, n_users=n_users, seed=seed), epsilon=epsilon, seed=seed)
         log = join_samples(synthetic.sample(n, seed=seed), catalogue)
-        built, held_out, _ = plan(log, candidates)
+        built, held_out, _ = plan(log, candidates, catalogue)
         for candidate in built:
             truth = synthetic.true_value(candidate)
             prep = prepare(held_out, candidate, clip=clip)

@@ -137,3 +137,10 @@ def test_a_candidate_equal_to_the_logging_policy_is_not_promoted_over_a_differen
     # uniform logged uniformly: its weights are all 1, so IPS is the logged mean of those very rows
     assert estimates["ips"]["value"] == pytest.approx(doc["logged_policy"]["value"], abs=1e-12)
     assert gate["current_value"] == doc["logged_policy"]["value"] and not gate["promote"]
+
+
+def test_a_bandit_candidate_is_run_through_the_catalogues_arbitration(log_file, capsys):
+    assert run(["--log", str(log_file), "--candidate", '{"kind": "bandit", "policy": "linucb"}', "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "bandit candidates are run through arbitration as the engine runs it" in text
+    assert "bandit:linucb" in text
