@@ -32,8 +32,10 @@ WARNING_TEXT = {
         "Use clipping (--clip), or keep more exploration in the logging policy."
     ),
     "support_not_covered": (
-        "the candidate puts {share:.1%} of its probability on actions the log never took for that placement "
-        "({pairs}); IPS and SNIPS count them as earning nothing and DR relies on its reward model there. "
+        "the candidate puts {share:.1%} of its probability on actions the log gives no evidence for ({pairs}): "
+        "never taken for that placement, or with probability 0 in the decision (another action logged with "
+        "probability 1, as where arbitration overrides the bandit); IPS and SNIPS count them as earning "
+        "nothing and DR relies on its reward model there. "
         "Collect logs in which those actions were explored, or leave them out of the candidate."
     ),
     "clipped": (
@@ -120,16 +122,18 @@ def usable_rows(log: DecisionLog, tiny: float = TINY_PROBABILITY) -> tuple[np.nd
 def support_warning(
     log: DecisionLog, rows: np.ndarray, target: np.ndarray, index: dict[str, int]
 ) -> OPEWarning | None:
-    """Warn when the candidate gives probability to (placement, action) pairs the log never took."""
+    """Warn when the candidate gives probability to (placement, action) pairs the log never took, or to
+    actions a decision logged with probability 1 for another action could not have shown."""
     taken = log.actions_taken()
     mass = np.zeros(len(log))
     pairs: dict[tuple[str, str], float] = {}
     for i, d in enumerate(log):
         if not rows[i]:
             continue
+        sure = d.probability == 1.0
         for a in d.eligible:
             pi = target[i, index[a]]
-            if pi > 0 and a not in taken.get(d.placement, ()):
+            if pi > 0 and (a not in taken.get(d.placement, ()) or (sure and a != d.action)):
                 mass[i] += pi
                 pairs[(d.placement, a)] = pairs.get((d.placement, a), 0.0) + pi
     if not pairs:

@@ -7,7 +7,12 @@ the sum of its rewards (0 when none arrived). A message holds one sample or a ba
 The topic is delivered at least once, so exact repeats are dropped: exposures by ``decision_id``,
 rewards by (decision_id, action, reward, ts).
 
-Only decisions the bandit drew at random (mode explore or exploit) are evaluated; the rest are counted.
+Only decisions the bandit drew (mode explore or exploit) are evaluated; the rest are counted. Among them,
+a placement with stickiness rules logs "exploit" with probability 1 (its action is settled from the bandit's
+statistics and the user's incumbent, not drawn): those are left out and counted too. Elsewhere probability
+1 among several actions is an arbitration override (policy/arbitration.py: with two actions the override
+takes the greedy pick's share and the exploration share), a real property of the logging policy: those
+decisions are kept.
 A sample does not carry the eligible set of its request, so it is taken from the catalogue: where levers
 or per-action caps narrowed it, a candidate may be credited with actions that were not available then.
 
@@ -64,7 +69,14 @@ class JoinReport:
     unknown_placements: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # unreadable or invalid records, with their place
     static_eligible: int = 0  # decisions without their logged eligible set (older logs): the catalogue's static set
-    deterministic: int = 0  # left out: logged with probability 1 among several eligible actions
+    # left out: exploit logged with probability 1 among several eligible actions on a placement with stickiness
+    # rules (chosen without the bandit's draw)
+    deterministic: int = 0
+    # left out: the same on a placement the catalogue does not know (stickiness or override cannot be told)
+    undetermined: int = 0
+    # kept: logged with probability 1 among several eligible actions on a placement without stickiness rules
+    # (arbitration overrode the bandit, or the bandit does not explore)
+    overrides: int = 0
 
     def notes(self) -> list[str]:
         out = []
@@ -86,8 +98,22 @@ class JoinReport:
             )
         if self.deterministic:
             out.append(
-                f"left out {self.deterministic} decisions logged with probability 1 among several eligible actions "
-                "(placements with stickiness rules choose so): OPE can only reweigh random draws"
+                f"left out {self.deterministic} exploit decisions of placements with stickiness rules (logged with "
+                "probability 1 among several eligible actions: the engine settles them from the user's incumbent "
+                "without the bandit's draw): OPE can only reweigh random draws"
+            )
+        if self.undetermined:
+            out.append(
+                f"left out {self.undetermined} decisions logged with probability 1 among several eligible actions "
+                "on placements the catalogue does not know: whether stickiness or an arbitration override chose "
+                "them cannot be told; pass the catalogue the engine ran with"
+            )
+        if self.overrides:
+            out.append(
+                f"kept {self.overrides} decisions logged with probability 1 among several eligible actions on "
+                "placements without stickiness rules (arbitration overrode the bandit there, or it did not "
+                "explore): the other actions had probability 0 in them, so a candidate choosing those is not "
+                "covered there (support warning)"
             )
         if self.static_eligible:
             out.append(
@@ -356,11 +382,19 @@ def join_samples(
             )
             continue
         if doc.get("mode") in (None, *RANDOMISED_MODES) and _probability(doc) == 1.0 and len(choices) > 1:
-            # "exploit" for sure among several: a placement with stickiness rules chooses so. No draw to
-            # reweigh; a candidate choosing otherwise would get weight 0 here and bias every estimate.
+            # For sure among several. On a placement with stickiness rules the engine logs every decision
+            # "exploit" with p = 1: settled from the bandit's statistics and the user's incumbent, no draw to
+            # reweigh, not the policy a candidate replaces; left out. Elsewhere it is arbitration overriding
+            # the bandit (or a bandit without exploration): the logging policy's real probability, kept.
             # (Modes asked for explicitly, such as "sticky", are kept as they are.)
-            report.deterministic += 1
-            continue
+            rules = catalogue.placements.get(placement) if catalogue is not None else None
+            if rules is None:
+                report.undetermined += 1
+                continue
+            if rules.stickiness.limited and doc.get("mode") != "explore":  # stickiness never explores
+                report.deterministic += 1
+                continue
+            report.overrides += 1
         decisions.append(
             LoggedDecision(
                 decision_id=decision_id,

@@ -199,7 +199,7 @@ def never_took_c(log):
             never_took_c,
             Uniform(),
             "support_not_covered",
-            "33.3% of its probability on actions the log never took for that placement (c on slot)",
+            "33.3% of its probability on actions the log gives no evidence for (c on slot): never taken",
         ),
         (
             lambda log: with_changes(log, range(len(log)), reward=0.0),

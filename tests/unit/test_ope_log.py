@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import numpy as np
 import orjson
 import pytest
 
+from bandits.linucb import LinUCB
 from cadence.settings import DEFAULT_CATALOGUE
 from contracts.decisions import LearningSample
+from ope.candidates import Constant
+from ope.estimators import evaluate
 from ope.log import DecisionLog, LoggedDecision, join_samples, read_jsonl
-from policy.catalogue import load_catalogue
+from policy.catalogue import Action, Catalogue, Placement, load_catalogue
+from policy.pipeline import PolicyContext, PolicyRequest, decide_action
+from policy.state import UserPolicyState
+from policy.stickiness import StickinessSettings
 
 X = [1.0] + [0.0] * 19
 
@@ -240,7 +247,7 @@ def test_decisions_chosen_for_sure_among_several_are_left_out(catalogue):
     ]
     log = join_samples(samples, catalogue)
     assert sorted(d.decision_id for d in log) == ["drawn", "only"] and log.report.deterministic == 1
-    assert "left out 1 decisions logged with probability 1" in " ".join(log.report.notes())
+    assert "left out 1 exploit decisions of placements with stickiness rules" in " ".join(log.report.notes())
 
 
 def test_the_eligible_column_survives_the_learning_topic_and_older_messages_still_read():
@@ -254,3 +261,73 @@ def test_the_eligible_column_survives_the_learning_topic_and_older_messages_stil
     older = orjson.loads(encode_samples([LearningSample("exposure", "a", "offer_10pct", X)]))
     assert "eligible" not in older  # the column is only sent when some sample has a set
     assert decode_batch(orjson.dumps(older)).samples[0].eligible is None
+
+
+# -- probability 1 among several actions: stickiness (left out) or an arbitration override (kept) ---------
+OVERRIDE_CAT = Catalogue(
+    {
+        "free": Placement("free", "web"),  # no stickiness rules
+        "kept": Placement("kept", "web", stickiness=StickinessSettings(max_changes_per_day=4)),
+    },
+    {
+        "a": Action("a", "web", ("free", "kept"), 1.0, cost=0.2),
+        "b": Action("b", "web", ("free", "kept"), 1.0),
+    },
+)
+
+
+def engine_samples(placement: str, n: int, seed: int = 0) -> tuple[list[dict], list[float]]:
+    """Learning samples made by the engine's decision path (policy.pipeline.decide_action), one new user
+    per request: click rates a = 0.6u, b = 0.2 in context (1, u). The bandit's greedy action is a for
+    u > 1/3; arbitration (ev = score − cost) overrides it for u < 2/3, and with two actions that logs p = 1."""
+    rng = np.random.default_rng(seed)
+    bandit = LinUCB(dim=2, seed=1, alpha=0.05, epsilon=0.2, epsilon_min=0.2)
+    ctx = PolicyContext(OVERRIDE_CAT)
+    samples, rewards = [], []
+    for i in range(n):
+        x = np.array([1.0, rng.random()])
+        out = decide_action(
+            PolicyRequest(f"u{i}", placement, float(i)), UserPolicyState(), ctx, lambda e, x=x: bandit.select(x, e)
+        )
+        r = float(rng.random() < (0.6 * x[1] if out.action == "a" else 0.2))
+        bandit.update(x, out.action, r)
+        rewards.append(r)
+        samples.append({"kind": "exposure", "decision_id": f"d{i}", "action": out.action, "x": x.tolist(),
+                        "probability": out.probability, "placement": placement, "ts": float(i),
+                        "mode": out.mode.value, "eligible": out.trace["eligible"]})
+        if r:
+            samples.append({"kind": "reward", "decision_id": f"d{i}", "action": out.action, "x": x.tolist(),
+                            "reward": r, "ts": i + 0.5})
+    return samples, rewards
+
+
+def test_arbitration_overrides_logged_with_probability_1_are_kept():
+    samples, rewards = engine_samples("free", 4000)
+    overridden = sum(s["kind"] == "exposure" and s["probability"] == 1.0 for s in samples)
+    assert overridden > 1000  # the case under test: many decisions logged for sure, none by stickiness
+    log = join_samples(samples, OVERRIDE_CAT)
+    assert len(log) == 4000 and log.report.deterministic == 0 and log.report.overrides == overridden
+    assert log.rewards.mean() == pytest.approx(np.mean(rewards))  # the whole traffic, not a part of it
+    notes = log.report.notes()
+    assert not [n for n in notes if n.startswith("left out")]  # nothing left out, stickiness not blamed
+    assert f"kept {overridden} decisions logged with probability 1" in " ".join(notes)
+    # a candidate showing the overridden action where arbitration never does is not covered by the log
+    est = evaluate(log, Constant(["a"]), ("ips",))["ips"]
+    assert "support_not_covered" in [w.code for w in est.warnings]
+    assert not evaluate(log, Constant(["b"]), ("ips",))["ips"].warnings  # b: shown with p > 0 everywhere
+
+
+def test_only_placements_with_stickiness_rules_have_their_sure_decisions_left_out():
+    samples, _ = engine_samples("kept", 300)
+    assert {s["mode"] for s in samples if s["kind"] == "exposure"} == {"exploit"}  # stickiness: no draws
+    log = join_samples(samples, OVERRIDE_CAT)
+    assert len(log) == 0 and log.report.deterministic == 300 and log.report.overrides == 0
+    notes = " ".join(log.report.notes())
+    assert "left out 300 exploit decisions of placements with stickiness rules" in notes
+    # a placement the catalogue does not know: stickiness and an override cannot be told apart
+    log = join_samples(
+        [{**exposure("x", action="a", p=1.0, placement="gone"), "mode": "exploit", "eligible": ["a", "b"]}],
+        OVERRIDE_CAT,
+    )
+    assert len(log) == 0 and log.report.undetermined == 1
+    assert "placements the catalogue does not know" in " ".join(log.report.notes())
