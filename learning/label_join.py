@@ -41,7 +41,11 @@ sample size for memory and CPU, and leaves the label rate unbiased (no weights n
 300 bytes per waiting exposure with a context of 20 (a slotted record: action, ts, the context as float32
 and two flags, plus its entry in the dict). Duplicated samples (the topic is at-least-once) are ignored:
 an exposure already waiting is not added twice, and a second conversion for it changes nothing (its
-revenue was learned, it is marked converted already).
+revenue was learned, it is marked converted already). An exposure whose window had already closed when it
+arrives (the highest watermark ``advance`` reached passed ``ts + window_s + grace_s``) is skipped and
+counted (``closed``): it is a redelivered copy of one already labelled (SeenKeys upstream forgets keys
+after 200,000 samples), or one from a worker further behind than ``max_source_lag_s``, whose conversions
+may have been missed; labelling it would learn it twice or biased towards 0.
 """
 
 from __future__ import annotations
@@ -119,6 +123,8 @@ class LabelJoin:
         # comes or the watermark passes ts + grace_s (then the exposure is not coming: not followed)
         self._early: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._dropped = 0
+        self._closed_until = float("-inf")  # highest watermark advance() reached: windows closed up to it
+        self._closed = 0
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -127,6 +133,11 @@ class LabelJoin:
     def dropped(self) -> int:
         """Exposures dropped unlearned because ``capacity`` was reached."""
         return self._dropped
+
+    @property
+    def closed(self) -> int:
+        """Exposures skipped because their window had closed when they came (redeliveries, late workers)."""
+        return self._closed
 
     def _is_click(self, sample: LearningSample) -> bool:
         """Rewards say what they are (``reward_type``); only samples from before that was sent are told by
@@ -143,9 +154,13 @@ class LabelJoin:
         """
         out: list[Label] = []
         waiting, config = self._waiting, self.config
+        closed_until, wait_s = self._closed_until, config.window_s + config.grace_s
         for s in samples:
             if s.kind == "exposure":
                 if s.decision_id in waiting or not followed(s.decision_id, config.share):
+                    continue
+                if s.ts + wait_s <= closed_until:  # closed: its label went out already (or would come late)
+                    self._closed += 1
                     continue
                 if len(waiting) >= config.capacity:
                     waiting.popitem(last=False)
@@ -178,6 +193,7 @@ class LabelJoin:
         """Propensity labels (1 converted, 0 not) of the exposures whose window (plus grace) closed before
         ``watermark``, in exposure order, each at the event time of its close."""
         out: list[Label] = []
+        self._closed_until = max(self._closed_until, watermark)
         early, grace_s = self._early, self.config.grace_s
         while early and next(iter(early.values()))[0] + grace_s <= watermark:
             early.popitem(last=False)  # its exposure did not come within the grace: not followed here

@@ -202,7 +202,8 @@ class LiveModels:
     def stats(self) -> dict[str, Any]:
         return {"waiting_exposures": len(self._join), "watched_customers": len(self._churn),
                 "backlog": len(self._backlog), "churn_outbox": len(self._churn_outbox),
-                "dropped": {**self._dropped, "join_full": self._join.dropped, "churn_full": self._churn.evicted}}
+                "dropped": {**self._dropped, "join_full": self._join.dropped, "window_closed": self._join.closed,
+                            "churn_full": self._churn.evicted}}
 
     # -- labels ----------------------------------------------------------------------------------
     def learn(self, samples: Iterable[LearningSample], watermark: float) -> None:

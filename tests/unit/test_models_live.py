@@ -79,10 +79,10 @@ def test_a_conversion_read_before_its_exposure_still_counts_until_the_grace_pass
     labels = join.add([exposure("d1", "a", 0.0)])  # it arrives: the conversion it missed counts now
     assert [(lb.model, lb.target, lb.ts) for lb in labels] == [("value", 20.0, 60.0)]
     assert join.add([reward("d1", "a", 61.0, 0.5)]) == []  # a duplicate conversion changes nothing
-    assert propensity(join.advance(110.0)) == [("a", 1.0, 110.0)]
-    # d2's exposure did not come within the grace (30 + 10 <= 110): its conversion was forgotten
+    assert propensity(join.advance(50.0)) == []  # d1 waits for its window (0 + 110)
+    # d2's exposure did not come within the grace (30 + 10 <= 50): its conversion was forgotten
     assert join.add([exposure("d2", "b", 0.0)]) == []
-    assert propensity(join.advance(200.0)) == [("b", 0.0, 110.0)]
+    assert propensity(join.advance(110.0)) == [("a", 1.0, 110.0), ("b", 0.0, 110.0)]
 
 
 def test_labels_come_in_exposure_order_with_positives_and_negatives_interleaved():
@@ -149,6 +149,37 @@ def test_duplicates_and_repeated_conversions_change_nothing():
     assert propensity(join.advance(1e9)) == [("a", 1.0, 110.0), ("b", 0.0, 111.0)]  # one label each
 
 
+def test_an_exposure_redelivered_after_its_window_closed_is_not_labelled_again():
+    join = LabelJoin(JoinConfig(window_s=100.0, grace_s=10.0), CLICK, VALUE_SCALE)
+    join.add([exposure("d1", "a", 0.0), exposure("d2", "b", 50.0)])
+    assert join.add([reward("d1", "a", 20.0, 0.5)])[0].model == "value"
+    assert propensity(join.advance(111.0)) == [("a", 1.0, 110.0)]  # d1's window closed; d2 still waits
+    # at-least-once: d1 (and its conversion) come again after its label went out; d2 again while it waits
+    again = join.add([exposure("d1", "a", 0.0), reward("d1", "a", 20.0, 0.5), exposure("d2", "b", 50.0)])
+    assert again == [] and len(join) == 1 and join.closed == 1 and join.dropped == 0
+    assert propensity(join.advance(1e9)) == [("b", 0.0, 160.0)]  # one propensity label each, nothing more
+    join.add([exposure("d2", "b", 50.0), exposure("d3", "c", 1e9 - 109.0)])  # d2 closed at 1e9; d3 not
+    assert join.closed == 2 and len(join) == 1
+    join.advance(5.0)  # a watermark that went back (a slower worker joined) does not reopen closed windows
+    join.add([exposure("d1", "a", 0.0)])
+    assert join.closed == 3 and len(join) == 1
+
+
+def test_the_trainer_learns_a_redelivered_exposure_once_and_counts_the_copy():
+    live = LiveModels(ModelConfig(join=JoinConfig(window_s=100.0, grace_s=10.0), min_samples=1), CLICK,
+                      VALUE_SCALE)
+    live.training = True
+    live.learn([exposure("d1", "a", 0.0)], watermark=200.0)
+    live.learn([exposure("d1", "a", 0.0)], watermark=400.0)  # the copy, after SeenKeys forgot the key
+    assert live.train(100) == 1 and live.stats()["dropped"]["window_closed"] == 1
+    metrics = Metrics()
+    live.export(metrics)
+    text = metrics.exposition().decode()
+    found = [s.value for f in text_string_to_metric_families(text) for s in f.samples
+             if s.name == "cadence_model_labels_dropped_total" and s.labels == {"reason": "window_closed"}]
+    assert found == [1.0]
+
+
 def test_exposures_are_bounded_deduplicated_and_unknown_rewards_ignored():
     join = LabelJoin(JoinConfig(window_s=100.0, grace_s=0.0, capacity=2), CLICK, VALUE_SCALE)
     join.add([exposure("d1", "a", 0.0), exposure("d1", "a", 0.0), exposure("d2", "a", 1.0)])
@@ -159,11 +190,11 @@ def test_exposures_are_bounded_deduplicated_and_unknown_rewards_ignored():
     assert join.add([reward("d2", "a", 0.5, 0.5)]) == []  # a reward before its decision cannot be its effect
     assert sorted(lb.target for lb in join.advance(1e9)) == [0.0, 0.0]
     # a converted exposure waits like the others, so the oldest goes whatever its outcome
-    join.add([exposure("d4", "c", 10.0), exposure("d5", "d", 11.0)])
-    assert [lb.model for lb in join.add([reward("d4", "c", 12.0, 0.5)])] == ["value"]
-    join.add([exposure("d6", "e", 13.0)])
+    join.add([exposure("d4", "c", 1e9 + 10.0), exposure("d5", "d", 1e9 + 11.0)])
+    assert [lb.model for lb in join.add([reward("d4", "c", 1e9 + 12.0, 0.5)])] == ["value"]
+    join.add([exposure("d6", "e", 1e9 + 13.0)])
     assert join.dropped == 2
-    assert [(lb.action, lb.target) for lb in join.advance(1e9)] == [("d", 0.0), ("e", 0.0)]
+    assert [(lb.action, lb.target) for lb in join.advance(2e9)] == [("d", 0.0), ("e", 0.0)]
 
 
 def test_the_followed_share_is_stable_and_about_right():
