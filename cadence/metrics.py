@@ -148,6 +148,11 @@ class Metrics:
             "cadence_model_labels_dropped_total", "Labels dropped unlearned, by reason (bounds reached, rebalance)",
             ["reason"], registry=r,
         )
+        self.model_scorer_errors = Counter(
+            "cadence_model_scorer_errors_total", "Model scorer failures, by reason: layout (a published scorer "
+            "refused, its input layout is not this worker's context: a rolling deploy), score (requests decided "
+            "without model scores because the scorer failed)", ["reason"], registry=r,
+        )
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, cached: prometheus-client's lookup costs microseconds per event."""

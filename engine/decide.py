@@ -167,7 +167,12 @@ class BatchContexts:
         if not xs:
             return cls(row_of, None)
         contexts = np.array(xs)
-        logits = scorer.compiled.logits(contexts) if scorer is not None and scorer.ready else None
+        logits = None
+        if scorer is not None and scorer.ready:
+            try:
+                logits = scorer.compiled.logits(contexts)
+            except Exception:  # scored one by one in decide(), which decides without scores if it fails again
+                logits = None
         return cls(row_of, policy.prepare(contexts), scorer, logits)
 
     def logits_of(self, position: int, scorer: LiveScorer) -> list[float] | None:
@@ -207,7 +212,7 @@ def decide(event: Event, state: UserState | None, ctx: PolicyContext, policy: Po
     if models is not None and scorer is not None:
         actions = ctx.catalogue.placement_actions(placement)
         z = batch.logits_of(position, scorer) if batch is not None else None
-        scores = scorer.score(x, actions) if z is None else scorer.score_logits(z, actions)
+        scores = models.scores(scorer, x, actions, z)  # {} if the scorer fails: decided without scores
     outcome = decide_action(
         PolicyRequest(event.user_id, placement, event.ts, segment, consent, scores),
         states.of(state) if states is not None else policy_state_of(state),

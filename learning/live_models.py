@@ -21,6 +21,12 @@ One worker trains, every worker scores with the same published version:
   keyed by a digest of the user id (never the id), with the compact context vector as features, and hands
   resolved labels (without any id) to the trainer through ``take_churn_labels`` / ``add_churn_labels`` (the
   app ships them through Redis).
+- **Layout**: a scorer reads context vectors laid out as ``CompiledScorer.names``. ``use`` refuses a published
+  scorer whose names are not this worker's ``features.context.CONTEXT_NAMES`` (a rolling deploy that adds,
+  removes or reorders a feature: scored as it is, it would put wrong numbers, or an error, into every
+  decision); the worker keeps the scorer it had, logs why once per version and counts it. A scorer that still
+  fails while scoring leaves the request decided without model scores (counted, logged once per version),
+  as if no model were ready.
 
 Nothing here does I/O; ``streams/app.py`` moves the bytes.
 """
@@ -38,6 +44,7 @@ import numpy as np
 import orjson
 
 from contracts.decisions import LearningSample
+from features.context import CONTEXT_NAMES
 from features.erasure import user_digest
 from learning.label_join import JoinConfig, Label, LabelJoin
 from models.churn import ChurnLabel, ChurnLabeler
@@ -130,6 +137,15 @@ def decode_churn_labels(raw: bytes) -> list[Label]:
             for x64, y, ts in orjson.loads(raw)]
 
 
+def layout_difference(names: Sequence[str], ours: Sequence[str]) -> str:
+    """How a scorer's input names differ from this worker's, for a log line."""
+    if len(names) != len(ours):
+        extra, missing = [n for n in names if n not in ours], [n for n in ours if n not in names]
+        return f"{len(names)} inputs against {len(ours)} here (it has {extra[:5]}, lacks {missing[:5]})"
+    at = next(i for i, (a, b) in enumerate(zip(names, ours, strict=True)) if a != b)
+    return f"the same width ({len(ours)}) laid out otherwise (input {at} is {names[at]!r} there, {ours[at]!r} here)"
+
+
 def _watched(digest: str, share: float) -> bool:
     return share >= 1.0 or int(digest[:16], 16) / _HASH_SPACE < share
 
@@ -148,6 +164,8 @@ class LiveModels:
         self._dropped = {"join_full": 0, "churn_full": 0, "train_backlog": 0, "churn_outbox": 0, "rebalance": 0}
         self._training = False
         self._scorer: LiveScorer | None = None
+        self._scorer_errors = {"layout": 0, "score": 0}  # published scorers refused; requests scored without
+        self._logged: dict[str, int | None] = {"layout": None, "score": None}  # scorer version last logged
         self._exported: dict[str, int] = {}  # metric key -> total already exported
         self._baseline()
 
@@ -196,14 +214,46 @@ class LiveModels:
         return self._scorer
 
     def use(self, scorer: LiveScorer) -> None:
-        """A scorer another worker published."""
-        self._scorer = scorer
+        """A scorer another worker published; refused (kept the current one, logged, counted) when its input
+        layout is not this worker's context vector."""
+        names = scorer.compiled.names
+        if names == CONTEXT_NAMES:
+            self._scorer = scorer
+            return
+        if self._logged["layout"] == scorer.version:
+            return  # the exchange offers it again every second: refused already
+        self._logged["layout"] = scorer.version
+        self._scorer_errors["layout"] += 1
+        current = self._scorer
+        log.error(
+            "models: refused the published scorer version %d: its input layout is not this worker's context "
+            "(features.context.CONTEXT_NAMES): %s. It was compiled by a worker running other feature code; "
+            "this worker keeps %s. Finish the rolling deploy so that every worker, the snapshot leader that "
+            "publishes scorers included, runs the same version; the next scorer it publishes is loaded.",
+            scorer.version, layout_difference(names, CONTEXT_NAMES),
+            f"scorer version {current.version}" if current is not None else "deciding without model scores")
+
+    def scores(self, scorer: LiveScorer, x: np.ndarray | Sequence[float], actions: Sequence[str],
+               logits: Sequence[float] | None = None) -> dict[str, float]:
+        """``scorer``'s scores of ``x`` (or of its row of a batch's ``logits``); {} when the scorer fails, so
+        the request is decided without model scores rather than not at all (counted, logged once per version)."""
+        try:
+            return scorer.score(x, actions) if logits is None else scorer.score_logits(logits, actions)
+        except Exception as exc:
+            self._scorer_errors["score"] += 1
+            if self._logged["score"] != scorer.version:
+                self._logged["score"] = scorer.version
+                log.error("models: scorer version %d failed (%s: %s); requests are decided without model scores "
+                          "until a scorer that works is published (cadence_model_scorer_errors_total{reason="
+                          "\"score\"} counts them)", scorer.version, type(exc).__name__, exc)
+            return {}
 
     def stats(self) -> dict[str, Any]:
         return {"waiting_exposures": len(self._join), "watched_customers": len(self._churn),
                 "backlog": len(self._backlog), "churn_outbox": len(self._churn_outbox),
                 "dropped": {**self._dropped, "join_full": self._join.dropped, "window_closed": self._join.closed,
-                            "churn_full": self._churn.evicted}}
+                            "churn_full": self._churn.evicted},
+                "scorer_errors": dict(self._scorer_errors)}
 
     # -- labels ----------------------------------------------------------------------------------
     def learn(self, samples: Iterable[LearningSample], watermark: float) -> None:
@@ -290,7 +340,7 @@ class LiveModels:
         scorer = self._scorer
         if scorer is None:
             return {"model_version": None}
-        raw = scorer.score(x, actions)
+        raw = self.scores(scorer, x, actions)
         out: dict[str, Any] = {"model_version": scorer.version}
         for key in ("churn_risk", "value"):
             if key in raw:
@@ -315,6 +365,8 @@ class LiveModels:
         last = self._exported
         for reason, n in stats["dropped"].items():
             self._inc(metrics.model_labels_dropped.labels(reason), last, f"dropped:{reason}", n)
+        for reason, n in stats["scorer_errors"].items():
+            self._inc(metrics.model_scorer_errors.labels(reason), last, f"scorer_errors:{reason}", n)
         if not self._training:
             return
         for name, values in self._models.metrics().items():

@@ -25,15 +25,16 @@ from cadence.runtime import Runtime
 from cadence.settings import DEFAULT_CATALOGUE
 from contracts.decisions import LearningBatch, LearningSample, decode_batch, encode_samples
 from engine.processor import Engine, EngineConfig, RawMessage
-from features.context import CONTEXT_DIM
+from features.context import CONTEXT_DIM, CONTEXT_NAMES
 from features.erasure import user_digest
 from features.store import RedisFeatureStore
 from learning.label_join import JoinConfig
-from learning.live_models import LiveModels, ModelConfig
+from learning.live_models import MODEL_NAMES, LiveModels, LiveScorer, ModelConfig
 from learning.model_exchange import ModelExchange
 from learning.snapshots import SnapshotInfo, SnapshotStore
 from learning.source_progress import SourceProgress
 from learning.state import LearnedState
+from models.compiled import CompiledScorer
 from policy.catalogue import load_catalogue
 from policy.pipeline import PolicyContext
 from policy.stickiness import StickinessSettings
@@ -300,3 +301,46 @@ def test_conversions_of_a_worker_behind_the_others_are_learned_as_positives(runt
     assert (held_dropped, fastest_dropped) == (0, 3)
     # held open for the slow worker: 40 positives; closed at the fast worker's time: 40 negatives
     assert held > 0.5 > fastest, (held, fastest)
+
+
+def scorer_laid_out_as(names: tuple[str, ...], version: int, width: int | None = None) -> LiveScorer:
+    coef = np.random.default_rng(0).normal(size=(3, width if width is not None else len(names)))
+    return LiveScorer(CompiledScorer(names, version, coef, np.zeros(3), {}, 1.0), frozenset(MODEL_NAMES))
+
+
+def test_a_scorer_of_another_layout_is_refused_and_a_failing_scorer_dead_letters_nothing(runtime: Runtime) -> None:
+    """A scorer published by a worker of another code version (same width in another order, or a feature
+    more) is not adopted; a scorer that fails while deciding leaves the requests decided without scores."""
+    namespace = f"layout{uuid.uuid4().hex[:8]}"
+    engine = in_process_engine(runtime, namespace)
+    models = engine.models
+    exchange = ModelExchange(engine.store.client, namespace)
+
+    async def go() -> list:  # noqa: ANN202
+        outs = []
+        for i, scorer in enumerate([scorer_laid_out_as(tuple(reversed(CONTEXT_NAMES)), 7),
+                                    scorer_laid_out_as((*CONTEXT_NAMES, "new_feature"), 8),
+                                    scorer_laid_out_as(CONTEXT_NAMES, 9, width=CONTEXT_DIM + 1)]):
+            if i < 2:
+                await exchange.publish(scorer)  # another worker publishes
+                current = models.scorer
+                loaded = await exchange.newer_scorer(current.version if current is not None else None)
+                assert loaded is not None and loaded.version == scorer.version
+                models.use(loaded)  # what streams/app.py does with it
+            else:  # names right, coefficients one column too wide (from_json refuses it: it cannot be published)
+                models.use(scorer)
+            docs = [event(f"s{i}-{j}", user_id=f"l{i}-{j}", ts=T0 + 10 * i + j, device="mobile", consent=True,
+                          segment="vip") for j in range(5)]
+            outs.append((models.scorer, await engine.process_isolating(messages(docs))))
+        return outs
+
+    (first, reordered), (second, wider), (third, failing) = asyncio.run(go())
+    assert first is None and second is None and third is not None and third.version == 9  # 7 and 8 refused
+    for out in (reordered, wider, failing):
+        assert len(out.decisions) == 5 and not out.dead_letters
+        assert all("scores" not in d.trace for d in out.decisions)
+    assert models.stats()["scorer_errors"] == {"layout": 2, "score": 5}
+    models.export(engine.metrics)
+    errors = {s.labels["reason"]: s.value for f in text_string_to_metric_families(engine.metrics.exposition().decode())
+              for s in f.samples if s.name == "cadence_model_scorer_errors_total"}
+    assert errors == {"layout": 2.0, "score": 5.0}

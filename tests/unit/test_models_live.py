@@ -20,9 +20,10 @@ from features.context import CONTEXT_DIM, CONTEXT_NAMES, build_context
 from features.erasure import user_digest
 from features.state import UserState
 from learning.label_join import JoinConfig, LabelJoin, followed
-from learning.live_models import LiveModels, LiveScorer, ModelConfig, decode_churn_labels
+from learning.live_models import MODEL_NAMES, LiveModels, LiveScorer, ModelConfig, decode_churn_labels
 from learning.state import LearnedState
 from models import ModelSet
+from models.compiled import CompiledScorer
 from policy.catalogue import Catalogue, ScoreRule, load_catalogue
 from policy.pipeline import PolicyContext
 
@@ -421,6 +422,70 @@ def test_a_batch_scores_its_requests_in_one_product_with_the_scores_of_one_by_on
     # a scorer published after the batch was built is not the batch's: its requests are scored alone
     assert batch.logits_of(0, LiveScorer(scorer.compiled, scorer.ready)) is None
     assert BatchContexts.build(policy, [(0, events[0], states[0])], None).logits is None
+
+
+def exported(metrics: Metrics, name: str, **labels: str) -> float | None:
+    found = [s.value for f in text_string_to_metric_families(metrics.exposition().decode()) for s in f.samples
+             if s.name == name and s.labels == labels]
+    return found[0] if found else None
+
+
+def scorer_laid_out_as(names: tuple[str, ...], version: int = 7, width: int | None = None) -> LiveScorer:
+    coef = np.random.default_rng(0).normal(size=(3, width if width is not None else len(names)))
+    return LiveScorer(CompiledScorer(names, version, coef, np.zeros(3), {}, 1.0), frozenset(MODEL_NAMES))
+
+
+def test_a_published_scorer_laid_out_unlike_this_worker_is_refused_logged_and_counted(caplog):
+    live = offer_models()
+    mine = live.scorer
+    assert mine is not None
+    metrics = Metrics()
+    reordered = scorer_laid_out_as(tuple(reversed(CONTEXT_NAMES)), version=7)  # same width, other order
+    wider = scorer_laid_out_as((*CONTEXT_NAMES, "new_feature"), version=8)  # a rolling deploy adding one
+    with caplog.at_level("ERROR", logger="learning.live_models"):
+        live.use(reordered)
+        live.use(reordered)  # the exchange offers it again every second: logged and counted once
+        live.use(wider)
+    assert live.scorer is mine  # decisions keep the scorer they had
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 2 and all("refused the published scorer" in e for e in errors)
+    assert "version 7" in errors[0] and "'tenure' there, 'bias' here" in errors[0] and "rolling deploy" in errors[0]
+    assert "21 inputs against 20 here (it has ['new_feature'], lacks [])" in errors[1]
+    live.export(metrics)
+    assert exported(metrics, "cadence_model_scorer_errors_total", reason="layout") == 2
+    assert exported(metrics, "cadence_model_version") == mine.version
+    fresh = LiveModels(ModelConfig(), CLICK, VALUE_SCALE)
+    fresh.use(wider)  # a worker with no scorer yet decides without scores rather than with this one
+    assert fresh.scorer is None
+    same = scorer_laid_out_as(CONTEXT_NAMES, version=9)
+    fresh.use(same)
+    assert fresh.scorer is same
+
+
+def test_a_scorer_failing_on_a_batch_leaves_its_requests_decided_without_scores_and_counted(caplog):
+    live = LiveModels(ModelConfig(), CLICK, VALUE_SCALE)
+    broken = scorer_laid_out_as(CONTEXT_NAMES, width=CONTEXT_DIM + 1)  # names right, coefficients not
+    live.use(broken)
+    assert live.scorer is broken
+    ctx = engine_context(ScoreRule("propensity:offer_bundle", 0.3))
+    policy = make_policy("linucb", CONTEXT_DIM, seed=1)
+    events = [request(i) for i in range(3)]
+    states = [UserState(f"u{i}", {"seg": "vip", "dev": "mobile"}) for i in range(3)]
+    with caplog.at_level("ERROR", logger="learning.live_models"):
+        batch = BatchContexts.build(policy, list(zip(range(3), events, states, strict=True)), broken)
+        decided = [decide(e, states[i], ctx, policy, live, batch=batch, position=i) for i, e in enumerate(events)]
+        alone = decide(request(9), states[0], ctx, policy, live)
+    assert batch.logits is None and batch.prepared is not None
+    for d in [*decided, alone]:
+        assert d.pending is not None and "scores" not in d.decision.trace
+        assert d.decision.trace["removed"]["offer_bundle"] == "score"  # as with no scorer: a missing score
+    assert live.stats()["scorer_errors"] == {"layout": 0, "score": 4}
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "decided without model scores" in errors[0]
+    metrics = Metrics()
+    live.export(metrics)
+    assert exported(metrics, "cadence_model_scorer_errors_total", reason="score") == 4
+    assert live.profile_scores(context("vip"), ["offer_bundle"]) == {"model_version": broken.version}
 
 
 def test_profile_scores_rank_the_offer_that_converts_first():
