@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ import numpy as np
 import orjson
 
 from contracts.decisions import LearningSample
-from features.context import CONTEXT_NAMES
+from features.context import CONTEXT_DIM, CONTEXT_NAMES
 from features.erasure import user_digest
 from learning.label_join import JoinConfig, Label, LabelJoin
 from models.churn import ChurnLabel, ChurnLabeler
@@ -56,6 +57,13 @@ log = logging.getLogger(__name__)
 MODEL_NAMES = ("propensity", "churn", "value")
 SCORE_DIGITS = 4
 _HASH_SPACE = float(1 << 64)
+CHURN_CHUNK = 1_000  # churn labels per shipped chunk (one entry of the Redis list) at most
+
+
+def churn_chunk_bytes(dim: int = CONTEXT_DIM, labels: int = CHURN_CHUNK) -> int:
+    """Most bytes an encoded chunk of ``labels`` churn labels takes: per label the base64 of ``dim`` float32
+    and at most 40 more (churned, ts, JSON punctuation); 148,002 for 1,000 labels of 20 features."""
+    return 2 + labels * (4 * math.ceil(4 * dim / 3) + 40)
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,12 +289,13 @@ class LiveModels:
             self._churn_outbox.extend(labels[:max(room, 0)])
             self._dropped["churn_outbox"] += max(0, len(labels) - max(room, 0))
 
-    def take_churn_labels(self) -> bytes | None:
-        """Resolved churn labels to ship to the trainer (encoded, without ids); None when there are none."""
+    def take_churn_labels(self) -> list[bytes] | None:
+        """Resolved churn labels to ship to the trainer (encoded, without ids) in chunks of at most
+        ``CHURN_CHUNK`` labels (``churn_chunk_bytes()`` each, an entry of the Redis list); None when none."""
         if not self._churn_outbox:
             return None
         labels, self._churn_outbox = self._churn_outbox, []
-        return encode_churn_labels(labels)
+        return [encode_churn_labels(labels[i:i + CHURN_CHUNK]) for i in range(0, len(labels), CHURN_CHUNK)]
 
     def add_churn_labels(self, encoded: Iterable[bytes]) -> None:
         """Churn labels shipped by the partition owners (the trainer calls this)."""

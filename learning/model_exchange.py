@@ -7,23 +7,37 @@ Keys (namespace = app id):
   to. The trainer writes it with each snapshot; the other workers read ``version`` and ``generation`` once
   a second and the blob when the version changed. A scorer of an older generation than the worker's (one
   published before a rollback) is not loaded: the worker keeps the rolled-back models' scorer.
-- ``{ns}:models:churn``   list of encoded churn-label batches (no user ids), pushed by partition owners
-  about once a second, popped by the trainer. Trimmed to the newest ``max_batches`` so that a cluster
-  without a trainer cannot grow it without bound.
+- ``{ns}:models:churn``   list of encoded churn-label chunks (no user ids) of at most ``CHURN_CHUNK`` (1,000)
+  labels each, pushed by partition owners about once a second, popped by the trainer. Bounded in bytes: an
+  entry takes at most ``churn_chunk_bytes()`` (148 kB with 20 features; ~133 kB in practice), and the list
+  is trimmed to the newest ``max_bytes`` (128 MiB) worth of entries (906), so a cluster without a trainer,
+  or with a stuck one, holds at most that much. A batch pushed in one piece (an older worker's whole outbox,
+  up to 6.4 MB) is split into chunks first. The trainer pops at most ``read_bytes`` (2 MiB, 14 chunks,
+  14,000 labels, about ten times what it learns in a second) per call.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import orjson
 import redis.asyncio as aioredis
 
-from learning.live_models import LiveScorer
+from learning.live_models import CHURN_CHUNK, LiveScorer, churn_chunk_bytes
+
+CHURN_LIST_BYTES = 128 * 1024 * 1024  # the churn-label list holds at most this much (newest kept)
+CHURN_READ_BYTES = 2 * 1024 * 1024  # the trainer pops at most this much at once
 
 
 class ModelExchange:
-    def __init__(self, client: aioredis.Redis, namespace: str, max_batches: int = 10_000) -> None:
+    def __init__(self, client: aioredis.Redis, namespace: str, max_bytes: int = CHURN_LIST_BYTES,
+                 read_bytes: int = CHURN_READ_BYTES, max_batches: int | None = None) -> None:
+        """``max_batches`` overrides the entries kept (default: as many chunks as fit in ``max_bytes``)."""
         self.client = client
         self.namespace = namespace
-        self.max_batches = max_batches
+        self.chunk_bytes = churn_chunk_bytes()
+        self.max_batches = max_batches if max_batches is not None else max(1, max_bytes // self.chunk_bytes)
+        self.read_batches = max(1, read_bytes // self.chunk_bytes)
         self.scorer_key = f"{namespace}:models:scorer"
         self.churn_key = f"{namespace}:models:churn"
 
@@ -40,13 +54,26 @@ class ModelExchange:
         blob = await self.client.hget(self.scorer_key, "blob")
         return LiveScorer.from_json(blob.encode() if isinstance(blob, str) else blob) if blob is not None else None
 
-    async def push_churn(self, batch: bytes) -> None:
+    async def push_churn(self, chunks: bytes | Sequence[bytes]) -> None:
+        """Chunks from ``LiveModels.take_churn_labels`` (one encoded batch too: split if larger than a chunk)."""
+        entries = [piece for chunk in ([chunks] if isinstance(chunks, bytes) else chunks)
+                   for piece in self._split(chunk)]
+        if not entries:
+            return
         async with self.client.pipeline(transaction=False) as pipe:
-            pipe.rpush(self.churn_key, batch)
+            pipe.rpush(self.churn_key, *entries[-self.max_batches:])
             pipe.ltrim(self.churn_key, -self.max_batches, -1)
             await pipe.execute()
 
-    async def pop_churn(self, most: int = 100) -> list[bytes]:
+    def _split(self, chunk: bytes) -> list[bytes]:
+        if len(chunk) <= self.chunk_bytes:
+            return [chunk]
+        rows = orjson.loads(chunk)
+        return [orjson.dumps(rows[i:i + CHURN_CHUNK]) for i in range(0, len(rows), CHURN_CHUNK)]
+
+    async def pop_churn(self, most: int | None = None) -> list[bytes]:
+        """The oldest chunks, at most ``most`` (default ``read_batches``: ``read_bytes`` worth)."""
+        most = self.read_batches if most is None else most
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.lrange(self.churn_key, 0, most - 1)
             pipe.ltrim(self.churn_key, most, -1)

@@ -29,11 +29,20 @@ from features.context import CONTEXT_DIM, CONTEXT_NAMES
 from features.erasure import user_digest
 from features.store import RedisFeatureStore
 from learning.label_join import JoinConfig
-from learning.live_models import MODEL_NAMES, LiveModels, LiveScorer, ModelConfig
+from learning.live_models import (
+    CHURN_CHUNK,
+    MODEL_NAMES,
+    LiveModels,
+    LiveScorer,
+    ModelConfig,
+    churn_chunk_bytes,
+    encode_churn_labels,
+)
 from learning.model_exchange import ModelExchange
 from learning.snapshots import SnapshotInfo, SnapshotStore
 from learning.source_progress import SourceProgress
 from learning.state import LearnedState
+from models.churn import ChurnLabel
 from models.compiled import CompiledScorer
 from policy.catalogue import load_catalogue
 from policy.pipeline import PolicyContext
@@ -87,9 +96,9 @@ async def seeded_stream(engine: Engine, exchange: ModelExchange, rng: np.random.
             if d.action.startswith("offer_") and rng.random() < p:
                 pending.append(event(f"c-{d.decision_id}", user_id=d.user_id, etype="conversion", ts=d.ts + 120,
                                      decision_id=d.decision_id, revenue=float(rng.uniform(20, 40))))
-        batch = engine.models.take_churn_labels()
-        if batch is not None:
-            await exchange.push_churn(batch)
+        chunks = engine.models.take_churn_labels()
+        if chunks is not None:
+            await exchange.push_churn(chunks)
         engine.models.add_churn_labels(await exchange.pop_churn())
         while engine.models.train(1000):
             pass
@@ -344,3 +353,36 @@ def test_a_scorer_of_another_layout_is_refused_and_a_failing_scorer_dead_letters
     errors = {s.labels["reason"]: s.value for f in text_string_to_metric_families(engine.metrics.exposition().decode())
               for s in f.samples if s.name == "cadence_model_scorer_errors_total"}
     assert errors == {"layout": 2.0, "score": 5.0}
+
+
+def test_the_churn_label_list_is_bounded_in_bytes_and_read_in_bounded_steps(runtime: Runtime) -> None:
+    """Nobody pops (no trainer): the list keeps the newest chunks within its byte budget, whatever a worker
+    pushes at once (a whole outbox of 50,000 labels, or an unsplit batch from an older worker)."""
+    client = aioredis.Redis.from_url(runtime.redis_url or "")
+    x = np.random.default_rng(0).random(CONTEXT_DIM).astype(np.float32).tobytes()
+    outbox = [ChurnLabel("d", x, 1, T0 + i, T0 + i) for i in range(ModelConfig().churn_outbox)]
+    owner = LiveModels(ModelConfig(churn_horizon_s=DAY), 0.1, 100.0)
+    for i in range(len(outbox)):
+        owner.observe(f"c{i}", T0 + i, np.frombuffer(x, dtype=np.float32))
+    owner.advance_activity(T0 + 10 * DAY)  # all of them churned at once: a full outbox, as a catch-up leaves it
+    chunks = owner.take_churn_labels()
+    assert chunks is not None and len(chunks) == len(outbox) // CHURN_CHUNK
+    budget = 2 * 1024 * 1024
+    small = ModelExchange(client, f"churn{uuid.uuid4().hex[:8]}", max_bytes=budget)
+    default = ModelExchange(client, "unused")
+
+    async def go() -> tuple[int, int, list[int], int]:
+        for _ in range(3):  # a worker pushing its full outbox every second, nobody popping
+            await small.push_churn(chunks)
+        await small.push_churn(encode_churn_labels(outbox))  # one unsplit batch: split on the way in
+        length, used = await client.llen(small.churn_key), await client.memory_usage(small.churn_key, samples=0)
+        read = [len(await small.pop_churn()) for _ in range(3)]
+        left = await client.llen(small.churn_key)
+        await client.delete(small.churn_key)
+        return length, used, read, left
+
+    length, used, read, left = asyncio.run(go())
+    assert length == small.max_batches == budget // churn_chunk_bytes() and used <= budget, (length, used)
+    assert default.max_batches * churn_chunk_bytes() <= 128 * 1024 * 1024  # the default budget
+    assert read[0] == small.read_batches and sum(read) + left == length  # the trainer reads a bounded step
+    assert small.read_batches * churn_chunk_bytes() <= 2 * 1024 * 1024

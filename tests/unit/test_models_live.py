@@ -20,7 +20,15 @@ from features.context import CONTEXT_DIM, CONTEXT_NAMES, build_context
 from features.erasure import user_digest
 from features.state import UserState
 from learning.label_join import JoinConfig, LabelJoin, followed
-from learning.live_models import MODEL_NAMES, LiveModels, LiveScorer, ModelConfig, decode_churn_labels
+from learning.live_models import (
+    CHURN_CHUNK,
+    MODEL_NAMES,
+    LiveModels,
+    LiveScorer,
+    ModelConfig,
+    churn_chunk_bytes,
+    decode_churn_labels,
+)
 from learning.state import LearnedState
 from models import ModelSet
 from models.compiled import CompiledScorer
@@ -296,17 +304,33 @@ def test_churn_labels_come_from_activity_carry_no_id_and_train_the_trainer():
         for i in range(10):
             owner.observe(f"loyal{i}", float(t) + i, context("loyal", hour=float(t % day) / 3600))
         owner.advance_activity(float(t))
-    batch = owner.take_churn_labels()
-    assert owner.take_churn_labels() is None
-    assert b"new" not in batch and b"loyal" not in batch  # ids never leave the owner
-    labels = decode_churn_labels(batch)
+    chunks = owner.take_churn_labels()
+    assert chunks is not None and owner.take_churn_labels() is None
+    assert not [c for c in chunks if b"new" in c or b"loyal" in c]  # ids never leave the owner
+    labels = [lb for c in chunks for lb in decode_churn_labels(c)]
     assert sum(lb.target for lb in labels) == 60 and len(labels) > 200
-    trainer.add_churn_labels([batch])
+    trainer.add_churn_labels(chunks)
     while trainer.train():
         pass
     scores = trainer.publish()
     assert "churn" in scores.ready
     assert scores.score(context("new"), [])["churn_risk"] > 0.5 > scores.score(context("loyal"), [])["churn_risk"]
+
+
+def test_churn_labels_ship_in_chunks_of_bounded_size():
+    # a batch used to be the whole outbox (up to 50,000 labels, 6.4 MB) in one entry of the Redis list
+    owner = LiveModels(ModelConfig(churn_horizon_s=100.0), CLICK, VALUE_SCALE)
+    n = 2 * CHURN_CHUNK + 345
+    for i in range(n):
+        owner.observe(f"gone{i}", float(i), context("new"))
+    owner.advance_activity(1e6)  # every one of them churned, labelled at once
+    chunks = owner.take_churn_labels()
+    assert chunks is not None and owner.take_churn_labels() is None
+    sizes = [len(decode_churn_labels(c)) for c in chunks]
+    assert sizes == [CHURN_CHUNK, CHURN_CHUNK, 345]
+    assert max(len(c) for c in chunks) <= churn_chunk_bytes() < 160_000  # ~133 B a label with 20 features
+    assert [lb.ts for c in chunks for lb in decode_churn_labels(c)] == sorted(lb.ts for c in chunks
+                                                                            for lb in decode_churn_labels(c))
 
 
 def test_erasure_and_rebalance_drop_watched_customers():
