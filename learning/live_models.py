@@ -221,6 +221,11 @@ class LiveModels:
         self._scorer = LiveScorer(self._models.compile(), ready)
         return self._scorer
 
+    @property
+    def refused_scorer(self) -> int | None:
+        """The version of the last published scorer ``use`` refused (not fetched again)."""
+        return self._logged["layout"]
+
     def use(self, scorer: LiveScorer) -> None:
         """A scorer another worker published; refused (kept the current one, logged, counted) when its input
         layout is not this worker's context vector."""

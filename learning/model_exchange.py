@@ -45,11 +45,14 @@ class ModelExchange:
         await self.client.hset(self.scorer_key, mapping={"version": scorer.version, "blob": scorer.to_json(),
                                                          "generation": generation})
 
-    async def newer_scorer(self, than: int | None, generation: int = 0) -> LiveScorer | None:
-        """The published scorer if its version differs from ``than`` and it was published in snapshot
-        generation ``generation`` or later (None: nothing new, or only a scorer from before a rollback)."""
+    async def newer_scorer(
+        self, than: int | None, generation: int = 0, refused: int | None = None
+    ) -> LiveScorer | None:
+        """The published scorer if its version differs from ``than`` (and from ``refused``, one this worker
+        turned down already) and it was published in snapshot generation ``generation`` or later (None: nothing
+        new, or only a scorer from before a rollback)."""
         raw, published_in = await self.client.hmget(self.scorer_key, ["version", "generation"])
-        if raw is None or (than is not None and int(raw) == than) or int(published_in or 0) < generation:
+        if raw is None or int(raw) in (than, refused) or int(published_in or 0) < generation:
             return None
         blob = await self.client.hget(self.scorer_key, "blob")
         return LiveScorer.from_json(blob.encode() if isinstance(blob, str) else blob) if blob is not None else None

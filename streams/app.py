@@ -428,7 +428,7 @@ def create_app(settings: Settings) -> faust.App:
             else:
                 current = models.scorer
                 scorer = await exchange.newer_scorer(current.version if current is not None else None,
-                                                     status["generation"])
+                                                     status["generation"], models.refused_scorer)
                 if scorer is not None:
                     models.use(scorer)
         except Exception as exc:  # Redis away: keep deciding with the scorer we have

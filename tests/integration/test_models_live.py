@@ -336,6 +336,9 @@ def test_a_scorer_of_another_layout_is_refused_and_a_failing_scorer_dead_letters
                 loaded = await exchange.newer_scorer(current.version if current is not None else None)
                 assert loaded is not None and loaded.version == scorer.version
                 models.use(loaded)  # what streams/app.py does with it
+                current = models.scorer  # refused: it is not fetched again every second
+                assert models.refused_scorer == scorer.version and await exchange.newer_scorer(
+                    current.version if current is not None else None, 0, models.refused_scorer) is None
             else:  # names right, coefficients one column too wide (from_json refuses it: it cannot be published)
                 models.use(scorer)
             docs = [event(f"s{i}-{j}", user_id=f"l{i}-{j}", ts=T0 + 10 * i + j, device="mobile", consent=True,
