@@ -57,9 +57,12 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from contracts.decisions import LearningSample
 
 _HASH_SPACE = float(1 << 64)
+_F32 = np.dtype(np.float32)  # positional dtype: numpy parses keywords slowly
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,14 @@ class _Waiting:
     x: array
     revenue_learned: bool = False
     converted: bool = False  # a conversion came within window_s: label 1 when the window closes
+
+
+def _float32(x: Sequence[float] | np.ndarray) -> array:
+    """``array("f", x)``, the same floats, converted by numpy in one call instead of element by element
+    (a third of the time for a context vector)."""
+    out = array("f")
+    out.frombytes(np.asarray(x, _F32).tobytes())
+    return out
 
 
 def followed(decision_id: str, share: float) -> bool:
@@ -165,7 +176,7 @@ class LabelJoin:
                 if len(waiting) >= config.capacity:
                     waiting.popitem(last=False)
                     self._dropped += 1
-                exposed = waiting[s.decision_id] = _Waiting(sys.intern(s.action), s.ts, array("f", s.x))
+                exposed = waiting[s.decision_id] = _Waiting(sys.intern(s.action), s.ts, _float32(s.x))
                 early = self._early.pop(s.decision_id, None) if self._early else None
                 if early is not None:
                     self._convert(exposed, *early, out)
