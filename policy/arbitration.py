@@ -106,7 +106,7 @@ class Terms:
         return out
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per request, and a frozen __init__ costs 3-4x; never changed
 class Arbitrated:
     action: str  # the candidate (stickiness may still keep the incumbent)
     probability: float

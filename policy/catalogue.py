@@ -71,7 +71,7 @@ class Placement:
     stickiness: StickinessSettings = StickinessSettings()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per request, and a frozen __init__ costs 3-4x; never changed
 class Request:
     """What the eligibility filters look at."""
 

@@ -54,7 +54,7 @@ from policy.stickiness import commit, judge, pin
 Selector = Callable[[Sequence[str]], Choice]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per request, and a frozen __init__ costs 3-4x; never changed
 class PolicyRequest:
     user_id: str
     placement: str

@@ -119,7 +119,7 @@ class StickyState:
         return cls(action, float(since), tuple(float(since - a) for a in ages))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per request, and a frozen __init__ costs 3-4x; never changed
 class StickyVerdict:
     """What to show: the challenger (change allowed, or nothing to change), the incumbent (kept), or
     the placement's default (``withdrawn``: the incumbent may not be shown and no change is allowed)."""
