@@ -24,7 +24,7 @@ from bandits.base import Choice, Policy, Prepared
 from contracts.decisions import Decision, Mode, decision_id_for
 from contracts.events import Event
 from engine.pending import PendingDecision
-from features.context import build_context
+from features.context import build_context, context_values
 from features.state import UserState
 from learning.live_models import SCORE_DIGITS, LiveModels, LiveScorer
 from policy.catalogue import NO_ACTION
@@ -159,11 +159,11 @@ class BatchContexts:
         """Contexts of the requests that will need the bandit (``(position, event, state)``; consent not
         refused); with ``scorer``, their model scores' affine maps too, in one product."""
         row_of: dict[int, int] = {}
-        xs: list[np.ndarray] = []
+        xs: list[list[float]] = []
         for position, event, state in requests:
             if consent_of(event, state) is not False:
                 row_of[position] = len(xs)
-                xs.append(build_context(event, state))
+                xs.append(context_values(event, state))
         if not xs:
             return cls(row_of, None)
         contexts = np.array(xs)

@@ -88,6 +88,11 @@ def history_features(event: Event, state: UserState | None) -> dict[str, float]:
 
 def build_context(event: Event, state: UserState | None) -> np.ndarray:
     """The ``CONTEXT_DIM`` vector laid out as ``CONTEXT_NAMES`` (history block weighted by HISTORY_WEIGHT)."""
+    return np.array(context_values(event, state))
+
+
+def context_values(event: Event, state: UserState | None) -> list[float]:
+    """``build_context`` as a list (a batch's lists become one matrix in one numpy call)."""
     x = [0.0] * CONTEXT_DIM
     x[0] = 1.0
     device = event.device or (state.device if state else None)
@@ -103,4 +108,4 @@ def build_context(event: Event, state: UserState | None) -> np.ndarray:
     x[_HOUR_AT + 2] = 1.0 if ((int(t // _DAY_S) + 3) % 7) >= 5 else 0.0  # 1970-01-01 was a Thursday
     if state is not None and state.exists:
         x[POLICY_DIM:] = [HISTORY_WEIGHT * v for v in _history_values(t, state)]
-    return np.array(x)
+    return x
