@@ -123,6 +123,9 @@ class Settings(BaseSettings):
         0.05, ge=0, le=1, description="Share of users in the global control group (default action, measures lift)."
     )
     holdout_salt: str = Field("cadence-1", min_length=1, description="Change it to draw a new control group.")
+    holdout_placements: str = Field(
+        "", description="Comma-separated placement ids the holdout applies to (empty: every placement)."
+    )
     bid_multiplier_low: float = Field(0.5, gt=0, description="Lowest bid multiplier sent on bid-signals.")
     bid_multiplier_high: float = Field(2.0, gt=0, description="Highest bid multiplier sent on bid-signals.")
     models_enabled: bool = Field(True, description="Score with and train the River models (propensity, churn, value).")

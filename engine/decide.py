@@ -66,9 +66,12 @@ def _decision(event: Event, action: str, probability: float, mode: Mode, policy:
 
 
 def fallback(event: Event, ctx: PolicyContext, policy: Policy, reason: str, consent: bool | None = None) -> Decided:
-    """The placement's default action (or "none" where ``consent`` or its dates withhold it), marked as a
-    fallback with its reason."""
-    action, withheld = ctx.catalogue.fallback_action(event.placement or "", event.ts, consent)
+    """The placement's default action (or "none" where ``consent``, its dates or a ban lever withhold it),
+    marked as a fallback with its reason."""
+    placement = event.placement or ""
+    action, withheld = ctx.catalogue.fallback_action(placement, event.ts, consent)
+    if action != NO_ACTION and action in ctx.levers.active(event.ts, event.user_id, event.segment, placement).bans:
+        action, withheld = NO_ACTION, "ban"
     trace: dict[str, Any] = {"fallback": reason}
     if withheld is not None:
         trace["default_withheld"] = withheld

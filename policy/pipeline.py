@@ -104,6 +104,18 @@ def decide_action(
     trace: dict[str, Any] = {}
     grouped = False
 
+    def default_shown(bans: frozenset[str]) -> str:
+        """The default a fallback or the holdout shows: "none" when a ban lever or the action's daily cap
+        for this user holds it back (as they remove it from the eligible set), noted in the trace."""
+        nonlocal withheld
+        if default in bans:
+            withheld = "ban"
+        elif default != NO_ACTION and action_capped(contact, history, default, ts):
+            withheld = ContactCap.ACTION_DAILY_CAP.value
+        else:
+            return default
+        return NO_ACTION
+
     def finish(action: str, mode: Mode, p: float, choice: Choice | None = None) -> PolicyOutcome:
         """The outcome; a shown action counts as a contact and against the action's daily budgets."""
         if withheld is not None and mode in (Mode.FALLBACK, Mode.HOLDOUT):
@@ -122,17 +134,18 @@ def decide_action(
     # From here on every outcome is in the control or the treated group. Control users get the default,
     # levers or not (a kill switch would show them the same); for treated users the levers are part of
     # what the engine does, so the lift measures them too.
+    # A ban holds the default back from both groups (a broken or withdrawn action is shown to nobody).
     grouped = context.holdout is not None
+    levers = context.levers.active(ts, request.user_id, request.segment, placement.id)
     if context.holdout is not None and context.holdout.in_control(request.user_id, placement.id):
         trace["holdout"] = context.holdout.scope
-        return finish(default, Mode.HOLDOUT, 1.0)
+        return finish(default_shown(levers.bans), Mode.HOLDOUT, 1.0)
 
-    levers = context.levers.active(ts, request.user_id, request.segment, placement.id)
     if levers.lever_ids:
         trace["levers"] = list(levers.lever_ids)
     if levers.kill is not None:
         trace["fallback"] = "kill_switch"
-        return finish(default, Mode.FALLBACK, 1.0)
+        return finish(default_shown(levers.bans), Mode.FALLBACK, 1.0)
 
     eligible = cat.eligible(placement.id, ts, request.segment, request.consent, request.scores, budgets)
     drop = {a: "ban" for a in eligible if a in levers.bans}
@@ -156,7 +169,7 @@ def decide_action(
         trace["pin_ignored"] = eligible.removed.get(levers.pin, "not_in_placement")
     if not eligible:
         trace["fallback"] = "no_eligible_action"
-        return finish(default, Mode.FALLBACK, 1.0)
+        return finish(default_shown(levers.bans), Mode.FALLBACK, 1.0)
 
     settings = placement.stickiness
     incumbent = state.sticky.get(placement.id)
@@ -199,7 +212,7 @@ def decide_action(
         reason = verdict.kept.value if verdict.kept else ""
         trace["fallback"] = "incumbent_unavailable"
         trace["withdrawn"] = {"incumbent": verdict.action, "reason": reason, **verdict.detail}
-        return finish(default, Mode.FALLBACK, 1.0, choice)
+        return finish(default_shown(levers.bans), Mode.FALLBACK, 1.0, choice)
     if verdict.kept is not None:
         trace["sticky"] = {"reason": verdict.kept.value, "challenger": verdict.challenger, **verdict.detail}
         return finish(verdict.action, Mode.STICKY, 1.0, choice)

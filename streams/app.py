@@ -63,8 +63,15 @@ def redis_client(settings: Settings) -> aioredis.Redis:
 
 
 def build_policy_context(settings: Settings, workers: int = 1) -> PolicyContext:
-    holdout = HoldoutConfig(settings.holdout_share, settings.holdout_salt) if settings.holdout_share > 0 else None
-    return PolicyContext(load_catalogue(settings.catalogue), holdout=holdout, budgets=WorkerBudgets(share=1 / workers))
+    catalogue = load_catalogue(settings.catalogue)
+    placements = tuple(p.strip() for p in settings.holdout_placements.split(",") if p.strip())
+    unknown = [p for p in placements if p not in catalogue.placements]
+    if unknown:
+        raise ValueError(f"CADENCE_HOLDOUT_PLACEMENTS names placements the catalogue does not have: {unknown}; "
+                         f"use ids of {sorted(catalogue.placements)}, or leave it empty for every placement")
+    holdout = (HoldoutConfig(settings.holdout_share, settings.holdout_salt, placements=placements)
+               if settings.holdout_share > 0 else None)
+    return PolicyContext(catalogue, holdout=holdout, budgets=WorkerBudgets(share=1 / workers))
 
 
 def model_config(settings: Settings) -> ModelConfig:

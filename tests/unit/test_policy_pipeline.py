@@ -500,3 +500,38 @@ def test_the_lift_groups_hold_every_request_past_the_holdout_split() -> None:
     assert (killed.mode, killed.grouped, killed.trace["fallback"]) == (Mode.FALLBACK, True, "kill_switch")
     kept_out = outcome(context(lever(LeverKind.KILL), holdout=control))
     assert (kept_out.mode, kept_out.grouped, kept_out.trace.get("fallback")) == (Mode.HOLDOUT, True, None)
+
+
+def ad_catalogue_with_a_default() -> Catalogue:
+    catalogue = make_catalogue()
+    catalogue.placements["slot"] = Placement("slot", "ad", "cr1")
+    return catalogue
+
+
+def test_a_default_shown_by_a_fallback_keeps_to_its_daily_cap() -> None:
+    # "cr2" banned, "cr1" the default: once cr1 reaches its 2 a day, nothing is eligible and the fallback
+    # used to show the default anyway (4 impressions of cr1 in one day)
+    ctx = PolicyContext(ad_catalogue_with_a_default(), LeverBook(), None, WorkerBudgets())
+    ctx.levers.apply(lever(LeverKind.BAN, "cr2"))
+    state, shown = UserPolicyState(), []
+    for i in range(4):
+        out = decide_action(PolicyRequest("u1", "slot", NOON + 60 * i), state, ctx, FakeBandit(SCORES))
+        state = out.state
+        shown.append((out.action, out.trace.get("fallback"), out.trace.get("default_withheld")))
+    assert [a for a, _, _ in shown] == ["cr1", "cr1", "none", "none"]
+    assert shown[2:] == [("none", "no_eligible_action", "action_daily_cap")] * 2
+
+
+@pytest.mark.parametrize("way", ["kill switch", "nothing eligible", "holdout"])
+def test_a_banned_default_is_shown_to_nobody(way: str) -> None:
+    levers = [lever(LeverKind.BAN, "digest")]
+    if way == "kill switch":
+        levers.append(lever(LeverKind.KILL))
+    if way == "nothing eligible":
+        levers.append(lever(LeverKind.BAN, "winback"))
+    holdout = HoldoutConfig(share=1.0, salt="s") if way == "holdout" else None
+    out = decide_action(PolicyRequest("u1", "news", NOON), UserPolicyState(), context(*levers, holdout=holdout),
+                        FakeBandit(SCORES))
+    assert out.action == "none" and out.trace["default_withheld"] == "ban"
+    assert out.mode is (Mode.HOLDOUT if way == "holdout" else Mode.FALLBACK)
+    assert not out.state.contacts  # nothing shown, no contact counted

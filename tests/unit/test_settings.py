@@ -72,3 +72,14 @@ def test_validation_errors_and_repr_never_show_secrets() -> None:
 def test_a_misspelled_setting_is_named_with_the_closest_one() -> None:
     found = Settings.unknown_environment({"CADENCE_API_TOKNE": "x", "CADENCE_API_TOKEN": "y", "PATH": "/bin"})
     assert found == ["CADENCE_API_TOKNE (did you mean CADENCE_API_TOKEN?)"]
+
+
+def test_the_holdout_can_be_narrowed_to_placements_the_catalogue_has() -> None:
+    from streams.app import build_policy_context
+
+    holdout = build_policy_context(Settings(holdout_share=1.0, holdout_placements="home_hero, newsletter")).holdout
+    assert holdout is not None and holdout.placements == ("home_hero", "newsletter")
+    assert holdout.in_control("u1", "home_hero") and not holdout.in_control("u1", "product_sidebar")
+    assert build_policy_context(Settings(holdout_share=1.0)).holdout.in_control("u1", "product_sidebar")
+    with pytest.raises(ValueError, match=r"does not have: \['home-hero'\]; use ids of"):
+        build_policy_context(Settings(holdout_placements="home-hero"))
