@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 Process = Callable[[list[RawMessage], Callable[[BatchOutput], None]], Awaitable[BatchOutput]]
 
 
+RequestKey = tuple[str, str, str]  # (user_id, event id, placement) of a request: its decision has the same
+
+
 class EngineFailed(RuntimeError):
     """The engine raised on the batch this request was in (logged once per batch, with the traceback)."""
 
@@ -48,14 +51,14 @@ class DecideBatcher:
         self.emit_soon = emit_soon
         self.max_batch = max_batch
         self.max_storing = max_storing
-        self._queue: list[tuple[str, RawMessage, asyncio.Future[Answer]]] = []
+        self._queue: list[tuple[RequestKey, RawMessage, asyncio.Future[Answer]]] = []
         self._drainer: asyncio.Task | None = None
         self._storing: list[asyncio.Task] = []  # batches decided (answered) whose engine call has not returned
 
-    async def decide(self, event_id: str, message: RawMessage) -> Answer:
-        """The answer to one request (``event_id``: the request's event id, ``message``: its event)."""
+    async def decide(self, request: RequestKey, message: RawMessage) -> Answer:
+        """The answer to one request (``request``: its user, event id and placement; ``message``: its event)."""
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self._queue.append((event_id, message, future))
+        self._queue.append((request, message, future))
         if self._drainer is None:
             self._drainer = asyncio.ensure_future(self._drain())
         return await future
@@ -77,16 +80,17 @@ class DecideBatcher:
         finally:
             self._drainer = None
 
-    async def _run(self, batch: list[tuple[str, RawMessage, asyncio.Future[Answer]]],
+    async def _run(self, batch: list[tuple[RequestKey, RawMessage, asyncio.Future[Answer]]],
                    answered: asyncio.Future[None]) -> None:
         def answer(out: BatchOutput) -> None:
             """Called by the engine once the batch is decided, before its state write is stored."""
             self.emit_soon(out)
-            decisions = {d.request_event_id: d for d in out.decisions}
+            # a request_id is unique per user only: two users' requests may share one in a batch
+            decisions = {(d.user_id, d.request_event_id, d.placement): d for d in out.decisions}
             refused = {id(dl.raw): dl for dl in out.dead_letters}
-            for event_id, message, future in batch:
+            for request, message, future in batch:
                 if not future.done():
-                    future.set_result(Answer(decisions.get(event_id), refused.get(id(message.value))))
+                    future.set_result(Answer(decisions.get(request), refused.get(id(message.value))))
             if not answered.done():
                 answered.set_result(None)
 

@@ -35,6 +35,7 @@ REQUEST_TYPES = {"web": ("web-events", "page_view"), "email": ("email-events", "
                  "ad": ("ad-events", "ad_request")}
 MAX_BODY_BYTES = 16 * 1024
 OPTIONAL_PARAMS = ("device", "segment", "page", "campaign_id")
+KNOWN_PARAMS = frozenset({"user_id", "placement", "request_id", "ts", "consent", *OPTIONAL_PARAMS})
 
 
 @dataclass(slots=True)
@@ -98,18 +99,25 @@ def _too_many(web: faust.web.View, wait: float) -> faust.web.Response:
 def decide_request(params: dict[str, str], placement_channel: str, now: float) -> tuple[str, str, bytes]:
     """The decision-request event (event id, topic, JSON bytes) for an HTTP call, validated later like any event."""
     topic, etype = REQUEST_TYPES[placement_channel]
+    ts = float(params["ts"]) if params.get("ts") else now
+    if not math.isfinite(ts):
+        raise ValueError(f"ts {params['ts']!r} is not a finite number")
     doc: dict[str, Any] = {
         "event_id": params.get("request_id") or f"http-{uuid.uuid4().hex}",
         "user_id": params.get("user_id", ""),
-        "ts": float(params["ts"]) if params.get("ts") else now,
+        "ts": ts,
         "type": etype,
         "placement": params.get("placement", ""),
     }
     for name in OPTIONAL_PARAMS:
         if params.get(name):
             doc[name] = params[name]
-    if params.get("consent") in ("true", "false"):
-        doc["consent"] = params["consent"] == "true"
+    consent = params.get("consent")
+    if consent:  # another spelling than true/false stays a string: refused (wrong_type) as on the stream
+        doc["consent"] = {"true": True, "false": False}.get(consent, consent)
+    for name, value in params.items():  # refused by validation (unexpected_field), as on the stream
+        if name not in KNOWN_PARAMS:
+            doc[name] = value
     return doc["event_id"], topic, orjson.dumps(doc)
 
 
@@ -195,8 +203,9 @@ def register_views(
                 status = 400
                 return _error(web, status, "ts must be a number (epoch seconds)", "omit ts to decide for now")
             try:
-                answer: Answer | EngineFailed = await batcher.decide(event_id, RawMessage(topic, -1, -1, raw,
-                                                                                          time.time()))
+                request_key = (params.get("user_id", ""), event_id, placement.id)
+                answer: Answer | EngineFailed = await batcher.decide(request_key, RawMessage(topic, -1, -1, raw,
+                                                                                             time.time()))
             except EngineFailed as exc:
                 answer = exc
             status, problem = answer_status(answer)

@@ -18,6 +18,10 @@ def decision_for(event_id: str) -> Decision:
                     policy="linucb", policy_version=0, trace={})
 
 
+def key(event_id: str) -> tuple[str, str, str]:
+    return ("u", event_id, "home_hero")
+
+
 class FakeEngine:
     """Decides every message whose value is not b"bad"; refuses the bad ones as the engine would."""
 
@@ -47,9 +51,10 @@ class FakeEngine:
 def run_requests(engine: FakeEngine, values: list[bytes], emitted: list[BatchOutput]) -> list:
     async def go() -> list:
         batcher = DecideBatcher(engine.process, emitted.append, max_batch=20)
-        first = asyncio.ensure_future(batcher.decide(values[0].decode(), RawMessage("web-events", -1, -1, values[0])))
+        first = asyncio.ensure_future(
+            batcher.decide(key(values[0].decode()), RawMessage("web-events", -1, -1, values[0])))
         await asyncio.sleep(0)  # the first request is on its way alone; the rest arrive while it is in flight
-        rest = [batcher.decide(v.decode(), RawMessage("web-events", -1, -1, v)) for v in values[1:]]
+        rest = [batcher.decide(key(v.decode()), RawMessage("web-events", -1, -1, v)) for v in values[1:]]
         return await asyncio.gather(first, *rest, return_exceptions=True)
 
     return asyncio.run(go())
@@ -85,7 +90,7 @@ def test_a_request_is_answered_once_decided_while_the_state_write_is_in_flight()
 
     async def go() -> tuple[object, bool]:
         batcher = DecideBatcher(engine.process, lambda out: None)
-        answer = await batcher.decide("e1", RawMessage("web-events", -1, -1, b"e1"))
+        answer = await batcher.decide(key("e1"), RawMessage("web-events", -1, -1, b"e1"))
         return answer, engine.writing
 
     answer, still_writing = asyncio.run(go())
@@ -101,7 +106,7 @@ def test_a_repeated_request_id_without_a_kept_decision_gets_no_decision(n: int) 
             return BatchOutput()
 
         batcher = DecideBatcher(process, lambda out: None)
-        return await asyncio.gather(*[batcher.decide("same", RawMessage("web-events", -1, -1, b"x"))
+        return await asyncio.gather(*[batcher.decide(key("same"), RawMessage("web-events", -1, -1, b"x"))
                                       for _ in range(n)])
 
     assert [a.decision for a in asyncio.run(go())] == [None] * n
@@ -144,10 +149,35 @@ def test_the_next_batch_starts_while_the_last_one_stores_at_most_max_storing_at_
 
     async def go() -> list:
         batcher = DecideBatcher(process, lambda out: None, max_batch=1, max_storing=max_storing)
-        return await asyncio.gather(*[batcher.decide(f"e{i}", RawMessage("web-events", -1, -1, f"e{i}".encode()))
+        return await asyncio.gather(*[batcher.decide(key(f"e{i}"), RawMessage("web-events", -1, -1, f"e{i}".encode()))
                                       for i in range(6)])
 
     answers = asyncio.run(go())
     assert [a.decision.request_event_id for a in answers] == [f"e{i}" for i in range(6)]
     assert most_storing == max_storing
     assert (started_while_storing > 0) == (max_storing > 1)
+
+
+def test_two_users_sharing_a_request_id_in_one_batch_each_get_their_own_decision() -> None:
+    # a request_id is unique per user only; the answer was looked up by it alone: one user got the other's
+    async def go() -> list:
+        async def process(messages: list[RawMessage], decided: Callable[[BatchOutput], None]) -> BatchOutput:
+            out = BatchOutput()
+            for m in messages:
+                user, placement = m.value.decode().split("@")
+                out.decisions.append(Decision(
+                    decision_id=f"d-{user}-{placement}", request_event_id="r-1", user_id=user, ts=1.0, channel="web",
+                    placement=placement, action=f"for-{user}-{placement}", probability=1.0, mode=Mode.EXPLOIT,
+                    policy="linucb", policy_version=0, trace={}))
+            decided(out)
+            return out
+
+        batcher = DecideBatcher(process, lambda out: None)
+        asks = [("alice", "home_hero"), ("bob", "home_hero"), ("alice", "product_sidebar")]
+        return await asyncio.gather(*[batcher.decide((user, "r-1", placement),
+                                                     RawMessage("web-events", -1, -1, f"{user}@{placement}".encode()))
+                                      for user, placement in asks])
+
+    answers = asyncio.run(go())
+    assert [a.decision.action for a in answers] == ["for-alice-home_hero", "for-bob-home_hero",
+                                                    "for-alice-product_sidebar"]
