@@ -2,17 +2,23 @@
 
 Stored as one field of the user's Redis hash, as text with whole-second times (version 2), e.g.::
 
-    1767225600|home_hero=offer_10pct,0,0,5400|email=0,,,1,0;ad=,0,creative_a:2,3,-7200
+    1767225600|home_hero=offer_10pct,0,0,5400|email=0,,,1,0;ad=,0,creative_a:2,3,-7200,creative_a:6
 
 that is ``base|sticky|contacts``: ``base`` the first time written (the first placement's start, else the
 first channel's last exposure), the others as ``base - t``; each sticky entry
 ``placement=action,base-since[,age...]`` (ages: seconds before since, as ``StickyState.to_wire`` has them);
-each channel ``channel=contacts,day,per_action,ignored,base-last`` with contacts joined by ``.``, day as
-days before base's day (empty: 0, no day) and per_action as ``action:count`` joined by ``.``. Times are
+each channel ``channel=contacts,day,per_action,ignored,base-last[,day_before]`` with contacts joined by
+``.``, day as days before base's day (empty: 0, no day) and per_action as ``action:count`` joined by ``.``;
+``day_before`` (``ChannelHistory.day_before``, the per-action counts of the day before ``day``, which keep
+late requests at the per-action daily cap) in per_action's syntax, written only when not empty. States
+written before that field existed have five fields per channel and read as an empty day before. Times are
 rounded up to whole seconds as the ``to_wire`` lists round them. A state with a name holding one of
 ``|;=,.:`` is written in version 1, JSON, which is read too::
 
     {"v":1,"s":{"home_hero":["offer_10pct",1767225600,[0,5400]]},"c":{"email":[[1767225600],20454,{},1,1767225600]}}
+
+(a channel's list takes the day before's counts as a sixth element when they are not empty, see
+``ChannelHistory.to_wire``).
 
 A typical user with four placements and three channels takes 150-250 bytes (version 1: 300-500;
 tests/unit/test_policy_state.py checks a full one stays under 1 KiB and that both versions read alike).
@@ -119,20 +125,35 @@ def _text(state: UserPolicyState) -> str | None:
     sticky = ";".join(parts)
     parts = []
     for channel, h in state.contacts.items():
-        last, day, ignored, per_action = ceil(h.last_exposure), h.day, h.ignored, h.per_action
+        last, day, ignored = ceil(h.last_exposure), h.day, h.ignored
         if base is None:
             base = last
         if not (channel in plain or _plain(channel)) or type(day) is not int or type(ignored) is not int:
             return None
-        counts = ""
-        if per_action:
-            for a, n in per_action.items():
-                if not (a in plain or _plain(a)) or type(n) is not int:
-                    return None
-            counts = ".".join([f"{a}:{n}" for a, n in per_action.items()])
+        counts = _counts_text(h.per_action)
+        before = _counts_text(h.day_before)
+        if counts is None or before is None:
+            return None
         times = ".".join([str(base - ceil(t)) for t in h.contacts]) if h.contacts else ""
-        parts.append(f"{channel}={times},{(base // _DAY - day) if day else ''},{counts},{ignored},{base - last}")
+        item = f"{channel}={times},{(base // _DAY - day) if day else ''},{counts},{ignored},{base - last}"
+        parts.append(f"{item},{before}" if before else item)
     return f"{base or 0}|{sticky}|{';'.join(parts)}"
+
+
+def _counts_text(counts: dict[str, int]) -> str | None:
+    """``action:count`` joined by ``.`` ("" for none; None when an action holds a separator or a count is
+    not an int)."""
+    if not counts:
+        return ""
+    plain = _PLAIN
+    for a, n in counts.items():
+        if not (a in plain or _plain(a)) or type(n) is not int:
+            return None
+    return ".".join([f"{a}:{n}" for a, n in counts.items()])
+
+
+def _counts_of(text: str) -> dict[str, int]:
+    return {a: int(n) for a, _, n in (c.partition(":") for c in text.split("."))} if text else {}
 
 
 def _wire_of(text: str) -> tuple[list[tuple[str, list]], list[tuple[str, list]]]:
@@ -148,8 +169,10 @@ def _wire_of(text: str) -> tuple[list[tuple[str, list]], list[tuple[str, list]]]
     contacts = []
     for item in contacts_text.split(";") if contacts_text else ():
         channel, _, rest = item.partition("=")
-        times, day, counts, ignored, last = rest.split(",")
-        per_action = {a: int(n) for a, _, n in (c.partition(":") for c in counts.split("."))} if counts else {}
+        times, day, counts, ignored, last, *before = rest.split(",")
+        if len(before) > 1:
+            raise ValueError(f"channel {channel!r} has {5 + len(before)} fields, expected 5 or 6")
         contacts.append((channel, [[base - int(t) for t in times.split(".")] if times else [],
-                                   base_day - int(day) if day else 0, per_action, int(ignored), base - int(last)]))
+                                   base_day - int(day) if day else 0, _counts_of(counts), int(ignored),
+                                   base - int(last), _counts_of(before[0]) if before else {}]))
     return sticky, contacts

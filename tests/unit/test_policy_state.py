@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+from math import ceil
+
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -9,7 +12,7 @@ from hypothesis import strategies as st
 
 from cadence.settings import DEFAULT_CATALOGUE
 from policy.catalogue import load_catalogue
-from policy.contact import ChannelHistory, ContactPolicy, record_click, record_contact
+from policy.contact import ChannelHistory, ContactPolicy, action_capped, record_click, record_contact
 from policy.state import PolicyStateError, UserPolicyState
 from policy.stickiness import StickyState
 
@@ -33,6 +36,9 @@ def busy_user() -> UserPolicyState:
             else {},
             17,
             T0,
+            {a: 6 for a, x in cat.actions.items() if x.channel == channel}
+            if cat.contact_policy(channel).max_per_action_per_day
+            else {},
         )
         for channel in ("web", "email", "ad")
     }
@@ -48,6 +54,7 @@ def test_round_trip() -> None:
         assert b.action == s.action and b.since == s.since
         assert all(0 <= y - x < 1 for x, y in zip(s.changes, b.changes, strict=True))  # rounded up
     assert back.contacts["ad"].per_action == state.contacts["ad"].per_action
+    assert back.contacts["ad"].day_before == state.contacts["ad"].day_before != {}
 
 
 def test_a_busy_user_fits_the_budget() -> None:
@@ -129,8 +136,9 @@ def test_version_2_is_written_and_reads_as_version_1_did() -> None:
 times = st.floats(T0 - 5 * 86400, T0 + 5 * 86400)
 names = st.sampled_from(["home_hero", "a", "", "offer-10%", "ünï", "a,b", "x|y", "p=q", "k:v", "d.e", "s;t"])
 sticky_states = st.builds(StickyState, names, times, st.lists(times, max_size=3).map(lambda ts: tuple(sorted(ts))))
+counts = st.dictionaries(names, st.integers(0, 9), max_size=3)
 histories = st.builds(ChannelHistory, st.lists(times, max_size=4).map(sorted), st.sampled_from([0, 20573, 20570]),
-                      st.dictionaries(names, st.integers(0, 9), max_size=3), st.integers(0, 30), times)
+                      counts, st.integers(0, 30), times, counts)
 
 
 @settings(max_examples=300, deadline=None)
@@ -141,7 +149,8 @@ def test_any_state_reads_back_as_its_version_1_form_does(sticky: dict, contacts:
     assert UserPolicyState.decode(raw) == UserPolicyState.decode(v1(state))
     # a name holding one of the separators is written in version 1, any other state in version 2
     separated = any(c in name for name in [*sticky, *contacts, *(s.action for s in sticky.values()),
-                                           *(a for h in contacts.values() for a in h.per_action)] for c in "|;=,.:")
+                                           *(a for h in contacts.values() for a in [*h.per_action, *h.day_before])]
+                    for c in "|;=,.:")
     assert raw.startswith(b"{") == separated
 
 
@@ -153,9 +162,80 @@ def test_any_state_reads_back_as_its_version_1_form_does(sticky: dict, contacts:
         (b"123|p=a|", "not enough values to unpack"),
         (b"123||c=,0,,1", "not enough values to unpack"),
         (b"123||c=,0,a,1,0", "invalid literal"),
+        (b"123||c=,0,,1,0,a:1,b:2", "7 fields"),
+        (b"123||c=,0,,1,0,a:x", "invalid literal"),
         (b"123|\xff=a,0|", "codec can't decode"),
     ],
 )
 def test_a_damaged_version_2_state_is_refused(raw: bytes, message: str) -> None:
     with pytest.raises(PolicyStateError, match=message):
         UserPolicyState.decode(raw)
+
+
+def rounded(state: UserPolicyState) -> UserPolicyState:
+    """``state`` with its times rounded up to whole seconds, as both stored forms round them."""
+    return UserPolicyState(
+        {p: StickyState(s.action, float(ceil(s.since)), tuple(float(ceil(t)) for t in s.changes))
+         for p, s in state.sticky.items()},
+        {c: ChannelHistory([float(ceil(t)) for t in h.contacts], h.day, dict(h.per_action), h.ignored,
+                           float(ceil(h.last_exposure)), dict(h.day_before)) for c, h in state.contacts.items()},
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(names, sticky_states, max_size=5), st.dictionaries(names, histories, max_size=4))
+def test_every_field_survives_both_forms(sticky: dict, contacts: dict) -> None:
+    """Each dataclass field of every sticky state and channel history (day_before included) reads back as it
+    was, times rounded up to whole seconds, from the form written (version 2, or 1 for separators) and from
+    version 1."""
+    state = UserPolicyState(sticky, contacts)
+    want = rounded(state)
+    for raw in (state.encode(), v1(state)):
+        back = UserPolicyState.decode(raw)
+        assert back.sticky.keys() == want.sticky.keys() and back.contacts.keys() == want.contacts.keys()
+        for key, obj in [*((("s", p), s) for p, s in want.sticky.items()),
+                         *((("c", c), h) for c, h in want.contacts.items())]:
+            got = back.sticky[key[1]] if key[0] == "s" else back.contacts[key[1]]
+            for f in fields(obj):
+                assert getattr(got, f.name) == getattr(obj, f.name), (raw, key, f.name)
+
+
+# Written by version 2 before the day before's counts were stored (five fields per channel).
+V2_OLD = b"1767225600|home_hero=offer_10pct,0,5399|email=0,,,1,0;ad=,0,creative_a:2,3,-7200"
+
+
+def test_a_version_2_state_without_the_day_before_still_reads() -> None:
+    state = UserPolicyState.decode(V2_OLD)
+    assert state == UserPolicyState(
+        {"home_hero": StickyState("offer_10pct", 1767225600.0, (1767220201.0,))},
+        {"email": ChannelHistory([1767225600.0], 0, {}, 1, 1767225600.0),
+         "ad": ChannelHistory([], 20454, {"creative_a": 2}, 3, 1767232800.0)},
+    )
+    assert state.encode() == V2_OLD  # no day before: written as before, no sixth field
+
+
+def test_the_day_before_is_written_only_when_there_is_one() -> None:
+    state = UserPolicyState.decode(V2_OLD)
+    state.contacts["ad"].day_before = {"creative_a": 6, "creative_b": 1}
+    raw = state.encode()
+    assert raw == V2_OLD + b",creative_a:6.creative_b:1"  # a sixth field on the last channel, "ad"
+    assert UserPolicyState.decode(raw) == state
+
+
+def test_a_late_request_stays_capped_after_the_state_is_stored() -> None:
+    """Six impressions of X late on day D, then one on D+1: a late request of day D is still at X's daily cap
+    once the state has been stored and read again (a restart or a cache miss)."""
+    day, d = 86400.0, 1_780_012_800.0  # a UTC midnight
+    policy = ContactPolicy(max_per_action_per_day=6)
+    h = None
+    for i in range(6):
+        h = record_contact(policy, h, "X", d + 23 * 3600 + 60 * i)
+    h = record_contact(policy, h, "X", d + day + 600)
+    late = d + 23 * 3600 + 1800
+    assert action_capped(policy, h, "X", late) and h.day_before == {"X": 6}
+    state = UserPolicyState(contacts={"ad": h})
+    for raw in (state.encode(), v1(state)):
+        back = UserPolicyState.decode(raw).contacts["ad"]
+        assert back.day_before == {"X": 6} and back == h
+        assert action_capped(policy, back, "X", late)
+        assert not action_capped(policy, back, "Y", late)
