@@ -277,11 +277,15 @@ def cmd_erase_user(args: argparse.Namespace) -> None:
 
     from kafka import KafkaProducer
 
+    from contracts.events import MAX_ID_LEN
     from features.erasure import ErasureRegistry, erased_label
     from policy.lever_store import LeverStore
     from streams.app import redis_client
     from streams.topics import ERASURES
 
+    if not 0 < len(args.user_id) <= MAX_ID_LEN or not args.who.strip():
+        sys.exit(f"cadence: erase-user needs the user's id (1..{MAX_ID_LEN} characters, as in their events) and "
+                 "--who (the person asking, for the audit); nothing was erased")
     settings = _settings()
     _redis_and_kafka(settings, need_kafka=True)
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)  # first: no erasure without its tombstone

@@ -175,7 +175,7 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         None, description="Bearer token for admin endpoints, not the API token's. Unset: endpoints off; empty: refused."
     )
-    http_max_rps: float = Field(5000.0, gt=0, description="Most GET /decide requests per second per worker.")
+    http_max_rps: float = Field(5000.0, ge=1, description="Most GET /decide requests per second per worker.")
     log_level: str = Field("warn", description="Worker log level: critical (or crit), error, warn, info or debug.")
 
     @field_validator("log_level")
@@ -185,6 +185,14 @@ class Settings(BaseSettings):
         if level is None:
             raise ValueError(f"unknown log level {value!r}; use one of critical, error, warn, info, debug")
         return level
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"{redact_url(value)!r} is not a Redis URL: write redis://HOST:PORT/0 (rediss:// for "
+                             "TLS, unix:///path for a socket), or unset it for the embedded Redis")
+        return value
 
     @field_validator("api_token", "admin_token", "redis_password")
     @classmethod

@@ -20,10 +20,12 @@ from typing import Any
 import faust
 import orjson
 from pydantic import SecretStr
+from redis.exceptions import RedisError
 
-from contracts.events import Reason
+from contracts.events import MAX_ID_LEN, Reason
 from engine.processor import BatchOutput, Engine, RawMessage
 from features.erasure import ErasureRegistry, erased_label
+from features.store import FeatureStoreError
 from policy.lever_store import LeverStore
 from policy.levers import Lever, LeverError, LeverKind
 from streams import handover
@@ -87,6 +89,15 @@ def _view(fun: Callable[..., Awaitable[faust.web.Response]]) -> type[faust.web.V
 
 def _error(web: faust.web.View, status: int, what: str, todo: str, **extra: Any) -> faust.web.Response:
     return web.json({"error": what, "what_to_do": todo, **extra}, status=status)
+
+
+def _store_away(web: faust.web.View, exc: Exception) -> faust.web.Response:
+    """503 with Retry-After when Redis does not answer (the request changed nothing)."""
+    response = _error(web, 503, f"the feature store (Redis) is unreachable ({type(exc).__name__})",
+                      "retry in a few seconds; nothing was changed (ops: check Redis, "
+                      "cadence_feature_store_errors_total)")
+    response.headers["Retry-After"] = "5"
+    return response
 
 
 def _too_many(web: faust.web.View, wait: float) -> faust.web.Response:
@@ -237,7 +248,10 @@ def register_views(
             at = math.nan
         if not math.isfinite(at):
             return _error(web, 400, "ts must be a number (epoch seconds)", "omit ts for the stream's current time")
-        state = await engine.store.read(user_id)
+        try:
+            state = await engine.store.read(user_id)
+        except (RedisError, FeatureStoreError) as exc:
+            return _store_away(web, exc)
         # Model scores at ``at`` (churn risk, value, propensity per action), as decisions see them; not for
         # customers who refused marketing: no decision uses scores for them either.
         scores = engine.profile_scores(state, at) if state.consent is not False else {"withheld": "no_consent"}
@@ -264,6 +278,8 @@ def register_views(
                 return _error(web, 413, f"body larger than {MAX_BODY_BYTES} bytes", "send one change at a time")
             except LeverError as exc:
                 return _error(web, 400, str(exc), "fix the field named and send again")
+            except (RedisError, FeatureStoreError) as exc:
+                return _store_away(web, exc)
             except (orjson.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
                 return _error(web, 400, f"bad request body: {exc}", "send a JSON object with the documented fields")
 
@@ -317,9 +333,12 @@ def register_views(
 
     async def erase_view(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
         doc = await body(request)
-        user_id, who = str(doc["user_id"]), str(doc.get("who", ""))
-        if not user_id or not who:
-            raise ValueError("'user_id' and 'who' are required")
+        user_id, who = doc.get("user_id"), doc.get("who")
+        if not isinstance(user_id, str) or not 0 < len(user_id) <= MAX_ID_LEN:
+            raise ValueError(f"'user_id' must be the user's id, a string of 1..{MAX_ID_LEN} characters; "
+                             f"got {user_id!r:.80}")
+        if not isinstance(who, str) or not who:
+            raise ValueError("'who' (the person asking, for the audit) is required")
         deleted = await erasures.erase(user_id)
         await levers.update(lambda b: b.forget_user(user_id, erased_label(user_id)))
         await tombstone(user_id, who)

@@ -83,3 +83,13 @@ def test_the_holdout_can_be_narrowed_to_placements_the_catalogue_has() -> None:
     assert build_policy_context(Settings(holdout_share=1.0)).holdout.in_control("u1", "product_sidebar")
     with pytest.raises(ValueError, match=r"does not have: \['home-hero'\]; use ids of"):
         build_policy_context(Settings(holdout_placements="home-hero"))
+
+
+def test_a_redis_url_without_its_scheme_and_a_rate_below_one_are_refused_at_start() -> None:
+    # REDIS_URL=localhost:6379 used to pass and then crash the worker and the CLI with a traceback;
+    # CADENCE_HTTP_MAX_RPS=0.5 gave a token bucket that never holds a whole token: every request a 429
+    with pytest.raises(ValidationError, match="is not a Redis URL: write redis://HOST:PORT/0"):
+        Settings(redis_url="localhost:6379")
+    assert Settings(redis_url="rediss://cache:6380/0").redis_url == "rediss://cache:6380/0"
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        Settings(http_max_rps=0.5)

@@ -1,0 +1,139 @@
+"""The HTTP views of streams/web.py called directly (a stand-in app, engine and stores): what a person or a
+client gets for a mistake or an outage is a 4xx/503 that says what to do, never a 500 or a wrong action."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from typing import Any
+
+import faust.web  # noqa: F401  (streams.web builds faust.web.View classes)
+import orjson
+from pydantic import SecretStr
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from features.store import FeatureStoreError
+from policy.levers import LeverBook
+from streams import web as web_module
+
+ADMIN, API = "admin-secret", "api-secret"
+
+
+class Response:
+    def __init__(self, body: Any, status: int) -> None:
+        self.body, self.status, self.headers = body, status, {}
+
+
+class Web:
+    def json(self, doc: Any, status: int = 200) -> Response:
+        return Response(doc, status)
+
+    def bytes(self, raw: bytes, content_type: str | None = None) -> Response:
+        return Response(orjson.loads(raw), 200)
+
+
+class Body:
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+    async def read(self, n: int) -> bytes:
+        out, self.raw = self.raw[:n], self.raw[n:]
+        return out
+
+
+class Request:
+    def __init__(self, body: Any = None, token: str = ADMIN, query: dict[str, str] | None = None,
+                 method: str = "POST") -> None:
+        raw = orjson.dumps(body) if body is not None else b""
+        self.method, self.content, self.content_length = method, Body(raw), len(raw)
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self.query = query or {}
+        self.query_string = "&".join(f"{k}={v}" for k, v in self.query.items())
+
+
+class Levers:
+    def __init__(self, fail: bool = False) -> None:
+        self.book, self.fail = LeverBook(), fail
+
+    async def update(self, change: Any) -> LeverBook:
+        if self.fail:
+            raise RedisConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        change(self.book)
+        return self.book
+
+    async def load(self) -> LeverBook:
+        return self.book
+
+
+class Erasures:
+    def __init__(self) -> None:
+        self.erased: list[str] = []
+
+    async def erase(self, user_id: str) -> int:
+        self.erased.append(user_id)
+        return 1
+
+    async def digests(self) -> set[str]:
+        return set()
+
+
+class Metric:
+    def labels(self, *_: Any) -> Metric:
+        return self
+
+    def observe(self, *_: Any) -> None:
+        pass
+
+    def inc(self, *_: Any) -> None:
+        pass
+
+
+def views(read: Any = None, levers: Levers | None = None) -> tuple[dict[str, Any], Erasures, list[str]]:
+    pages: dict[str, Any] = {}
+    app = types.SimpleNamespace(page=lambda path: (lambda fn: pages.__setitem__(path, fn) or fn))
+    engine = types.SimpleNamespace(
+        metrics=types.SimpleNamespace(http_outputs_lost=Metric(), http_latency=Metric(), http_requests=Metric()),
+        process_isolating=None, watermark=1_767_614_400.0,
+        catalogue=types.SimpleNamespace(placements={"home_hero": types.SimpleNamespace(channel="web")},
+                                        actions={"offer_10pct": None}),
+        policy_ctx=types.SimpleNamespace(levers=LeverBook()), store=types.SimpleNamespace(read=read), erased=set(),
+    )
+    erasures, tombstones = Erasures(), []
+
+    async def tombstone(user_id: str, who: str) -> None:
+        tombstones.append(user_id)
+
+    async def emit(_: Any) -> None:
+        pass
+
+    web_module.register_views(app, engine, SecretStr(API), SecretStr(ADMIN), emit, levers or Levers(), erasures,
+                              tombstone, 100.0)
+    return pages, erasures, tombstones
+
+
+def post(view: Any, body: Any) -> Response:
+    return asyncio.run(view.post(Web(), Request(body)))
+
+
+def test_an_erasure_needs_a_real_user_id() -> None:
+    # {"user_id": null} used to erase a user named "None" and write their tombstone
+    pages, erasures, tombstones = views()
+    for user_id in (None, "", 7, "x" * 129):
+        response = post(pages["/admin/erase-user"], {"user_id": user_id, "who": "dpo"})
+        assert response.status == 400 and "1..128 characters" in response.body["error"]
+    assert post(pages["/admin/erase-user"], {"user_id": "u1", "who": ""}).status == 400
+    assert erasures.erased == [] and tombstones == []
+    assert post(pages["/admin/erase-user"], {"user_id": "u1", "who": "dpo"}).body == {"erased": True,
+                                                                                     "keys_deleted": 1}
+
+
+def test_redis_down_is_a_503_with_retry_after_not_a_500() -> None:
+    async def read(user_id: str) -> None:
+        raise FeatureStoreError("feature store read failed: Timeout reading from socket")
+
+    pages, _, _ = views(read=read, levers=Levers(fail=True))
+    profile = asyncio.run(pages["/profile"](Web(), Request(token=API, query={"user_id": "u1"}, method="GET")))
+    lever = post(pages["/admin/levers"], {"kind": "ban", "action": "offer_10pct", "who": "ana", "why": "stock"})
+    for response in (profile, lever):
+        assert response.status == 503 and response.headers["Retry-After"] == "5"
+        assert "unreachable" in response.body["error"] and "retry" in response.body["what_to_do"]
