@@ -261,7 +261,7 @@ def cmd_levers(args: argparse.Namespace) -> None:
             lever_id=args.lever_id or f"{kind.value}-{uuid.uuid4().hex[:8]}", kind=kind, who=args.who, why=args.why,
             ts=ts, action=getattr(args, "action_id", None), user_id=args.user, segment=args.segment,
             placement=args.placement, factor=getattr(args, "factor", 1.0),
-            expires=ts + args.hours * 3600 if args.hours else None,
+            expires=ts + args.hours * 3600 if args.hours is not None else None,  # --hours 0 or nan: refused
         )
         await store.update(lambda b: b.apply(lever))
         print(f"applied {lever.lever_id}: every worker follows within a second")

@@ -77,6 +77,11 @@ class Lever:
             raise LeverError(
                 f"lever {self.lever_id!r}: boost 'factor' must be a number > 0, got {self.factor}"
             )
+        if self.expires is not None and not math.isfinite(self.expires):  # NaN is stored as null: never expiring
+            raise LeverError(
+                f"lever {self.lever_id!r}: 'expires' must be a finite event time in epoch seconds, got "
+                f"{self.expires!r}; leave it out for a lever that does not expire"
+            )
         if self.expires is not None and self.expires <= self.ts:
             raise LeverError(
                 f"lever {self.lever_id!r}: 'expires' ({self.expires}) must be after 'ts' ({self.ts})"

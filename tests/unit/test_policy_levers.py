@@ -112,6 +112,10 @@ def test_no_levers_is_the_shared_empty_answer() -> None:
         (lever("x", LeverKind.BOOST, factor=float("nan")), "boost 'factor' must be a number > 0"),
         (lever("x", LeverKind.PIN, expires=T0), "'expires' .* must be after 'ts'"),
         (lever("x", LeverKind.PIN, ts="yesterday"), "'ts' must be event time in epoch seconds"),
+        # NaN compares false with everything, and orjson stores it as null: a lever that never expires
+        (lever("x", LeverKind.BOOST, factor=2.0, expires=float("nan")), "'expires' must be a finite"),
+        (lever("x", LeverKind.BAN, expires=float("inf")), "'expires' must be a finite"),
+        (lever("x", LeverKind.PIN, ts=float("nan")), "'ts' must be event time in epoch seconds"),
     ],
 )
 def test_bad_levers_are_refused(bad: Lever, message: str) -> None:
