@@ -234,12 +234,17 @@ def cmd_levers(args: argparse.Namespace) -> None:
     import asyncio
     import uuid
 
+    from policy.catalogue import CatalogueError, load_catalogue
     from policy.lever_store import LeverStore
     from policy.levers import Lever, LeverError, LeverKind
     from streams.app import redis_client
 
     settings = _settings()
     _redis_and_kafka(settings, need_kafka=False)
+    try:  # the catalogue the workers use (CADENCE_CATALOGUE): a lever naming what it lacks would match nothing
+        catalogue = load_catalogue(settings.catalogue) if args.action not in ("list", "revoke") else None
+    except (CatalogueError, OSError) as exc:
+        sys.exit(f"cadence: cannot read the catalogue {settings.catalogue} (CADENCE_CATALOGUE): {exc}")
 
     async def go() -> None:
         store = LeverStore(redis_client(settings), settings.app_id)
@@ -263,13 +268,16 @@ def cmd_levers(args: argparse.Namespace) -> None:
             placement=args.placement, factor=getattr(args, "factor", 1.0),
             expires=ts + args.hours * 3600 if args.hours is not None else None,  # --hours 0 or nan: refused
         )
+        assert catalogue is not None
+        lever.check_targets(catalogue)
         await store.update(lambda b: b.apply(lever))
         print(f"applied {lever.lever_id}: every worker follows within a second")
 
     try:
         asyncio.run(go())
-    except LeverError as exc:
-        sys.exit(f"cadence: {exc}")
+    except LeverError as exc:  # a refused lever, like a bad argument: exit 2
+        print(f"cadence: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 def cmd_erase_user(args: argparse.Namespace) -> None:

@@ -19,8 +19,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import orjson
+
+if TYPE_CHECKING:
+    from policy.catalogue import Catalogue
 
 
 class LeverError(ValueError):
@@ -85,6 +89,31 @@ class Lever:
         if self.expires is not None and self.expires <= self.ts:
             raise LeverError(
                 f"lever {self.lever_id!r}: 'expires' ({self.expires}) must be after 'ts' ({self.ts})"
+            )
+
+    def check_targets(self, catalogue: Catalogue) -> None:
+        """Refuse a lever naming a placement or action ``catalogue`` does not have, or an action that is not
+        on the lever's placement: a typo would be stored and then match nothing (a kill switch killing
+        nothing). For the entry points (CLI, HTTP), with the catalogue the workers use; runs ``check`` first."""
+        self.check()  # types first: a list where an id belongs is named as such, not looked up
+        if self.placement is not None and self.placement not in catalogue.placements:
+            raise LeverError(
+                f"lever {self.lever_id!r}: unknown placement {self.placement!r}; known placements: "
+                f"{', '.join(sorted(catalogue.placements))}"
+            )
+        if self.action is None:
+            return
+        action = catalogue.actions.get(self.action)
+        if action is None:
+            raise LeverError(
+                f"lever {self.lever_id!r}: unknown action {self.action!r}; known actions: "
+                f"{', '.join(sorted(catalogue.actions))}"
+            )
+        if self.placement is not None and self.placement not in action.placements:
+            raise LeverError(
+                f"lever {self.lever_id!r}: action {self.action!r} is not on placement {self.placement!r} "
+                f"(its actions: {', '.join(catalogue.placement_actions(self.placement)) or 'none'}); "
+                f"{self.action!r} is on: {', '.join(action.placements)}"
             )
 
     def applies(self, ts: float, user_id: str, segment: str | None, placement: str) -> bool:

@@ -305,6 +305,7 @@ def register_views(
             doc.setdefault("lever_id", f"lv-{uuid.uuid4().hex[:10]}")
             doc.setdefault("ts", now_event_time())
             lever = Lever.from_dict(doc)
+            lever.check_targets(engine.catalogue)  # a typo would match nothing: 400 naming the known ids
             book = await levers.update(lambda b: b.apply(lever))
             engine.policy_ctx.levers = book  # here at once; the other workers within a second
             return web.json({"applied": lever.to_dict(), "levers": len(book.levers)}, status=201)
@@ -325,6 +326,7 @@ def register_views(
         if doc.get("on", True):
             lever = Lever(lever_id, LeverKind.KILL, doc.get("who", ""), doc.get("why", ""), now_event_time(),
                           placement=doc.get("placement"))
+            lever.check_targets(engine.catalogue)
             engine.policy_ctx.levers = await levers.update(lambda b: b.apply(lever))
             return web.json({"kill_switch": "on", "lever_id": lever_id})
         engine.policy_ctx.levers = await levers.update(

@@ -32,6 +32,19 @@ def test_levers_pin_list_audit_revoke(runtime: Runtime, isolated: dict[str, str]
     assert bad.returncode != 0 and "factor" in bad.stderr
 
 
+def test_levers_naming_what_the_catalogue_does_not_have_are_refused(runtime: Runtime,
+                                                                    isolated: dict[str, str]) -> None:
+    # checked against the catalogue the workers use (CADENCE_CATALOGUE): a typo used to be stored and match nothing
+    typo = cadence(runtime, isolated, "levers", "ban", "offer_10pc", "--who", "ana", "--why", "legal")
+    assert typo.returncode == 2 and "unknown action 'offer_10pc'" in typo.stderr and "offer_10pct" in typo.stderr
+    kill = cadence(runtime, isolated, "levers", "kill", "--placement", "home-hero", "--who", "ops", "--why", "x")
+    assert kill.returncode == 2 and "unknown placement 'home-hero'" in kill.stderr and "home_hero" in kill.stderr
+    elsewhere = cadence(runtime, isolated, "levers", "pin", "offer_clearance", "--placement", "home_hero",
+                        "--who", "ana", "--why", "promo")
+    assert elsewhere.returncode == 2 and "is not on placement 'home_hero'" in elsewhere.stderr
+    assert cadence(runtime, isolated, "levers", "list").stdout == ""
+
+
 def test_erase_user_and_empty_snapshot_list(runtime: Runtime, isolated: dict[str, str]) -> None:
     client = redis.Redis.from_url(runtime.redis_url or "")
     client.hset(f"{isolated['app_id']}:u:someone", mapping={"pvh": "1:1:0"})

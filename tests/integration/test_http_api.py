@@ -174,6 +174,21 @@ def test_erase_user_removes_every_key_and_excludes_the_user(worker: WorkerProces
     assert "gdpr-user-7" not in worker.metrics_text()
 
 
+def test_levers_naming_what_the_catalogue_does_not_have_are_refused(worker: WorkerProcess) -> None:
+    # a typo used to answer {"kill_switch": "on"} and kill nothing
+    status, doc = call(worker, "/admin/kill", token=ADMIN, method="POST",
+                       body={"placement": "home-hero", "who": "ops", "why": "broken banner"})
+    assert status == 400 and "unknown placement 'home-hero'" in doc["error"] and "home_hero" in doc["error"]
+    status, doc = call(worker, "/admin/levers", token=ADMIN, method="POST",
+                       body={"kind": "ban", "action": "offer_10pc", "who": "ana", "why": "legal"})
+    assert status == 400 and "unknown action 'offer_10pc'" in doc["error"] and "offer_10pct" in doc["error"]
+    status, doc = call(worker, "/admin/levers", token=ADMIN, method="POST",
+                       body={"kind": "pin", "action": "offer_clearance", "placement": "home_hero", "who": "ana",
+                             "why": "promo"})
+    assert status == 400 and "'offer_clearance' is not on placement 'home_hero'" in doc["error"]
+    assert call(worker, "/admin/levers", token=ADMIN)[1] == {"levers": [], "audit": []}
+
+
 def _raw(worker: WorkerProcess, head: bytes, body: bytes = b"") -> tuple[int, bytes]:
     """One HTTP/1.1 exchange written by hand (for what urllib will not send: chunked bodies, raw bytes)."""
     import socket

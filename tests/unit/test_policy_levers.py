@@ -168,3 +168,34 @@ def test_json_round_trip() -> None:
 def test_damaged_json_is_refused(raw: bytes) -> None:
     with pytest.raises(LeverError):
         LeverBook.from_json(raw)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (lever("k", LeverKind.KILL, None, placement="home-hero"),
+         r"unknown placement 'home-hero'; known placements: display_slot, home_hero, newsletter, product_sidebar"),
+        (lever("b", LeverKind.BAN, "offer_10pc"), r"unknown action 'offer_10pc'; known actions: .*offer_10pct"),
+        (lever("p", LeverKind.PIN, "offer_clearance", placement="home_hero"),
+         r"action 'offer_clearance' is not on placement 'home_hero' \(its actions: offer_free_shipping, .*\); "
+         r"'offer_clearance' is on: product_sidebar"),
+    ],
+)
+def test_levers_naming_what_the_catalogue_does_not_have_are_refused(bad: Lever, message: str) -> None:
+    # a typo used to be accepted and then matched nothing (a kill switch that kills nothing)
+    from cadence.settings import DEFAULT_CATALOGUE
+    from policy.catalogue import load_catalogue
+
+    with pytest.raises(LeverError, match=message):
+        bad.check_targets(load_catalogue(DEFAULT_CATALOGUE))
+
+
+def test_levers_on_the_catalogue_pass_the_target_check() -> None:
+    from cadence.settings import DEFAULT_CATALOGUE
+    from policy.catalogue import load_catalogue
+
+    catalogue = load_catalogue(DEFAULT_CATALOGUE)
+    for ok in (lever("k", LeverKind.KILL, None), lever("k", LeverKind.KILL, None, placement="newsletter"),
+               lever("p", LeverKind.PIN, "offer_clearance"), lever("b", LeverKind.BAN, "offer_10pct",
+                                                                     placement="home_hero")):
+        ok.check_targets(catalogue)
