@@ -256,17 +256,19 @@ def cmd_levers(args: argparse.Namespace) -> None:
                 for a in book.audit:
                     print(f"audit {a.ts:.0f} {a.who}: {a.change} {a.lever_id} — {a.why}")
             return
-        ts = args.ts if args.ts is not None else time.time()
+        now = time.time()  # wall clock: when the change is made (audit)
         if args.action == "revoke":
-            await store.update(lambda b: b.revoke(args.lever_id, args.who, args.why, ts))
+            await store.update(lambda b: b.revoke(args.lever_id, args.who, args.why, now))
             print(f"revoked {args.lever_id}")
             return
         kind = LeverKind(args.action)
         lever = Lever(
             lever_id=args.lever_id or f"{kind.value}-{uuid.uuid4().hex[:8]}", kind=kind, who=args.who, why=args.why,
-            ts=ts, action=getattr(args, "action_id", None), user_id=args.user, segment=args.segment,
-            placement=args.placement, factor=getattr(args, "factor", 1.0),
-            expires=ts + args.hours * 3600 if args.hours is not None else None,  # --hours 0 or nan: refused
+            # no --ts: every event processed from now on, whatever its event time (a backlog too)
+            ts=args.ts, action=getattr(args, "action_id", None), user_id=args.user, segment=args.segment,
+            placement=args.placement, factor=getattr(args, "factor", 1.0), set_at=now,
+            # event time, counted from --ts or else from now (--hours 0 or nan: refused)
+            expires=(args.ts if args.ts is not None else now) + args.hours * 3600 if args.hours is not None else None,
         )
         assert catalogue is not None
         lever.check_targets(catalogue)
@@ -360,10 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
         k = lv.add_parser(kind, help=f"{kind} a lever" if kind != "revoke" else "remove a lever")
         k.add_argument("--who", required=True, help="who makes the change (audited)")
         k.add_argument("--why", required=True, help="why (audited)")
-        k.add_argument("--ts", type=float, default=None, help="event time it takes effect (default: now)")
         if kind == "revoke":
             k.add_argument("lever_id")
             continue
+        k.add_argument("--ts", type=float, default=None,
+                       help="event time it applies from (default: every event processed from now on, whatever its "
+                            "event time)")
         if kind != "kill":
             k.add_argument("action_id", help="the action to pin, boost or ban")
         if kind == "boost":
@@ -371,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
         k.add_argument("--user", help="only this user")
         k.add_argument("--segment", help="only this segment")
         k.add_argument("--placement", help="only this placement")
-        k.add_argument("--hours", type=float, help="expires after this many hours")
+        k.add_argument("--hours", type=float,
+                       help="expires this many hours (event time) after --ts, or after now without --ts")
         k.add_argument("--lever-id", help="id to give it (default: generated)")
     sp.set_defaults(func=cmd_levers)
     sp = sub.add_parser("erase-user", help="GDPR erasure: delete a user's data, stop learning from them")

@@ -6,9 +6,12 @@
 - kill:  kill switch, the placement's default action for everyone (mode "fallback").
 
 A lever targets one user (``user_id``), one segment (``segment``) or everyone (neither), on one
-placement or all (``placement`` None). It is active from ``ts`` until ``expires`` (event time, epoch
-seconds; None: until revoked). When several pins apply, the most specific wins (user, then segment,
-then everyone), then the latest. Boosts multiply; bans add up.
+placement or all (``placement`` None). It applies to events from ``ts`` (event time, epoch seconds) until
+``expires`` (event time; None: until revoked). A lever set by a person "now" has no ``ts``: it applies to
+every event processed after it was set, whatever its event time (out-of-order events, a worker working
+through a backlog), and ``set_at`` records the wall-clock time it was set (the audit's time). When several
+pins apply, the most specific wins (user, then segment, then everyone), then the latest (``ts``, else
+``set_at``). Boosts multiply; bans add up.
 
 :class:`LeverBook` holds the levers and the audit trail and is plain data: ``to_json``/``from_json`` for
 Redis, ``apply``/``revoke`` for the CLI and HTTP endpoints.
@@ -17,6 +20,7 @@ Redis, ``apply``/``revoke`` for the CLI and HTTP endpoints.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -44,13 +48,14 @@ class Lever:
     kind: LeverKind
     who: str
     why: str
-    ts: float  # when it was set, event time; active from then on
+    ts: float | None = None  # event time it applies from; None: every event processed after it was set
     action: str | None = None  # None only for kill
     user_id: str | None = None
     segment: str | None = None
     placement: str | None = None
     factor: float = 1.0  # boost multiplier
-    expires: float | None = None
+    expires: float | None = None  # event time it stops applying at
+    set_at: float | None = None  # wall-clock time a person set it (audit), whatever its ts
 
     def check(self) -> None:
         if not self.lever_id or not isinstance(self.lever_id, str):
@@ -65,9 +70,17 @@ class Lever:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
                 raise LeverError(f"lever {self.lever_id!r}: {name!r} must be a number, got {value!r:.60}")
-        if isinstance(self.ts, bool) or not isinstance(self.ts, int | float) or not math.isfinite(self.ts):
+        if self.ts is not None and (isinstance(self.ts, bool) or not isinstance(self.ts, int | float)
+                                    or not math.isfinite(self.ts)):
             raise LeverError(
-                f"lever {self.lever_id!r}: 'ts' must be event time in epoch seconds, got {self.ts!r}"
+                f"lever {self.lever_id!r}: 'ts' must be event time in epoch seconds, got {self.ts!r}; leave it "
+                "out for a lever that applies to every event processed from now on"
+            )
+        if self.set_at is not None and (isinstance(self.set_at, bool) or not isinstance(self.set_at, int | float)
+                                        or not math.isfinite(self.set_at)):
+            raise LeverError(
+                f"lever {self.lever_id!r}: 'set_at' must be the wall-clock time it was set, in epoch seconds, "
+                f"got {self.set_at!r}"
             )
         if not self.who or not self.why:
             raise LeverError(
@@ -86,7 +99,7 @@ class Lever:
                 f"lever {self.lever_id!r}: 'expires' must be a finite event time in epoch seconds, got "
                 f"{self.expires!r}; leave it out for a lever that does not expire"
             )
-        if self.expires is not None and self.expires <= self.ts:
+        if self.expires is not None and self.ts is not None and self.expires <= self.ts:
             raise LeverError(
                 f"lever {self.lever_id!r}: 'expires' ({self.expires}) must be after 'ts' ({self.ts})"
             )
@@ -118,7 +131,7 @@ class Lever:
 
     def applies(self, ts: float, user_id: str, segment: str | None, placement: str) -> bool:
         return (
-            self.ts <= ts
+            (self.ts is None or self.ts <= ts)
             and (self.expires is None or ts < self.expires)
             and (self.placement is None or self.placement == placement)
             and (self.user_id is None or self.user_id == user_id)
@@ -128,6 +141,11 @@ class Lever:
     @property
     def specificity(self) -> int:
         return 2 if self.user_id else 1 if self.segment else 0
+
+    @property
+    def since(self) -> float:
+        """When it took effect, to tell the latest of two pins: ``ts``, else when it was set."""
+        return self.ts if self.ts is not None else self.set_at if self.set_at is not None else -math.inf
 
     def to_dict(self) -> dict:
         doc = asdict(self)
@@ -139,12 +157,12 @@ class Lever:
         try:
             return cls(**{**doc, "kind": LeverKind(doc["kind"])})
         except (KeyError, TypeError, ValueError) as exc:
-            raise LeverError(f"not a lever: {exc}; need lever_id, kind, who, why, ts") from None
+            raise LeverError(f"not a lever: {exc}; need lever_id, kind, who, why") from None
 
 
 @dataclass(frozen=True, slots=True)
 class AuditRecord:
-    ts: float
+    ts: float  # when the change was made (wall clock; a lever's own ts if it has no set_at)
     who: str
     why: str
     change: str  # "apply", "replace" or "revoke"
@@ -185,11 +203,11 @@ class LeverBook:
         lever.check()
         change = "replace" if lever.lever_id in self._levers else "apply"
         self._levers[lever.lever_id] = lever
-        self._audit.append(
-            AuditRecord(lever.ts, lever.who, lever.why, change, lever.lever_id, lever.to_dict())
-        )
+        when = lever.set_at if lever.set_at is not None else lever.ts if lever.ts is not None else time.time()
+        self._audit.append(AuditRecord(when, lever.who, lever.why, change, lever.lever_id, lever.to_dict()))
 
     def revoke(self, lever_id: str, who: str, why: str, ts: float) -> None:
+        """Remove a lever at once; ``ts`` is when (wall clock) for the audit."""
         if not who or not why:
             raise LeverError("revoking needs 'who' and 'why': every change is audited")
         lever = self._levers.pop(lever_id, None)
@@ -220,7 +238,7 @@ class LeverBook:
             return NO_LEVERS
         kill = next((lv.lever_id for lv in hits if lv.kind is LeverKind.KILL), None)
         pins = [lv for lv in hits if lv.kind is LeverKind.PIN]
-        pin = max(pins, key=lambda lv: (lv.specificity, lv.ts, lv.lever_id)) if pins else None
+        pin = max(pins, key=lambda lv: (lv.specificity, lv.since, lv.lever_id)) if pins else None
         boosts: dict[str, float] = {}
         for lv in hits:
             if lv.kind is LeverKind.BOOST and lv.action:

@@ -180,7 +180,8 @@ def register_views(
     batcher = DecideBatcher(engine.process_isolating, OutputCoalescer(emit_soon))
 
     def now_event_time() -> float:
-        """'Now' for levers set by a person: the stream's event time when there is one, else the clock."""
+        """'Now' for /profile: the stream's event time when there is one, else the clock. Not for levers: the
+        watermark is the latest event time accepted, and a lever stamped with it missed every event before."""
         return engine.watermark or time.time()
 
     @app.page("/decide")
@@ -303,7 +304,8 @@ def register_views(
         if request.method == "POST":
             doc = await body(request)
             doc.setdefault("lever_id", f"lv-{uuid.uuid4().hex[:10]}")
-            doc.setdefault("ts", now_event_time())
+            # without "ts" it applies to every event processed from now on, whatever its event time
+            doc["set_at"] = time.time()  # for the audit: when it was set, not what the client says
             lever = Lever.from_dict(doc)
             lever.check_targets(engine.catalogue)  # a typo would match nothing: 400 naming the known ids
             book = await levers.update(lambda b: b.apply(lever))
@@ -312,7 +314,7 @@ def register_views(
         if request.method == "DELETE":
             doc = await body(request)
             book = await levers.update(lambda b: b.revoke(doc["lever_id"], doc.get("who", ""), doc.get("why", ""),
-                                                         now_event_time()))
+                                                         time.time()))
             engine.policy_ctx.levers = book
             return web.json({"revoked": doc["lever_id"], "levers": len(book.levers)})
         book = await levers.load()
@@ -324,13 +326,14 @@ def register_views(
         doc = await body(request)
         lever_id = "kill-" + (doc.get("placement") or "all")
         if doc.get("on", True):
-            lever = Lever(lever_id, LeverKind.KILL, doc.get("who", ""), doc.get("why", ""), now_event_time(),
-                          placement=doc.get("placement"))
+            # no ts: every request processed from now on gets the default, whatever its event time
+            lever = Lever(lever_id, LeverKind.KILL, doc.get("who", ""), doc.get("why", ""),
+                          placement=doc.get("placement"), set_at=time.time())
             lever.check_targets(engine.catalogue)
             engine.policy_ctx.levers = await levers.update(lambda b: b.apply(lever))
             return web.json({"kill_switch": "on", "lever_id": lever_id})
         engine.policy_ctx.levers = await levers.update(
-            lambda b: b.revoke(lever_id, doc.get("who", ""), doc.get("why", ""), now_event_time()))
+            lambda b: b.revoke(lever_id, doc.get("who", ""), doc.get("why", ""), time.time()))
         return web.json({"kill_switch": "off", "lever_id": lever_id})
 
     async def erase_view(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:

@@ -32,6 +32,25 @@ def test_levers_pin_list_audit_revoke(runtime: Runtime, isolated: dict[str, str]
     assert bad.returncode != 0 and "factor" in bad.stderr
 
 
+def test_levers_set_without_ts_apply_to_a_backlog(runtime: Runtime, isolated: dict[str, str]) -> None:
+    # `cadence levers kill` used to stamp the wall clock: a worker behind it (a backlog) ignored the kill switch
+    import time
+
+    from policy.levers import LeverBook
+
+    before = time.time()
+    done = cadence(runtime, isolated, "levers", "kill", "--hours", "2", "--who", "ops", "--why", "bad offer")
+    assert done.returncode == 0, done.stderr
+    raw = redis.Redis.from_url(runtime.redis_url or "").get(f"{isolated['app_id']}:levers")
+    book = LeverBook.from_json(raw)
+    (kill,) = book.levers
+    assert kill.ts is None and before <= (kill.set_at or 0) <= time.time()
+    assert kill.expires == (kill.set_at or 0) + 7200  # --hours: from when it was set, as event time
+    assert book.active(before - 30 * 86400, "u1", None, "home_hero").kill == kill.lever_id  # the backlog too
+    assert book.active(kill.expires, "u1", None, "home_hero").kill is None
+    assert book.audit[0].ts == kill.set_at
+
+
 def test_levers_naming_what_the_catalogue_does_not_have_are_refused(runtime: Runtime,
                                                                     isolated: dict[str, str]) -> None:
     # checked against the catalogue the workers use (CADENCE_CATALOGUE): a typo used to be stored and match nothing

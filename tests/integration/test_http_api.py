@@ -142,6 +142,27 @@ def test_levers_pin_ban_expiry_kill_switch_and_audit(worker: WorkerProcess) -> N
     assert all(a["why"] for a in book["audit"])
 
 
+def test_levers_set_without_ts_apply_to_every_event_processed_after_whatever_its_time(
+        worker: WorkerProcess) -> None:
+    # the watermark used to stamp them: one client 50 minutes ahead moved it, and the kill switch missed every
+    # request before that (out-of-order traffic, everyone else for 50 minutes)
+    decide(worker, "fast-clock", 3000)
+    assert call(worker, "/admin/kill", token=ADMIN, method="POST", body={"who": "ops", "why": "incident"})[0] == 200
+    killed = decide(worker, "k1", 10)
+    assert (killed["action"], killed["mode"], killed["trace"]["fallback"]) == ("none", "fallback", "kill_switch")
+    off = {"on": False, "who": "ops", "why": "over"}
+    assert call(worker, "/admin/kill", token=ADMIN, method="POST", body=off)[0] == 200
+    status, doc = call(worker, "/admin/levers", token=ADMIN, method="POST",
+                       body={"lever_id": "pin-early", "kind": "pin", "action": "offer_bundle", "user_id": "p1",
+                             "who": "ana", "why": "VIP call"})
+    assert status == 201 and "ts" not in doc["applied"] and doc["applied"]["set_at"] > NOON + 3000, doc
+    assert decide(worker, "p1", 20)["mode"] == "pinned"
+    before = time.time()
+    audit = call(worker, "/admin/levers", token=ADMIN)[1]["audit"]
+    assert [a["change"] for a in audit] == ["apply", "revoke", "apply"]
+    assert all(before - 60 < a["ts"] <= before for a in audit)  # when each change was made, wall clock
+
+
 def test_erase_user_removes_every_key_and_excludes_the_user(worker: WorkerProcess, runtime: Runtime,
                                                            isolated: dict[str, str]) -> None:
     for i in range(3):

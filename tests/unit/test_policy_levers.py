@@ -116,6 +116,7 @@ def test_no_levers_is_the_shared_empty_answer() -> None:
         (lever("x", LeverKind.BOOST, factor=2.0, expires=float("nan")), "'expires' must be a finite"),
         (lever("x", LeverKind.BAN, expires=float("inf")), "'expires' must be a finite"),
         (lever("x", LeverKind.PIN, ts=float("nan")), "'ts' must be event time in epoch seconds"),
+        (lever("x", LeverKind.PIN, ts=None, set_at=float("nan")), "'set_at' must be the wall-clock time"),
     ],
 )
 def test_bad_levers_are_refused(bad: Lever, message: str) -> None:
@@ -199,3 +200,26 @@ def test_levers_on_the_catalogue_pass_the_target_check() -> None:
                lever("p", LeverKind.PIN, "offer_clearance"), lever("b", LeverKind.BAN, "offer_10pct",
                                                                      placement="home_hero")):
         ok.check_targets(catalogue)
+
+
+def test_a_lever_set_now_applies_to_every_event_processed_from_then_on_whatever_its_time() -> None:
+    # ts None: set by a person "now". Stamping it with the watermark (the latest event time seen) or with the
+    # wall clock left out-of-order events and a backlog behind the wall clock without the kill switch.
+    set_at = T0 + 3600  # wall clock when it was set: ahead of the events still to process
+    kill = lever("k", LeverKind.KILL, None, ts=None, set_at=set_at, expires=set_at + 7200)
+    b = book(kill)
+    for at in (T0 - 365 * 86400, T0, set_at, set_at + 7199):
+        assert b.active(at, "u1", None, "hero").kill == "k", at
+    assert b.active(set_at + 7200, "u1", None, "hero").kill is None  # expiry is event time, as for every lever
+    assert [(r.change, r.ts) for r in b.audit] == [("apply", set_at)]  # the audit: when it was set (wall clock)
+    back = LeverBook.from_json(b.to_json())
+    assert back.levers == [kill] and "ts" not in back.levers[0].to_dict()
+    assert b.prune(set_at + 7200) == ["k"]
+
+
+def test_of_equal_pins_the_latest_set_wins_with_or_without_an_event_time() -> None:
+    earlier = lever("p1", LeverKind.PIN, "x", ts=T0 - 60)
+    now = lever("p2", LeverKind.PIN, "y", ts=None, set_at=T0)
+    assert book(earlier, now).active(T0, "u1", None, "hero").pin == "y"
+    later = lever("p3", LeverKind.PIN, "z", ts=T0 + 5)
+    assert book(earlier, now, later).active(T0 + 5, "u1", None, "hero").pin == "z"
