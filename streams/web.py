@@ -325,7 +325,10 @@ def register_views(
     async def kill_view(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
         doc = await body(request)
         lever_id = "kill-" + (doc.get("placement") or "all")
-        if doc.get("on", True):
+        on = doc.get("on", True)
+        if not isinstance(on, bool):  # "false" (a string) used to switch it on
+            raise ValueError(f"'on' must be true or false (JSON booleans), got {on!r:.40}")
+        if on:
             # no ts: every request processed from now on gets the default, whatever its event time
             lever = Lever(lever_id, LeverKind.KILL, doc.get("who", ""), doc.get("why", ""),
                           placement=doc.get("placement"), set_at=time.time())

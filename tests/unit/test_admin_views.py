@@ -95,7 +95,7 @@ def views(read: Any = None, levers: Levers | None = None) -> tuple[dict[str, Any
         metrics=types.SimpleNamespace(http_outputs_lost=Metric(), http_latency=Metric(), http_requests=Metric()),
         process_isolating=None, watermark=1_767_614_400.0,
         catalogue=types.SimpleNamespace(placements={"home_hero": types.SimpleNamespace(channel="web")},
-                                        actions={"offer_10pct": None}),
+                                        actions={"offer_10pct": types.SimpleNamespace(placements=("home_hero",))}),
         policy_ctx=types.SimpleNamespace(levers=LeverBook()), store=types.SimpleNamespace(read=read), erased=set(),
     )
     erasures, tombstones = Erasures(), []
@@ -137,3 +137,13 @@ def test_redis_down_is_a_503_with_retry_after_not_a_500() -> None:
     for response in (profile, lever):
         assert response.status == 503 and response.headers["Retry-After"] == "5"
         assert "unreachable" in response.body["error"] and "retry" in response.body["what_to_do"]
+
+
+def test_the_kill_switch_takes_only_a_boolean_to_turn_on_or_off() -> None:
+    # {"on": "false"} used to turn it on everywhere
+    pages, _, _ = views()
+    for on in ("false", 0, None):
+        response = post(pages["/admin/kill"], {"on": on, "who": "ops", "why": "incident over"})
+        assert response.status == 400 and "'on' must be true or false" in response.body["error"]
+    assert post(pages["/admin/kill"], {"on": True, "who": "ops", "why": "incident"}).body["kill_switch"] == "on"
+    assert post(pages["/admin/kill"], {"on": False, "who": "ops", "why": "over"}).body["kill_switch"] == "off"
