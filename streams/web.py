@@ -107,12 +107,27 @@ def _too_many(web: faust.web.View, wait: float) -> faust.web.Response:
     return response
 
 
+class BadParameters(ValueError):
+    """A /decide query the request event cannot be built from; the message says what is wrong."""
+
+
 def decide_request(params: dict[str, str], placement_channel: str, now: float) -> tuple[str, str, bytes]:
-    """The decision-request event (event id, topic, JSON bytes) for an HTTP call, validated later like any event."""
+    """The decision-request event (event id, topic, JSON bytes) for an HTTP call, validated later like any event.
+
+    Raises ``BadParameters`` for a parameter /decide does not take (one named like an event field, ``type``
+    or ``decision_id``, would otherwise make the request another event) or a ``ts`` that is not a finite number.
+    """
     topic, etype = REQUEST_TYPES[placement_channel]
-    ts = float(params["ts"]) if params.get("ts") else now
+    unknown = sorted(name for name in params if name not in KNOWN_PARAMS)
+    if unknown:
+        raise BadParameters(f"unknown parameter(s) {[name[:40] for name in unknown[:5]]}; /decide takes "
+                            f"{sorted(KNOWN_PARAMS)}")
+    try:
+        ts = float(params["ts"]) if params.get("ts") else now
+    except ValueError:
+        ts = math.nan
     if not math.isfinite(ts):
-        raise ValueError(f"ts {params['ts']!r} is not a finite number")
+        raise BadParameters(f"ts {params['ts'][:40]!r} is not a number of epoch seconds; omit it to decide for now")
     doc: dict[str, Any] = {
         "event_id": params.get("request_id") or f"http-{uuid.uuid4().hex}",
         "user_id": params.get("user_id", ""),
@@ -123,12 +138,9 @@ def decide_request(params: dict[str, str], placement_channel: str, now: float) -
     for name in OPTIONAL_PARAMS:
         if params.get(name):
             doc[name] = params[name]
-    consent = params.get("consent")
-    if consent:  # another spelling than true/false stays a string: refused (wrong_type) as on the stream
+    if "consent" in params:  # another spelling than true/false stays a string: refused (wrong_type) as on the stream
+        consent = params["consent"]
         doc["consent"] = {"true": True, "false": False}.get(consent, consent)
-    for name, value in params.items():  # refused by validation (unexpected_field), as on the stream
-        if name not in KNOWN_PARAMS:
-            doc[name] = value
     return doc["event_id"], topic, orjson.dumps(doc)
 
 
@@ -211,9 +223,9 @@ def register_views(
                               "use a placement of the catalogue", placements=sorted(engine.catalogue.placements))
             try:
                 event_id, topic, raw = decide_request(params, placement.channel, time.time())
-            except ValueError:
+            except BadParameters as exc:
                 status = 400
-                return _error(web, status, "ts must be a number (epoch seconds)", "omit ts to decide for now")
+                return _error(web, status, str(exc), "send only the documented parameters")
             try:
                 request_key = (params.get("user_id", ""), event_id, placement.id)
                 answer: Answer | EngineFailed = await batcher.decide(request_key, RawMessage(topic, -1, -1, raw,
