@@ -65,12 +65,14 @@ def _decision(event: Event, action: str, probability: float, mode: Mode, policy:
     )
 
 
-def fallback(event: Event, ctx: PolicyContext, policy: Policy, reason: str, consent: bool | None = None) -> Decided:
+def fallback(event: Event, ctx: PolicyContext, policy: Policy, reason: str, consent: bool | None = None,
+             state: UserState | None = None) -> Decided:
     """The placement's default action (or "none" where ``consent``, its dates or a ban lever withhold it),
-    marked as a fallback with its reason."""
+    marked as a fallback with its reason; ``state``: the user's, when read (their stored segment)."""
     placement = event.placement or ""
     action, withheld = ctx.catalogue.fallback_action(placement, event.ts, consent)
-    if action != NO_ACTION and action in ctx.levers.active(event.ts, event.user_id, event.segment, placement).bans:
+    segment = event.segment or (state.segment if state is not None else None)
+    if action != NO_ACTION and action in ctx.levers.active(event.ts, event.user_id, segment, placement).bans:
         action, withheld = NO_ACTION, "ban"
     trace: dict[str, Any] = {"fallback": reason}
     if withheld is not None:
@@ -201,7 +203,7 @@ def decide(event: Event, state: UserState | None, ctx: PolicyContext, policy: Po
     (``position`` is the event's place in it)."""
     consent = consent_of(event, state)
     if consent is False:
-        return fallback(event, ctx, policy, "no_marketing_consent", consent)
+        return fallback(event, ctx, policy, "no_marketing_consent", consent, state)
     found = batch.selector(policy, position) if batch is not None else None
     if found is None:
         x = build_context(event, state)

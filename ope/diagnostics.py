@@ -119,23 +119,38 @@ def usable_rows(log: DecisionLog, tiny: float = TINY_PROBABILITY) -> tuple[np.nd
     return ok, found
 
 
+UNCOVERED_SHARE = 0.01  # share of a candidate's probability on actions overrides gave probability 0: warn above
+
+
 def support_warning(
     log: DecisionLog, rows: np.ndarray, target: np.ndarray, index: dict[str, int]
 ) -> OPEWarning | None:
-    """Warn when the candidate gives probability to (placement, action) pairs the log never took, or to
+    """Warn when the candidate gives probability to (placement, action) pairs the log never took, or (above
+    ``UNCOVERED_SHARE`` of its probability: a few overrides among many draws leave the estimate sound) to
     actions a decision logged with probability 1 for another action could not have shown."""
     taken = log.actions_taken()
-    mass = np.zeros(len(log))
+    never, uncovered = np.zeros(len(log)), np.zeros(len(log))
     pairs: dict[tuple[str, str], float] = {}
+    sure_pairs: dict[tuple[str, str], float] = {}
     for i, d in enumerate(log):
         if not rows[i]:
             continue
         sure = d.probability == 1.0
         for a in d.eligible:
             pi = target[i, index[a]]
-            if pi > 0 and (a not in taken.get(d.placement, ()) or (sure and a != d.action)):
-                mass[i] += pi
+            if pi <= 0:
+                continue
+            if a not in taken.get(d.placement, ()):
+                never[i] += pi
                 pairs[(d.placement, a)] = pairs.get((d.placement, a), 0.0) + pi
+            elif sure and a != d.action:
+                uncovered[i] += pi
+                sure_pairs[(d.placement, a)] = sure_pairs.get((d.placement, a), 0.0) + pi
+    mass = never
+    if sure_pairs and float(uncovered[rows].mean()) >= UNCOVERED_SHARE:
+        mass = never + uncovered
+        for pair, pi in sure_pairs.items():
+            pairs[pair] = pairs.get(pair, 0.0) + pi
     if not pairs:
         return None
     top = sorted(pairs, key=lambda k: -pairs[k])[:MAX_PAIRS_LISTED]

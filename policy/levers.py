@@ -10,8 +10,8 @@ placement or all (``placement`` None). It applies to events from ``ts`` (event t
 ``expires`` (event time; None: until revoked). A lever set by a person "now" has no ``ts``: it applies to
 every event processed after it was set, whatever its event time (out-of-order events, a worker working
 through a backlog), and ``set_at`` records the wall-clock time it was set (the audit's time). When several
-pins apply, the most specific wins (user, then segment, then everyone), then the latest (``ts``, else
-``set_at``). Boosts multiply; bans add up.
+pins apply, the most specific wins (user, then segment, then everyone), then the one set last (``set_at``,
+else ``ts`` for levers from before ``set_at`` was kept). Boosts multiply; bans add up.
 
 :class:`LeverBook` holds the levers and the audit trail and is plain data: ``to_json``/``from_json`` for
 Redis, ``apply``/``revoke`` for the CLI and HTTP endpoints.
@@ -99,6 +99,11 @@ class Lever:
                 f"lever {self.lever_id!r}: 'expires' must be a finite event time in epoch seconds, got "
                 f"{self.expires!r}; leave it out for a lever that does not expire"
             )
+        if self.expires is not None and self.ts is None and self.set_at is not None and self.expires <= self.set_at:
+            raise LeverError(
+                f"lever {self.lever_id!r}: 'expires' ({self.expires}) must be after the time it is set "
+                f"({self.set_at:.0f}): a lever that is over already would still hold late and backlog events"
+            )
         if self.expires is not None and self.ts is not None and self.expires <= self.ts:
             raise LeverError(
                 f"lever {self.lever_id!r}: 'expires' ({self.expires}) must be after 'ts' ({self.ts})"
@@ -144,8 +149,10 @@ class Lever:
 
     @property
     def since(self) -> float:
-        """When it took effect, to tell the latest of two pins: ``ts``, else when it was set."""
-        return self.ts if self.ts is not None else self.set_at if self.set_at is not None else -math.inf
+        """When it was set, to tell the latest of two pins: ``set_at`` (wall clock), else ``ts`` (a lever from
+        before ``set_at`` was kept); one clock for both, so an event-time ``ts`` in the past does not make a
+        pin set later lose."""
+        return self.set_at if self.set_at is not None else self.ts if self.ts is not None else -math.inf
 
     def to_dict(self) -> dict:
         doc = asdict(self)

@@ -248,3 +248,32 @@ def test_on_policy_averages_the_rows_the_candidates_are_weighted_on():
     assert logged.n == 500 and logged.value == pytest.approx(np.mean(usable))
     same = evaluate(log, Fixed({"a": 0.5, "b": 0.3, "c": 0.2}), estimators=("ips",))["ips"]
     assert same.n == logged.n and same.value == pytest.approx(logged.value)
+
+
+class MostlyC:
+    """The best action c with a 1 % floor on the others."""
+
+    name = "mostly-c"
+
+    def target_probs(self, x: np.ndarray, eligible: Sequence[str]) -> dict[str, float]:
+        return {a: (0.98 if a == "c" else 0.01) for a in eligible}
+
+
+def test_a_few_overrides_among_many_draws_do_not_block_a_candidate_but_many_do() -> None:
+    # one kept arbitration override (p = 1) in 2,000 decisions used to block every candidate that explores
+    from dataclasses import replace
+
+    from ope.gate import decide_promotion
+
+    log = make_log(n=2000)
+    rows = list(log.decisions)
+
+    def gate(overrides: int) -> tuple[bool, list[str]]:
+        changed = DecisionLog([replace(d, probability=1.0) if i < overrides else d for i, d in enumerate(rows)])
+        verdict = decide_promotion(evaluate(changed, MostlyC(), ("dr",))["dr"], on_policy(changed))
+        return verdict.promote, [w["code"] for w in verdict.warnings]
+
+    assert gate(0) == (True, [])
+    assert gate(1)[0]  # 0.002 % of its probability on an action an override gave probability 0
+    promoted, codes = gate(1000)  # half the log: 1 % of its probability is not covered
+    assert not promoted and "support_not_covered" in codes

@@ -223,3 +223,17 @@ def test_of_equal_pins_the_latest_set_wins_with_or_without_an_event_time() -> No
     assert book(earlier, now).active(T0, "u1", None, "hero").pin == "y"
     later = lever("p3", LeverKind.PIN, "z", ts=T0 + 5)
     assert book(earlier, now, later).active(T0 + 5, "u1", None, "hero").pin == "z"
+
+
+def test_a_pin_set_later_wins_even_with_an_earlier_event_time() -> None:
+    # ordered by ts else set_at, a pin set at 11:00 for events from 09:00 lost to one set at 10:00 without ts
+    at_ten = lever("p1", LeverKind.PIN, "x", ts=None, set_at=T0 + 3600)
+    at_eleven = lever("p2", LeverKind.PIN, "y", ts=T0, set_at=T0 + 7200)
+    assert book(at_ten, at_eleven).active(T0 + 7200, "u1", None, "hero").pin == "y"
+
+
+@pytest.mark.parametrize("hours", [0.0, -5.0])
+def test_a_lever_set_now_must_expire_after_it_is_set(hours: float) -> None:
+    # it would still kill or ban late and backlog events until then
+    with pytest.raises(LeverError, match="must be after the time it is set"):
+        lever("k", LeverKind.KILL, None, ts=None, set_at=T0, expires=T0 + hours * 3600).check()
