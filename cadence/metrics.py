@@ -58,6 +58,11 @@ class Metrics:
             "cadence_decision_state_lost_total", "Users' decision-state writes dropped because the retry buffer was "
             "full", registry=r,
         )
+        self.policy_state_merges = Counter(
+            "cadence_policy_state_merges_total", "Users' policy states another process wrote since they were "
+            "read: merged with it and stored (merged), or left to it after repeated conflicts (given_up)",
+            ["outcome"], registry=r,
+        )
         self.erased_events = Counter(
             "cadence_erased_user_events_total", "Events of erased users, not stored nor learned", registry=r
         )

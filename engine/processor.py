@@ -41,7 +41,9 @@ from learning.live_models import LiveModels
 from learning.source_progress import SourceProgress
 from ope.shadow import ShadowLog
 from policy.catalogue import Catalogue
+from policy.merge import merge_states
 from policy.pipeline import PolicyContext
+from policy.state import PolicyStateError, UserPolicyState
 
 log = logging.getLogger(__name__)
 # Decision requests that mean the customer is active (an email request is the email tool asking).
@@ -52,6 +54,7 @@ DRAWN = frozenset({Mode.EXPLORE, Mode.EXPLOIT})  # decisions the bandit drew: th
 STORE_CHUNK = 256  # events per feature-store call at most: the next chunk's call runs in Redis while one is decided
 MIN_SPLIT = 64  # a batch of more events than this goes in at least two chunks, so Redis always has one to work on
 RESYNC_MIN_USERS = 100  # a jump in event time is believed only when this many users show it
+MERGE_ATTEMPTS = 3  # compare-and-set rounds of a policy state another process keeps changing (``_store_writes``)
 
 
 def chunk_size(events: int) -> int:
@@ -109,6 +112,9 @@ class Engine(EngineLearning):
         # decision-state writes Redis did not take, oldest first, as (WritesInFlight handle, writes): retried
         # before the next write and by the timer, still patched into reads meanwhile (``_store_writes``)
         self._unstored: deque[tuple[int, dict[str, dict[str, str]]]] = deque()
+        # WritesInFlight handle -> per user whose policy state it writes, the policy state its decisions were
+        # made from (None: none stored): the value the write expects Redis to hold (compare-and-set)
+        self._bases: dict[int, dict[str, str | None]] = {}
         self._write_retry_at = 0.0  # monotonic time before which a failed write is not tried again
         self._write_logged_at = 0.0
         self._writes_kept = False  # a write failed since the last one Redis took
@@ -168,12 +174,13 @@ class Engine(EngineLearning):
         started = time.perf_counter()
         out = BatchOutput()
         events = self._validate(messages, out)
-        writes = await self._decide_in_turn(events, out) if events else {}
+        bases: dict[str, str | None] = {}
+        writes = await self._decide_in_turn(events, out, bases) if events else {}
         seq = self._in_flight.register(writes) if writes else -1  # later reads are patched with it until stored
         if decided is not None:
             decided(out)
         if writes:
-            await self._write(writes, seq)
+            await self._write(writes, seq, bases)
         self.metrics.batch_latency.observe(time.perf_counter() - started)
         self.metrics.batch_size.observe(len(messages))
         return out
@@ -204,7 +211,8 @@ class Engine(EngineLearning):
             decided(out)
         return out
 
-    async def _decide_in_turn(self, events: list[Event], out: BatchOutput) -> dict[str, dict[str, str]]:
+    async def _decide_in_turn(self, events: list[Event], out: BatchOutput,
+                              bases: dict[str, str | None]) -> dict[str, dict[str, str]]:
         """``_apply``, after every earlier batch still deciding for one of these users has registered its
         writes (so this batch reads them, patched). Batches wait only for batches that started before
         them, so no two wait for each other; batches with no user in common run concurrently as before."""
@@ -217,7 +225,7 @@ class Engine(EngineLearning):
         try:
             if earlier:
                 await asyncio.wait(earlier)
-            return await self._apply(events, out)
+            return await self._apply(events, out, bases)
         finally:  # registered by the caller before it next awaits, so later batches see these writes
             turn.set_result(None)
             for u in users:
@@ -298,10 +306,12 @@ class Engine(EngineLearning):
             log.error("feature store unreachable: retry buffer full, %d oldest updates dropped", overflow)
         self.metrics.updates_pending.set(len(self._unapplied))
 
-    async def _apply(self, events: list[Event], out: BatchOutput) -> dict[str, dict[str, str]]:
+    async def _apply(self, events: list[Event], out: BatchOutput,
+                     bases: dict[str, str | None] | None = None) -> dict[str, dict[str, str]]:
         """Apply the events to the feature store and decide, chunk by chunk: while one chunk is decided,
         Redis already applies the next (its states lack this chunk's decision writes, which ``writes``
-        patches in, as for two events of one user in the same chunk). Returns the decision-state writes."""
+        patches in, as for two events of one user in the same chunk). Returns the decision-state writes;
+        ``bases`` gets each user's policy state as first read (``_decide_chunk``)."""
         if self.erased:
             events = self._without_erased(events, out)
             if not events:
@@ -328,7 +338,7 @@ class Engine(EngineLearning):
                     if following:  # sent now: Redis works on it while this chunk is decided
                         loading_tick = in_flight.read_sent()
                         loading = await self._load_ahead(following)
-                    self._decide_chunk(chunk, results, writes, out, in_flight.patches(tick))
+                    self._decide_chunk(chunk, results, writes, out, in_flight.patches(tick), bases)
                 finally:
                     in_flight.read_done(tick)
         finally:
@@ -341,7 +351,8 @@ class Engine(EngineLearning):
             self.models.advance_activity(self.watermark)
         return writes
 
-    async def _write(self, writes: dict[str, dict[str, str]], seq: int) -> None:
+    async def _write(self, writes: dict[str, dict[str, str]], seq: int,
+                     bases: dict[str, str | None] | None = None) -> None:
         """Store the batch's decision state (pending decisions, policy states), with any earlier write
         Redis did not take, in one call.
 
@@ -350,6 +361,8 @@ class Engine(EngineLearning):
         patches them in."""
         async with self._write_turn():
             self._unstored.append((seq, writes))
+            if bases:
+                self._bases[seq] = bases
             await self._store_writes()
 
     async def flush_unstored(self) -> None:
@@ -381,17 +394,24 @@ class Engine(EngineLearning):
         if len(unstored) > 1 and time.monotonic() < self._write_retry_at:
             self._keep_bounded()  # Redis failed a moment ago: keep this one with the others, try later
             return
+        expected: dict[str, str | None] = {}  # per user, the policy state the earliest write of it started from
         if len(unstored) == 1:  # the usual case: this batch's write alone
-            merged = unstored[0][1]
+            seq, merged = unstored[0]
+            expected = self._bases.get(seq, expected)
         else:
             merged = {}
-            for _, writes in unstored:
+            for seq, writes in unstored:
+                bases = self._bases.get(seq, {})
                 for user_id, fields in writes.items():
                     if fields:
+                        if POLICY_STATE_FIELD in fields and user_id not in expected:
+                            expected[user_id] = bases.get(user_id)
                         merged.setdefault(user_id, {}).update(fields)
         started = time.perf_counter()
         try:
-            await self.store.write_fields(merged)
+            conflicts = await self.store.write_fields(merged, expected, POLICY_STATE_FIELD)
+            if conflicts:  # another process wrote these users' policy states since they were read
+                await self._merge_policy_states(conflicts, merged, expected)
         except FeatureStoreError as exc:
             self.metrics.store_errors.labels("write").inc()
             self._write_retry_at = time.monotonic() + 1.0
@@ -405,10 +425,63 @@ class Engine(EngineLearning):
         self.metrics.store_latency.labels("write").observe(time.perf_counter() - started)
         for seq, _ in unstored:
             self._in_flight.acknowledge(seq)
+            self._bases.pop(seq, None)
         unstored.clear()
         if self._writes_kept:  # after an outage: nothing kept any more
             self._writes_kept = False
             self.metrics.decision_state_unstored.set(0)
+
+    async def _merge_policy_states(self, conflicts: dict[str, str | None], merged: dict[str, dict[str, str]],
+                                   expected: dict[str, str | None]) -> None:
+        """Store the policy states Redis did not take (another process wrote them since they were read) as
+        the three-way merge of what this write's decisions started from (``expected``), what it wanted to
+        store and what Redis holds now (policy/merge.py), compare-and-set again, ``MERGE_ATTEMPTS`` times at
+        most. The users' other fields are already stored. A store failure raises (the whole write is kept
+        and retried, and its merge with it)."""
+        states = self._policy_states
+        for _ in range(MERGE_ATTEMPTS):
+            retry: dict[str, dict[str, str]] = {}
+            expect: dict[str, str | None] = {}
+            for user_id, current in conflicts.items():
+                ours = merged[user_id][POLICY_STATE_FIELD]
+                if current == ours:  # Redis has it already (e.g. an earlier attempt's reply was lost)
+                    continue
+                text = states.encode(merge_states(self._decoded(expected.get(user_id)), self._decoded(ours),
+                                                  self._decoded(current)))
+                retry[user_id] = {POLICY_STATE_FIELD: text}
+                expect[user_id] = current
+                self._wrote_merged(user_id, text, current)
+            self.metrics.policy_state_merges.labels("merged").inc(len(retry))
+            if not retry:
+                return
+            conflicts = await self.store.write_fields(retry, expect, POLICY_STATE_FIELD)
+            if not conflicts:
+                return
+            # merge again, from the value just computed: the base is what Redis held, ours the merge
+            expected = expect
+            merged = retry
+        self.metrics.policy_state_merges.labels("given_up").inc(len(conflicts))
+        log.warning("policy states of %d users changed by another process %d times while this one merged "
+                    "them: merge given up, those users keep the other process's state", len(conflicts),
+                    MERGE_ATTEMPTS)
+
+    def _decoded(self, raw: str | None) -> UserPolicyState:
+        try:
+            return UserPolicyState.decode(raw.encode() if raw is not None else None)
+        except PolicyStateError:
+            return UserPolicyState()
+
+    def _wrote_merged(self, user_id: str, text: str, current: str | None) -> None:
+        """Lay the merged policy state into the latest unstored write of the user (reads patched with it,
+        WritesInFlight, then see the merge rather than the state before it) and make ``current``, the
+        value it was merged with, the base of the earliest: should this write fail and be retried, it
+        expects what the merge was computed from, and Redis' state is not counted twice."""
+        with_state = [seq for seq, writes in self._unstored if POLICY_STATE_FIELD in writes.get(user_id, ())]
+        if not with_state:
+            return
+        latest = next(w for seq, w in self._unstored if seq == with_state[-1])
+        latest[user_id][POLICY_STATE_FIELD] = text
+        self._bases.setdefault(with_state[0], {})[user_id] = current
 
     def _keep_bounded(self) -> None:
         """At most ``retry_buffer_max`` users' decision state kept: the oldest writes go first (counted)."""
@@ -416,6 +489,7 @@ class Engine(EngineLearning):
         while users > self.config.retry_buffer_max and len(self._unstored) > 1:
             seq, oldest = self._unstored.popleft()
             self._in_flight.drop(seq)
+            self._bases.pop(seq, None)
             self.metrics.decision_state_lost.inc(len(oldest))
             log.error("feature store unreachable: decision state of %d users dropped (buffer full)", len(oldest))
             users = self._unstored_users()
@@ -469,8 +543,13 @@ class Engine(EngineLearning):
 
     def _decide_chunk(self, events: list[Event], results: list[tuple[bool, UserState | None]],
                       writes: dict[str, dict[str, str]], out: BatchOutput,
-                      unseen: dict[str, dict[str, str]] | None = None) -> None:
-        """``unseen``: writes of earlier batches the chunk's read may not show (WritesInFlight.patches)."""
+                      unseen: dict[str, dict[str, str]] | None = None,
+                      bases: dict[str, str | None] | None = None) -> None:
+        """``unseen``: writes of earlier batches the chunk's read may not show (WritesInFlight.patches).
+        ``bases`` gets, per user, the policy state the batch's decisions start from: the stored one as
+        first read, patched with the earlier batches' writes but not with this batch's own (the value a
+        policy-state write of this batch expects Redis to hold; a user met only without a state is left
+        out: decided from an empty state, its write expects none)."""
         batch = BatchContexts.build(
             self.policy, [(i, e, r[1]) for i, (e, r) in enumerate(zip(events, results, strict=True))
                           if e.kind.requests_decision],
@@ -479,6 +558,8 @@ class Engine(EngineLearning):
         for position, (event, (applied, state)) in enumerate(zip(events, results, strict=True)):
             if state is not None and unseen and event.user_id in unseen:
                 state.fields.update(unseen[event.user_id])  # decisions of earlier batches, not stored yet
+            if state is not None and bases is not None and event.user_id not in bases:
+                bases[event.user_id] = state.fields.get(POLICY_STATE_FIELD)
             if state is not None and writes.get(event.user_id):
                 state.fields.update(writes[event.user_id])  # decisions made earlier in this batch
             if not applied:

@@ -164,17 +164,31 @@ class RedisFeatureStore:
                 out.append((bool(result), None))
         return out
 
-    async def write_fields(self, writes: Mapping[str, Mapping[str, str]]) -> None:
-        """Set fields of several users in one call (decision state after a batch)."""
+    async def write_fields(
+        self, writes: Mapping[str, Mapping[str, str]], expected: Mapping[str, str | None] | None = None,
+        cas_field: str | None = None,
+    ) -> dict[str, str | None]:
+        """Set fields of several users in one call (decision state after a batch).
+
+        Compare-and-set of ``cas_field``: for a user in ``expected`` (the value the caller's write was
+        computed from, None: absent) that field is written only if Redis still holds that value; the
+        user's other fields are written either way. Returns the users whose ``cas_field`` was not written,
+        with the value Redis holds (None: absent); empty when every field was written."""
         if not writes:
-            return
-        payload = orjson.dumps({"ttl": self.ttl_s, "writes": {self.key(u): dict(f) for u, f in writes.items() if f}})
+            return {}
+        keys = {self.key(u): u for u, f in writes.items() if f}
+        doc: dict[str, Any] = {"ttl": self.ttl_s, "writes": {self.key(u): dict(f) for u, f in writes.items() if f}}
+        if cas_field is not None and expected:
+            doc["cas"] = cas_field
+            doc["expect"] = {self.key(u): (v if v is not None else False) for u, v in expected.items()
+                             if cas_field in writes.get(u, ())}
+        payload = orjson.dumps(doc)
         if self._writer_busy:  # another write is out on the store's connection: a pooled one
             try:
-                await self._write_script(args=[payload])
+                reply = await self._write_script(args=[payload])
             except Exception as exc:
                 raise FeatureStoreError(f"feature store write failed: {exc}") from exc
-            return
+            return self._conflicts(keys, reply)
         # The store's own connection: about 35 us of CPU less per call than a pooled client call (no pool,
         # no asyncio.wait_for), which is a tenth of a one-request /decide batch.
         self._writer_busy = True
@@ -184,10 +198,10 @@ class RedisFeatureStore:
             conn = await self._connected(self._writer)
             await conn.send_packed_command(conn.pack_command("EVALSHA", self._write_script.sha, 0, payload),
                                            check_health=False)
-            await _read_reply(conn, self._ahead_timeout_s)
+            reply = await _read_reply(conn, self._ahead_timeout_s)
         except NoScriptError:  # Redis forgot the script (restarted): the client's call loads it again
             try:
-                await self._write_script(args=[payload])
+                reply = await self._write_script(args=[payload])
             except Exception as exc:
                 raise FeatureStoreError(f"feature store write failed: {exc}") from exc
         except Exception as exc:
@@ -195,6 +209,19 @@ class RedisFeatureStore:
             raise FeatureStoreError(f"feature store write failed: {exc}") from exc
         finally:
             self._writer_busy = False
+        return self._conflicts(keys, reply)
+
+    @staticmethod
+    def _conflicts(keys: Mapping[str, str], reply: Any) -> dict[str, str | None]:
+        """The script's reply ``[key, current value, ...]`` as user id -> current value."""
+        if not reply or not isinstance(reply, list):  # an empty Lua table comes back as an empty list
+            return {}
+        out: dict[str, str | None] = {}
+        for i in range(0, len(reply) - 1, 2):
+            key, value = reply[i], reply[i + 1]
+            key = key.decode() if isinstance(key, bytes) else str(key)
+            out[keys.get(key, key)] = value.decode() if isinstance(value, bytes) else value
+        return out
 
     async def read(self, user_id: str) -> UserState:
         try:

@@ -53,8 +53,8 @@ class MemoryStore:
             out.append((True, UserState(u.user_id, dict(state.fields)) if u.want_state else None))
         return out
 
-    async def write_fields(self, writes: dict) -> None:
-        return None
+    async def write_fields(self, writes: dict, *cas: object) -> dict:
+        return {}
 
 
 def trained_models(training: bool) -> LiveModels:

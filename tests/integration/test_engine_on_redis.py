@@ -415,9 +415,9 @@ def test_outputs_are_handed_over_once_decided_before_the_state_write(runtime: Ru
     steps: list[str] = []
     write_fields = engine.store.write_fields
 
-    async def recorded_write(writes):  # noqa: ANN001, ANN202
+    async def recorded_write(writes, *cas):  # noqa: ANN001, ANN202
         steps.append("write")
-        await write_fields(writes)
+        return await write_fields(writes, *cas)
 
     engine.store.write_fields = recorded_write  # type: ignore[method-assign]
 

@@ -22,13 +22,14 @@ def test_a_batch_decided_while_the_last_write_is_in_flight_keeps_both_decisions(
     release = asyncio.Event()
     order: list[str] = []
 
-    async def slow_first_write(writes):  # noqa: ANN001, ANN202
+    async def slow_first_write(writes, *cas):  # noqa: ANN001, ANN202
         n = sum(step.startswith("sent") for step in order) + 1
         order.append(f"sent {n}")
         if n == 1:
             await release.wait()  # the first batch's write stays in flight while the second is decided
-        await write_fields(writes)
+        result = await write_fields(writes, *cas)
         order.append(f"stored {n}")
+        return result
 
     engine.store.write_fields = slow_first_write  # type: ignore[method-assign]
 
@@ -64,11 +65,11 @@ def failing_writes(engine, fail: set[int]):  # noqa: ANN001, ANN201
     write_fields = engine.store.write_fields
     calls: list[dict] = []
 
-    async def flaky(writes):  # noqa: ANN001, ANN202
+    async def flaky(writes, *cas):  # noqa: ANN001, ANN202
         calls.append({u: dict(f) for u, f in writes.items()})
         if len(calls) in fail:
             raise FeatureStoreError("feature store write failed: test")
-        await write_fields(writes)
+        return await write_fields(writes, *cas)
 
     engine.store.write_fields = flaky  # type: ignore[method-assign]
     return calls
