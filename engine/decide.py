@@ -102,13 +102,16 @@ class PolicyStates:
         return len(self._newer) + len(self._older)
 
     def of(self, state: UserState | None) -> UserPolicyState:
-        raw = state.fields.get(POLICY_STATE_FIELD) if state else None
+        return self.decoded(state.fields.get(POLICY_STATE_FIELD) if state else None)
+
+    def decoded(self, raw: str | None) -> UserPolicyState:
+        """The state stored as ``raw`` (None: no state yet; a damaged one: a fresh state)."""
         if raw is None:
             return UserPolicyState()
         found = self._newer.get(raw)
         if found is None:
             found = self._older.get(raw)
-        return found if found is not None else policy_state_of(state)
+        return found if found is not None else decode_policy_state(raw)
 
     def encode(self, policy_state: UserPolicyState) -> str:
         """The text to store for ``policy_state``, remembered with it."""
@@ -120,7 +123,10 @@ class PolicyStates:
 
 
 def policy_state_of(state: UserState | None) -> UserPolicyState:
-    raw = state.fields.get(POLICY_STATE_FIELD) if state else None
+    return decode_policy_state(state.fields.get(POLICY_STATE_FIELD) if state else None)
+
+
+def decode_policy_state(raw: str | None) -> UserPolicyState:
     try:
         return UserPolicyState.decode(raw.encode() if raw is not None else None)
     except PolicyStateError:

@@ -43,7 +43,6 @@ from ope.shadow import ShadowLog
 from policy.catalogue import Catalogue
 from policy.merge import merge_states
 from policy.pipeline import PolicyContext
-from policy.state import PolicyStateError, UserPolicyState
 
 log = logging.getLogger(__name__)
 # Decision requests that mean the customer is active (an email request is the email tool asking).
@@ -446,8 +445,8 @@ class Engine(EngineLearning):
                 ours = merged[user_id][POLICY_STATE_FIELD]
                 if current == ours:  # Redis has it already (e.g. an earlier attempt's reply was lost)
                     continue
-                text = states.encode(merge_states(self._decoded(expected.get(user_id)), self._decoded(ours),
-                                                  self._decoded(current)))
+                text = states.encode(merge_states(states.decoded(expected.get(user_id)), states.decoded(ours),
+                                                  states.decoded(current)))
                 retry[user_id] = {POLICY_STATE_FIELD: text}
                 expect[user_id] = current
                 self._wrote_merged(user_id, text, current)
@@ -465,23 +464,16 @@ class Engine(EngineLearning):
                     "them: merge given up, those users keep the other process's state", len(conflicts),
                     MERGE_ATTEMPTS)
 
-    def _decoded(self, raw: str | None) -> UserPolicyState:
-        try:
-            return UserPolicyState.decode(raw.encode() if raw is not None else None)
-        except PolicyStateError:
-            return UserPolicyState()
-
     def _wrote_merged(self, user_id: str, text: str, current: str | None) -> None:
         """Lay the merged policy state into the latest unstored write of the user (reads patched with it,
         WritesInFlight, then see the merge rather than the state before it) and make ``current``, the
         value it was merged with, the base of the earliest: should this write fail and be retried, it
         expects what the merge was computed from, and Redis' state is not counted twice."""
-        with_state = [seq for seq, writes in self._unstored if POLICY_STATE_FIELD in writes.get(user_id, ())]
+        with_state = [(seq, writes) for seq, writes in self._unstored if POLICY_STATE_FIELD in writes.get(user_id, ())]
         if not with_state:
             return
-        latest = next(w for seq, w in self._unstored if seq == with_state[-1])
-        latest[user_id][POLICY_STATE_FIELD] = text
-        self._bases.setdefault(with_state[0], {})[user_id] = current
+        with_state[-1][1][user_id][POLICY_STATE_FIELD] = text
+        self._bases.setdefault(with_state[0][0], {})[user_id] = current
 
     def _keep_bounded(self) -> None:
         """At most ``retry_buffer_max`` users' decision state kept: the oldest writes go first (counted)."""
