@@ -29,19 +29,19 @@ T = TypeVar("T")
 
 def merge_states(base: UserPolicyState, ours: UserPolicyState, theirs: UserPolicyState) -> UserPolicyState:
     """The state holding both sides' changes over ``base`` (module docstring)."""
-    sticky: dict[str, StickyState] = {}
-    for placement in _keys(ours.sticky, theirs.sticky, base.sticky):
-        s = _pick(base.sticky.get(placement), ours.sticky.get(placement), theirs.sticky.get(placement),
-                  merge_sticky)
-        if s is not None:
-            sticky[placement] = s
-    contacts: dict[str, ChannelHistory] = {}
-    for channel in _keys(ours.contacts, theirs.contacts, base.contacts):
-        h = _pick(base.contacts.get(channel), ours.contacts.get(channel), theirs.contacts.get(channel),
-                  merge_histories)
-        if h is not None:
-            contacts[channel] = h
-    return UserPolicyState(sticky, contacts)
+    return UserPolicyState(_merge_entries(base.sticky, ours.sticky, theirs.sticky, merge_sticky),
+                           _merge_entries(base.contacts, ours.contacts, theirs.contacts, merge_histories))
+
+
+def _merge_entries(base: Mapping[str, T], ours: Mapping[str, T], theirs: Mapping[str, T],
+                   both: Callable[[T | None, T, T], T]) -> dict[str, T]:
+    """Per key (placement or channel), the entry ``_pick`` keeps; a key no side keeps is left out."""
+    out: dict[str, T] = {}
+    for key in _keys(ours, theirs, base):
+        entry = _pick(base.get(key), ours.get(key), theirs.get(key), both)
+        if entry is not None:
+            out[key] = entry
+    return out
 
 
 def _keys(*maps: Mapping[str, object]) -> list[str]:
