@@ -59,10 +59,9 @@ def test_a_sample_re_emitted_after_the_snapshot_is_not_applied_again_by_a_worker
     resumed.resume_from(LearnedState.unpack(blob), offsets)
     resumed.learn(after, {0: len(before) + len(after)})  # reads on from the snapshot's offsets
 
-    for action in ("offer_10pct",):
-        a, b = running.policy.stats(action), resumed.policy.stats(action)
-        np.testing.assert_allclose(b.gram, a.gram)
-        np.testing.assert_allclose(b.sums, a.sums)
+    a, b = running.policy.stats("offer_10pct"), resumed.policy.stats("offer_10pct")
+    np.testing.assert_allclose(b.gram, a.gram)
+    np.testing.assert_allclose(b.sums, a.sums)
     assert resumed.lift.result() == running.lift.result()
 
 
