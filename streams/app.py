@@ -316,8 +316,8 @@ def create_app(settings: Settings) -> faust.App:
             if isinstance(value, int | float):
                 metrics.lift.labels(stat).set(value)
 
-    register_views(app, engine, settings.api_token, settings.admin_token, emit, levers, erasures, tombstone,
-                   settings.http_max_rps)
+    drain_decide_outputs = register_views(app, engine, settings.api_token, settings.admin_token, emit, levers,
+                                          erasures, tombstone, settings.http_max_rps)
 
     async def start_learning() -> dict[int, int] | None:
         status["generation"] = await snapshots.generation()
@@ -501,6 +501,11 @@ def create_app(settings: Settings) -> faust.App:
             except TimeoutError:
                 log.warning("the intake did not finish within %.0f s; its last batch is read again after a restart",
                             INTAKE_STOP_TIMEOUT_S)
+        try:  # /decide requests answered: their outputs reach the broker before the producer stops
+            await asyncio.wait_for(drain_decide_outputs(), timeout=INTAKE_STOP_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("/decide outputs were still being sent after %.0f s; the rest are lost (the answers went "
+                        "out; their decisions are missing from the decisions topic)", INTAKE_STOP_TIMEOUT_S)
         await engine.flush_unstored()  # decision state Redis did not take: a last try (failures are logged)
         if producing["holding"]:  # this worker sends no more samples: stop holding label windows open for it
             try:

@@ -63,6 +63,12 @@ class DecideBatcher:
             self._drainer = asyncio.ensure_future(self._drain())
         return await future
 
+    async def settle(self) -> None:
+        """Wait until every queued request is decided and every batch's engine call has returned (shutdown:
+        their outputs are handed to ``emit_soon`` and their decision state is stored or kept)."""
+        while self._drainer is not None or any(not task.done() for task in self._storing):
+            await asyncio.wait([t for t in (self._drainer, *self._storing) if t is not None and not t.done()])
+
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         try:
@@ -129,3 +135,28 @@ class OutputCoalescer:
         held, self._held = self._held, None
         if held is not None:
             self.emit(held)
+
+
+class BackgroundEmits:
+    """/decide outputs on their way to Kafka: coalesced (:class:`OutputCoalescer`), each send its own task,
+    kept until it ends, so that shutdown can wait for them (``drain``) before the producer stops; a request
+    answered just before a worker stops still has its decision on the decisions topic."""
+
+    def __init__(self, send: Callable[[BatchOutput], Awaitable[None]], delay_s: float = 0.005) -> None:
+        self.send = send
+        self.coalescer = OutputCoalescer(self._start, delay_s)
+        self._sending: set[asyncio.Task] = set()
+
+    def __call__(self, out: BatchOutput) -> None:
+        self.coalescer(out)
+
+    def _start(self, out: BatchOutput) -> None:
+        task = asyncio.ensure_future(self.send(out))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def drain(self) -> None:
+        """Send what the coalescer holds now and wait until every send has ended."""
+        self.coalescer.flush()
+        while self._sending:
+            await asyncio.wait(set(self._sending))

@@ -29,7 +29,7 @@ from features.store import FeatureStoreError
 from policy.lever_store import LeverStore
 from policy.levers import Lever, LeverError, LeverKind
 from streams import handover
-from streams.decide_batcher import Answer, DecideBatcher, EngineFailed, OutputCoalescer
+from streams.decide_batcher import Answer, BackgroundEmits, DecideBatcher, EngineFailed
 
 log = logging.getLogger(__name__)
 
@@ -167,10 +167,10 @@ def register_views(
     app: faust.App, engine: Engine, api_token: SecretStr | None, admin_token: SecretStr | None,
     emit: Callable[[BatchOutput], Awaitable[None]], levers: LeverStore, erasures: ErasureRegistry,
     tombstone: Callable[[str, str], Awaitable[None]], max_rps: float,
-) -> None:
+) -> Callable[[], Awaitable[None]]:
+    """Register the HTTP views; returns what shutdown awaits before the producer stops (/decide outputs)."""
     bucket = TokenBucket(rate=max_rps, burst=max_rps)
     metrics = engine.metrics
-    background: set[asyncio.Task] = set()
 
     async def emit_or_count(out: BatchOutput) -> None:
         """Send /decide outputs (answered already): refused ones are sent again like the intake's, then
@@ -183,13 +183,18 @@ def register_views(
                       "tries (%s: %s); counted in cadence_http_outputs_lost_total", len(out.decisions),
                       len(out.dead_letters), handover.RESENDS + 1, type(exc).__name__, exc)
 
-    def emit_soon(out: BatchOutput) -> None:
-        task = asyncio.ensure_future(emit_or_count(out))
-        background.add(task)
-        task.add_done_callback(background.discard)
-
     # one bad request cannot fail its batch; outputs of batches finishing within 5 ms go out together
-    batcher = DecideBatcher(engine.process_isolating, OutputCoalescer(emit_soon))
+    outputs = BackgroundEmits(emit_or_count)
+    batcher = DecideBatcher(engine.process_isolating, outputs)
+
+    stopping = asyncio.Event()
+
+    async def drain_decide_outputs() -> None:
+        """Shutdown: new /decide requests get a 503, the batches in the engine finish, and their outputs
+        reach the broker."""
+        stopping.set()
+        await batcher.settle()
+        await outputs.drain()
 
     def now_event_time() -> float:
         """'Now' for /profile: the stream's event time when there is one, else the clock. Not for levers: the
@@ -208,6 +213,11 @@ def register_views(
                 status = 401
                 return _error(web, status, "missing or wrong bearer token",
                               "send 'Authorization: Bearer <CADENCE_API_TOKEN>'")
+            if stopping.is_set():
+                status = 503
+                response = _error(web, status, "this worker is stopping", "send the request to another worker")
+                response.headers["Retry-After"] = "1"
+                return response
             wait = bucket.take()
             if wait:
                 status = 429
@@ -371,3 +381,4 @@ def register_views(
     for path, handler in (("/admin/levers", levers_view), ("/admin/kill", kill_view),
                           ("/admin/erase-user", erase_view), ("/admin/lift", lift_view)):
         app.page(path)(_view(admin(handler)))
+    return drain_decide_outputs

@@ -253,3 +253,44 @@ def test_hostile_requests_get_clear_errors_and_change_nothing(worker: WorkerProc
     text = worker.metrics_text()
     assert 'cadence_decisions_total{action="none",mode="fallback",placement="unknown"} 40.0' in text
     assert "junk-0" not in text
+
+
+def test_decisions_answered_while_a_worker_stops_are_on_the_topic(runtime: Runtime, isolated: dict[str, str],
+                                                                  data_dir: Path) -> None:
+    """SIGTERM while /decide requests keep coming: every request answered 200 has its decision on the decisions
+    topic (shutdown waits for the engine's batches and their sends); the rest get 503 or no answer."""
+    import threading
+
+    w = start_worker(runtime, data_dir, api_token=API, http_max_rps="5000", **isolated)
+    answered: list[str] = []
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def ask(client: int) -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                status, doc = call(w, "/decide", user_id=f"s{client}-{i % 50}", placement="home_hero",
+                                   ts=NOON + i, request_id=f"r{client}-{i}")
+            except OSError:  # the server is gone
+                return
+            statuses.append(status)
+            if status == 200:
+                answered.append(doc["decision_id"])
+
+    clients = [threading.Thread(target=ask, args=(c,), daemon=True) for c in range(4)]
+    for c in clients:
+        c.start()
+    time.sleep(1.5)
+    w.stop()  # SIGTERM with requests in flight
+    stop.set()
+    for c in clients:
+        c.join(10)
+    assert len(answered) > 50 and set(statuses) <= {200, 503}
+    reader = TopicReader(runtime, isolated["topic_prefix"] + "decisions")
+    wanted = set(answered)
+    on_topic = {r["decision_id"] for r in reader.read_until(lambda recs: wanted <= {r["decision_id"] for r in recs},
+                                                             timeout_s=15)}
+    reader.close()
+    assert wanted - on_topic == set()

@@ -9,7 +9,7 @@ import pytest
 
 from contracts.decisions import DeadLetter, Decision, Mode
 from engine.processor import BatchOutput, RawMessage
-from streams.decide_batcher import DecideBatcher, EngineFailed, OutputCoalescer
+from streams.decide_batcher import BackgroundEmits, DecideBatcher, EngineFailed, OutputCoalescer
 
 
 def decision_for(event_id: str) -> Decision:
@@ -181,3 +181,30 @@ def test_two_users_sharing_a_request_id_in_one_batch_each_get_their_own_decision
     answers = asyncio.run(go())
     assert [a.decision.action for a in answers] == ["for-alice-home_hero", "for-bob-home_hero",
                                                     "for-alice-product_sidebar"]
+
+
+def test_shutdown_waits_for_the_batches_in_the_engine_and_their_sends() -> None:
+    """A request answered just before a worker stops has its decision on the topic: shutdown waits until the
+    engine's batches return (state stored) and every coalesced send has ended, before the producer stops."""
+    engine = FakeEngine()
+    sent: list[str] = []
+
+    async def send(out: BatchOutput) -> None:
+        await asyncio.sleep(0.03)  # the broker acknowledging
+        sent.extend(d.request_event_id for d in out.decisions)
+
+    async def go() -> tuple[list[str], bool, list[str]]:
+        outputs = BackgroundEmits(send, delay_s=0.02)
+        batcher = DecideBatcher(engine.process, outputs, max_batch=2)
+        asks = [asyncio.ensure_future(batcher.decide(key(f"e{i}"), RawMessage("web-events", -1, -1, f"e{i}".encode())))
+                for i in range(5)]
+        first = await asks[0]  # answered; the others are queued or in the engine
+        assert first.decision is not None and sent == []
+        await batcher.settle()
+        settled = (all(a.done() for a in asks), engine.writing)
+        await outputs.drain()
+        return [a.result().decision.request_event_id for a in asks], settled == (True, False), list(sent)
+
+    answered, settled, sent_at_drain = asyncio.run(go())
+    assert settled  # every request decided and no state write left in flight
+    assert sorted(sent_at_drain) == sorted(answered) == [f"e{i}" for i in range(5)]
