@@ -150,6 +150,13 @@ def consent_of(event: Event, state: UserState | None) -> bool | None:
     return event.consent if event.consent is not None else (state.consent if state else None)
 
 
+def consent_unread(event: Event) -> bool:
+    """The consent of a request whose user's stored flag cannot be read: Redis is away, or the profile was
+    erased (a stored refusal went with it). Only the event's own "true" lets a default that needs consent
+    through; otherwise it counts as refused, so a stored refusal holds when it cannot be checked."""
+    return event.consent is True
+
+
 @dataclass(slots=True)
 class BatchContexts:
     """The context vectors of a batch's requests, scored by the policy in one step (``Policy.prepare``).

@@ -23,7 +23,7 @@ from contracts.decisions import DeadLetter, Decision, LearningSample, Mode
 from contracts.events import Event, Reason, Rejection, parse_event
 from engine.attribution import Credit, credit, match_pending
 from engine.bids import BidSignaller
-from engine.decide import POLICY_STATE_FIELD, BatchContexts, PolicyStates, decide, fallback
+from engine.decide import POLICY_STATE_FIELD, BatchContexts, PolicyStates, consent_unread, decide, fallback
 from engine.event_clock import ClockLimits, EventClock
 from engine.inflight import WritesInFlight
 from engine.learner import EngineLearning
@@ -528,7 +528,8 @@ class Engine(EngineLearning):
         self._keep_for_replay(updates)
         for event in events:
             if event.kind.requests_decision:
-                unavailable = fallback(event, self.policy_ctx, self.policy, "feature_store_unavailable", event.consent)
+                unavailable = fallback(event, self.policy_ctx, self.policy, "feature_store_unavailable",
+                                       consent_unread(event))
                 self._emit(unavailable.decision, out)
             elif event.kind.reward is not None:
                 self.metrics.rewards.labels("store_unavailable").inc()
@@ -593,7 +594,8 @@ class Engine(EngineLearning):
                 continue
             self.metrics.erased_events.inc()
             if event.kind.requests_decision:
-                self._emit(fallback(event, self.policy_ctx, self.policy, "erased_user", event.consent).decision, out)
+                self._emit(fallback(event, self.policy_ctx, self.policy, "erased_user", consent_unread(event)).decision,
+                           out)
         return kept
 
     def _emit(self, decision: Decision, out: BatchOutput) -> None:

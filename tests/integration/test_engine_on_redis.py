@@ -598,3 +598,41 @@ def test_a_batch_read_again_resends_what_redis_kept_and_counts_what_it_could_not
     d = redecided.decisions[0]
     assert d.decision_id == shown_none.decisions[0].decision_id and d.trace["replayed"] == "redecided"
     assert outcome == {"reemitted": KEEP, "superseded": 1, "redecided": 1}
+
+
+def test_a_stored_refusal_holds_when_redis_is_away_and_after_erasure(tmp_path) -> None:  # noqa: ANN001
+    """The fallbacks that cannot read the user's stored consent (Redis away, the profile erased) do not show a
+    default that needs consent unless the request itself says consent=true: the newsletter default
+    (email_digest) needs it, and this user refused it on an earlier event."""
+    from cadence.runtime import redis_process
+    from features.erasure import user_digest
+
+    server = redis_process(tmp_path)
+    server.start()
+    client = aioredis.Redis(port=server.port, socket_timeout=1, socket_connect_timeout=0.5)
+    store = RedisFeatureStore(client, "consent", ttl_s=3600, dedup_ring=16)
+    engine = Engine(store, PolicyContext(load_catalogue(DEFAULT_CATALOGUE)), make_policy("linucb", CONTEXT_DIM),
+                    Metrics(), EngineConfig())
+
+    def request(i: int, **extra: object) -> dict:
+        return event(f"e{i}", "nc", ts=T0 + i, etype="email_request", placement="newsletter", **extra)
+
+    try:
+        async def go():  # noqa: ANN202
+            stored = await engine.process(msgs(request(1, consent=False), topic="email-events"))
+            server.pause()
+            down = await engine.process(msgs(request(2), request(3, consent=True), topic="email-events"))
+            server.resume()
+            engine.erased = {user_digest("nc")}
+            erased = await engine.process(msgs(request(4), request(5, consent=True), topic="email-events"))
+            return stored, down, erased
+
+        stored, down, erased = asyncio.run(go())
+    finally:
+        server.stop()
+    assert [(d.action, d.trace["default_withheld"]) for d in stored.decisions] == [("none", "consent")]
+    for out, reason in ((down, "feature_store_unavailable"), (erased, "erased_user")):
+        unknown, given = out.decisions
+        assert (unknown.action, unknown.trace["fallback"], unknown.trace["default_withheld"]) == ("none", reason,
+                                                                                                 "consent")
+        assert (given.action, given.trace["fallback"]) == ("email_digest", reason)
