@@ -10,6 +10,7 @@ decisions without a ranking (pinned, holdout, fallback).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from contracts.decisions import Decision
@@ -27,7 +28,7 @@ class BidSignaller:
     def signal(self, decision: Decision, ev: float | None = None) -> dict | None:
         ranked = {t.get("action"): t.get("ev") for t in decision.trace.get("top") or []}
         ev = ranked.get(decision.action)
-        if ev is None:
+        if ev is None or not math.isfinite(ev):  # an infinite value would pin the placement's reference for good
             return None
         placement = decision.placement
         ref = self._reference.get(placement)

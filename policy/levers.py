@@ -30,6 +30,10 @@ import orjson
 if TYPE_CHECKING:
     from policy.catalogue import Catalogue
 
+# What a boost lever may multiply an action's expected value by (entry points refuse the rest): a factor of 1e308
+# made the expected value infinite, and the ad placement's bid reference with it, for as long as the worker ran.
+BOOST_RANGE = (0.001, 1000.0)
+
 
 class LeverError(ValueError):
     """A lever cannot be applied; the message says which field to fix."""
@@ -114,6 +118,15 @@ class Lever:
         on the lever's placement: a typo would be stored and then match nothing (a kill switch killing
         nothing). For the entry points (CLI, HTTP), with the catalogue the workers use; runs ``check`` first."""
         self.check()  # types first: a list where an id belongs is named as such, not looked up
+        for name in ("user_id", "segment", "placement"):
+            if getattr(self, name) == "":
+                raise LeverError(f"lever {self.lever_id!r}: {name!r} is empty and would match nobody; leave it out "
+                                 f"to target every {name.removesuffix('_id')}")
+        if self.kind is LeverKind.BOOST and not BOOST_RANGE[0] <= self.factor <= BOOST_RANGE[1]:
+            raise LeverError(
+                f"lever {self.lever_id!r}: boost 'factor' must be between {BOOST_RANGE[0]:g} and {BOOST_RANGE[1]:g}, "
+                f"got {self.factor:g}; use a ban or a pin to hold an action back or force it"
+            )
         if self.placement is not None and self.placement not in catalogue.placements:
             raise LeverError(
                 f"lever {self.lever_id!r}: unknown placement {self.placement!r}; known placements: "

@@ -37,3 +37,12 @@ def test_no_signal_without_a_ranking_or_before_warm_up() -> None:
     assert bids.signal(decision("none", [], Mode.FALLBACK)) is None
     assert [bids.signal(decision("c1", [("c1", 1.0)])) for _ in range(5)] == [None] * 5
     assert bids.signal(decision("c1", [("c1", 1.0)])) is not None
+
+
+def test_an_infinite_expected_value_gets_no_signal_and_leaves_the_reference_alone() -> None:
+    # one infinite value (a huge boost) used to make the running reference infinite: every later bid at the floor
+    bids = BidSignaller(warmup=0)
+    bids.signal(decision("c1", [("c1", 4.0)]))
+    assert bids.signal(decision("c1", [("c1", float("inf"))])) is None
+    after = bids.signal(decision("c1", [("c1", 4.0)]))
+    assert after is not None and (after["bid_multiplier"], after["reference_value"]) == (1.0, 4.0)

@@ -180,6 +180,13 @@ def test_damaged_json_is_refused(raw: bytes) -> None:
         (lever("p", LeverKind.PIN, "offer_clearance", placement="home_hero"),
          r"action 'offer_clearance' is not on placement 'home_hero' \(its actions: offer_free_shipping, .*\); "
          r"'offer_clearance' is on: product_sidebar"),
+        # stored, then matched nobody
+        (lever("p", LeverKind.PIN, "offer_10pct", user_id=""), r"'user_id' is empty and would match nobody"),
+        (lever("b", LeverKind.BAN, "offer_10pct", segment=""), r"'segment' is empty and would match nobody"),
+        (lever("k", LeverKind.KILL, None, placement=""), r"'placement' is empty and would match nobody"),
+        # 1e308 made expected values infinite, and the ad placement's bid reference with them, for good
+        (lever("x", LeverKind.BOOST, "offer_10pct", factor=1e308), r"boost 'factor' must be between 0.001 and 1000"),
+        (lever("x", LeverKind.BOOST, "offer_10pct", factor=1e-9), r"boost 'factor' must be between 0.001 and 1000"),
     ],
 )
 def test_levers_naming_what_the_catalogue_does_not_have_are_refused(bad: Lever, message: str) -> None:
