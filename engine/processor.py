@@ -242,6 +242,8 @@ class Engine(EngineLearning):
         parsed: list[tuple[RawMessage, Event]] = []
         for msg in messages:
             result = parse_event(msg.value, msg.topic, self.config.max_event_bytes)
+            if not isinstance(result, Rejection):
+                result = self._wrong_channel(result) or result
             if isinstance(result, Rejection):
                 self._reject(msg, result, out)
             else:
@@ -263,6 +265,20 @@ class Engine(EngineLearning):
             self.metrics.child(self.metrics.events, topic, etype).inc(n)
         self.metrics.watermark.set(self.watermark)
         return events
+
+    def _wrong_channel(self, event: Event) -> Rejection | None:
+        """A request for a placement of another channel than its topic's (a page_view for the newsletter) is
+        refused: decided, it would show email templates on the web and spend the user's email cap. A placement
+        the catalogue does not know is left to the policy (an ``unknown_placement`` fallback)."""
+        if not event.kind.requests_decision:
+            return None
+        placement = self.policy_ctx.catalogue.placements.get(event.placement or "")
+        if placement is None or placement.channel == event.channel:
+            return None
+        fitting = sorted(p.id for p in self.policy_ctx.catalogue.placements.values() if p.channel == event.channel)
+        return Rejection(Reason.INVALID_VALUE, f"placement {placement.id!r} is on the {placement.channel} channel, "
+                         f"but a {event.type} ({event.topic}) asks for a {event.channel} placement: "
+                         f"{', '.join(fitting) or 'the catalogue has none'}")
 
     @property
     def watermark(self) -> float:

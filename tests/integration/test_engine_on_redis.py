@@ -636,3 +636,22 @@ def test_a_stored_refusal_holds_when_redis_is_away_and_after_erasure(tmp_path) -
         assert (unknown.action, unknown.trace["fallback"], unknown.trace["default_withheld"]) == ("none", reason,
                                                                                                  "consent")
         assert (given.action, given.trace["fallback"]) == ("email_digest", reason)
+
+
+def test_a_request_for_another_channels_placement_is_dead_lettered(runtime: Runtime) -> None:
+    """A page_view asking for the newsletter (an email placement) used to be decided: email templates shown
+    on the web, learned as exposures, and the user's email cap spent, so their real email_request was
+    suppressed. It is refused, naming the placements of its own channel."""
+    engine = make_engine(runtime)
+    wrong = [event(f"pv{i}", "u-ch", ts=T0 + 43200 + i, placement="newsletter") for i in range(3)]
+    out = run(engine.process(msgs(*wrong)))
+    ad = run(engine.process(msgs(event("ad1", "u-ch", ts=T0 + 43205, etype="ad_request", placement="home_hero"),
+                                 topic="ad-events")))
+    email = run(engine.process(msgs(event("em1", "u-ch", ts=T0 + 43210, etype="email_request", placement="newsletter"),
+                                    topic="email-events")))
+    assert out.decisions == [] and ad.decisions == []
+    assert {dl.reason_code for dl in out.dead_letters + ad.dead_letters} == {"invalid_value"}
+    assert "is on the email channel, but a page_view (web-events) asks for a web placement: home_hero, " \
+           "product_sidebar" in out.dead_letters[0].reason
+    assert "display_slot" in ad.dead_letters[0].reason
+    assert [d.trace.get("caps") for d in email.decisions] == [None]  # the email cap was not spent
