@@ -22,6 +22,7 @@ import orjson
 from pydantic import SecretStr
 from redis.exceptions import RedisError
 
+from contracts.decisions import DeadLetter
 from contracts.events import MAX_ID_LEN, Reason
 from engine.processor import BatchOutput, Engine, RawMessage
 from features.erasure import ErasureRegistry, erased_label
@@ -37,6 +38,7 @@ REQUEST_TYPES = {"web": ("web-events", "page_view"), "email": ("email-events", "
                  "ad": ("ad-events", "ad_request")}
 MAX_BODY_BYTES = 16 * 1024
 OPTIONAL_PARAMS = ("device", "segment", "page", "campaign_id")
+HTTP_SOURCE = "http:/decide"  # source_topic of a /decide request refused before its placement's channel was known
 KNOWN_PARAMS = frozenset({"user_id", "placement", "request_id", "ts", "consent", *OPTIONAL_PARAMS})
 
 
@@ -108,7 +110,12 @@ def _too_many(web: faust.web.View, wait: float) -> faust.web.Response:
 
 
 class BadParameters(ValueError):
-    """A /decide query the request event cannot be built from; the message says what is wrong."""
+    """A /decide query the request event cannot be built from; the message says what is wrong, ``reason`` is
+    its dead-letter reason code."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def decide_request(params: dict[str, str], placement_channel: str, now: float) -> tuple[str, str, bytes]:
@@ -120,14 +127,15 @@ def decide_request(params: dict[str, str], placement_channel: str, now: float) -
     topic, etype = REQUEST_TYPES[placement_channel]
     unknown = sorted(name for name in params if name not in KNOWN_PARAMS)
     if unknown:
-        raise BadParameters(f"unknown parameter(s) {[name[:40] for name in unknown[:5]]}; /decide takes "
-                            f"{sorted(KNOWN_PARAMS)}")
+        raise BadParameters(Reason.UNEXPECTED_FIELD, f"unknown parameter(s) {[name[:40] for name in unknown[:5]]}; "
+                            f"/decide takes {sorted(KNOWN_PARAMS)}")
     try:
         ts = float(params["ts"]) if params.get("ts") else now
     except ValueError:
         ts = math.nan
     if not math.isfinite(ts):
-        raise BadParameters(f"ts {params['ts'][:40]!r} is not a number of epoch seconds; omit it to decide for now")
+        raise BadParameters(Reason.WRONG_TYPE,
+                            f"ts {params['ts'][:40]!r} is not a number of epoch seconds; omit it to decide for now")
     doc: dict[str, Any] = {
         "event_id": params.get("request_id") or f"http-{uuid.uuid4().hex}",
         "user_id": params.get("user_id", ""),
@@ -189,6 +197,14 @@ def register_views(
 
     stopping = asyncio.Event()
 
+    def refused(request: faust.web.Request, reason: Reason, what: str, topic: str = HTTP_SOURCE) -> None:
+        """A /decide request refused before it became an event still goes to dead-letters (its query string as
+        the raw input; the request topic of its placement's channel, or ``http:/decide`` when the placement is
+        unknown) and counts in cadence_dead_letters_total, as a refused event does."""
+        raw = request.query_string.encode(errors="replace")
+        outputs(BatchOutput(dead_letters=[DeadLetter(topic, -1, -1, reason.value, what, raw)]))
+        metrics.dead_letters.labels(reason.value).inc()
+
     async def drain_decide_outputs() -> None:
         """Shutdown: new /decide requests get a 503, the batches in the engine finish, and their outputs
         reach the broker."""
@@ -225,16 +241,20 @@ def register_views(
             params = {k: v for k, v in request.query.items()}
             if len(request.query_string) > 2048:
                 status = 400
+                refused(request, Reason.TOO_LARGE, "query string longer than 2048 bytes")
                 return _error(web, status, "query string longer than 2048 bytes", "send only the documented fields")
             placement = engine.catalogue.placements.get(params.get("placement", ""))
             if placement is None:
                 status = 400
-                return _error(web, status, f"unknown placement {params.get('placement', '')[:64]!r}",
-                              "use a placement of the catalogue", placements=sorted(engine.catalogue.placements))
+                what = f"unknown placement {params.get('placement', '')[:64]!r}"
+                refused(request, Reason.INVALID_VALUE, what)
+                return _error(web, status, what, "use a placement of the catalogue",
+                              placements=sorted(engine.catalogue.placements))
             try:
                 event_id, topic, raw = decide_request(params, placement.channel, time.time())
             except BadParameters as exc:
                 status = 400
+                refused(request, exc.reason, str(exc), REQUEST_TYPES[placement.channel][0])
                 return _error(web, status, str(exc), "send only the documented parameters")
             try:
                 request_key = (params.get("user_id", ""), event_id, placement.id)

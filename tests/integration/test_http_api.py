@@ -255,6 +255,26 @@ def test_hostile_requests_get_clear_errors_and_change_nothing(worker: WorkerProc
     assert "junk-0" not in text
 
 
+def test_every_refused_decide_request_is_dead_lettered_and_counted(worker: WorkerProcess, runtime: Runtime,
+                                                                   isolated: dict[str, str]) -> None:
+    """The README promises a 400 from /decide is also dead-lettered: the requests refused before they became an
+    event (unknown placement or parameter, a ts that is no number, a query too long) used to vanish."""
+    bad = [({"placement": "home-hero"}, "invalid_value", "http:/decide"),
+           ({"placement": "home_hero", "colour": "red"}, "unexpected_field", "web-events"),
+           ({"placement": "newsletter", "ts": "soon"}, "wrong_type", "email-events"),
+           ({"placement": "home_hero", "page": "p" * 2100}, "too_large", "http:/decide"),
+           ({"placement": "home_hero", "device": "MOBILE"}, "invalid_value", "web-events")]
+    for params, _, _ in bad:
+        assert call(worker, "/decide", user_id="dl-1", **params)[0] == 400
+    dead = TopicReader(runtime, isolated["topic_prefix"] + "dead-letters").read_until(lambda recs: len(recs) >= 5)
+    assert sorted((d["reason_code"], d["source_topic"]) for d in dead) == sorted((r, t) for _, r, t in bad)
+    assert all("dl-1" in d["raw_preview"] for d in dead)  # the query string, or the event built from it
+    text = worker.metrics_text()
+    counted = {r: sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                      if line.startswith(f'cadence_dead_letters_total{{reason="{r}"}}')) for _, r, _ in bad}
+    assert counted == {"invalid_value": 2.0, "unexpected_field": 1.0, "wrong_type": 1.0, "too_large": 1.0}
+
+
 def test_decisions_answered_while_a_worker_stops_are_on_the_topic(runtime: Runtime, isolated: dict[str, str],
                                                                   data_dir: Path) -> None:
     """SIGTERM while /decide requests keep coming: every request answered 200 has its decision on the decisions
