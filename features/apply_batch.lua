@@ -1,7 +1,8 @@
 -- Applies a batch of events to per-user feature hashes in one call (one round trip, atomic).
 -- ARGV[1] = JSON {"ttl": s, "ring": n, "windows": [[size, suffix]...], "events": [event...]}
 -- event = [key, digest_hex(16), ts, want_state(0/1), [[counter, amount]...], [[mode, field, value]...]]
--- mode "=" sets, ">" keeps the max, "<" keeps the min (numbers).
+-- mode "=" sets, ">" keeps the max, "<" keeps the min (numbers). A user whose consent ("cons") is "0" after the
+-- event keeps no device, segment or pending decisions (their context vectors): they are deleted, not set.
 -- Returns JSON: per event 0 (duplicate), 1 (applied) or the user's fields after the event (want_state),
 -- without the binary dedup ring. Each event costs three commands: HGETALL, HSET, EXPIRE.
 local req = cjson.decode(ARGV[1])
@@ -65,6 +66,19 @@ for n, ev in ipairs(req.events) do
         local v = tonumber(value)
         if old == nil or (mode == '>' and v > old) or (mode == '<' and v < old) then put(field, value) end
       end
+    end
+    if h['cons'] == '0' then  -- no marketing consent (this event's or stored): nothing describing the person stays
+      local drop, kept = {}, {}
+      for f in pairs(h) do
+        if f == 'dev' or f == 'seg' or string.sub(f, 1, 3) == 'pd:' then drop[#drop + 1] = f end
+      end
+      for j = 1, #updates, 2 do
+        local f = updates[j]
+        if not (f == 'dev' or f == 'seg') then kept[#kept + 1] = f; kept[#kept + 1] = updates[j + 1] end
+      end
+      updates = kept
+      for _, f in ipairs(drop) do h[f] = nil end
+      if #drop > 0 then redis.call('HDEL', key, unpack(drop)) end
     end
     put('dd', string.sub(digest .. ring, 1, ring_bytes))
     redis.call('HSET', key, unpack(updates))

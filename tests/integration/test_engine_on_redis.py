@@ -655,3 +655,29 @@ def test_a_request_for_another_channels_placement_is_dead_lettered(runtime: Runt
            "product_sidebar" in out.dead_letters[0].reason
     assert "display_slot" in ad.dead_letters[0].reason
     assert [d.trace.get("caps") for d in email.decisions] == [None]  # the email cap was not spent
+
+
+def test_without_consent_nothing_describing_the_person_is_kept(runtime: Runtime) -> None:
+    """README: the profile fields describing the person are not stored for a user whose stored consent is false.
+    A stored refusal used to let a later event without the field store device and segment, and a withdrawal
+    kept the device, segment and pending decisions (context vectors) stored before it."""
+    engine = make_engine(runtime)
+    noon = T0 + 12 * 3600
+
+    async def go() -> list[dict[str, str]]:
+        seen = []
+        for doc in (event("a", "u-w", ts=noon, device="mobile", segment="vip", consent=True),
+                    event("b", "u-w", ts=noon + 1, consent=False),
+                    event("c", "u-w", ts=noon + 2, device="desktop", segment="loyal"),
+                    event("d", "u-w", ts=noon + 3, device="tablet", consent=True)):
+            await engine.process(msgs(doc))
+            seen.append(await fields(engine, "u-w"))
+        return seen
+
+    before, withdrawn, later, again = run(go())
+    assert {"dev", "seg", "pd:home_hero"} <= set(before)
+    for stored in (withdrawn, later):
+        assert stored["cons"] == "0" and not {"dev", "seg"} & set(stored)
+        assert not [f for f in stored if f.startswith("pd:")]
+    assert parse_cell(later["pvh"])[1] == 3  # traffic is still counted
+    assert again["dev"] == "tablet"  # consent given again: stored again
