@@ -41,8 +41,13 @@ class HoldoutConfig:
         if not self.salt:
             raise ValueError("holdout salt must be a non-empty string; change it to draw a new control group")
 
+    def covers(self, placement: str | None) -> bool:
+        """Whether requests on ``placement`` are split into control and treated (and so counted by the lift);
+        a control user's requests elsewhere get the treated decisions, and are in neither group."""
+        return not self.placements or placement in self.placements
+
     def in_control(self, user_id: str, placement: str | None = None) -> bool:
-        if self.placements and placement not in self.placements:
+        if not self.covers(placement):
             return False
         return bucket(self.salt, self.scope, user_id) < self.share
 

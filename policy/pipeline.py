@@ -135,7 +135,9 @@ def decide_action(
     # levers or not (a kill switch would show them the same); for treated users the levers are part of
     # what the engine does, so the lift measures them too.
     # A ban holds the default back from both groups (a broken or withdrawn action is shown to nobody).
-    grouped = context.holdout is not None
+    # Only placements inside the holdout's scope are split: elsewhere a control user gets the treated
+    # decisions, so counting those requests as treated would credit the engine with the control users' rewards.
+    grouped = context.holdout is not None and context.holdout.covers(placement.id)
     levers = context.levers.active(ts, request.user_id, request.segment, placement.id)
     if context.holdout is not None and context.holdout.in_control(request.user_id, placement.id):
         trace["holdout"] = context.holdout.scope

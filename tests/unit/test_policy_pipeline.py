@@ -535,3 +535,15 @@ def test_a_banned_default_is_shown_to_nobody(way: str) -> None:
     assert out.action == "none" and out.trace["default_withheld"] == "ban"
     assert out.mode is (Mode.HOLDOUT if way == "holdout" else Mode.FALLBACK)
     assert not out.state.contacts  # nothing shown, no contact counted
+
+
+def test_requests_outside_the_holdout_placements_are_in_neither_lift_group() -> None:
+    # CADENCE_HOLDOUT_PLACEMENTS=news: a control user gets the treated decisions on "hero". Those requests
+    # used to count as treated, so control users' rewards elsewhere made a false lift (+0.05 with none).
+    bandit = FakeBandit(SCORES)
+    for share in (0.0, 1.0):  # treated and control users alike
+        ctx = context(holdout=HoldoutConfig(share, "s", placements=("news",)))
+        elsewhere = decide_action(PolicyRequest("u1", "hero", NOON), UserPolicyState(), ctx, bandit)
+        inside = decide_action(PolicyRequest("u1", "news", NOON - 3 * 3600), UserPolicyState(), ctx, bandit)
+        assert elsewhere.mode is not Mode.HOLDOUT and not elsewhere.grouped
+        assert inside.grouped and (inside.mode is Mode.HOLDOUT) == (share == 1.0)
