@@ -30,7 +30,8 @@ positive (the exposure's label stays 0), and a conversion before its decision ca
 
 Every followed exposure yields exactly one propensity label, whatever arrives later. A conversion read
 before its exposure (they may sit on different partitions of the learning topic) is kept until the exposure
-comes, or until the watermark passes the conversion's ts + ``grace_s`` (at most ``capacity`` of them).
+comes, or until the watermark passes the conversion's ts + ``window_s`` + ``grace_s`` (its exposure is
+accepted until then; at most ``capacity`` of them).
 Conversions of exposures that are not followed (dropped, sampled out, or from before a restart) teach nothing.
 
 Bounds: at most ``capacity`` exposures wait; when full, the oldest is dropped unlearned (counted). The
@@ -131,7 +132,9 @@ class LabelJoin:
         self._waiting: OrderedDict[str, _Waiting] = OrderedDict()  # arrival order, about event time
         # conversions read before their exposure (decision id -> (ts, reward)), arrival order: the two may
         # be on different partitions of the learning topic, read out of order; kept until the exposure
-        # comes or the watermark passes ts + grace_s (then the exposure is not coming: not followed)
+        # comes or the watermark passes ts + window_s + grace_s. An exposure is accepted until its own
+        # ts + window_s + grace_s, and it is at or before its conversion, so until then it may still come
+        # (dropping the conversion at ts + grace_s labelled such an exposure 0 though it converted)
         self._early: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._dropped = 0
         self._closed_until = float("-inf")  # highest watermark advance() reached: windows closed up to it
@@ -205,11 +208,10 @@ class LabelJoin:
         ``watermark``, in exposure order, each at the event time of its close."""
         out: list[Label] = []
         self._closed_until = max(self._closed_until, watermark)
-        early, grace_s = self._early, self.config.grace_s
-        while early and next(iter(early.values()))[0] + grace_s <= watermark:
-            early.popitem(last=False)  # its exposure did not come within the grace: not followed here
+        early, wait_s = self._early, self.config.window_s + self.config.grace_s
+        while early and next(iter(early.values()))[0] + wait_s <= watermark:
+            early.popitem(last=False)  # any exposure it could belong to would now be refused as closed
         waiting = self._waiting
-        wait_s = self.config.window_s + grace_s
         while waiting:
             decision_id, w = next(iter(waiting.items()))
             if w.ts + wait_s > watermark:

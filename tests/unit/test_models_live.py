@@ -80,7 +80,7 @@ def test_a_conversion_is_a_positive_only_when_its_window_closes_and_revenue_is_l
     assert join.add([reward("d1", "a", 300.0, 0.75)]) == []  # after the close: nothing waits for it
 
 
-def test_a_conversion_read_before_its_exposure_still_counts_until_the_grace_passes():
+def test_a_conversion_read_before_its_exposure_still_counts_while_the_exposure_may_come():
     # Exposure and conversion travel on different partitions of the learning topic and may be read out of
     # order; the conversion used to be dropped, and the exposure labelled 0 without its revenue.
     join = LabelJoin(JoinConfig(window_s=100.0, grace_s=10.0), CLICK, VALUE_SCALE)
@@ -89,9 +89,18 @@ def test_a_conversion_read_before_its_exposure_still_counts_until_the_grace_pass
     assert [(lb.model, lb.target, lb.ts) for lb in labels] == [("value", 20.0, 60.0)]
     assert join.add([reward("d1", "a", 61.0, 0.5)]) == []  # a duplicate conversion changes nothing
     assert propensity(join.advance(50.0)) == []  # d1 waits for its window (0 + 110)
-    # d2's exposure did not come within the grace (30 + 10 <= 50): its conversion was forgotten
-    assert join.add([exposure("d2", "b", 0.0)]) == []
-    assert propensity(join.advance(110.0)) == [("a", 1.0, 110.0), ("b", 0.0, 110.0)]
+    # d2's exposure comes after the watermark passed its conversion's ts + grace (30 + 10 <= 50) but while
+    # the exposure is still accepted (0 + 110 > 50): the conversion used to be forgotten by then (label 0)
+    labels = join.add([exposure("d2", "b", 0.0)])
+    assert [(lb.model, lb.target, lb.ts) for lb in labels] == [("value", 20.0, 30.0)]
+    assert propensity(join.advance(110.0)) == [("a", 1.0, 110.0), ("b", 1.0, 110.0)]
+    # a conversion is forgotten once any exposure it could belong to would be refused as closed
+    assert join.add([reward("d3", "a", 200.0, 0.5)]) == []
+    join.advance(309.0)
+    assert join.add([exposure("d3", "a", 199.5)]) != []  # 199.5 + 110 > 309: still accepted, still converted
+    join.add([reward("d4", "a", 200.0, 0.5)])
+    join.advance(310.0)
+    assert join.add([exposure("d4", "a", 200.0)]) == [] and join.closed == 1  # 200 + 110 <= 310: closed
 
 
 def test_labels_come_in_exposure_order_with_positives_and_negatives_interleaved():
