@@ -110,7 +110,9 @@ class LearningSample:
     probability: float = 1.0
     placement: str = ""
     ts: float = 0.0
-    mode: str = "exploit"  # the decision's mode; "holdout" samples measure the control group only
+    # the decision's mode; "holdout" samples measure the control group only (a lift-only exposure of a control
+    # user says "holdout" whatever its decision's mode, e.g. suppressed: engine.decide.lift_only_exposure)
+    mode: str = "exploit"
     reward_type: str = ""  # "click" or "conversion" for rewards
     # exposures the bandit drew (explore/exploit): the actions it chose among, for off-policy evaluation
     eligible: list[str] | None = None

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from bandits.base import Choice, Policy, Prepared
-from contracts.decisions import Decision, Mode, decision_id_for
+from contracts.decisions import Decision, LearningSample, Mode, decision_id_for
 from contracts.events import Event
 from engine.pending import PendingDecision
 from features.context import build_context, context_values
@@ -41,9 +41,11 @@ class Decided:
     policy_state: str | None = None  # the user's new policy state (stickiness, contact history)
     expected_value: float = 0.0  # arbitration's expected value of the action shown (bid signals)
     x: np.ndarray | None = None  # the context vector the decision was made with (None for fallbacks)
-    # shows nothing, in the holdout's treated group: no pending decision, but the lift counts it (the control
-    # group's decisions are all counted, "none" included, so leaving these out would flatter the engine)
+    # no pending decision (nothing shown, or a contact block), but one of the lift's observations: its exposure
+    # sample is read by the lift alone (action "none": no policy or model learns it, no reward is credited to
+    # it). Leaving these out would flatter the engine: both groups' requests must all count, whatever they show
     lift_only: bool = False
+    lift_control: bool = False  # the user is in the holdout's control group (the lift-only sample's group)
 
 
 def _decision(event: Event, action: str, probability: float, mode: Mode, policy: Policy,
@@ -259,7 +261,18 @@ def decide(event: Event, state: UserState | None, ctx: PolicyContext, policy: Po
             mode=outcome.mode.value,
         )
     text = states.encode(outcome.state) if states is not None else outcome.state.encode().decode()
-    return Decided(decision, pending, text, ev, x, lift_only=pending is None and outcome.grouped)
+    return Decided(decision, pending, text, ev, x, lift_only=pending is None and outcome.grouped,
+                   lift_control=outcome.control)
+
+
+def lift_only_exposure(decision: Decision, x: np.ndarray, control: bool) -> LearningSample:
+    """The exposure sample of a lift-only decision: action "none", so the learner gives it to the lift alone
+    (no policy, model or off-policy estimate learns from it), and no pending decision, so no reward is ever
+    credited to it. Its mode is "holdout" for a control user (the lift's control group, whatever stopped the
+    request, e.g. a contact block), else the decision's own."""
+    mode = Mode.HOLDOUT.value if control else decision.mode.value
+    return LearningSample(kind="exposure", decision_id=decision.decision_id, action=NO_ACTION, x=x,
+                          placement=decision.placement, ts=decision.ts, mode=mode)
 
 
 def is_learnable(action: str) -> bool:

@@ -23,7 +23,15 @@ from contracts.decisions import DeadLetter, Decision, LearningSample, Mode
 from contracts.events import Event, Reason, Rejection, parse_event
 from engine.attribution import Credit, credit, match_pending
 from engine.bids import BidSignaller
-from engine.decide import POLICY_STATE_FIELD, BatchContexts, PolicyStates, consent_unread, decide, fallback
+from engine.decide import (
+    POLICY_STATE_FIELD,
+    BatchContexts,
+    PolicyStates,
+    consent_unread,
+    decide,
+    fallback,
+    lift_only_exposure,
+)
 from engine.event_clock import ClockLimits, EventClock
 from engine.inflight import WritesInFlight
 from engine.learner import EngineLearning
@@ -635,10 +643,8 @@ class Engine(EngineLearning):
             writes[event.user_id][POLICY_STATE_FIELD] = decided.policy_state
         pending = decided.pending
         if pending is None:
-            if decided.lift_only and decided.x is not None:  # counted by the lift, learned by no policy
-                out.learning.append(LearningSample(kind="exposure", decision_id=decision.decision_id,
-                                                   action=decision.action, x=decided.x, placement=decision.placement,
-                                                   ts=event.ts, mode=decision.mode.value))
+            if decided.lift_only and decided.x is not None:
+                out.learning.append(lift_only_exposure(decision, decided.x, decided.lift_control))
             return
         writes[event.user_id][pending.field] = slot_with(state, pending)
         eligible = decision.trace.get("eligible")

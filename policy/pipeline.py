@@ -4,6 +4,7 @@
 the first that settles the request returns:
 
 1. contact block   quiet hours, channel cap or ignored exposures  -> "none",  mode suppressed
+                   (in the lift, by the user's group, like every later step: ``grouped``, ``control``)
 2. holdout         the user is in the control group              -> default, mode holdout
 3. kill switch     a kill lever                                   -> default, mode fallback
 4. eligibility     catalogue filters, lever bans, per-action daily contact cap
@@ -83,9 +84,10 @@ class PolicyOutcome:
     trace: dict[str, Any]
     state: UserPolicyState  # store this back for the user
     choice: Choice | None = None  # the bandit's choice, when it was asked
-    # the request went through the holdout split: it is one of the lift's observations (control or treated),
-    # whatever it shows, "none" included
+    # the request is one of the lift's observations (a user past consent, on a placement the holdout covers),
+    # whatever it shows, "none" and contact suppression included
     grouped: bool = False
+    control: bool = False  # in the lift, the user is in the control group (else treated)
 
 
 def decide_action(
@@ -124,23 +126,31 @@ def decide_action(
             new.contacts[channel] = record_contact(contact, new.contacts.get(channel), action, ts)
             if action in cat.actions:
                 budgets.record_action(action, ts, cat.actions[action].cost)
-        return PolicyOutcome(action, mode, p, trace, new, choice, grouped)
+        return PolicyOutcome(action, mode, p, trace, new, choice, grouped, control)
 
+    # Every outcome from here on is in the control or the treated group of the lift, on the placements the
+    # holdout covers (elsewhere a control user gets the treated decisions, so counting those requests as
+    # treated would credit the engine with the control users' rewards). A contact block counts too, in the
+    # user's group: it stops treated users' requests after the engine's own contacts (ignored exposures, a
+    # channel cap), so leaving them out would leave out treated requests the engine made unrewardable.
+    holdout = context.holdout
+    grouped = holdout is not None and holdout.covers(placement.id)
+    # the holdout's scope when the user is in its control group here
+    control_scope = holdout.scope if holdout is not None and holdout.in_control(request.user_id, placement.id) else None
+    control = control_scope is not None
     blocked: ContactCap | None = channel_block(contact, history, ts)
     if blocked is not None:
         trace["caps"] = [blocked.value]
+        if control_scope is not None:
+            trace["holdout"] = control_scope
         return finish(NO_ACTION, Mode.SUPPRESSED, 1.0)
 
-    # From here on every outcome is in the control or the treated group. Control users get the default,
-    # levers or not (a kill switch would show them the same); for treated users the levers are part of
-    # what the engine does, so the lift measures them too.
+    # Control users get the default, levers or not (a kill switch would show them the same); for treated
+    # users the levers are part of what the engine does, so the lift measures them too.
     # A ban holds the default back from both groups (a broken or withdrawn action is shown to nobody).
-    # Only placements inside the holdout's scope are split: elsewhere a control user gets the treated
-    # decisions, so counting those requests as treated would credit the engine with the control users' rewards.
-    grouped = context.holdout is not None and context.holdout.covers(placement.id)
     levers = context.levers.active(ts, request.user_id, request.segment, placement.id)
-    if context.holdout is not None and context.holdout.in_control(request.user_id, placement.id):
-        trace["holdout"] = context.holdout.scope
+    if control_scope is not None:
+        trace["holdout"] = control_scope
         return finish(default_shown(levers.bans), Mode.HOLDOUT, 1.0)
 
     if levers.lever_ids:
