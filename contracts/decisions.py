@@ -58,6 +58,12 @@ class Decision:
         )
 
 
+def user_hash(user_id: str) -> int:
+    """A stable 32-bit hash of the user (blake2b: the same on every worker), for the lift's clusters; carried
+    by learning samples instead of the id."""
+    return int.from_bytes(hashlib.blake2b(user_id.encode(), digest_size=4).digest(), "big")
+
+
 def decision_id_for(request_event_id: str, placement: str) -> str:
     """Deterministic id: a replayed request yields the same decision id, so consumers can de-duplicate."""
     return hashlib.blake2b(f"{request_event_id}|{placement}".encode(), digest_size=12).hexdigest()
@@ -116,6 +122,9 @@ class LearningSample:
     reward_type: str = ""  # "click" or "conversion" for rewards
     # exposures the bandit drew (explore/exploit): the actions it chose among, for off-policy evaluation
     eligible: list[str] | None = None
+    # ``user_hash(user_id)``: the holdout randomises users, so the lift's interval clusters by user (None in
+    # samples from engines before it was sent)
+    user: int | None = None
 
     @property
     def key(self) -> str:
@@ -135,6 +144,7 @@ class LearningSample:
             "mode": self.mode,
             "reward_type": self.reward_type,
             "eligible": self.eligible,
+            **({"user": self.user} if self.user is not None else {}),
         }
 
     def to_json(self) -> bytes:
@@ -146,6 +156,7 @@ class LearningSample:
 
 
 _COLUMNS = ("kind", "decision_id", "action", "reward", "probability", "placement", "ts", "mode", "reward_type")
+_OPTIONAL = ("eligible", "user")  # columns sent only when a sample of the batch has one (None otherwise)
 
 
 def encode_samples(samples: list[LearningSample], source: str = "", progress: float | None = None) -> bytes:
@@ -160,7 +171,8 @@ def encode_samples(samples: list[LearningSample], source: str = "", progress: fl
     differ in length (an engine with another context size) fall back to format 1: ``{"samples": [...]}``
     (with ``src`` and ``wm`` too). ``src``/``wm`` are left out when ``source`` is empty or ``progress`` is
     None: the reader then takes the batch's largest ``ts`` as an anonymous producer's progress
-    (learning.source_progress says what the progress is for).
+    (learning.source_progress says what the progress is for). ``eligible`` and ``user`` are columns only
+    when a sample of the batch has one.
     """
     try:
         xs = np.asarray([s.x for s in samples], dtype="<f8")
@@ -173,8 +185,9 @@ def encode_samples(samples: list[LearningSample], source: str = "", progress: fl
         doc = {"v": 2, "n": len(samples), "dim": xs.shape[1]}
         for name in _COLUMNS:
             doc[name] = [getattr(s, name) for s in samples]
-        if any(s.eligible is not None for s in samples):  # an optional column: older readers ignore it
-            doc["eligible"] = [s.eligible for s in samples]
+        for name in _OPTIONAL:  # optional columns: older readers ignore them
+            if any(getattr(s, name) is not None for s in samples):
+                doc[name] = [getattr(s, name) for s in samples]
         doc["x"] = base64.b64encode(xs.tobytes()).decode("ascii")
     if source and progress is not None:
         doc["src"], doc["wm"] = source, float(progress)
@@ -213,9 +226,9 @@ def sample_dicts(doc: Any) -> list[dict[str, Any]]:
         n, dim = int(doc["n"]), int(doc["dim"])
         xs = np.frombuffer(base64.b64decode(doc["x"]), dtype="<f8").reshape(n, dim)
         cols = [doc[name] for name in _COLUMNS]
-        eligible = doc.get("eligible") or [None] * n
-        return [{**dict(zip(_COLUMNS, row, strict=True)), "x": x.tolist(), "eligible": e}
-                for *row, x, e in zip(*cols, xs, eligible, strict=True)]
+        eligible, users = (doc.get(name) or [None] * n for name in _OPTIONAL)
+        return [{**dict(zip(_COLUMNS, row, strict=True)), "x": x.tolist(), "eligible": e, "user": u}
+                for *row, x, e, u in zip(*cols, xs, eligible, users, strict=True)]
     return doc["samples"] if isinstance(doc, dict) and "samples" in doc else [doc]
 
 
@@ -231,10 +244,10 @@ def decode_batch(raw: bytes) -> LearningBatch:
         n, dim = int(doc["n"]), int(doc["dim"])
         xs = np.frombuffer(base64.b64decode(doc["x"]), dtype="<f8").reshape(n, dim)
         kinds, ids, actions, rewards, probs, places, times, modes, types = (doc[name] for name in _COLUMNS)
-        eligible = doc.get("eligible") or [None] * n
+        eligible, users = (doc.get(name) or [None] * n for name in _OPTIONAL)
         samples = [
             LearningSample(kinds[i], ids[i], actions[i], xs[i], rewards[i], probs[i], places[i], times[i], modes[i],
-                           types[i], eligible[i])
+                           types[i], eligible[i], users[i])
             for i in range(n)
         ]
     else:

@@ -1,37 +1,81 @@
 """Live lift of the engine over the holdout group, from the learning stream (so every worker has it).
 
-Each decision's exposure opens an observation in its group (treated, or control for mode "holdout");
-its rewards add to that group's total. Per-decision variance is approximated by the sum of squared
-reward events (exact when a decision gets at most one reward; a click plus a conversion on one
-decision makes the interval slightly narrow). Normal-approximation interval on the difference of means.
+Each decision's exposure is one decision of its group (treated, or control for mode "holdout"); its rewards
+add to that group's total. The lift is the difference of the groups' reward per decision.
+
+The holdout assigns users, not decisions, and a user's decisions are correlated (some users click, most
+never do): an interval that took decisions as independent covered the true lift 56-80 % of the time instead
+of 95 %. So each group keeps its sums in ``BUCKETS`` buckets of users (bucket = the sample's stable user hash
+modulo ``BUCKETS``): decisions k_b and reward y_b. A user is wholly inside one bucket, so buckets are
+independent clusters, and the reward per decision R = Σy_b / Σk_b (a ratio estimator) has the
+cluster-robust variance Var(R) ≈ Σ_b (y_b − R·k_b)² / (Σ_b k_b)² · G/(G−1), G the buckets in use: valid with
+any number of users (several per bucket only makes it a little conservative) in fixed memory. A click and a
+conversion on one decision are one decision's reward in its bucket, so they count as such. Samples from
+engines that did not send the user hash are bucketed by decision id (their exposure and rewards together).
+
+Published as None: everything while a group has fewer than 2 decisions, and the interval while a group's
+buckets show no variation (every reward 0 so far, or a single bucket): its variance estimate would be 0,
+an interval claiming that group's reward per decision is exactly known.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
-from dataclasses import dataclass
+
+import numpy as np
 
 from contracts.decisions import LearningSample
 
 Z95 = 1.959963984540054
+BUCKETS = 1024  # clusters of users per group: the variance has BUCKETS - 1 degrees of freedom at most
+STATE_FORMAT = 2  # snapshots' lift state: {"format": 2, "treated": [k..., y...], "control": ...}
+log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
+def bucket_of(sample: LearningSample) -> int:
+    """The sample's user bucket: every sample of one user in the same one (by decision, for older samples)."""
+    if sample.user is not None:
+        return int(sample.user) % BUCKETS
+    digest = hashlib.blake2b(sample.decision_id.encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") % BUCKETS
+
+
 class _Group:
-    n: int = 0
-    total: float = 0.0
-    total_sq: float = 0.0
+    """One group's decisions and reward per bucket of users."""
+
+    __slots__ = ("decisions", "reward")
+
+    def __init__(self) -> None:
+        self.decisions = np.zeros(BUCKETS, dtype=np.int64)
+        self.reward = np.zeros(BUCKETS, dtype=np.float64)
+
+    @property
+    def n(self) -> int:
+        return int(self.decisions.sum())
 
     @property
     def mean(self) -> float:
-        return self.total / self.n if self.n else 0.0
+        n = self.n
+        return float(self.reward.sum()) / n if n else 0.0
 
     @property
     def var_of_mean(self) -> float:
-        if self.n < 2:
+        """Cluster-robust variance of the reward per decision, over the buckets in use (inf with fewer than 2)."""
+        used = (self.decisions > 0) | (self.reward != 0)
+        clusters = int(used.sum())
+        if clusters < 2 or self.n == 0:
             return math.inf
-        var = max(self.total_sq / self.n - self.mean**2, 0.0) * self.n / (self.n - 1)
-        return var / self.n
+        residuals = self.reward[used] - self.mean * self.decisions[used]
+        return float(residuals @ residuals) / self.n**2 * clusters / (clusters - 1)
+
+    def to_state(self) -> list[float]:
+        return [*(int(k) for k in self.decisions), *(float(y) for y in self.reward)]
+
+    def load(self, values: list[float]) -> None:
+        self.decisions = np.array(values[:BUCKETS], dtype=np.int64)
+        self.reward = np.array(values[BUCKETS:], dtype=np.float64)
 
 
 class LiftTracker:
@@ -42,39 +86,47 @@ class LiftTracker:
     def add(self, sample: LearningSample) -> None:
         group = self._control if sample.mode == "holdout" else self._treated
         if sample.kind == "exposure":
-            group.n += 1
+            group.decisions[bucket_of(sample)] += 1
         elif sample.kind == "reward":
-            group.total += sample.reward
-            group.total_sq += sample.reward**2
+            group.reward[bucket_of(sample)] += sample.reward
 
-    def to_state(self) -> dict[str, list[float]]:
-        """The six numbers, for snapshots: a worker resuming the learning topic at a snapshot's offsets must
+    def to_state(self) -> dict[str, object]:
+        """The buckets' sums, for snapshots: a worker resuming the learning topic at a snapshot's offsets must
         resume its lift there too (otherwise it counts rewards of decisions it never counted)."""
-        t, c = self._treated, self._control
-        return {"treated": [t.n, t.total, t.total_sq], "control": [c.n, c.total, c.total_sq]}
+        return {"format": STATE_FORMAT, "treated": self._treated.to_state(), "control": self._control.to_state()}
 
     @classmethod
     def from_state(cls, state: object) -> LiftTracker:
-        """``to_state``'s numbers back; anything else (a snapshot from before lift was kept) starts empty."""
+        """``to_state``'s sums back. A state from before the buckets (6 numbers: the groups' totals) cannot
+        be split into buckets: the lift restarts empty, logged; anything else starts empty too."""
         tracker = cls()
-        if isinstance(state, dict):
-            for name, group in (("treated", tracker._treated), ("control", tracker._control)):
-                values = state.get(name)
-                if isinstance(values, list | tuple) and len(values) == 3:
-                    group.n, group.total, group.total_sq = int(values[0]), float(values[1]), float(values[2])
+        if not isinstance(state, dict):
+            return tracker
+        if state.get("format") != STATE_FORMAT:
+            log.warning("lift state in the snapshot is from before the lift clustered users: the lift restarts "
+                        "from the snapshot's offsets")
+            return tracker
+        for name, group in (("treated", tracker._treated), ("control", tracker._control)):
+            values = state.get(name)
+            if isinstance(values, list | tuple) and len(values) == 2 * BUCKETS:
+                group.load(list(values))
         return tracker
 
     def result(self) -> dict[str, float | int | None]:
         t, c = self._treated, self._control
-        diff = t.mean - c.mean
-        se = math.sqrt(t.var_of_mean + c.var_of_mean) if t.n >= 2 and c.n >= 2 else None
+        counted = t.n >= 2 and c.n >= 2
+        diff = t.mean - c.mean if counted else None
+        # no interval while a group's variance is 0 (its buckets show no variation: no reward yet) or unknown
+        # (inf: fewer than 2 buckets in use)
+        variances = (t.var_of_mean, c.var_of_mean)
+        se = math.sqrt(sum(variances)) if counted and all(0 < v < math.inf for v in variances) else None
         return {
             "treated_decisions": t.n,
             "control_decisions": c.n,
             "treated_reward_per_decision": t.mean,
             "control_reward_per_decision": c.mean,
             "lift": diff,
-            "lift_ci95_low": diff - Z95 * se if se is not None else None,
-            "lift_ci95_high": diff + Z95 * se if se is not None else None,
-            "relative_lift": diff / c.mean if c.mean > 0 else None,
+            "lift_ci95_low": diff - Z95 * se if diff is not None and se is not None else None,
+            "lift_ci95_high": diff + Z95 * se if diff is not None and se is not None else None,
+            "relative_lift": diff / c.mean if diff is not None and c.mean > 0 else None,
         }

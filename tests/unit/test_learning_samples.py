@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import orjson
 
-from contracts.decisions import LearningSample, decode_batch, decode_samples, encode_idle, encode_samples
+from contracts.decisions import (
+    LearningSample,
+    decode_batch,
+    decode_samples,
+    encode_idle,
+    encode_samples,
+    sample_dicts,
+    user_hash,
+)
 
 
 def samples(n: int, dim: int = 20, seed: int = 3) -> list[LearningSample]:
@@ -75,3 +85,13 @@ def test_an_idle_message_has_no_samples_and_names_its_producer() -> None:
     back = decode_batch(encode_idle("host-b:9", 1.7e9 + 60.0))
     assert back.samples == [] and decode_samples(encode_idle("host-b:9", 1.0)) == []
     assert (back.source, back.progress, back.idle) == ("host-b:9", 1.7e9 + 60.0, True)
+
+
+def test_the_user_hash_travels_in_either_format_and_is_left_out_when_no_sample_has_one() -> None:
+    batch = [dataclasses.replace(s, user=user_hash(f"user-{i % 3}") if i % 2 else None)
+             for i, s in enumerate(samples(6))]
+    for raw in (encode_samples(batch), encode_samples(batch + samples(1, dim=7))):  # columns, then objects
+        assert [s.user for s in decode_samples(raw)][:6] == [s.user for s in batch]
+        assert [d.get("user") for d in sample_dicts(orjson.loads(raw))][:6] == [s.user for s in batch]
+    assert "user" not in orjson.loads(encode_samples(samples(3)))  # older readers see what they always saw
+    assert user_hash("user-1") == user_hash("user-1") < 2**32

@@ -3,12 +3,13 @@ resumes the lift there too (it used to start empty and count rewards of decision
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 import numpy as np
 
 from bandits import make_policy
-from contracts.decisions import LearningSample
+from contracts.decisions import LearningSample, user_hash
 from engine.lift import LiftTracker
 from learning.state import LearnedState
 
@@ -47,3 +48,22 @@ def test_a_snapshot_from_before_the_lift_was_kept_still_loads() -> None:
     state = LearnedState.unpack(old)
     assert state.lift is None and state.policy.snapshot() == policy.snapshot()
     assert LiftTracker.from_state({"treated": "junk"}).result()["treated_decisions"] == 0
+
+
+def test_a_snapshot_from_before_the_lift_clustered_users_restarts_the_lift_and_says_so(caplog) -> None:
+    # the six totals of the old state cannot be split into buckets of users: the lift restarts, logged
+    policy = make_policy("linucb", 1, seed=0)
+    old = pickle.dumps({"format": 1, "policy": policy.snapshot(), "models": None,
+                        "lift": {"treated": [400, 12.0, 12.0], "control": [100, 2.0, 2.0]}})
+    state = LearnedState.unpack(old)
+    assert state.lift is not None and state.lift.result()["treated_decisions"] == 0
+    assert "lift restarts" in caplog.text
+    assert state.policy.snapshot() == policy.snapshot()
+
+
+def test_the_buckets_round_trip_exactly_through_a_snapshot() -> None:
+    tracker = LiftTracker()
+    for s in stream():
+        tracker.add(dataclasses.replace(s, user=user_hash(s.decision_id)))
+    restored = LearnedState.unpack(LearnedState(make_policy("linucb", 1, seed=0), None, tracker).pack()).lift
+    assert restored is not None and restored.to_state() == tracker.to_state()
