@@ -6,9 +6,10 @@ Each ``Metrics`` owns its registry, so several engines (or tests) in one process
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from collections import Counter as Tally
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -166,6 +167,12 @@ class Metrics:
         if found is None:
             found = self._children[key] = metric.labels(*labels)
         return found
+
+    def publish_lift(self, result: Mapping[str, float | int | None]) -> None:
+        """``LiftTracker.result()`` on ``cadence_holdout_lift``: a stat that is None (no lift or interval yet,
+        e.g. after a snapshot or a rollback reset the lift) is NaN, not the last value it had."""
+        for stat, value in result.items():
+            self.lift.labels(stat).set(math.nan if value is None else value)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

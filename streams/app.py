@@ -312,9 +312,7 @@ def create_app(settings: Settings) -> faust.App:
             await follow_shared_state()
         except Exception as exc:  # Redis away: keep the last known levers, try again next second
             log.error("could not refresh levers/erasures: %s", exc)
-        for stat, value in engine.lift.result().items():
-            if isinstance(value, int | float):
-                metrics.lift.labels(stat).set(value)
+        metrics.publish_lift(engine.lift.result())
 
     drain_decide_outputs = register_views(app, engine, settings.api_token, settings.admin_token, emit, levers,
                                           erasures, tombstone, settings.http_max_rps)
