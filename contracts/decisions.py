@@ -58,10 +58,14 @@ class Decision:
         )
 
 
-def user_hash(user_id: str) -> int:
-    """A stable 32-bit hash of the user (blake2b: the same on every worker), for the lift's clusters; carried
-    by learning samples instead of the id."""
-    return int.from_bytes(hashlib.blake2b(user_id.encode(), digest_size=4).digest(), "big")
+LIFT_BUCKETS = 1024  # the lift's clusters of users (engine/lift.py)
+
+
+def user_bucket(user_id: str) -> int:
+    """Which of ``LIFT_BUCKETS`` buckets of users the user is in (blake2b: the same on every worker), for the
+    lift's clusters. Learning samples carry this, never the user: a bucket holds a thousandth of all users,
+    so it identifies no one, where a stable per-user hash would be a pseudonym of the person."""
+    return int.from_bytes(hashlib.blake2b(user_id.encode(), digest_size=4).digest(), "big") % LIFT_BUCKETS
 
 
 def decision_id_for(request_event_id: str, placement: str) -> str:
@@ -122,9 +126,9 @@ class LearningSample:
     reward_type: str = ""  # "click" or "conversion" for rewards
     # exposures the bandit drew (explore/exploit): the actions it chose among, for off-policy evaluation
     eligible: list[str] | None = None
-    # ``user_hash(user_id)``: the holdout randomises users, so the lift's interval clusters by user (None in
+    # ``user_bucket(user_id)``: the holdout randomises users, so the lift's interval clusters by user (None in
     # samples from engines before it was sent)
-    user: int | None = None
+    user_bucket: int | None = None
 
     @property
     def key(self) -> str:
@@ -144,7 +148,7 @@ class LearningSample:
             "mode": self.mode,
             "reward_type": self.reward_type,
             "eligible": self.eligible,
-            **({"user": self.user} if self.user is not None else {}),
+            **({"user_bucket": self.user_bucket} if self.user_bucket is not None else {}),
         }
 
     def to_json(self) -> bytes:
@@ -156,7 +160,7 @@ class LearningSample:
 
 
 _COLUMNS = ("kind", "decision_id", "action", "reward", "probability", "placement", "ts", "mode", "reward_type")
-_OPTIONAL = ("eligible", "user")  # columns sent only when a sample of the batch has one (None otherwise)
+_OPTIONAL = ("eligible", "user_bucket")  # columns sent only when a sample of the batch has one (None otherwise)
 
 
 def encode_samples(samples: list[LearningSample], source: str = "", progress: float | None = None) -> bytes:
@@ -171,7 +175,7 @@ def encode_samples(samples: list[LearningSample], source: str = "", progress: fl
     differ in length (an engine with another context size) fall back to format 1: ``{"samples": [...]}``
     (with ``src`` and ``wm`` too). ``src``/``wm`` are left out when ``source`` is empty or ``progress`` is
     None: the reader then takes the batch's largest ``ts`` as an anonymous producer's progress
-    (learning.source_progress says what the progress is for). ``eligible`` and ``user`` are columns only
+    (learning.source_progress says what the progress is for). ``eligible`` and ``user_bucket`` are columns only
     when a sample of the batch has one.
     """
     try:
@@ -227,7 +231,7 @@ def sample_dicts(doc: Any) -> list[dict[str, Any]]:
         xs = np.frombuffer(base64.b64decode(doc["x"]), dtype="<f8").reshape(n, dim)
         cols = [doc[name] for name in _COLUMNS]
         eligible, users = (doc.get(name) or [None] * n for name in _OPTIONAL)
-        return [{**dict(zip(_COLUMNS, row, strict=True)), "x": x.tolist(), "eligible": e, "user": u}
+        return [{**dict(zip(_COLUMNS, row, strict=True)), "x": x.tolist(), "eligible": e, "user_bucket": u}
                 for *row, x, e, u in zip(*cols, xs, eligible, users, strict=True)]
     return doc["samples"] if isinstance(doc, dict) and "samples" in doc else [doc]
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from bandits.base import Choice, Policy, Prepared
-from contracts.decisions import Decision, LearningSample, Mode, decision_id_for, user_hash
+from contracts.decisions import Decision, LearningSample, Mode, decision_id_for, user_bucket
 from contracts.events import Event
 from engine.pending import PendingDecision
 from features.context import build_context, context_values
@@ -272,7 +272,8 @@ def lift_only_exposure(decision: Decision, x: np.ndarray, control: bool) -> Lear
     request, e.g. a contact block), else the decision's own."""
     mode = Mode.HOLDOUT.value if control else decision.mode.value
     return LearningSample(kind="exposure", decision_id=decision.decision_id, action=NO_ACTION, x=x,
-                          placement=decision.placement, ts=decision.ts, mode=mode, user=user_hash(decision.user_id))
+                          placement=decision.placement, ts=decision.ts, mode=mode,
+                          user_bucket=user_bucket(decision.user_id))
 
 
 def is_learnable(action: str) -> bool:

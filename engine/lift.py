@@ -5,13 +5,13 @@ add to that group's total. The lift is the difference of the groups' reward per 
 
 The holdout assigns users, not decisions, and a user's decisions are correlated (some users click, most
 never do): an interval that took decisions as independent covered the true lift 56-80 % of the time instead
-of 95 %. So each group keeps its sums in ``BUCKETS`` buckets of users (bucket = the sample's stable user hash
+of 95 %. So each group keeps its sums in ``BUCKETS`` buckets of users (bucket = the sample's user bucket,
 modulo ``BUCKETS``): decisions k_b and reward y_b. A user is wholly inside one bucket, so buckets are
 independent clusters, and the reward per decision R = Σy_b / Σk_b (a ratio estimator) has the
 cluster-robust variance Var(R) ≈ Σ_b (y_b − R·k_b)² / (Σ_b k_b)² · G/(G−1), G the buckets in use: valid with
 any number of users (several per bucket only makes it a little conservative) in fixed memory. A click and a
 conversion on one decision are one decision's reward in its bucket, so they count as such. Samples from
-engines that did not send the user hash are bucketed by decision id (their exposure and rewards together).
+engines that did not send the user bucket are bucketed by decision id (their exposure and rewards together).
 
 Published as None: everything while a group has fewer than 2 decisions, and the interval while a group's
 buckets show no variation (every reward 0 so far, or a single bucket): its variance estimate would be 0,
@@ -26,18 +26,18 @@ import math
 
 import numpy as np
 
-from contracts.decisions import LearningSample
+from contracts.decisions import LIFT_BUCKETS, LearningSample
 
 Z95 = 1.959963984540054
-BUCKETS = 1024  # clusters of users per group: the variance has BUCKETS - 1 degrees of freedom at most
+BUCKETS = LIFT_BUCKETS  # clusters of users per group: the variance has BUCKETS - 1 degrees of freedom at most
 STATE_FORMAT = 2  # snapshots' lift state: {"format": 2, "treated": [k..., y...], "control": ...}
 log = logging.getLogger(__name__)
 
 
 def bucket_of(sample: LearningSample) -> int:
     """The sample's user bucket: every sample of one user in the same one (by decision, for older samples)."""
-    if sample.user is not None:
-        return int(sample.user) % BUCKETS
+    if sample.user_bucket is not None:
+        return int(sample.user_bucket) % BUCKETS
     digest = hashlib.blake2b(sample.decision_id.encode(), digest_size=4).digest()
     return int.from_bytes(digest, "big") % BUCKETS
 

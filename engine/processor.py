@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from bandits.base import Policy
 from cadence.metrics import Metrics
-from contracts.decisions import DeadLetter, Decision, LearningSample, Mode, user_hash
+from contracts.decisions import DeadLetter, Decision, LearningSample, Mode, user_bucket
 from contracts.events import Event, Reason, Rejection, parse_event
 from engine.attribution import Credit, credit, match_pending
 from engine.bids import BidSignaller
@@ -659,7 +659,7 @@ class Engine(EngineLearning):
                 ts=event.ts,
                 mode=pending.mode,
                 eligible=eligible if decision.mode in DRAWN else None,
-                user=user_hash(event.user_id),
+                user_bucket=user_bucket(event.user_id),
             )
         )
         if self.shadow_policy is not None and self._shadow_log is not None and eligible and \
@@ -701,6 +701,6 @@ class Engine(EngineLearning):
                     ts=event.ts,
                     mode=target.mode,
                     reward_type=reward_type or "",
-                    user=user_hash(event.user_id),
+                    user_bucket=user_bucket(event.user_id),
                 )
             )

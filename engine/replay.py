@@ -14,7 +14,7 @@ from collections import OrderedDict
 from hashlib import blake2b
 from itertools import islice
 
-from contracts.decisions import Decision, LearningSample, Mode, decision_id_for, user_hash
+from contracts.decisions import Decision, LearningSample, Mode, decision_id_for, user_bucket
 from contracts.events import Event
 from engine.attribution import match_pending
 from engine.pending import PendingDecision, pending_decisions
@@ -40,7 +40,7 @@ def replayed_decision(event: Event, state: UserState | None, policy: str) -> tup
     )
     exposure = LearningSample(kind="exposure", decision_id=p.decision_id, action=p.action, x=p.x,
                               probability=p.probability, placement=p.placement, ts=p.ts, mode=p.mode,
-                              user=user_hash(event.user_id))
+                              user_bucket=user_bucket(event.user_id))
     return decision, exposure
 
 
@@ -65,7 +65,7 @@ def replayed_reward(event: Event, state: UserState | None, click_reward: float,
         return None
     return LearningSample(kind="reward", decision_id=target.decision_id, action=target.action, x=target.x,
                           reward=reward, probability=target.probability, placement=target.placement, ts=event.ts,
-                          mode=target.mode, reward_type=reward_type, user=user_hash(event.user_id))
+                          mode=target.mode, reward_type=reward_type, user_bucket=user_bucket(event.user_id))
 
 
 SNAPSHOT_KEYS = 50_000  # keys a snapshot carries (8 bytes each): far more than a crashed batch re-emits

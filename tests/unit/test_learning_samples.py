@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 
 import numpy as np
 import orjson
 
 from contracts.decisions import (
+    LIFT_BUCKETS,
     LearningSample,
     decode_batch,
     decode_samples,
     encode_idle,
     encode_samples,
     sample_dicts,
-    user_hash,
+    user_bucket,
 )
 
 
@@ -87,11 +89,13 @@ def test_an_idle_message_has_no_samples_and_names_its_producer() -> None:
     assert (back.source, back.progress, back.idle) == ("host-b:9", 1.7e9 + 60.0, True)
 
 
-def test_the_user_hash_travels_in_either_format_and_is_left_out_when_no_sample_has_one() -> None:
-    batch = [dataclasses.replace(s, user=user_hash(f"user-{i % 3}") if i % 2 else None)
+def test_the_user_bucket_travels_in_either_format_and_is_left_out_when_no_sample_has_one() -> None:
+    batch = [dataclasses.replace(s, user_bucket=user_bucket(f"user-{i % 3}") if i % 2 else None)
              for i, s in enumerate(samples(6))]
     for raw in (encode_samples(batch), encode_samples(batch + samples(1, dim=7))):  # columns, then objects
-        assert [s.user for s in decode_samples(raw)][:6] == [s.user for s in batch]
-        assert [d.get("user") for d in sample_dicts(orjson.loads(raw))][:6] == [s.user for s in batch]
-    assert "user" not in orjson.loads(encode_samples(samples(3)))  # older readers see what they always saw
-    assert user_hash("user-1") == user_hash("user-1") < 2**32
+        assert [s.user_bucket for s in decode_samples(raw)][:6] == [s.user_bucket for s in batch]
+        assert [d.get("user_bucket") for d in sample_dicts(orjson.loads(raw))][:6] == [s.user_bucket for s in batch]
+    assert "user_bucket" not in orjson.loads(encode_samples(samples(3)))  # older readers see what they always saw
+    # a bucket, not a pseudonym: a thousandth of all users share it
+    buckets = Counter(user_bucket(f"user-{i}") for i in range(100_000))
+    assert set(buckets) == set(range(LIFT_BUCKETS)) and max(buckets.values()) < 2 * 100_000 / LIFT_BUCKETS

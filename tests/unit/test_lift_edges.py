@@ -11,11 +11,11 @@ from engine.lift import LiftTracker
 
 
 def exposure(did: str, mode: str, user: int) -> LearningSample:
-    return LearningSample("exposure", did, "a", [1.0], mode=mode, user=user)
+    return LearningSample("exposure", did, "a", [1.0], mode=mode, user_bucket=user)
 
 
 def click(did: str, mode: str, user: int) -> LearningSample:
-    return LearningSample("reward", did, "a", [1.0], reward=1.0, mode=mode, reward_type="click", user=user)
+    return LearningSample("reward", did, "a", [1.0], reward=1.0, mode=mode, reward_type="click", user_bucket=user)
 
 
 def test_no_lift_while_a_group_has_fewer_than_2_decisions() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from bandits.linucb import LinUCB
 from cadence.settings import DEFAULT_CATALOGUE
-from contracts.decisions import Mode, user_hash
+from contracts.decisions import Mode, user_bucket
 from contracts.events import Event
 from engine.decide import decide, lift_only_exposure
 from engine.lift import LiftTracker
@@ -29,7 +29,7 @@ def test_a_contact_blocked_request_is_a_lift_only_observation_in_the_users_group
         assert decided.pending is None and decided.lift_only and decided.x is not None
         sample = lift_only_exposure(decided.decision, decided.x, decided.lift_control)
         # action "none": the learner hands it to the lift alone (no policy, model or off-policy estimate)
-        assert (sample.kind, sample.action, sample.user) == ("exposure", NO_ACTION, user_hash("u1"))
+        assert (sample.kind, sample.action, sample.user_bucket) == ("exposure", NO_ACTION, user_bucket("u1"))
         assert sample.mode == ("holdout" if share == 1.0 else "suppressed")
         before = tracker.result()[group]
         tracker.add(sample)

@@ -22,10 +22,10 @@ def replication(rng: np.random.Generator, users: int = 400) -> LiftTracker:
         mode = "holdout" if control[u] else "exploit"
         clicked = rng.random(decisions[u]) < rate[u]
         for j in range(decisions[u]):
-            tracker.add(LearningSample("exposure", f"u{u}-{j}", "a", [1.0], mode=mode, user=u))
+            tracker.add(LearningSample("exposure", f"u{u}-{j}", "a", [1.0], mode=mode, user_bucket=u))
             if clicked[j]:
                 tracker.add(LearningSample("reward", f"u{u}-{j}", "a", [1.0], reward=1.0, mode=mode,
-                                           reward_type="click", user=u))
+                                           reward_type="click", user_bucket=u))
     return tracker
 
 

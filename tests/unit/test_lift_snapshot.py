@@ -9,7 +9,7 @@ import pickle
 import numpy as np
 
 from bandits import make_policy
-from contracts.decisions import LearningSample, user_hash
+from contracts.decisions import LearningSample, user_bucket
 from engine.lift import LiftTracker
 from learning.state import LearnedState
 
@@ -64,6 +64,6 @@ def test_a_snapshot_from_before_the_lift_clustered_users_restarts_the_lift_and_s
 def test_the_buckets_round_trip_exactly_through_a_snapshot() -> None:
     tracker = LiftTracker()
     for s in stream():
-        tracker.add(dataclasses.replace(s, user=user_hash(s.decision_id)))
+        tracker.add(dataclasses.replace(s, user_bucket=user_bucket(s.decision_id)))
     restored = LearnedState.unpack(LearnedState(make_policy("linucb", 1, seed=0), None, tracker).pack()).lift
     assert restored is not None and restored.to_state() == tracker.to_state()
