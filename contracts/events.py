@@ -201,7 +201,10 @@ def parse_event(raw: bytes, topic: str, max_bytes: int = 65536) -> Event | Rejec
         )
     ts = float(doc["ts"])
     if not MIN_TS <= ts <= MAX_TS:
-        return Rejection(Reason.TS_OUT_OF_RANGE, f"ts {ts:g} is outside {MIN_TS:g}..{MAX_TS:g} (epoch seconds)")
+        # the value as sent, exactly: %g rounded 4102444801 to 4.10244e+09, which looked inside the bounds
+        hint = "; it looks like milliseconds: divide by 1000" if 1e12 <= ts < 1e14 else ""
+        return Rejection(Reason.TS_OUT_OF_RANGE, f"ts {doc['ts']!r} is outside {MIN_TS:.0f}..{MAX_TS:.0f} "
+                         f"(epoch seconds, 2001-09-09..2100-01-01 UTC){hint}")
     if kind.requests_decision and not doc.get("placement"):
         return Rejection(Reason.MISSING_FIELD, f"{doc['type']} asks for a decision and needs a 'placement'")
     action_id = next((doc[f] for f in ACTION_ID_FIELDS if doc.get(f)), None)

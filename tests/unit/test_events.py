@@ -107,3 +107,24 @@ def test_watermark_bounds(ts: float, watermark: float, rejected: bool, message: 
 def test_rejection_details_never_echo_huge_values() -> None:
     result = parse_event(doc(**{"x" * 5000: 1}), "web-events")
     assert isinstance(result, Rejection) and len(result.detail) < 400
+
+
+@pytest.mark.parametrize(
+    ("ts", "shown"),
+    [
+        # %g printed these as "4.10244e+09" and "1e+09": a value just outside looked inside the bounds
+        (4_102_444_801, "ts 4102444801 is outside 1000000000..4102444800 (epoch seconds"),
+        (999_999_999.5, "ts 999999999.5 is outside 1000000000..4102444800 (epoch seconds"),
+    ],
+)
+def test_a_ts_out_of_range_is_printed_exactly(ts: float, shown: str) -> None:
+    result = parse_event(doc(ts=ts), "web-events")
+    assert isinstance(result, Rejection) and result.reason is Reason.TS_OUT_OF_RANGE
+    assert shown in result.detail and "milliseconds" not in result.detail
+
+
+def test_a_ts_in_milliseconds_is_named_as_such() -> None:
+    result = parse_event(doc(ts=1_767_571_260_500), "web-events")
+    assert isinstance(result, Rejection) and result.reason is Reason.TS_OUT_OF_RANGE
+    assert "ts 1767571260500 is outside" in result.detail
+    assert "looks like milliseconds: divide by 1000" in result.detail
