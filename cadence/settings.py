@@ -15,6 +15,10 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_CATALOGUE = Path(__file__).with_name("catalogue.toml")
+# Longest span any duration setting may take: event time itself is bounded (2001..2100, contracts/events.py),
+# so a longer window or TTL means nothing, and a huge one overflows Redis or the event loop's timers.
+CENTURY_S = 3_155_760_000
+DAY_S = 86400
 # Accepted log level names -> the name Faust's logging takes ("crit" is an alias the README used to list).
 LOG_LEVELS = {"critical": "critical", "crit": "critical", "error": "error", "warn": "warn",
               "warning": "warn", "info": "info", "debug": "debug"}
@@ -32,11 +36,31 @@ def redact_url(url: str | None) -> str | None:
     return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
 
 
+def _is_host_port(entry: str) -> bool:
+    """``host:port`` (``[::1]:9092`` for IPv6) with a port 1..65535, or a bare host (Kafka's clients add 9092)."""
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        if not rest:
+            return bool(host)
+        if not rest.startswith(":"):
+            return False
+        port = rest[1:]
+    elif entry.count(":") > 1:  # a bare IPv6 address
+        return True
+    else:
+        host, sep, port = entry.partition(":")
+        if not sep:
+            return bool(host)
+    return bool(host) and port.isascii() and port.isdigit() and 1 <= int(port) <= 65535
+
+
 class Settings(BaseSettings):
     """Engine configuration. Environment names are ``CADENCE_<FIELD>`` unless noted."""
 
     # hide_input_in_errors: a validation error must not print the values it was given (tokens, passwords)
-    model_config = SettingsConfigDict(env_prefix="CADENCE_", extra="forbid", frozen=True, hide_input_in_errors=True)
+    # allow_inf_nan=False: CADENCE_SNAPSHOT_INTERVAL_S=inf used to pass and then hang the worker's start
+    model_config = SettingsConfigDict(env_prefix="CADENCE_", extra="forbid", frozen=True, hide_input_in_errors=True,
+                                      allow_inf_nan=False)
 
     kafka_bootstrap: str | None = Field(
         default=None,
@@ -55,7 +79,7 @@ class Settings(BaseSettings):
     )
     app_id: str = Field("cadence", description="Faust application id; also the consumer group id.")
     topic_prefix: str = Field("", description="Prefix for every topic name (lets several engines share a cluster).")
-    partitions: int = Field(4, ge=1, description="Partitions for the topics the engine creates.")
+    partitions: int = Field(4, ge=1, le=10_000, description="Partitions for the topics the engine creates.")
     web_port: int = Field(6066, ge=0, le=65535, description="Port of the worker's HTTP server (/metrics, /decide).")
     web_host: str = Field("127.0.0.1", description="Interface the worker's HTTP server binds to.")
     catalogue: Path = Field(DEFAULT_CATALOGUE, description="Path of the action catalogue (TOML).")
@@ -67,10 +91,11 @@ class Settings(BaseSettings):
         "(an HTTP-only replica: answers /decide, follows learning, consumes no events).",
     )
     commit_interval_s: float = Field(
-        1.0, gt=0, description="Direct intake: longest time between offset commits (events after it are re-read)."
+        1.0, gt=0, le=3600,
+        description="Direct intake: longest time between offset commits (events after it are re-read)."
     )
-    batch_size: int = Field(2000, ge=1, description="Most events the worker takes in one batch.")
-    batch_within_s: float = Field(0.01, gt=0, description="Longest wait for a batch to fill, in seconds.")
+    batch_size: int = Field(2000, ge=1, le=1_000_000, description="Most events the worker takes in one batch.")
+    batch_within_s: float = Field(0.01, gt=0, le=60, description="Longest wait for a batch to fill, in seconds.")
     fetch_max_wait_ms: int = Field(
         20, ge=1, le=5000, description="Longest a broker may hold a consumer fetch; bounds latency at low rates."
     )
@@ -79,20 +104,25 @@ class Settings(BaseSettings):
         "bounds how late learning arrives, not decisions; fewer empty fetches leave the CPU to the intake."
     )
     learning_idle_after_s: float = Field(
-        5.0, gt=0, description="A worker caught up on its input and without learning samples to send for this "
+        5.0, gt=0, le=DAY_S,
+        description="A worker caught up on its input and without learning samples to send for this "
         "long (wall clock) tells the others it holds no label windows open; it also does so when it stops."
     )
-    max_event_bytes: int = Field(65536, ge=256, description="Larger payloads go to dead-letters as too_large.")
+    max_event_bytes: int = Field(
+        65536, ge=256, le=64 * 2**20, description="Larger payloads go to dead-letters as too_large."
+    )
     max_future_skew_s: float = Field(
-        3600.0, ge=0, description="Events whose ts is this far ahead of the worker's watermark are rejected."
+        3600.0, ge=0, le=CENTURY_S,
+        description="Events whose ts is this far ahead of the worker's watermark are rejected."
     )
     max_lateness_s: float = Field(
-        30 * 86400.0, ge=0, description="Events whose ts is this far behind the watermark are rejected."
+        30 * 86400.0, ge=0, le=CENTURY_S, description="Events whose ts is this far behind the watermark are rejected."
     )
     max_time_jump_s: float = Field(
-        7 * 86400.0, gt=0, description="Events this far ahead of the watermark are refused (a sender's wrong clock)."
+        7 * 86400.0, gt=0, le=CENTURY_S,
+        description="Events this far ahead of the watermark are refused (a sender's wrong clock)."
     )
-    feature_ttl_s: int = Field(30 * 86400, ge=60, description="Retention of a user's features in Redis.")
+    feature_ttl_s: int = Field(30 * 86400, ge=60, le=CENTURY_S, description="Retention of a user's features in Redis.")
     dedup_ring: int = Field(32, ge=1, le=256, description="Event ids remembered per user to drop duplicates.")
 
     policy: Literal["linucb", "lints", "egreedy"] = Field(
@@ -112,11 +142,13 @@ class Settings(BaseSettings):
     )
     policy_ts_scale: float = Field(0.25, ge=0, description="Posterior scale of LinTS (lints).")
     policy_epsilon: float = Field(0.05, ge=0, le=1, description="Exploration share of egreedy.")
-    seed: int = Field(7, description="Seed of the policy's random generator.")
+    seed: int = Field(7, ge=0, description="Seed of the policy's random generator.")
     click_reward: float = Field(0.1, ge=0, description="Reward credited for a click (conversions pay value).")
-    click_window_s: float = Field(1800.0, gt=0, description="A click counts for a decision this long after it.")
+    click_window_s: float = Field(
+        1800.0, gt=0, le=CENTURY_S, description="A click counts for a decision this long after it."
+    )
     conversion_window_s: float = Field(
-        7 * 86400.0, gt=0, description="A conversion counts for a decision this long after it."
+        7 * 86400.0, gt=0, le=CENTURY_S, description="A conversion counts for a decision this long after it."
     )
 
     holdout_share: float = Field(
@@ -130,13 +162,16 @@ class Settings(BaseSettings):
     bid_multiplier_high: float = Field(2.0, gt=0, description="Highest bid multiplier sent on bid-signals.")
     models_enabled: bool = Field(True, description="Score with and train the River models (propensity, churn, value).")
     models_label_window_s: float = Field(
-        3600.0, gt=0, description="A conversion this long after a decision counts as a positive for propensity."
+        3600.0, gt=0, le=CENTURY_S,
+        description="A conversion this long after a decision counts as a positive for propensity."
     )
     models_label_grace_s: float = Field(
-        300.0, ge=0, description="Extra wait after the window before any exposure's propensity label is learned."
+        300.0, ge=0, le=CENTURY_S,
+        description="Extra wait after the window before any exposure's propensity label is learned."
     )
     models_label_max_lag_s: float = Field(
-        1800.0, ge=0, description="Label windows close at the slowest worker's event time, but a worker further "
+        1800.0, ge=0, le=CENTURY_S,
+        description="Label windows close at the slowest worker's event time, but a worker further "
         "behind the fastest than this stops holding them open (a crashed worker delays labels at most this "
         "long); 0 closes them at the fastest worker's time.",
     )
@@ -149,23 +184,25 @@ class Settings(BaseSettings):
         "decisions come first (labels beyond the backlog are dropped and counted). At 0.1 the trainer still "
         "learns about 1,400 labels/s (~70 us each).",
     )
-    models_churn_horizon_s: float = Field(1209600.0, gt=0, description="Silent this long after an activity = churned.")
+    models_churn_horizon_s: float = Field(
+        1209600.0, gt=0, le=CENTURY_S, description="Silent this long after an activity = churned."
+    )
     models_churn_sample_every_s: float = Field(
-        86400.0, ge=0, description="A busy customer yields about one 'stayed' label per this long."
+        86400.0, ge=0, le=CENTURY_S, description="A busy customer yields about one 'stayed' label per this long."
     )
     models_churn_watch_max: int = Field(200_000, ge=1, description="Customers watched for churn per worker.")
     models_churn_share: float = Field(1.0, gt=0, le=1, description="Share of customers watched for churn.")
     models_min_samples: int = Field(100, ge=0, description="Samples a model needs before its scores are shown.")
     snapshot_interval_s: float = Field(
-        30.0, gt=0, description="How often the leading worker saves the learned state to Redis."
+        30.0, gt=0, le=DAY_S, description="How often the leading worker saves the learned state to Redis."
     )
-    snapshots_kept: int = Field(20, ge=1, description="Snapshot versions kept in Redis for rollback.")
+    snapshots_kept: int = Field(20, ge=1, le=10_000, description="Snapshot versions kept in Redis for rollback.")
     gc_paced: bool = Field(
         True, description="Run the garbage collector between batches (streams/gc_pacing.py); false leaves it to "
         "Python (thresholds 20,000 / 20 / 20)."
     )
     gc_full_interval_s: float = Field(
-        600.0, gt=0, description="How often the worker runs a full garbage collection (between batches; the "
+        600.0, gt=0, le=DAY_S, description="How often the worker runs a full garbage collection (between batches; the "
         "young collections run there too, see streams/gc_pacing.py)."
     )
 
@@ -175,7 +212,9 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         None, description="Bearer token for admin endpoints, not the API token's. Unset: endpoints off; empty: refused."
     )
-    http_max_rps: float = Field(5000.0, ge=1, description="Most GET /decide requests per second per worker.")
+    http_max_rps: float = Field(
+        5000.0, ge=1, le=1_000_000, description="Most GET /decide requests per second per worker."
+    )
     log_level: str = Field("warn", description="Worker log level: critical (or crit), error, warn, info or debug.")
 
     @field_validator("log_level")
@@ -192,6 +231,24 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"{redact_url(value)!r} is not a Redis URL: write redis://HOST:PORT/0 (rediss:// for "
                              "TLS, unix:///path for a socket), or unset it for the embedded Redis")
+        if value is not None:
+            from redis.connection import parse_url  # the parser the clients use: what it refuses, refuse now
+
+            try:
+                parse_url(value)
+            except ValueError as exc:  # redis://localhost:notaport/0 used to crash every command
+                raise ValueError(f"{redact_url(value)!r} is not a usable Redis URL ({exc}): write "
+                                 "redis://HOST:PORT/0 with PORT a number 1..65535") from None
+        return value
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _host_ports(cls, value: str | None) -> str | None:
+        if value:  # localhost:notaport used to crash the worker and `cadence topics` with a traceback
+            for entry in value.split(","):
+                if not _is_host_port(entry.strip()):
+                    raise ValueError(f"{entry.strip()[:80]!r} is not host:port: write HOST:PORT with PORT a number "
+                                     "1..65535, several separated by commas, or unset it for the embedded broker")
         return value
 
     @field_validator("api_token", "admin_token", "redis_password")
