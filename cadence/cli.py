@@ -9,13 +9,13 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 from pydantic import ValidationError
 
 from cadence.runtime import Runtime, RuntimeStartError, create_topics
-from cadence.settings import Settings, redact_url
+from cadence.settings import SettingError, Settings, redact_url
 from cadence.workers import WorkerProcess, worker_env
 from streams.topics import ALL_TOPICS, COMPACTED
 
@@ -25,31 +25,68 @@ def create_engine_topics(bootstrap: str, settings: Settings) -> None:
                   compacted=[settings.topic(t) for t in COMPACTED])
 
 
+def _invalid(*problems: str) -> NoReturn:
+    """Exit 2 with one line per problem, each ``SETTING: what is wrong and what it must be``."""
+    print("\n".join(f"cadence: invalid configuration: {p}" for p in problems), file=sys.stderr)
+    sys.exit(2)
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str | None:
+    """The environment variable a validation error's location is about (None: the settings as a whole)."""
+    if not loc:
+        return None
+    name = str(loc[0])
+    return f"CADENCE_{name.upper()}" if name in Settings.model_fields else name  # else an alias: REDIS_URL
+
+
 def _settings() -> Settings:
     unknown = Settings.unknown_environment(dict(os.environ))
     if unknown:
-        sys.exit(f"cadence: unknown setting(s) in the environment: {', '.join(unknown)}\n"
-                 "See the README's configuration table.")
+        _invalid(*(f"{u}: no such setting; see the README's configuration table" for u in unknown))
     try:
         return Settings()
     except ValidationError as exc:  # one line per problem, never the values given (tokens, passwords)
-        problems = "\n".join(f"  {'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
-                              for e in exc.errors(include_url=False, include_input=False))
-        sys.exit(f"cadence: invalid configuration:\n{problems}\nSee the README's configuration table.")
+        problems = []
+        for e in exc.errors(include_url=False, include_input=False):
+            name, message = _env_name(e["loc"]), e["msg"].removeprefix("Value error, ")
+            problems.append(f"{name}: {message}" if name else message)
+        _invalid(*problems)
+
+
+def _check_catalogue(settings: Settings) -> None:
+    """Read the catalogue and the settings that name what is in it (CADENCE_HOLDOUT_PLACEMENTS) as a worker
+    will, before any server or worker starts: a mistake is one line and exit 2, not a traceback."""
+    from policy.catalogue import CatalogueError
+    from streams.app import build_policy_context
+
+    try:
+        build_policy_context(settings)
+    except SettingError as exc:
+        _invalid(str(exc))
+    except CatalogueError as exc:  # the message names the file, line and field
+        _invalid(f"CADENCE_CATALOGUE: {exc}")
+    except OSError as exc:  # a directory, no permission
+        _invalid(f"CADENCE_CATALOGUE: cannot read {settings.catalogue} ({exc.strerror or exc}): set it to the "
+                 "path of a catalogue TOML file")
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
     import faust
 
+    from policy.catalogue import CatalogueError
     from streams.app import create_app
 
     settings = _settings()
+    _check_catalogue(settings)
     runtime = Runtime(settings.data_dir, settings.kafka_bootstrap, settings.redis_url).start()
     try:
         resolved = {"kafka_bootstrap": runtime.kafka_bootstrap, "redis_url": runtime.redis_url}
         settings = settings.model_copy(update=resolved)
         create_engine_topics(settings.kafka_bootstrap or "", settings)
-        app = create_app(settings)
+        try:
+            app = create_app(settings)
+        except (SettingError, CatalogueError) as exc:  # the catalogue changed since _check_catalogue read it
+            _invalid(str(exc) if isinstance(exc, SettingError) else f"CADENCE_CATALOGUE: {exc}")
         worker = faust.Worker(app, loglevel=settings.log_level, redirect_stdouts=False, quiet=True)
         # Faust's terminal spinner sets the root logger to DEBUG so that it can spin on every record:
         # every debug line of Faust and aiokafka would then be formatted on the hot path.
@@ -122,6 +159,7 @@ def _render(loop: Any, workers: list[WorkerProcess]) -> str:
 
 def cmd_run(args: argparse.Namespace) -> None:
     settings = _settings()
+    _check_catalogue(settings)
     stop = {"flag": False}
     signal.signal(signal.SIGINT, lambda *a: stop.update(flag=True))
     signal.signal(signal.SIGTERM, lambda *a: stop.update(flag=True))
@@ -147,6 +185,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     settings = _settings()
+    _check_catalogue(settings)
     try:
         with _stack(settings, args.workers, quiet=args.json) as (rt, workers):
             loop = _loop(args, settings, rt)
@@ -244,7 +283,7 @@ def cmd_levers(args: argparse.Namespace) -> None:
     try:  # the catalogue the workers use (CADENCE_CATALOGUE): a lever naming what it lacks would match nothing
         catalogue = load_catalogue(settings.catalogue) if args.action not in ("list", "revoke") else None
     except (CatalogueError, OSError) as exc:
-        sys.exit(f"cadence: cannot read the catalogue {settings.catalogue} (CADENCE_CATALOGUE): {exc}")
+        _invalid(f"CADENCE_CATALOGUE: {exc}")
 
     async def go() -> None:
         store = LeverStore(redis_client(settings), settings.app_id)

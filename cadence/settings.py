@@ -36,6 +36,14 @@ def redact_url(url: str | None) -> str | None:
     return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
 
 
+class SettingError(ValueError):
+    """A setting only the catalogue (or another file) shows to be wrong; ``str`` is ``SETTING: problem``."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"{setting}: {problem}")
+        self.setting = setting
+
+
 def _is_host_port(entry: str) -> bool:
     """``host:port`` (``[::1]:9092`` for IPv6) with a port 1..65535, or a bare host (Kafka's clients add 9092)."""
     if entry.startswith("["):

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 
 from bandits import make_policy
 from cadence.metrics import Metrics, observe_many
-from cadence.settings import Settings
+from cadence.settings import SettingError, Settings
 from contracts.decisions import encode_idle, encode_samples
 from engine.attribution import Windows
 from engine.bids import BidSignaller
@@ -67,8 +67,8 @@ def build_policy_context(settings: Settings, workers: int = 1) -> PolicyContext:
     placements = tuple(p.strip() for p in settings.holdout_placements.split(",") if p.strip())
     unknown = [p for p in placements if p not in catalogue.placements]
     if unknown:
-        raise ValueError(f"CADENCE_HOLDOUT_PLACEMENTS names placements the catalogue does not have: {unknown}; "
-                         f"use ids of {sorted(catalogue.placements)}, or leave it empty for every placement")
+        raise SettingError("CADENCE_HOLDOUT_PLACEMENTS", f"names placements the catalogue does not have: {unknown}; "
+                           f"use ids of {sorted(catalogue.placements)}, or leave it empty for every placement")
     holdout = (HoldoutConfig(settings.holdout_share, settings.holdout_salt, placements=placements)
                if settings.holdout_share > 0 else None)
     return PolicyContext(catalogue, holdout=holdout, budgets=WorkerBudgets(share=1 / workers))

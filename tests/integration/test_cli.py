@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import redis
@@ -80,3 +82,39 @@ def test_topics_needs_a_broker_and_says_so(runtime: Runtime, isolated: dict[str,
     done = subprocess.run([sys.executable, "-m", "cadence", "topics", "decisions"], env=env, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode != 0 and "set KAFKA_BOOTSTRAP" in done.stderr
+
+
+def _worker_refused(tmp_path: Path, **settings: str) -> subprocess.CompletedProcess[str]:
+    """``cadence worker`` with ``settings``, no broker or Redis: it must stop at the check, before starting any."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CADENCE_") and k not in ("KAFKA_BOOTSTRAP",
+                                                                                               "REDIS_URL")}
+    env = worker_env(base, data_dir=str(tmp_path / "data"), **settings)
+    return subprocess.run([sys.executable, "-m", "cadence", "worker"], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("settings", "line"),
+    [
+        # each used to be a traceback (numpy's "expected non-negative integer", 18 frames; a CatalogueError,
+        # 15 frames; the holdout's ValueError) or, for inf, a worker that never became ready
+        ({"seed": "-1"}, "cadence: invalid configuration: CADENCE_SEED: Input should be greater than or equal to 0"),
+        ({"snapshot_interval_s": "inf"}, "cadence: invalid configuration: CADENCE_SNAPSHOT_INTERVAL_S: Input should "
+                                         "be a finite number"),
+        ({"catalogue": "{bad}"}, "cadence: invalid configuration: CADENCE_CATALOGUE: {bad}, line "),
+        ({"holdout_placements": "home-hero"}, "cadence: invalid configuration: CADENCE_HOLDOUT_PLACEMENTS: names "
+                                              "placements the catalogue does not have: ['home-hero']"),
+    ],
+)
+def test_a_mistyped_setting_stops_the_worker_with_one_line_and_exit_2(tmp_path: Path, settings: dict[str, str],
+                                                                      line: str) -> None:
+    if settings.get("catalogue") == "{bad}":  # a negative cost, as a person might write it
+        good = (Path(__file__).resolve().parents[2] / "cadence" / "catalogue.toml").read_text()
+        bad = tmp_path / "bad.toml"
+        bad.write_text(good.replace("cost = 0.001", "cost = -1.0", 1))
+        settings = {"catalogue": str(bad)}
+        line = line.replace("{bad}", str(bad))
+    done = _worker_refused(tmp_path, **settings)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(line) and done.stderr.count("\n") == 1, done.stderr
+    assert not (tmp_path / "data").exists()  # refused before any embedded server started
