@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -174,10 +174,21 @@ class Lever:
 
     @classmethod
     def from_dict(cls, doc: dict) -> Lever:
-        try:
-            return cls(**{**doc, "kind": LeverKind(doc["kind"])})
-        except (KeyError, TypeError, ValueError) as exc:
-            raise LeverError(f"not a lever: {exc}; need lever_id, kind, who, why") from None
+        """A lever from its JSON; a missing, unknown or mistyped field is a :class:`LeverError` naming it."""
+        kinds = ", ".join(k.value for k in LeverKind)
+        kind = doc.get("kind")
+        if kind is None:
+            raise LeverError(f"'kind' is required: one of {kinds}")
+        if not isinstance(kind, str) or kind not in {k.value for k in LeverKind}:
+            raise LeverError(f"'kind' must be one of {kinds}, got {kind!r:.60}")
+        known = [f.name for f in fields(cls)]
+        unknown = [str(k) for k in doc if k not in known]
+        if unknown:
+            raise LeverError(f"unknown field {unknown[0][:60]!r}; a lever has {', '.join(known)}")
+        missing = [name for name in ("lever_id", "who", "why") if doc.get(name) is None]
+        if missing:
+            raise LeverError(f"{missing[0]!r} is required (a string): every change is audited with who and why")
+        return cls(**{**doc, "kind": LeverKind(kind)})
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,6 +84,29 @@ class BodyTooLarge(Exception):
     """An admin request body beyond MAX_BODY_BYTES, found while reading it (chunked: no Content-Length)."""
 
 
+class BadField(ValueError):
+    """A field of an admin request body that is missing or of the wrong type; the message names it."""
+
+
+def _required(doc: dict[str, Any], name: str, what: str) -> str:
+    """``doc[name]``, a non-empty string; else :class:`BadField` naming it and ``what`` it must be."""
+    value = doc.get(name)
+    if value is None:
+        raise BadField(f"{name!r} is required: {what}")
+    if not isinstance(value, str) or not value:
+        raise BadField(f"{name!r} must be {what}, got {value!r:.60}")
+    return value
+
+
+def _optional(doc: dict[str, Any], name: str, what: str) -> str | None:
+    """As :func:`_required`, but an absent field (or null) is None."""
+    return None if doc.get(name) is None else _required(doc, name, what)
+
+
+WHO = "the person making the change, a non-empty string (audited)"
+WHY = "why the change is made, a non-empty string (audited)"
+
+
 def _view(fun: Callable[..., Awaitable[faust.web.Response]]) -> type[faust.web.View]:
     """A Faust view answering GET, POST and DELETE with ``fun`` (Faust's function views only do GET)."""
     return type(fun.__name__, (faust.web.View,), {"get": fun, "post": fun, "delete": fun, "__module__": __name__})
@@ -319,12 +342,15 @@ def register_views(
                 return await handler(web, request, **kw)
             except BodyTooLarge:  # a chunked body has no Content-Length: counted while read
                 return _error(web, 413, f"body larger than {MAX_BODY_BYTES} bytes", "send one change at a time")
-            except LeverError as exc:
+            except (LeverError, BadField) as exc:
                 return _error(web, 400, str(exc), "fix the field named and send again")
             except (RedisError, FeatureStoreError) as exc:
                 return _store_away(web, exc)
-            except (orjson.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
-                return _error(web, 400, f"bad request body: {exc}", "send a JSON object with the documented fields")
+            except orjson.JSONDecodeError as exc:
+                return _error(web, 400, f"the body is not JSON: {exc}", "send a JSON object with the documented fields")
+            except (ValueError, KeyError, TypeError) as exc:  # a field no check above names: still a 400
+                return _error(web, 400, f"bad request body: {type(exc).__name__}: {exc}",
+                              "send a JSON object with the documented fields")
 
         guarded.__name__ = handler.__name__
         return guarded
@@ -339,7 +365,7 @@ def register_views(
             chunks.append(chunk)
         doc = orjson.loads(b"".join(chunks))
         if not isinstance(doc, dict):
-            raise ValueError("expected a JSON object")
+            raise BadField(f"the body must be a JSON object with the documented fields, got {type(doc).__name__}")
         return doc
 
     async def levers_view(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
@@ -355,10 +381,11 @@ def register_views(
             return web.json({"applied": lever.to_dict(), "levers": len(book.levers)}, status=201)
         if request.method == "DELETE":
             doc = await body(request)
-            book = await levers.update(lambda b: b.revoke(doc["lever_id"], doc.get("who", ""), doc.get("why", ""),
-                                                         time.time()))
+            lever_id = _required(doc, "lever_id", "the id of the lever to revoke, a string")
+            who, why = _required(doc, "who", WHO), _required(doc, "why", WHY)
+            book = await levers.update(lambda b: b.revoke(lever_id, who, why, time.time()))
             engine.policy_ctx.levers = book
-            return web.json({"revoked": doc["lever_id"], "levers": len(book.levers)})
+            return web.json({"revoked": lever_id, "levers": len(book.levers)})
         book = await levers.load()
         return web.json({"levers": [lv.to_dict() for lv in book.levers],
                          "audit": [{"ts": a.ts, "who": a.who, "why": a.why, "change": a.change,
@@ -366,29 +393,28 @@ def register_views(
 
     async def kill_view(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
         doc = await body(request)
-        lever_id = "kill-" + (doc.get("placement") or "all")
+        placement = _optional(doc, "placement", "a placement id (a string), or left out for every placement")
+        who, why = _required(doc, "who", WHO), _required(doc, "why", WHY)
+        lever_id = "kill-" + (placement or "all")
         on = doc.get("on", True)
         if not isinstance(on, bool):  # "false" (a string) used to switch it on
-            raise ValueError(f"'on' must be true or false (JSON booleans), got {on!r:.40}")
+            raise BadField(f"'on' must be true or false (JSON booleans), got {on!r:.40}")
         if on:
             # no ts: every request processed from now on gets the default, whatever its event time
-            lever = Lever(lever_id, LeverKind.KILL, doc.get("who", ""), doc.get("why", ""),
-                          placement=doc.get("placement"), set_at=time.time())
+            lever = Lever(lever_id, LeverKind.KILL, who, why, placement=placement, set_at=time.time())
             lever.check_targets(engine.catalogue)
             engine.policy_ctx.levers = await levers.update(lambda b: b.apply(lever))
             return web.json({"kill_switch": "on", "lever_id": lever_id})
-        engine.policy_ctx.levers = await levers.update(
-            lambda b: b.revoke(lever_id, doc.get("who", ""), doc.get("why", ""), time.time()))
+        engine.policy_ctx.levers = await levers.update(lambda b: b.revoke(lever_id, who, why, time.time()))
         return web.json({"kill_switch": "off", "lever_id": lever_id})
 
     async def erase_view(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
         doc = await body(request)
-        user_id, who = doc.get("user_id"), doc.get("who")
+        user_id = doc.get("user_id")
         if not isinstance(user_id, str) or not 0 < len(user_id) <= MAX_ID_LEN:
-            raise ValueError(f"'user_id' must be the user's id, a string of 1..{MAX_ID_LEN} characters; "
-                             f"got {user_id!r:.80}")
-        if not isinstance(who, str) or not who:
-            raise ValueError("'who' (the person asking, for the audit) is required")
+            raise BadField(f"'user_id' must be the user's id, a string of 1..{MAX_ID_LEN} characters; "
+                           f"got {user_id!r:.80}")
+        who = _required(doc, "who", "the person asking, a non-empty string (audited)")
         deleted = await erasures.erase(user_id)
         await levers.update(lambda b: b.forget_user(user_id, erased_label(user_id)))
         await tombstone(user_id, who)

@@ -147,3 +147,38 @@ def test_the_kill_switch_takes_only_a_boolean_to_turn_on_or_off() -> None:
         assert response.status == 400 and "'on' must be true or false" in response.body["error"]
     assert post(pages["/admin/kill"], {"on": True, "who": "ops", "why": "incident"}).body["kill_switch"] == "on"
     assert post(pages["/admin/kill"], {"on": False, "who": "ops", "why": "over"}).body["kill_switch"] == "off"
+
+
+def delete(view: Any, body: Any) -> Response:
+    return asyncio.run(view.delete(Web(), Request(body, method="DELETE")))
+
+
+def test_a_wrong_or_missing_admin_field_is_a_400_naming_it_and_what_it_must_be() -> None:
+    # these used to answer "bad request body: can only concatenate str (not "int") to str", "'lever_id'" and
+    # "unhashable type: 'list'": no field named, nothing said about what to send
+    pages, erasures, _ = views()
+    kill, levers, erase = pages["/admin/kill"], pages["/admin/levers"], pages["/admin/erase-user"]
+    cases = [
+        (post(kill, {"placement": 5, "who": "ops", "why": "x"}), "'placement' must be a placement id (a string)"),
+        (post(kill, {"placement": ["home_hero"], "who": "ops", "why": "x"}), "'placement' must be"),
+        (post(kill, {"who": 5, "why": "x"}), "'who' must be"),
+        (post(kill, {"on": False, "why": "x"}), "'who' is required"),
+        (delete(levers, {"who": "ops", "why": "x"}), "'lever_id' is required"),
+        (delete(levers, {"lever_id": ["a"], "who": "ops", "why": "x"}), "'lever_id' must be"),
+        (delete(levers, {"lever_id": "a", "who": "ops", "why": 5}), "'why' must be"),
+        (post(levers, {"action": "offer_10pct", "who": "a", "why": "b"}), "'kind' is required: one of pin, boost"),
+        (post(levers, {"kind": 5, "action": "offer_10pct", "who": "a", "why": "b"}), "'kind' must be one of pin"),
+        (post(levers, {"kind": ["pin"], "action": "offer_10pct", "who": "a", "why": "b"}), "'kind' must be one of"),
+        (post(levers, {"kind": "pin", "action": "offer_10pct", "who": "a"}), "'why' is required"),
+        (post(levers, {"kind": "pin", "action": "offer_10pct", "who": "a", "why": "b", "user": "u1"}),
+         "unknown field 'user'"),
+        (post(levers, {"kind": "pin", "action": "offer_10pct", "who": "a", "why": "b", "lever_id": ["x"]}),
+         "lever_id must be a non-empty string"),
+        (post(erase, {"user_id": "u1", "who": 7}), "'who' must be"),
+    ]
+    for response, message in cases:
+        assert response.status == 400 and message in response.body["error"], (message, response.body)
+        assert "bad request body" not in response.body["error"] and response.body["what_to_do"]
+    assert erasures.erased == []
+    assert asyncio.run(levers.get(Web(), Request(method="GET"))).body["levers"] == []
+    assert delete(levers, {"lever_id": "nope", "who": "ops", "why": "x"}).status == 400  # no such lever: named
