@@ -22,7 +22,7 @@ from streams.topics import ALL_TOPICS, COMPACTED
 
 def create_engine_topics(bootstrap: str, settings: Settings) -> None:
     create_topics(bootstrap, [settings.topic(t) for t in ALL_TOPICS], settings.partitions,
-                  compacted=[settings.topic(t) for t in COMPACTED])
+                  compacted=[settings.topic(t) for t in COMPACTED], replication_factor=settings.replication_factor)
 
 
 def _invalid(*problems: str) -> NoReturn:

@@ -118,8 +118,9 @@ def redis_process(data_dir: Path, port: int | None = None, password: str | None 
 
 
 def create_topics(bootstrap: str, names: Sequence[str], partitions: int, timeout_s: float = 20.0,
-                  compacted: Sequence[str] = ()) -> None:
-    """Create topics that do not exist yet (idempotent); waits until the broker answers metadata."""
+                  compacted: Sequence[str] = (), replication_factor: int = 1) -> None:
+    """Create topics that do not exist yet (idempotent; existing ones are left as they are); waits until the
+    broker answers metadata."""
     from kafka.admin import KafkaAdminClient, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
@@ -135,7 +136,7 @@ def create_topics(bootstrap: str, names: Sequence[str], partitions: int, timeout
     try:
         existing = set(admin.list_topics())
         missing = [
-            NewTopic(n, num_partitions=partitions, replication_factor=1,
+            NewTopic(n, num_partitions=partitions, replication_factor=replication_factor,
                      topic_configs={"cleanup.policy": "compact"} if n in compacted else {})
             for n in names if n not in existing
         ]

@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     app_id: str = Field("cadence", description="Faust application id; also the consumer group id.")
     topic_prefix: str = Field("", description="Prefix for every topic name (lets several engines share a cluster).")
     partitions: int = Field(4, ge=1, le=10_000, description="Partitions for the topics the engine creates.")
+    replication_factor: int = Field(
+        1, ge=1, le=32, description="Replicas of each topic the engine creates (the embedded broker has one; give "
+        "a cluster of 3 or more brokers 3, or a broker's loss loses decisions and learning)."
+    )
     web_port: int = Field(6066, ge=0, le=65535, description="Port of the worker's HTTP server (/metrics, /decide).")
     web_host: str = Field("127.0.0.1", description="Interface the worker's HTTP server binds to.")
     catalogue: Path = Field(DEFAULT_CATALOGUE, description="Path of the action catalogue (TOML).")

@@ -131,3 +131,17 @@ def test_every_float_setting_refuses_infinity_and_nan() -> None:
         for bad in (float("inf"), float("nan")):
             with pytest.raises(ValidationError, match="finite number"):
                 Settings(**{name: bad})
+
+
+def test_the_engine_creates_its_topics_with_the_configured_partitions_and_replicas(monkeypatch) -> None:  # noqa: ANN001
+    # every topic was created with one replica whatever the cluster: a broker's loss lost decisions and learning
+    import cadence.cli
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(cadence.cli, "create_topics", lambda bootstrap, names, partitions, **kw: seen.update(
+        names=names, partitions=partitions, **kw))
+    cadence.cli.create_engine_topics("kafka:9092", Settings(replication_factor=3, partitions=12, topic_prefix="p."))
+    assert (seen["partitions"], seen["replication_factor"]) == (12, 3)
+    assert "p.decisions" in seen["names"] and seen["compacted"] == ["p.erasures"]
+    with pytest.raises(ValidationError):
+        Settings(replication_factor=0)
