@@ -12,7 +12,15 @@ from collections import Counter as Tally
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
 # Buckets chosen around what the engine measures here: Redis batch round trips 0.2–20 ms, decisions
 # a few ms after their event arrives, up to tens of ms under load.
@@ -24,6 +32,11 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
+        if registry is None:
+            # process_* (CPU, memory, open fds, start time: restarts show as its changes) and python_info, as
+            # the default registry has them. A registry passed in is used as it is (it may have them already).
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
         self.events = Counter("cadence_events_consumed_total", "Input events consumed", ["topic", "type"], registry=r)
         self.dead_letters = Counter("cadence_dead_letters_total", "Inputs sent to dead-letters", ["reason"], registry=r)
         self.duplicates = Counter("cadence_duplicate_events_total", "Events dropped as duplicates", registry=r)
