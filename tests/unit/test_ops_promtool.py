@@ -6,6 +6,7 @@ skip on a workstation, but fail under CI (CI=true), where a missing promtool mea
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -99,3 +100,54 @@ def test_rule_tests_catch_a_broken_rule(tmp_path: Path, alert: str, mutation: st
     result = run("test", "rules", "rules_test.yml", cwd=tmp_path)
     assert result.returncode != 0, f"rules_test.yml still passes when {alert} {mutation}"
     assert f"alertname: {alert}" in result.stdout + result.stderr
+
+
+# -- dashboard queries, run by promtool on made-up series ------------------------------------------------
+DASHBOARD = PROMETHEUS_DIR.parent / "grafana" / "dashboards" / "cadence.json"
+
+
+def dashboard_expr(title: str, ref_id: str = "A") -> str:
+    """The panel's query as Prometheus gets it with every worker selected."""
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    (panel,) = [p for p in panels if p["title"] == title]
+    (target,) = [t for t in panel["targets"] if t["refId"] == ref_id]
+    return target["expr"].replace("$instance", ".*").replace("$__rate_interval", "1m")
+
+
+def run_expr_tests(tmp_path: Path, input_series: list[dict], cases: list[dict]) -> None:
+    tests = {"rule_files": [], "evaluation_interval": "15s",
+             "tests": [{"interval": "15s", "input_series": input_series, "promql_expr_test": cases}]}
+    (tmp_path / "dashboard_test.yml").write_text(yaml.safe_dump(tests))
+    result = run("test", "rules", "dashboard_test.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dead_letter_ratio_panel_shows_zero_before_the_first_dead_letter(tmp_path: Path) -> None:
+    consumed = ('cadence_events_consumed_total'
+                '{job="cadence", instance="worker-1:6066", topic="web-events", type="page_view"}')
+    dead = 'cadence_dead_letters_total{job="cadence", instance="worker-1:6066", reason="malformed_json"}'
+    expr = dashboard_expr("Dead-letter ratio")
+    run_expr_tests(tmp_path, [{"series": consumed, "values": "0+100x80"}],
+                   [{"expr": expr, "eval_time": "10m", "exp_samples": [{"labels": "{}", "value": 0}]}])
+    run_expr_tests(tmp_path, [{"series": consumed, "values": "0+75x80"}, {"series": dead, "values": "0+25x80"}],
+                   [{"expr": expr, "eval_time": "10m", "exp_samples": [{"labels": "{}", "value": 0.25}]}])
+
+
+def test_watermark_panels_are_empty_before_the_first_event(tmp_path: Path) -> None:
+    labels = '{job="cadence", instance="worker-1:6066"}'
+    lag = dashboard_expr("Watermark lag")
+    advance = dashboard_expr("Event time advance")
+    windows = dashboard_expr("Label windows behind the event clock (s) and workers holding them")
+    unset = [{"series": f"cadence_event_time_watermark_seconds{labels}", "values": "0x80"},
+             {"series": f"cadence_label_watermark_seconds{labels}", "values": "0x80"}]
+    run_expr_tests(tmp_path, unset, [{"expr": e, "eval_time": "10m", "exp_samples": []}
+                                     for e in (lag, advance, windows)])
+    # Set from the first event on (at 5m15s: event time 200, then one second per second of wall clock).
+    seen = [{"series": f"cadence_event_time_watermark_seconds{labels}", "values": "0x20 200+15x60"},
+            {"series": f"cadence_label_watermark_seconds{labels}", "values": "0x20 150+15x60"}]
+    at_10m = "{instance=\"worker-1:6066\", job=\"cadence\"}"
+    run_expr_tests(tmp_path, seen, [
+        {"expr": lag, "eval_time": "10m", "exp_samples": [{"labels": at_10m, "value": 600 - (200 + 15 * 19)}]},
+        {"expr": advance, "eval_time": "15m", "exp_samples": [{"labels": at_10m, "value": 1}]},
+        {"expr": windows, "eval_time": "10m", "exp_samples": [{"labels": at_10m, "value": 50}]},
+    ])
