@@ -34,6 +34,7 @@ Nothing here does I/O; ``streams/app.py`` moves the bytes.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import math
 from collections import deque
@@ -175,6 +176,7 @@ class LiveModels:
         self._scorer_errors = {"layout": 0, "score": 0}  # published scorers refused; requests scored without
         self._logged: dict[str, int | None] = {"layout": None, "score": None}  # scorer version last logged
         self._exported: dict[str, int] = {}  # metric key -> total already exported
+        self._quality_exported: set[tuple[str, str]] = set()  # (model, metric) children of cadence_model_metric
         self._baseline()
 
     def _baseline(self) -> None:
@@ -370,6 +372,7 @@ class LiveModels:
 
         Progressive metrics, samples and drifts come from the trainer only (the others learn nothing);
         counters move by what changed since the last call, so a restored model set never moves them back.
+        A worker that stops training removes its model metrics: another worker's models are the live ones.
         """
         scorer = self._scorer
         metrics.model_version.set(scorer.version if scorer is not None else 0)
@@ -381,17 +384,21 @@ class LiveModels:
             self._inc(metrics.model_labels_dropped.labels(reason), last, f"dropped:{reason}", n)
         for reason, n in stats["scorer_errors"].items():
             self._inc(metrics.model_scorer_errors.labels(reason), last, f"scorer_errors:{reason}", n)
-        if not self._training:
-            return
-        for name, values in self._models.metrics().items():
+        quality: set[tuple[str, str]] = set()
+        for name, values in self._models.metrics().items() if self._training else ():
             if not values["samples"]:
                 continue  # no metric means "nothing learned yet", not a perfect 0
             for metric in ("log_loss", "roc_auc", "mae", "error_window_mean"):
                 value = values.get(metric)
                 if value is not None:
                     metrics.model_metric.labels(name, metric).set(value)
+                    quality.add((name, metric))
             self._inc(metrics.model_samples.labels(name), last, f"samples:{name}", values["samples"])
             self._inc(metrics.model_drifts.labels(name), last, f"drifts:{name}", values["drifts"])
+        for stale in self._quality_exported - quality:  # not training any more, or a metric gone (replaced)
+            with contextlib.suppress(KeyError):  # already gone
+                metrics.model_metric.remove(*stale)
+        self._quality_exported = quality
 
     @staticmethod
     def _inc(counter: Any, last: dict[str, int], key: str, total: int) -> None:

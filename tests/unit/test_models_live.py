@@ -557,6 +557,22 @@ def test_model_metrics_and_drifts_reach_prometheus():
                 if s.name == "cadence_model_metric" and s.labels["model"] == "churn"]
 
 
+def test_a_worker_that_stops_training_stops_exporting_model_quality():
+    metrics = Metrics()
+    live = trained(n=1000)
+    live.export(metrics)
+    assert exported(metrics, "cadence_model_metric", model="propensity", metric="log_loss") is not None
+    live.training = False  # the snapshot lease went to another worker: its models are the live ones
+    live.export(metrics)
+    assert exported(metrics, "cadence_model_metric", model="propensity", metric="log_loss") is None
+    assert "cadence_model_metric{" not in metrics.exposition().decode()
+    assert exported(metrics, "cadence_model_samples_learned_total", model="propensity") == 1000  # counters stay
+    live.export(metrics)  # nothing left to remove
+    live.training = True  # and it comes back when the worker trains again
+    live.export(metrics)
+    assert exported(metrics, "cadence_model_metric", model="propensity", metric="log_loss") is not None
+
+
 def test_drift_after_an_abrupt_change_is_counted_and_exported():
     metrics = Metrics()
     live = LiveModels(ModelConfig(join=JoinConfig(window_s=10.0, grace_s=0.0)), CLICK, VALUE_SCALE)
