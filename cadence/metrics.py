@@ -52,6 +52,12 @@ class Metrics:
         self.decisions = Counter(
             "cadence_decisions_total", "Decisions emitted", ["placement", "action", "mode"], registry=r
         )
+        self.intake_batch_failures = Counter(
+            "cadence_intake_batch_failures_total", "Input batches sent back to be read again, by stage: process "
+            "(the engine raised) or deliver (the broker refused their outputs after the resends). Their events are "
+            "consumed again (as duplicates), so a worker stuck on one batch still shows events and decisions",
+            ["stage"], registry=r,
+        )
         self.rewards = Counter("cadence_rewards_total", "Reward events by attribution outcome", ["outcome"], registry=r)
         self.reward_value = Counter("cadence_reward_value_total", "Sum of rewards learned", registry=r)
         self.learning_samples = Counter(

@@ -214,6 +214,7 @@ def create_app(settings: Settings) -> faust.App:
     intake = DirectIntake(
         settings.kafka_bootstrap, logical, settings.app_id, handle, assigned, batch_size=settings.batch_size,
         fetch_max_wait_ms=settings.fetch_max_wait_ms, commit_interval_s=settings.commit_interval_s,
+        on_failure=lambda stage, batches: metrics.child(metrics.intake_batch_failures, stage).inc(batches),
     )
     app.cadence_intake = intake  # type: ignore[attr-defined]
 

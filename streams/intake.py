@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 # Process one batch and hand its outputs over; the awaitable it returns is done when they are delivered.
 Handler = Callable[[list[RawMessage]], Awaitable[Awaitable[object] | None]]
 OnAssigned = Callable[[set[TopicPartition]], None]
+# Batches sent back to be read again, by stage: "process" (the handler raised) or "deliver" (outputs refused).
+OnFailure = Callable[[str, int], None]
 RETRY_AFTER_S = 1.0
 IN_FLIGHT = 1  # batches whose outputs may still be on their way while the next one is processed
 # Co-partitioning: a user's events are keyed by user id on every input topic, and all input topics have the
@@ -73,6 +75,7 @@ class DirectIntake:
         self, bootstrap: str, topics: Mapping[str, str], group_id: str, handler: Handler,
         on_assigned: OnAssigned, *, batch_size: int = 2000, fetch_max_wait_ms: int = 20,
         commit_interval_s: float = 1.0, session_timeout_s: float = 6.0, heartbeat_s: float = 1.0,
+        on_failure: OnFailure | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.topics = dict(topics)  # full topic name -> logical name
@@ -84,6 +87,7 @@ class DirectIntake:
         self.commit_interval_s = commit_interval_s
         self.session_timeout_s = session_timeout_s
         self.heartbeat_s = heartbeat_s
+        self.on_failure = on_failure or (lambda stage, batches: None)
         self.in_flight = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._done: dict[TopicPartition, int] = {}  # next offset to commit, per partition, not yet committed
@@ -169,6 +173,7 @@ class DirectIntake:
             delivered = await self.handler(raw)
         except Exception as exc:  # nothing of this batch is committed: read it again
             self._failures += 1
+            self.on_failure("process", 1)
             log.error("a batch of %d events failed %d time(s) in a row (%s: %s); reading it again in %.0f s",
                       len(raw), self._failures, type(exc).__name__, exc, RETRY_AFTER_S,
                       exc_info=self._failures == 1)  # the traceback once per streak, not every second
@@ -191,6 +196,7 @@ class DirectIntake:
             except Exception as exc:  # e.g. the broker refused: every batch from this one on is read again
                 log.error("outputs of %d batch(es) were not delivered (%s: %s); reading them again",
                           len(self._handled), type(exc).__name__, exc)
+                self.on_failure("deliver", len(self._handled))
                 first: dict[TopicPartition, int] = {}
                 for handled in self._handled:
                     for tp, offset in handled.starts.items():

@@ -143,3 +143,45 @@ def test_a_fetch_that_waited_for_a_revocation_is_left_to_the_new_assignment(monk
 
     assert handled == [*range(100), *range(100, 150)]  # the stale fetch was not handled; nothing twice
     assert consumer.commits[-1] == ("this worker", 150)
+
+
+def test_batches_sent_back_to_be_read_again_are_counted_by_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker stuck on one batch consumes its events again and again: only this count tells it apart."""
+    async def same_batch(consumer: ScriptedConsumer) -> dict[TopicPartition, list[Record]]:
+        return records(0, 10)  # the intake seeked back: the same events come again
+
+    consumers: list[ScriptedConsumer] = []
+
+    def make(**kwargs: Any) -> ScriptedConsumer:
+        consumers.append(ScriptedConsumer(**kwargs))
+        return consumers[-1]
+
+    monkeypatch.setattr(ScriptedConsumer, "script", [same_batch] * 4)
+    monkeypatch.setattr(intake_module, "AIOKafkaConsumer", make)
+    monkeypatch.setattr(intake_module, "RETRY_AFTER_S", 0.0)
+    outcomes = ["raise", "refused", "refused", "delivered"]
+    failures: list[tuple[str, int]] = []
+
+    async def handler(raw: list[Any]) -> asyncio.Future[None]:
+        outcome = outcomes.pop(0)
+        if outcome == "raise":
+            raise RuntimeError("the engine failed")
+        delivered = asyncio.get_running_loop().create_future()
+        if outcome == "refused":
+            delivered.set_exception(RuntimeError("the broker refused the outputs"))
+        else:
+            delivered.set_result(None)
+        return delivered
+
+    async def run() -> None:
+        intake = DirectIntake("unused:9092", {"web-events": "web-events"}, "group", handler, lambda _: None,
+                              commit_interval_s=0.0, on_failure=lambda stage, n: failures.append((stage, n)))
+        stop = asyncio.Event()
+        task = asyncio.create_task(intake.run(stop))
+        await asyncio.sleep(0.3)
+        stop.set()
+        await task
+
+    asyncio.run(run())
+    assert failures == [("process", 1), ("deliver", 1), ("deliver", 1)]
+    assert consumers[0].commits == [("this worker", 10)]
