@@ -63,7 +63,15 @@ class Metrics:
         self.learning_samples = Counter(
             "cadence_learning_samples_applied_total", "Learning samples applied to the policy", ["kind"], registry=r
         )
-        self.store_errors = Counter("cadence_feature_store_errors_total", "Feature store failures", ["op"], registry=r)
+        self.store_errors = Counter(
+            "cadence_feature_store_errors_total", "Feature store failures, by op: apply (a batch's reads and "
+            "updates), write (decision state), shared_state (levers/erasures refresh), startup (snapshot and "
+            "levers at start)", ["op"], registry=r,
+        )
+        self.worker_ready = Gauge(
+            "cadence_worker_ready", "1 when the worker is ready (GET /health 'ready': partitions assigned and the "
+            "policy loaded), 0 while it starts or waits for Redis", registry=r,
+        )
         self.updates_pending = Gauge(
             "cadence_feature_updates_pending", "Feature updates waiting for Redis to come back", registry=r
         )
