@@ -119,8 +119,8 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S, registry=r,
         )
         self.batch_latency = Histogram(
-            "cadence_batch_processing_seconds", "Time to process one batch of events", buckets=LATENCY_BUCKETS_S,
-            registry=r,
+            "cadence_batch_processing_seconds", "Time to process one batch of events, by source: intake (input "
+            "topics) or http (GET /decide batches)", ["source"], buckets=LATENCY_BUCKETS_S, registry=r,
         )
         self.loop_lag = Histogram(
             "cadence_event_loop_lag_seconds",
@@ -132,7 +132,8 @@ class Metrics:
             "generation: 2 is the full one", ["generation"], buckets=LATENCY_BUCKETS_S, registry=r,
         )
         self.batch_size = Histogram(
-            "cadence_batch_size_events", "Events per batch", buckets=(1, 10, 50, 100, 250, 500, 1000, 2000), registry=r
+            "cadence_batch_size_events", "Events per batch, by source (intake, http)", ["source"],
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000), registry=r,
         )
         self.decision_latency = Histogram(
             "cadence_event_to_decision_seconds",

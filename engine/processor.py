@@ -172,12 +172,14 @@ class Engine(EngineLearning):
                       channel="web")
         return self.models.profile_scores(build_context(probe, state), list(self.catalogue.actions))
 
-    async def process(self, messages: list[RawMessage], decided: Decided | None = None) -> BatchOutput:
+    async def process(self, messages: list[RawMessage], decided: Decided | None = None,
+                      source: str = "intake") -> BatchOutput:
         """Validate, apply and decide a batch, then store its decision state.
 
         ``decided`` (optional) is called with the batch's outputs as soon as they are final, before the
         decision-state write goes to Redis: an HTTP caller answers while that write is in flight (its
-        outcome only changes metrics and the log, never the outputs)."""
+        outcome only changes metrics and the log, never the outputs). ``source`` labels the batch's time
+        and size: ``intake`` (input topics) or ``http`` (GET /decide batches, many and small)."""
         started = time.perf_counter()
         out = BatchOutput()
         events = self._validate(messages, out)
@@ -188,17 +190,19 @@ class Engine(EngineLearning):
             decided(out)
         if writes:
             await self._write(writes, seq, bases)
-        self.metrics.batch_latency.observe(time.perf_counter() - started)
-        self.metrics.batch_size.observe(len(messages))
+        metrics = self.metrics
+        metrics.child(metrics.batch_latency, source).observe(time.perf_counter() - started)
+        metrics.child(metrics.batch_size, source).observe(len(messages))
         return out
 
-    async def process_isolating(self, messages: list[RawMessage], decided: Decided | None = None) -> BatchOutput:
+    async def process_isolating(self, messages: list[RawMessage], decided: Decided | None = None,
+                                source: str = "intake") -> BatchOutput:
         """``process``, and if the engine's code raises, the batch again one event at a time: an event the
         engine fails on goes to dead-letters (``engine_error``) instead of stalling its partition forever.
         Events the failed attempt already applied come back as duplicates (their outputs are re-sent).
         ``decided``: as for ``process``, called once with the outputs (after the retries if there were)."""
         try:
-            return await self.process(messages, decided)
+            return await self.process(messages, decided, source)
         except FeatureStoreError:
             raise
         except Exception:
@@ -206,7 +210,7 @@ class Engine(EngineLearning):
         out = BatchOutput()
         for msg in messages:
             try:
-                one = await self.process([msg])
+                one = await self.process([msg], source=source)
             except FeatureStoreError:
                 raise
             except Exception as exc:

@@ -216,7 +216,10 @@ def register_views(
 
     # one bad request cannot fail its batch; outputs of batches finishing within 5 ms go out together
     outputs = BackgroundEmits(emit_or_count)
-    batcher = DecideBatcher(engine.process_isolating, outputs)
+    def decide_batch(messages: list[RawMessage], decided: Callable[[BatchOutput], None]) -> Awaitable[BatchOutput]:
+        return engine.process_isolating(messages, decided, source="http")  # batch metrics apart from the intake's
+
+    batcher = DecideBatcher(decide_batch, outputs)
 
     stopping = asyncio.Event()
 

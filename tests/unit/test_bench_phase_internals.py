@@ -8,13 +8,13 @@ from load_tests.bench_e2e import phase_internals
 
 def test_means_and_counts_cover_only_the_phase() -> None:
     m = Metrics()
-    m.batch_size.observe(1000)  # before the phase: must not count
-    m.batch_latency.observe(2.0)
+    m.batch_size.labels("intake").observe(1000)  # before the phase: must not count
+    m.batch_latency.labels("intake").observe(2.0)
     m.store_latency.labels("apply").observe(1.0)
     before = m.exposition().decode()
     for size, seconds, apply_s, write_s in ((10, 0.004, 0.001, 0.0005), (30, 0.008, 0.003, 0.0015)):
-        m.batch_size.observe(size)
-        m.batch_latency.observe(seconds)
+        m.batch_size.labels("intake").observe(size)
+        m.batch_latency.labels("intake").observe(seconds)
         m.store_latency.labels("apply").observe(apply_s)
         m.store_latency.labels("write").observe(write_s)
     for lag in [0.001] * 99 + [0.2]:
