@@ -214,11 +214,11 @@ def register_views(
                       "tries (%s: %s); counted in cadence_http_outputs_lost_total", len(out.decisions),
                       len(out.dead_letters), handover.RESENDS + 1, type(exc).__name__, exc)
 
-    # one bad request cannot fail its batch; outputs of batches finishing within 5 ms go out together
-    outputs = BackgroundEmits(emit_or_count)
     def decide_batch(messages: list[RawMessage], decided: Callable[[BatchOutput], None]) -> Awaitable[BatchOutput]:
         return engine.process_isolating(messages, decided, source="http")  # batch metrics apart from the intake's
 
+    # one bad request cannot fail its batch; outputs of batches finishing within 5 ms go out together
+    outputs = BackgroundEmits(emit_or_count)
     batcher = DecideBatcher(decide_batch, outputs)
 
     stopping = asyncio.Event()
