@@ -314,6 +314,7 @@ class Engine(EngineLearning):
                 await self.store.apply(chunk)
             except FeatureStoreError:
                 return False
+            self._refused(chunk)
             sent = {id(u) for u in chunk}  # by identity: an erasure may have filtered the deque meanwhile
             while self._unapplied and id(self._unapplied[0]) in sent:
                 self._unapplied.popleft()
@@ -361,6 +362,8 @@ class Engine(EngineLearning):
                         self._store_failed(exc, chunk, chunk_updates, out)
                         continue
                     loading = None
+                    if self._refused(chunk_updates):  # users erased since this worker last followed erasures
+                        chunk, results = self._without_refused(chunk, chunk_updates, results, out)
                     following = updates[start + size : start + 2 * size]
                     if following:  # sent now: Redis works on it while this chunk is decided
                         loading_tick = in_flight.read_sent()
@@ -620,11 +623,39 @@ class Engine(EngineLearning):
             if user_digest(event.user_id) not in self.erased:
                 kept.append(event)
                 continue
-            self.metrics.erased_events.inc()
-            if event.kind.requests_decision:
-                self._emit(fallback(event, self.policy_ctx, self.policy, "erased_user", consent_unread(event)).decision,
-                           out)
+            self._erased_event(event, out)
         return kept
+
+    def _erased_event(self, event: Event, out: BatchOutput) -> None:
+        self.metrics.erased_events.inc()
+        if event.kind.requests_decision:
+            self._emit(fallback(event, self.policy_ctx, self.policy, "erased_user", consent_unread(event)).decision,
+                       out)
+
+    def _refused(self, updates: list[FeatureUpdate]) -> bool:
+        """Whether Redis refused some of these updates (apply_batch.lua: their users are in the erased set,
+        erased after this worker last followed the erasures); their digests join ``erased`` at once, so
+        later batches leave them out without asking Redis, and kept writes of them are dropped."""
+        new = {user_digest(u.user_id) for u in updates if u.erased}
+        if not new:
+            return False
+        self.erased = self._erased | new
+        return True
+
+    def _without_refused(self, events: list[Event], updates: list[FeatureUpdate],
+                         results: list[tuple[bool, UserState | None]],
+                         out: BatchOutput) -> tuple[list[Event], list[tuple[bool, UserState | None]]]:
+        """The events whose updates Redis took, with their results; the others are an erased user's
+        (``_erased_event``: the default action, nothing learned, nothing stored)."""
+        kept: list[Event] = []
+        kept_results: list[tuple[bool, UserState | None]] = []
+        for event, upd, result in zip(events, updates, results, strict=True):
+            if upd.erased:
+                self._erased_event(event, out)
+            else:
+                kept.append(event)
+                kept_results.append(result)
+        return kept, kept_results
 
     def _emit(self, decision: Decision, out: BatchOutput) -> None:
         out.decisions.append(decision)

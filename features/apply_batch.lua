@@ -1,17 +1,26 @@
 -- Applies a batch of events to per-user feature hashes in one call (one round trip, atomic).
--- ARGV[1] = JSON {"ttl": s, "ring": n, "windows": [[size, suffix]...], "events": [event...]}
--- event = [key, digest_hex(16), ts, want_state(0/1), [[counter, amount]...], [[mode, field, value]...]]
+-- ARGV[1] = JSON {"ttl": s, "ring": n, "windows": [[size, suffix]...], "erased": set key, "events": [event...]}
+-- event = [key, digest_hex(16), ts, want_state(0/1), [[counter, amount]...], [[mode, field, value]...],
+--          user_digest_hex(32)]
 -- mode "=" sets, ">" keeps the max, "<" keeps the min (numbers). A user whose consent ("cons") is "0" after the
 -- event keeps no device, segment or pending decisions (their context vectors): they are deleted, not set.
--- Returns JSON: per event 0 (duplicate), 1 (applied) or the user's fields after the event (want_state),
--- without the binary dedup ring. Each event costs three commands: HGETALL, HSET, EXPIRE.
+-- Returns JSON: per event 0 (duplicate), 1 (applied), -1 (the user's digest is in the erased set: nothing
+-- written, the key is never created again) or the user's fields after the event (want_state), without the
+-- binary dedup ring. Each event costs three commands: HGETALL, HSET, EXPIRE; each key one SISMEMBER per call.
 local req = cjson.decode(ARGV[1])
 local ttl, ring_bytes, windows = req.ttl, req.ring * 8, req.windows
+local erased_set, erased = req.erased, {}  -- key -> whether its user is erased
 local out = {}
 for n, ev in ipairs(req.events) do
   local key, hex, ts, want, counters, sets = ev[1], ev[2], ev[3], ev[4], ev[5], ev[6]
+  local gone = erased[key]
+  if gone == nil then
+    gone = redis.call('SISMEMBER', erased_set, ev[7]) == 1
+    erased[key] = gone
+    if gone then redis.call('DEL', key) end  -- written before the erasure reached this check (an old worker)
+  end
   local digest = string.gsub(hex, '..', function(cc) return string.char(tonumber(cc, 16)) end)
-  local flat = redis.call('HGETALL', key)
+  local flat = gone and {} or redis.call('HGETALL', key)
   local h = {}
   for j = 1, #flat, 2 do h[flat[j]] = flat[j + 1] end
   local ring = h['dd'] or ''
@@ -67,7 +76,7 @@ for n, ev in ipairs(req.events) do
         if old == nil or (mode == '>' and v > old) or (mode == '<' and v < old) then put(field, value) end
       end
     end
-    if h['cons'] == '0' then  -- no marketing consent (this event's or stored): nothing describing the person stays
+    if not gone and h['cons'] == '0' then  -- no marketing consent (this event's or stored): nothing describing the person stays
       local drop, kept = {}, {}
       for f in pairs(h) do
         if f == 'dev' or f == 'seg' or string.sub(f, 1, 3) == 'pd:' then drop[#drop + 1] = f end
@@ -81,9 +90,13 @@ for n, ev in ipairs(req.events) do
       if #drop > 0 then redis.call('HDEL', key, unpack(drop)) end
     end
     put('dd', string.sub(digest .. ring, 1, ring_bytes))
-    redis.call('HSET', key, unpack(updates))
-    redis.call('EXPIRE', key, ttl)
-    if want == 1 then
+    if not gone then
+      redis.call('HSET', key, unpack(updates))
+      redis.call('EXPIRE', key, ttl)
+    end
+    if gone then
+      out[n] = -1
+    elseif want == 1 then
       h['dd'] = nil
       out[n] = h
     else

@@ -14,9 +14,12 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError
 
+from features.keys import erased_key, user_digest, user_key
 from features.state import UserState
 from features.updates import FeatureUpdate
 from features.windows import WINDOWS
+
+__all__ = ["FeatureStoreError", "RedisFeatureStore", "user_key"]
 
 
 class FeatureStoreError(RuntimeError):
@@ -32,17 +35,15 @@ async def _read_reply(conn: AbstractConnection, timeout_s: float) -> Any:
     return reply
 
 
-def user_key(namespace: str, user_id: str) -> str:
-    """The one Redis key that holds a user's data: features, dedup ring, decision and policy state."""
-    return f"{namespace}:u:{user_id}"
-
-
 class RedisFeatureStore:
-    """Per-user hashes ``{namespace}:u:{user_id}``. Writes go through ``apply_batch.lua``."""
+    """Per-user hashes ``{namespace}:u:{user_id}``. Writes go through ``apply_batch.lua`` and
+    ``write_fields.lua``, which never write the key of a user in the erased set (``{namespace}:erased``,
+    features/erasure.py): each call carries the users' digests."""
 
     def __init__(self, client: aioredis.Redis, namespace: str, ttl_s: int, dedup_ring: int) -> None:
         self.client = client
         self.namespace = namespace
+        self.erased_key = erased_key(namespace)
         self.ttl_s = ttl_s
         self.dedup_ring = dedup_ring
         scripts = resources.files("features")
@@ -60,7 +61,8 @@ class RedisFeatureStore:
         return user_key(self.namespace, user_id)
 
     async def apply(self, updates: Sequence[FeatureUpdate]) -> list[tuple[bool, UserState | None]]:
-        """Apply updates in order; per update: (applied, state after it) — applied is False for a duplicate."""
+        """Apply updates in order; per update: (applied, state after it) — applied is False for a duplicate
+        and for a user in the erased set, whose update Redis refused: that one is marked ``erased``."""
         if not updates:
             return []
         started = time.perf_counter()
@@ -147,8 +149,10 @@ class RedisFeatureStore:
             "ttl": self.ttl_s,
             "ring": self.dedup_ring,
             "windows": self._windows,
+            "erased": self.erased_key,
             "events": [
-                [self.key(u.user_id), u.digest.hex(), u.ts, 1 if u.want_state else 0, u.counters, u.sets]
+                [self.key(u.user_id), u.digest.hex(), u.ts, 1 if u.want_state else 0, u.counters, u.sets,
+                 user_digest(u.user_id)]
                 for u in updates
             ],
         })
@@ -160,6 +164,9 @@ class RedisFeatureStore:
             if isinstance(result, dict):
                 applied = result.pop("__dup", None) is None
                 out.append((applied, UserState(upd.user_id, result)))
+            elif result == -1:  # the user is erased: Redis wrote nothing
+                upd.erased = True
+                out.append((False, None))
             else:
                 out.append((bool(result), None))
         return out
@@ -172,12 +179,14 @@ class RedisFeatureStore:
 
         Compare-and-set of ``cas_field``: for a user in ``expected`` (the value the caller's write was
         computed from, None: absent) that field is written only if Redis still holds that value; the
-        user's other fields are written either way. Returns the users whose ``cas_field`` was not written,
+        user's other fields are written either way. A user in the erased set gets nothing written (their key
+        is not created again). Returns the users whose ``cas_field`` was not written,
         with the value Redis holds (None: absent); empty when every field was written."""
         if not writes:
             return {}
         keys = {self.key(u): u for u, f in writes.items() if f}
-        doc: dict[str, Any] = {"ttl": self.ttl_s, "writes": {self.key(u): dict(f) for u, f in writes.items() if f}}
+        doc: dict[str, Any] = {"ttl": self.ttl_s, "writes": {k: dict(writes[u]) for k, u in keys.items()},
+                               "erased": self.erased_key, "digests": {k: user_digest(u) for k, u in keys.items()}}
         if cas_field is not None and expected:
             doc["cas"] = cas_field
             doc["expect"] = {self.key(u): (v if v is not None else False) for u, v in expected.items()
@@ -229,6 +238,3 @@ class RedisFeatureStore:
         except Exception as exc:
             raise FeatureStoreError(f"feature store read failed: {exc}") from exc
         return UserState(user_id, {k.decode(): v.decode(errors="replace") for k, v in flat.items() if k != b"dd"})
-
-    async def erase(self, user_id: str) -> int:
-        return int(await self.client.delete(self.key(user_id)))

@@ -18,6 +18,7 @@ class FeatureUpdate:
     want_state: bool
     counters: list[tuple[str, float]] = field(default_factory=list)
     sets: list[tuple[str, str, str]] = field(default_factory=list)  # (mode, field, value)
+    erased: bool = False  # set by the store: Redis refused the update, the user is in the erased set
 
 
 def event_digest(event_id: str) -> bytes:

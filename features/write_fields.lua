@@ -1,6 +1,8 @@
 -- Sets fields of several user hashes and refreshes their TTL in one call (one round trip).
 -- ARGV[1] = JSON {"ttl": seconds, "writes": {key: {field: value, ...}, ...},
---                 "cas": field, "expect": {key: value or false, ...}}
+--                 "cas": field, "expect": {key: value or false, ...},
+--                 "erased": set key, "digests": {key: user digest, ...}}
+-- A key whose user's digest is in the erased set is not written (nor created again): one SISMEMBER per key.
 -- Compare-and-set of field "cas": for a key in "expect", that field is written only if the hash holds the
 -- expected value (false: the field is absent); otherwise the key's other fields are still written and the
 -- reply lists the key with the value it holds. Reply: {key, current value (nil: absent), ...}, empty when
@@ -8,25 +10,28 @@
 local req = cjson.decode(ARGV[1])
 local cas = req.cas
 local expect = req.expect or {}
+local erased_set, digests = req.erased, req.digests
 local conflicts = {}
 for key, fields in pairs(req.writes) do
-  local skip = nil
-  local exp = expect[key]
-  if cas and exp ~= nil then
-    local cur = redis.call('HGET', key, cas)
-    if cur ~= exp then
-      skip = cas
-      conflicts[#conflicts + 1] = key
-      conflicts[#conflicts + 1] = cur
+  if redis.call('SISMEMBER', erased_set, digests[key]) == 0 then
+    local skip = nil
+    local exp = expect[key]
+    if cas and exp ~= nil then
+      local cur = redis.call('HGET', key, cas)
+      if cur ~= exp then
+        skip = cas
+        conflicts[#conflicts + 1] = key
+        conflicts[#conflicts + 1] = cur
+      end
     end
-  end
-  local args = {}
-  for f, v in pairs(fields) do
-    if f ~= skip then args[#args + 1] = f; args[#args + 1] = v end
-  end
-  if #args > 0 then
-    redis.call('HSET', key, unpack(args))
-    redis.call('EXPIRE', key, req.ttl)
+    local args = {}
+    for f, v in pairs(fields) do
+      if f ~= skip then args[#args + 1] = f; args[#args + 1] = v end
+    end
+    if #args > 0 then
+      redis.call('HSET', key, unpack(args))
+      redis.call('EXPIRE', key, req.ttl)
+    end
   end
 end
 return conflicts
