@@ -418,10 +418,10 @@ def register_views(
             raise BadField(f"'user_id' must be the user's id, a string of 1..{MAX_ID_LEN} characters; "
                            f"got {user_id!r:.80}")
         who = _required(doc, "who", "the person asking, a non-empty string (audited)")
-        deleted = await erasures.erase(user_id)
+        deleted = await erasures.erase(user_id)  # from here on Redis refuses the user's writes
+        engine.erased = await erasures.digests()  # and this worker leaves them out before asking Redis
         await levers.update(lambda b: b.forget_user(user_id, erased_label(user_id)))
         await tombstone(user_id, who)
-        engine.erased = await erasures.digests()
         return web.json({"erased": True, "keys_deleted": deleted})
 
     async def lift_view(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
