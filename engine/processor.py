@@ -473,8 +473,9 @@ class Engine(EngineLearning):
             retry: dict[str, dict[str, str]] = {}
             expect: dict[str, str | None] = {}
             for user_id, current in conflicts.items():
-                ours = merged[user_id][POLICY_STATE_FIELD]
-                if current == ours:  # Redis has it already (e.g. an earlier attempt's reply was lost)
+                ours = merged.get(user_id, {}).get(POLICY_STATE_FIELD)
+                # None: the user was erased while the write was out (its fields were dropped from it)
+                if ours is None or current == ours:  # or Redis has it already (an earlier reply was lost)
                     continue
                 text = states.encode(merge_states(states.decoded(expected.get(user_id)), states.decoded(ours),
                                                   states.decoded(current)))

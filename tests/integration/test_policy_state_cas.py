@@ -118,3 +118,26 @@ def test_a_lost_race_is_merged_and_stored_in_the_same_write(runtime: Runtime) ->
     state = UserPolicyState.decode(stored[POLICY_STATE_FIELD].encode())
     assert "home_hero" in state.sticky and len(state.contacts["email"].contacts) == 1
     assert metrics.policy_state_merges.labels("merged")._value.get() == 1
+
+
+def test_a_user_erased_while_the_write_is_out_is_not_merged(runtime: Runtime) -> None:
+    """The erasure drops the user's fields from the write under way (Engine.erased); a conflict Redis reported
+    for that user must then be skipped, not looked up in the write: that raised a KeyError out of the batch."""
+    from features.keys import user_digest
+
+    engine = make_engine(runtime)
+    store = engine.store
+    real_write = store.write_fields
+
+    async def erased_during(writes, expected=None, cas_field=None):  # noqa: ANN001, ANN202
+        await real_write(writes, expected, cas_field)
+        engine.erased = {user_digest("u1")}  # the follow timer ran while the reply was on its way
+        return {"u1": "another process's state"}
+
+    async def go() -> list[str]:
+        store.write_fields = erased_during
+        out = await engine.process(msgs(event("e1", ts=NOON)))
+        store.write_fields = real_write
+        return [d.user_id for d in out.decisions]
+
+    assert run(go()) == ["u1"]  # decided, and the write finished without merging the erased user
