@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -61,6 +62,7 @@ class Decision:
 LIFT_BUCKETS = 1024  # the lift's clusters of users (engine/lift.py)
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a worker sees the same active users again and again
 def user_bucket(user_id: str) -> int:
     """Which of ``LIFT_BUCKETS`` buckets of users the user is in (blake2b: the same on every worker), for the
     lift's clusters. Learning samples carry this, never the user: a bucket holds a thousandth of all users,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -32,6 +32,7 @@ class EngineLearning:
     models: LiveModels | None
     metrics: Metrics
     lift: LiftTracker
+    lift_covers: Callable[[str], bool] | None = None  # the holdout's placements (None: every placement)
     learned_offsets: dict[int, int]
     learned_watermark: float
     sources: SourceProgress  # how far each producer of the learning topic has got: closes label windows
@@ -88,11 +89,8 @@ class EngineLearning:
         if len(fresh) < len(samples):
             self.metrics.learning_samples.labels("duplicate").inc(len(samples) - len(fresh))
         samples = fresh
-        usable = []
-        for s in samples:
-            self.lift.add(s)
-            if s.action != NO_ACTION:  # a control decision that showed nothing counts for lift only
-                usable.append(s)
+        self.lift.add_many(samples, self.lift_covers)
+        usable = [s for s in samples if s.action != NO_ACTION]  # a decision that showed nothing: lift only
         applied = self._learn_into(self.policy, usable)
         if self.shadow_policy is not None:
             self._learn_into(self.shadow_policy, usable)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -84,11 +85,26 @@ class LiftTracker:
         self._control = _Group()
 
     def add(self, sample: LearningSample) -> None:
-        group = self._control if sample.mode == "holdout" else self._treated
-        if sample.kind == "exposure":
-            group.decisions[bucket_of(sample)] += 1
-        elif sample.kind == "reward":
-            group.reward[bucket_of(sample)] += sample.reward
+        self.add_many([sample])
+
+    def add_many(self, samples: Iterable[LearningSample], covers: Callable[[str], bool] | None = None) -> None:
+        """Count exposures and rewards in their groups' buckets (one numpy step per group and kind).
+        ``covers(placement)``, the holdout's: samples of placements it does not cover are left out (there a
+        control user gets the treated decisions, so neither group is theirs; counted as treated, they made a
+        lift of control users' rewards)."""
+        picked: dict[tuple[bool, str], tuple[list[int], list[float]]] = {}
+        for s in samples:
+            if s.kind not in ("exposure", "reward") or (covers is not None and not covers(s.placement)):
+                continue
+            buckets, values = picked.setdefault((s.mode == "holdout", s.kind), ([], []))
+            buckets.append(bucket_of(s))
+            values.append(1.0 if s.kind == "exposure" else s.reward)
+        for (control, kind), (buckets, values) in picked.items():
+            group = self._control if control else self._treated
+            if kind == "exposure":
+                np.add.at(group.decisions, buckets, 1)
+            else:
+                np.add.at(group.reward, buckets, values)
 
     def to_state(self) -> dict[str, object]:
         """The buckets' sums, for snapshots: a worker resuming the learning topic at a snapshot's offsets must

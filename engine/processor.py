@@ -103,6 +103,7 @@ class Engine(EngineLearning):
         self.models = models  # River models: scores in decisions, churn labels, the label join
         self._shadow_log = ShadowLog(shadow_policy.name) if shadow_policy is not None else None
         self.lift = LiftTracker()
+        self.lift_covers = policy_ctx.holdout.covers if policy_ctx.holdout is not None else None
         self._clock = EventClock()  # the stream's event time: which timestamps are believed
         self.learned_offsets: dict[int, int] = {}  # learning-topic partition -> next offset applied
         self.learned_watermark = 0.0

@@ -681,3 +681,32 @@ def test_without_consent_nothing_describing_the_person_is_kept(runtime: Runtime)
         assert not [f for f in stored if f.startswith("pd:")]
     assert parse_cell(later["pvh"])[1] == 3  # traffic is still counted
     assert again["dev"] == "tablet"  # consent given again: stored again
+
+
+def test_the_lift_counts_only_the_placements_the_holdout_covers(runtime: Runtime) -> None:
+    """Holdout narrowed to the newsletter: a control user's page views get treated decisions, so they are in
+    neither group. Their exposures and rewards used to reach the lift as treated (only lift-only samples
+    were left out): the treated group held every placement, the control group only the newsletter."""
+    from policy.holdout import HoldoutConfig
+
+    engine = make_engine(runtime)
+    engine.policy_ctx = PolicyContext(load_catalogue(DEFAULT_CATALOGUE),
+                                      holdout=HoldoutConfig(0.5, "s", placements=("newsletter",)))
+    engine.lift_covers = engine.policy_ctx.holdout.covers
+    noon = T0 + 12 * 3600
+    docs = [event(f"pv{u}", f"lu{u}", ts=noon + u) for u in range(40)]
+    emails = [event(f"em{u}", f"lu{u}", ts=noon + 100 + u, etype="email_request", placement="newsletter")
+              for u in range(40)]
+
+    async def go() -> tuple[list, list]:
+        web = await engine.process(msgs(*docs))
+        email = await engine.process(msgs(*emails, topic="email-events"))
+        return web.decisions + email.decisions, web.learning + email.learning
+
+    decisions, learning = run(go())
+    engine.learn(learning)
+    lift = engine.lift.result()
+    newsletter = [d for d in decisions if d.placement == "newsletter"]
+    assert len([d for d in decisions if d.placement == "home_hero" and d.action != "none"]) == 40
+    assert lift["treated_decisions"] + lift["control_decisions"] == len(newsletter) == 40
+    assert lift["control_decisions"] == len([d for d in newsletter if d.mode.value == "holdout"]) > 0
