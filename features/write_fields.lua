@@ -3,6 +3,8 @@
 --                 "cas": field, "expect": {key: value or false, ...},
 --                 "erased": set key, "digests": {key: user digest, ...}}
 -- A key whose user's digest is in the erased set is not written (nor created again): one SISMEMBER per key.
+-- A user without marketing consent ("cons" is "0", set by apply_batch.lua) gets no pending decisions (their
+-- context vectors), device or segment: a write decided before the refusal reached Redis would bring them back.
 -- Compare-and-set of field "cas": for a key in "expect", that field is written only if the hash holds the
 -- expected value (false: the field is absent); otherwise the key's other fields are still written and the
 -- reply lists the key with the value it holds. Reply: {key, current value (nil: absent), ...}, empty when
@@ -24,9 +26,11 @@ for key, fields in pairs(req.writes) do
         conflicts[#conflicts + 1] = cur
       end
     end
+    local refused = redis.call('HGET', key, 'cons') == '0'
     local args = {}
     for f, v in pairs(fields) do
-      if f ~= skip then args[#args + 1] = f; args[#args + 1] = v end
+      local personal = refused and (f == 'dev' or f == 'seg' or string.sub(f, 1, 3) == 'pd:')
+      if f ~= skip and not personal then args[#args + 1] = f; args[#args + 1] = v end
     end
     if #args > 0 then
       redis.call('HSET', key, unpack(args))

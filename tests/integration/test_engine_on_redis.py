@@ -710,3 +710,20 @@ def test_the_lift_counts_only_the_placements_the_holdout_covers(runtime: Runtime
     assert len([d for d in decisions if d.placement == "home_hero" and d.action != "none"]) == 40
     assert lift["treated_decisions"] + lift["control_decisions"] == len(newsletter) == 40
     assert lift["control_decisions"] == len([d for d in newsletter if d.mode.value == "holdout"]) > 0
+
+
+def test_a_decision_made_before_a_refusal_does_not_store_its_pending_decision_after_it(runtime: Runtime) -> None:
+    """Consent given, then refused, in one batch: apply_batch.lua deletes what describes the person at the
+    refusal, but the batch's decision-state write comes after it; write_fields.lua used to store the first
+    request's pending decision (its context vector) again for a user whose consent is now "0"."""
+    engine = make_engine(runtime)
+    noon = T0 + 12 * 3600
+
+    async def go() -> dict[str, str]:
+        await engine.process(msgs(event("a", "u-r", ts=noon, device="mobile", consent=True),
+                                  event("b", "u-r", ts=noon + 1, consent=False)))
+        return await fields(engine, "u-r")
+
+    stored = run(go())
+    assert stored["cons"] == "0" and not [f for f in stored if f.startswith("pd:") or f in ("dev", "seg")]
+    assert "pol" in stored  # the contact history and caps stay
