@@ -197,9 +197,10 @@ def answer_status(answer: Answer | EngineFailed) -> tuple[int, dict[str, Any] | 
 def register_views(
     app: faust.App, engine: Engine, api_token: SecretStr | None, admin_token: SecretStr | None,
     emit: Callable[[BatchOutput], Awaitable[None]], levers: LeverStore, erasures: ErasureRegistry,
-    tombstone: Callable[[str, str], Awaitable[None]], max_rps: float,
+    tombstone: Callable[[str, str], Awaitable[None]], max_rps: float, stopping: asyncio.Event,
 ) -> Callable[[], Awaitable[None]]:
-    """Register the HTTP views; returns what shutdown awaits before the producer stops (/decide outputs)."""
+    """Register the HTTP views; returns what shutdown awaits before the producer stops (/decide outputs).
+    ``stopping``: set when the worker starts to stop; /decide answers 503 from then on."""
     bucket = TokenBucket(rate=max_rps, burst=max_rps)
     metrics = engine.metrics
 
@@ -221,8 +222,6 @@ def register_views(
     outputs = BackgroundEmits(emit_or_count)
     batcher = DecideBatcher(decide_batch, outputs)
 
-    stopping = asyncio.Event()
-
     def refused(request: faust.web.Request, reason: Reason, what: str, topic: str = HTTP_SOURCE) -> None:
         """A /decide request refused before it became an event still goes to dead-letters (its query string as
         the raw input; the request topic of its placement's channel, or ``http:/decide`` when the placement is
@@ -232,8 +231,8 @@ def register_views(
         metrics.dead_letters.labels(reason.value).inc()
 
     async def drain_decide_outputs() -> None:
-        """Shutdown: new /decide requests get a 503, the batches in the engine finish, and their outputs
-        reach the broker."""
+        """Shutdown (``stopping`` is set: new /decide requests get a 503): the batches in the engine finish, and
+        their outputs reach the broker."""
         stopping.set()
         await batcher.settle()
         await outputs.drain()

@@ -88,7 +88,7 @@ def erase_view(engine: Engine) -> Any:
 
     client, ns = engine.store.client, engine.store.namespace
     web_module.register_views(app, engine, SecretStr(API), SecretStr(ADMIN), emit, LeverStore(client, ns),
-                              ErasureRegistry(client, ns), tombstone, 1000.0)
+                              ErasureRegistry(client, ns), tombstone, 1000.0, asyncio.Event())
 
     async def erase(user_id: str) -> _Response:
         return await pages["/admin/erase-user"].post(_Web(), _Request({"user_id": user_id, "who": "dpo"}))

@@ -88,7 +88,8 @@ class Metric:
         pass
 
 
-def views(read: Any = None, levers: Levers | None = None) -> tuple[dict[str, Any], Erasures, list[str]]:
+def views(read: Any = None, levers: Levers | None = None,
+          stopping: asyncio.Event | None = None) -> tuple[dict[str, Any], Erasures, list[str]]:
     pages: dict[str, Any] = {}
     app = types.SimpleNamespace(page=lambda path: (lambda fn: pages.__setitem__(path, fn) or fn))
     engine = types.SimpleNamespace(
@@ -107,7 +108,7 @@ def views(read: Any = None, levers: Levers | None = None) -> tuple[dict[str, Any
         pass
 
     web_module.register_views(app, engine, SecretStr(API), SecretStr(ADMIN), emit, levers or Levers(), erasures,
-                              tombstone, 100.0)
+                              tombstone, 100.0, stopping or asyncio.Event())
     return pages, erasures, tombstones
 
 
@@ -182,3 +183,15 @@ def test_a_wrong_or_missing_admin_field_is_a_400_naming_it_and_what_it_must_be()
     assert erasures.erased == []
     assert asyncio.run(levers.get(Web(), Request(method="GET"))).body["levers"] == []
     assert delete(levers, {"lever_id": "nope", "who": "ops", "why": "x"}).status == 400  # no such lever: named
+
+
+def test_decide_answers_503_from_the_moment_the_worker_starts_to_stop() -> None:
+    # it answered normally while the intake's last batch finished (up to 15 s): the website waited on a worker
+    # that was going away instead of asking another one
+    stopping = asyncio.Event()
+    pages, _, _ = views(stopping=stopping)  # its engine cannot decide (process_isolating is None)
+    stopping.set()
+    response = asyncio.run(pages["/decide"](Web(), Request(token=API, query={"user_id": "u1", "placement": "home_hero"},
+                                                          method="GET")))
+    assert (response.status, response.headers["Retry-After"]) == (503, "1")
+    assert "another worker" in response.body["what_to_do"]
