@@ -18,6 +18,7 @@ from typing import Any
 import faust
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from bandits import make_policy
 from cadence.metrics import Metrics, observe_many
@@ -28,7 +29,7 @@ from engine.bids import BidSignaller
 from engine.processor import BatchOutput, Engine, EngineConfig, RawMessage
 from features.context import CONTEXT_DIM
 from features.erasure import ErasureRegistry
-from features.store import RedisFeatureStore
+from features.store import FeatureStoreError, RedisFeatureStore
 from learning.label_join import JoinConfig
 from learning.live_models import LiveModels, ModelConfig
 from learning.model_exchange import ModelExchange
@@ -56,16 +57,23 @@ LEARNING_BATCH = 500  # samples per learning-topic message (~0.3 MB)
 INTAKE_STOP_TIMEOUT_S = 15.0  # at shutdown, how long the intake may take to deliver and commit its last batch
 
 
+# What a store call raises when Redis is away or refuses (counted as feature-store errors); anything else (a
+# damaged lever book, a snapshot that cannot be read, a bug) is logged under its own type, not blamed on Redis.
+STORE_FAILURES = (RedisError, FeatureStoreError, OSError, TimeoutError)
+
+
 async def store_call(metrics: Metrics, op: str, body: Callable[[], Awaitable[Any]], what: str) -> bool:
-    """Run ``body``; a failure (Redis away) is logged and counted in cadence_feature_store_errors_total{op}
-    instead of raised. True when it succeeded."""
+    """Run ``body``; a failure is logged and, when Redis is what failed, counted in
+    cadence_feature_store_errors_total{op}, instead of raised. True when it succeeded."""
     try:
         await body()
         return True
-    except Exception as exc:
+    except STORE_FAILURES as exc:
         metrics.child(metrics.store_errors, op).inc()
         log.error("%s failed (%s: %s); trying again in 1 s", what, type(exc).__name__, exc)
-        return False
+    except Exception:
+        log.exception("%s failed (not a Redis error, so not counted as one); trying again in 1 s", what)
+    return False
 
 
 def redis_client(settings: Settings) -> aioredis.Redis:
@@ -147,6 +155,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=1,
         store="memory://",
         topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,  # Faust's own topics (the assignor's leader topic)
         consumer_auto_offset_reset="earliest",
         producer_linger_ms=2,
         web_enabled=settings.web_port > 0,
@@ -325,8 +334,9 @@ def create_app(settings: Settings) -> faust.App:
         await store_call(metrics, "shared_state", follow_shared_state, "refreshing levers/erasures")
         metrics.publish_lift(engine.lift.result())
 
+    stopping = asyncio.Event()  # set when shutdown starts: /decide answers 503 (send it to another worker)
     drain_decide_outputs = register_views(app, engine, settings.api_token, settings.admin_token, emit, levers,
-                                          erasures, tombstone, settings.http_max_rps)
+                                          erasures, tombstone, settings.http_max_rps, stopping)
 
     started: dict[str, dict[int, int] | None] = {"offsets": None}
 
@@ -509,6 +519,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]  # stubs: (sender, *args, signal, **kw)
     async def _stop(app: faust.App, **kwargs: object) -> None:
+        stopping.set()
         gc_pacer.stop()
         stop_learning.set()
         if intake.running:  # its last batch is handed over and committed before the producer stops

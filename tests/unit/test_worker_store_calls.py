@@ -38,3 +38,25 @@ def test_readiness_is_exported_and_starts_at_zero() -> None:
     assert metrics.registry.get_sample_value("cadence_worker_ready") == 0.0
     metrics.worker_ready.set(1)
     assert metrics.registry.get_sample_value("cadence_worker_ready") == 1.0
+
+
+def test_a_failure_that_is_not_redis_is_not_counted_as_a_store_error() -> None:
+    # a damaged lever book paged "cannot use the feature store (Redis)" (CadenceFeatureStoreErrors, critical)
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from policy.levers import LeverError
+
+    metrics = Metrics()
+
+    async def damaged() -> None:
+        raise LeverError("lever book JSON is damaged; restore it from the audit log")
+
+    async def redis_away() -> None:
+        raise RedisConnectionError("Connection refused")
+
+    async def run() -> list[bool]:
+        return [await store_call(metrics, "shared_state", damaged, "refreshing levers/erasures"),
+                await store_call(metrics, "shared_state", redis_away, "refreshing levers/erasures")]
+
+    assert asyncio.run(run()) == [False, False]
+    assert count(metrics, "shared_state") == 1
