@@ -71,8 +71,9 @@ async def store_call(metrics: Metrics, op: str, body: Callable[[], Awaitable[Any
     except STORE_FAILURES as exc:
         metrics.child(metrics.store_errors, op).inc()
         log.error("%s failed (%s: %s); trying again in 1 s", what, type(exc).__name__, exc)
-    except Exception:
-        log.exception("%s failed (not a Redis error, so not counted as one); trying again in 1 s", what)
+    except Exception as exc:  # no traceback: it comes back every second until fixed
+        log.error("%s failed (%s: %s; not a Redis error, not counted as one); trying again in 1 s", what,
+                  type(exc).__name__, exc)
     return False
 
 
