@@ -7,91 +7,34 @@ Each test is a race a reviewer found (GDPR erasure review): before, the key came
 from __future__ import annotations
 
 import asyncio
-import types
-import uuid
 from typing import Any
 
-import faust.web  # noqa: F401  (streams.web builds faust.web.View classes)
 import orjson
 import pytest
-import redis.asyncio as aioredis
-from pydantic import SecretStr
 
-from bandits import make_policy
-from cadence.metrics import Metrics
 from cadence.runtime import Runtime
-from cadence.settings import DEFAULT_CATALOGUE
-from engine.processor import Engine, EngineConfig, RawMessage
-from features.context import CONTEXT_DIM
+from engine.processor import Engine
 from features.erasure import ErasureRegistry, erased_label, user_digest
-from features.store import FeatureStoreError, RedisFeatureStore
-from policy.catalogue import load_catalogue
+from features.store import FeatureStoreError
 from policy.lever_store import LeverStore
-from policy.pipeline import PolicyContext
-from streams import web as web_module
 from tests.helpers import T0, event
+from tests.integration.test_engine_on_redis import make_engine, msgs
+from tests.web_views import Request, Response, Web, register_pages
 
 pytestmark = pytest.mark.integration
-ADMIN, API = "admin-secret", "api-secret"
 PROFILED = {"device": "mobile", "segment": "vip", "consent": True}
-
-
-def make_engine(rt: Runtime) -> Engine:
-    client = aioredis.Redis.from_url(rt.redis_url or "")
-    store = RedisFeatureStore(client, f"test{uuid.uuid4().hex[:8]}", ttl_s=3600, dedup_ring=16)
-    policy = make_policy("linucb", CONTEXT_DIM, seed=1)
-    return Engine(store, PolicyContext(load_catalogue(DEFAULT_CATALOGUE)), policy, Metrics(), EngineConfig())
-
-
-def msgs(*docs: dict) -> list[RawMessage]:
-    return [RawMessage("web-events", 0, i, orjson.dumps(d)) for i, d in enumerate(docs)]
-
-
-class _Response:
-    def __init__(self, body: Any, status: int) -> None:
-        self.body, self.status, self.headers = body, status, {}
-
-
-class _Web:
-    def json(self, doc: Any, status: int = 200) -> _Response:
-        return _Response(doc, status)
-
-
-class _Body:
-    def __init__(self, raw: bytes) -> None:
-        self.raw = raw
-
-    async def read(self, n: int) -> bytes:
-        out, self.raw = self.raw[:n], self.raw[n:]
-        return out
-
-
-class _Request:
-    def __init__(self, body: dict) -> None:
-        raw = orjson.dumps(body)
-        self.method, self.content, self.content_length = "POST", _Body(raw), len(raw)
-        self.headers = {"Authorization": f"Bearer {ADMIN}"}
-        self.query: dict[str, str] = {}
-        self.query_string = ""
 
 
 def erase_view(engine: Engine) -> Any:
     """streams/web.py's POST /admin/erase-user on the real engine, ErasureRegistry and LeverStore."""
-    pages: dict[str, Any] = {}
-    app = types.SimpleNamespace(page=lambda path: (lambda fn: pages.__setitem__(path, fn) or fn))
-
     async def tombstone(user_id: str, who: str) -> None:
         await asyncio.sleep(0.05)  # a Kafka produce and its ack: the worker goes on meanwhile
 
-    async def emit(_: Any) -> None:
-        pass
-
     client, ns = engine.store.client, engine.store.namespace
-    web_module.register_views(app, engine, SecretStr(API), SecretStr(ADMIN), emit, LeverStore(client, ns),
-                              ErasureRegistry(client, ns), tombstone, 1000.0, asyncio.Event())
+    pages = register_pages(engine, LeverStore(client, ns), ErasureRegistry(client, ns), tombstone, 1000.0)
 
-    async def erase(user_id: str) -> _Response:
-        return await pages["/admin/erase-user"].post(_Web(), _Request({"user_id": user_id, "who": "dpo"}))
+    async def erase(user_id: str) -> Response:
+        return await pages["/admin/erase-user"].post(Web(), Request({"user_id": user_id, "who": "dpo"}))
     return erase
 
 

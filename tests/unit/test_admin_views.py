@@ -7,48 +7,11 @@ import asyncio
 import types
 from typing import Any
 
-import faust.web  # noqa: F401  (streams.web builds faust.web.View classes)
-import orjson
-from pydantic import SecretStr
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from features.store import FeatureStoreError
 from policy.levers import LeverBook
-from streams import web as web_module
-
-ADMIN, API = "admin-secret", "api-secret"
-
-
-class Response:
-    def __init__(self, body: Any, status: int) -> None:
-        self.body, self.status, self.headers = body, status, {}
-
-
-class Web:
-    def json(self, doc: Any, status: int = 200) -> Response:
-        return Response(doc, status)
-
-    def bytes(self, raw: bytes, content_type: str | None = None) -> Response:
-        return Response(orjson.loads(raw), 200)
-
-
-class Body:
-    def __init__(self, raw: bytes) -> None:
-        self.raw = raw
-
-    async def read(self, n: int) -> bytes:
-        out, self.raw = self.raw[:n], self.raw[n:]
-        return out
-
-
-class Request:
-    def __init__(self, body: Any = None, token: str = ADMIN, query: dict[str, str] | None = None,
-                 method: str = "POST") -> None:
-        raw = orjson.dumps(body) if body is not None else b""
-        self.method, self.content, self.content_length = method, Body(raw), len(raw)
-        self.headers = {"Authorization": f"Bearer {token}"}
-        self.query = query or {}
-        self.query_string = "&".join(f"{k}={v}" for k, v in self.query.items())
+from tests.web_views import API, Request, Response, Web, register_pages
 
 
 class Levers:
@@ -90,8 +53,6 @@ class Metric:
 
 def views(read: Any = None, levers: Levers | None = None,
           stopping: asyncio.Event | None = None) -> tuple[dict[str, Any], Erasures, list[str]]:
-    pages: dict[str, Any] = {}
-    app = types.SimpleNamespace(page=lambda path: (lambda fn: pages.__setitem__(path, fn) or fn))
     engine = types.SimpleNamespace(
         metrics=types.SimpleNamespace(http_outputs_lost=Metric(), http_latency=Metric(), http_requests=Metric()),
         process_isolating=None, watermark=1_767_614_400.0,
@@ -104,11 +65,7 @@ def views(read: Any = None, levers: Levers | None = None,
     async def tombstone(user_id: str, who: str) -> None:
         tombstones.append(user_id)
 
-    async def emit(_: Any) -> None:
-        pass
-
-    web_module.register_views(app, engine, SecretStr(API), SecretStr(ADMIN), emit, levers or Levers(), erasures,
-                              tombstone, 100.0, stopping or asyncio.Event())
+    pages = register_pages(engine, levers or Levers(), erasures, tombstone, 100.0, stopping)
     return pages, erasures, tombstones
 
 
