@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -128,24 +129,22 @@ class Lever:
                 f"got {self.factor:g}; use a ban or a pin to hold an action back or force it"
             )
         if self.placement is not None and self.placement not in catalogue.placements:
-            raise LeverError(
-                f"lever {self.lever_id!r}: unknown placement {self.placement!r}; known placements: "
-                f"{', '.join(sorted(catalogue.placements))}"
-            )
+            raise self._unknown("placement", self.placement, catalogue.placements)
         if self.action is None:
             return
         action = catalogue.actions.get(self.action)
         if action is None:
-            raise LeverError(
-                f"lever {self.lever_id!r}: unknown action {self.action!r}; known actions: "
-                f"{', '.join(sorted(catalogue.actions))}"
-            )
+            raise self._unknown("action", self.action, catalogue.actions)
         if self.placement is not None and self.placement not in action.placements:
             raise LeverError(
                 f"lever {self.lever_id!r}: action {self.action!r} is not on placement {self.placement!r} "
                 f"(its actions: {', '.join(catalogue.placement_actions(self.placement)) or 'none'}); "
                 f"{self.action!r} is on: {', '.join(action.placements)}"
             )
+
+    def _unknown(self, what: str, value: str, known: Iterable[str]) -> LeverError:
+        return LeverError(f"lever {self.lever_id!r}: unknown {what} {value!r}; known {what}s: "
+                          f"{', '.join(sorted(known))}")
 
     def applies(self, ts: float, user_id: str, segment: str | None, placement: str) -> bool:
         return (
