@@ -32,7 +32,6 @@ class EngineLearning:
     models: LiveModels | None
     metrics: Metrics
     lift: LiftTracker
-    lift_covers: Callable[[str], bool] | None = None  # the holdout's placements (None: every placement)
     learned_offsets: dict[int, int]
     learned_watermark: float
     sources: SourceProgress  # how far each producer of the learning topic has got: closes label windows
@@ -89,7 +88,7 @@ class EngineLearning:
         if len(fresh) < len(samples):
             self.metrics.learning_samples.labels("duplicate").inc(len(samples) - len(fresh))
         samples = fresh
-        self.lift.add_many(samples, self.lift_covers)
+        self.lift.add_many(samples, self._lift_covers())
         usable = [s for s in samples if s.action != NO_ACTION]  # a decision that showed nothing: lift only
         applied = self._learn_into(self.policy, usable)
         if self.shadow_policy is not None:
@@ -104,6 +103,10 @@ class EngineLearning:
         self.metrics.policy_version.set(self.policy.version)
         if self.models is not None:
             self.models.learn(applied, closing)
+
+    def _lift_covers(self) -> Callable[[str], bool] | None:
+        """Which placements the lift counts (the holdout's; None: every placement)."""
+        return None
 
     def _learn_into(self, policy: Policy, usable: list[LearningSample]) -> list[LearningSample]:
         exposures = [s for s in usable if s.kind == "exposure"]

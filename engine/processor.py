@@ -103,7 +103,6 @@ class Engine(EngineLearning):
         self.models = models  # River models: scores in decisions, churn labels, the label join
         self._shadow_log = ShadowLog(shadow_policy.name) if shadow_policy is not None else None
         self.lift = LiftTracker()
-        self.lift_covers = policy_ctx.holdout.covers if policy_ctx.holdout is not None else None
         self._clock = EventClock()  # the stream's event time: which timestamps are believed
         self.learned_offsets: dict[int, int] = {}  # learning-topic partition -> next offset applied
         self.learned_watermark = 0.0
@@ -278,6 +277,10 @@ class Engine(EngineLearning):
             self.metrics.child(self.metrics.events, topic, etype).inc(n)
         self.metrics.watermark.set(self.watermark)
         return events
+
+    def _lift_covers(self) -> Callable[[str], bool] | None:
+        holdout = self.policy_ctx.holdout
+        return holdout.covers if holdout is not None else None
 
     def _wrong_channel(self, event: Event) -> Rejection | None:
         """A request for a placement of another channel than its topic's (a page_view for the newsletter) is

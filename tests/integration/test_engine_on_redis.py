@@ -692,7 +692,6 @@ def test_the_lift_counts_only_the_placements_the_holdout_covers(runtime: Runtime
     engine = make_engine(runtime)
     engine.policy_ctx = PolicyContext(load_catalogue(DEFAULT_CATALOGUE),
                                       holdout=HoldoutConfig(0.5, "s", placements=("newsletter",)))
-    engine.lift_covers = engine.policy_ctx.holdout.covers
     noon = T0 + 12 * 3600
     docs = [event(f"pv{u}", f"lu{u}", ts=noon + u) for u in range(40)]
     emails = [event(f"em{u}", f"lu{u}", ts=noon + 100 + u, etype="email_request", placement="newsletter")
