@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 
 from contracts.events import Event
 from engine.pending import PendingDecision
+from policy.catalogue import NO_ACTION
 
 
 class Credit(StrEnum):
@@ -26,17 +28,25 @@ class Windows:
         return self.click_s if reward_type == "click" else self.conversion_s
 
 
-def match_pending(event: Event, pending: list[PendingDecision]) -> PendingDecision | None:
+def match_pending(event: Event, pending: list[PendingDecision], windows: Windows | None = None
+                  ) -> PendingDecision | None:
     """The decision a reward event refers to: by decision_id, else the latest one with its action/placement
     made at or before the reward's event time (a reward read after a newer decision still belongs to the
-    one it followed). If every candidate is later than the reward, the latest: ``credit`` says why not."""
+    one it followed). If every candidate is later than the reward, the latest: ``credit`` says why not.
+
+    Without a decision_id, a decision that showed something (within the reward's window, given ``windows``)
+    goes before a later one that showed "none": showing nothing cannot have caused the reward, so the action
+    shown before it is credited and learned. A "none" decision (kept for the lift) takes the reward only when
+    no action shown qualifies, so the reward still counts in the user's lift group."""
     if event.decision_id:
         return next((p for p in pending if p.decision_id == event.decision_id), None)
     candidates = [p for p in pending if event.action_id is None or p.action == event.action_id]
     if event.placement:
         candidates = [p for p in candidates if p.placement == event.placement]
     before = [p for p in candidates if p.ts <= event.ts]
-    return max(before or candidates, key=lambda p: p.ts, default=None)
+    window = windows.of(event.kind.reward or "") if windows is not None else math.inf
+    shown = [p for p in before if p.action != NO_ACTION and event.ts - p.ts <= window]
+    return max(shown or before or candidates, key=lambda p: p.ts, default=None)
 
 
 def credit(event: Event, decision: PendingDecision | None, windows: Windows) -> Credit:

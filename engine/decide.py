@@ -37,13 +37,13 @@ POLICY_STATE_FIELD = "pol"
 @dataclass(slots=True)
 class Decided:
     decision: Decision
-    pending: PendingDecision | None  # None when nothing is shown and nothing can be learned
+    pending: PendingDecision | None  # None: nothing shown outside the lift, or a contact block (nothing to credit)
     policy_state: str | None = None  # the user's new policy state (stickiness, contact history)
     expected_value: float = 0.0  # arbitration's expected value of the action shown (bid signals)
     x: np.ndarray | None = None  # the context vector the decision was made with (None for fallbacks)
-    # no pending decision (nothing shown, or a contact block), but one of the lift's observations: its exposure
-    # sample is read by the lift alone (action "none": no policy or model learns it, no reward is credited to
-    # it). Leaving these out would flatter the engine: both groups' requests must all count, whatever they show
+    # no pending decision (a contact block), but one of the lift's observations: its exposure sample is read by
+    # the lift alone (action "none": no policy or model learns it, no reward is credited to it). Leaving these
+    # out would flatter the engine: both groups' requests must all count, whatever they show
     lift_only: bool = False
     lift_control: bool = False  # the user is in the holdout's control group (the lift-only sample's group)
 
@@ -247,9 +247,13 @@ def decide(event: Event, state: UserState | None, ctx: PolicyContext, policy: Po
     if top and top[0].get("action") == outcome.action:
         ev = float(top[0].get("ev", 0.0))
     pending = None
-    if outcome.action in ctx.catalogue.actions or outcome.mode is Mode.HOLDOUT:
+    if outcome.action in ctx.catalogue.actions or (outcome.grouped and outcome.mode is not Mode.SUPPRESSED):
         # Everything shown is learned (the bandit's reward model does not need the action to have been
         # drawn at random); the mode and probability travel along so evaluation can tell them apart.
+        # A lift decision that shows "none" is kept too, in both groups alike, so a conversion that follows
+        # it is credited to it (for the lift alone) in the treated group as in the control group: before,
+        # only control's "none" decisions were kept, and an A/A test (kill switch: both groups see the same
+        # "none") read a lift of -100 % from organic conversions. Contact blocks stay lift-only in both groups.
         pending = PendingDecision(
             decision_id=decision.decision_id,
             placement=decision.placement,

@@ -39,6 +39,7 @@ import numpy as np
 import orjson
 
 from features.state import UserState
+from policy.catalogue import NO_ACTION
 
 PENDING_PREFIX = "pd:"
 KEEP = 3  # decisions kept per placement: ~50 bytes each
@@ -73,6 +74,8 @@ _TWO_PI = 2 * math.pi  # the hour angle is _TWO_PI * (ts % _DAY_S) / _DAY_S, as 
 _sin, _cos = math.sin, math.cos
 _PAD = ("", "", "==", "=")  # base64 padding by length % 4
 _SEP = "|"
+# a compact text field holds a "none" decision when its action is written: before the next entry or at the end
+_NONE_LAST, _NONE_END = f",{NO_ACTION}{_SEP}", f",{NO_ACTION}"
 
 _FLAGS_OF = {b"".join(_ONE if b >> i & 1 else _ZERO for i in range(_FLAG_END)): b for b in range(1 << _FLAG_END)}
 _WEEKEND_OF = {_ZERO: 0, _ONE: _WEEKEND_BIT}
@@ -309,7 +312,12 @@ def slot_with(state: UserState | None, pending: PendingDecision) -> str:
         if not raw:
             return f"{text},{action}"
         if raw[0] != "[":  # a text field: compact entries only
-            done = _in_place(raw, text, pending) if text[:_ID_CHARS] in raw else _first(raw, text, pending)
+            if text[:_ID_CHARS] in raw:
+                done = _in_place(raw, text, pending)
+            elif action == NO_ACTION or _NONE_LAST in raw or raw.endswith(_NONE_END):
+                done = None  # "none" decisions leave first: ``_newest`` below
+            else:
+                done = _first(raw, text, pending)
             if done is not None:
                 return done
     entry = ((pending.ts, text[:_ID_CHARS], action, text) if text is not None
@@ -318,13 +326,29 @@ def slot_with(state: UserState | None, pending: PendingDecision) -> str:
     token = _id_chars(pending.decision_id)
     others = [e for e in _entries(_docs(raw)) if e[1] != (pending.decision_id if isinstance(e[3], list) else token)
               ] if raw else []
-    kept = sorted([entry, *others], key=lambda e: e[0], reverse=True)[:KEEP]
+    kept = _newest(sorted([entry, *others], key=lambda e: e[0], reverse=True))
     out: list[list | str] = []
     previous = None
     for _, _, act, doc in kept:
         out.append(doc if isinstance(doc, list) or act == previous else f"{doc},{act}")
         previous = act
     return _field(out)
+
+
+def _newest(entries: list[tuple[float, str, str, list | str]]) -> list[tuple[float, str, str, list | str]]:
+    """The ``KEEP`` entries to keep of ``entries`` (newest first). Decisions that showed "none" (kept for the
+    lift's count of rewards only) leave first, the oldest first, so a later "none" never pushes out an action
+    shown before it, whose reward is still to be learned."""
+    extra = len(entries) - KEEP
+    if extra <= 0:
+        return entries
+    dropped: set[int] = set()
+    for i in range(len(entries) - 1, -1, -1):
+        if len(dropped) == extra:
+            break
+        if entries[i][2] == NO_ACTION:
+            dropped.add(i)
+    return [e for i, e in enumerate(entries) if i not in dropped][:KEEP]
 
 
 def _first(raw: str, text: str, pending: PendingDecision) -> str | None:

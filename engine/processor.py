@@ -615,7 +615,8 @@ class Engine(EngineLearning):
             else:  # KEEP newer decisions of its placement are kept instead: the website shows those
                 self.metrics.replayed_requests.labels("superseded").inc()
         elif event.kind.reward is not None:
-            sample = replayed_reward(event, state, self.config.click_reward, self.catalogue.value_scale)
+            sample = replayed_reward(event, state, self.config.click_reward, self.catalogue.value_scale,
+                                     self.config.windows)
             if sample is not None:
                 out.learning.append(sample)
             else:  # the credit itself may not have been stored: credit now (once, as ever)
@@ -715,7 +716,7 @@ class Engine(EngineLearning):
 
     def _credit(self, event: Event, state: UserState | None, writes: dict, out: BatchOutput) -> None:
         pending = pending_decisions(state) if state is not None else []
-        target = match_pending(event, pending)
+        target = match_pending(event, pending, self.config.windows)
         outcome = credit(event, target, self.config.windows)
         self.metrics.rewards.labels(outcome.value).inc()
         if outcome is not Credit.CREDITED or target is None:

@@ -16,7 +16,7 @@ from itertools import islice
 
 from contracts.decisions import Decision, LearningSample, Mode, decision_id_for, user_bucket
 from contracts.events import Event
-from engine.attribution import match_pending
+from engine.attribution import Windows, match_pending
 from engine.pending import PendingDecision, pending_decisions
 from features.state import UserState
 
@@ -54,10 +54,11 @@ def decision_never_stored(event: Event, state: UserState | None) -> bool:
 
 
 def replayed_reward(event: Event, state: UserState | None, click_reward: float,
-                    value_scale: float) -> LearningSample | None:
-    """The reward sample of a reward event whose credit Redis already recorded."""
+                    value_scale: float, windows: Windows | None = None) -> LearningSample | None:
+    """The reward sample of a reward event whose credit Redis already recorded (``windows``: the ones the
+    credit was given with, so the same decision is found)."""
     reward_type = event.kind.reward
-    target = match_pending(event, pending_decisions(state)) if state is not None else None
+    target = match_pending(event, pending_decisions(state), windows) if state is not None else None
     if reward_type is None or target is None or reward_type not in target.credited:
         return None
     reward = click_reward if reward_type == "click" else event.revenue / value_scale

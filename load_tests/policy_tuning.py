@@ -267,7 +267,7 @@ class Replica:
         fields = self.fields.setdefault(event.user_id, {})
         _apply_update(fields, event)
         state = UserState(event.user_id, fields)
-        target = match_pending(event, pending_decisions(state))
+        target = match_pending(event, pending_decisions(state), self.windows)
         outcome = credit(event, target, self.windows)
         self.rewards[outcome.value] = self.rewards.get(outcome.value, 0) + 1
         if outcome is not Credit.CREDITED or target is None:

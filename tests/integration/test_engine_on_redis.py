@@ -517,7 +517,8 @@ def test_updates_kept_through_an_outage_do_not_bring_an_erased_user_back(runtime
 
 def test_the_lift_counts_treated_decisions_that_show_nothing(runtime: Runtime) -> None:
     # Control decisions are counted whatever they show; a treated decision showing "none" (every action of the
-    # placement banned here) was not, so the lift's treated mean ran over shown decisions only.
+    # placement banned here) was not, so the lift's treated mean ran over shown decisions only. It is kept like a
+    # control "none": a conversion after it counts in the treated group, and no policy learns either.
     from policy.holdout import HoldoutConfig
     from policy.levers import Lever, LeverKind
 
@@ -528,18 +529,51 @@ def test_the_lift_counts_treated_decisions_that_show_nothing(runtime: Runtime) -
 
     async def go():  # noqa: ANN202
         out = await engine.process(msgs(event("n1", user_id="nothing", ts=T0)))
-        return out, await fields(engine, "nothing")
+        stored = await fields(engine, "nothing")
+        later = await engine.process(msgs(event("c1", user_id="nothing", ts=T0 + 600, etype="conversion",
+                                                revenue=10.0)))
+        return out, stored, later
 
-    out, stored = run(go())
+    out, stored, later = run(go())
     d = out.decisions[0]
     assert (d.action, d.mode, d.placement) == ("none", Mode.FALLBACK, "home_hero")
     assert [(s.kind, s.action, s.mode, s.decision_id) for s in out.learning] == [
         ("exposure", "none", "fallback", d.decision_id)]
-    assert not pending_decisions(UserState("nothing", stored))  # nothing to credit: no pending record in Redis
+    assert [p.decision_id for p in pending_decisions(UserState("nothing", stored))] == [d.decision_id]
+    assert [(s.kind, s.action, s.decision_id) for s in later.learning] == [("reward", "none", d.decision_id)]
     before = engine.policy.snapshot()
-    engine.learn(out.learning)
-    assert engine.lift.result()["treated_decisions"] == 1
+    engine.learn(out.learning + later.learning)
+    lift = engine.lift.result()
+    assert lift["treated_decisions"] == 1 and lift["treated_reward_per_decision"] > 0
     assert engine.policy.snapshot() == before  # counted by the lift, learned by no policy
+
+
+def test_an_a_a_test_reads_no_lift_from_conversions_that_follow_nothing(runtime: Runtime) -> None:
+    """Kill switch on: control and treated users both see the placement's default, "none", and half of them
+    convert on their own (no decision id). The true lift is 0. Only control's "none" decisions used to be kept,
+    so only control users' conversions were credited: lift -0.12, -100 %."""
+    from policy.holdout import HoldoutConfig
+    from policy.levers import Lever, LeverKind
+
+    engine = make_engine(runtime)
+    engine.policy_ctx.holdout = HoldoutConfig(0.5, "s")
+    engine.policy_ctx.levers.apply(Lever("kill", LeverKind.KILL, "ana", "A/A test", T0 - 60))
+    noon, n = T0 + 12 * 3600, 400
+    views = [event(f"pv{u}", f"aa{u}", ts=noon + u) for u in range(n)]
+    conversions = [event(f"cv{u}", f"aa{u}", ts=noon + 600 + u, etype="conversion", revenue=10.0)
+                   for u in range(0, n, 2)]
+
+    async def go():  # noqa: ANN202
+        return await engine.process(msgs(*views)), await engine.process(msgs(*conversions))
+
+    shown, converted = run(go())
+    assert {(d.action, d.mode.value) for d in shown.decisions} == {("none", "fallback"), ("none", "holdout")}
+    assert len([s for s in converted.learning if s.kind == "reward"]) == n // 2  # every conversion counted once
+    engine.learn(shown.learning + converted.learning)
+    lift = engine.lift.result()
+    assert lift["treated_decisions"] + lift["control_decisions"] == n
+    assert lift["treated_reward_per_decision"] > 0 and lift["control_reward_per_decision"] > 0
+    assert lift["lift_ci95_low"] < 0 < lift["lift_ci95_high"]
 
 
 def test_levers_that_can_never_apply_again_are_dropped_from_the_worker_book(runtime: Runtime) -> None:

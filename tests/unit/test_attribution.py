@@ -101,3 +101,44 @@ def test_the_last_decisions_of_a_placement_stay_creditable() -> None:
     assert credit(reward("conversion", T0 + 100, decision_id="d2", revenue=5), superseded, WINDOWS) is Credit.CREDITED
     state.fields[superseded.field] = slot_with(state, superseded)  # the credit replaces that one entry
     assert [(p.decision_id, p.credited) for p in pending_decisions(state)][2] == ("d2", ["conversion"])
+
+
+def _hex_id(i: int) -> str:
+    return f"{i:024x}"  # the engine's decision ids: stored in the compact text form
+
+
+def _keep(state: UserState, *decisions: PendingDecision) -> list[str]:
+    for d in decisions:
+        state.fields[d.field] = slot_with(state, d)
+    return [p.action for p in pending_decisions(state)]
+
+
+@pytest.mark.parametrize("ident", [_hex_id, lambda i: f"d{i}"], ids=["compact", "list form"])
+def test_a_decision_that_showed_none_never_pushes_out_an_action_shown_before_it(ident) -> None:  # noqa: ANN001
+    # "none" decisions of the lift's groups are kept so a reward after them counts in the lift; an action's
+    # entry still waits for its reward to be learned, so the "none" ones leave first, the oldest first
+    state = UserState("u1", {})
+    shown = [pending(ident(i), "home_hero", f"offer_{i}", T0 + i) for i in range(KEEP)]
+    assert _keep(state, *shown) == [f"offer_{i}" for i in range(KEEP - 1, -1, -1)]
+    assert _keep(state, pending(ident(10), "home_hero", "none", T0 + 10)) == [
+        f"offer_{i}" for i in range(KEEP - 1, -1, -1)]  # full of actions: the "none" is not kept
+    state = UserState("u1", {})
+    nones = [pending(ident(20 + i), "home_hero", "none", T0 + i) for i in range(KEEP)]
+    assert _keep(state, *nones) == ["none"] * KEEP
+    assert _keep(state, pending(ident(30), "home_hero", "offer_a", T0 + 30)) == ["offer_a", "none", "none"]
+    assert [p.decision_id for p in pending_decisions(state)][1:] == [ident(22), ident(21)]  # the oldest left
+    assert _keep(state, pending(ident(31), "home_hero", "none", T0 + 31)) == ["none", "offer_a", "none"]
+
+
+def test_a_reward_without_decision_id_goes_to_the_action_shown_not_to_a_later_none() -> None:
+    offer = pending("d1", "home_hero", "offer_a", T0)
+    nothing = pending("d2", "home_hero", "none", T0 + 600)
+    conversion = reward("conversion", T0 + 3600, revenue=5)
+    assert match_pending(conversion, [nothing, offer], WINDOWS) is offer  # showing nothing cannot cause it
+    # the offer is past the conversion window: the "none" takes it, so it still counts in the user's lift group
+    later_nothing = pending("d3", "home_hero", "none", T0 + 7.5 * 86400)
+    late = reward("conversion", T0 + 8 * 86400, revenue=5)
+    assert match_pending(late, [later_nothing, nothing, offer], WINDOWS) is later_nothing
+    assert credit(late, later_nothing, WINDOWS) is Credit.CREDITED
+    # a user who was only ever shown "none" (control group, or a treated "none"): the latest "none"
+    assert match_pending(conversion, [nothing], WINDOWS) is nothing
