@@ -86,6 +86,9 @@ class Policy(ABC):
     """
 
     name: str = "policy"
+    # whether ``Choice.scores`` carry an exploration bonus over ``Choice.means`` (an uncertainty width the
+    # stickiness "surely better" rule subtracts); without one that rule compares the means alone
+    has_width: bool = False
 
     def __init__(self, dim: int, seed: int = 0) -> None:
         if dim < 1:

@@ -51,6 +51,7 @@ class LinUCB(LinearPolicy):
     """
 
     name = "linucb"
+    has_width = True  # score = mean + alpha * width
 
     def __init__(
         self,

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from bandits import make_policy
+from bandits.base import Policy
 from cadence.metrics import Metrics, observe_many
 from cadence.settings import SettingError, Settings
 from contracts.decisions import encode_idle, encode_samples
@@ -36,7 +37,7 @@ from learning.model_exchange import ModelExchange
 from learning.snapshots import SnapshotInfo, SnapshotStore
 from learning.state import LearnedState
 from policy.budgets import WorkerBudgets
-from policy.catalogue import load_catalogue
+from policy.catalogue import Catalogue, load_catalogue
 from policy.holdout import HoldoutConfig
 from policy.lever_store import LeverStore
 from policy.pipeline import PolicyContext
@@ -114,6 +115,21 @@ def model_config(settings: Settings) -> ModelConfig:
     )
 
 
+def inert_confidence(policy: Policy | None, catalogue: Catalogue) -> str | None:
+    """What to tell the operator when stickiness's "surely better" rule (``confidence``) cannot work: the
+    policy gives no exploration width (LinTS, ε-greedy), so a challenger's lower bound is its mean, and any
+    higher mean wins a change the rule should have held back. None when the rule works or is not used."""
+    if policy is None or policy.has_width:
+        return None
+    placements = [p.id for p in catalogue.placements.values()
+                  if p.stickiness.limited and p.stickiness.confidence > 0]
+    if not placements:
+        return None
+    return (f"policy {policy.name!r} gives no exploration width, so stickiness 'confidence' on {placements} "
+            "compares means alone: a challenger with a higher mean on thin evidence can win a change. "
+            "Use CADENCE_POLICY=linucb, or set confidence = 0 on these placements to say so")
+
+
 def build_engine(settings: Settings, metrics: Metrics, client: aioredis.Redis) -> Engine:
     params = {
         "linucb": {"alpha": settings.policy_alpha, "ridge": settings.policy_ridge,
@@ -137,6 +153,9 @@ def build_engine(settings: Settings, metrics: Metrics, client: aioredis.Redis) -
     )
     bids = BidSignaller(low=settings.bid_multiplier_low, high=settings.bid_multiplier_high)
     ctx = build_policy_context(settings)
+    for message in (inert_confidence(policy, ctx.catalogue), inert_confidence(shadow, ctx.catalogue)):
+        if message:
+            log.warning("%s", message)
     mconfig = model_config(settings)
     models = LiveModels(mconfig, settings.click_reward, ctx.catalogue.value_scale) if mconfig.enabled else None
     return Engine(store, ctx, policy, metrics, config, bids, shadow, models)
