@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 from bandits.base import Policy
 from cadence.metrics import Metrics
@@ -471,22 +471,35 @@ class Engine(EngineLearning):
         the three-way merge of what this write's decisions started from (``expected``), what it wanted to
         store and what Redis holds now (policy/merge.py), compare-and-set again, ``MERGE_ATTEMPTS`` times at
         most. The users' other fields are already stored. A store failure raises (the whole write is kept
-        and retried, and its merge with it)."""
+        and retried, and its merge with it).
+
+        A value this engine wrote itself is not merged: a write Redis applied but whose reply was lost is kept
+        and retried with the later batches' writes, which expect the earliest one's base; Redis then holds one
+        of the engine's own kept policy states, which the one it wants to store was decided from (reads are
+        patched with kept writes). That one is stored as it is, expecting the value Redis holds. Merged, the
+        engine's own changes were counted twice (contacts) or taken for concurrent ones (a click wiped out
+        the ignored exposures after it)."""
         states = self._policy_states
+        own = self._kept_policy_states(conflicts)
         for _ in range(MERGE_ATTEMPTS):
             retry: dict[str, dict[str, str]] = {}
             expect: dict[str, str | None] = {}
+            merges = 0
             for user_id, current in conflicts.items():
                 ours = merged.get(user_id, {}).get(POLICY_STATE_FIELD)
                 # None: the user was erased while the write was out (its fields were dropped from it)
                 if ours is None or current == ours:  # or Redis has it already (an earlier reply was lost)
                     continue
-                text = states.encode(merge_states(states.decoded(expected.get(user_id)), states.decoded(ours),
-                                                  states.decoded(current)))
+                if current is not None and current in own.get(user_id, ()):  # an earlier write of ours
+                    text = ours
+                else:  # another process's
+                    text = states.encode(merge_states(states.decoded(expected.get(user_id)), states.decoded(ours),
+                                                      states.decoded(current)))
+                    merges += 1
                 retry[user_id] = {POLICY_STATE_FIELD: text}
                 expect[user_id] = current
                 self._wrote_merged(user_id, text, current)
-            self.metrics.policy_state_merges.labels("merged").inc(len(retry))
+            self.metrics.policy_state_merges.labels("merged").inc(merges)
             if not retry:
                 return
             conflicts = await self.store.write_fields(retry, expect, POLICY_STATE_FIELD)
@@ -500,11 +513,24 @@ class Engine(EngineLearning):
                     "them: merge given up, those users keep the other process's state", len(conflicts),
                     MERGE_ATTEMPTS)
 
+    def _kept_policy_states(self, users: Iterable[str]) -> dict[str, set[str]]:
+        """Per user of ``users``, the policy states of this engine's writes Redis has not confirmed
+        (``_unstored``: the write out now and those kept after a failure; forgotten with them). Redis may
+        hold any of them: a write it applied whose reply was lost."""
+        kept: dict[str, set[str]] = {}
+        for _, writes in self._unstored:
+            for user_id in users:
+                text = writes[user_id].get(POLICY_STATE_FIELD) if user_id in writes else None
+                if text is not None:
+                    kept.setdefault(user_id, set()).add(text)
+        return kept
+
     def _wrote_merged(self, user_id: str, text: str, current: str | None) -> None:
         """Lay the merged policy state into the latest unstored write of the user (reads patched with it,
         WritesInFlight, then see the merge rather than the state before it) and make ``current``, the
         value it was merged with, the base of the earliest: should this write fail and be retried, it
-        expects what the merge was computed from, and Redis' state is not counted twice."""
+        expects what the merge was computed from, and Redis' state is not counted twice. (``text`` is the
+        write's own state when ``current`` is an earlier write of this engine's: only the base moves.)"""
         with_state = [(seq, writes) for seq, writes in self._unstored if POLICY_STATE_FIELD in writes.get(user_id, ())]
         if not with_state:
             return

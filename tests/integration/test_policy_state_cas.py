@@ -141,3 +141,97 @@ def test_a_user_erased_while_the_write_is_out_is_not_merged(runtime: Runtime) ->
         return [d.user_id for d in out.decisions]
 
     assert run(go()) == ["u1"]  # decided, and the write finished without merging the erased user
+
+
+def lost_reply_engine(runtime: Runtime, metrics: Metrics):  # noqa: ANN201
+    """An engine whose next decision-state write, once ``lose`` is set, Redis applies but whose reply is lost
+    (a socket timeout): the engine keeps the write and retries it."""
+    from features.store import FeatureStoreError
+
+    engine = make_engine(runtime, metrics)
+    real = engine.store.write_fields
+    lose = {"next": False}
+
+    async def write_fields(writes, expected=None, cas_field=None):  # noqa: ANN001, ANN202
+        out = await real(writes, expected, cas_field)
+        if lose["next"]:
+            lose["next"] = False
+            raise FeatureStoreError("feature store write failed: no reply from Redis within 2 s")
+        return out
+
+    engine.store.write_fields = write_fields  # type: ignore[method-assign]
+    return engine, lose
+
+
+def email(event_id: str, ts: float, user_id: str = "u1") -> list:
+    return msgs(event(event_id, user_id, etype="email_request", placement="newsletter", ts=ts),
+                topic="email-events")
+
+
+def test_a_retried_write_whose_reply_was_lost_is_not_merged_with_itself(runtime: Runtime) -> None:
+    """Redis applied a write (a click) but its reply was lost; the engine decides another email while the write
+    is kept, then retries both. Redis then holds the engine's own earlier write, not another process's: it is
+    replaced, not merged with (merged, the click looked concurrent with the later email and wiped out its
+    exposure: ignored streak 0 instead of 1)."""
+    metrics = Metrics()
+    engine, lose = lost_reply_engine(runtime, metrics)
+
+    async def go():  # noqa: ANN202
+        first = (await engine.process(email("e1", NOON))).decisions[0]
+        lose["next"] = True
+        await engine.process(msgs(event("c1", etype="email_click", ts=NOON + 60, decision_id=first.decision_id),
+                                  topic="email-events"))
+        kept = len(engine._unstored)
+        second = (await engine.process(email("e2", NOON + 3600))).decisions[0]  # kept with the click's write
+        engine._write_retry_at = 0.0  # a second later
+        await engine.flush_unstored()
+        return first, second, kept, engine._unstored, await fields(engine, "u1")
+
+    first, second, kept, unstored, stored = run(go())
+    assert first.action != "none" and second.action != "none" and kept == 1 and not unstored
+    history = UserPolicyState.decode(stored[POLICY_STATE_FIELD].encode()).contacts["email"]
+    assert history.ignored == 1 and len(history.contacts) == 2  # the email after the click, ignored so far
+    assert metrics.policy_state_merges.labels("merged")._value.get() == 0
+
+
+def test_a_retried_write_whose_reply_was_lost_counts_each_contact_once(runtime: Runtime) -> None:
+    """The same with two emails: merged with its own earlier write, the first email was counted twice."""
+    metrics = Metrics()
+    engine, lose = lost_reply_engine(runtime, metrics)
+
+    async def go():  # noqa: ANN202
+        lose["next"] = True
+        shown = [(await engine.process(email("e1", NOON))).decisions[0].action]
+        shown.append((await engine.process(email("e2", NOON + 3600))).decisions[0].action)
+        engine._write_retry_at = 0.0
+        await engine.flush_unstored()
+        return shown, await fields(engine, "u1")
+
+    shown, stored = run(go())
+    assert "none" not in shown
+    history = UserPolicyState.decode(stored[POLICY_STATE_FIELD].encode()).contacts["email"]
+    assert history.contacts == [NOON, NOON + 3600] and history.ignored == 2
+    assert metrics.policy_state_merges.labels("merged")._value.get() == 0
+
+
+def test_another_process_writing_after_a_lost_reply_is_still_merged(runtime: Runtime) -> None:
+    """A write applied with its reply lost, then another process (e.g. the partition's new owner after a
+    rebalance) decides an email for the user from it: that state is not this engine's, and the retry merges it."""
+    metrics = Metrics()
+    engine, lose = lost_reply_engine(runtime, metrics)
+    other = make_engine(runtime)
+    other.store.namespace = engine.store.namespace
+
+    async def go():  # noqa: ANN202
+        lose["next"] = True
+        await engine.process(email("e1", NOON))
+        await other.process(email("o1", NOON + 1800))  # reads the applied write, stores its own email
+        await engine.process(email("e2", NOON + 3600))
+        engine._write_retry_at = 0.0
+        await engine.flush_unstored()
+        return await fields(engine, "u1")
+
+    stored = run(go())
+    history = UserPolicyState.decode(stored[POLICY_STATE_FIELD].encode()).contacts["email"]
+    assert {NOON, NOON + 1800, NOON + 3600} <= set(history.contacts)  # the other process's email is kept
+    assert metrics.policy_state_merges.labels("merged")._value.get() == 1
