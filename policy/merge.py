@@ -9,7 +9,9 @@ holds now (another process's write, made from the same base). Per placement and 
   (``merge_histories``); for a sticky state, the one changed later (``merge_sticky``). Two equal changes
   are two changes: two processes that each sent an email in the same second give equal histories, and
   both emails went out. (A write retried after Redis took it but its reply was lost is the engine's to
-  recognise: Redis then holds exactly what it wants to store, and it stores nothing more.)
+  recognise: Redis then holds what it wants to store, or an earlier state of its own that the one it wants
+  to store was decided from, and it stores its state unmerged; engine/processor.py
+  ``_merge_policy_states``.)
 
 Pure: no I/O, the inputs are not changed.
 """
