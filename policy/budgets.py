@@ -7,6 +7,10 @@ are spread evenly over workers (they are: partitions are by user).
 
 A request for a bucket older than those kept (``keep_days`` / ``keep_hours`` behind the newest) cannot
 be accounted for and is refused: a very late request never spends a budget twice.
+
+The counters survive a restart through Redis (``policy/budget_store.py``): every worker adds what it
+recorded since its last flush (``take_unflushed``) to the fleet's totals, and a worker that starts takes
+``share`` of the fleet's totals as its own (``seed``). The bookkeeping here is pure; the I/O is there.
 """
 
 from __future__ import annotations
@@ -24,13 +28,35 @@ class _Bucket:
     spend: float = 0.0
 
 
+# (key, bucket number) -> (count, spend): what a worker adds to the fleet's totals, or reads from them
+Totals = dict[tuple[str, int], tuple[int, float]]
+
+
 class _Buckets:
-    """Counters per key and time bucket; only the newest ``keep`` buckets per key are kept."""
+    """Counters per key and time bucket; only the newest ``keep`` buckets per key are kept.
+
+    What ``add`` counts is also kept aside, per bucket, until ``take_unflushed`` hands it over (to be added
+    to the fleet's totals); ``seed`` raises buckets to totals read back, without counting them again."""
 
     def __init__(self, width_s: int, keep: int) -> None:
         self.width_s = width_s
         self.keep = keep
         self._by_key: dict[str, dict[int, _Bucket]] = {}
+        self._unflushed: dict[tuple[str, int], _Bucket] = {}
+
+    def _bucket(self, key: str, n: int) -> _Bucket | None:
+        """The bucket ``n`` of ``key``, created if new (dropping those it makes too old); None when too old."""
+        buckets = self._by_key.setdefault(key, {})
+        bucket = buckets.get(n)
+        if bucket is None:
+            if n <= max(buckets, default=n) - self.keep:
+                return None
+            # Only a new bucket can make others too old, so the scan runs once per bucket, not per call.
+            bucket = buckets[n] = _Bucket()
+            newest = max(buckets)
+            for old in [k for k in buckets if k <= newest - self.keep]:
+                del buckets[old]
+        return bucket
 
     def get(self, key: str, ts: float) -> _Bucket | None:
         """The bucket of ``ts`` (fresh if new), or None when ``ts`` is older than the buckets kept."""
@@ -45,16 +71,40 @@ class _Buckets:
 
     def add(self, key: str, ts: float, count: int = 1, spend: float = 0.0) -> None:
         n = int(ts // self.width_s)
-        buckets = self._by_key.setdefault(key, {})
-        bucket = buckets.get(n)
-        if bucket is None:
-            # Only a new bucket can make others too old, so the scan runs once per bucket, not per call.
-            bucket = buckets[n] = _Bucket()
-            newest = max(buckets)
-            for old in [k for k in buckets if k <= newest - self.keep]:
-                del buckets[old]
+        bucket = self._bucket(key, n)
+        if bucket is None:  # too old: callers ask ``get`` first, which refuses it
+            return
         bucket.count += count
         bucket.spend += spend
+        pending = self._unflushed.get((key, n))
+        if pending is None:
+            pending = self._unflushed[(key, n)] = _Bucket()
+        pending.count += count
+        pending.spend += spend
+
+    def seed(self, totals: Totals, share: float) -> None:
+        """Raise each bucket to ``share`` of the fleet's total (counts rounded up: stricter, never looser);
+        a bucket already higher (this worker counted more since) keeps its own. Buckets too old are skipped."""
+        for (key, n), (count, spend) in sorted(totals.items(), key=lambda kv: kv[0][1]):
+            bucket = self._bucket(key, n)
+            if bucket is None:
+                continue
+            bucket.count = max(bucket.count, math.ceil(count * share - 1e-9))
+            bucket.spend = max(bucket.spend, spend * share)
+
+    def take_unflushed(self) -> Totals:
+        taken = {k: (b.count, b.spend) for k, b in self._unflushed.items()}
+        self._unflushed = {}
+        return taken
+
+    def give_back(self, taken: Totals) -> None:
+        """What ``take_unflushed`` gave that could not be stored: handed over again next time."""
+        for k, (count, spend) in taken.items():
+            pending = self._unflushed.get(k)
+            if pending is None:
+                pending = self._unflushed[k] = _Bucket()
+            pending.count += count
+            pending.spend += spend
 
 
 class WorkerBudgets:
@@ -110,3 +160,19 @@ class WorkerBudgets:
 
     def take_change(self, placement: str, ts: float) -> None:
         self._changes.add(placement, ts)
+
+    def seed(self, action_totals: Totals, change_totals: Totals) -> None:
+        """Take this worker's ``share`` of the fleet's totals (read from Redis at start): (action, UTC day) ->
+        (decisions, spend) and (placement, hour) -> (changes, 0). A worker that restarts thus does not spend
+        its share of a day again. Users are spread evenly over workers, the assumption ``share`` makes."""
+        self._actions.seed(action_totals, self.share)
+        self._changes.seed(change_totals, self.share)
+
+    def take_unflushed(self) -> tuple[Totals, Totals]:
+        """(action totals, change totals) recorded since the last call, to add to the fleet's totals."""
+        return self._actions.take_unflushed(), self._changes.take_unflushed()
+
+    def give_back(self, actions: Totals, changes: Totals) -> None:
+        """What ``take_unflushed`` gave that Redis did not take: it is handed over again next time."""
+        self._actions.give_back(actions)
+        self._changes.give_back(changes)

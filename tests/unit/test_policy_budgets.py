@@ -115,3 +115,51 @@ def test_a_late_add_counts_nowhere() -> None:
     b.take_change("p", DAY0 + 2 * 3600)  # older than the 2 hours kept: dropped, not counted
     assert not b.change_available("p", DAY0 + 2 * 3600, 5)  # and still refused
     assert b.change_available("p", DAY0 + 4 * 3600, 2)
+
+
+# -- surviving a restart: what is handed to the fleet's totals, and a share of them taken back ------------
+def test_what_was_recorded_is_handed_over_once_per_bucket() -> None:
+    b = WorkerBudgets()
+    b.record_action("a", DAY0 + 10, 0.5)
+    b.record_action("a", DAY0 + 20, 0.25)
+    b.record_action("a", DAY0 + 86400, 1.0)  # the next UTC day: its own bucket
+    b.take_change("p", DAY0 + 59)
+    day = int(DAY0 // 86400)
+    actions, changes = b.take_unflushed()
+    assert actions == {("a", day): (2, 0.75), ("a", day + 1): (1, 1.0)}
+    assert changes == {("p", int(DAY0 // 3600)): (1, 0.0)}
+    assert b.take_unflushed() == ({}, {})  # handed over once
+    assert b.action_usage("a", DAY0) == (2, 0.75)  # the worker's own counters stay
+
+
+def test_what_redis_did_not_take_is_handed_over_again_with_what_came_after() -> None:
+    b = WorkerBudgets()
+    b.record_action("a", DAY0, 0.5)
+    b.give_back(*b.take_unflushed())  # the flush failed
+    b.record_action("a", DAY0, 0.5)
+    assert b.take_unflushed()[0] == {("a", int(DAY0 // 86400)): (2, 1.0)}
+
+
+def test_a_restarted_worker_takes_its_share_of_what_the_fleet_spent() -> None:
+    day, hour = int(DAY0 // 86400), int(DAY0 // 3600)
+    fleet = ({("a", day): (10, 5.0), ("a", day - 1): (99, 99.0)}, {("p", hour): (3, 0.0)})
+    b = WorkerBudgets(share=0.5)  # limits per worker: 5 decisions, 2.5 spend, 1 change per hour
+    b.seed(*fleet)
+    assert b.action_usage("a", DAY0) == (5, 2.5)
+    assert b.action_block("a", DAY0, 0.0, 10, None) == "volume_cap"  # the day's share is used: not again
+    assert b.action_block("a", DAY0, 0.1, 20, 5.0) == "budget"
+    assert b.action_block("a", DAY0 + 86400, 0.0, 10, 5.0) is None  # a new day
+    assert not b.change_available("p", DAY0 + 60, 2)  # 3 × 0.5 rounds up to 2: stricter, never looser
+    assert b.change_available("p", DAY0 + 3600, 2)
+    assert b.take_unflushed() == ({}, {})  # the fleet's totals are not counted again
+    b.record_action("a", DAY0 + 86400, 1.0)
+    b.seed(*fleet)  # seeding again (after a rebalance) never lowers what the worker counted itself
+    assert b.action_usage("a", DAY0 + 86400) == (1, 1.0) and b.action_usage("a", DAY0) == (5, 2.5)
+
+
+def test_seeding_skips_days_older_than_those_kept() -> None:
+    b = WorkerBudgets(keep_days=2)
+    day = int(DAY0 // 86400)
+    b.seed({("a", day): (1, 0.0), ("a", day - 5): (7, 0.0)}, {})
+    assert b.action_usage("a", DAY0) == (1, 0.0)
+    assert b.action_block("a", DAY0 - 5 * 86400, 0.0, 10, None) == "volume_cap"  # too old: refused as before
