@@ -36,6 +36,7 @@ from learning.live_models import LiveModels, ModelConfig
 from learning.model_exchange import ModelExchange
 from learning.snapshots import SnapshotInfo, SnapshotStore
 from learning.state import LearnedState
+from policy.budget_store import BudgetStore
 from policy.budgets import WorkerBudgets
 from policy.catalogue import Catalogue, load_catalogue
 from policy.holdout import HoldoutConfig
@@ -334,10 +335,12 @@ def create_app(settings: Settings) -> faust.App:
 
     levers = LeverStore(engine.store.client, settings.app_id)
     erasures = ErasureRegistry(engine.store.client, settings.app_id)
+    budget_store = BudgetStore(engine.store.client, settings.app_id)
     followed = {"levers": -1, "erasures": -1}
 
     async def follow_shared_state() -> None:
-        """Levers and erasures changed by an operator reach every worker within a second."""
+        """Levers and erasures changed by an operator reach every worker within a second; the budget counters
+        this worker added since the last second go to the fleet's totals (kept for next time if Redis fails)."""
         generation = await levers.generation()
         if generation != followed["levers"]:
             engine.policy_ctx.levers = await levers.load()
@@ -347,11 +350,12 @@ def create_app(settings: Settings) -> faust.App:
         if generation != followed["erasures"]:
             engine.erased = await erasures.digests()
             followed["erasures"] = generation
+        await budget_store.flush(engine.policy_ctx.budgets)
 
     @app.timer(1.0)
     async def follow_operators() -> None:
         # Redis away: keep the last known levers, try again next second
-        await store_call(metrics, "shared_state", follow_shared_state, "refreshing levers/erasures")
+        await store_call(metrics, "shared_state", follow_shared_state, "refreshing levers/erasures, storing budgets")
         metrics.publish_lift(engine.lift.result())
 
     stopping = asyncio.Event()  # set when shutdown starts: /decide answers 503 (send it to another worker)
@@ -363,6 +367,8 @@ def create_app(settings: Settings) -> faust.App:
     async def start_learning() -> None:
         status["generation"] = await snapshots.generation()
         await follow_shared_state()
+        # a restarted worker takes its share of what the fleet spent of each day's budgets: not a share more
+        await budget_store.seed(engine.policy_ctx.budgets)
         started["offsets"] = await load_snapshot()
         if engine.models is not None:  # the snapshot writer trains the models; take the lease now if free
             engine.models.training = await snapshots.try_lead(worker_id, settings.snapshot_interval_s * 3)
@@ -554,6 +560,8 @@ def create_app(settings: Settings) -> faust.App:
             log.warning("/decide outputs were still being sent after %.0f s; the rest are lost (the answers went "
                         "out; their decisions are missing from the decisions topic)", INTAKE_STOP_TIMEOUT_S)
         await engine.flush_unstored()  # decision state Redis did not take: a last try (failures are logged)
+        await store_call(metrics, "shared_state", lambda: budget_store.flush(engine.policy_ctx.budgets),
+                         "storing the budget counters")  # the last second's decisions count after a restart
         if producing["holding"]:  # this worker sends no more samples: stop holding label windows open for it
             try:
                 await sender.send([OutRecord(learning_name, None, encode_idle(worker_id, engine.watermark))])

@@ -760,3 +760,53 @@ def test_a_decision_made_before_a_refusal_does_not_store_its_pending_decision_af
     stored = run(go())
     assert stored["cons"] == "0" and not [f for f in stored if f.startswith("pd:") or f in ("dev", "seg")]
     assert "pol" in stored  # the contact history and caps stay
+
+
+CAPPED = """\
+[[placement]]
+id = "home_hero"
+channel = "web"
+default_action = "none"
+
+[[action]]
+id = "offer_capped"
+channel = "web"
+placements = ["home_hero"]
+value = 10.0
+cost = 0.5
+max_per_day = 2
+"""
+
+
+def test_a_restarted_worker_does_not_spend_the_days_cap_again(runtime: Runtime, tmp_path: Path) -> None:
+    # The counters lived in the worker only: after a restart (deploy, crash) it showed a capped action
+    # again as if the day had just begun, spending its share of the day's budget once more per restart.
+    from policy.budget_store import BudgetStore
+
+    catalogue = tmp_path / "catalogue.toml"
+    catalogue.write_text(CAPPED)
+    client = aioredis.Redis.from_url(runtime.redis_url or "")
+    ns = f"test{uuid.uuid4().hex[:8]}"
+
+    def worker() -> Engine:
+        store = RedisFeatureStore(client, ns, ttl_s=3600, dedup_ring=16)
+        return Engine(store, PolicyContext(load_catalogue(catalogue)), make_policy("linucb", CONTEXT_DIM, seed=1),
+                      Metrics(), EngineConfig())
+
+    async def go():  # noqa: ANN202
+        first, budgets = worker(), BudgetStore(client, ns)
+        await budgets.seed(first.policy_ctx.budgets)  # an empty namespace: nothing spent yet
+        shown = [(await first.process(msgs(event(f"e{k}", user_id=f"u{k}", ts=T0 + 100 + k)))).decisions[0]
+                 for k in range(3)]
+        await budgets.flush(first.policy_ctx.budgets)  # the one-second shared-state timer
+        restarted = worker()
+        await BudgetStore(client, ns).seed(restarted.policy_ctx.budgets)  # at start, before deciding
+        after = (await restarted.process(msgs(event("e9", user_id="u9", ts=T0 + 3600)))).decisions[0]
+        next_day = (await restarted.process(msgs(event("e10", user_id="u10", ts=T0 + 86400 + 5)))).decisions[0]
+        return shown, after, next_day, await client.hgetall(f"{ns}:budget:d:{int(T0 // 86400)}")
+
+    shown, after, next_day, stored = run(go())
+    assert [d.action for d in shown] == ["offer_capped", "offer_capped", "none"]
+    assert stored == {b"offer_capped:n": b"2", b"offer_capped:spend": b"1"}
+    assert after.action == "none" and after.trace["removed"] == {"offer_capped": "volume_cap"}
+    assert next_day.action == "offer_capped"  # a new UTC day (event time): a new budget
