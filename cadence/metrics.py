@@ -65,8 +65,8 @@ class Metrics:
         )
         self.store_errors = Counter(
             "cadence_feature_store_errors_total", "Feature store failures, by op: apply (a batch's reads and "
-            "updates), write (decision state), shared_state (levers/erasures refresh), startup (snapshot and "
-            "levers at start)", ["op"], registry=r,
+            "updates), write (decision state), shared_state (levers/erasures refresh, budget counters), startup "
+            "(snapshot, levers and budget counters at start)", ["op"], registry=r,
         )
         self.worker_ready = Gauge(
             "cadence_worker_ready", "1 when the worker is ready (GET /health 'ready': partitions assigned and the "
