@@ -314,3 +314,19 @@ def test_decisions_answered_while_a_worker_stops_are_on_the_topic(runtime: Runti
                                                              timeout_s=15)}
     reader.close()
     assert wanted - on_topic == set()
+
+
+def test_a_worker_hands_its_budget_counters_to_redis_within_seconds(worker: WorkerProcess, runtime: Runtime,
+                                                                     isolated: dict[str, str]) -> None:
+    # Every action shown counts against its day's budgets; the one-second shared-state timer adds it to the
+    # fleet's totals, which a restarted worker reads back (test_a_restarted_worker_does_not_spend_the_days_cap_again).
+    shown = decide(worker, "u-budget", 1)["action"]
+    client = redis.Redis.from_url(runtime.redis_url or "")
+    day = int(NOON // 86400)
+    key = f"{isolated['app_id']}:budget:d:{day}"
+    deadline = time.monotonic() + 10
+    while not client.hget(key, f"{shown}:n") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert client.hget(key, f"{shown}:n") == b"1"
+    assert client.zrange(f"{isolated['app_id']}:budget:days", 0, -1) == [str(day).encode()]
+    assert 0 < client.ttl(key) <= 4 * 86400
