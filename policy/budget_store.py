@@ -1,5 +1,5 @@
-"""The fleet's daily budgets and hourly change counts in Redis, so that a worker that restarts does not
-spend its share of a day again (the enforcement itself stays in memory: ``policy/budgets.py``).
+"""The fleet's daily budgets and hourly change counts in Redis, so that a limit holds for the whole fleet and
+a worker that restarts does not spend the day again (the checks stay in memory: ``policy/budgets.py``).
 
 - ``{ns}:budget:d:{day}`` (UTC day = ts // 86400, event time): a hash with ``{action}:n`` (decisions) and
   ``{action}:spend`` (sum of cost) for the whole fleet;
@@ -8,9 +8,10 @@ spend its share of a day again (the enforcement itself stays in memory: ``policy
   that starts knows which hashes to read without scanning the keyspace.
 
 Each worker adds what it recorded since its last flush (one MULTI, every second, off the decisions' path);
-what Redis does not take is added again next time. A worker that starts raises its counters to its share of
-these totals. Every key expires one bucket after the worker would stop keeping it (``keep_days`` /
-``keep_hours``).
+what Redis does not take is added again next time. A worker that starts, and every worker every second after
+its flush (``exchange``), raises its counters to its share of these totals (the whole of them in production:
+share 1), so a limit holds for the fleet, not for each worker. Every key expires one bucket after the worker
+would stop keeping it (``keep_days`` / ``keep_hours``).
 """
 
 from __future__ import annotations
@@ -91,3 +92,10 @@ class BudgetStore:
     async def seed(self, budgets: WorkerBudgets) -> None:
         """Raise the worker's counters to its share of the fleet's totals (at start, before deciding)."""
         budgets.seed(*await self.totals(budgets.keep_days, budgets.keep_hours))
+
+    async def exchange(self, budgets: WorkerBudgets) -> None:
+        """What every worker does every second: add its counts to the fleet's totals, then take the totals
+        back, so each worker checks a limit against what the whole fleet has used (as of the last second)
+        plus its own decisions since, not against its own decisions alone."""
+        await self.flush(budgets)
+        await self.seed(budgets)

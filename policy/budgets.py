@@ -1,16 +1,16 @@
 """Global counters kept in memory by each worker: action volume and spend per day, placement changes per hour.
 
 Buckets are keyed by event time (UTC day = ts // 86400, hour = ts // 3600), never the wall clock, so a
-replay gives the same answers. Each worker counts only its own decisions: with ``share`` = 1/number of
-workers, each enforces its part of every limit, and the fleet stays within the limit as long as users
-are spread evenly over workers (they are: partitions are by user).
+replay gives the same answers. ``share`` is the part of every limit this worker holds against the counts it
+knows of (1 in the engine: the whole limit, against the whole fleet's counts).
 
 A request for a bucket older than those kept (``keep_days`` / ``keep_hours`` behind the newest) cannot
 be accounted for and is refused: a very late request never spends a budget twice.
 
-The counters survive a restart through Redis (``policy/budget_store.py``): every worker adds what it
-recorded since its last flush (``take_unflushed``) to the fleet's totals, and a worker that starts takes
-``share`` of the fleet's totals as its own (``seed``). The bookkeeping here is pure; the I/O is there.
+The counts are the fleet's through Redis (``policy/budget_store.py``): every second each worker adds what it
+recorded since its last flush (``take_unflushed``) to the fleet's totals and raises its counters to them
+(``seed``; also at start, so a restarted worker does not spend the day again). A worker's own decisions
+count at once; the other workers' within about a second. The bookkeeping here is pure; the I/O is there.
 """
 
 from __future__ import annotations
@@ -162,9 +162,9 @@ class WorkerBudgets:
         self._changes.add(placement, ts)
 
     def seed(self, action_totals: Totals, change_totals: Totals) -> None:
-        """Take this worker's ``share`` of the fleet's totals (read from Redis at start): (action, UTC day) ->
-        (decisions, spend) and (placement, hour) -> (changes, 0). A worker that restarts thus does not spend
-        its share of a day again. Users are spread evenly over workers, the assumption ``share`` makes."""
+        """Take ``share`` of the fleet's totals (read from Redis at start and every second): (action, UTC day)
+        -> (decisions, spend) and (placement, hour) -> (changes, 0). A worker that restarts thus does not spend
+        the day again, and every worker counts the others' decisions within about a second."""
         self._actions.seed(action_totals, self.share)
         self._changes.seed(change_totals, self.share)
 

@@ -66,7 +66,7 @@ class StickinessSettings:
     min_dwell_s: float = 0.0  # seconds an action stays before it may change
     hysteresis: float = 0.0  # relative margin a challenger must win by (0.1 = 10 %)
     max_changes_per_day: int | None = None  # per user and placement, rolling 24 h
-    max_changes_per_hour: int | None = None  # per placement and worker, all users together
+    max_changes_per_hour: int | None = None  # per placement, all users of the fleet together
     # where any rule above is set: a change needs the challenger's mean minus this many widths of the
     # bandit's exploration bonus to beat the incumbent's mean (rule 3); 0 turns the rule off
     confidence: float = 3.0

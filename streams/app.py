@@ -85,7 +85,7 @@ def redis_client(settings: Settings) -> aioredis.Redis:
     return aioredis.Redis.from_url(settings.redis_url, password=password, socket_timeout=2, socket_connect_timeout=0.5)
 
 
-def build_policy_context(settings: Settings, workers: int = 1) -> PolicyContext:
+def build_policy_context(settings: Settings) -> PolicyContext:
     catalogue = load_catalogue(settings.catalogue)
     placements = tuple(p.strip() for p in settings.holdout_placements.split(",") if p.strip())
     unknown = [p for p in placements if p not in catalogue.placements]
@@ -94,7 +94,8 @@ def build_policy_context(settings: Settings, workers: int = 1) -> PolicyContext:
                            f"use ids of {sorted(catalogue.placements)}, or leave it empty for every placement")
     holdout = (HoldoutConfig(settings.holdout_share, settings.holdout_salt, placements=placements)
                if settings.holdout_share > 0 else None)
-    return PolicyContext(catalogue, holdout=holdout, budgets=WorkerBudgets(share=1 / workers))
+    # each worker holds the whole of every limit against the fleet's counts (BudgetStore.exchange, every second)
+    return PolicyContext(catalogue, holdout=holdout, budgets=WorkerBudgets(share=1.0))
 
 
 def model_config(settings: Settings) -> ModelConfig:
@@ -340,7 +341,8 @@ def create_app(settings: Settings) -> faust.App:
 
     async def follow_shared_state() -> None:
         """Levers and erasures changed by an operator reach every worker within a second; the budget counters
-        this worker added since the last second go to the fleet's totals (kept for next time if Redis fails)."""
+        this worker added since the last second go to the fleet's totals (kept for next time if Redis fails),
+        and the fleet's totals come back: every worker checks the caps against the whole fleet's use."""
         generation = await levers.generation()
         if generation != followed["levers"]:
             engine.policy_ctx.levers = await levers.load()
@@ -350,7 +352,7 @@ def create_app(settings: Settings) -> faust.App:
         if generation != followed["erasures"]:
             engine.erased = await erasures.digests()
             followed["erasures"] = generation
-        await budget_store.flush(engine.policy_ctx.budgets)
+        await budget_store.exchange(engine.policy_ctx.budgets)
 
     @app.timer(1.0)
     async def follow_operators() -> None:

@@ -810,3 +810,37 @@ def test_a_restarted_worker_does_not_spend_the_days_cap_again(runtime: Runtime, 
     assert stored == {b"offer_capped:n": b"2", b"offer_capped:spend": b"1"}
     assert after.action == "none" and after.trace["removed"] == {"offer_capped": "volume_cap"}
     assert next_day.action == "offer_capped"  # a new UTC day (event time): a new budget
+
+
+def test_two_workers_hold_a_daily_cap_for_the_fleet_not_each(runtime: Runtime, tmp_path: Path) -> None:
+    # Every worker held the whole limit against its own decisions (its share was never set to 1/workers):
+    # two workers showed an action capped at 2 a day 4 times. Every second each one now adds its counts to
+    # the fleet's totals and takes them back (BudgetStore.exchange, the shared-state timer).
+    from policy.budget_store import BudgetStore
+
+    catalogue = tmp_path / "catalogue.toml"
+    catalogue.write_text(CAPPED)
+    client = aioredis.Redis.from_url(runtime.redis_url or "")
+    ns = f"test{uuid.uuid4().hex[:8]}"
+
+    def worker() -> Engine:
+        store = RedisFeatureStore(client, ns, ttl_s=3600, dedup_ring=16)
+        return Engine(store, PolicyContext(load_catalogue(catalogue)), make_policy("linucb", CONTEXT_DIM, seed=1),
+                      Metrics(), EngineConfig())
+
+    async def go():  # noqa: ANN202
+        a, b, budgets = worker(), worker(), BudgetStore(client, ns)
+        shown = []
+        for second in (0, 3):  # a request on each worker; then two seconds of both workers' timers
+            for name, w in (("a", a), ("b", b)):
+                out = await w.process(msgs(event(f"{name}{second}", user_id=f"{name}-u{second}", ts=T0 + 100 + second)))
+                shown.append(out.decisions[0].action)
+            for _ in range(2):  # a worker's timer may fire before the other's hand-over: the next one has it
+                await budgets.exchange(a.policy_ctx.budgets)
+                await budgets.exchange(b.policy_ctx.budgets)
+        return shown, await client.hget(f"{ns}:budget:d:{int(T0 // 86400)}", "offer_capped:n")
+
+    shown, stored = run(go())
+    # within about a second of each other both workers may still show it; after that the fleet's cap holds
+    assert shown == ["offer_capped", "offer_capped", "none", "none"]
+    assert stored == b"2"
