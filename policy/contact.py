@@ -14,8 +14,11 @@ A contact is a decision that shows something (any action other than "none") on t
 The per-user history per channel is small: the last ``max_contacts`` contact times, the per-action counts
 of the latest UTC day with a contact and of the day before, the ignored streak and the last exposure time.
 Requests come in event time and may be late; where the history no longer knows what happened around a late
-request (a contact dropped from the last ``max_contacts``, a day older than the two kept), the rule refuses:
-a cap is never passed because the history forgot.
+request (a contact dropped from the last ``max_contacts`` that may lie in its window, a day older than the two
+kept), the rule refuses: a cap is never passed because the history forgot. Dropped contacts are all at or
+before the oldest one remembered, so with the memory full a request less than a window after that oldest one
+(or before it) is refused; the history cannot tell whether any contact was dropped, so this also refuses when
+exactly ``max_contacts`` contacts were ever made.
 """
 
 from __future__ import annotations
@@ -149,9 +152,12 @@ def channel_block(policy: ContactPolicy, history: ChannelHistory | None, ts: flo
         # |ts - t| rather than ts - t: a late request also sees contacts made after it (stricter).
         if sum(1 for t in history.contacts if abs(ts - t) < window) >= policy.max_contacts:
             return ContactCap.CHANNEL_CAP
-        # Older than every remembered contact with the memory full: contacts dropped from it may lie in
-        # this request's window, and the history cannot count them.
-        if len(history.contacts) >= policy.max_contacts and ts < history.contacts[0]:
+        # With the memory full, contacts may have been dropped from it, all at or before the oldest one
+        # remembered (record_contact keeps the newest). When that one is less than a window before ts (or
+        # after it), a dropped one may be in ts's window, uncounted, and with the oldest one (then in the
+        # window too) the cap may already be reached: refuse. In order this refuses nothing the count above
+        # lets through (every remembered contact is then in the window).
+        if len(history.contacts) >= policy.max_contacts and history.contacts[0] > ts - window:
             return ContactCap.CHANNEL_CAP
     n = policy.suppress_after_ignored
     if n is not None and history.ignored >= n and ts < history.last_exposure + policy.suppress_days * DAY_S:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from policy.contact import (
     DAY_S,
@@ -85,6 +87,20 @@ IGNORE_3 = ContactPolicy(suppress_after_ignored=3, suppress_days=14)
             at_hour(12, 0),
             ContactCap.CHANNEL_CAP,
         ),
+        (
+            "late request after the oldest remembered contact: the dropped ones may be in its window",
+            TWO_PER_WEEK,
+            [at_hour(8), at_hour(10), at_hour(12, 20)],  # 8:00 is dropped; only 10:00 is in the window
+            at_hour(11),
+            ContactCap.CHANNEL_CAP,
+        ),
+        (
+            "late request a window after the oldest remembered contact: the dropped ones are outside it",
+            TWO_PER_WEEK,
+            [at_hour(8), at_hour(10), at_hour(12, 20)],
+            at_hour(10, 7),
+            None,
+        ),
         ("late request while the memory is not full", TWO_PER_WEEK, [at_hour(12, 9)], at_hour(12, 1), None),
         ("max_contacts 0: no first contact", ContactPolicy(max_contacts=0), [], at_hour(12), ContactCap.CHANNEL_CAP),
         ("two ignored", IGNORE_3, [at_hour(1), at_hour(2)], at_hour(3), None),
@@ -120,6 +136,49 @@ IGNORE_3 = ContactPolicy(suppress_after_ignored=3, suppress_days=14)
 )
 def test_channel_block(case, policy, times, now, cap) -> None:
     assert channel_block(policy, history_with(policy, times), now) is cap
+
+
+def wire_round_trip(h: ChannelHistory) -> ChannelHistory:
+    return ChannelHistory.from_wire(orjson.loads(orjson.dumps(h.to_wire())))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.integers(1, 4),
+    st.sampled_from([1.0, 7.0]),
+    st.lists(st.integers(0, 40 * 24), min_size=1, max_size=40),  # request hours, in any order (late ones)
+)
+def test_no_request_order_passes_the_channel_cap(max_contacts: int, window_days: float, hours: list[int]) -> None:
+    # Whatever order requests come in, no rolling window holds more than max_contacts contacts, though the
+    # history keeps only the newest max_contacts of them (stored and read back, as the engine does).
+    policy = ContactPolicy(max_contacts=max_contacts, window_days=window_days)
+    window = window_days * DAY_S
+    h: ChannelHistory | None = None
+    shown: list[float] = []
+    for hour in hours:
+        ts = MIDNIGHT + hour * H
+        if channel_block(policy, h, ts) is None:
+            h = wire_round_trip(record_contact(policy, h, "x", ts))
+            shown.append(ts)
+    for start in shown:
+        assert sum(1 for t in shown if start <= t < start + window) <= max_contacts
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 4),
+    st.lists(st.integers(0, 40 * 24), min_size=1, max_size=30),
+    st.integers(0, 10 * 24),
+)
+def test_in_order_requests_are_refused_only_by_the_count(max_contacts: int, hours: list[int], after: int) -> None:
+    # A request at or after every remembered contact is refused exactly when max_contacts remembered
+    # contacts are in its window: the refusal for contacts the history forgot changes nothing in order.
+    policy = ContactPolicy(max_contacts=max_contacts, window_days=7)
+    h = history_with(policy, [MIDNIGHT + hour * H for hour in sorted(hours)])
+    assert h is not None
+    ts = h.contacts[-1] + after * H
+    counted = sum(1 for t in h.contacts if abs(ts - t) < 7 * DAY_S) >= max_contacts
+    assert (channel_block(policy, h, ts) is ContactCap.CHANNEL_CAP) is counted
 
 
 def test_a_click_ends_the_ignored_streak() -> None:

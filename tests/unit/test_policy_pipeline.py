@@ -417,6 +417,23 @@ def test_email_channel_cap_suppresses_and_names_the_cap() -> None:
     assert out.action == "winback"  # the first email left the 7-day window
 
 
+def test_a_late_email_request_does_not_pass_the_channel_cap_the_history_forgot() -> None:
+    # 2 emails per 7 days: day 0 and day 6 at noon, then day 20 (the history keeps only day 6 and day 20).
+    # A request of day 6, 13:00 read afterwards (within the accepted lateness) used to count only the
+    # remembered contacts (day 6's) and became a third email in the 7 days from day 0.
+    ctx = context()
+    state = UserPolicyState()
+    for ts in (NOON, NOON + 6 * 86400, NOON + 20 * 86400):
+        out, state = run(ctx, FakeBandit(SCORES), state, ts, placement="news")
+        assert out.action == "winback"
+        state = UserPolicyState.decode(state.encode()).after_click("email")  # stored and read back
+    out, _ = run(ctx, FakeBandit(SCORES), state, NOON + 6 * 86400 + 3600, placement="news")
+    assert (out.action, out.mode, out.trace) == (NO_ACTION, Mode.SUPPRESSED, {"caps": ["channel_cap"]})
+    # late too, but a full week after day 6's noon: whatever the history forgot is outside its window
+    out, _ = run(ctx, FakeBandit(SCORES), state, NOON + 13 * 86400 + 3600, placement="news")
+    assert out.action == "winback"
+
+
 def test_creative_daily_cap_removes_only_that_creative() -> None:
     ctx = context()
     state = UserPolicyState()
