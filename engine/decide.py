@@ -28,7 +28,7 @@ from features.context import build_context, context_values
 from features.state import UserState
 from learning.live_models import SCORE_DIGITS, LiveModels, LiveScorer
 from policy.catalogue import NO_ACTION
-from policy.pipeline import PolicyContext, PolicyRequest, decide_action
+from policy.pipeline import PolicyContext, PolicyRequest, decide_action, decide_default
 from policy.state import PolicyStateError, UserPolicyState
 
 POLICY_STATE_FIELD = "pol"
@@ -67,19 +67,37 @@ def _decision(event: Event, action: str, probability: float, mode: Mode, policy:
     )
 
 
-def fallback(event: Event, ctx: PolicyContext, policy: Policy, reason: str, consent: bool | None = None,
-             state: UserState | None = None) -> Decided:
-    """The placement's default action (or "none" where ``consent``, its dates or a ban lever withhold it),
-    marked as a fallback with its reason; ``state``: the user's, when read (their stored segment)."""
+def fallback(event: Event, ctx: PolicyContext, policy: Policy, reason: str, consent: bool | None) -> Decided:
+    """The decision for a request whose user's state cannot be read: Redis is away
+    (``feature_store_unavailable``) or the user was erased (``erased_user``; nothing may be stored for them).
+    The placement's default (or "none" where ``consent``, its dates or a ban lever withhold it), marked as a
+    fallback with its reason. Quiet hours and a cap of 0 hold it back as for anyone; the channel cap, the
+    per-action daily cap and the ignored-exposure pause cannot apply: they count the user's past contacts,
+    which are in the unreadable state, and this contact cannot be recorded there either (no state is
+    written: the store is away, or the key of an erased user must not come back)."""
+    outcome = decide_default(PolicyRequest(event.user_id, event.placement or "", event.ts, event.segment, consent),
+                             None, ctx, reason)
+    return Decided(_decision(event, outcome.action, 1.0, outcome.mode, policy, outcome.trace), None)
+
+
+def without_consent(event: Event, state: UserState | None, ctx: PolicyContext, policy: Policy,
+                    states: PolicyStates | None = None) -> Decided:
+    """The decision for a user who refused marketing consent: the placement's default when it needs no
+    consent (a service message), else "none" (``trace.fallback = "no_marketing_consent"``). A default shown
+    is a contact: held to the channel's contact rules (quiet hours, channel cap, ignored exposures: mode
+    suppressed with ``trace.caps``; the action's daily cap) and recorded in the user's policy state, like
+    every contact. It stays out of the lift (in neither group) and of learning (no pending decision, no
+    context vector)."""
     placement = event.placement or ""
-    action, withheld = ctx.catalogue.fallback_action(placement, event.ts, consent)
     segment = event.segment or (state.segment if state is not None else None)
-    if action != NO_ACTION and action in ctx.levers.active(event.ts, event.user_id, segment, placement).bans:
-        action, withheld = NO_ACTION, "ban"
-    trace: dict[str, Any] = {"fallback": reason}
-    if withheld is not None:
-        trace["default_withheld"] = withheld
-    return Decided(_decision(event, action, 1.0, Mode.FALLBACK, policy, trace), None)
+    before = states.of(state) if states is not None else policy_state_of(state)
+    outcome = decide_default(PolicyRequest(event.user_id, placement, event.ts, segment, False), before, ctx,
+                             "no_marketing_consent")
+    decision = _decision(event, outcome.action, 1.0, outcome.mode, policy, outcome.trace)
+    if outcome.action == NO_ACTION:  # nothing shown, nothing recorded: the state stays as stored
+        return Decided(decision, None)
+    text = states.encode(outcome.state) if states is not None else outcome.state.encode().decode()
+    return Decided(decision, None, text)
 
 
 class PolicyStates:
@@ -218,7 +236,7 @@ def decide(event: Event, state: UserState | None, ctx: PolicyContext, policy: Po
     (``position`` is the event's place in it)."""
     consent = consent_of(event, state)
     if consent is False:
-        return fallback(event, ctx, policy, "no_marketing_consent", consent, state)
+        return without_consent(event, state, ctx, policy, states)
     found = batch.selector(policy, position) if batch is not None else None
     if found is None:
         x = build_context(event, state)

@@ -31,6 +31,11 @@ Every other mode logs 1.0: the action was not drawn at random. Sticky decisions 
 off-policy evaluation can leave them out, or count them honestly as p = 1 (they were deterministic given
 the user's history); an estimator must never divide by the bandit's probability for them.
 
+``decide_default(request, state, context, reason)`` is the decision for a request the pipeline does not
+decide: a user without marketing consent (the default when it needs no consent, a service message), and
+the engine's fallbacks without a readable state (the store away, an erased user). It shows the placement's
+default under the same contact rules and records it, as far as a state is there to read and write.
+
 Purity: the inputs are not changed; the new user state comes back in the outcome. The one side effect is
 on ``context.budgets`` (the worker's in-memory counters), charged only for what is shown.
 """
@@ -229,3 +234,49 @@ def decide_action(
         trace["sticky"] = {"reason": verdict.kept.value, "challenger": verdict.challenger, **verdict.detail}
         return finish(verdict.action, Mode.STICKY, 1.0, choice)
     return finish(verdict.action, Mode.EXPLORE if explored else Mode.EXPLOIT, probability, choice)
+
+
+def decide_default(
+    request: PolicyRequest, state: UserPolicyState | None, context: PolicyContext, reason: str
+) -> PolicyOutcome:
+    """A request the pipeline does not decide (``reason``: no marketing consent, the store away, an erased
+    user): the placement's default, or "none" where ``request.consent``, its dates or a ban lever withhold it,
+    mode fallback with ``trace["fallback"] = reason``. No holdout (in neither lift group), other lever, bandit
+    or stickiness.
+
+    A default that would be shown is a contact like any other: the channel's contact rules apply as in
+    ``decide_action``. A contact block (quiet hours, channel cap, ignored exposures) gives "none", mode
+    suppressed, ``trace["caps"]`` naming the rule (``trace["fallback"]`` stays: why the pipeline did not
+    decide); the action's daily cap withholds the default (``default_withheld: "action_daily_cap"``). A
+    default shown is recorded in the returned state and charged to the budgets.
+
+    ``state`` None: the user's state cannot be read (the store is away, or the user was erased and nothing
+    may be stored for them). Only the rules that need no history can apply then: quiet hours and a cap of 0;
+    the channel cap, the per-action daily cap and the ignored-exposure pause count past contacts that cannot
+    be read, and the contact cannot be recorded (the returned state is a fresh one, not to be stored).
+    """
+    cat, ts = context.catalogue, request.ts
+    new = state.copy() if state is not None else UserPolicyState()
+    trace: dict[str, Any] = {"fallback": reason}
+    default, withheld = cat.fallback_action(request.placement, ts, request.consent)
+    placement = cat.placements.get(request.placement)
+    if default != NO_ACTION and placement is not None:
+        channel = placement.channel
+        contact = cat.contact_policy(channel)
+        history = state.contacts.get(channel) if state is not None else None
+        blocked = channel_block(contact, history, ts)
+        if blocked is not None:
+            trace["caps"] = [blocked.value]
+            return PolicyOutcome(NO_ACTION, Mode.SUPPRESSED, 1.0, trace, new)
+        if default in context.levers.active(ts, request.user_id, request.segment, placement.id).bans:
+            default, withheld = NO_ACTION, "ban"
+        elif action_capped(contact, history, default, ts):
+            default, withheld = NO_ACTION, ContactCap.ACTION_DAILY_CAP.value
+        else:
+            if state is not None:
+                new.contacts[channel] = record_contact(contact, history, default, ts)
+            if default in cat.actions:
+                context.budgets.record_action(default, ts, cat.actions[default].cost)
+    if withheld is not None:
+        trace["default_withheld"] = withheld
+    return PolicyOutcome(default, Mode.FALLBACK, 1.0, trace, new)

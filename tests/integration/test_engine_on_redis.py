@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import uuid
 from collections import Counter
@@ -649,7 +650,8 @@ def test_a_stored_refusal_holds_when_redis_is_away_and_after_erasure(tmp_path) -
                     Metrics(), EngineConfig())
 
     def request(i: int, **extra: object) -> dict:
-        return event(f"e{i}", "nc", ts=T0 + i, etype="email_request", placement="newsletter", **extra)
+        # at noon: quiet hours (22:00-06:00 UTC) hold these fallbacks back too
+        return event(f"e{i}", "nc", ts=T0 + 12 * 3600 + i, etype="email_request", placement="newsletter", **extra)
 
     try:
         async def go():  # noqa: ANN202
@@ -844,3 +846,30 @@ def test_two_workers_hold_a_daily_cap_for_the_fleet_not_each(runtime: Runtime, t
     # within about a second of each other both workers may still show it; after that the fleet's cap holds
     assert shown == ["offer_capped", "offer_capped", "none", "none"]
     assert stored == b"2"
+
+
+def test_a_service_email_without_consent_is_capped_and_its_contacts_are_stored(runtime: Runtime) -> None:
+    """A default that needs no consent (a service email) shown to a user who refused marketing consent used to
+    skip the contact rules and record nothing: every request got it. Its contacts are stored in the policy
+    state (write_fields.lua keeps "pol" for such users) and count against the cap of 3 emails in 7 days."""
+    engine = make_engine(runtime)
+    digest = engine.policy_ctx.catalogue.actions["email_digest"]
+    engine.policy_ctx.catalogue.actions["email_digest"] = dataclasses.replace(digest, consent_needed=False)
+    noon = T0 + 12 * 3600
+
+    async def go() -> tuple[list, dict[str, str]]:
+        seen = []
+        for i, ts in enumerate([noon, noon + 11 * 3600, noon + 86400, noon + 2 * 86400, noon + 3 * 86400]):
+            out = await engine.process(msgs(event(f"s{i}", "u-s", ts=ts, etype="email_request", placement="newsletter",
+                                                  consent=False), topic="email-events"))
+            assert out.learning == []  # nothing learned, in neither lift group
+            seen += [(d.action, d.mode, d.trace.get("caps")) for d in out.decisions]
+        return seen, await fields(engine, "u-s")
+
+    seen, stored = run(go())
+    assert seen == [("email_digest", Mode.FALLBACK, None), ("none", Mode.SUPPRESSED, ["quiet_hours"]),
+                    ("email_digest", Mode.FALLBACK, None), ("email_digest", Mode.FALLBACK, None),
+                    ("none", Mode.SUPPRESSED, ["channel_cap"])]
+    history = UserPolicyState.decode(stored["pol"].encode()).contacts["email"]
+    assert history.contacts == [noon, noon + 86400, noon + 2 * 86400]
+    assert stored["cons"] == "0" and not [f for f in stored if f.startswith("pd:")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import numpy as np
@@ -16,7 +17,7 @@ from policy.catalogue import NO_ACTION, Action, Catalogue, Placement
 from policy.contact import ContactPolicy
 from policy.holdout import HoldoutConfig
 from policy.levers import Lever, LeverBook, LeverKind
-from policy.pipeline import PolicyContext, PolicyRequest, decide_action
+from policy.pipeline import PolicyContext, PolicyRequest, decide_action, decide_default
 from policy.state import UserPolicyState
 from policy.stickiness import StickinessSettings, StickyState
 
@@ -602,3 +603,26 @@ def test_a_contact_blocked_control_request_is_in_the_control_group() -> None:
         out = decide_action(PolicyRequest("u1", "news", late), UserPolicyState(), ctx, FakeBandit(SCORES))
         assert (out.action, out.mode, out.grouped, out.control) == (NO_ACTION, Mode.SUPPRESSED, True, control)
         assert ("holdout" in out.trace) == control
+
+
+def test_a_default_outside_the_pipeline_is_a_contact_under_the_channel_rules() -> None:
+    catalogue = make_catalogue()
+    catalogue.actions["digest"] = dataclasses.replace(catalogue.actions["digest"], consent_needed=False, max_per_day=1)
+    ctx = PolicyContext(catalogue, LeverBook(), HoldoutConfig(1.0, "s"), WorkerBudgets())
+    state = UserPolicyState()
+    out = decide_default(PolicyRequest("u1", "news", NOON, consent=False), state, ctx, "no_marketing_consent")
+    assert (out.action, out.mode, out.trace, out.grouped) == ("digest", Mode.FALLBACK,
+                                                              {"fallback": "no_marketing_consent"}, False)
+    assert out.state.contacts["email"].contacts == [NOON] and not state.contacts  # recorded; input unchanged
+    assert ctx.budgets.action_usage("digest", NOON)[0] == 1  # charged like any default shown
+    night = decide_default(PolicyRequest("u1", "news", NOON + 11 * 3600, consent=False), out.state, ctx, "x")
+    assert (night.action, night.mode) == (NO_ACTION, Mode.SUPPRESSED)
+    assert night.trace == {"fallback": "x", "caps": ["quiet_hours"]}
+    # no readable state: no contact to count (the one at noon is in the state not given), nothing recorded
+    unread = decide_default(PolicyRequest("u1", "news", NOON + 60, consent=False), None, ctx, "erased_user")
+    assert unread.action == "digest" and not unread.state.contacts
+    # a default that needs consent: "none", whatever the hour (nothing to hold back)
+    ctx = PolicyContext(make_catalogue())
+    out = decide_default(PolicyRequest("u1", "news", NOON + 11 * 3600, consent=False), state, ctx, "x")
+    assert (out.action, out.mode) == (NO_ACTION, Mode.FALLBACK)
+    assert out.trace == {"fallback": "x", "default_withheld": "consent"}
