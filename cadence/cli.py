@@ -327,7 +327,7 @@ def cmd_erase_user(args: argparse.Namespace) -> None:
     from kafka import KafkaProducer
 
     from contracts.events import MAX_ID_LEN
-    from features.erasure import ErasureRegistry, erased_label
+    from features.erasure import ErasureKeyError, ErasureRegistry
     from policy.lever_store import LeverStore
     from streams.app import redis_client
     from streams.topics import ERASURES
@@ -340,12 +340,18 @@ def cmd_erase_user(args: argparse.Namespace) -> None:
     producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)  # first: no erasure without its tombstone
     async def erase() -> int:
         client = redis_client(settings)
-        deleted = await ErasureRegistry(client, settings.app_id).erase(args.user_id)
+        # the workers' key (CADENCE_ERASURE_KEY, or the one kept in Redis): with another, refused
+        registry = await ErasureRegistry.open(client, settings.app_id, settings.erasure_key)
+        deleted = await registry.erase(args.user_id)
         await LeverStore(client, settings.app_id).update(  # levers aimed at the user: gone, audit redacted
-            lambda b: b.forget_user(args.user_id, erased_label(args.user_id)))
+            lambda b: b.forget_user(args.user_id, registry.label(args.user_id)))
         return deleted
 
-    deleted = asyncio.run(erase())
+    try:
+        deleted = asyncio.run(erase())
+    except ErasureKeyError as exc:
+        producer.close()
+        sys.exit(f"cadence: {exc}; nothing was erased")
     producer.send(settings.topic(ERASURES), key=args.user_id.encode(), value=None,
                   headers=[("requested_by", args.who.encode())])
     producer.flush()

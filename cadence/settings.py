@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_CATALOGUE = Path(__file__).with_name("catalogue.toml")
@@ -19,6 +19,7 @@ DEFAULT_CATALOGUE = Path(__file__).with_name("catalogue.toml")
 # so a longer window or TTL means nothing, and a huge one overflows Redis or the event loop's timers.
 CENTURY_S = 3_155_760_000
 DAY_S = 86400
+MIN_ERASURE_KEY_CHARS = 32  # CADENCE_ERASURE_KEY: a shorter key could be found by trying keys and ids together
 # Accepted log level names -> the name Faust's logging takes ("crit" is an alias the README used to list).
 LOG_LEVELS = {"critical": "critical", "crit": "critical", "error": "error", "warn": "warn",
               "warning": "warn", "info": "info", "debug": "debug"}
@@ -224,6 +225,12 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         None, description="Bearer token for admin endpoints, not the API token's. Unset: endpoints off; empty: refused."
     )
+    erasure_key: SecretStr | None = Field(
+        None, description="Key of the digests that stand for erased users in Redis (keyed BLAKE2b): at least 32 "
+        "characters, e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`, the same on every worker and "
+        "wherever `cadence erase-user` runs. Unset: one is generated and kept in Redis ({app_id}:erased:key), so "
+        "a dump of Redis holds both digests and key (a warning at start); set it in production."
+    )
     http_max_rps: float = Field(
         5000.0, ge=1, le=1_000_000, description="Most GET /decide requests per second per worker."
     )
@@ -269,6 +276,23 @@ class Settings(BaseSettings):
         if value is not None and not value.get_secret_value().strip():
             raise ValueError("is set but empty: give it a value (a long random string for tokens) or unset it "
                              "(an unset token turns its endpoints off; an empty one must not open them)")
+        return value
+
+    @field_validator("erasure_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        # the messages never show the value (nor its length): it is the secret that keeps erasures private
+        if value is None:
+            return value
+        kept_at = f"{info.data.get('app_id', '{app_id}')}:erased:key"
+        what = ("give it at least 32 random characters, the same on every worker and wherever `cadence erase-user` "
+                "runs (e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`; for a key a deployment "
+                f"already kept in Redis, the value of {kept_at}), or unset it to have one generated and kept in "
+                "Redis")
+        if not value.get_secret_value().strip():
+            raise ValueError(f"is set but empty: {what}")
+        if len(value.get_secret_value()) < MIN_ERASURE_KEY_CHARS:
+            raise ValueError(f"is shorter than {MIN_ERASURE_KEY_CHARS} characters, too easy to guess: {what}")
         return value
 
     @model_validator(mode="after")

@@ -40,7 +40,7 @@ from engine.pending import pending_decisions, slot_with
 from engine.records import BatchOutput, EngineConfig, RawMessage
 from engine.replay import SeenKeys, decision_never_stored, replayed_decision, replayed_reward
 from features.context import build_context
-from features.erasure import user_digest
+from features.erasure import ErasedUsers
 from features.state import UserState
 from features.store import FeatureStoreError, RedisFeatureStore
 from features.updates import FeatureUpdate, update_for
@@ -113,7 +113,8 @@ class Engine(EngineLearning):
         self._store_retry_at = 0.0  # monotonic time before which a failed store is not tried again
         self._store_logged_at = 0.0  # monotonic time of the last store-failure log line
         self._replaying = asyncio.Lock()  # HTTP requests and the agent may both find updates to replay
-        self._erased: set[str] = set()
+        # the users refused, and the key of their digests (bound on the store with them: ``erased``)
+        self._erased = ErasedUsers(store.user_digest) if store.user_digest is not None else None
         self._policy_states = PolicyStates()  # decoded policy states of recent users
         self._in_flight = WritesInFlight()  # decision-state writes a read may not show yet (engine/inflight.py)
         # decision-state writes Redis did not take, oldest first, as (WritesInFlight handle, writes): retried
@@ -132,25 +133,33 @@ class Engine(EngineLearning):
         self._deciding: dict[str, asyncio.Future[None]] = {}
 
     @property
-    def erased(self) -> set[str]:
-        """Digests of erased users: no features, no learning, default action."""
+    def erased(self) -> ErasedUsers | None:
+        """Erased users (digests): no features, no learning, default action. None until the worker has read
+        the erasure key, and the store writes nothing until then."""
         return self._erased
 
     @erased.setter
-    def erased(self, digests: set[str]) -> None:
-        new = digests - self._erased
-        if self.models is not None:
-            self.models.forget(new)
+    def erased(self, erased: ErasedUsers) -> None:
+        """The erased users as Redis has them (``ErasureRegistry.erased_users``); the first one also binds
+        the store to its key, so that the store never writes before the legacy entries are known."""
+        bound = self.store.user_digest
+        if bound is not None and bound.key_id != erased.digest.key_id:
+            raise ValueError(f"erased users digested with key {erased.digest.key_id}, but the store uses key "
+                             f"{bound.key_id}: a worker keeps the erasure key it started with")
+        new = erased.since(self._erased)
+        if self.models is not None and new.keyed:
+            self.models.forget(new.keyed)
         if new and self._unapplied:  # updates kept through an outage must not bring an erased user back
-            kept = [u for u in self._unapplied if user_digest(u.user_id) not in new]
+            kept = [u for u in self._unapplied if u.user_id not in new]
             self._unapplied = deque(kept)
             self.metrics.updates_pending.set(len(kept))
         if new and self._unstored:  # nor a decision-state write Redis did not take before the erasure
             for _, writes in self._unstored:
-                for user_id in [u for u in writes if user_digest(u) in new]:
+                for user_id in [u for u in writes if u in new]:
                     del writes[user_id]
             self.metrics.decision_state_unstored.set(self._unstored_users())
-        self._erased = digests
+        self._erased = erased
+        self.store.user_digest = erased.digest
 
     def prune_levers(self) -> int:
         """Drop levers that expired before any event time the clock still accepts (they can never apply
@@ -344,8 +353,8 @@ class Engine(EngineLearning):
         Redis already applies the next (its states lack this chunk's decision writes, which ``writes``
         patches in, as for two events of one user in the same chunk). Returns the decision-state writes;
         ``bases`` gets each user's policy state as first read (``_decide_chunk``)."""
-        if self.erased:
-            events = self._without_erased(events, out)
+        if self._erased:
+            events = self._without_erased(events, self._erased, out)
             if not events:
                 return {}
         updates = [update_for(e, store_profile=e.consent is not False) for e in events]
@@ -648,11 +657,12 @@ class Engine(EngineLearning):
             else:  # the credit itself may not have been stored: credit now (once, as ever)
                 self._credit(event, state, writes, out)
 
-    def _without_erased(self, events: list[Event], out: BatchOutput) -> list[Event]:
-        """Erased users get the default action and leave no trace in features or learning."""
+    def _without_erased(self, events: list[Event], erased: ErasedUsers, out: BatchOutput) -> list[Event]:
+        """Erased users get the default action and leave no trace in features or learning (a user erased
+        before digests were keyed is refused here only: the store's scripts check the keyed set)."""
         kept = []
         for event in events:
-            if user_digest(event.user_id) not in self.erased:
+            if event.user_id not in erased:
                 kept.append(event)
                 continue
             self._erased_event(event, out)
@@ -668,10 +678,11 @@ class Engine(EngineLearning):
         """Whether Redis refused some of these updates (apply_batch.lua: their users are in the erased set,
         erased after this worker last followed the erasures); their digests join ``erased`` at once, so
         later batches leave them out without asking Redis, and kept writes of them are dropped."""
-        new = {user_digest(u.user_id) for u in updates if u.erased}
-        if not new:
+        refused = [u.user_id for u in updates if u.erased]
+        if not refused:
             return False
-        self.erased = self._erased | new
+        assert self._erased is not None  # the store wrote nothing without the erasure key
+        self.erased = self._erased.with_users(refused)
         return True
 
     def _without_refused(self, events: list[Event], updates: list[FeatureUpdate],
@@ -704,8 +715,9 @@ class Engine(EngineLearning):
         if redecided:  # same id as the first time, decided again from today's state: it may differ
             decision.trace["replayed"] = "redecided"
         self._emit(decision, out)
-        if self.models is not None and decided.x is not None and event.type in ACTIVITY_TYPES:
-            self.models.observe(event.user_id, event.ts, decided.x)
+        if (self.models is not None and decided.x is not None and event.type in ACTIVITY_TYPES
+                and self._erased is not None):  # watched by their keyed digest: erasures drop it by that
+            self.models.observe(self._erased.digest.of(event.user_id), event.ts, decided.x)
         if decided.policy_state is not None:
             writes[event.user_id][POLICY_STATE_FIELD] = decided.policy_state
         pending = decided.pending

@@ -1,12 +1,14 @@
 -- Applies a batch of events to per-user feature hashes in one call (one round trip, atomic).
 -- ARGV[1] = JSON {"ttl": s, "ring": n, "windows": [[size, suffix]...], "erased": set key, "events": [event...]}
 -- event = [key, digest_hex(16), ts, want_state(0/1), [[counter, amount]...], [[mode, field, value]...],
---          user_digest_hex(32)]
+--          user_digest_hex(32): the user's keyed digest, features/keys.py UserDigest]
 -- mode "=" sets, ">" keeps the max, "<" keeps the min (numbers). A user whose consent ("cons") is "0" after the
 -- event keeps no device, segment or pending decisions (their context vectors): they are deleted, not set.
 -- Returns JSON: per event 0 (duplicate), 1 (applied), -1 (the user's digest is in the erased set: nothing
 -- written, the key is never created again) or the user's fields after the event (want_state), without the
--- binary dedup ring. Each event costs three commands: HGETALL, HSET, EXPIRE; each key one SISMEMBER per call.
+-- binary dedup ring. The erased set is {ns}:erased:v2 (keyed digests); the unkeyed digests of erasures recorded
+-- before keys ({ns}:erased) are checked by the engine before it calls this. Each event costs three commands:
+-- HGETALL, HSET, EXPIRE; each key one SISMEMBER per call.
 local req = cjson.decode(ARGV[1])
 local ttl, ring_bytes, windows = req.ttl, req.ring * 8, req.windows
 local erased_set, erased = req.erased, {}  -- key -> whether its user is erased

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError
 
-from features.keys import erased_key, user_digest, user_key
+from features.keys import UserDigest, erased_key, user_key
 from features.state import UserState
 from features.updates import FeatureUpdate
 from features.windows import WINDOWS
@@ -37,13 +37,18 @@ async def _read_reply(conn: AbstractConnection, timeout_s: float) -> Any:
 
 class RedisFeatureStore:
     """Per-user hashes ``{namespace}:u:{user_id}``. Writes go through ``apply_batch.lua`` and
-    ``write_fields.lua``, which never write the key of a user in the erased set (``{namespace}:erased``,
-    features/erasure.py): each call carries the users' digests."""
+    ``write_fields.lua``, which never write the key of a user in the erased set (``{namespace}:erased:v2``,
+    features/erasure.py): each call carries the users' keyed digests (``user_digest``).
 
-    def __init__(self, client: aioredis.Redis, namespace: str, ttl_s: int, dedup_ring: int) -> None:
+    ``user_digest`` may be bound after construction (a worker reads the erasure key at start, with the
+    erased users: ``Engine.erased``); until then every write is refused as ``FeatureStoreError``."""
+
+    def __init__(self, client: aioredis.Redis, namespace: str, ttl_s: int, dedup_ring: int,
+                 user_digest: UserDigest | None = None) -> None:
         self.client = client
         self.namespace = namespace
         self.erased_key = erased_key(namespace)
+        self.user_digest = user_digest
         self.ttl_s = ttl_s
         self.dedup_ring = dedup_ring
         scripts = resources.files("features")
@@ -59,6 +64,12 @@ class RedisFeatureStore:
 
     def key(self, user_id: str) -> str:
         return user_key(self.namespace, user_id)
+
+    def _digests(self) -> UserDigest:
+        if self.user_digest is None:  # the scripts could not check the erased set
+            raise FeatureStoreError("no write before the erasure key is read (the worker reads it from "
+                                    "CADENCE_ERASURE_KEY or Redis at start)")
+        return self.user_digest
 
     async def apply(self, updates: Sequence[FeatureUpdate]) -> list[tuple[bool, UserState | None]]:
         """Apply updates in order; per update: (applied, state after it) — applied is False for a duplicate
@@ -145,6 +156,7 @@ class RedisFeatureStore:
         self._ahead = self._writer = None
 
     def _payload(self, updates: Sequence[FeatureUpdate]) -> bytes:
+        digest = self._digests().of
         return orjson.dumps({
             "ttl": self.ttl_s,
             "ring": self.dedup_ring,
@@ -152,7 +164,7 @@ class RedisFeatureStore:
             "erased": self.erased_key,
             "events": [
                 [self.key(u.user_id), u.digest.hex(), u.ts, 1 if u.want_state else 0, u.counters, u.sets,
-                 user_digest(u.user_id)]
+                 digest(u.user_id)]
                 for u in updates
             ],
         })
@@ -184,9 +196,10 @@ class RedisFeatureStore:
         with the value Redis holds (None: absent); empty when every field was written."""
         if not writes:
             return {}
+        digest = self._digests().of
         keys = {self.key(u): u for u, f in writes.items() if f}
         doc: dict[str, Any] = {"ttl": self.ttl_s, "writes": {k: dict(writes[u]) for k, u in keys.items()},
-                               "erased": self.erased_key, "digests": {k: user_digest(u) for k, u in keys.items()}}
+                               "erased": self.erased_key, "digests": {k: digest(u) for k, u in keys.items()}}
         if cas_field is not None and expected:
             doc["cas"] = cas_field
             doc["expect"] = {self.key(u): (v if v is not None else False) for u, v in expected.items()

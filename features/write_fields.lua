@@ -1,7 +1,7 @@
 -- Sets fields of several user hashes and refreshes their TTL in one call (one round trip).
 -- ARGV[1] = JSON {"ttl": seconds, "writes": {key: {field: value, ...}, ...},
 --                 "cas": field, "expect": {key: value or false, ...},
---                 "erased": set key, "digests": {key: user digest, ...}}
+--                 "erased": set key ({ns}:erased:v2), "digests": {key: keyed user digest, ...}}
 -- A key whose user's digest is in the erased set is not written (nor created again): one SISMEMBER per key.
 -- A user without marketing consent ("cons" is "0", set by apply_batch.lua) gets no pending decisions (their
 -- context vectors), device or segment: a write decided before the refusal reached Redis would bring them back.

@@ -26,6 +26,7 @@ from cadence.settings import DEFAULT_CATALOGUE
 from contracts.decisions import LearningSample
 from engine.processor import Engine, EngineConfig, RawMessage
 from features.context import CONTEXT_DIM
+from features.keys import UserDigest
 from features.state import UserState
 from features.updates import FeatureUpdate
 from learning.label_join import JoinConfig
@@ -40,6 +41,7 @@ class MemoryStore:
     """Just enough of RedisFeatureStore for Engine.process: every event applied, a fixed state per user."""
 
     client = None
+    user_digest = UserDigest(bytes(32))  # the erasure key does not matter here
 
     def __init__(self) -> None:
         self._states: dict[str, UserState] = {}
@@ -120,10 +122,11 @@ def parts_us(repeats: int, calls: int = 20_000) -> dict[str, float]:
     actions = load_catalogue(DEFAULT_CATALOGUE).placement_actions("home_hero")
     scores = scorer.score(x, actions)
     counter = iter(range(10**9))
+    digest = MemoryStore.user_digest.of  # as the engine names customers
 
     def observe() -> None:
         i = next(counter)
-        models.observe(f"u{i % 2000}", T0 + i, x)
+        models.observe(digest(f"u{i % 2000}"), T0 + i, x)
 
     def best(fn) -> float:  # noqa: ANN001
         out = float("inf")

@@ -47,7 +47,6 @@ import orjson
 
 from contracts.decisions import LearningSample
 from features.context import CONTEXT_DIM, CONTEXT_NAMES
-from features.erasure import user_digest
 from learning.label_join import JoinConfig, Label, LabelJoin
 from models.churn import ChurnLabel, ChurnLabeler
 from models.compiled import CompiledScorer
@@ -278,9 +277,10 @@ class LiveModels:
         if self._training and labels:
             self._queue(labels)
 
-    def observe(self, user_id: str, ts: float, x: np.ndarray) -> None:
-        """An activity of a customer this worker owns, with the context vector of that moment."""
-        digest = user_digest(user_id)
+    def observe(self, digest: str, ts: float, x: np.ndarray) -> None:
+        """An activity of a customer this worker owns, with the context vector of that moment. The customer
+        is named by their keyed digest (``features.keys.UserDigest``, hex), never the id: ``forget`` drops
+        an erased customer by the same digest."""
         if not _watched(digest, self.config.churn_share):
             return
         self._outbox(self._churn.observe(digest, ts, np.asarray(x, dtype=np.float32).tobytes()))

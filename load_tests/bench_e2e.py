@@ -302,7 +302,7 @@ def engine_core(redis_url: str, backlog: Sequence[LoadEvent], batch: int) -> dic
     from cadence.metrics import Metrics
     from cadence.settings import Settings
     from engine.processor import RawMessage
-    from streams.app import build_engine, redis_client
+    from streams.app import build_engine, redis_client, start_erasures
 
     settings = Settings(REDIS_URL=redis_url, app_id="bench-core")
     metrics = Metrics()
@@ -310,6 +310,7 @@ def engine_core(redis_url: str, backlog: Sequence[LoadEvent], batch: int) -> dic
 
     async def go() -> tuple[float, float]:
         engine = build_engine(settings, metrics, redis_client(settings))
+        await start_erasures(engine, settings)
         wall, cpu = time.perf_counter(), time.process_time()
         for i in range(0, len(raw), batch):
             out = await engine.process(raw[i : i + batch])

@@ -42,7 +42,7 @@ def run_variant(variant: str, events: int, batch: int, users: int, seed: int) ->
     from load_tests.yardsticks.load import EventMix
     from load_tests.yardsticks.measure import percentiles
     from policy.catalogue import load_catalogue
-    from streams.app import build_engine, redis_client
+    from streams.app import build_engine, redis_client, start_erasures
     from streams.gc_pacing import GC_GEN0_THRESHOLD, GcPacer
 
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)  # the worker's (streams/app.py)
@@ -64,6 +64,7 @@ def run_variant(variant: str, events: int, batch: int, users: int, seed: int) ->
 
         async def go() -> tuple[float, list[float]]:
             engine = build_engine(settings, Metrics(), redis_client(settings))
+            await start_erasures(engine, settings)
             gc.collect()
             gc.freeze()  # as the worker does once it is set up
             gc.callbacks.append(on_gc)

@@ -31,7 +31,7 @@ from load_tests.yardsticks.load import EventMix
 from load_tests.yardsticks.measure import field_bytes
 from load_tests.yardsticks.redis_stats import redis_memory
 from policy.catalogue import load_catalogue
-from streams.app import build_engine, redis_client
+from streams.app import build_engine, redis_client, start_erasures
 
 APP_ID = "memory"
 
@@ -63,6 +63,7 @@ def run(events: int, users: int, seed: int) -> dict[str, Any]:
 
         async def drain() -> float:
             engine = build_engine(settings, Metrics(), redis_client(settings))
+            await start_erasures(engine, settings)
             started = time.perf_counter()
             for i in range(0, len(raw), 200):
                 out = await engine.process(raw[i : i + 200])

@@ -85,6 +85,23 @@ def redis_client(settings: Settings) -> aioredis.Redis:
     return aioredis.Redis.from_url(settings.redis_url, password=password, socket_timeout=2, socket_connect_timeout=0.5)
 
 
+async def read_erasure_key(erasures: ErasureRegistry, settings: Settings) -> None:
+    """The deployment's erasure key (CADENCE_ERASURE_KEY or the one kept in Redis), once per worker, with its
+    warning logged; ``ErasureKeyError`` when the key is not the one the recorded erasures were made with."""
+    if erasures.user_digest is None:
+        key = await erasures.load_key(settings.erasure_key)
+        if key.warning:
+            log.warning("erasure key: %s", key.warning)
+
+
+async def start_erasures(engine: Engine, settings: Settings) -> None:
+    """What a worker's start does for erasures, for tools that run an engine without the worker (load_tests):
+    the key, then the erased users, handed to the engine together (its store writes nothing before)."""
+    erasures = ErasureRegistry(engine.store.client, settings.app_id)
+    await read_erasure_key(erasures, settings)
+    engine.erased = await erasures.erased_users()
+
+
 def build_policy_context(settings: Settings) -> PolicyContext:
     catalogue = load_catalogue(settings.catalogue)
     placements = tuple(p.strip() for p in settings.holdout_placements.split(",") if p.strip())
@@ -348,9 +365,11 @@ def create_app(settings: Settings) -> faust.App:
             engine.policy_ctx.levers = await levers.load()
             followed["levers"] = generation
         metrics.levers_active.set(engine.prune_levers())
+        if erasures.user_digest is None:  # start_learning reads the key first, then the erased users
+            return
         generation = await erasures.generation()
         if generation != followed["erasures"]:
-            engine.erased = await erasures.digests()
+            engine.erased = await erasures.erased_users()  # the first also lets the store write (with the key)
             followed["erasures"] = generation
         await budget_store.exchange(engine.policy_ctx.budgets)
 
@@ -367,10 +386,11 @@ def create_app(settings: Settings) -> faust.App:
     started: dict[str, dict[int, int] | None] = {"offsets": None}
 
     async def start_learning() -> None:
+        await read_erasure_key(erasures, settings)  # ErasureKeyError: logged, tried again in 1 s, never ready
         status["generation"] = await snapshots.generation()
+        # the erased users: from then on the store writes; and the fleet's budget counters, so a restarted
+        # worker does not spend the day again
         await follow_shared_state()
-        # a restarted worker takes its share of what the fleet spent of each day's budgets: not a share more
-        await budget_store.seed(engine.policy_ctx.budgets)
         started["offsets"] = await load_snapshot()
         if engine.models is not None:  # the snapshot writer trains the models; take the lease now if free
             engine.models.training = await snapshots.try_lead(worker_id, settings.snapshot_interval_s * 3)
@@ -379,7 +399,8 @@ def create_app(settings: Settings) -> faust.App:
     async def learning_feed() -> None:
         # Redis may be away while the worker starts: wait for it rather than crash (not ready meanwhile:
         # cadence_worker_ready 0, each failed try counted as op="startup")
-        while not await store_call(metrics, "startup", start_learning, "reading snapshots and levers"):
+        while not await store_call(metrics, "startup", start_learning,
+                                   "reading the erasure key, erased users, budget counters, snapshots and levers"):
             await asyncio.sleep(1.0)
         offsets = started["offsets"]
         policy_ready.set()

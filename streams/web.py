@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from contracts.decisions import DeadLetter
 from contracts.events import MAX_ID_LEN, Reason
 from engine.processor import BatchOutput, Engine, RawMessage
-from features.erasure import ErasureRegistry, erased_label
+from features.erasure import ErasureRegistry
 from features.store import FeatureStoreError
 from policy.lever_store import LeverStore
 from policy.levers import Lever, LeverError, LeverKind
@@ -417,9 +417,15 @@ def register_views(
             raise BadField(f"'user_id' must be the user's id, a string of 1..{MAX_ID_LEN} characters; "
                            f"got {user_id!r:.80}")
         who = _required(doc, "who", "the person asking, a non-empty string (audited)")
+        if erasures.user_digest is None:  # the worker is starting (or its key is refused: its log says why)
+            response = _error(web, 503, "this worker has not read the erasure key yet",
+                              "retry in a few seconds or send it to another worker; nothing was erased (ops: "
+                              "the worker's log says why if this lasts)")
+            response.headers["Retry-After"] = "5"
+            return response
         deleted = await erasures.erase(user_id)  # from here on Redis refuses the user's writes
-        engine.erased = await erasures.digests()  # and this worker leaves them out before asking Redis
-        await levers.update(lambda b: b.forget_user(user_id, erased_label(user_id)))
+        engine.erased = await erasures.erased_users()  # and this worker leaves them out before asking Redis
+        await levers.update(lambda b: b.forget_user(user_id, erasures.label(user_id)))
         await tombstone(user_id, who)
         return web.json({"erased": True, "keys_deleted": deleted})
 

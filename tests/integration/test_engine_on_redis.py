@@ -23,6 +23,8 @@ from contracts.decisions import Mode
 from engine.pending import pending_decisions
 from engine.processor import Engine, EngineConfig, RawMessage
 from features.context import CONTEXT_DIM
+from features.erasure import load_erasure_key
+from features.keys import UserDigest
 from features.state import UserState
 from features.store import RedisFeatureStore
 from features.windows import WINDOWS, add_to_cell, parse_cell
@@ -32,15 +34,30 @@ from policy.state import UserPolicyState
 from tests.helpers import T0, event
 
 pytestmark = pytest.mark.integration
+ANY_DIGEST = UserDigest(bytes(range(32)))  # for a store whose erasures no registry records: any key does
 
 
 def run(coro):  # noqa: ANN001, ANN201
     return asyncio.run(coro)
 
 
-def make_engine(rt: Runtime, metrics: Metrics | None = None) -> Engine:
+def erasure_digest(rt: Runtime, namespace: str) -> UserDigest:
+    """The namespace's erasure key as every process reads it without CADENCE_ERASURE_KEY: generated once and
+    kept in Redis (a client of its own: the caller's belongs to the event loop of its test)."""
+    async def load() -> UserDigest:
+        client = aioredis.Redis.from_url(rt.redis_url or "")
+        try:
+            return (await load_erasure_key(client, namespace, None)).digest
+        finally:
+            await client.aclose()
+    return asyncio.run(load())
+
+
+def make_engine(rt: Runtime, metrics: Metrics | None = None, namespace: str | None = None) -> Engine:
     client = aioredis.Redis.from_url(rt.redis_url or "")
-    store = RedisFeatureStore(client, f"test{uuid.uuid4().hex[:8]}", ttl_s=3600, dedup_ring=16)
+    namespace = namespace or f"test{uuid.uuid4().hex[:8]}"
+    store = RedisFeatureStore(client, namespace, ttl_s=3600, dedup_ring=16,
+                              user_digest=erasure_digest(rt, namespace))
     policy = make_policy("linucb", CONTEXT_DIM, seed=1)
     return Engine(store, PolicyContext(load_catalogue(DEFAULT_CATALOGUE)), policy, metrics or Metrics(), EngineConfig())
 
@@ -200,7 +217,7 @@ def test_updates_made_while_redis_is_down_are_replayed_when_it_returns(tmp_path)
     server.start()
     metrics = Metrics()
     client = aioredis.Redis(port=server.port, socket_timeout=1, socket_connect_timeout=0.5)
-    store = RedisFeatureStore(client, "outage", ttl_s=3600, dedup_ring=16)
+    store = RedisFeatureStore(client, "outage", ttl_s=3600, dedup_ring=16, user_digest=ANY_DIGEST)
     engine = Engine(store, PolicyContext(load_catalogue(DEFAULT_CATALOGUE)), make_policy("linucb", CONTEXT_DIM),
                     metrics, EngineConfig())
     try:
@@ -229,7 +246,8 @@ def test_a_shadow_challenger_logs_its_choice_and_never_changes_the_decision(runt
     ctx = PolicyContext(load_catalogue(DEFAULT_CATALOGUE))
 
     def engine_with(shadow):  # noqa: ANN001, ANN202
-        store = RedisFeatureStore(client, f"sh{uuid.uuid4().hex[:8]}", ttl_s=3600, dedup_ring=16)
+        store = RedisFeatureStore(client, f"sh{uuid.uuid4().hex[:8]}", ttl_s=3600, dedup_ring=16,
+                                  user_digest=ANY_DIGEST)
         return Engine(store, ctx, make_policy("linucb", CONTEXT_DIM, seed=1), Metrics(), EngineConfig(),
                       shadow_policy=shadow)
 
@@ -473,7 +491,7 @@ def test_erasing_a_user_deletes_their_key_and_nothing_else(runtime: Runtime) -> 
         await client.hset(f"{ns}:u:alice:3", "pvh", "1:1:0")  # user "alice:3"
         await client.set(f"{ns}:snap:3", b"snapshot version 3")  # shared state whose names end like ids
         await client.hset(f"{ns}:snap:index", "3", "{}")
-        registry = ErasureRegistry(client, ns)
+        registry = await ErasureRegistry.open(client, ns)
         deleted = await registry.erase("3")
         none = await registry.erase("index")
         left = sorted(k.decode() for k in await client.keys(f"{ns}:*"))
@@ -482,8 +500,8 @@ def test_erasing_a_user_deletes_their_key_and_nothing_else(runtime: Runtime) -> 
 
     deleted, none, left = run(go())
     assert (deleted, none) == (1, 0)
-    assert left == sorted([f"{ns}:u:alice:3", f"{ns}:snap:3", f"{ns}:snap:index", f"{ns}:erased",
-                           f"{ns}:erased:generation"])
+    assert left == sorted([f"{ns}:u:alice:3", f"{ns}:snap:3", f"{ns}:snap:index", f"{ns}:erased:v2",
+                           f"{ns}:erased:generation", f"{ns}:erased:key", f"{ns}:erased:key-id"])
 
 
 def test_updates_kept_through_an_outage_do_not_bring_an_erased_user_back(runtime: Runtime) -> None:
@@ -504,9 +522,9 @@ def test_updates_kept_through_an_outage_do_not_bring_an_erased_user_back(runtime
         await engine.process(msgs(event("g1", user_id="gone", device="mobile", segment="vip"),
                                   event("k1", user_id="kept", ts=T0 + 1, device="mobile")))
         store.apply, store.apply_ahead = real_apply, real_ahead  # Redis is back
-        registry = ErasureRegistry(store.client, store.namespace)
+        registry = await ErasureRegistry.open(store.client, store.namespace)
         await registry.erase("gone")  # before the buffer is replayed
-        engine.erased = await registry.digests()  # what follow_shared_state does within a second
+        engine.erased = await registry.erased_users()  # what follow_shared_state does within a second
         engine._store_retry_at = 0.0  # the breaker's second has passed
         await engine.flush_unapplied()
         return (await store.read("gone")).fields, (await store.read("kept")).fields, len(engine._unapplied)
@@ -640,12 +658,11 @@ def test_a_stored_refusal_holds_when_redis_is_away_and_after_erasure(tmp_path) -
     default that needs consent unless the request itself says consent=true: the newsletter default
     (email_digest) needs it, and this user refused it on an earlier event."""
     from cadence.runtime import redis_process
-    from features.erasure import user_digest
 
     server = redis_process(tmp_path)
     server.start()
     client = aioredis.Redis(port=server.port, socket_timeout=1, socket_connect_timeout=0.5)
-    store = RedisFeatureStore(client, "consent", ttl_s=3600, dedup_ring=16)
+    store = RedisFeatureStore(client, "consent", ttl_s=3600, dedup_ring=16, user_digest=ANY_DIGEST)
     engine = Engine(store, PolicyContext(load_catalogue(DEFAULT_CATALOGUE)), make_policy("linucb", CONTEXT_DIM),
                     Metrics(), EngineConfig())
 
@@ -659,7 +676,8 @@ def test_a_stored_refusal_holds_when_redis_is_away_and_after_erasure(tmp_path) -
             server.pause()
             down = await engine.process(msgs(request(2), request(3, consent=True), topic="email-events"))
             server.resume()
-            engine.erased = {user_digest("nc")}
+            assert engine.erased is not None
+            engine.erased = engine.erased.with_users(["nc"])
             erased = await engine.process(msgs(request(4), request(5, consent=True), topic="email-events"))
             return stored, down, erased
 

@@ -14,7 +14,7 @@ import pytest
 
 from cadence.runtime import Runtime
 from engine.processor import Engine
-from features.erasure import ErasureRegistry, erased_label, user_digest
+from features.erasure import ErasureRegistry
 from features.store import FeatureStoreError
 from policy.lever_store import LeverStore
 from tests.helpers import T0, event
@@ -31,7 +31,8 @@ def erase_view(engine: Engine) -> Any:
         await asyncio.sleep(0.05)  # a Kafka produce and its ack: the worker goes on meanwhile
 
     client, ns = engine.store.client, engine.store.namespace
-    pages = register_pages(engine, LeverStore(client, ns), ErasureRegistry(client, ns), tombstone, 1000.0)
+    registry = ErasureRegistry(client, ns, engine.store.user_digest)  # the worker's, key read at its start
+    pages = register_pages(engine, LeverStore(client, ns), registry, tombstone, 1000.0)
 
     async def erase(user_id: str) -> Response:
         return await pages["/admin/erase-user"].post(Web(), Request({"user_id": user_id, "who": "dpo"}))
@@ -41,8 +42,9 @@ def erase_view(engine: Engine) -> Any:
 async def cli_erase(engine: Engine, user_id: str) -> None:
     """What `cadence erase-user` does (cadence/cli.py), minus the tombstone: no worker is told."""
     client, ns = engine.store.client, engine.store.namespace
-    await ErasureRegistry(client, ns).erase(user_id)
-    await LeverStore(client, ns).update(lambda b: b.forget_user(user_id, erased_label(user_id)))
+    registry = await ErasureRegistry.open(client, ns)  # reads the key from Redis, as the CLI does
+    await registry.erase(user_id)
+    await LeverStore(client, ns).update(lambda b: b.forget_user(user_id, registry.label(user_id)))
 
 
 async def traces_of(engine: Engine, user_id: str) -> list[str]:
@@ -80,7 +82,7 @@ def test_the_store_scripts_never_write_an_erased_users_key(runtime: Runtime) -> 
         return update_for(parsed)  # type: ignore[arg-type]
 
     async def go() -> tuple[Any, Any, dict[str, str | None], list[str], dict[str, str]]:
-        await ErasureRegistry(store.client, store.namespace).erase("gone")
+        await (await ErasureRegistry.open(store.client, store.namespace)).erase("gone")
         await store.client.hset(store.key("gone"), "seg", "vip")  # written back by a worker of before the check
         updates = [upd("a1", "gone"), upd("b1", "kept"), upd("a2", "gone")]
         results = await store.apply(updates)
@@ -104,8 +106,9 @@ def test_an_event_before_the_worker_follows_a_cli_erasure_leaves_no_key(runtime:
         await engine.process(msgs(event("e0", user_id="alice", **PROFILED)))
         await cli_erase(engine, "alice")
         first = await engine.process(msgs(event("e1", user_id="alice", ts=T0 + 1, **PROFILED)))
-        known = set(engine.erased)
-        engine.erased = await ErasureRegistry(engine.store.client, engine.store.namespace).digests()  # the timer
+        known = engine.erased
+        registry = await ErasureRegistry.open(engine.store.client, engine.store.namespace)
+        engine.erased = await registry.erased_users()  # the timer
         later = await engine.process(msgs(event("e2", user_id="alice", ts=T0 + 2)))
         return (first, known, later), engine.metrics.erased_events._value.get(), await traces_of(engine, "alice")
 
@@ -114,7 +117,7 @@ def test_an_event_before_the_worker_follows_a_cli_erasure_leaves_no_key(runtime:
     erased_fallback(first, "alice")
     erased_fallback(later, "alice")
     assert first.learning == [] and later.learning == []
-    assert user_digest("alice") in known  # learned from Redis' refusal, before the timer
+    assert known is not None and "alice" in known  # learned from Redis' refusal, before the timer
     assert counted == 2
 
 
@@ -233,7 +236,7 @@ def test_updates_replayed_before_the_worker_follows_the_erasure_leave_no_key(run
         await cli_erase(engine, "alice")
         engine._store_retry_at = 0.0  # the breaker's second has passed
         await engine.flush_unapplied()  # the flush timer fires before the worker follows the erasure
-        known = user_digest("alice") in engine.erased
+        known = engine.erased is not None and "alice" in engine.erased
         return await traces_of(engine, "alice"), (await store.read("kept")).fields, known
 
     traces, kept, known = asyncio.run(go())

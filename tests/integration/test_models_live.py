@@ -26,7 +26,6 @@ from cadence.settings import DEFAULT_CATALOGUE
 from contracts.decisions import LearningBatch, LearningSample, decode_batch, encode_samples
 from engine.processor import Engine, EngineConfig, RawMessage
 from features.context import CONTEXT_DIM, CONTEXT_NAMES
-from features.erasure import user_digest
 from features.store import RedisFeatureStore
 from learning.label_join import JoinConfig
 from learning.live_models import (
@@ -48,6 +47,7 @@ from policy.catalogue import load_catalogue
 from policy.pipeline import PolicyContext
 from policy.stickiness import StickinessSettings
 from tests.helpers import T0, TopicReader, event, produce, start_worker
+from tests.integration.test_engine_on_redis import erasure_digest
 
 pytestmark = pytest.mark.integration
 BEST = "offer_bundle"
@@ -61,7 +61,8 @@ def messages(docs: list[dict]) -> list[RawMessage]:
 def in_process_engine(rt: Runtime, namespace: str) -> Engine:
     """An engine on the real Redis that shows offers uniformly at random (ε = 1) and trains the models."""
     client = aioredis.Redis.from_url(rt.redis_url or "")
-    store = RedisFeatureStore(client, namespace, ttl_s=30 * 86400, dedup_ring=16)
+    store = RedisFeatureStore(client, namespace, ttl_s=30 * 86400, dedup_ring=16,
+                              user_digest=erasure_digest(rt, namespace))
     # Sticky placements decide deterministically (no random draw), so for offers shown uniformly at random
     # this engine's catalogue has no stickiness: the models, not the rate limit, are under test here.
     catalogue = load_catalogue(DEFAULT_CATALOGUE)
@@ -163,7 +164,8 @@ def test_scores_learned_in_the_engine_are_sensible_published_exported_and_snapsh
 
     # Erasure drops the customer's churn watch.
     watched = engine.models.stats()["watched_customers"]
-    engine.erased = {user_digest("vip0")}
+    assert engine.erased is not None
+    engine.erased = engine.erased.with_users(["vip0"])
     assert engine.models.stats()["watched_customers"] == watched - 1
 
 

@@ -16,7 +16,7 @@ from engine.decide import POLICY_STATE_FIELD
 from features.store import RedisFeatureStore
 from policy.state import UserPolicyState
 from tests.helpers import T0, event
-from tests.integration.test_engine_on_redis import fields, make_engine, msgs, run
+from tests.integration.test_engine_on_redis import erasure_digest, fields, make_engine, msgs, run
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +54,9 @@ def test_the_email_cap_holds_with_two_processes_deciding_for_the_user_at_once(ru
 
 def test_write_fields_sets_the_policy_state_only_if_it_holds_the_expected_value(runtime: Runtime) -> None:
     client = aioredis.Redis.from_url(runtime.redis_url or "")
-    store = RedisFeatureStore(client, f"cas{uuid.uuid4().hex[:8]}", ttl_s=3600, dedup_ring=16)
+    namespace = f"cas{uuid.uuid4().hex[:8]}"
+    store = RedisFeatureStore(client, namespace, ttl_s=3600, dedup_ring=16,
+                              user_digest=erasure_digest(runtime, namespace))
 
     async def go():  # noqa: ANN202
         pol = POLICY_STATE_FIELD
@@ -123,15 +125,14 @@ def test_a_lost_race_is_merged_and_stored_in_the_same_write(runtime: Runtime) ->
 def test_a_user_erased_while_the_write_is_out_is_not_merged(runtime: Runtime) -> None:
     """The erasure drops the user's fields from the write under way (Engine.erased); a conflict Redis reported
     for that user must then be skipped, not looked up in the write: that raised a KeyError out of the batch."""
-    from features.keys import user_digest
-
     engine = make_engine(runtime)
     store = engine.store
     real_write = store.write_fields
 
     async def erased_during(writes, expected=None, cas_field=None):  # noqa: ANN001, ANN202
         await real_write(writes, expected, cas_field)
-        engine.erased = {user_digest("u1")}  # the follow timer ran while the reply was on its way
+        assert engine.erased is not None
+        engine.erased = engine.erased.with_users(["u1"])  # the follow timer ran while the reply was on its way
         return {"u1": "another process's state"}
 
     async def go() -> list[str]:

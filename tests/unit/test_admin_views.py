@@ -9,6 +9,7 @@ from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from features.keys import UserDigest
 from features.store import FeatureStoreError
 from policy.levers import LeverBook
 from tests.web_views import API, Request, Response, Web, register_pages
@@ -31,12 +32,16 @@ class Levers:
 class Erasures:
     def __init__(self) -> None:
         self.erased: list[str] = []
+        self.user_digest: UserDigest | None = UserDigest(bytes(range(32)))  # None: the key not read yet
 
     async def erase(self, user_id: str) -> int:
         self.erased.append(user_id)
         return 1
 
-    async def digests(self) -> set[str]:
+    def label(self, user_id: str) -> str:
+        return "erased:0123456789ab"
+
+    async def erased_users(self) -> Any:
         return set()
 
 

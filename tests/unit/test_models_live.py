@@ -17,7 +17,7 @@ from contracts.decisions import LearningSample
 from contracts.events import Event
 from engine.decide import BatchContexts, decide
 from features.context import CONTEXT_DIM, CONTEXT_NAMES, build_context
-from features.erasure import user_digest
+from features.keys import UserDigest
 from features.state import UserState
 from learning.label_join import JoinConfig, LabelJoin, followed
 from learning.live_models import (
@@ -37,6 +37,7 @@ from policy.pipeline import PolicyContext
 
 VALUE_SCALE = 40.0
 CLICK = 0.1
+user_digest = UserDigest(bytes(range(32))).of  # how the engine names customers to the churn labeller
 IDX = {n: i for i, n in enumerate(CONTEXT_NAMES)}
 
 
@@ -308,10 +309,10 @@ def test_churn_labels_come_from_activity_carry_no_id_and_train_the_trainer():
     trainer = LiveModels(ModelConfig(min_samples=20), CLICK, VALUE_SCALE)
     trainer.training = True
     for i in range(60):  # new customers visit once and vanish; loyal ones come back every few hours
-        owner.observe(f"new{i}", i * 60.0, context("new"))
+        owner.observe(user_digest(f"new{i}"), i * 60.0, context("new"))
     for t in np.arange(0.0, 6 * day, 3 * 3600.0):
         for i in range(10):
-            owner.observe(f"loyal{i}", float(t) + i, context("loyal", hour=float(t % day) / 3600))
+            owner.observe(user_digest(f"loyal{i}"), float(t) + i, context("loyal", hour=float(t % day) / 3600))
         owner.advance_activity(float(t))
     chunks = owner.take_churn_labels()
     assert chunks is not None and owner.take_churn_labels() is None
@@ -331,7 +332,7 @@ def test_churn_labels_ship_in_chunks_of_bounded_size():
     owner = LiveModels(ModelConfig(churn_horizon_s=100.0), CLICK, VALUE_SCALE)
     n = 2 * CHURN_CHUNK + 345
     for i in range(n):
-        owner.observe(f"gone{i}", float(i), context("new"))
+        owner.observe(user_digest(f"gone{i}"), float(i), context("new"))
     owner.advance_activity(1e6)  # every one of them churned, labelled at once
     chunks = owner.take_churn_labels()
     assert chunks is not None and owner.take_churn_labels() is None
@@ -344,8 +345,8 @@ def test_churn_labels_ship_in_chunks_of_bounded_size():
 
 def test_erasure_and_rebalance_drop_watched_customers():
     live = LiveModels(ModelConfig(), CLICK, VALUE_SCALE)
-    live.observe("u1", 0.0, context("new"))
-    live.observe("u2", 0.0, context("new"))
+    live.observe(user_digest("u1"), 0.0, context("new"))
+    live.observe(user_digest("u2"), 0.0, context("new"))
     live.forget({user_digest("u1")})
     assert live.stats()["watched_customers"] == 1
     live.reset_activity()
@@ -356,7 +357,7 @@ def test_erasure_and_rebalance_drop_watched_customers():
 def test_the_watched_share_of_customers_follows_the_setting():
     live = LiveModels(ModelConfig(churn_share=0.5), CLICK, VALUE_SCALE)
     for i in range(4000):
-        live.observe(f"user{i}", 0.0, context("casual"))
+        live.observe(user_digest(f"user{i}"), 0.0, context("casual"))
     assert 1800 < live.stats()["watched_customers"] < 2200
 
 
