@@ -73,6 +73,14 @@ def test_erase_user_and_empty_snapshot_list(runtime: Runtime, isolated: dict[str
     assert done.returncode == 0, done.stderr
     assert "1 key(s) deleted" in done.stdout and not client.exists(f"{isolated['app_id']}:u:someone")
     assert "no snapshots yet" in cadence(runtime, isolated, "snapshots", "list").stdout
+    # the erasure generated the deployment's key; a CLI run with another one would record digests nobody matches
+    client.hset(f"{isolated['app_id']}:u:another", mapping={"pvh": "1:1:0"})
+    other_key = "a-different-erasure-key-than-the-workers"
+    refused = cadence(runtime, {**isolated, "erasure_key": other_key}, "erase-user", "another", "--who", "dpo")
+    assert refused.returncode != 0 and "nothing was erased" in refused.stderr
+    assert f"set CADENCE_ERASURE_KEY to the key kept in Redis (the value of {isolated['app_id']}:erased:key)" \
+        in refused.stderr and other_key not in refused.stderr + refused.stdout
+    assert client.exists(f"{isolated['app_id']}:u:another") and client.scard(f"{isolated['app_id']}:erased:v2") == 1
     missing = cadence(runtime, isolated, "snapshots", "rollback", "42")
     assert missing.returncode != 0 and "no snapshot version 42" in missing.stderr
 

@@ -14,6 +14,7 @@ import redis
 
 from cadence.runtime import Runtime
 from cadence.workers import WorkerProcess
+from features.keys import UserDigest
 from tests.helpers import T0, TopicReader, event, produce, start_worker
 
 pytestmark = pytest.mark.integration
@@ -183,6 +184,12 @@ def test_erase_user_removes_every_key_and_excludes_the_user(worker: WorkerProces
                if client.type(k) == b"string")  # the lever book included: the pin is gone, its audit redacted
     levers = call(worker, "/admin/levers", token=ADMIN)[1]
     assert levers["levers"] == [] and levers["audit"][0]["lever"]["user_id"].startswith("erased:")
+    # no CADENCE_ERASURE_KEY: the worker generated the key, keeps it in Redis and warned about it once at start
+    kept = client.get(f"{isolated['app_id']}:erased:key")
+    assert kept and client.smembers(f"{isolated['app_id']}:erased:v2") == {
+        UserDigest.from_secret(kept.decode()).of("gdpr-user-7").encode()}
+    log = worker.log_path.read_text(errors="replace")
+    assert log.count("erasure key: CADENCE_ERASURE_KEY is unset") == 1 and kept.decode() not in log
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=runtime.kafka_bootstrap, enable_auto_commit=False)

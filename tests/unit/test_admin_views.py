@@ -90,6 +90,16 @@ def test_an_erasure_needs_a_real_user_id() -> None:
                                                                                      "keys_deleted": 1}
 
 
+def test_an_erasure_before_the_worker_read_its_key_is_a_503_that_erases_nothing() -> None:
+    # the worker reads the erasure key at start (or refuses a wrong one): until then no digest can be recorded
+    pages, erasures, tombstones = views()
+    erasures.user_digest = None
+    response = post(pages["/admin/erase-user"], {"user_id": "u1", "who": "dpo"})
+    assert response.status == 503 and response.headers["Retry-After"] == "5"
+    assert "erasure key" in response.body["error"] and "nothing was erased" in response.body["what_to_do"]
+    assert erasures.erased == [] and tombstones == []
+
+
 def test_redis_down_is_a_503_with_retry_after_not_a_500() -> None:
     async def read(user_id: str) -> None:
         raise FeatureStoreError("feature store read failed: Timeout reading from socket")

@@ -14,7 +14,7 @@ class _Request:
         self.headers = {} if authorization is None else {"Authorization": authorization}
 
 
-@pytest.mark.parametrize("name", ["api_token", "admin_token", "redis_password"])
+@pytest.mark.parametrize("name", ["api_token", "admin_token", "redis_password", "erasure_key"])
 @pytest.mark.parametrize("value", ["", "   "])
 def test_an_empty_secret_is_refused_not_taken_as_a_token(name: str, value: str) -> None:
     # CADENCE_ADMIN_TOKEN= (an unset ${VAR} in a compose file) used to open the admin endpoints to "Bearer "
@@ -55,6 +55,7 @@ def test_authorization_needs_a_real_token_and_survives_any_header() -> None:
         ({"kafka_bootstrap": "localhost:notaport"}, "'localhost:notaport' is not host:port"),
         ({"kafka_bootstrap": "k1:9092,k2:0"}, "'k2:0' is not host:port"),
         ({"kafka_bootstrap": "k1:9092,"}, "'' is not host:port"),
+        ({"erasure_key": "hunter2"}, "shorter than 32 characters, too easy to guess: give it at least 32 random"),
     ],
 )
 def test_settings_that_would_fail_later_are_refused_now(kwargs: dict, message: str) -> None:
@@ -75,8 +76,16 @@ def test_validation_errors_and_repr_never_show_secrets() -> None:
     with pytest.raises(ValidationError) as caught:
         Settings(api_token="tok-visible-1", admin_token="tok-visible-1", web_port=-1)
     assert "tok-visible-1" not in str(caught.value)
-    shown = repr(Settings(redis_url="rediss://default:hunter2@redis.example:6380/0", api_token="tok-2"))
+    with pytest.raises(ValidationError) as caught:
+        Settings(erasure_key="erasure-visible-3", web_port=-1)
+    assert "erasure-visible-3" not in str(caught.value) and "shorter than 32" in str(caught.value)
+    erasure_key = "erasure-key-4-" + "z" * 30
+    settings = Settings(redis_url="rediss://default:hunter2@redis.example:6380/0", api_token="tok-2",
+                        erasure_key=erasure_key)
+    shown = repr(settings) + str(settings)
     assert "hunter2" not in shown and "tok-2" not in shown and "redis.example:6380" in shown
+    assert erasure_key not in shown + repr(settings.model_dump()) and settings.erasure_key is not None
+    assert settings.erasure_key.get_secret_value() == erasure_key
     assert redact_url("redis://:pw@h:1/0") == "redis://:***@h:1/0"
     assert redact_url("redis://h:1/0") == "redis://h:1/0"
 
