@@ -807,9 +807,10 @@ def test_a_restarted_worker_does_not_spend_the_days_cap_again(runtime: Runtime, 
     catalogue.write_text(CAPPED)
     client = aioredis.Redis.from_url(runtime.redis_url or "")
     ns = f"test{uuid.uuid4().hex[:8]}"
+    digest = erasure_digest(runtime, ns)
 
     def worker() -> Engine:
-        store = RedisFeatureStore(client, ns, ttl_s=3600, dedup_ring=16)
+        store = RedisFeatureStore(client, ns, ttl_s=3600, dedup_ring=16, user_digest=digest)
         return Engine(store, PolicyContext(load_catalogue(catalogue)), make_policy("linucb", CONTEXT_DIM, seed=1),
                       Metrics(), EngineConfig())
 
@@ -842,9 +843,10 @@ def test_two_workers_hold_a_daily_cap_for_the_fleet_not_each(runtime: Runtime, t
     catalogue.write_text(CAPPED)
     client = aioredis.Redis.from_url(runtime.redis_url or "")
     ns = f"test{uuid.uuid4().hex[:8]}"
+    digest = erasure_digest(runtime, ns)
 
     def worker() -> Engine:
-        store = RedisFeatureStore(client, ns, ttl_s=3600, dedup_ring=16)
+        store = RedisFeatureStore(client, ns, ttl_s=3600, dedup_ring=16, user_digest=digest)
         return Engine(store, PolicyContext(load_catalogue(catalogue)), make_policy("linucb", CONTEXT_DIM, seed=1),
                       Metrics(), EngineConfig())
 
