@@ -34,18 +34,21 @@ def match_pending(event: Event, pending: list[PendingDecision], windows: Windows
     made at or before the reward's event time (a reward read after a newer decision still belongs to the
     one it followed). If every candidate is later than the reward, the latest: ``credit`` says why not.
 
-    Without a decision_id, a decision that showed something (within the reward's window, given ``windows``)
-    goes before a later one that showed "none": showing nothing cannot have caused the reward, so the action
-    shown before it is credited and learned. A "none" decision (kept for the lift) takes the reward only when
-    no action shown qualifies, so the reward still counts in the user's lift group."""
+    Without a decision_id, a decision that showed something (within the reward's window, given ``windows``,
+    and not yet credited with this reward type) goes before a later one that showed "none": showing nothing
+    cannot have caused the reward, so the action shown before it is credited and learned. A "none" decision
+    (kept for the lift) takes the reward when no action shown qualifies, so the reward still counts in the
+    user's lift group (a second conversion after a treated "none" as after a control one)."""
     if event.decision_id:
         return next((p for p in pending if p.decision_id == event.decision_id), None)
     candidates = [p for p in pending if event.action_id is None or p.action == event.action_id]
     if event.placement:
         candidates = [p for p in candidates if p.placement == event.placement]
     before = [p for p in candidates if p.ts <= event.ts]
-    window = windows.of(event.kind.reward or "") if windows is not None else math.inf
-    shown = [p for p in before if p.action != NO_ACTION and event.ts - p.ts <= window]
+    reward_type = event.kind.reward or ""
+    window = windows.of(reward_type) if windows is not None else math.inf
+    shown = [p for p in before
+             if p.action != NO_ACTION and event.ts - p.ts <= window and reward_type not in p.credited]
     return max(shown or before or candidates, key=lambda p: p.ts, default=None)
 
 

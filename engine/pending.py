@@ -297,10 +297,11 @@ def _entries(docs: list) -> list[tuple[float, str, str, list | str]]:
     return out
 
 
-def slot_with(state: UserState | None, pending: PendingDecision) -> str:
-    """The placement's field value with ``pending`` added (new) or replaced (same decision id): the newest
-    ``KEEP`` decisions, newest first (a field is always written sorted; ``pending`` goes before the kept
-    ones of the same ts).
+def slot_with(state: UserState | None, pending: PendingDecision, open_s: float = math.inf) -> str:
+    """The placement's field value with ``pending`` added (new) or replaced (same decision id): ``KEEP``
+    decisions, newest first (a field is always written sorted; ``pending`` goes before the kept ones of the
+    same ts). When one must go: a decision more than ``open_s`` (the longest reward window) older than
+    ``pending`` first, then one that showed "none", then the oldest (``_newest``).
 
     The other decisions of the placement stay as stored (no context decoded and encoded again); an entry
     whose action is the one of the entry before it is written without it.
@@ -326,7 +327,7 @@ def slot_with(state: UserState | None, pending: PendingDecision) -> str:
     token = _id_chars(pending.decision_id)
     others = [e for e in _entries(_docs(raw)) if e[1] != (pending.decision_id if isinstance(e[3], list) else token)
               ] if raw else []
-    kept = _newest(sorted([entry, *others], key=lambda e: e[0], reverse=True))
+    kept = _newest(sorted([entry, *others], key=lambda e: e[0], reverse=True), pending.ts - open_s)
     out: list[list | str] = []
     previous = None
     for _, _, act, doc in kept:
@@ -335,19 +336,23 @@ def slot_with(state: UserState | None, pending: PendingDecision) -> str:
     return _field(out)
 
 
-def _newest(entries: list[tuple[float, str, str, list | str]]) -> list[tuple[float, str, str, list | str]]:
-    """The ``KEEP`` entries to keep of ``entries`` (newest first). Decisions that showed "none" (kept for the
-    lift's count of rewards only) leave first, the oldest first, so a later "none" never pushes out an action
-    shown before it, whose reward is still to be learned."""
+def _newest(entries: list[tuple[float, str, str, list | str]], closed_before: float = -math.inf
+            ) -> list[tuple[float, str, str, list | str]]:
+    """The ``KEEP`` entries to keep of ``entries`` (newest first). Those that leave, in this order: decisions
+    made before ``closed_before`` (past every reward window of the newest: a reward after it cannot be theirs),
+    then decisions that showed "none" (kept for the lift's count of rewards only), then the oldest; the oldest
+    first within each. So a later "none" never pushes out an action shown before it whose reward may still
+    come, and never leaves at once behind actions whose windows have closed."""
     extra = len(entries) - KEEP
     if extra <= 0:
         return entries
-    dropped: set[int] = set()
-    for i in range(len(entries) - 1, -1, -1):
-        if len(dropped) == extra:
-            break
-        if entries[i][2] == NO_ACTION:
-            dropped.add(i)
+    dropped: list[int] = []
+    for leaves in (lambda e: e[0] < closed_before, lambda e: e[2] == NO_ACTION):
+        for i in range(len(entries) - 1, -1, -1):
+            if len(dropped) == extra:
+                break
+            if i not in dropped and leaves(entries[i]):
+                dropped.append(i)
     return [e for i, e in enumerate(entries) if i not in dropped][:KEEP]
 
 

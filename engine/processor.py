@@ -725,7 +725,8 @@ class Engine(EngineLearning):
             if decided.lift_only and decided.x is not None:
                 out.learning.append(lift_only_exposure(decision, decided.x, decided.lift_control))
             return
-        writes[event.user_id][pending.field] = slot_with(state, pending)
+        windows = self.config.windows
+        writes[event.user_id][pending.field] = slot_with(state, pending, max(windows.click_s, windows.conversion_s))
         eligible = decision.trace.get("eligible")
         out.learning.append(
             LearningSample(

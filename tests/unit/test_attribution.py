@@ -142,3 +142,31 @@ def test_a_reward_without_decision_id_goes_to_the_action_shown_not_to_a_later_no
     assert credit(late, later_nothing, WINDOWS) is Credit.CREDITED
     # a user who was only ever shown "none" (control group, or a treated "none"): the latest "none"
     assert match_pending(conversion, [nothing], WINDOWS) is nothing
+
+
+def test_a_none_takes_the_place_of_an_action_whose_reward_windows_have_closed() -> None:
+    # a returning user's 3 shown decisions, days past every window, kept the new "none" out of the ring: the
+    # conversion after it was then LATE for the old offer and missing from the treated group of the lift
+    state = UserState("u1", {})
+    old = [pending(_hex_id(i), "home_hero", f"offer_{i}", T0 + i) for i in range(KEEP)]
+    _keep(state, *old)
+    later = pending(_hex_id(9), "home_hero", "none", T0 + 10 * 86400)
+    state.fields[later.field] = slot_with(state, later, open_s=7 * 86400)
+    assert [p.action for p in pending_decisions(state)] == ["none", "offer_2", "offer_1"]  # the oldest left
+    conversion = reward("conversion", T0 + 10 * 86400 + 600, revenue=5)
+    assert match_pending(conversion, pending_decisions(state), WINDOWS).decision_id == later.decision_id
+    # within the window the shown ones stay (their rewards may still come): the "none" is not kept
+    state = UserState("u1", {})
+    _keep(state, *old)
+    recent = pending(_hex_id(8), "home_hero", "none", T0 + 3600)
+    state.fields[recent.field] = slot_with(state, recent, open_s=7 * 86400)
+    assert [p.action for p in pending_decisions(state)] == ["offer_2", "offer_1", "offer_0"]
+
+
+def test_a_second_conversion_goes_to_the_later_none_not_to_the_action_already_credited() -> None:
+    offer = pending("d1", "home_hero", "offer_a", T0)
+    offer.credited.append("conversion")  # the first conversion
+    nothing = pending("d2", "home_hero", "none", T0 + 600)
+    second = reward("conversion", T0 + 3600, revenue=5)
+    target = match_pending(second, [nothing, offer], WINDOWS)
+    assert target is nothing and credit(second, target, WINDOWS) is Credit.CREDITED
