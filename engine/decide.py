@@ -14,6 +14,7 @@ affine maps from one matrix product (``BatchContexts``), the same numbers as sco
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -98,6 +99,29 @@ def without_consent(event: Event, state: UserState | None, ctx: PolicyContext, p
         return Decided(decision, None)
     text = states.encode(outcome.state) if states is not None else outcome.state.encode().decode()
     return Decided(decision, None, text)
+
+
+def replayed_without_consent(event: Event, state: UserState | None, ctx: PolicyContext, policy: Policy,
+                             states: PolicyStates | None = None) -> Decided | None:
+    """A redelivered request of a user who refused consent, whose default was shown the first time: that
+    decision again (same id and action, ``trace.replayed``), recording nothing. Its contact is in the user's
+    channel history at the request's ts (stored rounded up to the second); such decisions keep no pending
+    record, so without this the duplicate was decided again and its contact recorded (and charged) once per
+    redelivery: three redeliveries filled a 3-emails-a-week cap. None: not such a request, or its contact is
+    not recorded (it showed "none", or its state was never written): decide it again."""
+    if consent_of(event, state) is not False or state is None:
+        return None
+    placement = ctx.catalogue.placements.get(event.placement or "")
+    if placement is None:
+        return None
+    history = (states.of(state) if states is not None else policy_state_of(state)).contacts.get(placement.channel)
+    if history is None or (event.ts not in history.contacts and math.ceil(event.ts) not in history.contacts):
+        return None
+    action, _ = ctx.catalogue.fallback_action(placement.id, event.ts, False)
+    if action == NO_ACTION:
+        return None
+    trace = {"fallback": "no_marketing_consent", "replayed": True}
+    return Decided(_decision(event, action, 1.0, Mode.FALLBACK, policy, trace), None)
 
 
 class PolicyStates:

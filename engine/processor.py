@@ -31,6 +31,7 @@ from engine.decide import (
     decide,
     fallback,
     lift_only_exposure,
+    replayed_without_consent,
 )
 from engine.event_clock import ClockLimits, EventClock
 from engine.inflight import WritesInFlight
@@ -644,6 +645,10 @@ class Engine(EngineLearning):
                 self.metrics.replayed_requests.labels("reemitted").inc()
                 self._emit(replay[0], out)
                 out.learning.append(replay[1])
+            elif (again := replayed_without_consent(event, state, self.policy_ctx, self.policy,
+                                                    self._policy_states)) is not None:
+                self.metrics.replayed_requests.labels("reemitted").inc()
+                self._emit(again.decision, out)  # no pending record, no learning sample: none was made
             elif decision_never_stored(event, state):  # killed before its state was written, or it showed nothing
                 self.metrics.replayed_requests.labels("redecided").inc()
                 self._decide(event, state, writes, out, batch, position, redecided=True)

@@ -893,3 +893,25 @@ def test_a_service_email_without_consent_is_capped_and_its_contacts_are_stored(r
     history = UserPolicyState.decode(stored["pol"].encode()).contacts["email"]
     assert history.contacts == [noon, noon + 86400, noon + 2 * 86400]
     assert stored["cons"] == "0" and not [f for f in stored if f.startswith("pd:")]
+
+
+def test_a_redelivered_service_email_without_consent_is_sent_again_not_counted_again(runtime: Runtime) -> None:
+    """A no-consent decision keeps no pending record, so a redelivered request (after a crash or a rebalance)
+    used to be decided again: its contact recorded and its budget charged once per redelivery, and three
+    redeliveries filled the cap of 3 emails a week. The decision goes out again, recording nothing."""
+    engine = make_engine(runtime)
+    digest = engine.policy_ctx.catalogue.actions["email_digest"]
+    engine.policy_ctx.catalogue.actions["email_digest"] = dataclasses.replace(digest, consent_needed=False)
+    noon = T0 + 12 * 3600
+    request = event("s0", "u-s", ts=noon, etype="email_request", placement="newsletter", consent=False)
+
+    async def go() -> tuple[list, dict[str, str]]:
+        outs = [await engine.process(msgs(request, topic="email-events")) for _ in range(4)]  # 3 redeliveries
+        return [d for out in outs for d in out.decisions], await fields(engine, "u-s")
+
+    decisions, stored = run(go())
+    assert len({d.decision_id for d in decisions}) == 1
+    assert [(d.action, d.trace.get("replayed")) for d in decisions] == [("email_digest", None)] + [
+        ("email_digest", True)] * 3
+    assert UserPolicyState.decode(stored["pol"].encode()).contacts["email"].contacts == [noon]
+    assert engine.policy_ctx.budgets.action_usage("email_digest", noon)[0] == 1
