@@ -286,14 +286,18 @@ def cmd_levers(args: argparse.Namespace) -> None:
         _invalid(f"CADENCE_CATALOGUE: {exc}")
 
     async def go() -> None:
-        store = LeverStore(redis_client(settings), settings.app_id)
+        store = LeverStore(redis_client(settings), settings.app_id, settings.lever_audit_keep)
         if args.action == "list":
             book = await store.load()
             for lever in book.levers:
                 print(orjson.dumps(lever.to_dict()).decode())
-            if args.audit:
-                for a in book.audit:
+            last = args.audit_last if args.audit_last is not None else 100 if args.audit else 0
+            if last:
+                for a in await store.audit(last):
                     print(f"audit {a.ts:.0f} {a.who}: {a.change} {a.lever_id} — {a.why}")
+                kept = await store.audit_length()
+                if kept > last:
+                    print(f"audit: the newest {last} of {kept} entries kept; --audit-last N for more")
             return
         now = time.time()  # wall clock: when the change is made (audit)
         if args.action == "revoke":
@@ -343,7 +347,8 @@ def cmd_erase_user(args: argparse.Namespace) -> None:
         # the workers' key (CADENCE_ERASURE_KEY, or the one kept in Redis): with another, refused
         registry = await ErasureRegistry.open(client, settings.app_id, settings.erasure_key)
         deleted = await registry.erase(args.user_id)
-        await LeverStore(client, settings.app_id).update(  # levers aimed at the user: gone, audit redacted
+        # levers aimed at the user: gone, their audit entries (book and list) redacted
+        await LeverStore(client, settings.app_id, settings.lever_audit_keep).update(
             lambda b: b.forget_user(args.user_id, registry.label(args.user_id)))
         return deleted
 
@@ -366,6 +371,13 @@ def cmd_up(args: argparse.Namespace) -> None:
         print(f"export KAFKA_BOOTSTRAP={rt.kafka_bootstrap} REDIS_URL={rt.redis_url}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             signal.pause()
+
+
+def _count(text: str) -> int:
+    """A whole number >= 0 (argparse type)."""
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -402,7 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("levers", help="pin, boost, ban or kill; list and revoke (audited)")
     lv = sp.add_subparsers(dest="action", required=True)
     ls = lv.add_parser("list", help="active levers")
-    ls.add_argument("--audit", action="store_true", help="also print who changed what, when and why")
+    ls.add_argument("--audit", action="store_true",
+                    help="also print who changed what, when and why (the newest 100 changes)")
+    ls.add_argument("--audit-last", type=_count, metavar="N",
+                    help="the newest N changes instead of 100 (implies --audit)")
     for kind in ("pin", "boost", "ban", "kill", "revoke"):
         k = lv.add_parser(kind, help=f"{kind} a lever" if kind != "revoke" else "remove a lever")
         k.add_argument("--who", required=True, help="who makes the change (audited)")

@@ -231,6 +231,10 @@ class Settings(BaseSettings):
         "wherever `cadence erase-user` runs. Unset: one is generated and kept in Redis ({app_id}:erased:key), so "
         "a dump of Redis holds both digests and key (a warning at start); set it in production."
     )
+    lever_audit_keep: int = Field(
+        100_000, ge=1, le=100_000_000, description="Lever audit entries kept in Redis ({app_id}:levers:audit, one "
+        "per change, ~300 B each): the newest ones; older ones are dropped (logged) as changes come."
+    )
     http_max_rps: float = Field(
         5000.0, ge=1, le=1_000_000, description="Most GET /decide requests per second per worker."
     )

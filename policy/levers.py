@@ -13,8 +13,11 @@ through a backlog), and ``set_at`` records the wall-clock time it was set (the a
 pins apply, the most specific wins (user, then segment, then everyone), then the one set last (``set_at``,
 else ``ts`` for levers from before ``set_at`` was kept). Boosts multiply; bans add up.
 
-:class:`LeverBook` holds the levers and the audit trail and is plain data: ``to_json``/``from_json`` for
-Redis, ``apply``/``revoke`` for the CLI and HTTP endpoints.
+:class:`LeverBook` holds the levers and is plain data: ``to_json``/``from_json`` for Redis, ``apply``/``revoke``
+for the CLI and HTTP endpoints. Its JSON, which every worker reloads after any change, holds only the levers: each
+change leaves an :class:`AuditRecord` in the book (``pending_audit``) that the store takes (``take_audit``) and
+appends to the audit list in Redis in the same transaction (policy/lever_store.py), so the audit never grows the
+book. A book stored by a release that kept the audit inside it loads with those records pending, oldest first.
 """
 
 from __future__ import annotations
@@ -200,6 +203,28 @@ class AuditRecord:
     lever: dict
 
 
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> AuditRecord:
+        try:
+            doc = orjson.loads(raw)
+            record = cls(**doc)
+        except (orjson.JSONDecodeError, TypeError) as exc:
+            raise LeverError(f"lever audit entry is damaged ({exc}): {raw[:120]!r}") from None
+        if not isinstance(record.lever, dict):
+            raise LeverError(f"lever audit entry is damaged ('lever' is no object): {raw[:120]!r}")
+        return record
+
+
+def redact(record: AuditRecord, user_id: str, replacement: str) -> AuditRecord:
+    """``record`` with ``replacement`` for ``user_id`` where its lever names the user (GDPR erasure)."""
+    if record.lever.get("user_id") != user_id:
+        return record
+    return replace(record, lever={**record.lever, "user_id": replacement})
+
+
 @dataclass(frozen=True, slots=True)
 class ActiveLevers:
     """The levers that apply to one request."""
@@ -218,15 +243,29 @@ NO_LEVERS = ActiveLevers()
 class LeverBook:
     def __init__(self) -> None:
         self._levers: dict[str, Lever] = {}
-        self._audit: list[AuditRecord] = []
+        self._audit: list[AuditRecord] = []  # not in the audit list yet: an old book's, then this book's changes
+        self._redactions: list[tuple[str, str]] = []  # (user_id, replacement) for the audit list, from forget_user
 
     @property
     def levers(self) -> list[Lever]:
         return list(self._levers.values())
 
     @property
-    def audit(self) -> list[AuditRecord]:
+    def pending_audit(self) -> list[AuditRecord]:
+        """The audit records not in the shared audit list yet, oldest first: those a book of the previous release
+        held in its JSON, then those of the changes made to this book since it was read."""
         return list(self._audit)
+
+    def take_audit(self) -> list[AuditRecord]:
+        """The pending audit records, oldest first, for the store to append to the audit list; empties them."""
+        records, self._audit = self._audit, []
+        return records
+
+    def take_redactions(self) -> list[tuple[str, str]]:
+        """``(user_id, replacement)`` for each ``forget_user`` since the last call: the store writes the
+        replacement where the audit list names the user; empties them."""
+        redactions, self._redactions = self._redactions, []
+        return redactions
 
     def apply(self, lever: Lever) -> None:
         """Add a lever, or replace the one with the same id (both audited)."""
@@ -247,12 +286,13 @@ class LeverBook:
 
     def forget_user(self, user_id: str, replacement: str) -> int:
         """GDPR erasure: drop the levers that target ``user_id`` and write ``replacement`` (a digest, not the
-        id) where the audit names them; returns how many levers were dropped. The audit keeps who did what."""
+        id) where the audit names them: in the pending records here, and (``take_redactions``) in the audit list
+        by the store; returns how many levers were dropped. The audit keeps who did what."""
         gone = [k for k, lv in self._levers.items() if lv.user_id == user_id]
         for k in gone:
             del self._levers[k]
-        self._audit = [replace(a, lever={**a.lever, "user_id": replacement}) if a.lever.get("user_id") == user_id
-                       else a for a in self._audit]
+        self._audit = [redact(a, user_id, replacement) for a in self._audit]
+        self._redactions.append((user_id, replacement))
         return len(gone)
 
     def prune(self, ts: float) -> list[str]:
@@ -284,12 +324,9 @@ class LeverBook:
         )
 
     def to_json(self) -> bytes:
-        return orjson.dumps(
-            {
-                "levers": [lv.to_dict() for lv in self._levers.values()],
-                "audit": [asdict(r) for r in self._audit],
-            }
-        )
+        """The levers only (the audit is the store's list). ``"audit": []`` stays for workers of the previous
+        release, which refuse a book without it, until every worker is upgraded."""
+        return orjson.dumps({"levers": [lv.to_dict() for lv in self._levers.values()], "audit": []})
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> LeverBook:
@@ -300,7 +337,8 @@ class LeverBook:
                 lever = Lever.from_dict(d)
                 lever.check()
                 book._levers[lever.lever_id] = lever
-            book._audit = [AuditRecord(**r) for r in doc["audit"]]
+            # a book of the previous release holds its audit: pending, for the store to move to the audit list
+            book._audit = [AuditRecord(**r) for r in doc.get("audit", ())]
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise LeverError(f"lever book JSON is damaged ({exc}); restore it from the audit log") from None
         return book

@@ -351,7 +351,7 @@ def create_app(settings: Settings) -> faust.App:
         log.warning("loaded snapshot version %s (policy version %s)", info.version, info.policy_version)
         return dict(info.offsets)
 
-    levers = LeverStore(engine.store.client, settings.app_id)
+    levers = LeverStore(engine.store.client, settings.app_id, settings.lever_audit_keep)
     erasures = ErasureRegistry(engine.store.client, settings.app_id)
     budget_store = BudgetStore(engine.store.client, settings.app_id)
     followed = {"levers": -1, "erasures": -1}

@@ -103,6 +103,8 @@ def _optional(doc: dict[str, Any], name: str, what: str) -> str | None:
     return None if doc.get(name) is None else _required(doc, name, what)
 
 
+AUDIT_SHOWN = 100  # GET /admin/levers: the newest audit entries shown; ?audit=N for another number
+AUDIT_SHOWN_MAX = 10_000
 WHO = "the person making the change, a non-empty string (audited)"
 WHY = "why the change is made, a non-empty string (audited)"
 
@@ -388,10 +390,14 @@ def register_views(
             book = await levers.update(lambda b: b.revoke(lever_id, who, why, time.time()))
             engine.policy_ctx.levers = book
             return web.json({"revoked": lever_id, "levers": len(book.levers)})
-        book = await levers.load()
+        last = request.query.get("audit", str(AUDIT_SHOWN))
+        if not (last.isascii() and last.isdigit() and int(last) <= AUDIT_SHOWN_MAX):
+            raise BadField(f"'audit' must be how many of the newest audit entries to show, 0..{AUDIT_SHOWN_MAX}, "
+                           f"got {last!r:.40}")
+        book = await levers.load()  # first: a book of the previous release moves its audit to the list
         return web.json({"levers": [lv.to_dict() for lv in book.levers],
                          "audit": [{"ts": a.ts, "who": a.who, "why": a.why, "change": a.change,
-                                    "lever_id": a.lever_id, "lever": a.lever} for a in book.audit]})
+                                    "lever_id": a.lever_id, "lever": a.lever} for a in await levers.audit(int(last))]})
 
     async def kill_view(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
         doc = await body(request)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
 import redis
 
@@ -30,6 +31,10 @@ def test_levers_pin_list_audit_revoke(runtime: Runtime, isolated: dict[str, str]
     assert '"lever_id":"p9"' in listed and '"expires":1767607200.0' in listed and "ana: apply p9 — call" in listed
     assert cadence(runtime, isolated, "levers", "revoke", "p9", "--who", "bo", "--why", "done").returncode == 0
     assert '"lever_id":"p9"' not in cadence(runtime, isolated, "levers", "list").stdout
+    # the newest N of the audit list, and how many more it keeps
+    last = cadence(runtime, isolated, "levers", "list", "--audit-last", "1").stdout.splitlines()
+    assert len(last) == 2 and last[0].startswith("audit ") and last[0].endswith("bo: revoke p9 — done")
+    assert last[1] == "audit: the newest 1 of 2 entries kept; --audit-last N for more"
     bad = cadence(runtime, isolated, "levers", "boost", "offer_bundle", "--factor", "-1", "--who", "a", "--why", "b")
     assert bad.returncode != 0 and "factor" in bad.stderr
 
@@ -50,7 +55,8 @@ def test_levers_set_without_ts_apply_to_a_backlog(runtime: Runtime, isolated: di
     assert kill.expires == (kill.set_at or 0) + 7200  # --hours: from when it was set, as event time
     assert book.active(before - 30 * 86400, "u1", None, "home_hero").kill == kill.lever_id  # the backlog too
     assert book.active(kill.expires, "u1", None, "home_hero").kill is None
-    assert book.audit[0].ts == kill.set_at
+    (record,) = redis.Redis.from_url(runtime.redis_url or "").lrange(f"{isolated['app_id']}:levers:audit", 0, -1)
+    assert orjson.loads(record)["ts"] == kill.set_at  # the audit list, not the book
 
 
 def test_levers_naming_what_the_catalogue_does_not_have_are_refused(runtime: Runtime,

@@ -11,22 +11,27 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from features.keys import UserDigest
 from features.store import FeatureStoreError
-from policy.levers import LeverBook
+from policy.levers import AuditRecord, LeverBook
 from tests.web_views import API, Request, Response, Web, register_pages
 
 
 class Levers:
     def __init__(self, fail: bool = False) -> None:
         self.book, self.fail = LeverBook(), fail
+        self.records: list[AuditRecord] = []
 
     async def update(self, change: Any) -> LeverBook:
         if self.fail:
             raise RedisConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
         change(self.book)
+        self.records += self.book.take_audit()
         return self.book
 
     async def load(self) -> LeverBook:
         return self.book
+
+    async def audit(self, last: int) -> list[AuditRecord]:
+        return self.records[-last:] if last else []
 
 
 class Erasures:
@@ -167,3 +172,33 @@ def test_decide_answers_503_from_the_moment_the_worker_starts_to_stop() -> None:
                                                           method="GET")))
     assert (response.status, response.headers["Retry-After"]) == (503, "1")
     assert "another worker" in response.body["what_to_do"]
+
+
+class AuditedLevers(Levers):
+    """A lever store whose audit is a list of its own (as Redis' {ns}:levers:audit), not in the book."""
+
+    def __init__(self, records: list[AuditRecord]) -> None:
+        super().__init__()
+        self.records, self.asked = records, []
+
+    async def audit(self, last: int) -> list[AuditRecord]:
+        self.asked.append(last)
+        return await super().audit(last)
+
+
+def test_get_levers_shows_the_newest_audit_entries_from_the_audit_list() -> None:
+    # the audit used to be read from the book every worker reloads (and grew without end inside it)
+    records = [AuditRecord(1_780_000_000.0 + i, "crm", "sync", "apply", f"p{i}", {"lever_id": f"p{i}"})
+               for i in range(150)]
+    levers = AuditedLevers(records)
+    pages, _, _ = views(levers=levers)
+    view = pages["/admin/levers"]
+    body = asyncio.run(view.get(Web(), Request(method="GET"))).body
+    assert body["levers"] == [] and [a["lever_id"] for a in body["audit"]] == [f"p{i}" for i in range(50, 150)]
+    assert body["audit"][-1] == {"ts": 1_780_000_149.0, "who": "crm", "why": "sync", "change": "apply",
+                                 "lever_id": "p149", "lever": {"lever_id": "p149"}}
+    some = asyncio.run(view.get(Web(), Request(method="GET", query={"audit": "3"}))).body
+    assert [a["lever_id"] for a in some["audit"]] == ["p147", "p148", "p149"] and levers.asked == [100, 3]
+    for bad in ("x", "-1", "1e9"):
+        response = asyncio.run(view.get(Web(), Request(method="GET", query={"audit": bad})))
+        assert response.status == 400 and "'audit'" in response.body["error"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import orjson
 import pytest
 
 from policy.levers import NO_LEVERS, Lever, LeverBook, LeverError, LeverKind
@@ -127,12 +130,12 @@ def test_bad_levers_are_refused(bad: Lever, message: str) -> None:
 def test_every_change_is_audited() -> None:
     b = book(lever("p", LeverKind.PIN), lever("p", LeverKind.PIN, "offer_b", who="bo", why="swap", ts=T0 + 5))
     b.revoke("p", "cy", "campaign over", T0 + 9)
-    assert [(r.change, r.who, r.why, r.ts) for r in b.audit] == [
+    assert [(r.change, r.who, r.why, r.ts) for r in b.pending_audit] == [
         ("apply", "ana", "test", T0),
         ("replace", "bo", "swap", T0 + 5),
         ("revoke", "cy", "campaign over", T0 + 9),
     ]
-    assert b.audit[1].lever["action"] == "offer_b"
+    assert b.pending_audit[1].lever["action"] == "offer_b"
     assert b.levers == []
     with pytest.raises(LeverError, match="no lever 'p'"):
         b.revoke("p", "cy", "again", T0 + 10)
@@ -143,7 +146,7 @@ def test_every_change_is_audited() -> None:
 def test_prune_drops_expired_levers_but_keeps_the_audit() -> None:
     b = book(lever("a", LeverKind.BAN, expires=T0 + 10), lever("b", LeverKind.BAN))
     assert b.prune(T0 + 10) == ["a"]
-    assert [lv.lever_id for lv in b.levers] == ["b"] and len(b.audit) == 2
+    assert [lv.lever_id for lv in b.levers] == ["b"] and len(b.pending_audit) == 2
 
 
 def test_json_round_trip() -> None:
@@ -153,7 +156,7 @@ def test_json_round_trip() -> None:
     )
     b.revoke("k", "ana", "fixed", T0 + 1)
     back = LeverBook.from_json(b.to_json())
-    assert back.levers == b.levers and back.audit == b.audit
+    assert back.levers == b.levers and back.pending_audit == []  # the audit is the store's list, not the book's
     assert back.active(T0 + 2, "u", "vip", "hero").boosts == {"offer_a": 1.3}
 
 
@@ -218,7 +221,7 @@ def test_a_lever_set_now_applies_to_every_event_processed_from_then_on_whatever_
     for at in (T0 - 365 * 86400, T0, set_at, set_at + 7199):
         assert b.active(at, "u1", None, "hero").kill == "k", at
     assert b.active(set_at + 7200, "u1", None, "hero").kill is None  # expiry is event time, as for every lever
-    assert [(r.change, r.ts) for r in b.audit] == [("apply", set_at)]  # the audit: when it was set (wall clock)
+    assert [(r.change, r.ts) for r in b.pending_audit] == [("apply", set_at)]  # the audit: when it was set (wall clock)
     back = LeverBook.from_json(b.to_json())
     assert back.levers == [kill] and "ts" not in back.levers[0].to_dict()
     assert b.prune(set_at + 7200) == ["k"]
@@ -244,3 +247,40 @@ def test_a_lever_set_now_must_expire_after_it_is_set(hours: float) -> None:
     # it would still kill or ban late and backlog events until then
     with pytest.raises(LeverError, match="must be after the time it is set"):
         lever("k", LeverKind.KILL, None, ts=None, set_at=T0, expires=T0 + hours * 3600).check()
+
+
+def test_the_book_json_holds_only_the_active_levers_however_many_changes() -> None:
+    # the audit used to ride in the book every worker reloads on any change: 1,000 changes made it grow 1,000-fold
+    b = book(lever("keep", LeverKind.BAN))
+    size = len(b.to_json())
+    for i in range(500):
+        b.apply(lever(f"p{i}", LeverKind.PIN, user_id=f"u{i}"))
+        b.revoke(f"p{i}", "crm", "sync", T0 + i)
+    assert len(b.to_json()) == size
+    assert orjson.loads(b.to_json()) == {"levers": [lever("keep", LeverKind.BAN).to_dict()], "audit": []}
+    records = b.take_audit()  # the changes' records, in order, for the store to append to the audit list
+    assert [(r.change, r.lever_id) for r in records[:4]] == [("apply", "keep"), ("apply", "p0"), ("revoke", "p0"),
+                                                            ("apply", "p1")]
+    assert len(records) == 1001 and b.take_audit() == [] and b.pending_audit == []
+
+
+def test_a_book_of_the_previous_release_loads_with_its_audit_to_move() -> None:
+    old = book(lever("a", LeverKind.BAN), lever("b", LeverKind.PIN, user_id="u1"))
+    old.revoke("a", "bo", "done", T0 + 1)
+    records = old.pending_audit
+    legacy = orjson.dumps({"levers": [lv.to_dict() for lv in old.levers],
+                           "audit": [dataclasses.asdict(r) for r in records]})
+    back = LeverBook.from_json(legacy)
+    assert back.levers == old.levers and back.pending_audit == records  # in order, nothing lost
+    back.apply(lever("c", LeverKind.BAN))
+    assert [r.lever_id for r in back.take_audit()] == ["a", "b", "a", "c"]  # the old ones first
+    assert orjson.loads(back.to_json())["audit"] == []
+    assert LeverBook.from_json(b'{"levers": []}').levers == []  # no "audit" at all: a book of a later release
+
+
+def test_forget_user_asks_the_store_to_rewrite_the_audit_list() -> None:
+    b = book(lever("p", LeverKind.PIN, user_id="u1"), lever("q", LeverKind.PIN, user_id="u2"))
+    assert b.forget_user("u1", "erased:0123") == 1
+    assert b.take_redactions() == [("u1", "erased:0123")] and b.take_redactions() == []
+    # records not stored yet are rewritten in the book itself
+    assert [r.lever.get("user_id") for r in b.pending_audit] == ["erased:0123", "u2"]
