@@ -97,15 +97,6 @@ class _Buckets:
         self._unflushed = {}
         return taken
 
-    def give_back(self, taken: Totals) -> None:
-        """What ``take_unflushed`` gave that could not be stored: handed over again next time."""
-        for k, (count, spend) in taken.items():
-            pending = self._unflushed.get(k)
-            if pending is None:
-                pending = self._unflushed[k] = _Bucket()
-            pending.count += count
-            pending.spend += spend
-
 
 class WorkerBudgets:
     """Per-worker limits: decisions and spend per action per UTC day, changes per placement per hour."""
@@ -171,8 +162,3 @@ class WorkerBudgets:
     def take_unflushed(self) -> tuple[Totals, Totals]:
         """(action totals, change totals) recorded since the last call, to add to the fleet's totals."""
         return self._actions.take_unflushed(), self._changes.take_unflushed()
-
-    def give_back(self, actions: Totals, changes: Totals) -> None:
-        """What ``take_unflushed`` gave that Redis did not take: it is handed over again next time."""
-        self._actions.give_back(actions)
-        self._changes.give_back(changes)

@@ -132,14 +132,6 @@ def test_what_was_recorded_is_handed_over_once_per_bucket() -> None:
     assert b.action_usage("a", DAY0) == (2, 0.75)  # the worker's own counters stay
 
 
-def test_what_redis_did_not_take_is_handed_over_again_with_what_came_after() -> None:
-    b = WorkerBudgets()
-    b.record_action("a", DAY0, 0.5)
-    b.give_back(*b.take_unflushed())  # the flush failed
-    b.record_action("a", DAY0, 0.5)
-    assert b.take_unflushed()[0] == {("a", int(DAY0 // 86400)): (2, 1.0)}
-
-
 def test_a_restarted_worker_takes_its_share_of_what_the_fleet_spent() -> None:
     day, hour = int(DAY0 // 86400), int(DAY0 // 3600)
     fleet = ({("a", day): (10, 5.0), ("a", day - 1): (99, 99.0)}, {("p", hour): (3, 0.0)})
