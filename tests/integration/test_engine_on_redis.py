@@ -13,6 +13,7 @@ import numpy as np
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 import features
 from bandits import make_policy
@@ -866,6 +867,81 @@ def test_two_workers_hold_a_daily_cap_for_the_fleet_not_each(runtime: Runtime, t
     # within about a second of each other both workers may still show it; after that the fleet's cap holds
     assert shown == ["offer_capped", "offer_capped", "none", "none"]
     assert stored == b"2"
+
+
+class _FaultyRedis:
+    """Fails the Redis client's connections while ``mode`` is set: "lost reply" lets Redis receive and apply
+    each command, then loses its reply (the client times out, as with socket_timeout=2 and a slow Redis);
+    "refused" fails before anything is sent. Patched on the connections, under the client's own retries."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from redis.asyncio.connection import AbstractConnection
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        self.mode: str | None = None
+        read, send = AbstractConnection.read_response, AbstractConnection.send_packed_command
+        faults = self
+
+        async def read_response(conn, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            reply = await read(conn, *args, **kwargs)
+            if faults.mode == "lost reply":
+                raise RedisTimeoutError("Timeout reading from socket")
+            return reply
+
+        async def send_packed_command(conn, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            if faults.mode == "refused":
+                raise RedisConnectionError("Connection refused")
+            return await send(conn, *args, **kwargs)
+
+        monkeypatch.setattr(AbstractConnection, "read_response", read_response)
+        monkeypatch.setattr(AbstractConnection, "send_packed_command", send_packed_command)
+
+
+@pytest.mark.parametrize("fault", ["lost reply", "refused"])
+def test_a_budget_flush_whose_reply_is_lost_or_refused_is_counted_once(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch, fault: str
+) -> None:
+    # A flush Redis applied but whose reply was lost (a timeout) was given back and added again the next
+    # second (and redis-py's own retries re-sent the MULTI): the fleet's totals grew by a whole flush per
+    # slow reply, so caps and budgets were reached early. A flush is now applied at most once (its sequence
+    # number is kept in Redis with the counts); one that did not reach Redis is applied by the next flush.
+    from policy.budget_store import BudgetStore
+    from policy.budgets import WorkerBudgets
+
+    faults = _FaultyRedis(monkeypatch)
+    ns = f"test{uuid.uuid4().hex[:8]}"
+    day_key = f"{ns}:budget:d:{int(T0 // 86400)}"
+
+    async def go():  # noqa: ANN202
+        client = aioredis.Redis.from_url(runtime.redis_url or "")
+        store, budgets = BudgetStore(client, ns), WorkerBudgets()
+        try:
+            budgets.record_action("warm_up", T0, 0.0)
+            await store.exchange(budgets)  # the connection is open (and any script loaded) before the fault
+            budgets.record_action("offer_capped", T0 + 1, 0.5)
+            budgets.take_change("home_hero", T0 + 1)
+            faults.mode = fault
+            with pytest.raises(RedisError):
+                await store.flush(budgets)
+            faults.mode = None
+            after_failure = await client.hget(day_key, "offer_capped:n")
+            budgets.record_action("offer_capped", T0 + 2, 0.25)  # counted between the failure and the retry
+            for _ in range(2):  # the next seconds
+                await store.exchange(budgets)
+            seen = budgets.action_usage("offer_capped", T0)
+            stored = await client.hgetall(day_key), await client.hgetall(f"{ns}:budget:h:{int(T0 // 3600)}")
+            marker = await client.get(f"{ns}:budget:flushed:{store.process_id}"), await client.ttl(store.marker_key)
+            return after_failure, seen, stored, marker
+        finally:
+            await client.aclose()
+
+    after_failure, seen, (day, hour), (last_seq, marker_ttl) = run(go())
+    assert after_failure == (b"1" if fault == "lost reply" else None)  # applied (reply lost) / not applied
+    assert day == {b"warm_up:n": b"1", b"offer_capped:n": b"2", b"offer_capped:spend": b"0.75"}
+    assert hour == {b"home_hero": b"1"}
+    assert seen == (2, 0.75)  # the worker's counters, raised to the fleet's totals: not inflated either
+    assert last_seq == b"3" and 0 < marker_ttl <= 4 * 86400  # warm-up, the failed flush, the one after it
 
 
 def test_a_service_email_without_consent_is_capped_and_its_contacts_are_stored(runtime: Runtime) -> None:
