@@ -8,7 +8,8 @@ A request for a bucket older than those kept (``keep_days`` / ``keep_hours`` beh
 be accounted for and is refused: a very late request never spends a budget twice.
 
 The counts are the fleet's through Redis (``policy/budget_store.py``): every second each worker adds what it
-recorded since its last flush (``take_unflushed``) to the fleet's totals and raises its counters to them
+recorded since its last flush (``take_unflushed``; a flush that fails is kept and resent by the store, at most
+once applied) to the fleet's totals and raises its counters to them
 (``seed``; also at start, so a restarted worker does not spend the day again). A worker's own decisions
 count at once; the other workers' within about a second. The bookkeeping here is pure; the I/O is there.
 """
