@@ -1,8 +1,9 @@
 """The latest decisions per user and placement, kept in the user's hash until their rewards are in.
 
-One field ``pd:{placement}`` holds the last ``KEEP`` decisions of that placement (newest first), so a
-reward arriving days later is learned with its context. Keeping more than the latest one matters: a
-conversion often arrives after the user's next page view has replaced the decision it belongs to.
+One field ``pd:{placement}`` holds the last ``KEEP`` decisions of that placement that showed an action, and
+the last that showed "none" (a decision of the lift's groups, kept so a reward after it counts there), newest
+first, so a reward arriving days later is learned with its context. Keeping more than the latest one matters:
+a conversion often arrives after the user's next page view has replaced the decision it belongs to.
 
 Wire forms (all are read; a field is written in the first that can hold it):
 
@@ -42,7 +43,7 @@ from features.state import UserState
 from policy.catalogue import NO_ACTION
 
 PENDING_PREFIX = "pd:"
-KEEP = 3  # decisions kept per placement: ~50 bytes each
+KEEP = 3  # decisions that showed an action kept per placement (and one "none"): ~50 bytes each
 
 # Wire constants of the compact form: never change a letter or a position, only add.
 _MODE_LETTER = {"exploit": "x", "sticky": "s", "holdout": "h", "explore": "e", "pinned": "p",
@@ -297,11 +298,10 @@ def _entries(docs: list) -> list[tuple[float, str, str, list | str]]:
     return out
 
 
-def slot_with(state: UserState | None, pending: PendingDecision, open_s: float = math.inf) -> str:
-    """The placement's field value with ``pending`` added (new) or replaced (same decision id): ``KEEP``
-    decisions, newest first (a field is always written sorted; ``pending`` goes before the kept ones of the
-    same ts). When one must go: a decision more than ``open_s`` (the longest reward window) older than
-    ``pending`` first, then one that showed "none", then the oldest (``_newest``).
+def slot_with(state: UserState | None, pending: PendingDecision) -> str:
+    """The placement's field value with ``pending`` added (new) or replaced (same decision id): the newest
+    ``KEEP`` decisions that showed an action and the newest that showed "none" (``_newest``), newest first (a
+    field is always written sorted; ``pending`` goes before the kept ones of the same ts).
 
     The other decisions of the placement stay as stored (no context decoded and encoded again); an entry
     whose action is the one of the entry before it is written without it.
@@ -327,7 +327,7 @@ def slot_with(state: UserState | None, pending: PendingDecision, open_s: float =
     token = _id_chars(pending.decision_id)
     others = [e for e in _entries(_docs(raw)) if e[1] != (pending.decision_id if isinstance(e[3], list) else token)
               ] if raw else []
-    kept = _newest(sorted([entry, *others], key=lambda e: e[0], reverse=True), pending.ts - open_s)
+    kept = _newest(sorted([entry, *others], key=lambda e: e[0], reverse=True))
     out: list[list | str] = []
     previous = None
     for _, _, act, doc in kept:
@@ -336,24 +336,23 @@ def slot_with(state: UserState | None, pending: PendingDecision, open_s: float =
     return _field(out)
 
 
-def _newest(entries: list[tuple[float, str, str, list | str]], closed_before: float = -math.inf
-            ) -> list[tuple[float, str, str, list | str]]:
-    """The ``KEEP`` entries to keep of ``entries`` (newest first). Those that leave, in this order: decisions
-    made before ``closed_before`` (past every reward window of the newest: a reward after it cannot be theirs),
-    then decisions that showed "none" (kept for the lift's count of rewards only), then the oldest; the oldest
-    first within each. So a later "none" never pushes out an action shown before it whose reward may still
-    come, and never leaves at once behind actions whose windows have closed."""
-    extra = len(entries) - KEEP
-    if extra <= 0:
-        return entries
-    dropped: list[int] = []
-    for leaves in (lambda e: e[0] < closed_before, lambda e: e[2] == NO_ACTION):
-        for i in range(len(entries) - 1, -1, -1):
-            if len(dropped) == extra:
-                break
-            if i not in dropped and leaves(entries[i]):
-                dropped.append(i)
-    return [e for i, e in enumerate(entries) if i not in dropped][:KEEP]
+def _newest(entries: list[tuple[float, str, str, list | str]]) -> list[tuple[float, str, str, list | str]]:
+    """The entries to keep of ``entries`` (newest first): the newest ``KEEP`` that showed an action, and the
+    newest that showed "none" (kept for the lift's count of rewards only). So a "none" never pushes out an
+    action shown before it, whose reward may still come (late rewards too), and an action never pushes out the
+    "none" a reward after it counts on."""
+    shown = nothing = 0
+    kept = []
+    for e in entries:
+        if e[2] == NO_ACTION:
+            nothing += 1
+            if nothing <= 1:
+                kept.append(e)
+        else:
+            shown += 1
+            if shown <= KEEP:
+                kept.append(e)
+    return kept
 
 
 def _first(raw: str, text: str, pending: PendingDecision) -> str | None:

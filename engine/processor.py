@@ -730,8 +730,7 @@ class Engine(EngineLearning):
             if decided.lift_only and decided.x is not None:
                 out.learning.append(lift_only_exposure(decision, decided.x, decided.lift_control))
             return
-        windows = self.config.windows
-        writes[event.user_id][pending.field] = slot_with(state, pending, max(windows.click_s, windows.conversion_s))
+        writes[event.user_id][pending.field] = slot_with(state, pending)
         eligible = decision.trace.get("eligible")
         out.learning.append(
             LearningSample(

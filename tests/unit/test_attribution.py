@@ -116,18 +116,20 @@ def _keep(state: UserState, *decisions: PendingDecision) -> list[str]:
 @pytest.mark.parametrize("ident", [_hex_id, lambda i: f"d{i}"], ids=["compact", "list form"])
 def test_a_decision_that_showed_none_never_pushes_out_an_action_shown_before_it(ident) -> None:  # noqa: ANN001
     # "none" decisions of the lift's groups are kept so a reward after them counts in the lift; an action's
-    # entry still waits for its reward to be learned, so the "none" ones leave first, the oldest first
+    # entry still waits for its reward to be learned (late rewards too): KEEP actions and the newest "none"
     state = UserState("u1", {})
     shown = [pending(ident(i), "home_hero", f"offer_{i}", T0 + i) for i in range(KEEP)]
     assert _keep(state, *shown) == [f"offer_{i}" for i in range(KEEP - 1, -1, -1)]
     assert _keep(state, pending(ident(10), "home_hero", "none", T0 + 10)) == [
-        f"offer_{i}" for i in range(KEEP - 1, -1, -1)]  # full of actions: the "none" is not kept
+        "none", *(f"offer_{i}" for i in range(KEEP - 1, -1, -1))]
+    assert _keep(state, pending(ident(11), "home_hero", "offer_x", T0 + 11)) == [
+        "offer_x", "none", *(f"offer_{i}" for i in range(KEEP - 1, 0, -1))]  # the oldest action left
     state = UserState("u1", {})
     nones = [pending(ident(20 + i), "home_hero", "none", T0 + i) for i in range(KEEP)]
-    assert _keep(state, *nones) == ["none"] * KEEP
-    assert _keep(state, pending(ident(30), "home_hero", "offer_a", T0 + 30)) == ["offer_a", "none", "none"]
-    assert [p.decision_id for p in pending_decisions(state)][1:] == [ident(22), ident(21)]  # the oldest left
-    assert _keep(state, pending(ident(31), "home_hero", "none", T0 + 31)) == ["none", "offer_a", "none"]
+    assert _keep(state, *nones) == ["none"]
+    assert [p.decision_id for p in pending_decisions(state)] == [ident(22)]  # the newest
+    assert _keep(state, pending(ident(30), "home_hero", "offer_a", T0 + 30)) == ["offer_a", "none"]
+    assert _keep(state, pending(ident(31), "home_hero", "none", T0 + 31)) == ["none", "offer_a"]
 
 
 def test_a_reward_without_decision_id_goes_to_the_action_shown_not_to_a_later_none() -> None:
@@ -144,23 +146,25 @@ def test_a_reward_without_decision_id_goes_to_the_action_shown_not_to_a_later_no
     assert match_pending(conversion, [nothing], WINDOWS) is nothing
 
 
-def test_a_none_takes_the_place_of_an_action_whose_reward_windows_have_closed() -> None:
+def test_a_none_after_actions_whose_windows_closed_is_kept_and_an_action_with_a_late_reward_too() -> None:
     # a returning user's 3 shown decisions, days past every window, kept the new "none" out of the ring: the
     # conversion after it was then LATE for the old offer and missing from the treated group of the lift
     state = UserState("u1", {})
-    old = [pending(_hex_id(i), "home_hero", f"offer_{i}", T0 + i) for i in range(KEEP)]
-    _keep(state, *old)
+    _keep(state, *(pending(_hex_id(i), "home_hero", f"offer_{i}", T0 + i) for i in range(KEEP)))
     later = pending(_hex_id(9), "home_hero", "none", T0 + 10 * 86400)
-    state.fields[later.field] = slot_with(state, later, open_s=7 * 86400)
-    assert [p.action for p in pending_decisions(state)] == ["none", "offer_2", "offer_1"]  # the oldest left
+    _keep(state, later)
     conversion = reward("conversion", T0 + 10 * 86400 + 600, revenue=5)
     assert match_pending(conversion, pending_decisions(state), WINDOWS).decision_id == later.decision_id
-    # within the window the shown ones stay (their rewards may still come): the "none" is not kept
+    # an action shown, two "none" after it, then a new action: a conversion within the first action's window
+    # read only now (late) still goes to it, not to a "none"
     state = UserState("u1", {})
-    _keep(state, *old)
-    recent = pending(_hex_id(8), "home_hero", "none", T0 + 3600)
-    state.fields[recent.field] = slot_with(state, recent, open_s=7 * 86400)
-    assert [p.action for p in pending_decisions(state)] == ["offer_2", "offer_1", "offer_0"]
+    first = pending(_hex_id(20), "home_hero", "promo_a", T0)
+    _keep(state, first, pending(_hex_id(21), "home_hero", "none", T0 + 3600),
+          pending(_hex_id(22), "home_hero", "none", T0 + 7200),
+          pending(_hex_id(23), "home_hero", "promo_b", T0 + 7 * 86400 + 60))
+    late = reward("conversion", T0 + 6 * 86400, revenue=5)
+    target = match_pending(late, pending_decisions(state), WINDOWS)
+    assert target is not None and target.decision_id == first.decision_id
 
 
 def test_a_second_conversion_goes_to_the_later_none_not_to_the_action_already_credited() -> None:
