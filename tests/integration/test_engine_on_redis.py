@@ -7,6 +7,7 @@ import dataclasses
 import re
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -799,11 +800,8 @@ max_per_day = 2
 """
 
 
-def test_a_restarted_worker_does_not_spend_the_days_cap_again(runtime: Runtime, tmp_path: Path) -> None:
-    # The counters lived in the worker only: after a restart (deploy, crash) it showed a capped action
-    # again as if the day had just begun, spending its share of the day's budget once more per restart.
-    from policy.budget_store import BudgetStore
-
+def capped_workers(runtime: Runtime, tmp_path: Path) -> tuple[aioredis.Redis, str, Callable[[], Engine]]:
+    """A client, a fresh namespace and a maker of engines ("workers") on it, with the CAPPED catalogue."""
     catalogue = tmp_path / "catalogue.toml"
     catalogue.write_text(CAPPED)
     client = aioredis.Redis.from_url(runtime.redis_url or "")
@@ -814,6 +812,16 @@ def test_a_restarted_worker_does_not_spend_the_days_cap_again(runtime: Runtime, 
         store = RedisFeatureStore(client, ns, ttl_s=3600, dedup_ring=16, user_digest=digest)
         return Engine(store, PolicyContext(load_catalogue(catalogue)), make_policy("linucb", CONTEXT_DIM, seed=1),
                       Metrics(), EngineConfig())
+
+    return client, ns, worker
+
+
+def test_a_restarted_worker_does_not_spend_the_days_cap_again(runtime: Runtime, tmp_path: Path) -> None:
+    # The counters lived in the worker only: after a restart (deploy, crash) it showed a capped action
+    # again as if the day had just begun, spending its share of the day's budget once more per restart.
+    from policy.budget_store import BudgetStore
+
+    client, ns, worker = capped_workers(runtime, tmp_path)
 
     async def go():  # noqa: ANN202
         first, budgets = worker(), BudgetStore(client, ns)
@@ -840,16 +848,7 @@ def test_two_workers_hold_a_daily_cap_for_the_fleet_not_each(runtime: Runtime, t
     # the fleet's totals and takes them back (BudgetStore.exchange, the shared-state timer).
     from policy.budget_store import BudgetStore
 
-    catalogue = tmp_path / "catalogue.toml"
-    catalogue.write_text(CAPPED)
-    client = aioredis.Redis.from_url(runtime.redis_url or "")
-    ns = f"test{uuid.uuid4().hex[:8]}"
-    digest = erasure_digest(runtime, ns)
-
-    def worker() -> Engine:
-        store = RedisFeatureStore(client, ns, ttl_s=3600, dedup_ring=16, user_digest=digest)
-        return Engine(store, PolicyContext(load_catalogue(catalogue)), make_policy("linucb", CONTEXT_DIM, seed=1),
-                      Metrics(), EngineConfig())
+    client, ns, worker = capped_workers(runtime, tmp_path)
 
     async def go():  # noqa: ANN202
         a, b, budgets = worker(), worker(), BudgetStore(client, ns)
