@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
+from math import ceil
 
 DAY_S = 86400.0
 
@@ -181,10 +182,13 @@ def action_capped(policy: ContactPolicy, history: ChannelHistory | None, action:
 def record_contact(
     policy: ContactPolicy, history: ChannelHistory | None, action: str, ts: float
 ) -> ChannelHistory:
-    """History after showing ``action`` at ``ts`` (a new object)."""
+    """History after showing ``action`` at ``ts`` (a new object). Its time is kept rounded up to the second,
+    as the stored state keeps it (policy/state.py): a worker that just decided holds the same history as one
+    that reads it back, so both decide the next request alike."""
     h = history.copy() if history is not None else ChannelHistory()
+    at = ceil(ts)
     if policy.max_contacts is not None:
-        h.contacts = sorted([*h.contacts, ts])[-max(policy.max_contacts, 1) :]
+        h.contacts = sorted([*h.contacts, at])[-max(policy.max_contacts, 1) :]
     else:
         h.contacts = []
     day = int(ts // DAY_S)
@@ -198,7 +202,7 @@ def record_contact(
     else:
         h.per_action, h.day_before = {}, {}
     h.ignored += 1
-    h.last_exposure = max(h.last_exposure, ts)
+    h.last_exposure = max(h.last_exposure, at)
     return h
 
 

@@ -45,6 +45,7 @@ import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from math import ceil
 
 DAY_S = 86400.0
 
@@ -195,12 +196,14 @@ def judge(
 def commit(
     state: StickyState | None, verdict: StickyVerdict, ts: float, settings: StickinessSettings
 ) -> StickyState:
-    """The state after showing ``verdict.action`` at ``ts`` (a new object; ``state`` is unchanged)."""
+    """The state after showing ``verdict.action`` at ``ts`` (a new object; ``state`` is unchanged). Times are
+    kept rounded up to the second, as the stored state keeps them (policy/state.py): a worker that just decided
+    holds the same state as one that reads it back."""
     if state is None:
-        return StickyState(verdict.action, ts)
+        return StickyState(verdict.action, ceil(ts))
     if not verdict.changed:
         return state
-    at = max(ts, state.since)  # a forced change out of order must not move time backwards
+    at = max(ceil(ts), state.since)  # a forced change out of order must not move time backwards
     cap = settings.max_changes_per_day
     if cap is None:
         return StickyState(verdict.action, at)
@@ -212,5 +215,5 @@ def pin(state: StickyState | None, action: str, ts: float) -> StickyState:
     """A pinned action becomes the incumbent without counting as a change (levers are human orders)."""
     if state is not None and state.action == action:
         return state
-    since = ts if state is None else max(ts, state.since)
+    since = ceil(ts) if state is None else max(ceil(ts), state.since)
     return StickyState(action, since, state.changes if state is not None else ())

@@ -239,3 +239,31 @@ def test_a_late_request_stays_capped_after_the_state_is_stored() -> None:
         assert back.day_before == {"X": 6} and back == h
         assert action_capped(policy, back, "X", late)
         assert not action_capped(policy, back, "Y", late)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(min_value=0.0, max_value=30 * 86400.0, allow_nan=False), min_size=1, max_size=12),
+       st.sampled_from(["home_hero", "newsletter"]))
+def test_a_state_just_decided_is_the_state_read_back(offsets: list[float], placement: str) -> None:
+    """Decisions at fractional times: the state a worker keeps (its decoded-state cache holds the object it
+    encoded) must be the one a restarted worker, or a replay, reads back. The stored form rounds times up to
+    the second; the in-memory one kept the fractions, so two workers could judge the same next request
+    differently, by up to a second at a dwell, cap or window edge (and a redelivered no-consent request was
+    re-emitted by one worker and decided again by another)."""
+    from policy.pipeline import PolicyContext, PolicyRequest, decide_action
+
+    ctx = PolicyContext(load_catalogue(DEFAULT_CATALOGUE))
+    state = UserPolicyState()
+    for k, offset in enumerate(sorted(offsets)):
+        request = PolicyRequest("u1", placement, 1_767_571_200.0 + offset, None, True, {})
+        outcome = decide_action(request, state, ctx, lambda eligible: _first_choice(eligible))
+        state = outcome.state
+        assert UserPolicyState.decode(state.encode()) == state, f"after decision {k}"
+
+
+def _first_choice(eligible):  # noqa: ANN001, ANN202
+    from bandits.base import Choice
+
+    actions = list(eligible)
+    return Choice(actions[0], 1.0, actions[0], {a: 1.0 - i / 10 for i, a in enumerate(actions)},
+                  {a: float(i == 0) for i, a in enumerate(actions)})
