@@ -233,7 +233,7 @@ class Settings(BaseSettings):
     )
     lever_audit_keep: int = Field(
         100_000, ge=1, le=100_000_000, description="Lever audit entries kept in Redis ({app_id}:levers:audit, one "
-        "per change, ~300 B each): the newest ones; older ones are dropped (logged) as changes come."
+        "per change, 200-370 B each): the newest ones; older ones are dropped (logged) as changes come."
     )
     http_max_rps: float = Field(
         5000.0, ge=1, le=1_000_000, description="Most GET /decide requests per second per worker."

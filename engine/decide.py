@@ -115,7 +115,7 @@ def replayed_without_consent(event: Event, state: UserState | None, ctx: PolicyC
     if placement is None:
         return None
     history = (states.of(state) if states is not None else policy_state_of(state)).contacts.get(placement.channel)
-    if history is None or (event.ts not in history.contacts and math.ceil(event.ts) not in history.contacts):
+    if history is None or math.ceil(event.ts) not in history.contacts:  # kept to the second (record_contact)
         return None
     action, _ = ctx.catalogue.fallback_action(placement.id, event.ts, False)
     if action == NO_ACTION:
