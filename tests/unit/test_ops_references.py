@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
 from cadence.metrics import Metrics
+from cadence.settings import Settings
 
 try:
     import yaml
@@ -315,3 +317,22 @@ def test_image_defaults_match_the_compose_workers() -> None:
 
 def test_install_script_is_executable() -> None:
     assert os.access(OPS / "install_prometheus.sh", os.X_OK)
+
+
+def test_workers_read_the_secrets_file_the_example_describes_and_its_settings_exist(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    example = REPO / "ops" / "cadence.env.example"
+    for name, worker in worker_services().items():
+        files = [entry["path"] if isinstance(entry, dict) else entry for entry in worker.get("env_file", [])]
+        assert files == ["./ops/cadence.env"], f"{name} must read the secrets from ops/cadence.env"
+        assert worker["env_file"][0].get("required") is False, f"{name}: the stack must start without the file"
+    assert "ops/cadence.env" in (REPO / ".gitignore").read_text().splitlines(), "git must not take the secrets"
+    names = re.findall(r"^#\s*([A-Z_]+)=\s*$", example.read_text(), re.M)
+    assert names == ["CADENCE_ERASURE_KEY", "CADENCE_API_TOKEN", "CADENCE_ADMIN_TOKEN"]
+    filled = {n: secrets.token_hex(32) for n in names}
+    assert Settings.unknown_environment(filled) == []
+    for name, value in filled.items():  # as the workers get them from the file
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert settings.erasure_key is not None and settings.admin_token is not None and settings.api_token is not None
