@@ -4,7 +4,11 @@ Revenue is heavy-tailed, so the River pipeline ``StandardScaler | TargetStandard
 learns ``log1p(revenue)``; that keeps one large order from throwing the weights. Turning a log-scale
 prediction back with ``expm1`` gives (roughly) the median, which under-states the mean that
 ``p × value`` arbitration needs, so the prediction is multiplied by Duan's smearing factor
-``E[exp(residual)]``, tracked online as an exponentially weighted mean of recent residuals.
+``E[exp(residual)]``, tracked online as an exponentially weighted mean of recent residuals. Each residual is
+first held within ``RESIDUAL_SDS`` of the residuals' own recent spread (at least ``MIN_RESIDUAL_CAP``): a
+single valid but absurd order (revenue up to 1e9 passes validation) would otherwise multiply every customer's
+value by up to 2e5 for over a thousand conversions (``exp(residual)`` of that order enters the mean at weight
+``smearing_alpha``), while orders within the usual spread pass unchanged.
 
 Learn it on conversions (features at the conversion, revenue). Multiply by a propensity for the expected
 revenue of an offer.
@@ -19,7 +23,9 @@ from river import linear_model, optim, preprocessing, stats
 
 from models.linear import Affine, affine_of
 
-MAX_LOG_RESIDUAL = 20.0  # exp(20) ≈ 5e8: bounds the smearing update against one absurd revenue
+MAX_LOG_RESIDUAL = 20.0  # exp(20) ≈ 5e8: bounds a prediction on the log scale
+RESIDUAL_SDS = 4.0  # a residual enters the smearing factor held within this many of the recent residuals' RMS
+MIN_RESIDUAL_CAP = math.log(10.0)  # ... but never held closer than 10x either way (a young, narrow estimate)
 
 
 class ValueModel:
@@ -40,8 +46,19 @@ class ValueModel:
             regressor=linear_model.LinearRegression(optimizer=optim.SGD(lr), intercept_lr=intercept_lr, l2=l2)
         )
         self._smearing = stats.EWMean(fading_factor=smearing_alpha)
+        self._residual_sq = stats.EWMean(fading_factor=smearing_alpha)  # recent residuals' mean square (held)
         self._n = 0  # residuals in the smearing estimate
         self._seen = 0  # samples learned
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        if "_residual_sq" not in state:  # a snapshot from before the held residuals: their spread starts afresh
+            state["_residual_sq"] = stats.EWMean(fading_factor=float(state["smearing_alpha"]))  # type: ignore[arg-type]
+        self.__dict__.update(state)
+
+    def _held(self, residual: float) -> float:
+        """``residual`` held within ``RESIDUAL_SDS`` × the recent residuals' RMS (at least ``MIN_RESIDUAL_CAP``)."""
+        cap = max(MIN_RESIDUAL_CAP, RESIDUAL_SDS * math.sqrt(self._residual_sq.get())) if self._n else MIN_RESIDUAL_CAP
+        return max(-cap, min(residual, cap))
 
     def predict_log(self, features: dict[str, float]) -> float:
         """Predicted ``log1p(revenue)`` (about the median)."""
@@ -61,8 +78,9 @@ class ValueModel:
             raise ValueError(f"revenue must be a finite amount >= 0, got {revenue!r}")
         target = math.log1p(revenue)
         if self._seen:  # before any sample the prediction is 0, not an estimate: its residual says nothing
-            residual = target - self.predict_log(features)
-            self._smearing.update(math.exp(max(-MAX_LOG_RESIDUAL, min(residual, MAX_LOG_RESIDUAL))))
+            residual = self._held(target - self.predict_log(features))
+            self._residual_sq.update(residual * residual)
+            self._smearing.update(math.exp(residual))
             self._n += 1
         self._seen += 1
         self._pipeline.learn_one(features, target)

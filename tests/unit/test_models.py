@@ -96,6 +96,41 @@ def test_value_beats_the_running_mean_and_is_calibrated():
     assert models.metrics()["value"]["mae"] > 0.0
 
 
+def test_one_absurd_order_does_not_multiply_every_customers_value():
+    """A valid order of 1e9 among orders of about 50 moved every score x224,478 (the smearing factor took
+    exp(residual) capped at exp(20)); held within the residuals' spread it moves them by well under 2x."""
+    rng = np.random.default_rng(0)
+
+    def order() -> float:
+        return float(np.exp(rng.normal(np.log(50.0), 0.5)))
+
+    def features() -> dict[str, float]:
+        return {"f": float(rng.random()), "g": float(rng.random())}
+
+    model, probe = ValueModel(), {"f": 0.5, "g": 0.5}
+    for _ in range(2_000):
+        model.learn_one(features(), order())
+    before = model.predict_one(probe)
+    assert 40.0 < before < 80.0  # about the mean order (56.5 for a lognormal of median 50, sigma 0.5)
+    model.learn_one(features(), 1e9)
+    assert model.predict_one(probe) < 2.0 * before
+    for _ in range(300):
+        model.learn_one(features(), order())
+    assert model.predict_one(probe) == pytest.approx(before, rel=0.15)
+
+
+def test_a_value_model_pickled_before_the_held_residuals_still_loads_and_learns():
+    model = ValueModel()
+    for i in range(50):
+        model.learn_one({"f": i / 50}, 40.0 + i)
+    state = dict(model.__dict__)
+    del state["_residual_sq"]  # what a snapshot of the earlier version holds
+    old = ValueModel.__new__(ValueModel)
+    old.__setstate__(state)
+    old.learn_one({"f": 0.5}, 1e9)
+    assert old.predict_one({"f": 0.5}) < 2.0 * model.predict_one({"f": 0.5})
+
+
 def test_value_refuses_negative_revenue():
     with pytest.raises(ValueError, match="revenue must be a finite amount >= 0"):
         ValueModel().learn_one({}, -1.0)
