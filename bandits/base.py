@@ -89,6 +89,9 @@ class Policy(ABC):
     # whether ``Choice.scores`` carry an exploration bonus over ``Choice.means`` (an uncertainty width the
     # stickiness "surely better" rule subtracts); without one that rule compares the means alone
     has_width: bool = False
+    # hyperparameters that shape decisions only, not the statistics learned: a policy restored from a snapshot
+    # takes them from the settings (``bandits.restore.carry_over``)
+    decision_params: tuple[str, ...] = ()
 
     def __init__(self, dim: int, seed: int = 0) -> None:
         if dim < 1:

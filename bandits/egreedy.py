@@ -17,6 +17,7 @@ class EpsilonGreedy(LinearPolicy):
     """
 
     name = "egreedy"
+    decision_params = ("epsilon",)
 
     def __init__(
         self, dim: int, epsilon: float = 0.05, ridge: float = 1.0, seed: int = 0, refresh_every: int = 512

@@ -29,6 +29,7 @@ class LinTS(LinearPolicy):
     """
 
     name = "lints"
+    decision_params = ("alpha", "epsilon", "n_draws")
 
     def __init__(
         self,

@@ -52,6 +52,7 @@ class LinUCB(LinearPolicy):
 
     name = "linucb"
     has_width = True  # score = mean + alpha * width
+    decision_params = ("alpha", "epsilon", "epsilon_min", "explore_samples")
 
     def __init__(
         self,

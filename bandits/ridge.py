@@ -14,6 +14,7 @@ copied when the eligible set is (most of) the catalogue. In-place rank-one updat
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +60,21 @@ class LinearPolicy(Policy):
         arm = self._index[action]
         theta = self._stack[len(self._since_refresh) * self.dim + arm]
         return ArmStats(self._gram[arm].copy(), self._sums[arm].copy(), theta.copy())
+
+    def with_statistics_of(self, other: LinearPolicy) -> LinearPolicy:
+        """A copy of this policy (its type and decision hyperparameters) holding ``other``'s statistics, its
+        ridge λ (A = λI + Σ x xᵀ was built with it), actions, version and random generator (taken, not copied:
+        ``other`` is a restored snapshot's, not used after). The statistics are the same for every linear
+        policy, so a snapshot of one carries over into another."""
+        if other.dim != self.dim:
+            raise ValueError(f"the statistics have {other.dim} dimensions, this policy {self.dim}")
+        policy = copy.copy(self)
+        policy.__dict__.update({
+            "ridge": other.ridge, "_rng": other._rng, "_index": other._index, "_n_updates": other._n_updates,
+            "_gram": other._gram, "_sums": other._sums, "_stack": other._stack,
+            "_since_refresh": other._since_refresh, "_eligible": {},
+        })
+        return policy
 
     # -- statistics ------------------------------------------------------------------------------
     def _grow(self, n_arms: int) -> None:

@@ -139,7 +139,8 @@ class Settings(BaseSettings):
     dedup_ring: int = Field(32, ge=1, le=256, description="Event ids remembered per user to drop duplicates.")
 
     policy: Literal["linucb", "lints", "egreedy"] = Field(
-        "linucb", description="Bandit policy: linucb, lints or egreedy."
+        "linucb", description="Bandit policy: linucb, lints or egreedy. Changed with a snapshot in Redis, the new "
+        "type takes over the snapshot's statistics (Snapshots and rollback)."
     )
     policy_alpha: float = Field(0.1, ge=0, description="Exploration width of LinUCB / scale of LinTS.")
     policy_ridge: float = Field(
@@ -155,7 +156,9 @@ class Settings(BaseSettings):
     )
     policy_ts_scale: float = Field(0.25, ge=0, description="Posterior scale of LinTS (lints).")
     policy_epsilon: float = Field(0.05, ge=0, le=1, description="Exploration share of egreedy.")
-    seed: int = Field(7, ge=0, description="Seed of the policy's random generator.")
+    seed: int = Field(7, ge=0, description=(
+        "Seed of the policy's random generator (the shadow policy's is this + 1) when it starts fresh; a policy "
+        "resumed from a snapshot carries on with the generator's state the snapshot holds."))
     click_reward: float = Field(0.1, ge=0, description="Reward credited for a click (conversions pay value).")
     click_window_s: float = Field(
         1800.0, gt=0, le=CENTURY_S, description="A click counts for a decision this long after it."

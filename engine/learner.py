@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from bandits.base import Policy
+from bandits.restore import carry_over
 from cadence.metrics import Metrics
 from contracts.decisions import LearningBatch, LearningSample
 from engine.lift import LiftTracker
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 class EngineLearning:
     policy: Policy
     shadow_policy: Policy | None
+    configured_policy: Policy  # what the settings built: its type and decision hyperparameters run
     models: LiveModels | None
     metrics: Metrics
     lift: LiftTracker
@@ -43,8 +45,10 @@ class EngineLearning:
         return LearnedState(self.policy, models, self.lift, self._seen.newest())
 
     def resume_from(self, state: LearnedState, offsets: dict[int, int]) -> None:
-        """Start from a snapshot: its policy, models and lift, learning on from its ``offsets``; the samples
-        it had applied are known, so their copies re-emitted after a crash are not applied twice."""
+        """Start from a snapshot: its policy (under the configured type and decision hyperparameters,
+        ``bandits.restore.carry_over``), models and lift, learning on from its ``offsets``; the
+        samples it had applied are known, so their copies re-emitted after a crash are not applied twice.
+        ``PolicyMismatch`` (nothing changed) when the snapshot's policy cannot become the configured one."""
         self.replace_policy(state.policy)
         if self.models is not None and state.models is not None:
             self.models.replace(state.models)
@@ -54,7 +58,11 @@ class EngineLearning:
         self._seen.remember(state.seen)
 
     def replace_policy(self, policy: Policy) -> None:
-        """Swap in a restored policy (snapshot at start, or a rollback)."""
+        """Swap in a restored policy (snapshot at start, or a rollback), with its statistics under the policy
+        type and decision hyperparameters the settings chose (one log line says what differs from it)."""
+        policy, changes = carry_over(self.configured_policy, policy)
+        if changes:
+            log.warning("policy from the snapshot runs with the settings' %s: %s", policy.name, "; ".join(changes))
         self.policy = policy
         self.metrics.policy_version.set(policy.version)
 

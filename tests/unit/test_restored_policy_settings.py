@@ -1,0 +1,120 @@
+"""A worker resuming from a snapshot runs the policy its settings chose, with what the snapshot learned.
+
+Before, ``Policy.snapshot`` pickled the whole policy and the worker swapped it in as it was: a worker
+configured CADENCE_POLICY=lints ran the snapshot's linucb, CADENCE_POLICY_ALPHA=2.0 ran the snapshot's 0.1.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+
+from bandits import LinTS, LinUCB, make_policy
+from bandits.base import Choice, Policy
+from bandits.restore import PolicyMismatch, carry_over
+from cadence.metrics import Metrics
+from cadence.settings import DEFAULT_CATALOGUE
+from contracts.decisions import LearningSample
+from engine.processor import Engine, EngineConfig
+from features.context import CONTEXT_DIM
+from features.store import RedisFeatureStore
+from learning.state import LearnedState
+from policy.catalogue import load_catalogue
+from policy.pipeline import PolicyContext
+
+ACTIONS = ["offer_free_shipping", "offer_10pct", "offer_bundle", "offer_loyalty_points"]
+
+
+def make_engine(name: str = "linucb", shadow: str = "", seed: int = 1, **params: float) -> Engine:
+    client = aioredis.Redis.from_url("redis://127.0.0.1:1/0")  # never connected: learning only
+    store = RedisFeatureStore(client, "restore", ttl_s=3600, dedup_ring=32)
+    challenger = make_policy(shadow, CONTEXT_DIM, seed=seed + 1) if shadow else None
+    return Engine(store, PolicyContext(load_catalogue(DEFAULT_CATALOGUE)),
+                  make_policy(name, CONTEXT_DIM, seed=seed, **params), Metrics(), EngineConfig(), None, challenger)
+
+
+def samples(n: int) -> list[LearningSample]:
+    rng = np.random.default_rng(3)
+    out = []
+    for i in range(n):
+        x = (np.abs(rng.normal(size=CONTEXT_DIM)) * 0.3).tolist()
+        action = ACTIONS[i % 4]
+        out.append(LearningSample("exposure", f"d{i}", action, x, ts=1e9 + i))
+        if action == "offer_bundle":
+            out.append(LearningSample("reward", f"d{i}", action, x, reward=1.0, ts=1e9 + i, reward_type="conversion"))
+    return out
+
+
+def trained_blob(name: str = "linucb", shadow: str = "", **params: float) -> tuple[Engine, bytes]:
+    running = make_engine(name, shadow, **params)
+    running.learn(samples(400), {0: 400})
+    return running, running.learned_state().pack()
+
+
+def picks(policy: Policy, n: int = 200) -> list[Choice]:
+    rng = np.random.default_rng(99)
+    return [policy.select(np.abs(rng.normal(size=CONTEXT_DIM)) * 0.3, ACTIONS) for _ in range(n)]
+
+
+def same_statistics(a: Policy, b: Policy) -> None:
+    assert a.version == b.version and a.actions == b.actions
+    for action in ACTIONS:
+        np.testing.assert_array_equal(a.stats(action).gram, b.stats(action).gram)  # type: ignore[attr-defined]
+        np.testing.assert_array_equal(a.stats(action).sums, b.stats(action).sums)  # type: ignore[attr-defined]
+
+
+def test_the_configured_decision_hyperparameters_run_after_a_snapshot_is_loaded(
+        caplog: pytest.LogCaptureFixture) -> None:
+    running, blob = trained_blob(alpha=0.1)
+    resumed = make_engine(alpha=2.0)
+    with caplog.at_level(logging.WARNING, logger="engine.learner"):
+        resumed.resume_from(LearnedState.unpack(blob), {0: 400})
+    assert isinstance(resumed.policy, LinUCB) and resumed.policy.alpha == 2.0
+    same_statistics(resumed.policy, running.policy)
+    assert "alpha 0.1 -> 2.0" in caplog.text  # one line says what changed
+
+
+@pytest.mark.parametrize(("configured", "params", "kind"), [
+    ("lints", {"alpha": 0.25}, LinTS), ("egreedy", {"epsilon": 0.3}, None)])
+def test_another_configured_policy_type_takes_the_snapshots_statistics(configured, params, kind) -> None:  # noqa: ANN001
+    running, blob = trained_blob("linucb")
+    resumed = make_engine(configured, **params)
+    resumed.resume_from(LearnedState.unpack(blob), {0: 400})
+    assert resumed.policy.name == configured
+    for name, value in params.items():
+        assert getattr(resumed.policy, name) == value
+    same_statistics(resumed.policy, running.policy)
+    assert resumed.policy.ridge == running.policy.ridge  # type: ignore[attr-defined]  # the snapshot's λ
+    # it decides from what was learned: the rewarded action is the greedy one
+    assert all(c.greedy == "offer_bundle" for c in picks(resumed.policy, 50))
+    resumed.learn(samples(8), {0: 408})  # and learns on
+
+
+def test_unchanged_settings_restore_the_snapshots_decisions_exactly() -> None:
+    _, blob = trained_blob("linucb", alpha=0.1)
+    expected = [(c.action, c.probability) for c in picks(LearnedState.unpack(blob).policy)]
+    resumed = make_engine(alpha=0.1)
+    resumed.resume_from(LearnedState.unpack(blob), {0: 400})
+    assert [(c.action, c.probability) for c in picks(resumed.policy)] == expected
+    rolled = make_engine(alpha=0.1)
+    rolled.replace_policy(LearnedState.unpack(blob).policy)  # the rollback path
+    assert [(c.action, c.probability) for c in picks(rolled.policy)] == expected
+
+
+def test_a_policy_that_cannot_take_the_statistics_is_refused_with_what_to_set() -> None:
+    class Constant(Policy):
+        name = "constant"
+
+        def _grow(self, n_arms: int) -> None: ...
+        def _select(self, x, actions, idx):  # noqa: ANN001, ANN202
+            return self._choice(actions, [0.0] * len(actions), [1 / len(actions)] * len(actions), 0, 0)
+        def _expose(self, x, arm) -> None: ...  # noqa: ANN001
+        def _reward(self, x, arm, reward) -> None: ...  # noqa: ANN001
+
+    with pytest.raises(PolicyMismatch, match="CADENCE_POLICY=linucb again"):
+        carry_over(Constant(CONTEXT_DIM), make_policy("linucb", CONTEXT_DIM))
+    with pytest.raises(PolicyMismatch, match="contexts of 8 values"):
+        carry_over(make_policy("linucb", CONTEXT_DIM), make_policy("lints", 8))
