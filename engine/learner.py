@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from bandits.base import Policy
-from bandits.restore import carry_over
+from bandits.restore import PolicyMismatch, carry_over
 from cadence.metrics import Metrics
 from contracts.decisions import LearningBatch, LearningSample
 from engine.lift import LiftTracker
@@ -31,6 +31,7 @@ class EngineLearning:
     policy: Policy
     shadow_policy: Policy | None
     configured_policy: Policy  # what the settings built: its type and decision hyperparameters run
+    configured_shadow: Policy | None
     models: LiveModels | None
     metrics: Metrics
     lift: LiftTracker
@@ -42,14 +43,15 @@ class EngineLearning:
     def learned_state(self) -> LearnedState:
         """What a snapshot of this worker's learning holds (pair it with ``learned_offsets``, read at once)."""
         models = self.models.models if self.models is not None else None
-        return LearnedState(self.policy, models, self.lift, self._seen.newest())
+        return LearnedState(self.policy, models, self.lift, self._seen.newest(), self.shadow_policy)
 
     def resume_from(self, state: LearnedState, offsets: dict[int, int]) -> None:
         """Start from a snapshot: its policy (under the configured type and decision hyperparameters,
-        ``bandits.restore.carry_over``), models and lift, learning on from its ``offsets``; the
+        ``bandits.restore.carry_over``), shadow policy, models and lift, learning on from its ``offsets``; the
         samples it had applied are known, so their copies re-emitted after a crash are not applied twice.
         ``PolicyMismatch`` (nothing changed) when the snapshot's policy cannot become the configured one."""
         self.replace_policy(state.policy)
+        self.replace_shadow(state.shadow)
         if self.models is not None and state.models is not None:
             self.models.replace(state.models)
         self.learned_offsets = dict(offsets)
@@ -65,6 +67,27 @@ class EngineLearning:
             log.warning("policy from the snapshot runs with the settings' %s: %s", policy.name, "; ".join(changes))
         self.policy = policy
         self.metrics.policy_version.set(policy.version)
+
+    def replace_shadow(self, shadow: Policy | None) -> None:
+        """Swap in a restored shadow (challenger) policy by the same rule as ``replace_policy``. Without one
+        configured it is dropped; without one restored (a snapshot from before shadows were kept, or taken
+        without one) or one that cannot become the configured one, the configured shadow is kept (logged)."""
+        configured = self.configured_shadow
+        if configured is None:
+            return
+        if shadow is None:
+            log.warning("the snapshot holds no shadow policy: the %s challenger learns from the snapshot's "
+                        "offsets on, without what came before", configured.name)
+            return
+        try:
+            shadow, changes = carry_over(configured, shadow, "CADENCE_SHADOW_POLICY")
+        except PolicyMismatch as exc:
+            log.warning("shadow policy from the snapshot left out, the challenger starts afresh: %s", exc)
+            return
+        if changes:
+            log.warning("shadow policy from the snapshot runs with the settings' %s: %s", shadow.name,
+                        "; ".join(changes))
+        self.shadow_policy = shadow
 
     def learn_batches(self, batches: Sequence[LearningBatch], positions: dict[int, int] | None = None) -> None:
         """Learning-topic messages as the feed read them: their samples, then their producers' progress."""

@@ -1,11 +1,13 @@
-"""What a snapshot holds: the policy, the River models (when enabled), the holdout lift and the digests of
-the newest learning samples applied (so that a worker resuming from it does not apply again a sample
-re-emitted after a crash), as one blob.
+"""What a snapshot holds: the policy, the shadow (challenger) policy when one runs, the River models (when
+enabled), the holdout lift and the digests of the newest learning samples applied (so that a worker resuming
+from it does not apply again a sample re-emitted after a crash), as one blob.
 
 The models travel as ``ModelSet.snapshot()`` bytes (header with format and River version), so a snapshot
 written by another River version still restores the policy: the models are then left out (logged) and
 retrained, rather than the whole snapshot refused. The label join's waiting exposures and the churn
 labeller's open snapshots are not included (they are large and rebuilt from the stream within a window).
+A snapshot without a shadow (older, or written without one) still loads: a configured challenger then
+learns from its offsets on.
 """
 
 from __future__ import annotations
@@ -31,12 +33,15 @@ class LearnedState:
     # digests of the newest learning samples applied (engine.replay.SeenKeys.newest): their copies, re-emitted
     # after a crash past the snapshot's offsets, are not applied again (b"" in snapshots from before)
     seen: bytes = b""
+    # the shadow (challenger) policy, trained on the same samples (None in snapshots from before it was kept)
+    shadow: Policy | None = None
 
     def pack(self) -> bytes:
         return pickle.dumps(
             {"format": FORMAT, "policy": self.policy.snapshot(),
              "models": self.models.snapshot() if self.models is not None else None,
-             "lift": self.lift.to_state() if self.lift is not None else None, "seen": self.seen},
+             "lift": self.lift.to_state() if self.lift is not None else None, "seen": self.seen,
+             "shadow": self.shadow.snapshot() if self.shadow is not None else None},
             protocol=pickle.HIGHEST_PROTOCOL,
         )
 
@@ -57,4 +62,10 @@ class LearnedState:
             models = None
         lift = LiftTracker.from_state(doc["lift"]) if doc.get("lift") is not None else None
         seen = doc.get("seen")
-        return cls(Policy.restore(doc["policy"]), models, lift, seen if isinstance(seen, bytes) else b"")
+        shadow = None
+        if isinstance(doc.get("shadow"), bytes):
+            try:
+                shadow = Policy.restore(doc["shadow"])
+            except (ValueError, TypeError) as exc:  # the live policy counts; the challenger can start afresh
+                log.error("snapshot shadow policy left out, the challenger starts afresh: %s", exc)
+        return cls(Policy.restore(doc["policy"]), models, lift, seen if isinstance(seen, bytes) else b"", shadow)

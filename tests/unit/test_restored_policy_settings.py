@@ -2,11 +2,13 @@
 
 Before, ``Policy.snapshot`` pickled the whole policy and the worker swapped it in as it was: a worker
 configured CADENCE_POLICY=lints ran the snapshot's linucb, CADENCE_POLICY_ALPHA=2.0 ran the snapshot's 0.1.
+And the shadow (challenger) policy was not in the snapshot: a restarted worker's challenger started cold.
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
 
 import numpy as np
 import pytest
@@ -21,7 +23,7 @@ from contracts.decisions import LearningSample
 from engine.processor import Engine, EngineConfig
 from features.context import CONTEXT_DIM
 from features.store import RedisFeatureStore
-from learning.state import LearnedState
+from learning.state import FORMAT, LearnedState
 from policy.catalogue import load_catalogue
 from policy.pipeline import PolicyContext
 
@@ -118,3 +120,34 @@ def test_a_policy_that_cannot_take_the_statistics_is_refused_with_what_to_set() 
         carry_over(Constant(CONTEXT_DIM), make_policy("linucb", CONTEXT_DIM))
     with pytest.raises(PolicyMismatch, match="contexts of 8 values"):
         carry_over(make_policy("linucb", CONTEXT_DIM), make_policy("lints", 8))
+
+
+def test_the_shadow_policy_travels_in_the_snapshot() -> None:
+    running, blob = trained_blob("linucb", shadow="lints")
+    assert running.shadow_policy is not None and running.shadow_policy.version > 0
+    resumed = make_engine("linucb", shadow="lints")
+    resumed.resume_from(LearnedState.unpack(blob), {0: 400})
+    assert resumed.shadow_policy is not None
+    same_statistics(resumed.shadow_policy, running.shadow_policy)
+    x = np.full(CONTEXT_DIM, 0.3)
+    assert resumed.shadow_policy.select(x, ACTIONS).greedy == running.shadow_policy.select(x, ACTIONS).greedy
+    other = make_engine("linucb", shadow="egreedy")  # another challenger type: the statistics carry over
+    other.resume_from(LearnedState.unpack(blob), {0: 400})
+    assert other.shadow_policy is not None and other.shadow_policy.name == "egreedy"
+    same_statistics(other.shadow_policy, running.shadow_policy)
+    unused = make_engine("linucb")  # no challenger configured: none runs
+    unused.resume_from(LearnedState.unpack(blob), {0: 400})
+    assert unused.shadow_policy is None
+
+
+def test_a_snapshot_from_before_shadows_were_kept_still_loads_and_keeps_the_configured_challenger() -> None:
+    running, _ = trained_blob("linucb")
+    old = pickle.dumps({"format": FORMAT, "policy": running.policy.snapshot(), "models": None, "lift": None,
+                        "seen": b""})
+    state = LearnedState.unpack(old)
+    assert state.shadow is None
+    resumed = make_engine("linucb", shadow="lints")
+    challenger = resumed.shadow_policy
+    resumed.resume_from(state, {0: 400})
+    assert resumed.shadow_policy is challenger  # cold, as before: it learns from the snapshot's offsets on
+    same_statistics(resumed.policy, running.policy)
