@@ -68,6 +68,11 @@ class Metrics:
             "updates), write (decision state), shared_state (levers/erasures refresh, budget counters), startup "
             "(snapshot, levers and budget counters at start)", ["op"], registry=r,
         )
+        self.snapshot_load_failures = Counter(
+            "cadence_snapshot_load_failures_total", "Snapshot versions a starting worker (or one taking over the "
+            "models) could not read (damaged or unreadable blob); it resumed from the newest older one that loads",
+            registry=r,
+        )
         self.worker_ready = Gauge(
             "cadence_worker_ready", "1 when the worker is ready (GET /health 'ready': partitions assigned and the "
             "policy loaded), 0 while it starts or waits for Redis", registry=r,

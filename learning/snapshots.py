@@ -112,6 +112,10 @@ class SnapshotStore:
         raw = await self.client.hgetall(self._key("index"))
         return sorted((SnapshotInfo.from_json(v) for v in raw.values()), key=lambda i: i.version)
 
+    async def versions(self) -> tuple[int, ...]:
+        """The versions kept, oldest first (read from the index alone: a damaged info does not hide the rest)."""
+        return tuple(sorted(int(v) for v in await self.client.hkeys(self._key("index"))))
+
     async def generation(self) -> int:
         return int(await self.client.get(self._key("generation")) or 0)
 

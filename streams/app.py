@@ -34,7 +34,7 @@ from features.store import FeatureStoreError, RedisFeatureStore
 from learning.label_join import JoinConfig
 from learning.live_models import LiveModels, ModelConfig
 from learning.model_exchange import ModelExchange
-from learning.snapshots import SnapshotInfo, SnapshotStore
+from learning.snapshots import SnapshotError, SnapshotInfo, SnapshotStore
 from learning.state import LearnedState
 from policy.budget_store import BudgetStore
 from policy.budgets import WorkerBudgets
@@ -77,6 +77,46 @@ async def store_call(metrics: Metrics, op: str, body: Callable[[], Awaitable[Any
         log.error("%s failed (%s: %s; not a Redis error, not counted as one); trying again in 1 s", what,
                   type(exc).__name__, exc)
     return False
+
+
+class NoReadableSnapshot(RuntimeError):
+    """Snapshots exist but none of them can be read: the worker does not start cold on its own."""
+
+
+async def newest_readable(snapshots: SnapshotStore, metrics: Metrics) -> tuple[SnapshotInfo, LearnedState] | None:
+    """The newest snapshot version that can be read, unpacked; None when there are none. A version whose blob
+    cannot be read (damaged, truncated) is logged with its number and counted in
+    cadence_snapshot_load_failures_total, and the one before it is tried. Redis failures are raised (the
+    caller tries again), and so is ``NoReadableSnapshot`` when no version can be read."""
+    unreadable: list[int] = []
+    for version in reversed(await snapshots.versions()):
+        try:
+            info, blob = await snapshots.load(version) or (None, b"")
+            if info is None:
+                continue
+            state = LearnedState.unpack(blob)
+        except SnapshotError:  # trimmed since the versions were listed
+            continue
+        except STORE_FAILURES:
+            raise
+        except Exception as exc:  # a damaged blob raises whatever unpickling meets (UnpicklingError, EOFError...)
+            metrics.snapshot_load_failures.inc()
+            unreadable.append(version)
+            log.error("snapshot version %s cannot be read (%s: %s); trying the version before it", version,
+                      type(exc).__name__, exc)
+            continue
+        if unreadable:
+            log.error("resumed from snapshot version %s, the newest that can be read (not %s): what was learned "
+                      "after it is read again from the learning topic as far as it is kept. Make it the latest "
+                      "for every worker with `cadence snapshots rollback %s`", version,
+                      ", ".join(map(str, unreadable)), version)
+        return info, state
+    if unreadable:
+        raise NoReadableSnapshot(
+            f"no snapshot version can be read (tried {', '.join(map(str, unreadable))}): the worker does not start "
+            "with an empty policy on its own; see the errors above (a snapshot from another cadence version "
+            "says what to do), `cadence snapshots list`")
+    return None
 
 
 def redis_client(settings: Settings) -> aioredis.Redis:
@@ -342,11 +382,11 @@ def create_app(settings: Settings) -> faust.App:
             assigned(set())
 
     async def load_snapshot() -> dict[int, int] | None:
-        found = await snapshots.load()
+        found = await newest_readable(snapshots, metrics)  # a damaged newest version: the one before it
         if found is None:
             return None
-        info, blob = found
-        engine.resume_from(LearnedState.unpack(blob), info.offsets)
+        info, state = found
+        engine.resume_from(state, info.offsets)  # PolicyMismatch: the settings must change (logged, retried)
         status["snapshot"] = info.version
         log.warning("loaded snapshot version %s (policy version %s)", info.version, info.policy_version)
         return dict(info.offsets)
@@ -419,8 +459,8 @@ def create_app(settings: Settings) -> faust.App:
     async def take_over_models() -> None:
         """This worker now writes snapshots: continue training from the latest published models."""
         assert engine.models is not None
-        found = await snapshots.load()
-        restored = LearnedState.unpack(found[1]).models if found is not None else None
+        found = await newest_readable(snapshots, metrics)
+        restored = found[1].models if found is not None else None
         if restored is not None and restored.version > engine.models.models.version:
             engine.models.replace(restored)
         engine.models.training = True
