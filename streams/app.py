@@ -49,6 +49,7 @@ from streams.intake import DirectIntake
 from streams.learning_feed import follow_learning
 from streams.outputs import OutputSender, OutRecord
 from streams.pacing import rest_after
+from streams.rollbacks import RollbackFollower
 from streams.topics import BID_SIGNALS, DEAD_LETTERS, DECISIONS, ERASURES, INPUT_TOPICS, LEARNING, SHADOW
 from streams.web import register_views
 
@@ -375,6 +376,7 @@ def create_app(settings: Settings) -> faust.App:
     status: dict[str, Any] = {"rebalanced": settings.intake == "none", "generation": 0, "snapshot": None}
     policy_ready = asyncio.Event()
     snapshots = SnapshotStore(engine.store.client, settings.app_id, keep=settings.snapshots_kept)
+    rollbacks = RollbackFollower(snapshots, engine, status)
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # stubs: (sender, *args, signal, **kw)
     async def _rebalanced(app: faust.App, **kwargs: object) -> None:
@@ -562,17 +564,8 @@ def create_app(settings: Settings) -> faust.App:
     @app.timer(1.0)
     @survives("following rollbacks")
     async def follow_rollbacks() -> None:
-        generation = await snapshots.generation()
-        if policy_ready.is_set() and generation != status["generation"]:
-            status["generation"] = generation
-            found = await snapshots.load()
-            if found is not None:
-                state = LearnedState.unpack(found[1])
-                engine.replace_policy(state.policy)
-                if engine.models is not None and state.models is not None:
-                    engine.models.replace(state.models)
-                status["snapshot"] = found[0].version
-                log.warning("rollback: now on snapshot version %s", found[0].version)
+        if policy_ready.is_set():
+            await rollbacks.poll()
 
     @app.page("/metrics")
     async def metrics_page(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
