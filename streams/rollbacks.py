@@ -25,7 +25,6 @@ class RollbackFollower:
     async def poll(self) -> None:
         generation = await self.snapshots.generation()
         if generation != self.status["generation"]:
-            self.status["generation"] = generation
             found = await self.snapshots.load()
             if found is not None:
                 state = LearnedState.unpack(found[1])
@@ -34,3 +33,6 @@ class RollbackFollower:
                     self.engine.models.replace(state.models)
                 self.status["snapshot"] = found[0].version
                 log.warning("rollback: now on snapshot version %s", found[0].version)
+            # only once the state is in place: if the load or the unpack raised (Redis timed out), the generations
+            # still differ and the next poll tries again; the leader's periodic snapshots stay refused meanwhile
+            self.status["generation"] = generation
