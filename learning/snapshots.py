@@ -4,7 +4,8 @@ A snapshot holds the policy (and models) as bytes plus the offsets of the learni
 so a worker that starts loads the snapshot and reads the learning topic only from there.
 
 A rollback to version v writes a *new* version with v's blob and the learning topic's current end
-offsets, then bumps the generation: running workers load it and keep reading from where they are;
+offsets, then bumps the generation (it deletes no version: the CLI's store has the CLI shell's ``keep``, not
+the workers'; their next save trims): running workers load it and keep reading from where they are;
 a worker that restarts later starts from it and does not re-learn what was rolled back.
 
 Keys (namespace = app id): ``{ns}:snap:seq`` (last version), ``{ns}:snap:{v}`` (blob),
@@ -76,11 +77,13 @@ class SnapshotStore:
         assert saved is not None  # no generation to check: always saved
         return saved
 
-    async def save_if_current(self, blob: bytes, info: SnapshotInfo, generation: int | None) -> SnapshotInfo | None:
+    async def save_if_current(self, blob: bytes, info: SnapshotInfo, generation: int | None, *,
+                              trim: bool = True) -> SnapshotInfo | None:
         """Save ``blob`` as the newest version, unless a rollback bumped the generation past ``generation``
         (the one the caller's state belongs to): then nothing is written and None comes back. Without this
         a periodic snapshot of the pre-rollback state, written just after a rollback, would become the
-        latest version and undo it. ``generation=None`` saves unconditionally."""
+        latest version and undo it. ``generation=None`` saves unconditionally. ``trim``: then delete the
+        versions beyond ``keep``."""
         gen_key = self._key("generation")
         async with self.client.pipeline(transaction=True) as pipe:
             if generation is not None:
@@ -98,7 +101,8 @@ class SnapshotStore:
                 await pipe.execute()
             except WatchError:  # a rollback came in between: its version stays the latest
                 return None
-        await self._trim()
+        if trim:
+            await self._trim()
         return info
 
     async def _trim(self) -> None:
@@ -141,7 +145,10 @@ class SnapshotStore:
         old, blob = found
         info = SnapshotInfo(0, old.policy, old.policy_version, dict(current_offsets), old.watermark,
                             note=f"rollback to version {version}")
-        info = await self.save(blob, info)
+        # no trim: the CLI's store has the CLI shell's keep, not the workers' (their next save trims)
+        saved = await self.save_if_current(blob, info, None, trim=False)
+        assert saved is not None
+        info = saved
         await self.client.incr(self._key("generation"))  # workers load it; older-generation saves are refused
         return info
 

@@ -173,3 +173,23 @@ def test_the_offsets_a_rollback_stores_are_the_true_ends_of_the_learning_topic(r
     producer.close()
     assert [f.get().offset for f in sent] == list(range(10))
     assert end_offsets(runtime.kafka_bootstrap or "", topic) == {0: 10, 1: 0}
+
+
+def test_a_rollback_deletes_no_version_whatever_keep_the_store_that_made_it_has(runtime: Runtime) -> None:
+    # `cadence snapshots rollback` builds its store with the CLI shell's CADENCE_SNAPSHOTS_KEPT (20 unless set
+    # there): its rollback trimmed the versions down to that, deleting rollback points the workers keep (200).
+    workers = store_for(runtime, keep=200)
+    cli = SnapshotStore(workers.client, workers.namespace, keep=5)
+    policy = make_policy("linucb", 8, seed=1)
+
+    async def go() -> tuple[list[int], list[int]]:
+        for _ in range(30):
+            await workers.save(LearnedState(policy).pack(), info(policy))
+        await cli.rollback(10, {0: 5})
+        after_rollback = [i.version for i in await workers.list()]
+        await SnapshotStore(workers.client, workers.namespace, keep=12).save(LearnedState(policy).pack(), info(policy))
+        return after_rollback, [i.version for i in await workers.list()]
+
+    after_rollback, after_save = asyncio.run(go())
+    assert after_rollback == list(range(1, 32))
+    assert after_save == list(range(21, 33))  # the workers' next save trims, with their own setting
