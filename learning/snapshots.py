@@ -10,7 +10,8 @@ a worker that restarts later starts from it and does not re-learn what was rolle
 
 Keys (namespace = app id): ``{ns}:snap:seq`` (last version), ``{ns}:snap:{v}`` (blob),
 ``{ns}:snap:index`` (hash version -> JSON info), ``{ns}:snap:generation`` (bumped by every rollback;
-workers watch it), ``{ns}:snap:lease`` (which worker writes snapshots).
+workers watch it), ``{ns}:snap:rollback`` (JSON: the generation and the version its rollback wrote, which
+workers load), ``{ns}:snap:lease`` (which worker writes snapshots).
 """
 
 from __future__ import annotations
@@ -83,24 +84,30 @@ class SnapshotStore:
         (the one the caller's state belongs to): then nothing is written and None comes back. Without this
         a periodic snapshot of the pre-rollback state, written just after a rollback, would become the
         latest version and undo it. ``generation=None`` saves unconditionally. ``trim``: then delete the
-        versions beyond ``keep``."""
-        gen_key = self._key("generation")
-        async with self.client.pipeline(transaction=True) as pipe:
-            if generation is not None:
-                await pipe.watch(gen_key)  # EXEC fails if a rollback bumps it before the write
-                if int(await pipe.get(gen_key) or 0) != generation:
+        versions beyond ``keep``.
+
+        The version number is taken inside the transaction (``seq`` watched with the generation), so no
+        rollback can land between numbering and writing: a save that did not see the rollback's bump
+        cannot come out as a version newer than the rollback's."""
+        gen_key, seq_key = self._key("generation"), self._key("seq")
+        info.created_at = info.created_at or time.time()
+        info.size_bytes = len(blob)
+        while True:
+            async with self.client.pipeline(transaction=True) as pipe:
+                await pipe.watch(gen_key, seq_key)  # EXEC fails if a rollback or another save came in between
+                if generation is not None and int(await pipe.get(gen_key) or 0) != generation:
                     await pipe.unwatch()
                     return None
-            info.version = int(await self.client.incr(self._key("seq")))
-            info.created_at = info.created_at or time.time()
-            info.size_bytes = len(blob)
-            pipe.multi()
-            pipe.set(self._key(str(info.version)), blob)
-            pipe.hset(self._key("index"), str(info.version), info.to_json())
-            try:
-                await pipe.execute()
-            except WatchError:  # a rollback came in between: its version stays the latest
-                return None
+                info.version = int(await pipe.get(seq_key) or 0) + 1
+                pipe.multi()
+                pipe.set(seq_key, info.version)
+                pipe.set(self._key(str(info.version)), blob)
+                pipe.hset(self._key("index"), str(info.version), info.to_json())
+                try:
+                    await pipe.execute()
+                    break
+                except WatchError:  # read the generation again: a rollback's version stays the latest
+                    continue
         if trim:
             await self._trim()
         return info
@@ -139,18 +146,55 @@ class SnapshotStore:
         return SnapshotInfo.from_json(raw_info), cast(bytes, blob)  # the client does not decode responses
 
     async def rollback(self, version: int, current_offsets: dict[int, int]) -> SnapshotInfo:
-        """Make ``version``'s state live on every worker again, as a new version; returns its info."""
+        """Make ``version``'s state live on every worker again, as a new version; returns its info.
+
+        The new version, the generation's bump and the rollback point (which version that generation is)
+        are one transaction, watched like a save: a leader's periodic save either lands before it (and the
+        rollback's version is newer) or sees the bumped generation and is refused. No version is deleted:
+        this store's ``keep`` is the CLI shell's, not the workers' (their next save trims)."""
         found = await self.load(version)
         assert found is not None
         old, blob = found
+        gen_key, seq_key = self._key("generation"), self._key("seq")
         info = SnapshotInfo(0, old.policy, old.policy_version, dict(current_offsets), old.watermark,
-                            note=f"rollback to version {version}")
-        # no trim: the CLI's store has the CLI shell's keep, not the workers' (their next save trims)
-        saved = await self.save_if_current(blob, info, None, trim=False)
-        assert saved is not None
-        info = saved
-        await self.client.incr(self._key("generation"))  # workers load it; older-generation saves are refused
-        return info
+                            created_at=time.time(), size_bytes=len(blob), note=f"rollback to version {version}")
+        while True:
+            async with self.client.pipeline(transaction=True) as pipe:
+                await pipe.watch(gen_key, seq_key)
+                generation = int(await pipe.get(gen_key) or 0) + 1
+                info.version = int(await pipe.get(seq_key) or 0) + 1
+                pipe.multi()
+                pipe.set(seq_key, info.version)
+                pipe.set(self._key(str(info.version)), blob)
+                pipe.hset(self._key("index"), str(info.version), info.to_json())
+                pipe.set(gen_key, generation)  # workers load it; older-generation saves are refused
+                pipe.set(self._key("rollback"), orjson.dumps({"generation": generation, "version": info.version}))
+                try:
+                    await pipe.execute()
+                    return info
+                except WatchError:  # a save took the next version meanwhile: number again
+                    continue
+
+    async def rollback_point(self) -> tuple[int, int | None]:
+        """The generation and the version its rollback wrote (None for generation 0, or a generation
+        bumped by an older cadence that did not record it), read at once."""
+        raw_generation, raw_point = await self.client.mget(self._key("generation"), self._key("rollback"))
+        generation = int(raw_generation or 0)
+        if raw_point is None:
+            return generation, None
+        point = orjson.loads(raw_point)
+        return generation, int(point["version"]) if int(point["generation"]) == generation else None
+
+    async def load_rollback(self, version: int | None) -> tuple[SnapshotInfo, bytes] | None:
+        """What a worker following a rollback loads: the version the rollback wrote, not merely the latest
+        (which a save racing an older cadence's rollback could be). If it was trimmed meanwhile, the latest:
+        every later version was saved by a worker that had followed the rollback (the generation check)."""
+        if version is not None:
+            try:
+                return await self.load(version)
+            except SnapshotError:
+                pass
+        return await self.load()
 
     async def try_lead(self, worker_id: str, ttl_s: float) -> bool:
         """One worker writes snapshots at a time: the holder of a short lease. Taking a free lease and

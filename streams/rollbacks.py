@@ -23,9 +23,9 @@ class RollbackFollower:
         self.status = status
 
     async def poll(self) -> None:
-        generation = await self.snapshots.generation()
+        generation, version = await self.snapshots.rollback_point()
         if generation != self.status["generation"]:
-            found = await self.snapshots.load()
+            found = await self.snapshots.load_rollback(version)
             if found is not None:
                 state = LearnedState.unpack(found[1])
                 self.engine.replace_policy(state.policy)
