@@ -39,6 +39,7 @@ class EngineLearning:
     learned_watermark: float
     sources: SourceProgress  # how far each producer of the learning topic has got: closes label windows
     _seen: SeenKeys
+    _lift_seen: SeenKeys | None  # after following a rollback: the keys the lift has counted (see follow_rollback)
 
     def learned_state(self) -> LearnedState:
         """What a snapshot of this worker's learning holds (pair it with ``learned_offsets``, read at once)."""
@@ -58,6 +59,19 @@ class EngineLearning:
         if state.lift is not None:  # the lift up to those offsets: the learning topic is read on from there
             self.lift = state.lift
         self._seen.remember(state.seen)
+
+    def follow_rollback(self, state: LearnedState, offsets: dict[int, int]) -> dict[int, int]:
+        """A rollback's snapshot, followed while running: as ``resume_from`` (a worker restarting from it has
+        the same policy and models once both read on from ``offsets``), but the lift goes on (it measures
+        what was shown). Returns the offsets this worker had applied, up to which its lift counted: the
+        learning feed reads again from the lower of the two (``streams.learning_feed.Rewind``)."""
+        counted, lift = dict(self.learned_offsets), self.lift
+        # the samples applied so far are no longer in the policy: read again from the offsets, they are applied
+        # (as by a restarted worker, which knows only the snapshot's digests); the lift keeps its own
+        self._lift_seen, self._seen = self._seen, SeenKeys(self._seen.capacity)
+        self.resume_from(state, offsets)
+        self.lift = lift
+        return counted
 
     def replace_policy(self, policy: Policy) -> None:
         """Swap in a restored policy (snapshot at start, or a rollback), with its statistics under the policy
@@ -89,13 +103,22 @@ class EngineLearning:
                         "; ".join(changes))
         self.shadow_policy = shadow
 
-    def learn_batches(self, batches: Sequence[LearningBatch], positions: dict[int, int] | None = None) -> None:
-        """Learning-topic messages as the feed read them: their samples, then their producers' progress."""
+    def learn_batches(self, batches: Sequence[LearningBatch], positions: dict[int, int] | None = None,
+                      policy_only: Sequence[LearningBatch] = (), lift_only: Sequence[LearningBatch] = ()) -> None:
+        """Learning-topic messages as the feed read them: their samples, then their producers' progress.
+        After a rollback (``streams.learning_feed.deliver``): ``policy_only`` messages the lift counted
+        already, ``lift_only`` ones the rollback keeps out of the policy that the lift has not counted."""
+        if lift_only:
+            samples = [s for b in lift_only for s in b.samples]
+            seen = self._lift_seen if self._lift_seen is not None else self._seen
+            self.lift.add_many([s for s in samples if seen.first_time(s.key)], self._lift_covers())
+        if policy_only:
+            self.learn([s for b in policy_only for s in b.samples], None, policy_only, count_lift=False)
         self.learn([s for b in batches for s in b.samples], positions, batches)
 
     def learn(
         self, samples: list[LearningSample], positions: dict[int, int] | None = None,
-        batches: Sequence[LearningBatch] | None = None,
+        batches: Sequence[LearningBatch] | None = None, count_lift: bool = True,
     ) -> None:
         """Apply learning samples (all workers apply all of them); batched, per sample if a batch fails.
 
@@ -119,7 +142,8 @@ class EngineLearning:
         if len(fresh) < len(samples):
             self.metrics.learning_samples.labels("duplicate").inc(len(samples) - len(fresh))
         samples = fresh
-        self.lift.add_many(samples, self._lift_covers())
+        if count_lift:
+            self.lift.add_many(samples, self._lift_covers())
         usable = [s for s in samples if s.action != NO_ACTION]  # a decision that showed nothing: lift only
         applied = self._learn_into(self.policy, usable)
         if self.shadow_policy is not None:

@@ -112,6 +112,7 @@ class Engine(EngineLearning):
         join = models.config.join if models is not None else JoinConfig()
         self.sources = SourceProgress(join.max_source_lag_s)  # closes the label join's windows
         self._seen = SeenKeys()  # keys of learning samples applied recently
+        self._lift_seen: SeenKeys | None = None  # the lift's, once a rollback reset _seen (follow_rollback)
         self._unapplied: deque[FeatureUpdate] = deque()  # updates to replay once Redis answers again
         self._store_retry_at = 0.0  # monotonic time before which a failed store is not tried again
         self._store_logged_at = 0.0  # monotonic time of the last store-failure log line

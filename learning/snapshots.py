@@ -5,8 +5,8 @@ so a worker that starts loads the snapshot and reads the learning topic only fro
 
 A rollback to version v writes a *new* version with v's blob and the learning topic's current end
 offsets, then bumps the generation (it deletes no version: the CLI's store has the CLI shell's ``keep``, not
-the workers'; their next save trims): running workers load it and keep reading from where they are;
-a worker that restarts later starts from it and does not re-learn what was rolled back.
+the workers'; their next save trims): running workers load it and read the learning topic again from its
+offsets (streams/rollbacks.py), as a worker that restarts later does, so neither re-learns what was rolled back.
 
 Keys (namespace = app id): ``{ns}:snap:seq`` (last version), ``{ns}:snap:{v}`` (blob),
 ``{ns}:snap:index`` (hash version -> JSON info), ``{ns}:snap:generation`` (bumped by every rollback;

@@ -46,7 +46,7 @@ from streams.faust_tuning import set_fetch_max_wait
 from streams.gc_pacing import GC_GEN0_THRESHOLD, GcPacer
 from streams.handover import hand_over
 from streams.intake import DirectIntake
-from streams.learning_feed import follow_learning
+from streams.learning_feed import FeedControl, follow_learning
 from streams.outputs import OutputSender, OutRecord
 from streams.pacing import rest_after
 from streams.rollbacks import RollbackFollower
@@ -376,7 +376,8 @@ def create_app(settings: Settings) -> faust.App:
     status: dict[str, Any] = {"rebalanced": settings.intake == "none", "generation": 0, "snapshot": None}
     policy_ready = asyncio.Event()
     snapshots = SnapshotStore(engine.store.client, settings.app_id, keep=settings.snapshots_kept)
-    rollbacks = RollbackFollower(snapshots, engine, status)
+    feed_control = FeedControl()  # a rollback repositions the learning feed
+    rollbacks = RollbackFollower(snapshots, engine, status, feed_control)
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # stubs: (sender, *args, signal, **kw)
     async def _rebalanced(app: faust.App, **kwargs: object) -> None:
@@ -453,7 +454,7 @@ def create_app(settings: Settings) -> faust.App:
             gc_pacer.start()  # from now on the collector runs between batches (streams/gc_pacing.py)
         await follow_learning(
             settings.kafka_bootstrap or "", settings.topic(LEARNING), engine.learn_batches, stop_learning,
-            start_offsets=offsets, fetch_max_wait_ms=settings.learning_fetch_max_wait_ms,
+            start_offsets=offsets, fetch_max_wait_ms=settings.learning_fetch_max_wait_ms, control=feed_control,
         )
 
     exchange = ModelExchange(engine.store.client, settings.app_id)

@@ -1,5 +1,11 @@
 """A running worker follows a rollback (``cadence snapshots rollback V``): the rollback bumps the snapshot
-generation, and every worker polls it (``streams.app``'s ``follow_rollbacks`` timer, every second)."""
+generation, and every worker polls it (``streams.app``'s ``follow_rollbacks`` timer, every second).
+
+Following it ends where a worker restarting from the rollback's snapshot would: its policy and models, and the
+learning topic applied from its offsets (the topic's end at the rollback). The running worker's feed may be
+behind them (it must not apply what the rollback keeps out) or past them (samples sent after the rollback,
+applied to the old state before this poll, are applied again to the new one): the feed seeks back to the lower
+of the two (``streams.learning_feed.Rewind``); the lift counts each sample once throughout."""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from typing import Any
 from engine.processor import Engine
 from learning.snapshots import SnapshotStore
 from learning.state import LearnedState
+from streams.learning_feed import FeedControl
 
 log = logging.getLogger(__name__)
 
@@ -17,22 +24,26 @@ class RollbackFollower:
     """``status`` is the worker's: ``generation`` (the snapshot generation its state belongs to, which its
     periodic snapshots are checked against) and ``snapshot`` (the version it last loaded or saved)."""
 
-    def __init__(self, snapshots: SnapshotStore, engine: Engine, status: dict[str, Any]) -> None:
+    def __init__(self, snapshots: SnapshotStore, engine: Engine, status: dict[str, Any],
+                 feed: FeedControl | None = None) -> None:
         self.snapshots = snapshots
         self.engine = engine
         self.status = status
+        self.feed = feed if feed is not None else FeedControl()
 
     async def poll(self) -> None:
         generation, version = await self.snapshots.rollback_point()
         if generation != self.status["generation"]:
             found = await self.snapshots.load_rollback(version)
             if found is not None:
-                state = LearnedState.unpack(found[1])
-                self.engine.replace_policy(state.policy)
-                if self.engine.models is not None and state.models is not None:
-                    self.engine.models.replace(state.models)
-                self.status["snapshot"] = found[0].version
-                log.warning("rollback: now on snapshot version %s", found[0].version)
+                info, blob = found
+                state = LearnedState.unpack(blob)
+                # both at once (no await between): the feed applies no sample to the new state before seeking
+                counted = self.engine.follow_rollback(state, info.offsets)
+                self.feed.rewind(info.offsets, counted)
+                self.status["snapshot"] = info.version
+                log.warning("rollback: now on snapshot version %s; learning again from its offsets %s",
+                            info.version, info.offsets)
             # only once the state is in place: if the load or the unpack raised (Redis timed out), the generations
             # still differ and the next poll tries again; the leader's periodic snapshots stay refused meanwhile
             self.status["generation"] = generation

@@ -11,7 +11,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from cadence.runtime import Runtime
+from contracts.decisions import encode_samples
 from learning.snapshots import SnapshotInfo, SnapshotStore
+from learning.state import LearnedState
+from streams.learning_feed import FeedControl, deliver
 from streams.rollbacks import RollbackFollower
 from tests.unit.test_resume_from_snapshot import make_engine, samples
 
@@ -102,3 +105,60 @@ def test_a_periodic_snapshot_racing_a_rollback_never_becomes_what_workers_follow
         return [d for d in range(25) if not await trial(d)]
 
     assert asyncio.run(go()) == []  # the delays after which workers followed the pre-rollback state
+
+
+def feed(engine, control: FeedControl, topic: list[bytes], pos: int, end: int, chunk: int = 3) -> int:  # noqa: ANN001
+    """What streams.learning_feed.follow_learning does with one partition, the broker a list of records."""
+    positions: dict[int, int] = {0: pos}
+    while pos < end:
+        if control.pending is not None:
+            pos = control.take([0])[0]
+            positions[0] = pos
+        upto = min(pos + chunk, end)
+        deliver({0: [(o, topic[o]) for o in range(pos, upto)]}, engine.learn_batches, control, positions)
+        pos = upto
+    return pos
+
+
+@pytest.mark.parametrize("read_at_rollback", [14, 26])
+def test_a_running_worker_and_one_restarted_after_a_rollback_end_with_the_same_policy(
+    runtime: Runtime, read_at_rollback: int
+) -> None:
+    # The rollback's snapshot carries the learning topic's end offsets O at the rollback: a worker restarting
+    # from it applies the samples from O on. A running worker used to swap in the policy and read on from
+    # where its feed was (P): behind the rollback (P < O, 14) it applied samples the rollback kept out; having
+    # read samples sent after it (P > O, 26) before following it, it lost them. Its lift counts every sample
+    # once either way (a rollback does not restore the lift).
+    topic = [encode_samples(samples(10 * i, 10), source="w1") for i in range(30)]
+    rollback_at, end = 20, 30  # O: the topic's end when the operator rolls back; then 10 more are sent
+    store = store_for(runtime)
+    running, control = make_engine(), FeedControl()
+    status: dict[str, Any] = {"generation": 0, "snapshot": None}
+    follower = RollbackFollower(store, running, status, control)
+
+    async def go() -> tuple[SnapshotInfo, bytes] | None:
+        pos = feed(running, control, topic, 0, 10)
+        v1 = await store.save(running.learned_state().pack(),
+                              SnapshotInfo(0, "linucb", 1, dict(running.learned_offsets)))
+        pos = feed(running, control, topic, pos, min(read_at_rollback, rollback_at))
+        await store.rollback(v1.version, {0: rollback_at})
+        pos = feed(running, control, topic, pos, read_at_rollback)  # read before its follow_rollbacks timer fires
+        await follower.poll()
+        feed(running, control, topic, pos, end)
+        return await store.load()  # what a worker restarting now loads
+
+    found = asyncio.run(go())
+    assert found is not None
+    info, blob = found
+    restarted, reference = make_engine(), make_engine()
+    restarted.resume_from(LearnedState.unpack(blob), info.offsets)
+    feed(restarted, FeedControl(), topic, info.offsets[0], end)
+    feed(reference, FeedControl(), topic, 0, end)  # every sample once, no rollback: the lift to compare with
+
+    a, b = stats(running), stats(restarted)
+    assert not np.allclose(a[0], stats(reference)[0])  # the rollback did take something out
+    np.testing.assert_allclose(a[0], b[0])
+    np.testing.assert_allclose(a[1], b[1])
+    assert running.policy.version == restarted.policy.version
+    assert running.learned_offsets == restarted.learned_offsets == {0: end}
+    assert running.lift.to_state() == reference.lift.to_state()
