@@ -297,14 +297,19 @@ class Engine(EngineLearning):
 
     def _wrong_channel(self, event: Event) -> Rejection | None:
         """A request for a placement of another channel than its topic's (a page_view for the newsletter) is
-        refused: decided, it would show email templates on the web and spend the user's email cap. A placement
-        the catalogue does not know is left to the policy (an ``unknown_placement`` fallback)."""
+        refused: decided, it would show email templates on the web and spend the user's email cap. So is one
+        for a placement the catalogue does not know (a typo in the website's integration was answered "none"
+        with nothing to tell it from a decision, while GET /decide refused it)."""
         if not event.kind.requests_decision:
             return None
         placement = self.policy_ctx.catalogue.placements.get(event.placement or "")
-        if placement is None or placement.channel == event.channel:
+        if placement is not None and placement.channel == event.channel:
             return None
         fitting = sorted(p.id for p in self.policy_ctx.catalogue.placements.values() if p.channel == event.channel)
+        if placement is None:
+            return Rejection(Reason.INVALID_VALUE, f"unknown placement {(event.placement or '')[:64]!r}: a "
+                             f"{event.type} ({event.topic}) asks for one of the catalogue's {event.channel} "
+                             f"placements: {', '.join(fitting) or 'it has none'}")
         return Rejection(Reason.INVALID_VALUE, f"placement {placement.id!r} is on the {placement.channel} channel, "
                          f"but a {event.type} ({event.topic}) asks for a {event.channel} placement: "
                          f"{', '.join(fitting) or 'the catalogue has none'}")

@@ -713,6 +713,19 @@ def test_a_request_for_another_channels_placement_is_dead_lettered(runtime: Runt
     assert [d.trace.get("caps") for d in email.decisions] == [None]  # the email cap was not spent
 
 
+def test_a_request_for_a_placement_the_catalogue_does_not_know_is_dead_lettered(runtime: Runtime) -> None:
+    """A typo in the website's integration (placement "home_heroo") used to be decided "none" (fallback
+    unknown_placement), indistinguishable from a real "show nothing", while GET /decide refused it with a 400.
+    It is refused the same way on the stream: a dead letter naming the placements of its channel, counted."""
+    engine = make_engine(runtime)
+    out = run(engine.process(msgs(event("typo1", "u-typo", ts=T0 + 43200, placement="home_heroo"))))
+    assert out.decisions == []
+    [dead] = out.dead_letters
+    assert dead.reason_code == "invalid_value"
+    assert "unknown placement 'home_heroo'" in dead.reason and "home_hero, product_sidebar" in dead.reason
+    assert 'cadence_dead_letters_total{reason="invalid_value"} 1.0' in engine.metrics.exposition().decode()
+
+
 def test_without_consent_nothing_describing_the_person_is_kept(runtime: Runtime) -> None:
     """README: the profile fields describing the person are not stored for a user whose stored consent is false.
     A stored refusal used to let a later event without the field store device and segment, and a withdrawal
