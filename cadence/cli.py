@@ -78,11 +78,20 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
     settings = _settings()
     _check_catalogue(settings)
-    runtime = Runtime(settings.data_dir, settings.kafka_bootstrap, settings.redis_url).start()
+    try:
+        runtime = Runtime(settings.data_dir, settings.kafka_bootstrap, settings.redis_url).start()
+    except RuntimeStartError as exc:  # an embedded server that did not come up: say which, no traceback
+        sys.exit(f"cadence: {exc}")
     try:
         resolved = {"kafka_bootstrap": runtime.kafka_bootstrap, "redis_url": runtime.redis_url}
         settings = settings.model_copy(update=resolved)
-        create_engine_topics(settings.kafka_bootstrap or "", settings)
+        try:
+            create_engine_topics(settings.kafka_bootstrap or "", settings)
+        except RuntimeStartError as exc:  # a configured broker that does not answer: one line, no traceback
+            configured = "KAFKA_BOOTSTRAP" in os.environ  # not the embedded broker, which start() checked
+            hint = ("; check KAFKA_BOOTSTRAP (host:port of a broker this machine reaches), or unset it for the "
+                    "embedded broker" if configured else "")
+            sys.exit(f"cadence: {exc}{hint}")
         try:
             app = create_app(settings)
         except (SettingError, CatalogueError) as exc:  # the catalogue changed since _check_catalogue read it
@@ -224,8 +233,10 @@ def cmd_topics(args: argparse.Namespace) -> None:
     while shown < args.n and time.monotonic() < deadline:
         for records in consumer.poll(timeout_ms=200).values():
             for rec in records:
-                if shown < args.n:
-                    print(rec.value.decode("utf-8", errors="replace"))
+                if shown < args.n:  # a tombstone (erasures; null value) shows as its key and null
+                    key = (rec.key or b"").decode("utf-8", errors="replace")
+                    print(rec.value.decode("utf-8", errors="replace") if rec.value is not None else
+                          orjson.dumps({"key": key, "value": None}).decode())
                     shown += 1
     consumer.close()
 
@@ -291,6 +302,8 @@ def cmd_levers(args: argparse.Namespace) -> None:
             book = await store.load()
             for lever in book.levers:
                 print(orjson.dumps(lever.to_dict()).decode())
+            if not book.levers:
+                print("no levers set", file=sys.stderr)  # stderr: stdout stays one lever per line (none)
             last = args.audit_last if args.audit_last is not None else 100 if args.audit else 0
             if last:
                 for a in await store.audit(last):

@@ -121,16 +121,17 @@ class Lever:
         """Refuse a lever naming a placement or action ``catalogue`` does not have, or an action that is not
         on the lever's placement: a typo would be stored and then match nothing (a kill switch killing
         nothing). For the entry points (CLI, HTTP), with the catalogue the workers use; runs ``check`` first."""
+        boost_number = isinstance(self.factor, (int, float)) and not isinstance(self.factor, bool)
+        if self.kind is LeverKind.BOOST and boost_number and not BOOST_RANGE[0] <= self.factor <= BOOST_RANGE[1]:
+            raise LeverError(  # before check(): its "> 0" is the rule for stored levers, not the range to use
+                f"lever {self.lever_id!r}: boost 'factor' must be between {BOOST_RANGE[0]:g} and {BOOST_RANGE[1]:g}, "
+                f"got {self.factor:g}; use a ban or a pin to hold an action back or force it"
+            )
         self.check()  # types first: a list where an id belongs is named as such, not looked up
         for name in ("user_id", "segment", "placement"):
             if getattr(self, name) == "":
                 raise LeverError(f"lever {self.lever_id!r}: {name!r} is empty and would match nobody; leave it out "
                                  f"to target every {name.removesuffix('_id')}")
-        if self.kind is LeverKind.BOOST and not BOOST_RANGE[0] <= self.factor <= BOOST_RANGE[1]:
-            raise LeverError(
-                f"lever {self.lever_id!r}: boost 'factor' must be between {BOOST_RANGE[0]:g} and {BOOST_RANGE[1]:g}, "
-                f"got {self.factor:g}; use a ban or a pin to hold an action back or force it"
-            )
         if self.placement is not None and self.placement not in catalogue.placements:
             raise self._unknown("placement", self.placement, catalogue.placements)
         if self.action is None:

@@ -11,7 +11,7 @@ import orjson
 import pytest
 import redis
 
-from cadence.runtime import Runtime
+from cadence.runtime import Runtime, create_topics
 from cadence.workers import worker_env
 
 pytestmark = pytest.mark.integration
@@ -35,8 +35,8 @@ def test_levers_pin_list_audit_revoke(runtime: Runtime, isolated: dict[str, str]
     last = cadence(runtime, isolated, "levers", "list", "--audit-last", "1").stdout.splitlines()
     assert len(last) == 2 and last[0].startswith("audit ") and last[0].endswith("bo: revoke p9 — done")
     assert last[1] == "audit: the newest 1 of 2 entries kept; --audit-last N for more"
-    bad = cadence(runtime, isolated, "levers", "boost", "offer_bundle", "--factor", "-1", "--who", "a", "--why", "b")
-    assert bad.returncode != 0 and "factor" in bad.stderr
+    bad = cadence(runtime, isolated, "levers", "boost", "offer_bundle", "--factor", "0", "--who", "a", "--why", "b")
+    assert bad.returncode == 2 and "boost 'factor' must be between 0.001 and 1000, got 0" in bad.stderr
 
 
 def test_levers_set_without_ts_apply_to_a_backlog(runtime: Runtime, isolated: dict[str, str]) -> None:
@@ -69,7 +69,8 @@ def test_levers_naming_what_the_catalogue_does_not_have_are_refused(runtime: Run
     elsewhere = cadence(runtime, isolated, "levers", "pin", "offer_clearance", "--placement", "home_hero",
                         "--who", "ana", "--why", "promo")
     assert elsewhere.returncode == 2 and "is not on placement 'home_hero'" in elsewhere.stderr
-    assert cadence(runtime, isolated, "levers", "list").stdout == ""
+    listed = cadence(runtime, isolated, "levers", "list")
+    assert listed.stdout == "" and listed.stderr == "no levers set\n"
 
 
 def test_erase_user_and_empty_snapshot_list(runtime: Runtime, isolated: dict[str, str]) -> None:
@@ -89,6 +90,25 @@ def test_erase_user_and_empty_snapshot_list(runtime: Runtime, isolated: dict[str
     assert client.exists(f"{isolated['app_id']}:u:another") and client.scard(f"{isolated['app_id']}:erased:v2") == 1
     missing = cadence(runtime, isolated, "snapshots", "rollback", "42")
     assert missing.returncode != 0 and "no snapshot version 42" in missing.stderr
+
+
+def test_topics_shows_the_erasures_tombstones(runtime: Runtime, isolated: dict[str, str]) -> None:
+    # `cadence topics erasures` raised AttributeError on the first tombstone (a null value), the topic's content
+    create_topics(runtime.kafka_bootstrap or "", [isolated["topic_prefix"] + "erasures"], 1, compacted=["x"])
+    assert cadence(runtime, isolated, "erase-user", "u-tomb", "--who", "dpo").returncode == 0
+    shown = cadence(runtime, isolated, "topics", "erasures", "-n", "1", "--timeout", "20")
+    assert shown.returncode == 0, shown.stderr
+    assert orjson.loads(shown.stdout.splitlines()[0]) == {"key": "u-tomb", "value": None}
+
+
+def test_a_worker_whose_broker_does_not_answer_says_so_in_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CADENCE_") and k != "REDIS_URL"}
+    env = worker_env({**env, "KAFKA_BOOTSTRAP": "127.0.0.1:9"}, data_dir=str(tmp_path / "data"))  # nobody on port 9
+    done = subprocess.run([sys.executable, "-m", "cadence", "worker"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr  # no traceback
+    assert done.stderr.startswith("cadence: Kafka at 127.0.0.1:9 did not answer")
+    assert "check KAFKA_BOOTSTRAP" in done.stderr
 
 
 def test_topics_needs_a_broker_and_says_so(runtime: Runtime, isolated: dict[str, str]) -> None:
