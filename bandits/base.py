@@ -54,6 +54,12 @@ class Choice:
     # estimated mean reward of each action, without any exploration bonus (LinUCB's θₐ·x); empty when
     # the policy does not say, then ``scores`` stand in for it (see ``mean_of``)
     means: dict[str, float] = field(default_factory=dict)
+    # the pick came from the uniform exploration draw (probability ε: every eligible action alike); such a
+    # pick is shown as drawn, never overridden by arbitration (policy/arbitration.py)
+    uniform: bool = False
+    # the probability the uniform draw gives each eligible action, ε/K (included in ``probabilities``);
+    # 0 when the policy has no uniform draw or does not say
+    floor: float = 0.0
 
     def mean_of(self, action: str) -> float:
         """The mean reward estimate of ``action`` (its score when the policy gave no means; 0 if unknown)."""
@@ -285,8 +291,11 @@ class Policy(ABC):
         pick: int,
         best: int,
         means: list[float] | None = None,
+        uniform: bool = False,
+        floor: float = 0.0,
     ) -> Choice:
-        """``means``: the mean reward estimates when they differ from ``scores`` (else left empty)."""
+        """``means``: the mean reward estimates when they differ from ``scores`` (else left empty);
+        ``uniform``: the pick came from the uniform draw, which gives every action ``floor``."""
         # the lists are the policy's own, one entry per action by construction: plain zips (no strict
         # check) on this per-request path
         return Choice(
@@ -296,6 +305,8 @@ class Policy(ABC):
             dict(zip(actions, scores)),  # noqa: B905
             dict(zip(actions, probs)),  # noqa: B905
             dict(zip(actions, means)) if means is not None else {},  # noqa: B905
+            uniform,
+            floor,
         )
 
     # -- to implement -------------------------------------------------------------------------

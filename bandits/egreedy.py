@@ -29,8 +29,9 @@ class EpsilonGreedy(LinearPolicy):
 
     def _select(self, x: np.ndarray, actions: list[str], idx: np.ndarray | None) -> Choice:
         scores = self._means(x, idx).tolist()
-        pick, best, probs = greedy_pick(scores, self.epsilon, self._rng.random())
-        return self._choice(actions, scores, probs, pick, best)
+        eps, u = self.epsilon, self._rng.random()
+        pick, best, probs = greedy_pick(scores, eps, u)
+        return self._choice(actions, scores, probs, pick, best, None, u < eps, eps / len(scores))
 
     def _prepare(self, xs: np.ndarray) -> list[list[float]]:
         return (xs @ self._stack[len(self._since_refresh) * self.dim :].T).tolist()
@@ -38,5 +39,6 @@ class EpsilonGreedy(LinearPolicy):
     def _select_prepared(self, rows: list[list[float]], row: int, actions: list[str],
                          idx: np.ndarray | None) -> Choice:
         scores = rows[row] if idx is None else [rows[row][a] for a in idx.tolist()]
-        pick, best, probs = greedy_pick(scores, self.epsilon, self._rng.random())
-        return self._choice(actions, scores, probs, pick, best)
+        eps, u = self.epsilon, self._rng.random()
+        pick, best, probs = greedy_pick(scores, eps, u)
+        return self._choice(actions, scores, probs, pick, best, None, u < eps, eps / len(scores))

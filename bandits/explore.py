@@ -9,6 +9,8 @@ def greedy_pick(scores: list[float], epsilon: float, u: float) -> tuple[int, int
     u < ε explores (uniform over all k, index from u/ε), otherwise the best score wins with ties
     split uniformly (index from (u−ε)/(1−ε)). So P(a) = ε/k + (1−ε)/|ties| for a tied-best action and
     ε/k for the others, exactly. ``best`` is the greedy action (the pick itself when it is one of the ties).
+    Callers report ``u < epsilon`` as ``Choice.uniform`` and ε/k as ``Choice.floor``: arbitration shows a
+    uniform pick as drawn and overrides only the greedy branch (policy/arbitration.py).
     """
     k = len(scores)
     top_score = max(scores)

@@ -80,4 +80,4 @@ class LinTS(LinearPolicy):
         # is played (only then is 1 - ε > 0 divided by: ε = 1 explores always)
         pick = min(int(u / eps * k), k - 1) if u < eps else int(winners[min(int((u - eps) / (1.0 - eps) * n), n - 1)])
         scores = mean.tolist()
-        return self._choice(actions, scores, probs, pick, int(mean.argmax()))
+        return self._choice(actions, scores, probs, pick, int(mean.argmax()), None, u < eps, eps / k)

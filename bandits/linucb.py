@@ -111,8 +111,9 @@ class LinUCB(LinearPolicy):
         widths = [sqrt(v) if v > 0.0 else 0.0 for v in var.tolist()]
         scores = [m + alpha * w for m, w in zip(means, widths)]  # noqa: B905 (both one per arm)
         eps = self._epsilon(widths[scores.index(max(scores))], ddot(x, x))
-        pick, best, probs = greedy_pick(scores, eps, self._rng.random())
-        return self._choice(actions, scores, probs, pick, best, means)
+        u = self._rng.random()
+        pick, best, probs = greedy_pick(scores, eps, u)
+        return self._choice(actions, scores, probs, pick, best, means, u < eps, eps / len(scores))
 
     def _prepare(self, xs: np.ndarray) -> tuple[list[list[float]], list[list[float]], list[list[float]], list[float]]:
         mean, var = self._moments_many(xs)
@@ -134,5 +135,6 @@ class LinUCB(LinearPolicy):
             arms = idx.tolist()
             scores, mean, width = [scores[a] for a in arms], [mean[a] for a in arms], [width[a] for a in arms]
         eps = self._epsilon(width[scores.index(max(scores))], rows[3][row])
-        pick, best, probs = greedy_pick(scores, eps, self._rng.random())
-        return self._choice(actions, scores, probs, pick, best, mean)
+        u = self._rng.random()
+        pick, best, probs = greedy_pick(scores, eps, u)
+        return self._choice(actions, scores, probs, pick, best, mean, u < eps, eps / len(scores))

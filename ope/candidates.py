@@ -21,14 +21,15 @@ Configs (``name`` is optional everywhere and labels the candidate in tables and 
                                                           leave-one-out error)
 
 The engine never shows the bandit's pick as it is: arbitration (policy/arbitration.py) ranks the eligible
-actions by expected value (score × value scale × boost − cost) and shows the ev winner unless the bandit
-explored, and the logged probability is that of bandit + arbitration. A ``bandit`` candidate is scored the
-same way: its target probability of an action is the probability arbitration gives it (``arbitrate`` on
-each pick the bandit can make), with the catalogue's values and costs and the engine's arbitration
-settings, so a candidate identical to the deployed bandit estimates the logged value. What the log cannot
-say is left out and stated: boost levers active when the log was made (they are not in the learning
-samples) are not applied, and on placements with stickiness the engine decides without the bandit's draw
-from the user's incumbent (not logged either); such decisions are not evaluated by default (ope/log.py).
+actions by expected value (score × value scale × boost − cost) and shows the ev winner unless the pick came
+from the bandit's uniform exploration draw, and the logged probability is that of bandit + arbitration. A
+``bandit`` candidate is scored the same way: its target probability of an action is the probability
+arbitration gives it (``policy.arbitration.shown_probabilities``), with the catalogue's values and costs
+and the engine's arbitration settings, so a candidate identical to the deployed bandit estimates the
+logged value. What the log cannot say is left out and stated: boost levers active when the log was made
+(they are not in the learning samples) are not applied, and on placements with stickiness the engine
+decides without the bandit's draw from the user's incumbent (not logged either); such decisions are not
+evaluated by default (ope/log.py).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from bandits.base import Choice, Policy
 from ope.diagnostics import OPEError
 from ope.log import DecisionLog
 from ope.reward_model import RIDGE_GRID, RidgeRewardModel
-from policy.arbitration import ArbitrationConfig, arbitrate
+from policy.arbitration import ArbitrationConfig, shown_probabilities
 from policy.catalogue import Catalogue
 from policy.pipeline import PolicyContext
 
@@ -91,25 +92,11 @@ class Constant:
 def arbitrated_probs(
     choice: Choice, eligible: Sequence[str], catalogue: Catalogue, config: ArbitrationConfig = ENGINE_ARBITRATION
 ) -> dict[str, float]:
-    """The probability of each eligible action being shown when ``choice``'s draw goes through arbitration.
-
-    Each pick the bandit can make is run through ``arbitrate``, which names the action shown and the
-    probability the engine logs for it (every pick leading to that action counted); so these are exactly
-    the logged probabilities, and they sum to the bandit's total, 1.
-    """
-    out = dict.fromkeys(eligible, 0.0)
-    for pick in eligible:
-        q = choice.probabilities.get(pick, 0.0)
-        if q > 0.0:
-            arb = arbitrate(
-                Choice(pick, q, choice.greedy, choice.scores, choice.probabilities, choice.means),
-                eligible,
-                catalogue,
-                None,
-                config,
-            )
-            out[arb.action] = arb.probability
-    return out
+    """The probability of each eligible action being shown when ``choice``'s draw goes through arbitration
+    (``shown_probabilities``: the uniform draw as drawn, the greedy branch arbitrated). These are exactly the
+    probabilities the engine logs for each action, and they sum to the bandit's total, 1."""
+    shown = shown_probabilities(choice, eligible, catalogue, None, config)
+    return {a: shown.get(a, 0.0) for a in eligible}
 
 
 class FrozenBandit:

@@ -10,17 +10,25 @@ For each eligible action a::
                                                          responses: its score is a response probability)
     ev(a)         = gross(a) × lever boost(a) − cost(a)
 
-The final candidate is the bandit's own pick when it explored (pick ≠ its greedy action), otherwise the
-action with the highest ev (on a tie the bandit's greedy action if it is among the tied, else the higher
-bandit score, then catalogue order). With no costs and no boosts, value mode gives exactly the bandit's
-choice.
+The bandit draws in two branches: with probability ε (``Choice.uniform``) a uniform pick over the eligible
+actions, otherwise its greedy branch (LinUCB, ε-greedy: the best score; LinTS: a Thompson draw). A uniform
+pick is shown as drawn, never overridden. In the greedy branch a pick at the bandit's top score is replaced
+by the action with the highest ev (on a tie the pick itself if it is among the tied, which keeps the
+bandit's own random tie-breaking; else the higher bandit score, then eligible order); a pick below the top
+score (a LinTS draw that is not the posterior-mean best) is shown as drawn. With no costs and no boosts,
+value mode gives exactly the bandit's choice.
 
-Logged probability. The candidate is a function of the bandit's pick: the pick itself when it explored,
-the ev winner when it exploited. So P(candidate = a) = P(pick = a)·[a ≠ greedy] + P(pick = greedy)·[a is
-the ev winner], computed from the bandit's probabilities. When the ev winner is the bandit's greedy action
-this is the bandit's own probability. It is exact except in one corner: the bandit's top score is tied
-(it draws its greedy action among the tied ones) and costs or boosts split that tie; then it is the
-probability given the greedy action drawn.
+Logged probability. The greedy-branch mass of an action is its bandit probability minus the uniform share
+``Choice.floor`` = ε/K. Then
+
+    P(shown = a) = ε/K + mass(a)·[a keeps it] + [a is the ev winner]·(mass arbitration moved)
+
+where an action keeps its mass unless its score is the top one and its ev is not (that mass moves to the
+ev winner). This is exact for every pick the bandit can make, score ties included; the probabilities sum to
+1, and every eligible action keeps at least ε/K, so off-policy estimates stay possible for all of them
+(``shown_probabilities`` gives them all). For LinUCB without a tie on the top score and an override it is
+ε/K + (1−ε)·[a = ev winner]. For LinTS it is exact given the draws, as its own probabilities are. A policy
+that does not report ``floor`` (0) is read as having no uniform branch.
 
 Where a decision lasts (placements with stickiness) the pipeline does not use the bandit's draw but
 ``settled``: the best action on ev (UCB-optimistic) or on ``mean_ev`` (the same formula on the bandit's
@@ -30,13 +38,14 @@ at the mean minus k bonus widths (a lower bound of the kind UCB's upper one is),
 sure an action is better before acting on it.
 
 When arbitration overrides the bandit's greedy action (a cost or boost made another action better), that
-greedy action is not shown in this context (probability 0): the business rule wins. Every other action
-keeps at least the bandit's exploration share, so off-policy estimates stay possible for them.
+action is shown only through the uniform draw (probability ε/K, ≥ ε_min/K for LinUCB): the business rule
+wins on the greedy branch, and off-policy evaluation keeps evidence on every eligible action.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -109,8 +118,8 @@ class Terms:
 @dataclass(slots=True)  # not frozen: made per request, and a frozen __init__ costs 3-4x; never changed
 class Arbitrated:
     action: str  # the candidate (stickiness may still keep the incumbent)
-    probability: float
-    explored: bool
+    probability: float  # P(action is shown) under bandit + arbitration, exact (module docstring)
+    explored: bool  # the action shown is not what arbitration makes of the bandit's greedy action (mode explore)
     ranked: tuple[Terms, ...]  # every eligible action, best ev first
     eligible: tuple[str, ...] = ()  # the eligible actions in the order given (settles ties)
 
@@ -164,6 +173,9 @@ def arbitrate(
     by_value = config.reward_unit == "value"
     actions, scores = catalogue.actions, choice.scores
     means = choice.means or scores  # Choice.mean_of: the score when the policy gave no means
+    pick, greedy = choice.action, choice.greedy
+    pick_t = greedy_t = None
+    top_score = -math.inf
     keyed: list[tuple[float, float, int, Terms]] = []
     for i, a in enumerate(eligible):
         action = actions[a]
@@ -173,23 +185,55 @@ def arbitrate(
         t = Terms(a, score, action.value, boost, action.cost, (score if score > 0.0 else 0.0) * unit - action.cost,
                   means.get(a, 0.0), unit)
         keyed.append((-t.ev, -score, i, t))
+        if score > top_score:
+            top_score = score
+        if a == pick:
+            pick_t = t
+        if a == greedy:
+            greedy_t = t
     keyed.sort()  # best ev, then higher score, then eligible order (i is unique: Terms are never compared)
     ranked = tuple(k[3] for k in keyed)
-    top_ev = ranked[0].ev
-    # On an ev tie the bandit's greedy action wins: it keeps the bandit's own random tie-breaking.
-    best = ranked[0].action
-    greedy = choice.greedy
-    for t in ranked:
-        if t.ev != top_ev:
-            break
-        if t.action == greedy:
-            best = greedy
-            break
-    explored = choice.explored
-    candidate = choice.action if explored else best
-    p = (choice.probabilities.get(candidate, 0.0) if candidate != choice.greedy else 0.0) + (
-        choice.probabilities.get(choice.greedy, 0.0) if candidate == best else 0.0
-    )
+    first = ranked[0]
+    top_ev = first.ev
+    # The greedy branch (a pick at the bandit's top score, not from the uniform draw) shows the ev winner;
+    # on an ev tie the pick itself wins, which keeps the bandit's own random tie-breaking.
+    if pick_t is None or choice.uniform or pick_t.score != top_score:
+        candidate, cand_t = pick, pick_t  # shown as drawn
+    elif pick_t.ev == top_ev:
+        candidate, cand_t = pick, pick_t
+    else:
+        candidate, cand_t = first.action, first
+    best = greedy if greedy_t is not None and greedy_t.ev == top_ev else first.action
+    p = _shown(cand_t, first, ranked, top_score, choice.probabilities, choice.floor) if cand_t is not None else 0.0
     if p <= 0.0:  # a bandit that gives no probabilities: fall back to its own number
         p = choice.probability
-    return Arbitrated(candidate, min(p, 1.0), explored, ranked, tuple(eligible))
+    return Arbitrated(candidate, min(p, 1.0), candidate != best, ranked, tuple(eligible))
+
+
+def _shown(t: Terms, first: Terms, ranked: tuple[Terms, ...], top_score: float, probs: Mapping[str, float],
+           floor: float) -> float:
+    """P(action ``t`` is shown): its share of the uniform draw (``floor``), plus its own greedy-branch mass
+    (bandit probability − floor) unless arbitration moves that away (its score is the top one, its ev is
+    not), plus, for the ev winner ``first``, the greedy-branch mass arbitration moved."""
+    top_ev = first.ev
+    p = floor if t.score == top_score and t.ev != top_ev else probs.get(t.action, 0.0)
+    if t is first:
+        for o in ranked:
+            if o.score == top_score and o.ev != top_ev:
+                p += probs.get(o.action, 0.0) - floor
+    return p
+
+
+def shown_probabilities(
+    choice: Choice,
+    eligible: Sequence[str],
+    catalogue: Catalogue,
+    boosts: Mapping[str, float] | None = None,
+    config: ArbitrationConfig = ArbitrationConfig(),
+) -> dict[str, float]:
+    """P(a is shown) for every eligible action under bandit + arbitration: what ``arbitrate`` logs for ``a``
+    whichever draw leads to it. They sum to 1 for a policy whose probabilities do."""
+    arb = arbitrate(choice, eligible, catalogue, boosts, config)
+    top_score = max(t.score for t in arb.ranked)
+    first, probs, floor = arb.ranked[0], choice.probabilities, choice.floor
+    return {t.action: _shown(t, first, arb.ranked, top_score, probs, floor) for t in arb.ranked}

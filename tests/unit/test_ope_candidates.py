@@ -168,8 +168,9 @@ def test_bandit_candidate_probabilities_are_those_arbitration_logs():
         for a in ABC:  # and they are the frequencies the engine would show: 4 standard errors at most
             se = np.sqrt(max(probs[a] * (1 - probs[a]), 1e-12) / draws)
             assert abs(counts[a] / draws - probs[a]) <= 4 * se + 1e-12, (u, a, counts, probs)
-    # where arbitration overrides the bandit (1/3 < u < 2/3) its greedy action a is never shown
-    assert cand.target_probs(np.array([1.0, 0.5]), ABC)["a"] == 0.0
+    # where arbitration overrides the bandit (1/3 < u < 2/3) its greedy action a is shown only by the uniform
+    # draw, which is never overridden: ε/K
+    assert cand.target_probs(np.array([1.0, 0.5]), ABC)["a"] == pytest.approx(ENGINE_PARAMS["epsilon"] / 3)
 
 
 def test_the_logging_bandit_as_a_candidate_is_not_promoted_over_itself():

@@ -276,12 +276,13 @@ OVERRIDE_CAT = Catalogue(
 )
 
 
-def engine_samples(placement: str, n: int, seed: int = 0) -> tuple[list[dict], list[float]]:
+def engine_samples(placement: str, n: int, seed: int = 0, epsilon: float = 0.2) -> tuple[list[dict], list[float]]:
     """Learning samples made by the engine's decision path (policy.pipeline.decide_action), one new user
     per request: click rates a = 0.6u, b = 0.2 in context (1, u). The bandit's greedy action is a for
-    u > 1/3; arbitration (ev = score − cost) overrides it for u < 2/3, and with two actions that logs p = 1."""
+    u > 1/3; arbitration (ev = score − cost) overrides it for u < 2/3. The uniform draw (``epsilon``) is never
+    overridden; without one (ε = 0) every decision logs p = 1."""
     rng = np.random.default_rng(seed)
-    bandit = LinUCB(dim=2, seed=1, alpha=0.05, epsilon=0.2, epsilon_min=0.2)
+    bandit = LinUCB(dim=2, seed=1, alpha=0.05, epsilon=epsilon, epsilon_min=epsilon)
     ctx = PolicyContext(OVERRIDE_CAT)
     samples, rewards = [], []
     for i in range(n):
@@ -301,8 +302,25 @@ def engine_samples(placement: str, n: int, seed: int = 0) -> tuple[list[dict], l
     return samples, rewards
 
 
-def test_arbitration_overrides_logged_with_probability_1_are_kept():
+def test_arbitration_overrides_keep_the_uniform_draw_so_every_action_is_covered():
     samples, rewards = engine_samples("free", 4000)
+    exposures = [s for s in samples if s["kind"] == "exposure"]
+    assert all(s["probability"] < 1.0 for s in exposures)  # no decision is sure: the uniform draw stays
+    # once the bandit has learned, a (greedy for u > 1/3, overridden for u < 2/3) is still shown there by the
+    # uniform draw, with its ε/K
+    overridden = [s for s in exposures[2000:] if 0.4 < s["x"][1] < 0.6 and s["action"] == "a"]
+    assert len(overridden) > 20 and all(s["probability"] == pytest.approx(0.2 / 2) for s in overridden)
+    log = join_samples(samples, OVERRIDE_CAT)
+    assert len(log) == 4000 and log.report.overrides == 0
+    for action, true_value in (("a", 0.3), ("b", 0.2)):  # a: 0.6u averaged over u ~ U(0, 1)
+        est = evaluate(log, Constant([action]), ("ips",))["ips"]
+        assert not est.warnings, est.warnings
+        assert est.ci_low <= true_value <= est.ci_high
+
+
+def test_arbitration_overrides_logged_with_probability_1_are_kept():
+    # a bandit without exploration (ε = 0): arbitration's override is the logging policy's real p = 1
+    samples, rewards = engine_samples("free", 4000, epsilon=0.0)
     overridden = sum(s["kind"] == "exposure" and s["probability"] == 1.0 for s in samples)
     assert overridden > 1000  # the case under test: many decisions logged for sure, none by stickiness
     log = join_samples(samples, OVERRIDE_CAT)
@@ -314,7 +332,6 @@ def test_arbitration_overrides_logged_with_probability_1_are_kept():
     # a candidate showing the overridden action where arbitration never does is not covered by the log
     est = evaluate(log, Constant(["a"]), ("ips",))["ips"]
     assert "support_not_covered" in [w.code for w in est.warnings]
-    assert not evaluate(log, Constant(["b"]), ("ips",))["ips"].warnings  # b: shown with p > 0 everywhere
 
 
 def test_only_placements_with_stickiness_rules_have_their_sure_decisions_left_out():

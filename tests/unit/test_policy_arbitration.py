@@ -19,12 +19,14 @@ def catalogue(values: dict[str, float], costs: dict[str, float] | None = None) -
     return Catalogue({"p": Placement("p", "web")}, actions)
 
 
-def eps_greedy(scores: dict[str, float], pick: str, eps: float = 0.1) -> Choice:
-    """What an ε-greedy bandit with a unique best score reports."""
+def eps_greedy(scores: dict[str, float], pick: str, eps: float = 0.1, uniform: bool | None = None) -> Choice:
+    """What an ε-greedy bandit with a unique best score reports (a pick other than the best one can only
+    come from the uniform draw; the best one may come from either branch: ``uniform``)."""
     greedy = max(scores, key=lambda a: scores[a])
     k = len(scores)
     probs = {a: eps / k + (1 - eps if a == greedy else 0.0) for a in scores}
-    return Choice(pick, probs[pick], greedy, dict(scores), probs)
+    drawn = pick != greedy if uniform is None else uniform
+    return Choice(pick, probs[pick], greedy, dict(scores), probs, uniform=drawn, floor=eps / k)
 
 
 CAT = catalogue({"a": 10.0, "b": 20.0, "c": 40.0}, {"b": 3.0})
@@ -53,13 +55,22 @@ SCORES = {"a": 0.5, "b": 0.45, "c": 0.1}  # value mode: gross = score × 40
             False,
         ),
         (
-            "a boost makes b the best",
+            "a boost makes b the best: the greedy branch's mass moves to b",
             eps_greedy(SCORES, "a"),
             {"b": 1.5},
             ArbitrationConfig(),
             "b",
-            0.1 / 3 + 0.9 + 0.1 / 3,
+            0.1 / 3 + 0.9,
             False,
+        ),
+        (
+            "the uniform draw of the overridden greedy action is shown as drawn",
+            eps_greedy(SCORES, "a", uniform=True),
+            {"b": 1.5},
+            ArbitrationConfig(),
+            "a",
+            0.1 / 3,
+            True,
         ),
         (
             "exploration keeps the bandit's pick",
@@ -71,13 +82,13 @@ SCORES = {"a": 0.5, "b": 0.45, "c": 0.1}  # value mode: gross = score × 40
             True,
         ),
         (
-            "exploring onto the ev winner adds both masses",
+            "the uniform draw onto the ev winner: its share plus the greedy branch's (not explore: b is the best)",
             eps_greedy(SCORES, "b"),
             {"b": 1.5},
             ArbitrationConfig(),
             "b",
-            0.1 / 3 + 0.9 + 0.1 / 3,
-            True,
+            0.1 / 3 + 0.9,
+            False,
         ),
         (
             "response mode weighs by value",
@@ -85,7 +96,16 @@ SCORES = {"a": 0.5, "b": 0.45, "c": 0.1}  # value mode: gross = score × 40
             {},
             ArbitrationConfig("response"),
             "b",
-            0.1 / 3 + 0.9 + 0.1 / 3,
+            0.1 / 3 + 0.9,
+            False,
+        ),
+        (
+            "a Choice without a floor (no uniform branch said): all of its mass counts as the greedy branch",
+            Choice("a", 0.9 + 0.1 / 3, "a", dict(SCORES), {"a": 0.9 + 0.1 / 3, "b": 0.1 / 3, "c": 0.1 / 3}),
+            {"b": 1.5},
+            ArbitrationConfig(),
+            "b",
+            1.0 - 0.1 / 3,
             False,
         ),
     ],
@@ -130,12 +150,15 @@ def test_logged_probability_is_the_real_frequency() -> None:
     seen: Counter[str] = Counter()
     logged: dict[str, float] = {}
     for _ in range(n):
-        pick = "a" if rng.random() >= eps else str(rng.choice(list(scores)))
-        result = arbitrate(eps_greedy(scores, pick, eps), list(scores), cat)
+        uniform = rng.random() < eps
+        pick = str(rng.choice(list(scores))) if uniform else "a"
+        result = arbitrate(eps_greedy(scores, pick, eps, uniform), list(scores), cat)
         seen[result.action] += 1
         assert logged.setdefault(result.action, result.probability) == result.probability
-    # a, the bandit's greedy action, is never shown: when the bandit exploits, arbitration shows b instead.
-    assert set(seen) == {"b", "c", "d"}
+    # a, the bandit's greedy action, is shown only by the uniform draw (when the bandit exploits,
+    # arbitration shows b instead), at its logged ε/K
+    assert set(seen) == set(scores)
+    assert logged["a"] == pytest.approx(eps / 4)
     for a, p in logged.items():
         assert seen[a] / n == pytest.approx(p, abs=0.015), a  # sd ≤ 0.0036 at n = 20000
     assert sum(logged.values()) == pytest.approx(1.0)
