@@ -34,8 +34,9 @@ WARNING_TEXT = {
     "support_not_covered": (
         "the candidate puts {share:.1%} of its probability on actions the log gives no evidence for ({pairs}): "
         "never taken for that placement, or with probability 0 in the decision (another action logged with "
-        "probability 1, as where arbitration overrides the bandit); IPS and SNIPS count them as earning "
-        "nothing and DR relies on its reward model there. "
+        "probability 1, as where arbitration overrides a bandit without exploration, or, as the importance "
+        "weights show, another action logged with p < 1); IPS and SNIPS count them as earning nothing and DR "
+        "relies on its reward model there. "
         "Collect logs in which those actions were explored, or leave them out of the candidate."
     ),
     "clipped": (
@@ -56,6 +57,14 @@ WARNING_TEXT = {
         "evaluate a candidate closer to the logging policy."
     ),
 }
+
+# added to "support_not_covered" when the importance weights show it (``support_warning``)
+SUPPORT_WEIGHT_NOTE = (
+    "The candidate's importance weights average {mean_weight:.3f}, where a log that can show every action the "
+    "candidate chooses gives 1 ± {noise:.3f}: the logging policy gave some of them probability 0 where the "
+    "candidate chooses them (as arbitration overrides did, in engines before every eligible action kept the "
+    "exploration floor)."
+)
 
 
 class OPEError(ValueError):
@@ -119,19 +128,34 @@ def usable_rows(log: DecisionLog, tiny: float = TINY_PROBABILITY) -> tuple[np.nd
     return ok, found
 
 
-UNCOVERED_SHARE = 0.01  # share of a candidate's probability on actions overrides gave probability 0: warn above
+UNCOVERED_SHARE = 0.01  # share of a candidate's probability on actions the log gave probability 0: warn above
+COVERAGE_Z = 3.0  # standard errors the mean importance weight must fall short of 1 by (with UNCOVERED_SHARE)
 
 
 def support_warning(
     log: DecisionLog, rows: np.ndarray, target: np.ndarray, index: dict[str, int]
 ) -> OPEWarning | None:
-    """Warn when the candidate gives probability to (placement, action) pairs the log never took, or (above
-    ``UNCOVERED_SHARE`` of its probability: a few overrides among many draws leave the estimate sound) to
-    actions a decision logged with probability 1 for another action could not have shown."""
+    """Warn when the candidate gives probability to actions the logging policy could not have shown:
+
+    - (placement, action) pairs the log never took;
+    - actions a decision logged with probability 1 for another action could not have shown (above
+      ``UNCOVERED_SHARE`` of the candidate's probability: a few such decisions among many draws leave the
+      estimate sound);
+    - actions the logging policy gave probability 0 in some contexts while logging the shown action with
+      p < 1 (with three or more actions, as arbitration overrides did before the uniform draw was kept
+      from them). A single decision does not say that, but the log as a whole does: the unclipped weights
+      w = π(logged action)/p average to the candidate's probability on actions the logging policy could
+      show, 1 when it covers the candidate. A mean weight more than ``COVERAGE_Z`` standard errors and
+      ``UNCOVERED_SHARE`` below 1 is flagged; the pairs listed are those whose IPS count (Σ w for the
+      pair's decisions) falls furthest below the candidate's probability on them (Σ π).
+    """
     taken = log.actions_taken()
-    never, uncovered = np.zeros(len(log)), np.zeros(len(log))
+    logged_p = log.probabilities
+    never, uncovered, w = np.zeros(len(log)), np.zeros(len(log)), np.zeros(len(log))
     pairs: dict[tuple[str, str], float] = {}
     sure_pairs: dict[tuple[str, str], float] = {}
+    chosen: dict[tuple[str, str], float] = {}  # Σ π over the decisions: the candidate's mass on the pair
+    counted: dict[tuple[str, str], float] = {}  # Σ w: the same mass as the log evidences it
     for i, d in enumerate(log):
         if not rows[i]:
             continue
@@ -140,19 +164,40 @@ def support_warning(
             pi = target[i, index[a]]
             if pi <= 0:
                 continue
+            chosen[(d.placement, a)] = chosen.get((d.placement, a), 0.0) + pi
             if a not in taken.get(d.placement, ()):
                 never[i] += pi
                 pairs[(d.placement, a)] = pairs.get((d.placement, a), 0.0) + pi
             elif sure and a != d.action:
                 uncovered[i] += pi
                 sure_pairs[(d.placement, a)] = sure_pairs.get((d.placement, a), 0.0) + pi
+        w[i] = target[i, index[d.action]] / logged_p[i]
+        counted[(d.placement, d.action)] = counted.get((d.placement, d.action), 0.0) + w[i]
     mass = never
     if sure_pairs and float(uncovered[rows].mean()) >= UNCOVERED_SHARE:
         mass = never + uncovered
         for pair, pi in sure_pairs.items():
             pairs[pair] = pairs.get(pair, 0.0) + pi
+    share = float(mass[rows].mean())
+    weights = w[rows]
+    mean_weight = float(weights.mean())
+    noise = COVERAGE_Z * float(weights.std(ddof=1)) / np.sqrt(len(weights)) if len(weights) > 1 else np.inf
+    # the weights average 1 minus the mass on actions the logging policy could not show: beyond what the
+    # checks above explain (never taken, p = 1 for another action), that mass hides behind p < 1
+    explained = float((never + uncovered)[rows].mean())
+    weights_short = mean_weight + explained + noise < 1.0 - UNCOVERED_SHARE
+    if weights_short:
+        share = max(share, 1.0 - mean_weight)
+        shortfall = {pair: pi - counted.get(pair, 0.0) for pair, pi in chosen.items() if pair not in pairs}
+        worst = sorted(shortfall, key=lambda k: -shortfall[k])
+        for pair in worst[:1] + [k for k in worst[1:] if shortfall[k] > UNCOVERED_SHARE * len(weights)]:
+            pairs[pair] = shortfall[pair]
     if not pairs:
         return None
     top = sorted(pairs, key=lambda k: -pairs[k])[:MAX_PAIRS_LISTED]
     listed = ", ".join(f"{a} on {p}" for p, a in top) + (" …" if len(pairs) > MAX_PAIRS_LISTED else "")
-    return warning("support_not_covered", share=float(mass[rows].mean()), pairs=listed)
+    found = warning("support_not_covered", share=share, pairs=listed)
+    if weights_short:
+        return OPEWarning(found.code, found.message + " " + SUPPORT_WEIGHT_NOTE.format(mean_weight=mean_weight,
+                                                                                     noise=noise))
+    return found

@@ -10,9 +10,11 @@ rewards by (decision_id, action, reward, ts).
 Only decisions the bandit drew (mode explore or exploit) are evaluated; the rest are counted. Among them,
 a placement with stickiness rules logs "exploit" with probability 1 (its action is settled from the bandit's
 statistics and the user's incumbent, not drawn): those are left out and counted too. Elsewhere probability
-1 among several actions is an arbitration override (policy/arbitration.py: with two actions the override
-takes the greedy pick's share and the exploration share), a real property of the logging policy: those
-decisions are kept.
+1 among several actions comes from a bandit without a uniform draw (ε = 0), where an arbitration override
+(policy/arbitration.py) or the bandit itself gives the other actions probability 0, or from an engine before
+the uniform draw was kept from overrides: a real property of the logging policy, so those decisions are
+kept (and ``support_warning`` flags a candidate choosing the actions they could not show; it also sees,
+from the importance weights, actions such logs gave probability 0 behind a shown action logged with p < 1).
 A sample does not carry the eligible set of its request, so it is taken from the catalogue: where levers
 or per-action caps narrowed it, a candidate may be credited with actions that were not available then.
 
@@ -75,7 +77,7 @@ class JoinReport:
     # left out: the same on a placement the catalogue does not know (stickiness or override cannot be told)
     undetermined: int = 0
     # kept: logged with probability 1 among several eligible actions on a placement without stickiness rules
-    # (arbitration overrode the bandit, or the bandit does not explore)
+    # (the bandit has no uniform draw, or an older engine's arbitration overrode it)
     overrides: int = 0
 
     def notes(self) -> list[str]:
@@ -111,9 +113,9 @@ class JoinReport:
         if self.overrides:
             out.append(
                 f"kept {self.overrides} decisions logged with probability 1 among several eligible actions on "
-                "placements without stickiness rules (arbitration overrode the bandit there, or it did not "
-                "explore): the other actions had probability 0 in them, so a candidate choosing those is not "
-                "covered there (support warning)"
+                "placements without stickiness rules (the bandit has no uniform exploration draw, or an older engine "
+                "let arbitration override it): the other actions had probability 0 in them, so a "
+                "candidate choosing those is not covered there (support warning)"
             )
         if self.static_eligible:
             out.append(
@@ -384,8 +386,9 @@ def join_samples(
         if doc.get("mode") in (None, *RANDOMISED_MODES) and _probability(doc) == 1.0 and len(choices) > 1:
             # For sure among several. On a placement with stickiness rules the engine logs every decision
             # "exploit" with p = 1: settled from the bandit's statistics and the user's incumbent, no draw to
-            # reweigh, not the policy a candidate replaces; left out. Elsewhere it is arbitration overriding
-            # the bandit (or a bandit without exploration): the logging policy's real probability, kept.
+            # reweigh, not the policy a candidate replaces; left out. Elsewhere it is a bandit without a uniform
+            # draw (alone or overridden by arbitration), or an older engine's override: the logging policy's
+            # real probability, kept.
             # (Modes asked for explicitly, such as "sticky", are kept as they are.)
             rules = catalogue.placements.get(placement) if catalogue is not None else None
             if rules is None:

@@ -3,6 +3,8 @@ logs exactly the probability each action is shown with, and so keeps off-policy 
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,7 +17,7 @@ from cadence.settings import DEFAULT_CATALOGUE
 from ope.candidates import Constant
 from ope.estimators import evaluate, on_policy
 from ope.gate import decide_promotion
-from ope.log import join_samples
+from ope.log import DecisionLog, LoggedDecision, join_samples
 from policy.arbitration import arbitrate
 from policy.catalogue import Action, Catalogue, Placement, load_catalogue
 from policy.levers import Lever, LeverKind
@@ -154,3 +156,28 @@ def test_a_boost_lever_does_not_let_the_gate_promote_a_worse_candidate() -> None
     decision = decide_promotion(est["dr"], logged)
     assert not decision.promote, decision.reason
 
+
+def test_support_warning_sees_an_action_the_log_gave_probability_0_behind_p_below_1() -> None:
+    """A log like the reviewer's, from an engine before the fix: with three actions an override gave the
+    greedy action probability 0 for loyal users while every shown action was logged with p < 1. No single
+    decision says so; the importance weights of a candidate choosing it average 0.5, not 1."""
+    rng = np.random.default_rng(3)
+    policy = {True: {"a": 0.0, "b": 0.9, "c": 0.1}, False: {"a": 0.8, "b": 0.1, "c": 0.1}}
+    rows = []
+    for i in range(4000):
+        loyal = i % 2 == 0
+        probs = policy[loyal]
+        action = str(rng.choice(list(probs), p=list(probs.values())))
+        rows.append(LoggedDecision(f"d{i}", np.array([1.0, float(loyal)]), action, probs[action],
+                                   float(rng.random() < 0.2), "slot", ("a", "b", "c"), float(i)))
+    log = DecisionLog(rows)
+    assert {d.probability for d in log} <= {0.9, 0.1, 0.8}  # nothing logged for sure
+    codes = {w.code: w.message for w in evaluate(log, Constant(["a"]), ("ips",))["ips"].warnings}
+    assert "support_not_covered" in codes
+    found = re.search(r"puts ([\d.]+)% of its probability [^(]*\(([^)]*)\).*weights average ([\d.]+)",
+                      codes["support_not_covered"])
+    assert found is not None, codes
+    assert float(found[1]) == pytest.approx(50, abs=3) and found[2] == "a on slot"  # half its mass: loyal users
+    assert float(found[3]) == pytest.approx(0.5, abs=0.03)
+    for covered in ("b", "c"):  # shown with p > 0 in every decision: no warning
+        assert not evaluate(log, Constant([covered]), ("ips",))["ips"].warnings
