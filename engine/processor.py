@@ -754,6 +754,8 @@ class Engine(EngineLearning):
                 user_bucket=user_bucket(event.user_id),
             )
         )
+        # the challenger's bare choice (no arbitration) next to every learned decision, sticky ones too: for
+        # watching it, not for weighting (ope/shadow.py says why)
         if self.shadow_policy is not None and self._shadow_log is not None and eligible and \
                 decision.mode.value in ("explore", "exploit", "sticky"):
             choice = self.shadow_policy.select(pending.x, eligible)

@@ -1,8 +1,15 @@
 """Shadow mode: a challenger policy chooses next to the live one, is never shown, and leaves a record.
 
-The record keeps what OPE needs later: the challenger's probability of the action the live policy
-actually showed (the numerator of the importance weight for that logged decision) and whether the two
-agreed, besides the challenger's own pick.
+The record keeps the challenger's own pick, its probability, its probability of the action the live policy
+showed, and whether the two agreed. What it is for: watching the challenger (how often it agrees with the
+live decisions, what it would pick) on live traffic. What it is not: an importance-weighting log for the
+challenger as the engine would run it. The challenger's probabilities are the bare bandit's, before
+arbitration (no values, costs or boost levers), while ``live_probability`` is after arbitration; and the
+engine writes records for sticky decisions and for exploits on placements with stickiness rules too, whose
+live p = 1 was decided, not drawn. ``challenger_probability_of_live / live_probability`` is therefore not
+the weight of the challenger as it would be deployed; nothing in ope/ reads these records. To evaluate a
+challenger, run ``cadence ope`` with a ``bandit`` candidate: trained on the first half of the learning log,
+run through arbitration as the engine runs it, scored on the decisions the bandit drew.
 """
 
 from __future__ import annotations
@@ -25,8 +32,9 @@ class ShadowRecord:
     challenger: str
     challenger_version: int
     challenger_action: str
-    challenger_probability: float  # probability the challenger gave its own pick
-    challenger_probability_of_live: float  # π_challenger(live action | x), 0 when it was not eligible for it
+    challenger_probability: float  # probability the bare challenger (no arbitration) gave its own pick
+    # π_challenger(live action | x) before arbitration, 0 when it was not eligible for it
+    challenger_probability_of_live: float
 
     @property
     def agrees(self) -> bool:
