@@ -177,8 +177,9 @@ def decide_request(params: dict[str, str], placement_channel: str, now: float) -
     return doc["event_id"], topic, orjson.dumps(doc)
 
 
-def answer_status(answer: Answer | EngineFailed) -> tuple[int, dict[str, Any] | None]:
-    """HTTP status of a /decide answer, and the error document unless it is a decision (200)."""
+def answer_status(answer: Answer | EngineFailed, ts_given: bool = True) -> tuple[int, dict[str, Any] | None]:
+    """HTTP status of a /decide answer, and the error document unless it is a decision (200). ``ts_given``:
+    the request said its ts (else it was stamped with the worker's clock, which a refusal of ts must say)."""
     def problem(what: str, todo: str, **extra: Any) -> dict[str, Any]:
         return {"error": what, "what_to_do": todo, **extra}
 
@@ -189,6 +190,11 @@ def answer_status(answer: Answer | EngineFailed) -> tuple[int, dict[str, Any] | 
     if dl is not None and dl.reason_code == Reason.ENGINE_ERROR:
         return 500, problem(f"the engine failed on this request ({dl.reason})",
                             "show the placement's default action; the request is in dead-letters for a bug report")
+    if dl is not None and dl.reason_code == Reason.TS_OUT_OF_RANGE:
+        stamped = "" if ts_given else ("this request had no ts, so it was stamped with the worker's clock, which is "
+                                       "not the stream's event time (e.g. the simulator's); ")
+        return 400, problem(dl.reason, f"{stamped}send ts in the stream's event time, epoch seconds (GET /health "
+                            "shows its watermark)", reason_code=dl.reason_code)
     if dl is not None:
         return 400, problem(dl.reason, "fix the request parameters", reason_code=dl.reason_code)
     if answer.decision is None:  # a repeated request_id whose decision is no longer kept
@@ -273,7 +279,8 @@ def register_views(
             placement = engine.catalogue.placements.get(params.get("placement", ""))
             if placement is None:
                 status = 400
-                what = f"unknown placement {params.get('placement', '')[:64]!r}"
+                what = (f"unknown placement {params['placement'][:64]!r}" if params.get("placement")
+                        else "placement is missing")
                 refused(request, Reason.INVALID_VALUE, what)
                 return _error(web, status, what, "use a placement of the catalogue",
                               placements=sorted(engine.catalogue.placements))
@@ -282,14 +289,16 @@ def register_views(
             except BadParameters as exc:
                 status = 400
                 refused(request, exc.reason, str(exc), REQUEST_TYPES[placement.channel][0])
-                return _error(web, status, str(exc), "send only the documented parameters")
+                todo = ("send ts as epoch seconds, or leave it out" if exc.reason is Reason.WRONG_TYPE
+                        else "send only the documented parameters")
+                return _error(web, status, str(exc), todo)
             try:
                 request_key = (params.get("user_id", ""), event_id, placement.id)
                 answer: Answer | EngineFailed = await batcher.decide(request_key, RawMessage(topic, -1, -1, raw,
                                                                                              time.time()))
             except EngineFailed as exc:
                 answer = exc
-            status, problem = answer_status(answer)
+            status, problem = answer_status(answer, ts_given=bool(params.get("ts")))
             if problem is not None:
                 return web.json(problem, status=status)
             assert isinstance(answer, Answer) and answer.decision is not None

@@ -34,3 +34,15 @@ def test_a_refused_request_is_400_with_its_reason_code() -> None:
 def test_a_repeated_request_id_without_a_kept_decision_is_409() -> None:
     status, doc = answer_status(Answer())
     assert status == 409 and "request_id" in doc["error"] and "new request_id" in doc["what_to_do"]
+
+
+def test_a_ts_out_of_range_says_the_worker_stamped_it_when_the_request_had_none() -> None:
+    # against the simulator (event time from 2026-01-05) a /decide without ts was told to "fix the request
+    # parameters", though it had sent none: the worker's clock was the ts refused
+    refused = Answer(dead_letter=dead_letter("ts_out_of_range", "ts is 28820939s ahead of the stream's watermark"))
+    status, doc = answer_status(refused, ts_given=False)
+    assert (status, doc["reason_code"]) == (400, "ts_out_of_range")
+    assert doc["what_to_do"].startswith("this request had no ts, so it was stamped with the worker's clock")
+    assert "GET /health shows its watermark" in doc["what_to_do"]
+    status, doc = answer_status(refused, ts_given=True)
+    assert doc["what_to_do"].startswith("send ts in the stream's event time")
