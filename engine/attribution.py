@@ -37,19 +37,43 @@ def match_pending(event: Event, pending: list[PendingDecision], windows: Windows
     Without a decision_id, a decision that showed something (within the reward's window, given ``windows``,
     and not yet credited with this reward type) goes before a later one that showed "none": showing nothing
     cannot have caused the reward, so the action shown before it is credited and learned. A "none" decision
-    (kept for the lift) takes the reward when no action shown qualifies, so the reward still counts in the
-    user's lift group (a second conversion after a treated "none" as after a control one)."""
+    (kept for the lift) takes the reward when no action shown qualifies.
+
+    A decision_id the ring no longer keeps (``KEEP`` newer decisions of its placement showed an action since:
+    three more page views with the same sticky offer) is matched as a reward without one, but only to a
+    decision that may still take it: one that showed an action (the event's action and placement, when it
+    says them), at or before the reward, within its window, not yet credited with this reward type (None
+    otherwise). Before, such a conversion was dropped as no_decision inside its 7-day window."""
     if event.decision_id:
-        return next((p for p in pending if p.decision_id == event.decision_id), None)
+        found = next((p for p in pending if p.decision_id == event.decision_id), None)
+        if found is not None:
+            return found
+        return max(_creditable_shown(event, _candidates(event, pending), windows), key=_ts, default=None)
+    candidates = _candidates(event, pending)
+    before = [p for p in candidates if p.ts <= event.ts]
+    return max(_creditable_shown(event, before, windows) or before or candidates, key=_ts, default=None)
+
+
+def _ts(p: PendingDecision) -> float:
+    return p.ts
+
+
+def _candidates(event: Event, pending: list[PendingDecision]) -> list[PendingDecision]:
+    """The pending decisions of the event's action and placement (each when the event says it)."""
     candidates = [p for p in pending if event.action_id is None or p.action == event.action_id]
     if event.placement:
         candidates = [p for p in candidates if p.placement == event.placement]
-    before = [p for p in candidates if p.ts <= event.ts]
+    return candidates
+
+
+def _creditable_shown(event: Event, candidates: list[PendingDecision], windows: Windows | None
+                      ) -> list[PendingDecision]:
+    """Those of ``candidates`` that showed an action, at or before the reward and within its window, and are
+    not credited with its reward type yet."""
     reward_type = event.kind.reward or ""
     window = windows.of(reward_type) if windows is not None else math.inf
-    shown = [p for p in before
-             if p.action != NO_ACTION and event.ts - p.ts <= window and reward_type not in p.credited]
-    return max(shown or before or candidates, key=lambda p: p.ts, default=None)
+    return [p for p in candidates if p.action != NO_ACTION and 0 <= event.ts - p.ts <= window
+            and reward_type not in p.credited]
 
 
 def credit(event: Event, decision: PendingDecision | None, windows: Windows) -> Credit:

@@ -597,6 +597,34 @@ def test_an_a_a_test_reads_no_lift_from_conversions_that_follow_nothing(runtime:
     assert lift["lift_ci95_low"] < 0 < lift["lift_ci95_high"]
 
 
+def test_a_conversion_with_the_id_of_a_decision_pushed_out_of_the_ring_is_still_learned(runtime: Runtime) -> None:
+    """Offer shown, clicked, three more views of the placement (the same sticky offer), then the conversion with
+    the first decision's id, 10 minutes later: the ring keeps the last 3 decisions that showed an action, so the
+    first was gone and the conversion counted as no_decision, learned by nothing (engaged users' revenue lost)."""
+    metrics = Metrics()
+    engine = make_engine(runtime, metrics)
+    noon = T0 + 12 * 3600
+
+    async def go():  # noqa: ANN202
+        first = (await engine.process(msgs(event("pv0", "u1", ts=noon)))).decisions[0]
+        await engine.process(msgs(event("ck", "u1", ts=noon + 30, etype="click", decision_id=first.decision_id,
+                                        offer_id=first.action, placement="home_hero")))
+        later = [(await engine.process(msgs(event(f"pv{k}", "u1", ts=noon + 60 * k)))).decisions[0]
+                 for k in range(1, 4)]
+        converted = await engine.process(msgs(event("cv", "u1", ts=noon + 600, etype="conversion",
+                                                    decision_id=first.decision_id, offer_id=first.action,
+                                                    revenue=18.0)))
+        return first, later, converted
+
+    first, later, converted = run(go())
+    assert first.action != "none" and {d.action for d in later} == {first.action}  # sticky
+    (sample,) = converted.learning
+    assert (sample.kind, sample.reward_type, sample.action) == ("reward", "conversion", first.action)
+    assert sample.decision_id == later[-1].decision_id and sample.reward == 18.0 / engine.catalogue.value_scale
+    outcomes = {s.labels["outcome"]: s.value for s in metrics.rewards.collect()[0].samples if s.name.endswith("_total")}
+    assert outcomes.get("credited") == 2 and not outcomes.get("no_decision")
+
+
 def test_levers_that_can_never_apply_again_are_dropped_from_the_worker_book(runtime: Runtime) -> None:
     # Every request checks every lever; expired ones used to stay in the book for good.
     from policy.levers import Lever, LeverKind

@@ -29,7 +29,8 @@ def reward(etype: str, ts: float, **fields: object) -> Event:
 def test_matches_by_decision_id_first() -> None:
     decisions = [pending("d1", "home_hero", "a", T0), pending("d2", "product_sidebar", "b", T0 + 5)]
     assert match_pending(reward("click", T0 + 10, decision_id="d1"), decisions) is decisions[0]
-    assert match_pending(reward("click", T0 + 10, decision_id="zz"), decisions) is None
+    # an id the ring does not keep, of an action no kept decision showed: nothing to credit
+    assert match_pending(reward("click", T0 + 10, decision_id="zz", offer_id="c"), decisions) is None
 
 
 def test_without_decision_id_takes_the_latest_with_the_same_action() -> None:
@@ -174,3 +175,36 @@ def test_a_second_conversion_goes_to_the_later_none_not_to_the_action_already_cr
     second = reward("conversion", T0 + 3600, revenue=5)
     target = match_pending(second, [nothing, offer], WINDOWS)
     assert target is nothing and credit(second, target, WINDOWS) is Credit.CREDITED
+
+
+def test_a_decision_id_pushed_out_of_the_ring_is_matched_as_a_reward_without_one() -> None:
+    # offer shown and clicked, KEEP more views of the placement with the same (sticky) offer, then the
+    # conversion with the first decision's id, 10 minutes later: well inside 7 days, it was lost as no_decision
+    state = UserState("u1", {})
+    first = pending(_hex_id(0), "home_hero", "offer_10pct", T0)
+    first.credited.append("click")
+    _keep(state, first, *(pending(_hex_id(k), "home_hero", "offer_10pct", T0 + 60 * k) for k in range(1, KEEP + 1)))
+    kept = pending_decisions(state)
+    assert first.decision_id not in {p.decision_id for p in kept}
+    conversion = reward("conversion", T0 + 600, decision_id=first.decision_id, offer_id="offer_10pct", revenue=18)
+    target = match_pending(conversion, kept, WINDOWS)
+    assert target is not None and target.decision_id == _hex_id(KEEP)  # the latest showing that offer
+    assert credit(conversion, target, WINDOWS) is Credit.CREDITED
+    # the next one goes to the one before it (not credited yet), never to a decision already credited
+    again = reward("conversion", T0 + 700, decision_id=first.decision_id, offer_id="offer_10pct", revenue=18)
+    assert match_pending(again, kept, WINDOWS).decision_id == _hex_id(KEEP - 1)
+    for p in kept:
+        p.credited.append("conversion")
+    assert match_pending(again, kept, WINDOWS) is None  # every one credited: no_decision, not already_credited
+    # another action, another placement, or past the window: not that reward's decision
+    other = reward("conversion", T0 + 600, decision_id=first.decision_id, offer_id="offer_x", revenue=18)
+    elsewhere = reward("click", T0 + 600, decision_id=first.decision_id, placement="product_sidebar")
+    late_click = reward("click", T0 + 60 * KEEP + 1801, decision_id=first.decision_id, offer_id="offer_10pct")
+    fresh = pending_decisions(state)
+    assert [match_pending(e, fresh, WINDOWS) for e in (other, elsewhere, late_click)] == [None, None, None]
+
+
+def test_a_decision_id_no_longer_kept_never_falls_back_to_a_none() -> None:
+    nothing = pending("d2", "home_hero", "none", T0 + 60)
+    conversion = reward("conversion", T0 + 600, decision_id="gone", revenue=18)
+    assert match_pending(conversion, [nothing], WINDOWS) is None  # "none" cannot be what the id showed
