@@ -60,6 +60,11 @@ class Metrics:
         )
         self.rewards = Counter("cadence_rewards_total", "Reward events by attribution outcome", ["outcome"], registry=r)
         self.reward_value = Counter("cadence_reward_value_total", "Sum of rewards learned", registry=r)
+        self.lift_only_rewards = Counter(
+            "cadence_lift_only_rewards_total",
+            "Rewards of grouped users the lift counts though no decision of the lift was credited with them",
+            registry=r,
+        )
         self.learning_samples = Counter(
             "cadence_learning_samples_applied_total", "Learning samples applied to the policy", ["kind"], registry=r
         )

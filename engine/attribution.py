@@ -1,14 +1,23 @@
-"""Reward join on event time: which pending decision a click or conversion is credited to (pure)."""
+"""Reward join on event time: which pending decision a click or conversion is credited to, and which decision
+of the lift's groups it counts on (pure).
+
+Credit is once per reward type and decision, within its window (``match_pending``, ``credit``); the lift counts
+every reward of a grouped user after one of their decisions within its window, once (``lift_decision``): a
+reward the credit leaves out of the lift goes there as a lift-only reward sample (``lift_only_reward``)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from contracts.decisions import LearningSample, decision_id_for, user_bucket
 from contracts.events import Event
 from engine.pending import PendingDecision
 from policy.catalogue import NO_ACTION
+
+LIFT_ONLY_REWARD = "lift-only-reward"  # the "placement" a lift-only reward's id is made with (never a real one)
 
 
 class Credit(StrEnum):
@@ -74,6 +83,48 @@ def _creditable_shown(event: Event, candidates: list[PendingDecision], windows: 
     window = windows.of(reward_type) if windows is not None else math.inf
     return [p for p in candidates if p.action != NO_ACTION and 0 <= event.ts - p.ts <= window
             and reward_type not in p.credited]
+
+
+def lift_decision(event: Event, pending: list[PendingDecision], windows: Windows,
+                  covers: Callable[[str], bool]) -> PendingDecision | None:
+    """The decision a reward counts on in the lift, whether or not it can be credited: the user's latest
+    pending decision on a placement the holdout ``covers``, made at or before the reward and within its
+    window, whatever it showed and whatever the event says of its decision, action or placement (None: the
+    reward is in neither of the lift's groups).
+
+    The holdout assigns users, and the lift measures reward per decision at the user's level: every reward of
+    a grouped user that follows one of their decisions within its window counts once, in their group. Credit,
+    by contrast, is once per reward type and decision, and how many decisions a user has to credit depends on
+    what they were shown (the ring keeps ``KEEP`` that showed an action and one "none"): a treated user's
+    second conversion went to an older offer, a control user's (who saw only "none") was already_credited,
+    and an A/A test read +100 %. Whether a reward counts here depends only on when the user's decisions were
+    made (the latest decision of a placement is always kept), so an A/A test reads no lift. A reward the
+    event's fields tie to one decision would not do: the decision they name is kept in one group and pushed
+    out in the other."""
+    window = windows.of(event.kind.reward or "")
+    found = [p for p in pending if covers(p.placement) and 0 <= event.ts - p.ts <= window]
+    return max(found, key=_ts, default=None)
+
+
+def lift_only_decision(event: Event, pending: list[PendingDecision], credited: PendingDecision | None,
+                       windows: Windows, covers: Callable[[str], bool]) -> PendingDecision | None:
+    """The decision a lift-only reward sample goes on (``lift_only_reward``): ``lift_decision``'s, unless the
+    reward's own credit already counts in the lift (``credited``, the decision credited with it, on a
+    placement the holdout covers). None: nothing to add, so the lift counts each reward once at most."""
+    if credited is not None and covers(credited.placement):
+        return None
+    return lift_decision(event, pending, windows, covers)
+
+
+def lift_only_reward(event: Event, decision: PendingDecision, reward: float) -> LearningSample:
+    """The reward sample of a reward the lift counts but no decision is credited with (``lift_decision``):
+    action "none", so only the lift reads it (no policy, model or off-policy estimate), on ``decision``'s
+    placement and mode (its lift group: "holdout" for a control user), in the user's bucket. Its id comes
+    from the reward event's, so a redelivered event yields the same sample (applied once)."""
+    return LearningSample(kind="reward", decision_id=decision_id_for(event.event_id, LIFT_ONLY_REWARD),
+                          action=NO_ACTION, x=decision.x, reward=reward, placement=decision.placement,
+                          ts=event.ts, mode=decision.mode, reward_type=event.kind.reward or "",
+                          user_bucket=user_bucket(event.user_id))
 
 
 def credit(event: Event, decision: PendingDecision | None, windows: Windows) -> Credit:

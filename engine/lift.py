@@ -1,7 +1,11 @@
 """Live lift of the engine over the holdout group, from the learning stream (so every worker has it).
 
 Each decision's exposure is one decision of its group (treated, or control for mode "holdout"); its rewards
-add to that group's total. The lift is the difference of the groups' reward per decision.
+add to that group's total. The lift is the difference of the groups' reward per decision. The rewards are the
+user's: every reward of a grouped user after one of their decisions within its window counts once, in their
+group, credited to a decision or sent as a lift-only reward sample (action "none") when no decision of the lift
+could take it (engine/attribution.py, ``lift_decision``): what a user was shown never decides whether a reward
+counts, so an A/A test reads no lift.
 
 The holdout assigns users, not decisions, and a user's decisions are correlated (some users click, most
 never do): an interval that took decisions as independent covered the true lift in 62.5 % of the streams of

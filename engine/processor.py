@@ -21,7 +21,7 @@ from bandits.base import Policy
 from cadence.metrics import Metrics
 from contracts.decisions import DeadLetter, Decision, LearningSample, Mode, user_bucket
 from contracts.events import Event, Reason, Rejection, parse_event
-from engine.attribution import Credit, credit, match_pending
+from engine.attribution import Credit, credit, lift_only_decision, lift_only_reward, match_pending
 from engine.bids import BidSignaller
 from engine.decide import (
     POLICY_STATE_FIELD,
@@ -772,10 +772,19 @@ class Engine(EngineLearning):
         target = match_pending(event, pending, self.config.windows)
         outcome = credit(event, target, self.config.windows)
         self.metrics.rewards.labels(outcome.value).inc()
-        if outcome is not Credit.CREDITED or target is None:
-            return
         reward_type = event.kind.reward
         reward = self.config.click_reward if reward_type == "click" else event.revenue / self.catalogue.value_scale
+        holdout = self.policy_ctx.holdout
+        if holdout is not None and reward > 0:
+            # a reward of a grouped user that no decision of the lift takes: the lift counts it all the same,
+            # so that it counts every reward after a user's decisions whatever they showed (``lift_decision``)
+            lifted = lift_only_decision(event, pending, target if outcome is Credit.CREDITED else None,
+                                        self.config.windows, holdout.covers)
+            if lifted is not None:
+                out.learning.append(lift_only_reward(event, lifted, reward))
+                self.metrics.lift_only_rewards.inc()
+        if outcome is not Credit.CREDITED or target is None:
+            return
         writes[event.user_id][target.field] = slot_with(state, target)
         if reward_type == "click" and state is not None:
             placement = self.catalogue.placements.get(target.placement)

@@ -597,6 +597,40 @@ def test_an_a_a_test_reads_no_lift_from_conversions_that_follow_nothing(runtime:
     assert lift["lift_ci95_low"] < 0 < lift["lift_ci95_high"]
 
 
+def test_an_a_a_test_reads_no_lift_from_repeat_conversions(runtime: Runtime) -> None:
+    """Every user, in either group, views home_hero twice and then converts twice on their own (no decision id):
+    the true lift is 0. A treated user had two offers to credit, a control user one "none" (the ring keeps the
+    newest "none"), whose second conversion was already_credited and dropped: lift 0.125, +100 %."""
+    from policy.holdout import HoldoutConfig
+
+    metrics = Metrics()
+    engine = make_engine(runtime, metrics)
+    engine.policy_ctx.holdout = HoldoutConfig(0.5, "s")
+    noon, n = T0 + 12 * 3600, 400
+    views = [event(f"pv{k}{u}", f"aa{u}", ts=noon + u + 60 * k) for k in range(2) for u in range(n)]
+    conversions = [event(f"cv{k}{u}", f"aa{u}", ts=noon + 600 + u + 300 * k, etype="conversion", revenue=10.0)
+                   for k in range(2) for u in range(n)]
+
+    async def go():  # noqa: ANN202
+        return [await engine.process(msgs(*part)) for part in (views[:n], views[n:], conversions[:n], conversions[n:])]
+
+    outs = run(go())
+    decisions = [d for o in outs[:2] for d in o.decisions]
+    control_users = {d.user_id for d in decisions if d.mode is Mode.HOLDOUT}
+    assert 150 < len(control_users) < 250 and {d.action for d in decisions if d.mode is not Mode.HOLDOUT} != {"none"}
+    learning = [s for o in outs for s in o.learning]
+    rewards = [s for s in learning if s.kind == "reward"]
+    assert len(rewards) == 2 * n  # every conversion counted once, in its user's group
+    assert sum(s.mode == "holdout" for s in rewards) == 2 * len(control_users)
+    # the second conversions control users had no decision left to credit with: in the lift alone (action "none")
+    assert metrics.lift_only_rewards.collect()[0].samples[0].value == len(control_users)
+    engine.learn(learning)
+    lift = engine.lift.result()
+    assert lift["treated_decisions"] + lift["control_decisions"] == 2 * n
+    assert lift["treated_reward_per_decision"] == pytest.approx(lift["control_reward_per_decision"], rel=1e-12)
+    assert lift["lift"] == pytest.approx(0.0, abs=1e-12) and lift["relative_lift"] == pytest.approx(0.0, abs=1e-9)
+
+
 def test_a_conversion_with_the_id_of_a_decision_pushed_out_of_the_ring_is_still_learned(runtime: Runtime) -> None:
     """Offer shown, clicked, three more views of the placement (the same sticky offer), then the conversion with
     the first decision's id, 10 minutes later: the ring keeps the last 3 decisions that showed an action, so the
