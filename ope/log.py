@@ -35,7 +35,7 @@ import numpy as np
 import orjson
 
 from contracts.decisions import sample_dicts
-from policy.catalogue import Catalogue
+from policy.catalogue import NO_ACTION, Catalogue
 
 MAX_PROBLEMS_LISTED = 5
 # Modes in which the bandit (with arbitration) drew the action with the logged probability. Holdout,
@@ -67,6 +67,7 @@ class JoinReport:
     duplicate_exposures: int = 0
     duplicate_rewards: int = 0
     orphan_rewards: int = 0  # rewards whose exposure is not in the log
+    lift_only_rewards: int = 0  # rewards the lift alone counts (action "none"): no decision's, left out
     excluded_modes: dict[str, int] = field(default_factory=dict)  # decisions left out, by mode
     unknown_placements: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # unreadable or invalid records, with their place
@@ -343,6 +344,9 @@ def join_samples(
                 continue
             exposures[doc["decision_id"]] = doc
         else:
+            if doc["action"] == NO_ACTION:  # a lift-only reward (engine.attribution.lift_only_reward): no decision's
+                report.lift_only_rewards += 1
+                continue
             key = (
                 doc["decision_id"],
                 doc["action"],

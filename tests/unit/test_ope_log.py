@@ -82,6 +82,15 @@ def test_redelivered_samples_are_dropped_and_counted(catalogue):
     assert any("repeated" in note for note in log.report.notes())
 
 
+def test_lift_only_rewards_are_left_out_without_calling_them_orphans(catalogue):
+    # engine.attribution.lift_only_reward: a reward the lift counts that no decision was credited with (action
+    # "none", an id of its own); read as a decision's reward it was an "orphan" telling to re-export the topic
+    log = join_samples([exposure("a"), reward("a", 1.0), reward("lift-x", 1.0, action="none")], catalogue)
+    assert (log.report.orphan_rewards, log.report.lift_only_rewards, log.report.rewards) == (0, 1, 1)
+    assert [d.reward for d in log.decisions] == [1.0]
+    assert "no exposure" not in " ".join(log.report.notes())
+
+
 def test_orphan_rewards_and_unknown_placements_are_reported(catalogue):
     log = join_samples(
         [reward("ghost", 1.0), exposure("a", action="banner_x", placement="new_slot")], catalogue
