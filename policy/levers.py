@@ -285,6 +285,21 @@ class LeverBook:
             raise LeverError(f"no lever {lever_id!r}; known: {sorted(self._levers)}")
         self._audit.append(AuditRecord(ts, who, why, "revoke", lever_id, lever.to_dict()))
 
+    def revoke_kills(self, placement: str | None, who: str, why: str, ts: float) -> list[str]:
+        """Switch a kill off: revoke every kill lever of that scope (``placement``, or None for the ones on every
+        placement), whoever set it and whatever its id (the CLI's ``kill-<random>`` as the HTTP ``kill-<scope>``);
+        returns their ids (none: nothing was on)."""
+        if not who or not why:
+            raise LeverError("revoking needs 'who' and 'why': every change is audited")
+        ids = sorted(i for i, lv in self._levers.items() if lv.kind is LeverKind.KILL and lv.placement == placement)
+        for lever_id in ids:
+            self.revoke(lever_id, who, why, ts)
+        return ids
+
+    def kills(self) -> list[Lever]:
+        """The kill levers set (of every scope)."""
+        return [lv for lv in self._levers.values() if lv.kind is LeverKind.KILL]
+
     def forget_user(self, user_id: str, replacement: str) -> int:
         """GDPR erasure: drop the levers that target ``user_id`` and write ``replacement`` (a digest, not the
         id) where the audit names them: in the pending records here, and (``take_redactions``) in the audit list

@@ -28,7 +28,7 @@ from engine.processor import BatchOutput, Engine, RawMessage
 from features.erasure import ErasureRegistry
 from features.store import FeatureStoreError
 from policy.lever_store import LeverStore
-from policy.levers import Lever, LeverError, LeverKind
+from policy.levers import Lever, LeverBook, LeverError, LeverKind
 from streams import handover
 from streams.decide_batcher import Answer, BackgroundEmits, DecideBatcher, EngineFailed
 
@@ -422,8 +422,16 @@ def register_views(
             lever.check_targets(engine.catalogue)
             engine.policy_ctx.levers = await levers.update(lambda b: b.apply(lever))
             return web.json({"kill_switch": "on", "lever_id": lever_id})
-        engine.policy_ctx.levers = await levers.update(lambda b: b.revoke(lever_id, who, why, time.time()))
-        return web.json({"kill_switch": "off", "lever_id": lever_id})
+        revoked: list[str] = []  # every kill of this scope, also one the CLI set under another id
+
+        def switch_off(book: LeverBook) -> None:
+            revoked[:] = book.revoke_kills(placement, who, why, time.time())
+
+        book = await levers.update(switch_off)
+        engine.policy_ctx.levers = book
+        # kills of other scopes (another placement, or one on every placement) still hold: say which
+        still_on = [{"lever_id": lv.lever_id, "placement": lv.placement} for lv in book.kills()]
+        return web.json({"kill_switch": "off", "revoked": revoked, "still_on": still_on})
 
     async def erase_view(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
         doc = await body(request)

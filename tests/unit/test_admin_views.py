@@ -127,6 +127,26 @@ def test_the_kill_switch_takes_only_a_boolean_to_turn_on_or_off() -> None:
     assert post(pages["/admin/kill"], {"on": False, "who": "ops", "why": "over"}).body["kill_switch"] == "off"
 
 
+def test_switching_the_kill_off_revokes_every_kill_of_its_scope_whoever_set_it() -> None:
+    # `cadence levers kill --placement home_hero` sets kill-<random>; POST /admin/kill off for that
+    # placement answered 400 "no lever 'kill-home_hero'", and after an HTTP on/off it answered "off"
+    # while the CLI's kill still held (a new-user review)
+    pages, _, _ = views()
+    kill = pages["/admin/kill"]
+    assert post(kill, {"on": True, "who": "ops", "why": "x", "placement": "home_hero"}).status == 200
+    assert post(kill, {"on": True, "who": "ops", "why": "all"}).status == 200
+    response = post(pages["/admin/levers"], {"kind": "kill", "who": "cli", "why": "incident",
+                                             "placement": "home_hero", "lever_id": "kill-3f9a1c2e"})
+    assert response.status == 201, response.body
+    off = post(kill, {"on": False, "who": "ana", "why": "resolved", "placement": "home_hero"})
+    assert off.status == 200 and off.body["revoked"] == ["kill-3f9a1c2e", "kill-home_hero"]
+    assert off.body["still_on"] == [{"lever_id": "kill-all", "placement": None}]  # another scope still holds
+    again = post(kill, {"on": False, "who": "ana", "why": "resolved", "placement": "home_hero"})
+    assert again.status == 200 and again.body["revoked"] == []  # nothing left to switch off: not an error
+    assert post(kill, {"on": False, "who": "ana", "why": "over"}).body == {"kill_switch": "off",
+                                                                          "revoked": ["kill-all"], "still_on": []}
+
+
 def delete(view: Any, body: Any) -> Response:
     return asyncio.run(view.delete(Web(), Request(body, method="DELETE")))
 
