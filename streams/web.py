@@ -332,8 +332,17 @@ def register_views(
         except (RedisError, FeatureStoreError) as exc:
             return _store_away(web, exc)
         # Model scores at ``at`` (churn risk, value, propensity per action), as decisions see them; not for
-        # customers who refused marketing: no decision uses scores for them either.
-        scores = engine.profile_scores(state, at) if state.consent is not False else {"withheld": "no_consent"}
+        # customers who refused marketing (no decision uses scores for them either), nor for one erased or one
+        # the engine holds nothing on: scores of an empty profile (the population's) read like this person's.
+        scores: dict[str, Any]
+        if engine.erased is not None and user_id in engine.erased:
+            scores = {"withheld": "erased"}
+        elif not state.exists:
+            scores = {"withheld": "no_data"}
+        elif state.consent is False:
+            scores = {"withheld": "no_consent"}
+        else:
+            scores = engine.profile_scores(state, at)
         return web.json({
             "user_id": user_id, "at": at, "exists": state.exists,
             "profile": {"device": state.device, "segment": state.segment, "consent": state.consent},

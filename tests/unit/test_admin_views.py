@@ -61,8 +61,8 @@ class Metric:
         pass
 
 
-def views(read: Any = None, levers: Levers | None = None,
-          stopping: asyncio.Event | None = None) -> tuple[dict[str, Any], Erasures, list[str]]:
+def views(read: Any = None, levers: Levers | None = None, stopping: asyncio.Event | None = None,
+          **engine_attrs: Any) -> tuple[dict[str, Any], Erasures, list[str]]:
     engine = types.SimpleNamespace(
         metrics=types.SimpleNamespace(http_outputs_lost=Metric(), http_latency=Metric(), http_requests=Metric()),
         process_isolating=None, watermark=1_767_614_400.0,
@@ -70,6 +70,7 @@ def views(read: Any = None, levers: Levers | None = None,
                                         actions={"offer_10pct": types.SimpleNamespace(placements=("home_hero",))}),
         policy_ctx=types.SimpleNamespace(levers=LeverBook()), store=types.SimpleNamespace(read=read), erased=set(),
     )
+    vars(engine).update(engine_attrs)
     erasures, tombstones = Erasures(), []
 
     async def tombstone(user_id: str, who: str) -> None:
@@ -103,6 +104,28 @@ def test_an_erasure_before_the_worker_read_its_key_is_a_503_that_erases_nothing(
     assert response.status == 503 and response.headers["Retry-After"] == "5"
     assert "erasure key" in response.body["error"] and "nothing was erased" in response.body["what_to_do"]
     assert erasures.erased == [] and tombstones == []
+
+
+def test_a_profile_shows_no_scores_for_an_erased_user_or_one_the_engine_holds_nothing_on() -> None:
+    # an erased user's /profile answered "exists": false with a value and 12 propensities (the population's
+    # scores, read as this person's by a CRM); so did any id the engine never saw
+    from features.state import UserState
+
+    async def read(user_id: str) -> UserState:
+        return UserState(user_id, {"dev": "mobile"} if user_id == "known" else {})
+
+    pages, _, _ = views(read=read, erased={"gone"},
+                        profile_scores=lambda state, at: {"model_version": 3, "value": 52.0})
+
+    def scores(user_id: str) -> Any:
+        response = asyncio.run(pages["/profile"](Web(), Request(token=API, query={"user_id": user_id},
+                                                                  method="GET")))
+        assert response.status == 200, response.body
+        return response.body["scores"]
+
+    assert scores("gone") == {"withheld": "erased"}
+    assert scores("never-seen") == {"withheld": "no_data"}
+    assert scores("known") == {"model_version": 3, "value": 52.0}
 
 
 def test_redis_down_is_a_503_with_retry_after_not_a_500() -> None:
