@@ -189,54 +189,72 @@ def _train_log(config: dict[str, Any], train: DecisionLog | None) -> DecisionLog
     return train
 
 
-def _build_bandit(
-    config: dict[str, Any], train: DecisionLog | None, catalogue: Catalogue | None
-) -> FrozenBandit:
+def _bandit_spec(config: dict[str, Any], catalogue: Catalogue | None) -> tuple[str, dict[str, Any]]:
+    """A ``bandit`` config's policy name and params, checked without a log (the policy is tried on 1 feature)."""
     _check_keys(config, {"policy", "params", "train_on"})
     name = config.get("policy")
-    if name not in POLICIES:
+    if not isinstance(name, str) or name not in POLICIES:
         raise CandidateConfigError(
             f"candidate 'bandit': field 'policy' must be one of {sorted(POLICIES)}, got {name!r}"
         )
     params = config.get("params", {})
     if not isinstance(params, dict):
         raise CandidateConfigError("candidate 'bandit': field 'params' must be an object of policy arguments")
-    log = _train_log(config, train)
-    try:
-        policy = make_policy(name, dim=log.decisions[0].x.shape[0], **params)
-    except (TypeError, ValueError) as exc:
-        raise CandidateConfigError(
-            f"candidate 'bandit': policy {name!r} rejects params {params}: {exc}"
-        ) from None
+    _make_bandit(name, 1, params)
     if catalogue is None:
         raise CandidateConfigError(
             "candidate 'bandit' needs the catalogue the engine ran with: the engine runs the bandit's choice "
             "through arbitration (action values and costs), and the candidate is scored the same way"
         )
+    return name, params
+
+
+def _make_bandit(name: str, dim: int, params: dict[str, Any]) -> Policy:
+    try:
+        return make_policy(name, dim=dim, **params)
+    except (TypeError, ValueError) as exc:
+        raise CandidateConfigError(
+            f"candidate 'bandit': policy {name!r} rejects params {params}: {exc}"
+        ) from None
+
+
+def _build_bandit(
+    config: dict[str, Any], train: DecisionLog | None, catalogue: Catalogue | None
+) -> FrozenBandit:
+    name, params = _bandit_spec(config, catalogue)
+    assert catalogue is not None  # _bandit_spec refuses a bandit without one
+    log = _train_log(config, train)
+    policy = _make_bandit(name, log.decisions[0].x.shape[0], params)
     for d in log:
         policy.update(d.x, d.action, d.reward)
     return FrozenBandit(policy, config.get("name", f"bandit:{name}"), catalogue)
 
 
-def _build_greedy_model(
-    config: dict[str, Any], train: DecisionLog | None, catalogue: Catalogue | None
-) -> GreedyModel:
+def _greedy_spec(config: dict[str, Any]) -> tuple[float, float | None]:
+    """A ``greedy_model`` config's ε and ridge penalty, checked without a log."""
     _check_keys(config, {"epsilon", "ridge", "train_on"})
     epsilon = config.get("epsilon", 0.0)
     ridge = config.get("ridge")
-    if not isinstance(epsilon, int | float) or not 0 <= epsilon <= 1:
+    if isinstance(epsilon, bool) or not isinstance(epsilon, int | float) or not 0 <= epsilon <= 1:
         raise CandidateConfigError(
             f"candidate 'greedy_model': field 'epsilon' must be in [0, 1], got {epsilon!r}"
         )
-    if ridge is not None and (not isinstance(ridge, int | float) or ridge <= 0):
+    if ridge is not None and (isinstance(ridge, bool) or not isinstance(ridge, int | float) or ridge <= 0):
         raise CandidateConfigError(f"candidate 'greedy_model': field 'ridge' must be > 0, got {ridge!r}")
+    return float(epsilon), None if ridge is None else float(ridge)
+
+
+def _build_greedy_model(
+    config: dict[str, Any], train: DecisionLog | None, catalogue: Catalogue | None
+) -> GreedyModel:
+    epsilon, ridge = _greedy_spec(config)
     log = _train_log(config, train)
     actions = sorted({a for d in log for a in d.eligible})
     column = {a: i for i, a in enumerate(actions)}
-    model = RidgeRewardModel(len(actions), RIDGE_GRID if ridge is None else (float(ridge),)).fit(
+    model = RidgeRewardModel(len(actions), RIDGE_GRID if ridge is None else (ridge,)).fit(
         log.x, np.array([column[a] for a in log.actions]), log.rewards
     )
-    return GreedyModel(model, actions, float(epsilon), config.get("name", "greedy_model"))
+    return GreedyModel(model, actions, epsilon, config.get("name", "greedy_model"))
 
 
 CANDIDATE_KINDS: dict[str, Callable[[dict[str, Any], DecisionLog | None, Catalogue | None], Any]] = {
@@ -267,12 +285,30 @@ def build_candidate(
     """The candidate of ``config``; learners train on ``train``; ``catalogue`` is the one the engine ran
     with (a ``bandit`` candidate needs it for arbitration)."""
     kind = config.get("kind")
-    if kind not in CANDIDATE_KINDS:
+    if not isinstance(kind, str) or kind not in CANDIDATE_KINDS:
         raise CandidateConfigError(
             f"candidate config needs field 'kind', one of {sorted(CANDIDATE_KINDS)}; got {kind!r}"
         )
     needs_training(config)
     return CANDIDATE_KINDS[kind](config, train, catalogue)
+
+
+def check_config(config: dict[str, Any], catalogue: Catalogue | None = None) -> None:
+    """Refuse a config ``build_candidate`` would refuse for its own fields, without a log: so a mistake is
+    reported before a long log is read. (What only the log can tell, such as a training half too short,
+    is found when the candidate is built.)"""
+    kind = config.get("kind")
+    if not isinstance(kind, str) or kind not in CANDIDATE_KINDS:
+        raise CandidateConfigError(
+            f"candidate config needs field 'kind', one of {sorted(CANDIDATE_KINDS)}; got {kind!r}"
+        )
+    needs_training(config)
+    if kind == "bandit":
+        _bandit_spec(config, catalogue)
+    elif kind == "greedy_model":
+        _greedy_spec(config)
+    else:
+        CANDIDATE_KINDS[kind](config, None, catalogue)
 
 
 def load_config(source: str) -> dict[str, Any]:

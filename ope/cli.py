@@ -1,9 +1,6 @@
 """``cadence ope``: compare candidate policies on a decision log, with intervals, a plot and a promotion gate.
 
-    cadence ope --log learning.jsonl --candidate uniform.json --candidate linucb.json \\
-                [--bootstrap HOST:PORT --topic learning] [--clip 50] [--json out.json] [--plot out.png]
-
-Wire it into cadence/cli.py with ``from ope.cli import add_ope_parser`` and ``add_ope_parser(sub)``.
+cadence/cli.py adds the subcommand with ``add_ope_parser``; ``DESCRIPTION`` is its ``--help`` text.
 """
 
 from __future__ import annotations
@@ -16,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from ope.candidates import CandidateConfigError, load_config, plan
+from ope.candidates import CandidateConfigError, check_config, load_config, plan
 from ope.estimators import CI_METHOD, ESTIMATORS, Estimate, OPEError, evaluate, on_policy
 from ope.gate import decide_promotion
 from ope.log import RANDOMISED_MODES, DecisionLog, join_samples, read_jsonl, read_topic
@@ -25,6 +22,28 @@ from policy.catalogue import Catalogue, CatalogueError, load_catalogue
 
 LONG_RUN = 5000  # decisions × candidates above which a progress bar is drawn (on a terminal)
 
+DESCRIPTION = """\
+Estimate what candidate policies would have earned on the engine's decision log (the learning topic,
+or a JSON-lines export of it), with 95 % intervals, warnings, a plot and a promotion gate.
+
+  cadence ope --log learning.jsonl --candidate '{"kind": "uniform"}' --candidate greedy.json \\
+              [--clip 50] [--json out.json] [--plot out.png]
+  cadence ope --bootstrap HOST:PORT --topic learning --candidate '{"kind": "bandit", "policy": "linucb"}'
+
+Candidate configs (JSON, inline or in a file; "name" is optional and labels the candidate):
+  {"kind": "uniform"}                              every eligible action equally likely
+  {"kind": "constant", "action": "offer_bundle"}   always this action (a list: first eligible one)
+  {"kind": "bandit", "policy": "linucb", "params": {"alpha": 0.5}}
+                                                   a bandit trained on the log's first half, then run
+                                                   through arbitration as the engine runs it
+  {"kind": "greedy_model", "epsilon": 0.05}        best action of a ridge reward model trained on the
+                                                   first half, with an ε-uniform share
+When a candidate is trained, every candidate is evaluated on the later half of the log.
+
+Only decisions the bandit drew at random are evaluated (modes explore and exploit); exploit decisions of
+placements with stickiness rules are settled without a draw (probability 1) and are left out and counted.
+"""
+
 
 def add_ope_parser(subparsers: Any) -> argparse.ArgumentParser:
     from cadence.settings import DEFAULT_CATALOGUE
@@ -32,7 +51,7 @@ def add_ope_parser(subparsers: Any) -> argparse.ArgumentParser:
     sp = subparsers.add_parser(
         "ope",
         help="off-policy evaluation of candidate policies on a decision log",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = sp.add_argument_group("decision log (one of)")
@@ -56,7 +75,7 @@ def add_ope_parser(subparsers: Any) -> argparse.ArgumentParser:
         required=True,
         metavar="CONFIG.json",
         help='candidate config file or inline JSON, e.g. \'{"kind": "uniform"}\' (repeatable; '
-        "kinds: uniform, constant, bandit, greedy_model, see ope/candidates.py)",
+        "kinds: uniform, constant, bandit, greedy_model, described above)",
     )
     sp.add_argument(
         "--catalogue",
@@ -205,11 +224,17 @@ def evaluate_all(
 def run_ope(args: argparse.Namespace) -> int:
     try:
         catalogue = load_catalogue(args.catalogue)
-        log = _read_log(args, catalogue)
+        # everything the command line alone can get wrong is refused before a long log is read
         configs = [load_config(c) for c in args.candidate]
+        for config in configs:
+            check_config(config, catalogue)
         estimators = [e.strip() for e in args.estimators.split(",") if e.strip()]
+        unknown = [e for e in estimators if e not in ESTIMATORS]
+        if unknown or not estimators:
+            raise OPEError(f"--estimators: unknown {unknown or estimators}; choose from {sorted(ESTIMATORS)}")
         if args.gate_estimator not in estimators:
             raise OPEError(f"--gate-estimator {args.gate_estimator!r} is not among --estimators {estimators}")
+        log = _read_log(args, catalogue)
         for note in log.report.notes():
             print(f"cadence ope: {note}", file=sys.stderr)
         held_out, note, results = evaluate_all(
@@ -280,7 +305,7 @@ def run_ope(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry point (``python -m ope.cli ...``) until the lead wires ``cadence ope``."""
+    """Standalone entry point (``python -m ope.cli ...``), the same as ``cadence ope ...``."""
     parser = argparse.ArgumentParser(prog="cadence")
     add_ope_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["ope", *(argv if argv is not None else sys.argv[1:])])

@@ -144,3 +144,35 @@ def test_a_bandit_candidate_is_run_through_the_catalogues_arbitration(log_file, 
     text = capsys.readouterr().out
     assert "bandit candidates are run through arbitration as the engine runs it" in text
     assert "bandit:linucb" in text
+
+
+def test_help_is_for_users_not_developers(capsys):
+    from cadence.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["ope", "--help"])
+    text = capsys.readouterr().out
+    assert "--candidate" in text and "candidate policies would have earned" in text
+    for developer_text in ("Wire it", "cadence/cli.py", "add_ope_parser", "ope/candidates.py"):
+        assert developer_text not in text
+
+
+@pytest.mark.parametrize(
+    ("candidate", "message"),
+    [
+        ('{"kind": "telepathy"}', "needs field 'kind'"),
+        ('{"kind": "uniform"', "not valid JSON"),
+        ('{"kind": "bandit", "policy": "oracle"}', "oracle"),
+        ('{"kind": "greedy_model", "train_on": "everything"}', "train_on"),
+    ],
+)
+def test_a_bad_candidate_is_refused_before_the_log_is_read(candidate, message, log_file, monkeypatch):
+    def no_reading(*_args, **_kwargs):
+        raise AssertionError("the decision log was read before the candidate was checked")
+
+    monkeypatch.setattr("ope.cli.read_jsonl", no_reading)
+    monkeypatch.setattr("ope.cli.read_topic", no_reading)
+    with pytest.raises(SystemExit, match=message):
+        run(["--log", str(log_file), "--candidate", candidate, "--quiet"])
+    with pytest.raises(SystemExit, match=message):
+        run(["--bootstrap", "localhost:1", "--candidate", candidate, "--quiet"])
