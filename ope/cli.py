@@ -235,6 +235,8 @@ def run_ope(args: argparse.Namespace) -> int:
         if args.gate_estimator not in estimators:
             raise OPEError(f"--gate-estimator {args.gate_estimator!r} is not among --estimators {estimators}")
         log = _read_log(args, catalogue)
+        if len(log) == 0:  # before any candidate is trained on (half of) nothing
+            raise OPEError(log.report.why_empty())
         for note in log.report.notes():
             print(f"cadence ope: {note}", file=sys.stderr)
         held_out, note, results = evaluate_all(

@@ -89,11 +89,7 @@ def warning(code: str, **values: object) -> OPEWarning:
 def usable_rows(log: DecisionLog, tiny: float = TINY_PROBABILITY) -> tuple[np.ndarray, list[OPEWarning]]:
     """Rows whose logged probability can be used, and warnings about the others and the tiny ones."""
     if len(log) == 0:
-        raise OPEError(
-            "the decision log is empty: it holds no exposure records, so there is nothing to evaluate; "
-            "check that the file or topic is the engine's learning topic and that the engine made learned "
-            "decisions (fallbacks are not logged)"
-        )
+        raise OPEError(log.report.why_empty())
     p = log.probabilities
     n = len(p)
     missing = np.isnan(p)

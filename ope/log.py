@@ -80,6 +80,10 @@ class JoinReport:
     # kept: logged with probability 1 among several eligible actions on a placement without stickiness rules
     # (the bandit has no uniform draw, or an older engine's arbitration overrode it)
     overrides: int = 0
+    deterministic_placements: dict[str, int] = field(default_factory=dict)  # ``deterministic`` by placement
+    modes: list[str] = field(default_factory=list)  # the modes evaluated (``join_samples``'s ``modes``)
+    # the catalogue's placements without stickiness rules: where the bandit draws every decision at random
+    drawn_placements: list[str] = field(default_factory=list)
 
     def notes(self) -> list[str]:
         out = []
@@ -138,6 +142,67 @@ class JoinReport:
             )
             out.append(f"skipped {len(self.problems)} unusable records: {shown}{more}")
         return out
+
+    def why_empty(self) -> str:
+        """Why no decision is left to evaluate, and what to do: every exposure read was left out (by mode,
+        as a sticky placement's settled exploit, …), or none was read at all."""
+        if not self.exposures:
+            read = (
+                f"; {len(self.problems)} records could not be used (first: {self.problems[0]})" if self.problems else ""
+            )
+            return (
+                "the decision log is empty: it holds no exposure records, so there is nothing to evaluate"
+                f"{read}; check that the file or topic is the engine's learning topic and that the engine made "
+                "learned decisions (fallbacks are not logged)"
+            )
+        why, todo = [], []
+        if self.excluded_modes:
+            counts = ", ".join(f"{m}: {k:,}" for m, k in sorted(self.excluded_modes.items()))
+            why.append(
+                f"{sum(self.excluded_modes.values()):,} in modes not evaluated ({counts}; --modes keeps "
+                f"{', '.join(self.modes) or 'none'})"
+            )
+            drawn_left_out = sorted(set(self.excluded_modes) & set(RANDOMISED_MODES))
+            if drawn_left_out:
+                todo.append(
+                    f"--modes leaves out the bandit's own draws ({', '.join(drawn_left_out)}): keep "
+                    f"{','.join(RANDOMISED_MODES)} (the default)"
+                )
+            elif not (self.deterministic or self.undetermined):
+                todo.append(
+                    "only the bandit's own draws (modes explore, exploit) can be reweighed: holdout, pinned, "
+                    "fallback, suppressed and sticky decisions log probability 1 and were not its choice, so "
+                    "export a period in which the engine decided (no kill switch or pin covering everything)"
+                )
+        if self.deterministic:
+            where = ", ".join(f"{p}: {k:,}" for p, k in sorted(self.deterministic_placements.items()))
+            why.append(
+                f"{self.deterministic:,} exploit decisions of placements with stickiness rules ({where}), settled "
+                "from the user's incumbent with probability 1: no random draw to reweigh"
+            )
+            drawn = ", ".join(self.drawn_placements) or "none in this catalogue"
+            todo.append(
+                f"evaluate on placements without stickiness rules, where the bandit draws ({drawn}), with a log "
+                "that holds their decisions; or, for random draws on "
+                f"{', '.join(sorted(self.deterministic_placements))}, run the engine with a catalogue without "
+                "their [placement.stickiness] table (the limits on changes then no longer apply)"
+            )
+        if self.undetermined:
+            why.append(
+                f"{self.undetermined:,} logged with probability 1 among several actions on placements the catalogue "
+                "does not know"
+            )
+            todo.append("pass the catalogue the engine ran with (--catalogue)")
+        lost = self.exposures - sum(self.excluded_modes.values()) - self.deterministic - self.undetermined
+        if lost > 0 and self.problems:
+            why.append(f"{lost:,} unusable (first: {self.problems[0]})")
+            todo.append("fix or re-export the records listed")
+        return (
+            f"no decision is left to evaluate: {self.exposures:,} exposures were read and all were left out: "
+            + "; ".join(why)
+            + ". What to do: "
+            + "; ".join(todo)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -316,7 +381,9 @@ def join_samples(
     are counted in the report. Eligible actions of a placement come from ``catalogue``; without one (or for
     a placement it does not know) they are the actions the log took for that placement, as noted.
     """
-    report = JoinReport(problems=list(problems))
+    report = JoinReport(problems=list(problems), modes=list(modes))
+    if catalogue is not None:
+        report.drawn_placements = sorted(p for p, rules in catalogue.placements.items() if not rules.stickiness.limited)
     excluded: dict[str, str] = {}
     exposures: dict[str, dict[str, Any]] = {}
     rewards: dict[str, float] = defaultdict(float)
@@ -400,6 +467,7 @@ def join_samples(
                 continue
             if rules.stickiness.limited and doc.get("mode") != "explore":  # stickiness never explores
                 report.deterministic += 1
+                report.deterministic_placements[placement] = report.deterministic_placements.get(placement, 0) + 1
                 continue
             report.overrides += 1
         decisions.append(

@@ -176,3 +176,17 @@ def test_a_bad_candidate_is_refused_before_the_log_is_read(candidate, message, l
         run(["--log", str(log_file), "--candidate", candidate, "--quiet"])
     with pytest.raises(SystemExit, match=message):
         run(["--bootstrap", "localhost:1", "--candidate", candidate, "--quiet"])
+
+
+def test_a_log_of_sticky_decisions_only_is_explained_not_called_empty(tmp_path):
+    lines = [
+        {"kind": "exposure", "decision_id": f"d{i}", "action": "offer_10pct", "x": [1.0, 0.5], "placement": "home_hero",
+         "ts": float(i), "mode": "exploit", "probability": 1.0, "eligible": ["offer_10pct", "offer_bundle"]}
+        for i in range(30)
+    ]
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(b"\n".join(orjson.dumps(doc) for doc in lines))
+    for candidate in ('{"kind": "uniform"}', '{"kind": "greedy_model"}'):  # a trained one splits the log first
+        with pytest.raises(SystemExit, match="30 exposures were read") as err:
+            run(["--log", str(log), "--candidate", candidate, "--quiet"])
+        assert "stickiness" in str(err.value) and "empty" not in str(err.value)

@@ -357,3 +357,31 @@ def test_only_placements_with_stickiness_rules_have_their_sure_decisions_left_ou
     )
     assert len(log) == 0 and log.report.undetermined == 1
     assert "placements the catalogue does not know" in " ".join(log.report.notes())
+
+
+def test_a_log_left_without_decisions_says_what_was_read_why_each_group_went_and_what_to_do(catalogue):
+    from ope.diagnostics import OPEError
+
+    sticky = [
+        {**exposure(f"s{i}", p=1.0, placement=placement), "mode": "exploit",
+         "eligible": ["offer_10pct", "offer_bundle"]}
+        for i, placement in enumerate(["home_hero"] * 3 + ["product_sidebar"] * 2)
+    ]
+    held = [{**exposure(f"h{i}", action="none", p=1.0), "mode": "holdout"} for i in range(4)]
+    log = join_samples(sticky + held, catalogue)
+    assert len(log) == 0 and log.report.exposures == 9
+    with pytest.raises(OPEError) as err:
+        evaluate(log, Constant(["offer_10pct"]))
+    text = str(err.value)
+    assert "9 exposures were read" in text
+    assert "holdout: 4" in text  # left out by mode
+    assert "5 exploit decisions of placements with stickiness rules (home_hero: 3, product_sidebar: 2)" in text
+    assert "newsletter" in text  # the catalogue's placement without stickiness rules, where the bandit draws
+    assert "[placement.stickiness]" in text  # the setting that gives random draws on the sticky ones
+    assert "is the engine's learning topic" not in text  # it is: the decisions were all left out
+
+    only_modes = join_samples([{**exposure("e", p=0.5), "mode": "explore"}], catalogue, modes=("exploit",))
+    with pytest.raises(OPEError, match=r"1 exposures were read.*explore: 1.*--modes"):
+        evaluate(only_modes, Constant(["offer_10pct"]))
+    with pytest.raises(OPEError, match="is the engine's learning topic"):  # nothing read at all: the old advice
+        evaluate(join_samples([], catalogue), Constant(["offer_10pct"]))
