@@ -183,8 +183,10 @@ def _build_constant(
 def _train_log(config: dict[str, Any], train: DecisionLog | None) -> DecisionLog:
     if train is None or len(train) == 0:
         raise CandidateConfigError(
-            f"candidate {config['kind']!r} needs a training log (the first half); "
-            "the log is empty or too short to split"
+            f"candidate {config['kind']!r} learns from the log's first half, and this log is too short to "
+            f"split: its first half holds {0 if train is None else len(train)} decisions; a trained candidate "
+            "needs a log of at least 2 decisions (4 with the dr estimator, whose cross-fitting needs 2 in the "
+            "later half)"
         )
     return train
 

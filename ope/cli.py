@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from ope.candidates import CandidateConfigError, check_config, load_config, plan
-from ope.estimators import CI_METHOD, ESTIMATORS, Estimate, OPEError, evaluate, on_policy
+from ope.candidates import CandidateConfigError, check_config, load_config, needs_training, plan
+from ope.estimators import CI_METHOD, DR_FOLDS, ESTIMATORS, Estimate, OPEError, evaluate, on_policy
 from ope.gate import decide_promotion
 from ope.log import RANDOMISED_MODES, DecisionLog, join_samples, read_jsonl, read_topic
 from ope.progress import ProgressBar
@@ -206,6 +206,15 @@ def evaluate_all(
     progress: bool,
     catalogue: Catalogue | None = None,
 ) -> tuple[DecisionLog, str, list[dict[str, Any]]]:
+    needed = DR_FOLDS if "dr" in estimators else 1
+    if any(needs_training(c) for c in configs) and len(log) - round(len(log) / 2) < needed:
+        # the trained candidates' first half would leave too few to evaluate on: say so for the whole log
+        raise OPEError(
+            f"the log is too short: trained candidates learn from its first half and every candidate is "
+            f"evaluated on the later half, which needs at least {needed} decisions"
+            + (f" for the dr estimator (cross-fitted on {DR_FOLDS} folds)" if needed > 1 else "")
+            + f", so the log needs at least {2 * needed} decisions to evaluate; it has {len(log)}"
+        )
     candidates, held_out, note = plan(log, configs, catalogue)
     results: list[dict[str, Any]] = []
     names: set[str] = set()

@@ -35,6 +35,7 @@ from ope.log import DecisionLog
 from ope.reward_model import cross_fit_predictions
 
 Z_95 = 1.959963984540054
+DR_FOLDS = 2  # cross-fitting folds of DR's reward model: a log needs at least this many decisions for DR
 CI_METHOD = "normal approximation, 95%: value ± 1.96 × standard error"
 
 
@@ -223,8 +224,15 @@ def snips(prep: Prepared, **_: Any) -> Estimate:
     )
 
 
-def dr(prep: Prepared, folds: int = 2, seed: int = 0, **_: Any) -> Estimate:
+def dr(prep: Prepared, folds: int = DR_FOLDS, seed: int = 0, **_: Any) -> Estimate:
     n_actions = prep.target.shape[1]
+    if len(prep.rewards) < folds:
+        raise OPEError(
+            f"the log is too short for the dr estimator: its reward model is cross-fitted on {folds} folds, "
+            f"which needs at least {folds} decisions with a usable logged probability, and this log has "
+            f"{len(prep.rewards)}; evaluate a longer log, or leave dr out (--estimators ips,snips "
+            "--gate-estimator snips)"
+        )
     q = cross_fit_predictions(prep.x, prep.logged, prep.rewards, n_actions, folds=folds, seed=seed)
     return dr_with_model(prep, q)
 
@@ -245,7 +253,7 @@ def evaluate(
     estimators: Sequence[str] = ("ips", "snips", "dr"),
     clip: float | None = None,
     seed: int = 0,
-    folds: int = 2,
+    folds: int = DR_FOLDS,
     tiny: float = TINY_PROBABILITY,
     min_ess: float = MIN_ESS,
     progress: Callable[[int, int], None] | None = None,
@@ -259,7 +267,7 @@ def evaluate(
 
 
 def estimate_all(
-    prep: Prepared, estimators: Sequence[str], seed: int = 0, folds: int = 2, min_ess: float = MIN_ESS
+    prep: Prepared, estimators: Sequence[str], seed: int = 0, folds: int = DR_FOLDS, min_ess: float = MIN_ESS
 ) -> dict[str, Estimate]:
     out = {}
     for name in estimators:

@@ -91,7 +91,7 @@ def test_bad_configs_name_the_field_to_fix(config, message):
 
 
 def test_learning_candidate_without_a_training_log_is_refused():
-    with pytest.raises(CandidateConfigError, match="needs a training log"):
+    with pytest.raises(CandidateConfigError, match="too short to split"):
         build_candidate({"kind": "greedy_model"}, DecisionLog([]))
 
 

@@ -190,3 +190,17 @@ def test_a_log_of_sticky_decisions_only_is_explained_not_called_empty(tmp_path):
         with pytest.raises(SystemExit, match="30 exposures were read") as err:
             run(["--log", str(log), "--candidate", candidate, "--quiet"])
         assert "stickiness" in str(err.value) and "empty" not in str(err.value)
+
+
+@pytest.mark.parametrize(("n", "candidate", "needs"), [(1, "uniform", "at least 2"), (3, "greedy_model", "at least 4")])
+def test_a_log_too_short_says_how_many_decisions_it_needs(n, candidate, needs, tmp_path):
+    lines = [
+        {"kind": "exposure", "decision_id": f"d{i}", "action": "a", "x": [1.0, 0.5], "placement": "p",
+         "ts": float(i), "mode": "explore", "probability": 0.5, "eligible": ["a", "b"]}
+        for i in range(n)
+    ]
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(b"\n".join(orjson.dumps(doc) for doc in lines))
+    with pytest.raises(SystemExit, match=f"too short.*{needs} decisions") as err:
+        run(["--log", str(log), "--candidate", f'{{"kind": "{candidate}"}}', "--quiet"])
+    assert "cross-fitting with 2 folds needs" not in str(err.value)

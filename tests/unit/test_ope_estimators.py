@@ -277,3 +277,10 @@ def test_a_few_overrides_among_many_draws_do_not_block_a_candidate_but_many_do()
     assert gate(1)[0]  # 0.002 % of its probability on an action an override gave probability 0
     promoted, codes = gate(1000)  # half the log: 1 % of its probability is not covered
     assert not promoted and "support_not_covered" in codes
+
+
+def test_a_log_too_short_for_dr_says_how_many_decisions_it_needs():
+    one = DecisionLog(make_log(n=5).decisions[:1])
+    with pytest.raises(OPEError, match=r"too short for the dr estimator.*at least 2 decisions.*has 1"):
+        evaluate(one, Uniform())
+    assert set(evaluate(one, Uniform(), ("ips", "snips"))) == {"ips", "snips"}  # the others need only one
