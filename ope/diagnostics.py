@@ -1,6 +1,17 @@
 """What can go wrong with a log or a candidate: the errors that stop an evaluation and the warnings that
 qualify it. Every warning has a stable code (for the gate and for scripts) and a sentence for people;
 all the sentences are here, in one table, so they read alike.
+
+``tiny_probability`` is about what tiny logged probabilities do to a candidate's estimate, not about their
+presence: the engine's exploration floor decays to ε_min = 0.005, so with 3 actions every action it does not
+prefer is logged with ≈ 0.0017, and nearly every real log holds such decisions. They matter only where the
+candidate chooses what the log rarely showed: there the weight π/p is large and a handful of decisions carry
+the estimate. So the warning fires when the decisions logged with p < ``TINY_PROBABILITY`` carry at least
+``TINY_WEIGHT_SHARE`` of the candidate's total importance weight (as used: after clipping) and at least twice
+their share of the decisions (they weigh more than the average decision). A candidate close to the logging
+policy gives them weights near 1 and no warning; uniform on such a log gives them weights of ≈ 200 and it.
+It does not block promotion by itself: the few decisions it names also lower the effective sample size,
+which does (``low_effective_sample_size``).
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ import numpy as np
 from ope.log import DecisionLog
 
 TINY_PROBABILITY = 0.01  # logged probabilities below this give weights above 100 × π
+TINY_WEIGHT_SHARE = 0.10  # share of the total importance weight such decisions must carry to be warned about
 MIN_ESS = 100.0  # below this many effective decisions the normal interval is not to be trusted
 MAX_PAIRS_LISTED = 6
 
@@ -27,9 +39,10 @@ WARNING_TEXT = {
     ),
     "tiny_probability": (
         "{count} of {n} logged decisions were taken with probability below {tiny:g} "
-        "(smallest {smallest:.3g}); "
-        "their importance weights reach {weight:,.0f}, so a few decisions can dominate the estimate. "
-        "Use clipping (--clip), or keep more exploration in the logging policy."
+        "(smallest {smallest:.3g}) and carry {share:.0%} of the candidate's importance weight (their importance "
+        "weights reach {weight:,.0f}): the candidate often chooses what the logging policy seldom showed, so "
+        "these few decisions dominate the estimate. Use clipping (--clip), evaluate a candidate closer to the "
+        "logging policy, or keep more exploration in the logging policy."
     ),
     "support_not_covered": (
         "the candidate puts {share:.1%} of its probability on actions the log gives no evidence for ({pairs}): "
@@ -86,8 +99,8 @@ def warning(code: str, **values: object) -> OPEWarning:
     return OPEWarning(code, WARNING_TEXT[code].format(**values))
 
 
-def usable_rows(log: DecisionLog, tiny: float = TINY_PROBABILITY) -> tuple[np.ndarray, list[OPEWarning]]:
-    """Rows whose logged probability can be used, and warnings about the others and the tiny ones."""
+def usable_rows(log: DecisionLog) -> tuple[np.ndarray, list[OPEWarning]]:
+    """Rows whose logged probability can be used, and warnings about the others."""
     if len(log) == 0:
         raise OPEError(log.report.why_empty())
     p = log.probabilities
@@ -108,20 +121,31 @@ def usable_rows(log: DecisionLog, tiny: float = TINY_PROBABILITY) -> tuple[np.nd
             f"missing, {int(invalid.sum())} zero or out of range), so no importance weight can be computed; "
             "log Choice.probability (> 0) with every exposure"
         )
-    small = ok & (p < tiny)
-    if small.any():
-        smallest = float(p[small].min())
-        found.append(
-            warning(
-                "tiny_probability",
-                count=int(small.sum()),
-                n=n,
-                tiny=tiny,
-                smallest=smallest,
-                weight=1 / smallest,
-            )
-        )
     return ok, found
+
+
+def tiny_probability_warning(
+    propensity: np.ndarray, weights: np.ndarray, tiny: float = TINY_PROBABILITY
+) -> OPEWarning | None:
+    """Warn when the decisions logged with p < ``tiny`` carry the estimate (module docstring): at least
+    ``TINY_WEIGHT_SHARE`` of the candidate's total importance weight, and at least twice their share of the
+    decisions. ``propensity`` and ``weights`` are the usable rows' logged probabilities and (clipped) weights."""
+    small = propensity < tiny
+    total = float(weights.sum())
+    if not small.any() or total <= 0:
+        return None
+    share = float(weights[small].sum()) / total
+    if share < TINY_WEIGHT_SHARE or share < 2 * float(small.mean()):
+        return None
+    return warning(
+        "tiny_probability",
+        count=int(small.sum()),
+        n=len(propensity),
+        tiny=tiny,
+        smallest=float(propensity[small].min()),
+        share=share,
+        weight=float(weights[small].max()),
+    )
 
 
 UNCOVERED_SHARE = 0.01  # share of a candidate's probability on actions the log gave probability 0: warn above

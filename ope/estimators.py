@@ -28,6 +28,7 @@ from ope.diagnostics import (
     OPEError,
     OPEWarning,
     support_warning,
+    tiny_probability_warning,
     usable_rows,
     warning,
 )
@@ -124,7 +125,7 @@ def prepare(
 ) -> Prepared:
     if clip is not None and not clip > 0:
         raise OPEError(f"clip must be a positive maximum importance weight, got {clip}")
-    rows, warnings = usable_rows(log, tiny)
+    rows, warnings = usable_rows(log)
     actions = sorted({a for d in log for a in d.eligible})
     index = {a: i for i, a in enumerate(actions)}
     target = _target_matrix(candidate, log, index, progress)
@@ -137,6 +138,9 @@ def prepare(
     raw = target[np.arange(len(logged)), logged] / propensity
     weights = raw if clip is None else np.minimum(raw, clip)
     n_clipped = int((raw > weights).sum())
+    tiny_warning = tiny_probability_warning(propensity, weights, tiny)
+    if tiny_warning is not None:
+        warnings.append(tiny_warning)
     if n_clipped:
         warnings.append(warning("clipped", count=n_clipped, clip=clip, largest=float(raw.max())))
     rewards = log.rewards[rows]

@@ -193,7 +193,7 @@ def never_took_c(log):
             lambda log: with_changes(log, [3], probability=0.001),
             Uniform(),
             "tiny_probability",
-            "importance weights reach 1,000",
+            "carry 35% of the candidate's importance weight (their importance weights reach 333)",
         ),
         (
             never_took_c,
@@ -284,3 +284,32 @@ def test_a_log_too_short_for_dr_says_how_many_decisions_it_needs():
     with pytest.raises(OPEError, match=r"too short for the dr estimator.*at least 2 decisions.*has 1"):
         evaluate(one, Uniform())
     assert set(evaluate(one, Uniform(), ("ips", "snips"))) == {"ips", "snips"}  # the others need only one
+
+
+def engine_floor_log(n: int = 6000, rare_every: int = 300) -> DecisionLog:
+    """The engine's decayed floor: ε_min = 0.005 over 3 actions, so the two actions the bandit does not
+    prefer are logged with 0.005/3 ≈ 0.0017 each, and shown about that often (one decision in 300 here)."""
+    floor = 0.005 / 3
+    rng = np.random.default_rng(3)
+    decisions = []
+    for i in range(n):
+        rare = i % rare_every == 0
+        action, p = (("b", floor) if rare else ("a", 1 - 2 * floor))
+        decisions.append(
+            LoggedDecision(f"d{i}", np.array([1.0, rng.normal()]), action, p, float(rng.random() < 0.3), "s",
+                           ACTIONS, float(i))
+        )
+    return DecisionLog(decisions)
+
+
+def test_tiny_probabilities_warn_only_when_they_carry_the_estimate():
+    log = engine_floor_log()
+    assert any(p < 0.01 for p in log.probabilities)
+    # a candidate close to the logging policy barely weighs the rare draws: the engine's own floor is no threat
+    close = Fixed({"a": 0.99, "b": 0.005, "c": 0.005})
+    assert "tiny_probability" not in {w.code for w in evaluate(log, close, ("ips",))["ips"].warnings}
+    assert "tiny_probability" not in {w.code for w in evaluate(log, Constant(["a"]), ("ips",))["ips"].warnings}
+    # uniform puts 1/3 on b: its 20 draws weigh 200 each, two thirds of all the weight
+    warned = [w for w in evaluate(log, Uniform(), ("ips",))["ips"].warnings if w.code == "tiny_probability"]
+    assert len(warned) == 1 and "20 of 6000 logged decisions" in warned[0].message
+    assert "67% of the candidate's importance weight" in warned[0].message
