@@ -97,6 +97,14 @@ class JoinReport:
                 f"{self.orphan_rewards} rewards have no exposure in the log and were ignored; "
                 "export the topic from its beginning to keep them"
             )
+        if self.lift_only_rewards and not self.rewards:
+            # beside decisions' rewards they need no word (the lift's own, as the engine means them); alone
+            # they explain why no decision earned anything
+            out.append(
+                f"all {self.lift_only_rewards} rewards read are lift-only (action 'none': the holdout lift's "
+                "count of a user's conversions, credited to no decision), so no decision earned a reward in this "
+                "log (a decision's clicks and conversions come as rewards with its own action)"
+            )
         if self.excluded_modes:
             counts = ", ".join(f"{m}: {k}" for m, k in sorted(self.excluded_modes.items()))
             out.append(

@@ -385,3 +385,16 @@ def test_a_log_left_without_decisions_says_what_was_read_why_each_group_went_and
         evaluate(only_modes, Constant(["offer_10pct"]))
     with pytest.raises(OPEError, match="is the engine's learning topic"):  # nothing read at all: the old advice
         evaluate(join_samples([], catalogue), Constant(["offer_10pct"]))
+
+
+def test_lift_only_rewards_are_noted_only_when_they_explain_a_log_without_decision_rewards(catalogue):
+    # beside decisions' rewards they are the lift's business: no note (they are not a problem of the log)
+    mixed = join_samples([exposure("a"), reward("a", 1.0), reward("lift-x", 1.0, action="none")], catalogue)
+    assert not any("lift" in note for note in mixed.report.notes())
+    # when they are the only rewards read, a "no rewards" warning would puzzle: the note says what they are
+    lift_only = join_samples(
+        [exposure("a"), reward("lift-x", 1.0, action="none"), reward("lift-y", 0.5, action="none")], catalogue
+    )
+    notes = [note for note in lift_only.report.notes() if "lift" in note]
+    assert len(notes) == 1 and "all 2 rewards read are lift-only" in notes[0]
+    assert "export" not in notes[0] and "ignored" not in notes[0]
