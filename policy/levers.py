@@ -287,11 +287,13 @@ class LeverBook:
 
     def revoke_kills(self, placement: str | None, who: str, why: str, ts: float) -> list[str]:
         """Switch a kill off: revoke every kill lever of that scope (``placement``, or None for the ones on every
-        placement), whoever set it and whatever its id (the CLI's ``kill-<random>`` as the HTTP ``kill-<scope>``);
-        returns their ids (none: nothing was on)."""
+        placement) that targets every user, whoever set it and whatever its id (the CLI's ``kill-<random>`` as the
+        HTTP ``kill-<scope>``); returns their ids (none: nothing was on). A narrower kill (a segment's or a user's,
+        e.g. a compliance kill for minors) is not this switch's: it stays, revoked by its id."""
         if not who or not why:
             raise LeverError("revoking needs 'who' and 'why': every change is audited")
-        ids = sorted(i for i, lv in self._levers.items() if lv.kind is LeverKind.KILL and lv.placement == placement)
+        ids = sorted(i for i, lv in self._levers.items() if lv.kind is LeverKind.KILL and lv.placement == placement
+                     and lv.user_id is None and lv.segment is None)
         for lever_id in ids:
             self.revoke(lever_id, who, why, ts)
         return ids

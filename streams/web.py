@@ -439,7 +439,8 @@ def register_views(
         book = await levers.update(switch_off)
         engine.policy_ctx.levers = book
         # kills of other scopes (another placement, or one on every placement) still hold: say which
-        still_on = [{"lever_id": lv.lever_id, "placement": lv.placement} for lv in book.kills()]
+        still_on = [{"lever_id": lv.lever_id, "placement": lv.placement, "segment": lv.segment,
+                     "one_user": lv.user_id is not None} for lv in book.kills()]
         return web.json({"kill_switch": "off", "revoked": revoked, "still_on": still_on})
 
     async def erase_view(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:

@@ -161,13 +161,19 @@ def test_switching_the_kill_off_revokes_every_kill_of_its_scope_whoever_set_it()
     response = post(pages["/admin/levers"], {"kind": "kill", "who": "cli", "why": "incident",
                                              "placement": "home_hero", "lever_id": "kill-3f9a1c2e"})
     assert response.status == 201, response.body
+    minors = post(pages["/admin/levers"], {"kind": "kill", "who": "legal", "why": "no offers to minors",
+                                           "placement": "home_hero", "segment": "minors", "lever_id": "kill-minors"})
+    assert minors.status == 201, minors.body
     off = post(kill, {"on": False, "who": "ana", "why": "resolved", "placement": "home_hero"})
     assert off.status == 200 and off.body["revoked"] == ["kill-3f9a1c2e", "kill-home_hero"]
-    assert off.body["still_on"] == [{"lever_id": "kill-all", "placement": None}]  # another scope still holds
+    # another scope, and a narrower kill of this one (a segment's: not the incident switch's), still hold
+    assert sorted(off.body["still_on"], key=lambda k: k["lever_id"]) == [
+        {"lever_id": "kill-all", "placement": None, "segment": None, "one_user": False},
+        {"lever_id": "kill-minors", "placement": "home_hero", "segment": "minors", "one_user": False}]
     again = post(kill, {"on": False, "who": "ana", "why": "resolved", "placement": "home_hero"})
     assert again.status == 200 and again.body["revoked"] == []  # nothing left to switch off: not an error
-    assert post(kill, {"on": False, "who": "ana", "why": "over"}).body == {"kill_switch": "off",
-                                                                          "revoked": ["kill-all"], "still_on": []}
+    last = post(kill, {"on": False, "who": "ana", "why": "over"}).body
+    assert (last["revoked"], [k["lever_id"] for k in last["still_on"]]) == (["kill-all"], ["kill-minors"])
 
 
 def delete(view: Any, body: Any) -> Response:
