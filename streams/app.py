@@ -50,6 +50,7 @@ from streams.learning_feed import FeedControl, follow_learning
 from streams.outputs import OutputSender, OutRecord
 from streams.pacing import rest_after
 from streams.rollbacks import RollbackFollower
+from streams.snapshotting import PeriodicSnapshots
 from streams.topics import BID_SIGNALS, DEAD_LETTERS, DECISIONS, ERASURES, INPUT_TOPICS, LEARNING, SHADOW
 from streams.web import register_views
 
@@ -378,6 +379,7 @@ def create_app(settings: Settings) -> faust.App:
     snapshots = SnapshotStore(engine.store.client, settings.app_id, keep=settings.snapshots_kept)
     feed_control = FeedControl()  # a rollback repositions the learning feed
     rollbacks = RollbackFollower(snapshots, engine, status, feed_control)
+    periodic = PeriodicSnapshots(snapshots, engine, status, worker_id)
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # stubs: (sender, *args, signal, **kw)
     async def _rebalanced(app: faust.App, **kwargs: object) -> None:
@@ -519,16 +521,9 @@ def create_app(settings: Settings) -> faust.App:
                 models.training = False
         if not leads:
             return
-        info = SnapshotInfo(0, engine.policy.name, engine.policy.version, dict(engine.learned_offsets),
-                            engine.learned_watermark, note=f"periodic, by {worker_id}")
-        blob = engine.learned_state().pack()
-        scorer = models.publish() if models is not None else None  # the version the snapshot holds
-        saved = await snapshots.save_if_current(blob, info, status["generation"])
-        if saved is None:  # a rollback this worker has not followed yet: follow_rollbacks loads it first
-            return
-        status["snapshot"] = saved.version
-        if scorer is not None:
-            await exchange.publish(scorer, status["generation"])
+        saved = await periodic.save()
+        if saved is not None and saved[1] is not None:
+            await exchange.publish(saved[1], status["generation"])
 
     @app.timer(1.0)
     async def exchange_models() -> None:
