@@ -210,7 +210,8 @@ class Settings(BaseSettings):
     models_churn_share: float = Field(1.0, gt=0, le=1, description="Share of customers watched for churn.")
     models_min_samples: int = Field(100, ge=0, description="Samples a model needs before its scores are shown.")
     snapshot_interval_s: float = Field(
-        30.0, gt=0, le=DAY_S, description="How often the leading worker saves the learned state to Redis."
+        30.0, gt=0, le=DAY_S, description="How often the leading worker saves the learned state to Redis (a "
+        "new version only if something was learned since the last one)."
     )
     snapshots_kept: int = Field(20, ge=1, le=10_000, description="Snapshot versions kept in Redis for rollback.")
     gc_paced: bool = Field(

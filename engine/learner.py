@@ -46,6 +46,17 @@ class EngineLearning:
         models = self.models.models if self.models is not None else None
         return LearnedState(self.policy, models, self.lift, self._seen.newest(), self.shadow_policy)
 
+    def learned_mark(self) -> tuple[object, ...]:
+        """What a snapshot would hold, cheaply (nothing packed): equal marks, equal policy, shadow, models, lift
+        and offsets. Every learning step counts in a version (policy, shadow, models: churn labels reach the
+        trainer without a learning sample), the lift by a digest of its sums, and a message read moves the
+        offsets. The digests of applied samples change only with a message read, and the policies' random
+        generators are not learning (a decision draws from them)."""
+        return (self.policy.name, self.policy.version,
+                self.shadow_policy.version if self.shadow_policy is not None else None,
+                self.models.models.version if self.models is not None else None,
+                self.lift.mark(), tuple(sorted(self.learned_offsets.items())), self.learned_watermark)
+
     def resume_from(self, state: LearnedState, offsets: dict[int, int]) -> None:
         """Start from a snapshot: its policy (under the configured type and decision hyperparameters,
         ``bandits.restore.carry_over``), shadow policy, models and lift, learning on from its ``offsets``; the

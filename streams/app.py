@@ -393,6 +393,7 @@ def create_app(settings: Settings) -> faust.App:
         info, state = found
         engine.resume_from(state, info.offsets)  # PolicyMismatch: the settings must change (logged, retried)
         status["snapshot"] = info.version
+        periodic.loaded()  # the next periodic snapshot only once something was learned
         log.warning("loaded snapshot version %s (policy version %s)", info.version, info.policy_version)
         return dict(info.offsets)
 

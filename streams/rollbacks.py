@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 class RollbackFollower:
     """``status`` is the worker's: ``generation`` (the snapshot generation its state belongs to, which its
-    periodic snapshots are checked against) and ``snapshot`` (the version it last loaded or saved)."""
+    periodic snapshots are checked against), ``snapshot`` (the version it last loaded or saved) and ``learned``
+    (``streams.snapshotting``: that version's generation and ``Engine.learned_mark``)."""
 
     def __init__(self, snapshots: SnapshotStore, engine: Engine, status: dict[str, Any],
                  feed: FeedControl | None = None) -> None:
@@ -42,6 +43,7 @@ class RollbackFollower:
                 counted = self.engine.follow_rollback(state, info.offsets)
                 self.feed.rewind(info.offsets, counted)
                 self.status["snapshot"] = info.version
+                self.status["learned"] = (generation, self.engine.learned_mark())  # nothing new to save yet
                 log.warning("rollback: now on snapshot version %s; learning again from its offsets %s",
                             info.version, info.offsets)
             # only once the state is in place: if the load or the unpack raised (Redis timed out), the generations

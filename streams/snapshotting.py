@@ -1,5 +1,12 @@
 """The leading worker's periodic snapshot (``streams.app``'s ``save_snapshot`` timer, every
-``CADENCE_SNAPSHOT_INTERVAL_S``): what was learned, with the learning topic's offsets, as a new version."""
+``CADENCE_SNAPSHOT_INTERVAL_S``): what was learned, with the learning topic's offsets, as a new version.
+
+Only when something was learned since the version this worker last saved or loaded (at start, or following a
+rollback): an idle leader used to write an identical version every interval, and the versions kept filled with
+copies, pushing real rollback points out. "Learned" is ``Engine.learned_mark`` (versions of the policy, shadow
+and models, a digest of the lift, the offsets) with the snapshot generation: a worker that followed a rollback
+holds that version's state, and a new leader that learned nothing since its load holds the version it loaded
+(saving it again as the newest would only copy an older state over what the previous leader saved)."""
 
 from __future__ import annotations
 
@@ -12,8 +19,8 @@ from learning.snapshots import SnapshotInfo, SnapshotStore
 
 class PeriodicSnapshots:
     """``status`` is the worker's (see ``streams.rollbacks.RollbackFollower``): ``generation`` (the snapshot
-    generation its state belongs to: a save is refused once a rollback bumped it) and ``snapshot`` (the version
-    it last loaded or saved)."""
+    generation its state belongs to: a save is refused once a rollback bumped it), ``snapshot`` (the version
+    it last loaded or saved) and ``learned`` (the generation and ``Engine.learned_mark`` of that version)."""
 
     def __init__(self, snapshots: SnapshotStore, engine: Engine, status: dict[str, Any], worker_id: str) -> None:
         self.snapshots = snapshots
@@ -21,11 +28,20 @@ class PeriodicSnapshots:
         self.status = status
         self.worker_id = worker_id
 
+    def loaded(self) -> None:
+        """The worker's state is now the version it loaded at start: nothing to save until it learns more
+        (``RollbackFollower`` records a followed rollback's version the same way)."""
+        self.status["learned"] = (self.status["generation"], self.engine.learned_mark())
+
     async def save(self) -> tuple[SnapshotInfo, LiveScorer | None] | None:
         """Save this worker's learned state as the newest version; returns it with the scorer compiled from the
-        models it holds (for the other workers), or None when refused (a rollback this worker has not followed
-        yet: ``follow_rollbacks`` loads it first)."""
+        models it holds (for the other workers), or None when nothing was learned since the version this worker
+        last saved or loaded (no version written) or when refused (a rollback this worker has not followed yet:
+        ``follow_rollbacks`` loads it first)."""
         engine = self.engine
+        mark = (self.status["generation"], engine.learned_mark())  # read with the state: no await in between
+        if mark == self.status.get("learned"):
+            return None
         info = SnapshotInfo(0, engine.policy.name, engine.policy.version, dict(engine.learned_offsets),
                             engine.learned_watermark, note=f"periodic, by {self.worker_id}")
         blob = engine.learned_state().pack()
@@ -33,5 +49,5 @@ class PeriodicSnapshots:
         saved = await self.snapshots.save_if_current(blob, info, self.status["generation"])
         if saved is None:
             return None
-        self.status["snapshot"] = saved.version
+        self.status["snapshot"], self.status["learned"] = saved.version, mark
         return saved, scorer
