@@ -213,7 +213,12 @@ class Settings(BaseSettings):
         30.0, gt=0, le=DAY_S, description="How often the leading worker saves the learned state to Redis (a "
         "new version only if something was learned since the last one)."
     )
-    snapshots_kept: int = Field(20, ge=1, le=10_000, description="Snapshot versions kept in Redis for rollback.")
+    snapshots_kept: int = Field(20, ge=1, le=10_000, description="Newest snapshot versions kept in Redis for "
+                                "rollback (older ones thinned: CADENCE_SNAPSHOTS_HOURLY, CADENCE_SNAPSHOTS_DAILY).")
+    snapshots_hourly: int = Field(24, ge=0, le=24 * 366, description="Also keep the newest snapshot version of each "
+                                  "of the last this many hours (UTC hours; 0: none).")
+    snapshots_daily: int = Field(7, ge=0, le=3660, description="Also keep the newest snapshot version of each of the "
+                                 "last this many days (UTC days; 0: none).")
     gc_paced: bool = Field(
         True, description="Run the garbage collector between batches (streams/gc_pacing.py); false leaves it to "
         "Python (thresholds 20,000 / 20 / 20)."

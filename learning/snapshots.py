@@ -11,7 +11,11 @@ offsets (streams/rollbacks.py), as a worker that restarts later does, so neither
 Keys (namespace = app id): ``{ns}:snap:seq`` (last version), ``{ns}:snap:{v}`` (blob),
 ``{ns}:snap:index`` (hash version -> JSON info), ``{ns}:snap:generation`` (bumped by every rollback;
 workers watch it), ``{ns}:snap:rollback`` (JSON: the generation and the version its rollback wrote, which
-workers load), ``{ns}:snap:lease`` (which worker writes snapshots).
+workers load), ``{ns}:snap:lease`` (which worker writes snapshots), ``{ns}:snap:retention`` (JSON: the retention
+rule the leader trims with, for ``cadence snapshots list``).
+
+A save trims the versions to the store's ``retention`` (learning/retention.py: the newest, and the newest of each
+recent hour and day); the version a pending rollback wrote is never trimmed.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from typing import cast
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
+
+from learning.retention import Retention, kept
 
 # KEYS[1] lease, ARGV[1] worker id, ARGV[2] ttl in ms: 1 if this worker holds the lease now (taken or renewed)
 _LEAD = """
@@ -65,10 +71,15 @@ class SnapshotInfo:
 
 
 class SnapshotStore:
-    def __init__(self, client: aioredis.Redis, namespace: str, keep: int = 20) -> None:
+    def __init__(self, client: aioredis.Redis, namespace: str, keep: int = 20, hourly: int = 24,
+                 daily: int = 7) -> None:
         self.client = client
         self.namespace = namespace
-        self.keep = keep
+        self.retention = Retention(keep, hourly, daily)
+
+    @property
+    def keep(self) -> int:
+        return self.retention.newest
 
     def _key(self, suffix: str) -> str:
         return f"{self.namespace}:snap:{suffix}"
@@ -84,7 +95,7 @@ class SnapshotStore:
         (the one the caller's state belongs to): then nothing is written and None comes back. Without this
         a periodic snapshot of the pre-rollback state, written just after a rollback, would become the
         latest version and undo it. ``generation=None`` saves unconditionally. ``trim``: then delete the
-        versions beyond ``keep``.
+        versions ``retention`` does not keep (``_trim``).
 
         The version number is taken inside the transaction (``seq`` watched with the generation), so no
         rollback can land between numbering and writing: a save that did not see the rollback's bump
@@ -112,12 +123,43 @@ class SnapshotStore:
             await self._trim()
         return info
 
-    async def _trim(self) -> None:
-        versions = sorted(int(v) for v in await self.client.hkeys(self._key("index")))
-        old = versions[: -self.keep]
-        if old:
-            await self.client.delete(*[self._key(str(v)) for v in old])
-            await self.client.hdel(self._key("index"), *[str(v) for v in old])
+    async def _trim(self, now: float | None = None) -> None:
+        """Delete the versions ``retention`` does not keep, index entries and blobs in one transaction (a reader
+        sees a version whole or not at all). The version the current generation's rollback wrote is kept
+        whatever its age, until a later rollback replaces it: a worker that has not followed it yet loads it
+        (``load_rollback``). A version a concurrent rollback writes meanwhile is not in the index read here,
+        so it cannot be deleted. Also records the rule, for ``cadence snapshots list``."""
+        points = [(version, info.created_at) for version, info in (await self._infos()).items()]
+        _, pending = await self.rollback_point()
+        keep = kept(points, time.time() if now is None else now, self.retention,
+                    () if pending is None else (pending,))
+        old = [v for v, _ in points if v not in keep]
+        async with self.client.pipeline(transaction=True) as pipe:
+            if old:
+                pipe.hdel(self._key("index"), *[str(v) for v in old])
+                pipe.delete(*[self._key(str(v)) for v in old])
+            pipe.set(self._key("retention"), orjson.dumps(asdict(self.retention)))
+            await pipe.execute()
+
+    async def _infos(self) -> dict[int, SnapshotInfo]:
+        """Every version's info; one that cannot be read counts as created at 0 (kept only as one of the newest
+        or a rollback's)."""
+        out = {}
+        for raw_version, raw in (await self.client.hgetall(self._key("index"))).items():
+            version = int(raw_version)
+            try:
+                out[version] = SnapshotInfo.from_json(raw)
+            except (ValueError, TypeError, KeyError):
+                out[version] = SnapshotInfo(version, "?", 0)
+        return out
+
+    async def recorded_retention(self) -> Retention | None:
+        """The rule the leading worker last trimmed with (None before its first save with this cadence)."""
+        raw = await self.client.get(self._key("retention"))
+        try:
+            return Retention(**orjson.loads(raw)) if raw is not None else None
+        except (ValueError, TypeError):
+            return None
 
     async def list(self) -> list[SnapshotInfo]:
         raw = await self.client.hgetall(self._key("index"))

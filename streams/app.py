@@ -376,7 +376,8 @@ def create_app(settings: Settings) -> faust.App:
     # an HTTP-only replica (intake none) has no partitions to wait for
     status: dict[str, Any] = {"rebalanced": settings.intake == "none", "generation": 0, "snapshot": None}
     policy_ready = asyncio.Event()
-    snapshots = SnapshotStore(engine.store.client, settings.app_id, keep=settings.snapshots_kept)
+    snapshots = SnapshotStore(engine.store.client, settings.app_id, keep=settings.snapshots_kept,
+                              hourly=settings.snapshots_hourly, daily=settings.snapshots_daily)
     feed_control = FeedControl()  # a rollback repositions the learning feed
     rollbacks = RollbackFollower(snapshots, engine, status, feed_control)
     periodic = PeriodicSnapshots(snapshots, engine, status, worker_id)

@@ -193,3 +193,55 @@ def test_a_rollback_deletes_no_version_whatever_keep_the_store_that_made_it_has(
     after_rollback, after_save = asyncio.run(go())
     assert after_rollback == list(range(1, 32))
     assert after_save == list(range(21, 33))  # the workers' next save trims, with their own setting
+
+
+def test_older_versions_are_thinned_to_one_an_hour_and_one_a_day_not_deleted(runtime: Runtime) -> None:
+    # Keeping only the newest versions, a version every 30 s covered 10 minutes: a bad change noticed an hour
+    # or a day later could not be rolled back.
+    import time
+
+    from learning.retention import DAY_S, Retention, kept
+
+    store = SnapshotStore(store_for(runtime).client, f"thin{uuid.uuid4().hex[:8]}", keep=3, hourly=24, daily=7)
+    policy = make_policy("linucb", 8, seed=1)
+    blob, now = LearnedState(policy).pack(), time.time()
+    created = [now - 10 * DAY_S + i * 1200.0 for i in range(720)]  # a version every 20 minutes for 10 days
+
+    async def go() -> tuple[list[SnapshotInfo], Retention | None]:
+        for at in created:
+            i = info(policy)
+            i.created_at = at
+            await store.save(blob, i)
+        return await store.list(), await store.recorded_retention()
+
+    rows, recorded = asyncio.run(go())
+    versions = [r.version for r in rows]
+    assert versions[-3:] == [718, 719, 720]
+    assert now - rows[0].created_at > 5 * DAY_S  # a week of days back (to the end of the 6th day before today)
+    assert len(versions) <= 3 + 24 + 7 + 1
+    assert set(versions) == set(kept(zip(range(1, 721), created, strict=True), now, store.retention))
+    assert recorded == store.retention  # what `cadence snapshots list` shows as the workers' rule
+
+
+def test_the_version_a_pending_rollback_wrote_is_never_trimmed(runtime: Runtime) -> None:
+    store = store_for(runtime, keep=3)
+    store.retention = type(store.retention)(3, 0, 0)  # the newest 3 only: no hour or day keeps it
+    policy = make_policy("linucb", 8, seed=1)
+    blob = LearnedState(policy).pack()
+
+    async def go() -> tuple[list[int], int | None, list[int]]:
+        for _ in range(5):
+            await store.save(blob, info(policy))
+        rolled = await store.rollback(4, {0: 5})  # version 6
+        for _ in range(5):  # the leader's next saves (it followed the rollback)
+            await store.save(blob, info(policy))
+        kept_while_pending = await store.versions()
+        loaded = await store.load_rollback(rolled.version)
+        await store.rollback(9, {0: 6})  # version 12: 6 is no rollback point any more
+        await store.save(blob, info(policy))
+        return list(kept_while_pending), loaded[0].version if loaded else None, list(await store.versions())
+
+    kept_while_pending, loaded, after_next_rollback = asyncio.run(go())
+    assert kept_while_pending == [6, 9, 10, 11]
+    assert loaded == 6
+    assert after_next_rollback == [11, 12, 13]
