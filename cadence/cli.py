@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 from pydantic import ValidationError
@@ -18,6 +18,9 @@ from cadence.runtime import Runtime, RuntimeStartError, create_topics
 from cadence.settings import SettingError, Settings, redact_url
 from cadence.workers import WorkerProcess, worker_env
 from streams.topics import ALL_TOPICS, COMPACTED
+
+if TYPE_CHECKING:  # imported where used: the CLI starts without Redis' client
+    from learning.snapshots import SnapshotInfo, SnapshotStore
 
 
 def create_engine_topics(bootstrap: str, settings: Settings) -> None:
@@ -247,9 +250,32 @@ def _redis_and_kafka(settings: Settings, need_kafka: bool) -> None:
                  + " to the servers the workers use (cadence up prints them for the embedded ones)")
 
 
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+async def retention_summary(store: SnapshotStore, rows: list[SnapshotInfo]) -> str:
+    """How far back the versions kept reach, and the rule the workers trim them with."""
+    recorded = await store.recorded_retention()
+    rule = recorded or store.retention
+    oldest = min(rows, key=lambda i: i.created_at)
+    source = ("the workers'" if recorded is not None else
+              "this shell's settings (no leader has trimmed with this cadence yet)")
+    return (f"{len(rows)} versions kept, reaching back {_ago(time.time() - oldest.created_at)} (version "
+            f"{oldest.version}, {time.strftime('%Y-%m-%d %H:%M', time.gmtime(oldest.created_at))} UTC). Retention "
+            f"({source}): {rule.describe()}, and a pending rollback's version: up to {rule.most} versions "
+            "(CADENCE_SNAPSHOTS_KEPT, CADENCE_SNAPSHOTS_HOURLY, CADENCE_SNAPSHOTS_DAILY)")
+
+
 def cmd_snapshots(args: argparse.Namespace) -> None:
     import asyncio
 
+    from learning.retention import kept
     from learning.snapshots import SnapshotError, SnapshotStore
     from streams.app import redis_client
     from streams.learning_feed import end_offsets
@@ -259,15 +285,22 @@ def cmd_snapshots(args: argparse.Namespace) -> None:
     _redis_and_kafka(settings, need_kafka=args.action == "rollback")
 
     async def go() -> None:
-        store = SnapshotStore(redis_client(settings), settings.app_id, keep=settings.snapshots_kept)
+        store = SnapshotStore(redis_client(settings), settings.app_id, keep=settings.snapshots_kept,
+                              hourly=settings.snapshots_hourly, daily=settings.snapshots_daily)
         if args.action == "list":
             rows = await store.list()
             if not rows:
                 print("no snapshots yet (the leading worker saves one every CADENCE_SNAPSHOT_INTERVAL_S)")
+                return
+            print(await retention_summary(store, rows))
+            _, pending = await store.rollback_point()
+            rule = await store.recorded_retention() or store.retention
+            why = kept([(i.version, i.created_at) for i in rows], time.time(), rule,
+                       () if pending is None else (pending,))
             for i in rows:
                 created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(i.created_at))
                 print(f"{i.version:>5}  {created} UTC  {i.policy:<8} policy_version={i.policy_version:<8} "
-                      f"{i.size_bytes:>8} B  {i.note}")
+                      f"{i.size_bytes:>8} B  {why.get(i.version, 'trimmed at the next save'):<8}  {i.note}")
             return
         try:
             offsets = end_offsets(settings.kafka_bootstrap or "", settings.topic(LEARNING))

@@ -152,3 +152,34 @@ def test_a_mistyped_setting_stops_the_worker_with_one_line_and_exit_2(tmp_path: 
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith(line) and done.stderr.count("\n") == 1, done.stderr
     assert not (tmp_path / "data").exists()  # refused before any embedded server started
+
+
+def test_snapshots_list_says_how_far_back_the_versions_reach_and_why_each_is_kept(runtime: Runtime,
+                                                                                 isolated: dict[str, str]) -> None:
+    # The list showed versions and nothing of the retention: that 20 versions every 30 s reach back 10 minutes
+    import asyncio
+    import time
+
+    import redis.asyncio as aioredis
+
+    from bandits import make_policy
+    from learning.snapshots import SnapshotInfo, SnapshotStore
+    from learning.state import LearnedState
+
+    blob, now = LearnedState(make_policy("linucb", 4, seed=1)).pack(), time.time()
+
+    async def save() -> None:
+        # the workers' rule: the newest 2 and one a day for 3 days (this shell's: the defaults)
+        store = SnapshotStore(aioredis.Redis.from_url(runtime.redis_url or ""), isolated["app_id"], keep=2,
+                              hourly=0, daily=3)
+        two_days_ago = now - now % 86400 - 2 * 86400  # 00:00 UTC
+        for created in (two_days_ago + 3600, two_days_ago + 3660, now - 2, now - 1):
+            await store.save(blob, SnapshotInfo(0, "linucb", 0, {0: 1}, created_at=created))
+
+    asyncio.run(save())
+    listed = cadence(runtime, isolated, "snapshots", "list")
+    assert listed.returncode == 0, listed.stderr
+    head, *rows = listed.stdout.splitlines()
+    assert head.startswith("3 versions kept, reaching back 2.") and " days (version 2, " in head
+    assert "Retention (the workers'): the newest 2 and the newest of each of the last 3 days" in head
+    assert [(row.split()[0], row.split()[8]) for row in rows] == [("2", "daily"), ("3", "newest"), ("4", "newest")]
