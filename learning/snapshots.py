@@ -46,7 +46,8 @@ return 1
 
 
 class SnapshotError(LookupError):
-    """A snapshot that was asked for does not exist; the message lists what does."""
+    """A snapshot that was asked for does not exist (the message lists what does), or a rollback's cannot be read
+    (the message names versions that can)."""
 
 
 @dataclass(slots=True)
@@ -193,10 +194,20 @@ class SnapshotStore:
         The new version, the generation's bump and the rollback point (which version that generation is)
         are one transaction, watched like a save: a leader's periodic save either lands before it (and the
         rollback's version is newer) or sees the bumped generation and is refused. No version is deleted:
-        this store's ``keep`` is the CLI shell's, not the workers' (their next save trims)."""
+        this store's ``keep`` is the CLI shell's, not the workers' (their next save trims).
+
+        ``version``'s blob is unpacked first: one that cannot be read (damaged, truncated) is refused with
+        ``SnapshotError`` naming versions that can, and nothing is written (every worker would fail to load it,
+        and keep refusing the leader's snapshots)."""
         found = await self.load(version)
         assert found is not None
         old, blob = found
+        if (damage := self._unreadable(blob)) is not None:  # before anything is written: workers could not load it
+            readable = await self.readable_versions(exclude=version)
+            raise SnapshotError(
+                f"snapshot version {version} cannot be read ({damage}): nothing rolled back, every worker keeps "
+                "its state; roll back to a version that can be read: "
+                + (", ".join(map(str, readable)) + " (newest first)" if readable else "none of the versions kept can"))
         gen_key, seq_key = self._key("generation"), self._key("seq")
         info = SnapshotInfo(0, old.policy, old.policy_version, dict(current_offsets), old.watermark,
                             created_at=time.time(), size_bytes=len(blob), note=f"rollback to version {version}")
@@ -216,6 +227,31 @@ class SnapshotStore:
                     return info
                 except WatchError:  # a save took the next version meanwhile: number again
                     continue
+
+    @staticmethod
+    def _unreadable(blob: bytes) -> str | None:
+        """Why a worker could not load ``blob`` (a damaged or truncated one), or None when it can."""
+        from learning.state import LearnedState  # the blob's format (pulls in the models): only when rolling back
+
+        try:
+            LearnedState.unpack(blob)
+        except Exception as exc:  # a damaged blob raises whatever unpickling meets (UnpicklingError, EOFError...)
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    async def readable_versions(self, exclude: int | None = None, most: int = 5) -> list[int]:
+        """Up to ``most`` of the newest versions kept whose blobs a worker can load, newest first (each one is
+        unpacked: for a refused rollback's message, not for a hot path)."""
+        readable: list[int] = []
+        for version in reversed(await self.versions()):
+            if version == exclude:
+                continue
+            blob = await self.client.get(self._key(str(version)))
+            if blob is not None and self._unreadable(cast(bytes, blob)) is None:
+                readable.append(version)
+                if len(readable) >= most:
+                    break
+        return readable
 
     async def rollback_point(self) -> tuple[int, int | None]:
         """The generation and the version its rollback wrote (None for generation 0, or a generation

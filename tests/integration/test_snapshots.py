@@ -65,6 +65,31 @@ def test_rollback_restores_the_earlier_policys_decisions_exactly(runtime: Runtim
     assert restored.count("a") > restored.count("c")
 
 
+def test_a_rollback_to_a_version_that_cannot_be_read_is_refused_naming_versions_that_can(runtime: Runtime) -> None:
+    # The rollback copied a truncated blob as it was: every running worker's poll raised UnpicklingError each
+    # second (never following, so the leader's snapshots were refused for good), and a restarted worker skipped
+    # the unreadable rollback version and loaded the state rolled back from under the new generation.
+    store = store_for(runtime)
+    policy = make_policy("linucb", 8, seed=4)
+    train(policy, "a", np.random.default_rng(3), 50)
+
+    async def go() -> tuple[str, tuple[int, ...], tuple[int, int | None], SnapshotInfo]:
+        good = LearnedState(policy).pack()
+        await store.save(good, info(policy))  # 1
+        await store.save(good[: len(good) // 2], info(policy))  # 2: truncated
+        await store.save(good, info(policy))  # 3
+        with pytest.raises(SnapshotError) as refused:
+            await store.rollback(2, {0: 30})
+        kept, point = await store.versions(), await store.rollback_point()
+        return str(refused.value), kept, point, await store.rollback(1, {0: 30})
+
+    message, kept, point, rolled = asyncio.run(go())
+    assert "snapshot version 2 cannot be read (UnpicklingError" in message
+    assert "nothing rolled back" in message and "3, 1 (newest first)" in message
+    assert kept == (1, 2, 3) and point == (0, None)  # nothing written, no generation bumped
+    assert rolled.version == 4  # a readable version rolls back as before
+
+
 def test_a_periodic_snapshot_of_the_state_before_a_rollback_does_not_undo_it(runtime: Runtime) -> None:
     # The leader's snapshot timer may fire after a rollback and before its own follow_rollbacks timer: its
     # pre-rollback state, saved as the newest version, used to become what every worker loads.
