@@ -88,10 +88,17 @@ class NoReadableSnapshot(RuntimeError):
 async def newest_readable(snapshots: SnapshotStore, metrics: Metrics) -> tuple[SnapshotInfo, LearnedState] | None:
     """The newest snapshot version that can be read, unpacked; None when there are none. A version whose blob
     cannot be read (damaged, truncated) is logged with its number and counted in
-    cadence_snapshot_load_failures_total, and the one before it is tried. Redis failures are raised (the
-    caller tries again), and so is ``NoReadableSnapshot`` when no version can be read."""
+    cadence_snapshot_load_failures_total, and the one before it is tried, but never one older than the version
+    the current generation's rollback wrote (``SnapshotStore.rollback_point``): those hold the state rolled back
+    from. Redis failures are raised (the caller tries again), and so is ``NoReadableSnapshot`` when no version
+    (from the rollback's on) can be read."""
+    _, floor = await snapshots.rollback_point()
     unreadable: list[int] = []
+    below_floor = False
     for version in reversed(await snapshots.versions()):
+        if floor is not None and version < floor:
+            below_floor = True
+            break
         try:
             info, blob = await snapshots.load(version) or (None, b"")
             if info is None:
@@ -113,6 +120,12 @@ async def newest_readable(snapshots: SnapshotStore, metrics: Metrics) -> tuple[S
                       "for every worker with `cadence snapshots rollback %s`", version,
                       ", ".join(map(str, unreadable)), version)
         return info, state
+    if below_floor:
+        raise NoReadableSnapshot(
+            f"no snapshot version from {floor} on can be read (tried {', '.join(map(str, unreadable)) or 'none'}), and "
+            f"version {floor} is what the last rollback made live: the versions before it hold the state rolled "
+            "back from, so the worker does not load them. Roll back again to a version that can be read "
+            "(`cadence snapshots rollback V`; it refuses one that cannot; `cadence snapshots list`)")
     if unreadable:
         raise NoReadableSnapshot(
             f"no snapshot version can be read (tried {', '.join(map(str, unreadable))}): the worker does not start "

@@ -22,8 +22,11 @@ from streams.app import NoReadableSnapshot, newest_readable
 class Snapshots:
     """The part of SnapshotStore the start reads, in memory."""
 
-    def __init__(self, blobs: dict[int, bytes], fail: Exception | None = None) -> None:
-        self.blobs, self.fail = blobs, fail
+    def __init__(self, blobs: dict[int, bytes], fail: Exception | None = None, rollback: int | None = None) -> None:
+        self.blobs, self.fail, self.rollback = blobs, fail, rollback
+
+    async def rollback_point(self) -> tuple[int, int | None]:
+        return (0, None) if self.rollback is None else (1, self.rollback)
 
     async def versions(self) -> tuple[int, ...]:
         if self.fail is not None:
@@ -77,3 +80,22 @@ def test_redis_away_is_raised_not_taken_for_a_damaged_snapshot() -> None:
     with pytest.raises(RedisConnectionError):
         asyncio.run(newest_readable(Snapshots({}, fail=RedisConnectionError("refused")), metrics))  # type: ignore[arg-type]
     assert failures(metrics) == 0
+
+
+def test_the_start_never_falls_back_below_the_version_the_last_rollback_made_live(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Versions before a rollback's hold the state rolled back from: with the rollback's version unreadable, the
+    # start used to load the newest of them under the new generation (its periodic snapshot then accepted) and
+    # suggest rolling back to it.
+    good = blob(3)
+    metrics = Metrics()
+    with caplog.at_level(logging.ERROR, logger="streams.app"), \
+            pytest.raises(NoReadableSnapshot, match="version 3 is what the last rollback made live") as refused:
+        asyncio.run(newest_readable(Snapshots({1: good, 2: good, 3: good[:40]}, rollback=3), metrics))  # type: ignore[arg-type]
+    assert "cadence snapshots rollback V" in str(refused.value) and failures(metrics) == 1
+    assert "cadence snapshots rollback 2" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="streams.app"):  # a damaged version after the rollback's
+        found = asyncio.run(newest_readable(Snapshots({2: good, 3: good, 4: b"x"}, rollback=3), Metrics()))  # type: ignore[arg-type]
+    assert found is not None and found[0].version == 3
+    assert "cadence snapshots rollback 3" in caplog.text
