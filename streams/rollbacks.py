@@ -20,6 +20,10 @@ from streams.learning_feed import FeedControl
 log = logging.getLogger(__name__)
 
 
+class UnreadableRollback(RuntimeError):
+    """The version a rollback made live cannot be read: every poll says so, until another rollback."""
+
+
 class RollbackFollower:
     """``status`` is the worker's: ``generation`` (the snapshot generation its state belongs to, which its
     periodic snapshots are checked against), ``snapshot`` (the version it last loaded or saved) and ``learned``
@@ -38,7 +42,14 @@ class RollbackFollower:
             found = await self.snapshots.load_rollback(version)
             if found is not None:
                 info, blob = found
-                state = LearnedState.unpack(blob)
+                try:
+                    state = LearnedState.unpack(blob)
+                except Exception as exc:  # damaged since (a rollback refuses a version that cannot be read)
+                    raise UnreadableRollback(
+                        f"snapshot version {info.version}, which the rollback of generation {generation} made live, "
+                        f"cannot be read ({type(exc).__name__}: {exc}): this worker keeps its state (and, leading, "
+                        "its snapshots are refused) until it follows one; roll back again to a version that can be "
+                        "read (`cadence snapshots rollback V`, `cadence snapshots list`)") from exc
                 # both at once (no await between): the feed applies no sample to the new state before seeking
                 counted = self.engine.follow_rollback(state, info.offsets)
                 self.feed.rewind(info.offsets, counted)

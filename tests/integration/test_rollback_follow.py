@@ -71,6 +71,29 @@ def test_a_rollback_whose_snapshot_could_not_be_read_is_followed_on_the_next_try
     assert saved is not None  # once followed, the leader saves the rolled-back state (and what came after)
 
 
+def test_a_rollback_version_damaged_after_the_rollback_says_which_and_what_to_do(runtime: Runtime) -> None:
+    # Each poll raised the bare UnpicklingError ("pickle data was truncated"), every second, naming neither the
+    # version nor the way out.
+    store = store_for(runtime)
+    engine = make_engine()
+    status: dict[str, Any] = {"generation": 0, "snapshot": None}
+
+    async def go() -> str:
+        engine.learn(samples(0, 40), {0: 50})
+        v1 = await store.save(engine.learned_state().pack(), SnapshotInfo(0, "linucb", engine.policy.version))
+        rolled = await store.rollback(v1.version, {0: 50})
+        blob = await store.client.get(f"{store.namespace}:snap:{rolled.version}")
+        await store.client.set(f"{store.namespace}:snap:{rolled.version}", blob[: len(blob) // 2])
+        with pytest.raises(Exception) as failed:
+            await RollbackFollower(store, engine, status).poll()
+        return str(failed.value)
+
+    message = asyncio.run(go())
+    assert "snapshot version 2, which the rollback of generation 1 made live, cannot be read" in message
+    assert "cadence snapshots rollback V" in message
+    assert status["generation"] == 0  # not followed: tried again next second
+
+
 def test_a_periodic_snapshot_racing_a_rollback_never_becomes_what_workers_follow(runtime: Runtime) -> None:
     # The rollback wrote its version, then bumped the generation in a second round trip, and a save took its
     # version number outside its transaction: a leader's periodic snapshot landing in between passed the
