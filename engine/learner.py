@@ -7,6 +7,7 @@ a crash is applied once).
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -30,8 +31,6 @@ log = logging.getLogger(__name__)
 class EngineLearning:
     policy: Policy
     shadow_policy: Policy | None
-    configured_policy: Policy  # what the settings built: its type and decision hyperparameters run
-    configured_shadow: Policy | None
     models: LiveModels | None
     metrics: Metrics
     lift: LiftTracker
@@ -40,6 +39,27 @@ class EngineLearning:
     sources: SourceProgress  # how far each producer of the learning topic has got: closes label windows
     _seen: SeenKeys
     _lift_seen: SeenKeys | None  # after following a rollback: the keys the lift has counted (see follow_rollback)
+
+    _configured_policy: Policy
+    _configured_shadow: Policy | None
+
+    # What the settings built, kept untrained (a copy is taken when set, never the live policy): a restored
+    # policy runs under its type and decision hyperparameters, and a challenger starting afresh is a copy of it.
+    @property
+    def configured_policy(self) -> Policy:
+        return self._configured_policy
+
+    @configured_policy.setter
+    def configured_policy(self, policy: Policy) -> None:
+        self._configured_policy = copy.deepcopy(policy)
+
+    @property
+    def configured_shadow(self) -> Policy | None:
+        return self._configured_shadow
+
+    @configured_shadow.setter
+    def configured_shadow(self, policy: Policy | None) -> None:
+        self._configured_shadow = copy.deepcopy(policy)
 
     def learned_state(self) -> LearnedState:
         """What a snapshot of this worker's learning holds (pair it with ``learned_offsets``, read at once)."""
@@ -96,18 +116,21 @@ class EngineLearning:
     def replace_shadow(self, shadow: Policy | None) -> None:
         """Swap in a restored shadow (challenger) policy by the same rule as ``replace_policy``. Without one
         configured it is dropped; without one restored (a snapshot from before shadows were kept, or taken
-        without one) or one that cannot become the configured one, the configured shadow is kept (logged)."""
+        without one) or one that cannot become the configured one, the challenger starts afresh (a copy of the
+        untrained configured one, logged), as on a worker starting from that snapshot."""
         configured = self.configured_shadow
         if configured is None:
             return
         if shadow is None:
-            log.warning("the snapshot holds no shadow policy: the %s challenger learns from the snapshot's "
-                        "offsets on, without what came before", configured.name)
+            log.warning("the snapshot holds no shadow policy: the %s challenger starts afresh and learns from the "
+                        "snapshot's offsets on, without what came before", configured.name)
+            self.shadow_policy = copy.deepcopy(configured)
             return
         try:
             shadow, changes = carry_over(configured, shadow, "CADENCE_SHADOW_POLICY")
         except PolicyMismatch as exc:
             log.warning("shadow policy from the snapshot left out, the challenger starts afresh: %s", exc)
+            self.shadow_policy = copy.deepcopy(configured)
             return
         if changes:
             log.warning("shadow policy from the snapshot runs with the settings' %s: %s", shadow.name,

@@ -101,7 +101,8 @@ class Engine(EngineLearning):
         self.config = config
         self.bids = bids or BidSignaller()
         self.shadow_policy = shadow_policy  # a challenger: learns like the live policy, is never shown
-        # the policies the settings built: a restored policy runs under their types and decision hyperparameters
+        # the policies the settings built (untrained copies): a restored policy runs under their types and
+        # decision hyperparameters
         self.configured_policy, self.configured_shadow = policy, shadow_policy
         self.models = models  # River models: scores in decisions, churn labels, the label join
         self._shadow_log = ShadowLog(shadow_policy.name) if shadow_policy is not None else None

@@ -149,5 +149,44 @@ def test_a_snapshot_from_before_shadows_were_kept_still_loads_and_keeps_the_conf
     resumed = make_engine("linucb", shadow="lints")
     challenger = resumed.shadow_policy
     resumed.resume_from(state, {0: 400})
-    assert resumed.shadow_policy is challenger  # cold, as before: it learns from the snapshot's offsets on
+    assert resumed.shadow_policy is not None  # cold, as before: it learns from the snapshot's offsets on
+    assert resumed.shadow_policy.name == "lints" and resumed.shadow_policy.version == 0
+    assert resumed.shadow_policy.actions == [] and challenger is not None and challenger.actions == []
     same_statistics(resumed.policy, running.policy)
+
+
+@pytest.mark.parametrize("kept", ["no shadow", "a shadow of other contexts"])
+def test_after_a_rollback_to_a_snapshot_without_a_usable_shadow_running_and_restarted_challengers_match(
+        kept: str) -> None:
+    # The configured challenger was the live one (same object), trained in place: a running worker following
+    # such a rollback kept its trained challenger, while one restarted from the snapshot had a cold one.
+    stream = samples(300)
+    running = make_engine("linucb", shadow="lints")
+    running.learn(stream[:150], {0: 150})
+    state = running.learned_state()
+    state.shadow = None if kept == "no shadow" else make_policy("lints", 5, seed=2)
+    blob = state.pack()
+    running.learn(stream[150:], {0: 300})  # after the snapshot: rolled back
+    running.follow_rollback(LearnedState.unpack(blob), {0: 300})
+    restarted = make_engine("linucb", shadow="lints")
+    restarted.resume_from(LearnedState.unpack(blob), {0: 300})
+    assert running.shadow_policy is not None and restarted.shadow_policy is not None
+    assert running.shadow_policy.version == restarted.shadow_policy.version == 0  # afresh, as the log says
+    assert running.shadow_policy.actions == restarted.shadow_policy.actions == []
+    more = samples(340)[300:]
+    running.learn(more, {0: 340})
+    restarted.learn(more, {0: 340})
+    same_statistics(running.shadow_policy, restarted.shadow_policy)
+    assert running.configured_shadow is not None and running.configured_shadow.version == 0  # never trained
+
+
+def test_the_configured_policies_are_never_trained_and_carry_over_leaves_them_as_they_are() -> None:
+    running = make_engine("linucb", shadow="lints")
+    running.learn(samples(100), {0: 100})
+    assert running.configured_policy.version == 0
+    assert running.configured_shadow is not None and running.configured_shadow.version == 0
+    for configured in (make_policy("linucb", CONTEXT_DIM, alpha=2.0), make_policy("lints", CONTEXT_DIM)):
+        before = configured.snapshot()
+        policy, _ = carry_over(configured, LearnedState.unpack(running.learned_state().pack()).policy)
+        policy.update(np.full(CONTEXT_DIM, 0.1), "offer_bundle", 1.0)
+        assert configured.snapshot() == before
