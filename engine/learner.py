@@ -82,7 +82,11 @@ class EngineLearning:
         ``bandits.restore.carry_over``), shadow policy, models and lift, learning on from its ``offsets``; the
         samples it had applied are known, so their copies re-emitted after a crash are not applied twice.
         ``PolicyMismatch`` (nothing changed) when the snapshot's policy cannot become the configured one."""
-        self.replace_policy(state.policy)
+        self._switch_to(state, offsets, self._carried(state.policy))
+
+    def _switch_to(self, state: LearnedState, offsets: dict[int, int], policy: Policy) -> None:
+        """``resume_from`` once the policy was carried over (nothing here refuses the snapshot)."""
+        self._use_policy(policy)
         self.replace_shadow(state.shadow)
         if self.models is not None and state.models is not None:
             self.models.replace(state.models)
@@ -95,21 +99,30 @@ class EngineLearning:
         """A rollback's snapshot, followed while running: as ``resume_from`` (a worker restarting from it has
         the same policy and models once both read on from ``offsets``), but the lift goes on (it measures
         what was shown). Returns the offsets this worker had applied, up to which its lift counted: the
-        learning feed reads again from the lower of the two (``streams.learning_feed.Rewind``)."""
+        learning feed reads again from the lower of the two (``streams.learning_feed.Rewind``).
+        ``PolicyMismatch`` before anything changed (the follower tries again: each try changes nothing)."""
+        policy = self._carried(state.policy)
         counted, lift = dict(self.learned_offsets), self.lift
         # the samples applied so far are no longer in the policy: read again from the offsets, they are applied
         # (as by a restarted worker, which knows only the snapshot's digests); the lift keeps its own
         self._lift_seen, self._seen = self._seen, SeenKeys(self._seen.capacity)
-        self.resume_from(state, offsets)
+        self._switch_to(state, offsets, policy)
         self.lift = lift
         return counted
 
     def replace_policy(self, policy: Policy) -> None:
         """Swap in a restored policy (snapshot at start, or a rollback), with its statistics under the policy
         type and decision hyperparameters the settings chose (one log line says what differs from it)."""
+        self._use_policy(self._carried(policy))
+
+    def _carried(self, policy: Policy) -> Policy:
+        """``policy`` under the settings' type and decision hyperparameters (logged), or ``PolicyMismatch``."""
         policy, changes = carry_over(self.configured_policy, policy)
         if changes:
             log.warning("policy from the snapshot runs with the settings' %s: %s", policy.name, "; ".join(changes))
+        return policy
+
+    def _use_policy(self, policy: Policy) -> None:
         self.policy = policy
         self.metrics.policy_version.set(policy.version)
 

@@ -79,3 +79,24 @@ def test_the_snapshot_carries_the_newest_keys_only_and_a_restored_set_keeps_its_
     small = SeenKeys(capacity=10)
     small.remember(carried)
     assert not small.first_time(keys[-1]) and small.first_time(keys[-11])  # the newest ten kept
+
+
+def test_a_rollback_that_cannot_be_followed_changes_nothing_however_often_it_is_tried() -> None:
+    # follow_rollback swapped the digests of the samples applied for an empty set before the carry-over raised
+    # PolicyMismatch (a snapshot of other contexts): the worker kept its policy, then applied re-emitted copies
+    # of samples it had applied a second time, and every retry (each second) did it again.
+    import pytest
+
+    from bandits.restore import PolicyMismatch
+
+    running = make_engine()
+    applied = samples(0, 40)
+    running.learn(applied, {0: 40})
+    version, offsets = running.policy.version, dict(running.learned_offsets)
+    other = LearnedState(make_policy("linucb", 5, seed=1))  # a snapshot of an engine with 5-value contexts
+    for _ in range(3):  # the follower's retries
+        with pytest.raises(PolicyMismatch):
+            running.follow_rollback(other, {0: 10})
+    assert running.learned_offsets == offsets and running._lift_seen is None  # noqa: SLF001
+    running.learn(applied[-10:], {0: 41})  # a crashed worker's re-emitted copies
+    assert running.policy.version == version
