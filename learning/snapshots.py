@@ -239,16 +239,16 @@ class SnapshotStore:
             return f"{type(exc).__name__}: {exc}"
         return None
 
-    async def readable_versions(self, exclude: int | None = None, most: int = 5) -> list[int]:
+    async def readable_versions(self, exclude: int | None = None, most: int = 5) -> tuple[int, ...]:
         """Up to ``most`` of the newest versions kept whose blobs a worker can load, newest first (each one is
         unpacked: for a refused rollback's message, not for a hot path)."""
-        readable: list[int] = []
+        readable: tuple[int, ...] = ()
         for version in reversed(await self.versions()):
             if version == exclude:
                 continue
             blob = await self.client.get(self._key(str(version)))
             if blob is not None and self._unreadable(cast(bytes, blob)) is None:
-                readable.append(version)
+                readable += (version,)
                 if len(readable) >= most:
                     break
         return readable
