@@ -34,7 +34,8 @@ class EngineLearning:
     models: LiveModels | None
     metrics: Metrics
     lift: LiftTracker
-    learned_offsets: dict[int, int]
+    learned_offsets: dict[int, int]  # learning-topic partition -> next offset applied to the policy
+    lift_offsets: dict[int, int]  # ... counted by the lift: the same but while following a rollback (lift_in_step)
     learned_watermark: float
     sources: SourceProgress  # how far each producer of the learning topic has got: closes label windows
     _seen: SeenKeys
@@ -62,7 +63,8 @@ class EngineLearning:
         self._configured_shadow = copy.deepcopy(policy)
 
     def learned_state(self) -> LearnedState:
-        """What a snapshot of this worker's learning holds (pair it with ``learned_offsets``, read at once)."""
+        """What a snapshot of this worker's learning holds (pair it with ``learned_offsets``, read at once;
+        only when ``lift_in_step``)."""
         models = self.models.models if self.models is not None else None
         return LearnedState(self.policy, models, self.lift, self._seen.newest(), self.shadow_policy)
 
@@ -90,7 +92,7 @@ class EngineLearning:
         self.replace_shadow(state.shadow)
         if self.models is not None and state.models is not None:
             self.models.replace(state.models)
-        self.learned_offsets = dict(offsets)
+        self.learned_offsets, self.lift_offsets = dict(offsets), dict(offsets)
         if state.lift is not None:  # the lift up to those offsets: the learning topic is read on from there
             self.lift = state.lift
         self._seen.remember(state.seen)
@@ -102,13 +104,25 @@ class EngineLearning:
         learning feed reads again from the lower of the two (``streams.learning_feed.Rewind``).
         ``PolicyMismatch`` before anything changed (the follower tries again: each try changes nothing)."""
         policy = self._carried(state.policy)
-        counted, lift = dict(self.learned_offsets), self.lift
+        counted, lift = dict(self.lift_offsets), self.lift
         # the samples applied so far are no longer in the policy: read again from the offsets, they are applied
-        # (as by a restarted worker, which knows only the snapshot's digests); the lift keeps its own
-        self._lift_seen, self._seen = self._seen, SeenKeys(self._seen.capacity)
+        # (as by a restarted worker, which knows only the snapshot's digests); the lift keeps its own (those of an
+        # earlier rollback still being read again with the rest)
+        lift_seen = self._seen
+        if self._lift_seen is not None:
+            lift_seen = self._lift_seen
+            lift_seen.remember(self._seen.newest(self._seen.capacity))
+        self._lift_seen, self._seen = lift_seen, SeenKeys(self._seen.capacity)
         self._switch_to(state, offsets, policy)
-        self.lift = lift
+        self.lift, self.lift_offsets = lift, counted
         return counted
+
+    def lift_in_step(self) -> bool:
+        """Whether the lift has counted up to the offsets the policy applied, so ``learned_state`` with
+        ``learned_offsets`` is what a worker restarting from them should have: not while the feed reads
+        again after a rollback (lift-only or policy-only records), nor before it seeks. A snapshot waits."""
+        return all(self.learned_offsets.get(p, 0) == self.lift_offsets.get(p, 0)
+                   for p in {*self.learned_offsets, *self.lift_offsets})
 
     def replace_policy(self, policy: Policy) -> None:
         """Swap in a restored policy (snapshot at start, or a rollback), with its statistics under the policy
@@ -151,21 +165,23 @@ class EngineLearning:
         self.shadow_policy = shadow
 
     def learn_batches(self, batches: Sequence[LearningBatch], positions: dict[int, int] | None = None,
-                      policy_only: Sequence[LearningBatch] = (), lift_only: Sequence[LearningBatch] = ()) -> None:
+                      policy_only: Sequence[LearningBatch] = (), lift_only: Sequence[LearningBatch] = (),
+                      lifted: dict[int, int] | None = None) -> None:
         """Learning-topic messages as the feed read them: their samples, then their producers' progress.
         After a rollback (``streams.learning_feed.deliver``): ``policy_only`` messages the lift counted
-        already, ``lift_only`` ones the rollback keeps out of the policy that the lift has not counted."""
+        already, ``lift_only`` ones the rollback keeps out of the policy that the lift has not counted.
+        ``positions``: past the messages that went into the policy; ``lifted``: into the lift (None: the same)."""
         if lift_only:
             samples = [s for b in lift_only for s in b.samples]
             seen = self._lift_seen if self._lift_seen is not None else self._seen
             self.lift.add_many([s for s in samples if seen.first_time(s.key)], self._lift_covers())
         if policy_only:
             self.learn([s for b in policy_only for s in b.samples], None, policy_only, count_lift=False)
-        self.learn([s for b in batches for s in b.samples], positions, batches)
+        self.learn([s for b in batches for s in b.samples], positions, batches, lifted=lifted)
 
     def learn(
         self, samples: list[LearningSample], positions: dict[int, int] | None = None,
-        batches: Sequence[LearningBatch] | None = None, count_lift: bool = True,
+        batches: Sequence[LearningBatch] | None = None, count_lift: bool = True, lifted: dict[int, int] | None = None,
     ) -> None:
         """Apply learning samples (all workers apply all of them); batched, per sample if a batch fails.
 
@@ -174,6 +190,10 @@ class EngineLearning:
         """
         if positions:
             self.learned_offsets.update(positions)
+        if lifted is not None:  # how far the lift counted, when the feed says (after a rollback it differs)
+            self.lift_offsets.update(lifted)
+        elif positions and count_lift:
+            self.lift_offsets.update(positions)
         for batch in batches if batches is not None else [LearningBatch(samples)]:
             if batch.idle:
                 self.sources.release(batch.source, batch.progress or 0.0)

@@ -109,6 +109,7 @@ class Engine(EngineLearning):
         self.lift = LiftTracker()
         self._clock = EventClock()  # the stream's event time: which timestamps are believed
         self.learned_offsets: dict[int, int] = {}  # learning-topic partition -> next offset applied
+        self.lift_offsets: dict[int, int] = {}  # ... counted by the lift (differs while following a rollback)
         self.learned_watermark = 0.0
         join = models.config.join if models is not None else JoinConfig()
         self.sources = SourceProgress(join.max_source_lag_s)  # closes the label join's windows

@@ -21,8 +21,9 @@ from contracts.decisions import LearningBatch, decode_batch
 
 log = logging.getLogger(__name__)
 
-# (batches, positions, policy_only, lift_only): see ``deliver``
-OnBatch = Callable[[list[LearningBatch], dict[int, int], list[LearningBatch], list[LearningBatch]], None]
+# (batches, positions, policy_only, lift_only, lifted): see ``deliver``
+OnBatch = Callable[[list[LearningBatch], dict[int, int], list[LearningBatch], list[LearningBatch], dict[int, int]],
+                   None]
 
 
 @dataclass(slots=True)
@@ -79,18 +80,22 @@ def deliver(read: Mapping[int, Iterable[tuple[int, bytes]]], on_batch: OnBatch, 
     """One fetch's records (partition -> (offset, value)) to ``on_batch``: ``batches`` go into the policy,
     models and lift, ``policy_only`` (read again after a rollback, counted already) not into the lift,
     ``lift_only`` (before a rollback's offsets, not counted yet) only into the lift. The positions handed on
-    are those of the records that went into the policy (a snapshot pairs them with it); ``positions`` (the
-    feed's next offset per partition) is updated with every record."""
+    are those of the records that went into the policy (a snapshot pairs them with it), then those of the
+    records that went into the lift (``lifted``: how far it counted, where a later rollback's rewind starts);
+    ``positions`` (the feed's next offset per partition) is updated with every record."""
     batches: list[LearningBatch] = []
     policy_only: list[LearningBatch] = []
     lift_only: list[LearningBatch] = []
     learned: dict[int, int] = {}
+    lifted: dict[int, int] = {}
     for partition, records in read.items():
         for offset, value in records:
             positions[partition] = offset + 1
             into_policy, into_lift = control.kind(partition, offset)
             if into_policy:
                 learned[partition] = offset + 1
+            if into_lift:
+                lifted[partition] = offset + 1
             try:
                 batch = decode_batch(value)
             except Exception as exc:  # written by us; a bad one is logged, never fatal
@@ -100,8 +105,8 @@ def deliver(read: Mapping[int, Iterable[tuple[int, bytes]]], on_batch: OnBatch, 
                 (batches if into_lift else policy_only).append(batch)
             elif into_lift:
                 lift_only.append(batch)
-    if learned or lift_only:
-        on_batch(batches, learned, policy_only, lift_only)
+    if learned or lifted:
+        on_batch(batches, learned, policy_only, lift_only, lifted)
     control.settle(positions)
 
 

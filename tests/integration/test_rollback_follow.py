@@ -185,3 +185,58 @@ def test_a_running_worker_and_one_restarted_after_a_rollback_end_with_the_same_p
     assert running.policy.version == restarted.policy.version
     assert running.learned_offsets == restarted.learned_offsets == {0: end}
     assert running.lift.to_state() == reference.lift.to_state()
+
+
+def test_a_second_rollback_while_the_feed_reads_the_first_ones_lift_only_stretch_counts_every_sample_once() -> None:
+    # follow_rollback returned learned_offsets as how far the lift had counted, but it was already the first
+    # rollback's offsets (20) while the lift had counted up to the feed (12): the second rewind sought to 20 and
+    # records 12..20 never reached the lift (220 decisions counted, 300 sent). And the second follow took the
+    # policy's digests for the lift's, forgetting the samples the lift had counted in 8..12: a re-emitted copy
+    # of one (here 15, of 10) was counted again.
+    topic = [encode_samples(samples(10 * i, 10), source="w1") for i in range(30)]
+    topic[15] = topic[10]  # a crashed worker's batch, re-emitted
+    running, control = make_engine(), FeedControl()
+    pos = feed(running, control, topic, 0, 5)
+    blob = running.learned_state().pack()
+    pos = feed(running, control, topic, pos, 8)  # behind: at 8 when the operator rolls back at 20
+
+    def follow() -> int:
+        control.rewind({0: 20}, running.follow_rollback(LearnedState.unpack(blob), {0: 20}))
+        return control.take([0])[0]
+
+    assert follow() == 8
+    feed(running, control, topic, 8, 12)  # the lift-only stretch, part of it
+    assert follow() == 12
+    feed(running, control, topic, 12, 30)
+    reference = make_engine()
+    feed(reference, FeedControl(), topic, 0, 30)
+    assert running.lift.to_state() == reference.lift.to_state()
+    assert running.learned_offsets == running.lift_offsets == {0: 30}
+
+
+@pytest.mark.parametrize("read_at_rollback", [8, 26])
+def test_no_snapshot_pairs_the_policys_offsets_with_a_lift_counted_elsewhere(read_at_rollback: int) -> None:
+    # While the feed reads again after a rollback, the lift has counted up to other offsets than the policy
+    # applied: a snapshot taken then (offsets 20, lift counted to 12) made a worker restarted from it count 220
+    # decisions, 300 sent. The engine says when its state can be saved; once the rewind is read, it can.
+    topic = [encode_samples(samples(10 * i, 10), source="w1") for i in range(30)]
+    running, control = make_engine(), FeedControl()
+    pos = feed(running, control, topic, 0, 5)
+    blob = running.learned_state().pack()
+    pos = feed(running, control, topic, pos, read_at_rollback)
+    assert running.lift_in_step()
+    control.rewind({0: 20}, running.follow_rollback(LearnedState.unpack(blob), {0: 20}))
+    assert not running.lift_in_step()  # not before the feed has read past the rewind
+    pos = control.take([0])[0]
+    assert pos == min(read_at_rollback, 20)
+    pos = feed(running, control, topic, pos, 14 if read_at_rollback < 20 else 23)
+    assert not running.lift_in_step()  # lift-only records 8..20 / policy-only ones 20..26 being read
+    feed(running, control, topic, pos, 28)
+    assert running.lift_in_step() and control.active is None
+    snapshot, offsets = running.learned_state().pack(), dict(running.learned_offsets)  # save_snapshot
+    restarted, reference = make_engine(), make_engine()
+    restarted.resume_from(LearnedState.unpack(snapshot), offsets)
+    feed(restarted, FeedControl(), topic, offsets[0], 30)
+    feed(running, control, topic, 28, 30)
+    feed(reference, FeedControl(), topic, 0, 30)
+    assert restarted.lift.to_state() == running.lift.to_state() == reference.lift.to_state()
