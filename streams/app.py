@@ -540,7 +540,9 @@ def create_app(settings: Settings) -> faust.App:
             return
         saved = await periodic.save()
         if saved is not None and saved[1] is not None:
-            await exchange.publish(saved[1], status["generation"])
+            # under the generation the save was checked with: a rollback followed during its round trips must
+            # not have the rolled-back models' scorer published as its own
+            await exchange.publish(saved[1], saved[2])
 
     @app.timer(1.0)
     async def exchange_models() -> None:

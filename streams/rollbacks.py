@@ -54,7 +54,10 @@ class RollbackFollower:
                 counted = self.engine.follow_rollback(state, info.offsets)
                 self.feed.rewind(info.offsets, counted)
                 self.status["snapshot"] = info.version
-                self.status["learned"] = (generation, self.engine.learned_mark())  # nothing new to save yet
+                # no "learned" mark: the state is the version's but for the lift, which goes on counting (a
+                # rollback does not restore it), so the next save (once the lift is in step) writes a version
+                # holding it; marked as saved, an idle leader never wrote one, and a restart took the older lift
+                self.status.pop("learned", None)
                 log.warning("rollback: now on snapshot version %s; learning again from its offsets %s",
                             info.version, info.offsets)
             # only once the state is in place: if the load or the unpack raised (Redis timed out), the generations

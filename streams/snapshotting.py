@@ -4,9 +4,10 @@
 Only when something was learned since the version this worker last saved or loaded (at start, or following a
 rollback): an idle leader used to write an identical version every interval, and the versions kept filled with
 copies, pushing real rollback points out. "Learned" is ``Engine.learned_mark`` (versions of the policy, shadow
-and models, a digest of the lift, the offsets) with the snapshot generation: a worker that followed a rollback
-holds that version's state, and a new leader that learned nothing since its load holds the version it loaded
-(saving it again as the newest would only copy an older state over what the previous leader saved)."""
+and models, a digest of the lift, the offsets) with the snapshot generation: a new leader that learned nothing
+since its load holds the version it loaded (saving it again as the newest would only copy an older state over
+what the previous leader saved). A worker that followed a rollback holds that version's state except the lift,
+which a rollback does not restore: its next save writes one version with the lift it kept counting."""
 
 from __future__ import annotations
 
@@ -33,21 +34,24 @@ class PeriodicSnapshots:
         (``RollbackFollower`` records a followed rollback's version the same way)."""
         self.status["learned"] = (self.status["generation"], self.engine.learned_mark())
 
-    async def save(self) -> tuple[SnapshotInfo, LiveScorer | None] | None:
+    async def save(self) -> tuple[SnapshotInfo, LiveScorer | None, int] | None:
         """Save this worker's learned state as the newest version; returns it with the scorer compiled from the
-        models it holds (for the other workers), or None when nothing was learned since the version this worker
-        last saved or loaded (no version written) or when refused (a rollback this worker has not followed yet:
-        ``follow_rollbacks`` loads it first)."""
+        models it holds (for the other workers) and the generation the save was checked under (publish the
+        scorer with that one: a rollback followed during the save's round trips moves ``status``'s on), or None
+        when nothing was learned since the version this worker last saved or loaded (no version written) or
+        when refused (a rollback this worker has not followed yet: ``follow_rollbacks`` loads it first)."""
         engine = self.engine
-        mark = (self.status["generation"], engine.learned_mark())  # read with the state: no await in between
+        generation = self.status["generation"]
+        mark = (generation, engine.learned_mark())  # read with the state: no await in between
         if mark == self.status.get("learned"):
             return None
         info = SnapshotInfo(0, engine.policy.name, engine.policy.version, dict(engine.learned_offsets),
                             engine.learned_watermark, note=f"periodic, by {self.worker_id}")
         blob = engine.learned_state().pack()
         scorer = engine.models.publish() if engine.models is not None else None  # the version the snapshot holds
-        saved = await self.snapshots.save_if_current(blob, info, self.status["generation"])
+        saved = await self.snapshots.save_if_current(blob, info, generation)
         if saved is None:
             return None
-        self.status["snapshot"], self.status["learned"] = saved.version, mark
-        return saved, scorer
+        if self.status["generation"] == generation:  # else a rollback was followed meanwhile: its version stands
+            self.status["snapshot"], self.status["learned"] = saved.version, mark
+        return saved, scorer, generation

@@ -96,7 +96,7 @@ def test_a_worker_saves_nothing_until_it_learns_past_the_version_it_loaded(runti
     assert asyncio.run(go()) == [1, None, 2]
 
 
-def test_after_following_a_rollback_the_leader_saves_only_what_it_learns_next(runtime: Runtime) -> None:
+def test_after_following_a_rollback_the_leader_saves_the_lift_it_kept_then_only_what_it_learns(runtime: Runtime) -> None:
     store = store_for(runtime)
     engine, status, periodic = worker(store, "w1")
     follower = RollbackFollower(store, engine, status)
@@ -109,9 +109,51 @@ def test_after_following_a_rollback_the_leader_saves_only_what_it_learns_next(ru
         await store.rollback(1, {0: 200})  # version 3, generation 1
         refused = saved(await periodic.save())  # not followed yet: refused, and not taken for saved
         await follower.poll()
-        after = saved(await periodic.save())  # the state is version 3's: nothing new
+        # the state is version 3's but for the lift, which went on counting (a rollback does not restore it):
+        # one version holds it (an idle leader never wrote it, and a restart took version 1's lift)
+        after = saved(await periodic.save())
+        idle = saved(await periodic.save())
         engine.learn(samples(140, 10), {0: 210})
         learned = saved(await periodic.save())
-        return [v1, v2, refused, after, learned, status["generation"]]
+        _, blob = await store.load(after)  # type: ignore[misc]
+        kept_lift = LearnedState.unpack(blob).lift
+        return [v1, v2, refused, after, idle, learned, status["generation"],
+                kept_lift is not None and kept_lift.mark() == lift_before_rollback[0]]
 
-    assert asyncio.run(go()) == [1, 2, None, None, 4, 1]
+    lift_before_rollback: list[object] = []
+    real_rollback = store.rollback
+
+    async def rollback(*args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+        lift_before_rollback.append(engine.lift.mark())
+        return await real_rollback(*args, **kwargs)
+
+    store.rollback = rollback  # type: ignore[method-assign]
+    assert asyncio.run(go()) == [1, 2, None, 4, None, 5, 1, True]
+
+
+def test_a_save_that_a_followed_rollback_overtakes_publishes_under_its_own_generation(runtime: Runtime) -> None:
+    """A rollback followed while the leader's save was in its Redis round trips: the scorer of the rolled-back
+    models was published under the rollback's generation (followers loaded it) and GET /health named the save's
+    version instead of the rollback's (a change-set reviewer's repro)."""
+    store = store_for(runtime)
+    engine, status, periodic = worker(store, "w1")
+    follower = RollbackFollower(store, engine, status)
+
+    async def go() -> tuple[int | None, int, Any]:
+        engine.learn(samples(0, 40), {0: 50})
+        assert saved(await periodic.save()) == 1
+        engine.learn(samples(40, 10), {0: 60})
+        real_trim = store._trim
+
+        async def trim_then_follow_a_rollback(*args: Any, **kwargs: Any) -> None:  # noqa: ANN401
+            await real_trim(*args, **kwargs)
+            await store.rollback(1, {0: 60})  # version 3, generation 1
+            await follower.poll()  # the follow_rollbacks timer runs during the save's awaits
+
+        store._trim = trim_then_follow_a_rollback  # type: ignore[method-assign]
+        result = await periodic.save()
+        assert result is not None
+        return result[0].version, result[2], status["snapshot"]
+
+    version, published_under, health = asyncio.run(go())
+    assert (version, published_under, health) == (2, 0, 3)  # the scorer goes out as generation 0's
