@@ -19,6 +19,7 @@ DEFAULT_CATALOGUE = Path(__file__).with_name("catalogue.toml")
 # so a longer window or TTL means nothing, and a huge one overflows Redis or the event loop's timers.
 CENTURY_S = 3_155_760_000
 DAY_S = 86400
+FEATURE_WEEK_S = 7 * 86400  # the longest feature window (features.windows) and the contact caps' week
 MIN_ERASURE_KEY_CHARS = 32  # CADENCE_ERASURE_KEY: a shorter key could be found by trying keys and ids together
 # Accepted log level names -> the name Faust's logging takes ("crit" is an alias the README used to list).
 LOG_LEVELS = {"critical": "critical", "crit": "critical", "error": "error", "warn": "warn",
@@ -135,7 +136,9 @@ class Settings(BaseSettings):
         7 * 86400.0, gt=0, le=CENTURY_S,
         description="Events this far ahead of the watermark are refused (a sender's wrong clock)."
     )
-    feature_ttl_s: int = Field(30 * 86400, ge=60, le=CENTURY_S, description="Retention of a user's features in Redis.")
+    feature_ttl_s: int = Field(30 * 86400, ge=60, le=CENTURY_S, description=(
+        "Retention of a user's features in Redis (refreshed by every event): at least the conversion window and "
+        "a week (the longest counters and the contact caps' history), else refused."))
     dedup_ring: int = Field(32, ge=1, le=256, description="Event ids remembered per user to drop duplicates.")
 
     policy: Literal["linucb", "lints", "egreedy"] = Field(
@@ -318,6 +321,16 @@ class Settings(BaseSettings):
         if self.bid_multiplier_low > self.bid_multiplier_high:
             raise ValueError(f"CADENCE_BID_MULTIPLIER_LOW ({self.bid_multiplier_low}) is above "
                              f"CADENCE_BID_MULTIPLIER_HIGH ({self.bid_multiplier_high}); swap them")
+        # a user's hash holds the pending decisions (conversions are credited within the window), the week's
+        # counters and the contact history the caps count (a week): expired sooner, a user quiet for a day loses
+        # their conversion, their counts and their caps, silently
+        needed = max(self.conversion_window_s, self.click_window_s, FEATURE_WEEK_S)
+        if self.feature_ttl_s < needed:
+            raise ValueError(
+                f"CADENCE_FEATURE_TTL_S ({self.feature_ttl_s} s) is shorter than what a user's Redis hash must "
+                f"remember ({needed:.0f} s: the conversion window CADENCE_CONVERSION_WINDOW_S, the click window and "
+                f"the week of counters and contact caps): a user quiet that long would lose conversions, counts "
+                f"and caps. Set it to at least {needed:.0f}, or shorten CADENCE_CONVERSION_WINDOW_S")
         return self
 
     def __repr_args__(self):  # noqa: ANN204  # pydantic's own signature

@@ -164,6 +164,12 @@ def build_policy_context(settings: Settings) -> PolicyContext:
     if unknown:
         raise SettingError("CADENCE_HOLDOUT_PLACEMENTS", f"names placements the catalogue does not have: {unknown}; "
                            f"use ids of {sorted(catalogue.placements)}, or leave it empty for every placement")
+    longest = max(((c.window_days, c.suppress_days) for c in catalogue.contact.values()), key=max, default=(0, 0))
+    if max(longest) * 86400 > settings.feature_ttl_s:  # the contact history lives in the user's hash
+        raise SettingError("CADENCE_FEATURE_TTL_S", f"({settings.feature_ttl_s} s) is shorter than the catalogue's "
+                           f"longest contact rule ({max(longest):g} days, window_days or suppress_days): a user quiet "
+                           "that long would lose the contact history its caps count. Raise it to at least "
+                           f"{max(longest) * 86400:.0f}, or shorten the rule")
     holdout = (HoldoutConfig(settings.holdout_share, settings.holdout_salt, placements=placements)
                if settings.holdout_share > 0 else None)
     # each worker holds the whole of every limit against the fleet's counts (BudgetStore.exchange, every second)

@@ -96,7 +96,7 @@ def test_a_worker_saves_nothing_until_it_learns_past_the_version_it_loaded(runti
     assert asyncio.run(go()) == [1, None, 2]
 
 
-def test_after_following_a_rollback_the_leader_saves_the_lift_it_kept_then_only_what_it_learns(runtime: Runtime) -> None:
+def test_after_following_a_rollback_the_leader_saves_the_lift_it_kept_then_what_it_learns(runtime: Runtime) -> None:
     store = store_for(runtime)
     engine, status, periodic = worker(store, "w1")
     follower = RollbackFollower(store, engine, status)

@@ -49,6 +49,9 @@ def test_authorization_needs_a_real_token_and_survives_any_header() -> None:
         ({"click_window_s": float("inf")}, "finite number"),
         ({"snapshot_interval_s": 1e300}, "less than or equal to 86400"),
         ({"feature_ttl_s": 10**30}, "less than or equal to 3155760000"),
+        # a day of retention silently lost every conversion 1-7 days after its decision, the week's counters and caps
+        ({"feature_ttl_s": 86400}, "CADENCE_FEATURE_TTL_S \\(86400 s\\) is shorter than .*at least 604800"),
+        ({"feature_ttl_s": 10 * 86400, "conversion_window_s": 14 * 86400.0}, "at least 1209600, or shorten"),
         ({"seed": -1}, "greater than or equal to 0"),  # numpy's "expected non-negative integer", 18 frames deep
         ({"redis_url": "redis://localhost:notaport/0"}, "not a usable Redis URL .*PORT a number 1..65535"),
         ({"redis_url": "redis://localhost:70000/0"}, "not a usable Redis URL"),
@@ -144,3 +147,13 @@ def test_the_engine_creates_its_topics_with_the_configured_partitions_and_replic
     assert "p.decisions" in seen["names"] and seen["compacted"] == ["p.erasures"]
     with pytest.raises(ValidationError):
         Settings(replication_factor=0)
+
+
+def test_a_retention_shorter_than_the_catalogues_contact_rules_is_refused() -> None:
+    # the shipped catalogue pauses email 14 days after ignored ones (suppress_days): with 10 days of retention
+    # a user quiet for 10 days lost that history and got the emails the pause holds back
+    from streams.app import SettingError, build_policy_context
+
+    with pytest.raises(SettingError, match=r"CADENCE_FEATURE_TTL_S.*longest contact rule \(14 days.*at least 1209600"):
+        build_policy_context(Settings(feature_ttl_s=10 * 86400))
+    assert build_policy_context(Settings(feature_ttl_s=14 * 86400)).catalogue.contact
