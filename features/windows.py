@@ -3,7 +3,8 @@
 A window of size W keeps ``bucket:cur:prev`` where ``bucket = floor(ts / W)``. The count over the last W
 seconds at time t is estimated as ``prev * (1 - frac) + cur`` with ``frac = (t mod W) / W``: exact at
 bucket boundaries, linear in between, and O(1) memory whatever the event rate. Late events land in the
-previous bucket when it is still in the window, otherwise only in longer windows.
+previous bucket when it is still in the window, otherwise only in longer windows. A late read (a time before
+the latest bucket) counts only what the kept buckets hold from before it, never later events.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def estimate(cell: tuple[int, float, float] | None, ts: float, size: int) -> flo
         return prev * (1.0 - frac) + cur
     if now_bucket == b + 1:
         return cur * (1.0 - frac)
-    if now_bucket < b:  # asked about a time before the latest bucket (out-of-order read)
-        return cur + prev
+    if now_bucket == b - 1:  # a late read, in the bucket before the latest: the part of it before ts (as if
+        return prev * frac   # spread evenly; the bucket before it is no longer kept), never the later buckets
+    if now_bucket < b - 1:  # further back: nothing kept is from before ts (cur + prev counted the future:
+        return 0.0          # a late request at 01:30 read 51 page views "in the last hour" from 02:00-02:50)
     return 0.0

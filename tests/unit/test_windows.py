@@ -48,3 +48,14 @@ def test_estimate_tracks_the_exact_sliding_count_on_a_steady_stream() -> None:
             errors.append(abs(estimate(cell, t, HOUR) - truth) / truth)
     # Poisson arrivals: the linear interpolation of the previous bucket is off by a few percent.
     assert np.mean(errors) < 0.08
+
+
+def test_a_late_read_counts_no_event_from_after_it() -> None:
+    # 50 page views from 02:00 to 02:50, then a late request at 01:30 asked for "page views in the last hour":
+    # it read 51 (cur + prev of buckets it came before), the future included; the truth is at most 1
+    cell = add_to_cell(None, 1 * HOUR + 1800, HOUR, 1.0)  # the late request's own view, 01:30
+    for minute in range(50):
+        cell = add_to_cell(cell, 2 * HOUR + minute * 60, HOUR, 1.0)
+    assert cell == (2, 50.0, 1.0)
+    assert estimate(cell, 1 * HOUR + 1800, HOUR) == 0.5  # half of the 01:00 bucket's view, spread evenly
+    assert estimate(cell, 0 * HOUR + 1800, HOUR) == 0.0  # further back: nothing kept is from before it
