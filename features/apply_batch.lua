@@ -4,6 +4,10 @@
 --          user_digest_hex(32): the user's keyed digest, features/keys.py UserDigest]
 -- mode "=" sets, ">" keeps the max, "<" keeps the min (numbers). A user whose consent ("cons") is "0" after the
 -- event keeps no device, segment or pending decisions (their context vectors): they are deleted, not set.
+-- Consent goes by event time, whatever the arrival order: "cons" is set with "cons_t", its event's ts, and only
+-- by an event whose ts is at or after cons_t (a tie: a refusal wins). A hash stored before cons_t: a refusal
+-- counts as of its latest event time (the max of its "t:" fields and "fs", before this event), an opt-in as of
+-- -inf (privacy first: an older opt-in never undoes a refusal, any refusal applies).
 -- Returns JSON: per event 0 (duplicate), 1 (applied), -1 (the user's digest is in the erased set: nothing
 -- written, the key is never created again) or the user's fields after the event (want_state), without the
 -- binary dedup ring. The erased set is {ns}:erased:v2 (keyed digests); the unkeyed digests of erasures recorded
@@ -13,6 +17,14 @@ local req = cjson.decode(ARGV[1])
 local ttl, ring_bytes, windows = req.ttl, req.ring * 8, req.windows
 local erased_set, erased = req.erased, {}  -- key -> whether its user is erased
 local out = {}
+local function ts_text(x)  -- the shortest text that reads back as x (as Python's repr, for the usual ts)
+  local t
+  for p = 14, 17 do
+    t = string.format('%.' .. p .. 'g', x)
+    if tonumber(t) == x then return t end
+  end
+  return t
+end
 for n, ev in ipairs(req.events) do
   local key, hex, ts, want, counters, sets = ev[1], ev[2], ev[3], ev[4], ev[5], ev[6]
   local gone = erased[key]
@@ -40,6 +52,15 @@ for n, ev in ipairs(req.events) do
     end
   else
     local updates = {}
+    local cons_t = tonumber(h['cons_t'] or '')
+    if cons_t == nil then
+      cons_t = -math.huge
+      if h['cons'] == '0' then  -- a refusal stored before cons_t: as of the hash's latest event time
+        for f, v in pairs(h) do
+          if f == 'fs' or string.sub(f, 1, 2) == 't:' then cons_t = math.max(cons_t, tonumber(v) or cons_t) end
+        end
+      end
+    end
     local function put(field, value)
       h[field] = value
       updates[#updates + 1] = field; updates[#updates + 1] = value
@@ -70,7 +91,14 @@ for n, ev in ipairs(req.events) do
     end
     for _, s in ipairs(sets) do
       local mode, field, value = s[1], s[2], s[3]
-      if mode == '=' then
+      if field == 'cons' then  -- by event time (above); the event's own consent applies to its decision anyway
+        if ts > cons_t or (ts == cons_t and value == '0') then
+          if h[field] ~= value then put(field, value) end
+          cons_t = ts
+          local t = ts_text(ts)
+          if h['cons_t'] ~= t then put('cons_t', t) end
+        end
+      elseif mode == '=' then
         if h[field] ~= value then put(field, value) end
       else
         local old = tonumber(h[field] or '')

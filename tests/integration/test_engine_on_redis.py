@@ -814,6 +814,96 @@ def test_without_consent_nothing_describing_the_person_is_kept(runtime: Runtime)
     assert again["dev"] == "tablet"  # consent given again: stored again
 
 
+def test_the_latest_consent_by_event_time_wins_whatever_the_arrival_order(runtime: Runtime) -> None:
+    """A refusal at noon+600 arrived first; an opt-in from noon+300 (with device and segment) arrived late and
+    used to set "cons" back to "1" and store the device and segment the refusal had deleted, so a request at
+    noon+900 without the consent field was marketed to. The reverse: a late refusal wiped out a newer opt-in.
+    The consent value of the latest event time wins (cons_t), in separate batches and within one."""
+    engine = make_engine(runtime)
+    noon = T0 + 12 * 3600
+
+    async def go() -> tuple[list, list[dict[str, str]]]:
+        outs, seen = [], []
+        # u-a: refusal first, the older opt-in late (two batches)
+        await engine.process(msgs(event("a1", "u-a", ts=noon + 600, consent=False)))
+        await engine.process(msgs(event("a2", "u-a", ts=noon + 300, consent=True, device="mobile", segment="vip")))
+        seen.append(await fields(engine, "u-a"))
+        outs.append((await engine.process(msgs(event("a3", "u-a", ts=noon + 900)))).decisions[0])
+        # u-b: opt-in first, the older refusal late (two batches)
+        await engine.process(msgs(event("b1", "u-b", ts=noon + 600, consent=True, device="mobile", segment="vip")))
+        await engine.process(msgs(event("b2", "u-b", ts=noon + 300, consent=False)))
+        seen.append(await fields(engine, "u-b"))
+        outs.append((await engine.process(msgs(event("b3", "u-b", ts=noon + 900)))).decisions[0])
+        # u-c and u-d: the same within one batch (one Lua call)
+        await engine.process(msgs(event("c1", "u-c", ts=noon + 600, consent=False),
+                                  event("c2", "u-c", ts=noon + 300, consent=True, device="mobile", segment="vip"),
+                                  event("d1", "u-d", ts=noon + 600, consent=True, device="mobile", segment="vip"),
+                                  event("d2", "u-d", ts=noon + 300, consent=False)))
+        seen += [await fields(engine, "u-c"), await fields(engine, "u-d")]
+        outs.append((await engine.process(msgs(event("c3", "u-c", ts=noon + 900)))).decisions[0])
+        outs.append((await engine.process(msgs(event("d3", "u-d", ts=noon + 900)))).decisions[0])
+        # u-a opts in again, after the refusal: normal behaviour again
+        await engine.process(msgs(event("a4", "u-a", ts=noon + 1000, consent=True, device="tablet")))
+        await engine.process(msgs(event("a5", "u-a", ts=noon + 950, segment="vip")))  # late, after the refusal
+        seen.append(await fields(engine, "u-a"))
+        return outs, seen
+
+    outs, (a, b, c, d, again) = run(go())
+    for refused in (a, c):
+        assert (refused["cons"], float(refused["cons_t"])) == ("0", noon + 600)
+        assert not {"dev", "seg"} & set(refused) and not [f for f in refused if f.startswith("pd:")]
+    for given in (b, d):
+        assert (given["cons"], float(given["cons_t"]), given["dev"], given["seg"]) == ("1", noon + 600, "mobile", "vip")
+    for dec in (outs[0], outs[2]):
+        assert (dec.mode, dec.trace.get("fallback")) == (Mode.FALLBACK, "no_marketing_consent")
+    for dec in (outs[1], outs[3]):
+        assert dec.trace.get("fallback") is None and dec.mode != Mode.FALLBACK
+    assert (again["cons"], float(again["cons_t"]), again["dev"], again["seg"]) == ("1", noon + 1000, "tablet", "vip")
+
+
+def test_a_refusal_and_an_opt_in_at_the_same_event_time_leave_a_refusal(runtime: Runtime) -> None:
+    """Ties on event time: the refusal wins, whichever arrives first."""
+    engine = make_engine(runtime)
+    noon = T0 + 12 * 3600
+
+    async def go() -> list[dict[str, str]]:
+        await engine.process(msgs(event("a1", "u-a", ts=noon, consent=False),
+                                  event("a2", "u-a", ts=noon, consent=True, device="mobile")))
+        await engine.process(msgs(event("b1", "u-b", ts=noon, consent=True, device="mobile")))
+        await engine.process(msgs(event("b2", "u-b", ts=noon, consent=False)))
+        await engine.process(msgs(event("c1", "u-c", ts=noon + 0.123456, consent=False)))  # 16 digits: kept exact
+        await engine.process(msgs(event("c2", "u-c", ts=noon + 0.123456, consent=True, device="mobile")))
+        return [await fields(engine, "u-a"), await fields(engine, "u-b"), await fields(engine, "u-c")]
+
+    a, b, c = run(go())
+    for stored in (a, b):
+        assert (stored["cons"], float(stored["cons_t"])) == ("0", noon) and "dev" not in stored
+    assert (c["cons"], c["cons_t"]) == ("0", repr(noon + 0.123456)) and "dev" not in c
+
+
+def test_a_hash_stored_before_consent_times_keeps_its_refusal_against_older_opt_ins(runtime: Runtime) -> None:
+    """Hashes written before cons_t have none: a stored refusal counts as of the hash's latest event time (an
+    older late opt-in cannot undo it, a newer one can); a stored opt-in as of -inf (any refusal applies)."""
+    engine = make_engine(runtime)
+    noon = T0 + 12 * 3600
+
+    async def go() -> list[dict[str, str]]:
+        await engine.process(msgs(event("a1", "u-a", ts=noon + 600, consent=False),
+                                  event("b1", "u-b", ts=noon + 600, consent=True, device="mobile")))
+        for user in ("u-a", "u-b"):  # as an older release stored them
+            await engine.store.client.hdel(engine.store.key(user), "cons_t")
+        await engine.process(msgs(event("a2", "u-a", ts=noon + 300, consent=True, device="mobile"),
+                                  event("b2", "u-b", ts=noon + 300, consent=False)))
+        seen = [await fields(engine, "u-a"), await fields(engine, "u-b")]
+        await engine.process(msgs(event("a3", "u-a", ts=noon + 700, consent=True, device="tablet")))
+        return [*seen, await fields(engine, "u-a")]
+
+    a, b, again = run(go())
+    assert a["cons"] == "0" and "cons_t" not in a and "dev" not in a
+    assert (b["cons"], float(b["cons_t"])) == ("0", noon + 300) and "dev" not in b
+    assert (again["cons"], float(again["cons_t"]), again["dev"]) == ("1", noon + 700, "tablet")
+
+
 def test_the_lift_counts_only_the_placements_the_holdout_covers(runtime: Runtime) -> None:
     """Holdout narrowed to the newsletter: a control user's page views get treated decisions, so they are in
     neither group. Their exposures and rewards used to reach the lift as treated (only lift-only samples
