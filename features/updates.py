@@ -45,7 +45,7 @@ def update_for(event: Event, store_profile: bool = True) -> FeatureUpdate:
     if event.revenue > 0:
         upd.counters.append((REVENUE_COUNTER, event.revenue))
     upd.sets.append(("<", "fs", ts))
-    if event.consent is not None:
+    if event.consent is not None:  # applied by event time: apply_batch.lua keeps it only if ts >= cons_t
         upd.sets.append(("=", "cons", "1" if event.consent else "0"))
     if store_profile:
         if event.device:

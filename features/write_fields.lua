@@ -5,6 +5,8 @@
 -- A key whose user's digest is in the erased set is not written (nor created again): one SISMEMBER per key.
 -- A user without marketing consent ("cons" is "0", set by apply_batch.lua) gets no pending decisions (their
 -- context vectors), device or segment: a write decided before the refusal reached Redis would bring them back.
+-- "cons" is the consent of the latest event time (cons_t), whatever the arrival order: a decision of a late
+-- event that opted in before a newer refusal stores nothing of the kind either.
 -- Compare-and-set of field "cas": for a key in "expect", that field is written only if the hash holds the
 -- expected value (false: the field is absent); otherwise the key's other fields are still written and the
 -- reply lists the key with the value it holds. Reply: {key, current value (nil: absent), ...}, empty when
