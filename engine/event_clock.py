@@ -79,6 +79,10 @@ class EventClock:
         self._recent: deque[float] = deque(maxlen=pace_events + 1)  # the watermark after each recent acceptance
         self._ahead: list[tuple[float, str]] = []  # (ts, user) of consecutive events refused as ahead
         self._top: dict[str, float] = {}  # the CORROBORATION users with the latest accepted times: user -> ts
+        self._backers: set[str] = set()  # users accepted since event time was set, up to advance_min_users
+        self._refused: dict[str, float] = {}  # while unanchored: each refused user's latest ts
+        self._behind: list[tuple[float, str]] = []  # (ts, user) of events refused as behind, in a run
+        self._breakers: set[str] = set()  # users accepted since that run began
 
     @property
     def watermark(self) -> float:
@@ -100,6 +104,9 @@ class EventClock:
         its events a little under the skew beyond the last, is refused after the first."""
         if not events:
             return []
+        anchored = len(self._backers) >= limits.advance_min_users
+        if self._watermark and not anchored:
+            self._reanchor(events, limits)
         reference = self._reference(events, limits)
         verdicts: list[Rejection | None] = []
         for event in events:
@@ -111,10 +118,46 @@ class EventClock:
                 self._watermark = max(self._watermark, event.ts)
                 self._recent.append(self._watermark)
                 self._reached(event.user_id, event.ts)
-            elif self._watermark and event.ts > self._watermark:
-                self._note_ahead(event, limits)
+                if not anchored:
+                    self._backers.add(event.user_id)
+                    anchored = len(self._backers) >= limits.advance_min_users
+                    if anchored:
+                        self._refused.clear()
+                if self._behind:
+                    self._breakers.add(event.user_id)
+                    if len(self._breakers) >= CORROBORATION:  # several users live at the clock's time
+                        self._behind.clear()
+                        self._breakers.clear()
+            else:
+                if not anchored and len(self._refused) < limits.resync_events:
+                    self._refused[event.user_id] = event.ts
+                if self._watermark and event.ts > self._watermark:
+                    self._note_ahead(event, limits)
+                elif event.ts < reference and self._note_behind(event, limits):
+                    reference = self.corroborated  # moved back: judge the rest against the new time
             verdicts.append(verdict)
         return verdicts
+
+    def _reanchor(self, events: Sequence[Event], limits: ClockLimits) -> None:
+        """While fewer than ``advance_min_users`` users back event time, a larger group of users agreeing
+        (within a day) on a time the clock refuses, in this batch or refused before, takes it over."""
+        votes = dict(self._refused)
+        for event in events:
+            votes.setdefault(event.user_id, event.ts)
+        if len(votes) < CORROBORATION or len(votes) <= len(self._backers):
+            return
+        run = sorted((ts, user) for user, ts in votes.items())
+        group = _densest_run(run, DAY_S)
+        if len(group) < CORROBORATION or len(group) <= len(self._backers):
+            return
+        middle = group[(len(group) - 1) // 2][0]
+        agreed = self.corroborated
+        if agreed - limits.max_lateness_s <= middle <= self._watermark + limits.max_jump_s:
+            return  # a time the clock believes anyway: its events are judged as usual
+        self._move_to(group, middle, "refused by a clock that too few users back")
+        self._recent.clear()
+        self._backers = {user for _, user in group[:limits.advance_min_users]}
+        self._refused.clear()
 
     def _reached(self, user: str, ts: float) -> None:
         """``user``'s event at ``ts`` was accepted: keep the ``CORROBORATION`` users with the latest times."""
@@ -165,13 +208,29 @@ class EventClock:
             middle = _middle(recent)
             if middle <= self._watermark + limits.max_jump_s and \
                     self._agree(recent, middle, limits.max_future_skew_s, limits.advance_min_users):
-                self._move_to(recent, middle, "ahead of the watermark")
+                self._move_to(recent, middle, "in a row ahead of the watermark")
                 return
         if len(self._ahead) >= limits.resync_events:
             middle = _middle(self._ahead)
             if self._agree(self._ahead, middle, DAY_S, limits.resync_min_users):
-                self._move_to(self._ahead, middle, "far ahead of the watermark")
+                self._move_to(self._ahead, middle, "in a row far ahead of the watermark")
             self._ahead.clear()
+
+    def _note_behind(self, event: Event, limits: ClockLimits) -> bool:
+        """One more event refused as behind, with fewer than ``CORROBORATION`` users accepted since the run
+        began: was event time set wrong, ahead of the stream? True if it moved back."""
+        self._behind.append((event.ts, event.user_id))
+        if len(self._behind) < limits.resync_events:
+            return False
+        run, self._behind = self._behind, []
+        self._breakers.clear()
+        middle = _middle(run)
+        if not self._agree(run, middle, DAY_S, limits.resync_min_users):
+            return False
+        self._move_to(run, middle, "in a run far behind event time")
+        self._recent.clear()  # the old steps say nothing of the pace here
+        self._backers = {user for _, user in run[:limits.advance_min_users]}
+        return True
 
     @staticmethod
     def _agree(run: list[tuple[float, str]], middle: float, within_s: float, min_users: int) -> bool:
@@ -180,16 +239,29 @@ class EventClock:
         return len(near) >= 0.9 * len(run) and len(set(near)) >= min_users
 
     def _move_to(self, run: list[tuple[float, str]], middle: float, where: str) -> None:
-        log.warning("%d events of %d users in a row were %s: event time moved from %.0f to %.0f",
+        log.warning("%d events of %d users were %s: event time moved from %.0f to %.0f",
                     len(run), len({user for _, user in run}), where, self._watermark, middle)
         self._watermark = middle
         self._top = {user: middle for _, user in run[-CORROBORATION:]}  # the users that moved it agree on it
         self._ahead.clear()
+        self._behind.clear()
+        self._breakers.clear()
 
 
 def _middle(run: list[tuple[float, str]]) -> float:
     times = sorted(ts for ts, _ in run)
     return times[len(times) // 2]
+
+
+def _densest_run(run: list[tuple[float, str]], width_s: float) -> list[tuple[float, str]]:
+    """The largest group of ``run`` (sorted by ts) whose times lie within ``width_s`` of each other."""
+    start, size, low = 0, 0, 0
+    for high, (ts, _) in enumerate(run):
+        while ts - run[low][0] > width_s:
+            low += 1
+        if high - low + 1 > size:
+            start, size = low, high - low + 1
+    return run[start:start + size]
 
 
 def _densest(times: list[float], width_s: float) -> float:

@@ -192,3 +192,59 @@ def test_a_backlog_batch_spanning_hours_is_followed_in_order() -> None:
     backlog = [ev(T0 + 200 + i * 20.0, f"b{i % 50}", f"b{i}") for i in range(1000)]  # 5.5 hours, 50 users
     assert all(accepted(clock, backlog))
     assert clock.watermark == T0 + 200 + 999 * 20.0
+
+
+@pytest.mark.parametrize("off_s", [YEAR, -2 * YEAR])
+def test_a_lone_first_event_with_a_wrong_clock_does_not_fix_event_time(off_s: float) -> None:
+    """The reviewer's repro: a fresh worker's first batch held one event a year ahead (a GET /decide without
+    ts, on the wall clock) or two years behind (one bad device clock); it set event time, and every good event
+    of 50 users after it was refused, for good. One user's vote does not anchor the clock."""
+    clock = EventClock()
+    assert accepted(clock, [ev(T0 + off_s, "bad")]) == [True]
+    assert all(accepted(clock, good(50, T0)))
+    assert T0 <= clock.watermark <= T0 + 49
+    assert accepted(clock, [ev(T0 + off_s, "bad")]) == [False]  # event time is now the users', not its
+
+
+def test_a_lone_wrong_first_event_yields_to_thin_traffic_of_a_few_users() -> None:
+    """One good event per batch: once more users agree than back the clock (and at least three), they win."""
+    clock = EventClock()
+    assert accepted(clock, [ev(T0 + YEAR, "bad")]) == [True]
+    verdicts = [accepted(clock, [ev(T0 + i * 10, f"m{i % 12}", f"m{i}")])[0] for i in range(30)]
+    assert verdicts[:2] == [False, False] and all(verdicts[3:])
+    assert T0 <= clock.watermark <= T0 + 300
+
+
+def test_few_users_cannot_take_event_time_from_the_users_that_set_it() -> None:
+    """Until ``advance_min_users`` users back it the clock yields only to a larger group, never to fewer."""
+    clock = EventClock()
+    assert all(accepted(clock, good(5, T0)))
+    assert not any(accepted(clock, good(4, T0 + YEAR, tag="w")))  # four wrong clocks agreeing: fewer than five
+    assert not any(accepted(clock, good(5, T0 - YEAR, tag="x")))  # as many: not more
+    assert clock.watermark == T0 + 4
+
+
+def test_an_established_clock_set_wrong_resyncs_back_to_many_agreeing_users() -> None:
+    """Event time once set too far ahead (many users agreed on it, then the stream really is a year earlier,
+    one event per batch): many users agreeing, refused as behind, move it back; one client still at the old
+    time, accepted, does not keep it there."""
+    limits = ClockLimits(resync_events=50, resync_min_users=40)
+    clock = started(T0 + YEAR)
+    verdicts = []
+    for i in range(80):
+        verdicts.append(accepted(clock, [ev(T0 + i, f"r{i}", f"r{i}")], limits)[0])
+        if i % 10 == 0 and i < 40:  # one client stuck at the old time: accepted, but one voice
+            assert accepted(clock, [ev(T0 + YEAR + 200 + i, "stuck", f"s{i}")], limits) == [True]
+    assert verdicts[:49] == [False] * 49 and all(verdicts[55:])
+    assert T0 <= clock.watermark < T0 + DAY
+
+
+def test_a_live_stream_keeps_an_old_backlog_from_moving_event_time_back() -> None:
+    """A partition two months behind (beyond the lateness) among a live stream: it is refused, and the live
+    stream's many users keep breaking its run, so event time never goes back."""
+    limits = ClockLimits(resync_events=50, resync_min_users=40)
+    clock = started()
+    for i in range(300):
+        assert accepted(clock, [ev(T0 - 60 * DAY + i, f"old{i % 100}", f"o{i}")], limits) == [False]
+        assert accepted(clock, [ev(T0 + 200 + i, f"live{i % 100}", f"l{i}")], limits) == [True]
+    assert clock.watermark == T0 + 499
