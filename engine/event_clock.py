@@ -34,6 +34,22 @@ Who may move event time on, and why:
 - Beyond the jump limit, ``resync_events`` events in a row from ``resync_min_users`` users, nine in ten of
   them within a day of each other, resync the watermark: everyone's clock really jumped. Wrong clocks are
   few or scattered.
+- Event time is anchored once ``advance_min_users`` users have had events accepted. Until then a group of
+  users agreeing within a day on a time the clock refuses (votes of this batch and users refused before), at
+  least ``CORROBORATION`` of them and more than back the clock, takes event time over: one event with a wrong
+  clock first (a GET /decide on a wall clock ahead of the stream, one bad device in a quiet start) does not
+  refuse every good event after it, for good. The clock yields only to more users than back it, so a few
+  wrong clocks cannot take it from more good ones, and it changes hands at most ``advance_min_users`` times.
+  Users, not events, and only while unanchored: the work is one pass over the batch, as for the median.
+- Back, beyond the lateness: ``resync_events`` events refused as behind, from ``resync_min_users`` users, nine
+  in ten of them within a day of each other, move event time back to their middle: it was set wrong. Events
+  accepted from ``CORROBORATION`` users in the meantime break the run (the stream is live at the clock's
+  time: a backlog older than the lateness among it stays refused, and event time does not swing back and
+  forth); one client still at the wrong time does not. Only many users agreeing move it, as ahead.
+- Partitions further apart than the jump limit (a worker catching up on backlogs of different lag) look to
+  the clock like a group of wrong clocks ahead: it keeps the first one's time and refuses the other until a
+  resync. Set the jump limit above the spread expected when catching up. A restarting worker starts
+  unanchored; it does not take the snapshot's watermark (the first batch of many users anchors it).
 - Events are judged against times users corroborate: the latest time ``CORROBORATION`` (3) users have
   reached, not the watermark (the largest ts accepted). A backlog read in order moves that on with its many
   users; one client whose every event is a little under the skew beyond its last gets its first event in

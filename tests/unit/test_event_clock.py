@@ -248,3 +248,17 @@ def test_a_live_stream_keeps_an_old_backlog_from_moving_event_time_back() -> Non
         assert accepted(clock, [ev(T0 - 60 * DAY + i, f"old{i % 100}", f"o{i}")], limits) == [False]
         assert accepted(clock, [ev(T0 + 200 + i, f"live{i % 100}", f"l{i}")], limits) == [True]
     assert clock.watermark == T0 + 499
+
+
+def test_partitions_further_apart_than_the_jump_limit_need_a_wider_one() -> None:
+    """A worker catching up on two backlogs, 9 and 1 days behind, 50 users each, batches alternating: with the
+    default jump limit the later one looks like wrong clocks and is refused; above the spread both get in."""
+    def run(limits: ClockLimits) -> dict[str, int]:
+        clock, got = EventClock(), {"A": 0, "B": 0}
+        for b in range(60):
+            part = "AB"[b % 2]
+            base = T0 - (9 if part == "A" else 1) * DAY + (b // 2) * 100
+            got[part] += sum(accepted(clock, good(50, base, tag=part, step_s=2.0), limits))
+        return got
+    assert run(LIMITS) == {"A": 1500, "B": 0}
+    assert run(ClockLimits(max_jump_s=10 * DAY)) == {"A": 1500, "B": 1500}
