@@ -41,11 +41,10 @@ Who may move event time on, and why:
   refuse every good event after it, for good. The clock yields only to more users than back it, so a few
   wrong clocks cannot take it from more good ones, and it changes hands at most ``advance_min_users`` times.
   Users, not events, and only while unanchored: the work is one pass over the batch, as for the median.
-- Back, beyond the lateness: ``resync_events`` events refused as behind, from ``resync_min_users`` users, nine
-  in ten of them within a day of each other, move event time back to their middle: it was set wrong. Events
-  accepted from ``CORROBORATION`` users in the meantime break the run (the stream is live at the clock's
-  time: a backlog older than the lateness among it stays refused, and event time does not swing back and
-  forth); one client still at the wrong time does not. Only many users agreeing move it, as ahead.
+- Never back, once anchored: a run of many users' events beyond the lateness is what a backfill of old data
+  looks like (2,000 events of 300 users dated 40 days back, in one burst at night), and moving event time back
+  to it would refuse the live stream after it. Such events are refused; an anchored clock set wrong (many
+  users agreed on a wrong time) is not corrected by the stream.
 - Partitions further apart than the jump limit (a worker catching up on backlogs of different lag) look to
   the clock like a group of wrong clocks ahead: it keeps the first one's time and refuses the other until a
   resync. Set the jump limit above the spread expected when catching up. A restarting worker starts
@@ -97,8 +96,6 @@ class EventClock:
         self._top: dict[str, float] = {}  # the CORROBORATION users with the latest accepted times: user -> ts
         self._backers: set[str] = set()  # users accepted since event time was set, up to advance_min_users
         self._refused: dict[str, float] = {}  # while unanchored: each refused user's latest ts
-        self._behind: list[tuple[float, str]] = []  # (ts, user) of events refused as behind, in a run
-        self._breakers: set[str] = set()  # users accepted since that run began
 
     @property
     def watermark(self) -> float:
@@ -139,18 +136,11 @@ class EventClock:
                     anchored = len(self._backers) >= limits.advance_min_users
                     if anchored:
                         self._refused.clear()
-                if self._behind:
-                    self._breakers.add(event.user_id)
-                    if len(self._breakers) >= CORROBORATION:  # several users live at the clock's time
-                        self._behind.clear()
-                        self._breakers.clear()
             else:
                 if not anchored and len(self._refused) < limits.resync_events:
                     self._refused[event.user_id] = event.ts
                 if self._watermark and event.ts > self._watermark:
                     self._note_ahead(event, limits)
-                elif event.ts < reference and self._note_behind(event, limits):
-                    reference = self.corroborated  # moved back: judge the rest against the new time
             verdicts.append(verdict)
         return verdicts
 
@@ -232,22 +222,6 @@ class EventClock:
                 self._move_to(self._ahead, middle, "in a row far ahead of the watermark")
             self._ahead.clear()
 
-    def _note_behind(self, event: Event, limits: ClockLimits) -> bool:
-        """One more event refused as behind, with fewer than ``CORROBORATION`` users accepted since the run
-        began: was event time set wrong, ahead of the stream? True if it moved back."""
-        self._behind.append((event.ts, event.user_id))
-        if len(self._behind) < limits.resync_events:
-            return False
-        run, self._behind = self._behind, []
-        self._breakers.clear()
-        middle = _middle(run)
-        if not self._agree(run, middle, DAY_S, limits.resync_min_users):
-            return False
-        self._move_to(run, middle, "in a run far behind event time")
-        self._recent.clear()  # the old steps say nothing of the pace here
-        self._backers = {user for _, user in run[:limits.advance_min_users]}
-        return True
-
     @staticmethod
     def _agree(run: list[tuple[float, str]], middle: float, within_s: float, min_users: int) -> bool:
         """Nine in ten of the run within ``within_s`` of its middle, from at least ``min_users`` users."""
@@ -260,8 +234,6 @@ class EventClock:
         self._watermark = middle
         self._top = {user: middle for _, user in run[-CORROBORATION:]}  # the users that moved it agree on it
         self._ahead.clear()
-        self._behind.clear()
-        self._breakers.clear()
 
 
 def _middle(run: list[tuple[float, str]]) -> float:

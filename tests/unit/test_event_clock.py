@@ -224,19 +224,16 @@ def test_few_users_cannot_take_event_time_from_the_users_that_set_it() -> None:
     assert clock.watermark == T0 + 4
 
 
-def test_an_established_clock_set_wrong_resyncs_back_to_many_agreeing_users() -> None:
-    """Event time once set too far ahead (many users agreed on it, then the stream really is a year earlier,
-    one event per batch): many users agreeing, refused as behind, move it back; one client still at the old
-    time, accepted, does not keep it there."""
-    limits = ClockLimits(resync_events=50, resync_min_users=40)
-    clock = started(T0 + YEAR)
-    verdicts = []
-    for i in range(80):
-        verdicts.append(accepted(clock, [ev(T0 + i, f"r{i}", f"r{i}")], limits)[0])
-        if i % 10 == 0 and i < 40:  # one client stuck at the old time: accepted, but one voice
-            assert accepted(clock, [ev(T0 + YEAR + 200 + i, "stuck", f"s{i}")], limits) == [True]
-    assert verdicts[:49] == [False] * 49 and all(verdicts[55:])
-    assert T0 <= clock.watermark < T0 + DAY
+def test_a_backfill_of_old_data_in_one_burst_does_not_move_event_time_back() -> None:
+    """2,000 events of 300 users dated 40 days back (beyond the lateness), in one burst with no live event in
+    between: a backwards resync tried during this session moved event time back 40 days, and the live stream
+    after it was refused. They are refused; the live stream goes on."""
+    clock = started()
+    for i in range(200):
+        accepted(clock, [ev(T0 + i, f"live{i % 50}", f"l{i}")])
+    burst = [ev(T0 - 40 * DAY + i, f"old{i % 300}", f"o{i}") for i in range(2000)]
+    assert not any(accepted(clock, burst[:1000]) + accepted(clock, burst[1000:]))
+    assert all(accepted(clock, [ev(T0 + 300 + i, f"live{i % 50}", f"m{i}") for i in range(50)]))
 
 
 def test_a_live_stream_keeps_an_old_backlog_from_moving_event_time_back() -> None:
