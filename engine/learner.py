@@ -124,11 +124,6 @@ class EngineLearning:
         return all(self.learned_offsets.get(p, 0) == self.lift_offsets.get(p, 0)
                    for p in {*self.learned_offsets, *self.lift_offsets})
 
-    def replace_policy(self, policy: Policy) -> None:
-        """Swap in a restored policy (snapshot at start, or a rollback), with its statistics under the policy
-        type and decision hyperparameters the settings chose (one log line says what differs from it)."""
-        self._use_policy(self._carried(policy))
-
     def _carried(self, policy: Policy) -> Policy:
         """``policy`` under the settings' type and decision hyperparameters (logged), or ``PolicyMismatch``."""
         policy, changes = carry_over(self.configured_policy, policy)
@@ -141,7 +136,7 @@ class EngineLearning:
         self.metrics.policy_version.set(policy.version)
 
     def replace_shadow(self, shadow: Policy | None) -> None:
-        """Swap in a restored shadow (challenger) policy by the same rule as ``replace_policy``. Without one
+        """Swap in a restored shadow (challenger) policy by the same rule as the live one (``_carried``). Without one
         configured it is dropped; without one restored (a snapshot from before shadows were kept, or taken
         without one) or one that cannot become the configured one, the challenger starts afresh (a copy of the
         untrained configured one, logged), as on a worker starting from that snapshot."""

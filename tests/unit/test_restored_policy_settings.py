@@ -102,7 +102,7 @@ def test_unchanged_settings_restore_the_snapshots_decisions_exactly() -> None:
     resumed.resume_from(LearnedState.unpack(blob), {0: 400})
     assert [(c.action, c.probability) for c in picks(resumed.policy)] == expected
     rolled = make_engine(alpha=0.1)
-    rolled.replace_policy(LearnedState.unpack(blob).policy)  # the rollback path
+    rolled.follow_rollback(LearnedState.unpack(blob), {0: 400})  # the rollback path
     assert [(c.action, c.probability) for c in picks(rolled.policy)] == expected
 
 
