@@ -542,8 +542,6 @@ def create_app(settings: Settings) -> faust.App:
                 models.training = False
         if not leads:
             return
-        if not engine.lift_in_step():  # reading again after a rollback: the lift is not where the policy is
-            return
         saved = await periodic.save()
         if saved is not None and saved[1] is not None:
             # under the generation the save was checked with: a rollback followed during its round trips must

@@ -38,9 +38,12 @@ class PeriodicSnapshots:
         """Save this worker's learned state as the newest version; returns it with the scorer compiled from the
         models it holds (for the other workers) and the generation the save was checked under (publish the
         scorer with that one: a rollback followed during the save's round trips moves ``status``'s on), or None
-        when nothing was learned since the version this worker last saved or loaded (no version written) or
-        when refused (a rollback this worker has not followed yet: ``follow_rollbacks`` loads it first)."""
+        when nothing was learned since the version this worker last saved or loaded, or while the lift is not
+        in step with the policy after a rollback (no version written), or when refused (a rollback this worker
+        has not followed yet: ``follow_rollbacks`` loads it first)."""
         engine = self.engine
+        if not engine.lift_in_step():  # reading again after a rollback: the lift is not where the policy is
+            return None
         generation = self.status["generation"]
         mark = (generation, engine.learned_mark())  # read with the state: no await in between
         if mark == self.status.get("learned"):
