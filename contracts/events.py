@@ -208,23 +208,25 @@ def parse_event(raw: bytes, topic: str, max_bytes: int = 65536) -> Event | Rejec
     if kind.requests_decision and not doc.get("placement"):
         return Rejection(Reason.MISSING_FIELD, f"{doc['type']} asks for a decision and needs a 'placement'")
     action_id = next((doc[f] for f in ACTION_ID_FIELDS if doc.get(f)), None)
+    get = doc.get
+    # positional, in Event's field order: a class's __init__ called with keywords gets them in a new dict
     return Event(
-        event_id=doc["event_id"],
-        user_id=doc["user_id"],
-        ts=ts,
-        type=doc["type"],
-        topic=topic,
-        channel=kind.channel,
-        placement=doc.get("placement"),
-        page=doc.get("page"),
-        decision_id=doc.get("decision_id"),
-        action_id=action_id,
-        campaign_id=doc.get("campaign_id"),
-        revenue=float(doc.get("revenue") or 0.0),
-        cost=float(doc.get("cost") or 0.0),
-        consent=doc.get("consent"),
-        device=doc.get("device"),
-        segment=doc.get("segment"),
+        doc["event_id"],
+        doc["user_id"],
+        ts,
+        doc["type"],
+        topic,
+        kind.channel,
+        get("placement"),
+        get("page"),
+        get("decision_id"),
+        action_id,
+        get("campaign_id"),
+        float(get("revenue") or 0.0),
+        float(get("cost") or 0.0),
+        get("consent"),
+        get("device"),
+        get("segment"),
     )
 
 

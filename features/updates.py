@@ -32,12 +32,10 @@ def update_for(event: Event, store_profile: bool = True) -> FeatureUpdate:
     to count traffic, not the profile fields that describe the person.
     """
     kind = event.kind
-    upd = FeatureUpdate(
-        user_id=event.user_id,
-        digest=event_digest(event.event_id),
-        ts=event.ts,
-        want_state=kind.requests_decision or kind.reward is not None,
-    )
+    # positional (a class's __init__ called with keywords gets them in a new dict): user_id, digest, ts,
+    # want_state, counters, sets
+    upd = FeatureUpdate(event.user_id, event_digest(event.event_id), event.ts,
+                        kind.requests_decision or kind.reward is not None, [], [])
     ts = repr(event.ts)
     if kind.counter:
         upd.counters.append((kind.counter, 1.0))
