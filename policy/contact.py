@@ -140,6 +140,9 @@ class ChannelHistory:
         )
 
 
+_NO_HISTORY = ChannelHistory()  # record_contact's starting point for a first contact (only read)
+
+
 def channel_block(policy: ContactPolicy, history: ChannelHistory | None, ts: float) -> ContactCap | None:
     """The rule that forbids any contact on the channel at ``ts``, or None."""
     if policy.is_quiet(ts):
@@ -185,25 +188,27 @@ def record_contact(
     """History after showing ``action`` at ``ts`` (a new object). Its time is kept rounded up to the second,
     as the stored state keeps it (policy/state.py): a worker that just decided holds the same history as one
     that reads it back, so both decide the next request alike."""
-    h = history.copy() if history is not None else ChannelHistory()
+    # Built field by field rather than from history.copy(): a copy of what is replaced at once (every field
+    # on a channel without caps) costs a list and two dicts per contact.
     at = ceil(ts)
-    if policy.max_contacts is not None:
-        h.contacts = sorted([*h.contacts, at])[-max(policy.max_contacts, 1) :]
-    else:
-        h.contacts = []
-    day = int(ts // DAY_S)
+    old = history if history is not None else _NO_HISTORY
+    cap = policy.max_contacts
+    contacts = sorted([*old.contacts, at])[-max(cap, 1) :] if cap is not None else []
+    day = old.day
     if policy.max_per_action_per_day is not None:
-        if day > h.day:
-            h.day_before = h.per_action if day == h.day + 1 else {}
-            h.day, h.per_action = day, {}
-        counts = h.counts_of(day)
+        today = int(ts // DAY_S)
+        if today > day:
+            per_action: dict[str, int] = {}
+            day_before = dict(old.per_action) if today == day + 1 else {}
+            day = today
+        else:
+            per_action, day_before = dict(old.per_action), dict(old.day_before)
+        h = ChannelHistory(contacts, day, per_action, old.ignored + 1, max(old.last_exposure, at), day_before)
+        counts = h.counts_of(today)
         if counts is not None:
             counts[action] = counts.get(action, 0) + 1
-    else:
-        h.per_action, h.day_before = {}, {}
-    h.ignored += 1
-    h.last_exposure = max(h.last_exposure, at)
-    return h
+        return h
+    return ChannelHistory(contacts, day, {}, old.ignored + 1, max(old.last_exposure, at), {})
 
 
 def record_click(history: ChannelHistory | None) -> ChannelHistory | None:
