@@ -321,6 +321,8 @@ class LeverBook:
         return gone
 
     def active(self, ts: float, user_id: str, segment: str | None, placement: str) -> ActiveLevers:
+        if not self._levers:  # the usual case, asked on every request
+            return NO_LEVERS
         hits = [lv for lv in self._levers.values() if lv.applies(ts, user_id, segment, placement)]
         if not hits:
             return NO_LEVERS
