@@ -59,6 +59,8 @@ class ChurnLabel:
 
 
 def _copied(features: Mapping[str, float] | bytes | tuple) -> Any:
+    if type(features) is bytes:  # the engine's form, immutable: checked first, isinstance(Mapping) is slow
+        return features
     return dict(features) if isinstance(features, Mapping) else features
 
 
