@@ -197,12 +197,21 @@ class RedisFeatureStore:
         if not writes:
             return {}
         digest = self._digests().of
-        keys = {self.key(u): u for u, f in writes.items() if f}
-        doc: dict[str, Any] = {"ttl": self.ttl_s, "writes": {k: dict(writes[u]) for k, u in keys.items()},
-                               "erased": self.erased_key, "digests": {k: digest(u) for k, u in keys.items()}}
+        namespace = self.namespace
+        keys: dict[str, str] = {}  # Redis key -> user id
+        fields_of: dict[str, Any] = {}
+        digests: dict[str, str] = {}
+        for user_id, fields in writes.items():  # one pass: each key built once, the fields not copied
+            if fields:
+                key = user_key(namespace, user_id)
+                keys[key] = user_id
+                fields_of[key] = fields if type(fields) is dict else dict(fields)  # orjson reads plain dicts
+                digests[key] = digest(user_id)
+        doc: dict[str, Any] = {"ttl": self.ttl_s, "writes": fields_of, "erased": self.erased_key,
+                               "digests": digests}
         if cas_field is not None and expected:
             doc["cas"] = cas_field
-            doc["expect"] = {self.key(u): (v if v is not None else False) for u, v in expected.items()
+            doc["expect"] = {user_key(namespace, u): (v if v is not None else False) for u, v in expected.items()
                              if cas_field in writes.get(u, ())}
         payload = orjson.dumps(doc)
         if self._writer_busy:  # another write is out on the store's connection: a pooled one
