@@ -112,6 +112,21 @@ def _float32(x: Sequence[float] | np.ndarray) -> array:
     return out
 
 
+def _float32_rows(vectors: Sequence[Sequence[float] | np.ndarray]) -> list[array] | None:
+    """``_float32`` of each vector, converted by numpy in one call for all of them (a batch's exposures);
+    None when they do not make one matrix (e.g. vectors of different lengths): then one by one."""
+    if not vectors:
+        return []
+    try:
+        blob = np.asarray(vectors, _F32).tobytes()
+    except (ValueError, TypeError):
+        return None
+    width = len(blob) // len(vectors)
+    if width == 0:
+        return None
+    return [array("f", blob[at:at + width]) for at in range(0, len(blob), width)]
+
+
 def followed(decision_id: str, share: float) -> bool:
     """Stable choice of a ``share`` of decision ids (the same on every worker and after a restart)."""
     if share >= 1.0:
@@ -169,8 +184,12 @@ class LabelJoin:
         out: list[Label] = []
         waiting, config = self._waiting, self.config
         closed_until, wait_s = self._closed_until, config.window_s + config.grace_s
+        samples = samples if isinstance(samples, list) else list(samples)
+        vectors = _float32_rows([s.x for s in samples if s.kind == "exposure"])  # by exposure position
+        exposure_at = -1
         for s in samples:
             if s.kind == "exposure":
+                exposure_at += 1
                 if s.decision_id in waiting or not followed(s.decision_id, config.share):
                     continue
                 if s.ts + wait_s <= closed_until:  # closed: its label went out already (or would come late)
@@ -179,7 +198,8 @@ class LabelJoin:
                 if len(waiting) >= config.capacity:
                     waiting.popitem(last=False)
                     self._dropped += 1
-                exposed = waiting[s.decision_id] = _Waiting(sys.intern(s.action), s.ts, _float32(s.x))
+                x = vectors[exposure_at] if vectors is not None else _float32(s.x)
+                exposed = waiting[s.decision_id] = _Waiting(sys.intern(s.action), s.ts, x)
                 early = self._early.pop(s.decision_id, None) if self._early else None
                 if early is not None:
                     self._convert(exposed, *early, out)
