@@ -99,7 +99,7 @@ def without_consent(event: Event, state: UserState | None, ctx: PolicyContext, p
     decision = _decision(event, outcome.action, 1.0, outcome.mode, policy, outcome.trace)
     if outcome.action == NO_ACTION:  # nothing shown, nothing recorded: the state stays as stored
         return Decided(decision, None)
-    text = states.encode(outcome.state) if states is not None else outcome.state.encode().decode()
+    text = states.encode(outcome.state) if states is not None else outcome.state.encode_text()
     return Decided(decision, None, text)
 
 
@@ -161,7 +161,7 @@ class PolicyStates:
 
     def encode(self, policy_state: UserPolicyState) -> str:
         """The text to store for ``policy_state``, remembered with it."""
-        text = policy_state.encode().decode()
+        text = policy_state.encode_text()
         if len(self._newer) >= self.capacity // 2:
             self._older, self._newer = self._newer, {}
         self._newer[text] = policy_state
@@ -309,7 +309,7 @@ def decide(event: Event, state: UserState | None, ctx: PolicyContext, policy: Po
             [],  # credited
             outcome.mode.value,
         )
-    text = states.encode(outcome.state) if states is not None else outcome.state.encode().decode()
+    text = states.encode(outcome.state) if states is not None else outcome.state.encode_text()
     # positional: lift_only, lift_control
     return Decided(decision, pending, text, ev, x, pending is None and outcome.grouped, outcome.control)
 

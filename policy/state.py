@@ -79,6 +79,14 @@ class UserPolicyState:
         text = _text(self)
         if text is not None:
             return text.encode()
+        return self._json()
+
+    def encode_text(self) -> str:
+        """``encode()`` as text (the engine stores text: no round trip through bytes)."""
+        text = _text(self)
+        return text if text is not None else self._json().decode()
+
+    def _json(self) -> bytes:
         return orjson.dumps({"v": VERSION, "s": {p: s.to_wire() for p, s in self.sticky.items()},
                              "c": {c: h.to_wire() for c, h in self.contacts.items()}})
 
@@ -130,8 +138,8 @@ def _text(state: UserPolicyState) -> str | None:
             base = last
         if not (channel in plain or _plain(channel)) or type(day) is not int or type(ignored) is not int:
             return None
-        counts = _counts_text(h.per_action)
-        before = _counts_text(h.day_before)
+        counts = _counts_text(h.per_action) if h.per_action else ""
+        before = _counts_text(h.day_before) if h.day_before else ""
         if counts is None or before is None:
             return None
         times = ".".join([str(base - ceil(t)) for t in h.contacts]) if h.contacts else ""
