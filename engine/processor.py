@@ -788,7 +788,7 @@ class Engine(EngineLearning):
         pending = pending_decisions(state) if state is not None else []
         target = match_pending(event, pending, self.config.windows)
         outcome = credit(event, target, self.config.windows)
-        self.metrics.rewards.labels(outcome.value).inc()
+        self.metrics.child(self.metrics.rewards, outcome.value).inc()
         reward_type = event.kind.reward
         reward = self.config.click_reward if reward_type == "click" else event.revenue / self.catalogue.value_scale
         holdout = self.policy_ctx.holdout

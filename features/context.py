@@ -54,27 +54,29 @@ _HOUR_AT = POLICY_NAMES.index("hour_sin")
 _DAY_S = 86400.0
 _TENURE_FULL_S = 30 * _DAY_S
 _WEEK = 7 * 86400
+# the history block's windowed counters (field, window in seconds), in the block's order
+_COUNTED = (("pvh", 3600), ("pvd", 86400), ("ckw", _WEEK), ("cvw", _WEEK), ("rvw", _WEEK), ("eow", _WEEK),
+            ("acw", _WEEK))
 
 
 def _history_values(t: float, state: UserState) -> list[float]:
     """The history block at event time ``t``, unweighted, in ``HISTORY_NAMES`` order (one pass, no dict)."""
-    fields = state.fields
-
-    def count(name: str, size: int) -> float:
-        raw = fields.get(name)
-        return estimate(parse_cell(raw), t, size) if raw else 0.0
-
-    last_pv = fields.get("t:pv")
-    first = fields.get("fs")
+    get = state.fields.get
+    # the windowed counts, in _COUNTED's order (one comprehension: a helper function per count cost a call each)
+    views_1h, views_24h, clicks, conversions, revenue, opens, ad_clicks = [
+        math.log1p(estimate(parse_cell(raw), t, size)) if (raw := get(name)) else 0.0 for name, size in _COUNTED
+    ]
+    last_pv = get("t:pv")
+    first = get("fs")
     return [
-        math.log1p(count("pvh", 3600)),
-        math.log1p(count("pvd", 86400)) / 2,
-        math.log1p(count("ckw", _WEEK)),
-        math.log1p(count("cvw", _WEEK)),
-        math.log1p(count("rvw", _WEEK)) / 4,
+        views_1h,
+        views_24h / 2,
+        clicks,
+        conversions,
+        revenue / 4,
         math.exp(-max(0.0, t - float(last_pv)) / 3600.0) if last_pv is not None else 0.0,
-        math.log1p(count("eow", _WEEK)),
-        math.log1p(count("acw", _WEEK)),
+        opens,
+        ad_clicks,
         min(1.0, (t - float(first)) / _TENURE_FULL_S) if first is not None else 0.0,
     ]
 
