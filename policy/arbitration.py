@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from bandits.base import Choice
@@ -134,6 +134,10 @@ class Arbitrated:
     def lower_ev(self, k: float) -> dict[str, float]:
         return {t.action: t.lower_ev(k) for t in self.ranked}
 
+    def lower_ev_on_lookup(self, k: float) -> LowerEv:
+        """``lower_ev(k)`` computed per action when looked up (stickiness reads one action's, often none)."""
+        return LowerEv(self.ranked, k)
+
     def settled(self, on_mean: bool, salt: str = "") -> str:
         """The best action without the bandit's draw: highest ev (``mean_ev`` when ``on_mean``), ties to
         the higher score, then by a stable hash of ``salt`` and the action (a user id spreads a cold
@@ -151,6 +155,28 @@ class Arbitrated:
             return tied[0].action
         order = {a: i for i, a in enumerate(self.eligible)}
         return min(tied, key=lambda t: (_stable_hash(salt, t.action), order.get(t.action, 0))).action
+
+
+class LowerEv(Mapping[str, float]):
+    """Action -> its ``Terms.lower_ev(k)``, computed when looked up."""
+
+    __slots__ = ("_ranked", "_k")
+
+    def __init__(self, ranked: tuple[Terms, ...], k: float) -> None:
+        self._ranked = ranked
+        self._k = k
+
+    def __getitem__(self, action: str) -> float:
+        for t in self._ranked:
+            if t.action == action:
+                return t.lower_ev(self._k)
+        raise KeyError(action)
+
+    def __iter__(self) -> Iterator[str]:
+        return (t.action for t in self._ranked)
+
+    def __len__(self) -> int:
+        return len(self._ranked)
 
 
 def _stable_hash(salt: str, action: str) -> bytes:

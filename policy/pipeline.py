@@ -165,16 +165,20 @@ def decide_action(
         return finish(default_shown(levers.bans), Mode.FALLBACK, 1.0)
 
     eligible = cat.eligible(placement.id, ts, request.segment, request.consent, request.scores, budgets)
-    drop = {a: "ban" for a in eligible if a in levers.bans}
-    drop.update(
-        {
-            a: ContactCap.ACTION_DAILY_CAP.value
-            for a in eligible
-            if a not in drop and action_capped(contact, history, a, ts)
-        }
-    )
-    eligible = eligible.without(drop)
-    trace["eligible"] = list(eligible)
+    # the two scans run only where a ban or a per-action cap can drop something (most requests have neither)
+    drop = {a: "ban" for a in eligible if a in levers.bans} if levers.bans else {}
+    if contact.max_per_action_per_day is not None:
+        drop.update(
+            {
+                a: ContactCap.ACTION_DAILY_CAP.value
+                for a in eligible
+                if a not in drop and action_capped(contact, history, a, ts)
+            }
+        )
+    if drop:
+        eligible = eligible.without(drop)
+    eligible_ids = list(eligible)  # the trace's list, and what the bandit chooses from (it only reads it)
+    trace["eligible"] = eligible_ids
     if eligible.removed:
         trace["removed"] = eligible.removed
 
@@ -191,7 +195,7 @@ def decide_action(
     settings = placement.stickiness
     incumbent = state.sticky.get(placement.id)
     budget_available = budgets.change_available(placement.id, ts, settings.max_changes_per_hour)
-    choice = select(list(eligible))
+    choice = select(eligible_ids)
     arb = arbitrate(choice, eligible, cat, levers.boosts, context.arbitration)
     trace["greedy"] = choice.greedy
     lower = None
@@ -202,7 +206,7 @@ def decide_action(
         candidate = arb.settled(on_mean=incumbent is not None, salt=request.user_id)
         probability, explored, ev = 1.0, False, arb.mean_ev
         if settings.confidence > 0:
-            lower = arb.lower_ev(settings.confidence)
+            lower = arb.lower_ev_on_lookup(settings.confidence)
         trace["top"] = [t.to_trace(with_mean=True) for t in arb.ranked[: context.arbitration.top_k]]
     else:
         candidate, probability, explored, ev = arb.action, arb.probability, arb.explored, arb.ev
