@@ -229,9 +229,10 @@ class LabelJoin:
         if changed is not w:
             self._waiting[decision_id] = changed  # an existing key keeps its place in the arrival order
 
-    def advance(self, watermark: float) -> list[Label]:
+    def advance(self, watermark: float, labelled: bool = True) -> list[Label]:
         """Propensity labels (1 converted, 0 not) of the exposures whose window (plus grace) closed before
-        ``watermark``, in exposure order, each at the event time of its close."""
+        ``watermark``, in exposure order, each at the event time of its close. ``labelled=False``: the same
+        windows close, no label is made (for a worker that learns none: returns [])."""
         out: list[Label] = []
         self._closed_until = max(self._closed_until, watermark)
         early, wait_s = self._early, self.config.window_s + self.config.grace_s
@@ -243,5 +244,7 @@ class LabelJoin:
             if w.ts + wait_s > watermark:
                 break
             del waiting[decision_id]
-            out.append(Label("propensity", array("f", w.x), 1.0 if w.converted else 0.0, w.ts + wait_s, w.action))
+            if labelled:
+                out.append(Label("propensity", array("f", w.x), 1.0 if w.converted else 0.0, w.ts + wait_s,
+                                 w.action))
         return out

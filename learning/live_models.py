@@ -274,7 +274,7 @@ class LiveModels:
     def learn(self, samples: Iterable[LearningSample], watermark: float) -> None:
         """Learning-topic samples in stream order (every worker); labels are queued on the trainer."""
         labels = self._join.add(samples)
-        labels += self._join.advance(watermark)
+        labels += self._join.advance(watermark, labelled=self._training)  # labels only a trainer queues
         if self._training and labels:
             self._queue(labels)
 
