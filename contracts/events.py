@@ -161,8 +161,17 @@ def _check_fields(doc: dict[str, Any]) -> Rejection | None:
             return Rejection(Reason.UNEXPECTED_FIELD, f"unexpected field {shown!r}; allowed: {sorted(ALLOWED_FIELDS)}")
         if first is None:
             expected, required, limit = rule
-            if value.__class__ is not str or expected != _STR or not value or len(value) > limit:  # fast path
-                first = _field_problem(name, value, expected, required, limit)
+            kind = value.__class__
+            # fast paths, for what most fields hold: a string within its limit, a finite float, a boolean
+            if kind is str:
+                if expected == _STR and value and len(value) <= limit:
+                    continue
+            elif kind is float:
+                if expected == _NUM and math.isfinite(value):
+                    continue
+            elif kind is bool and expected == _BOOL:
+                continue
+            first = _field_problem(name, value, expected, required, limit)
     for name in COMMON_REQUIRED:
         if name not in doc:
             return Rejection(Reason.MISSING_FIELD, f"missing required field {name!r}")
