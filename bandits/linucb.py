@@ -115,26 +115,25 @@ class LinUCB(LinearPolicy):
         pick, best, probs = greedy_pick(scores, eps, u)
         return self._choice(actions, scores, probs, pick, best, means, u < eps, eps / len(scores))
 
-    def _prepare(self, xs: np.ndarray) -> tuple[list[list[float]], list[list[float]], list[list[float]], list[float]]:
+    def _prepare(self, xs: np.ndarray) -> tuple[np.ndarray, list[float]]:
         mean, var = self._moments_many(xs)
         np.maximum(var, 0.0, out=var)
         width = np.sqrt(var)
         scores = mean + self.alpha * width
         sq_norms = np.einsum("rd,rd->r", xs, xs)
-        return scores.tolist(), mean.tolist(), width.tolist(), sq_norms.tolist()
+        # (row, [scores, means, widths], arm), made Python floats one row at a time in _select_prepared: the
+        # floats a request reads are then fresh in the cache (a batch's worth made here were cold by the time
+        # they were read: measured), and those of rows decided otherwise are never made
+        return np.stack((scores, mean, width), axis=1), sq_norms.tolist()
 
     def _select_prepared(
-        self,
-        rows: tuple[list[list[float]], list[list[float]], list[list[float]], list[float]],
-        row: int,
-        actions: list[str],
-        idx: np.ndarray | None,
+        self, rows: tuple[np.ndarray, list[float]], row: int, actions: list[str], idx: np.ndarray | None
     ) -> Choice:
-        scores, mean, width = rows[0][row], rows[1][row], rows[2][row]
+        scores, mean, width = rows[0][row].tolist()
         if idx is not None:
             arms = idx.tolist()
             scores, mean, width = [scores[a] for a in arms], [mean[a] for a in arms], [width[a] for a in arms]
-        eps = self._epsilon(width[scores.index(max(scores))], rows[3][row])
+        eps = self._epsilon(width[scores.index(max(scores))], rows[1][row])
         u = self._rng.random()
         pick, best, probs = greedy_pick(scores, eps, u)
         return self._choice(actions, scores, probs, pick, best, mean, u < eps, eps / len(scores))
