@@ -129,10 +129,10 @@ class LinUCB(LinearPolicy):
     def _select_prepared(
         self, rows: tuple[np.ndarray, list[float]], row: int, actions: list[str], idx: np.ndarray | None
     ) -> Choice:
-        scores, mean, width = rows[0][row].tolist()
+        values = rows[0][row]
         if idx is not None:
-            arms = idx.tolist()
-            scores, mean, width = [scores[a] for a in arms], [mean[a] for a in arms], [width[a] for a in arms]
+            values = values.take(idx, axis=1)  # the eligible arms only (one numpy call, not three list scans)
+        scores, mean, width = values.tolist()
         eps = self._epsilon(width[scores.index(max(scores))], rows[1][row])
         u = self._rng.random()
         pick, best, probs = greedy_pick(scores, eps, u)
