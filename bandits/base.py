@@ -21,8 +21,8 @@ from __future__ import annotations
 import io
 import pickle
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -44,28 +44,86 @@ _TOO_LARGE = ("context is too large (largest entry {big:.3g}; its norm may be at
 
 @dataclass(slots=True)
 class Choice:
-    """What a policy picked, how likely that pick was, and the scores behind it."""
+    """What a policy picked, how likely that pick was, and the scores behind it.
+
+    The per-action numbers are lists by position in ``actions`` (the eligible set, in the order it was
+    given), as the policy computed them: a request reads a few of them, so no dict is built per choice.
+    ``scores``, ``probabilities`` and ``means`` give them as dicts by action; ``from_maps`` builds a choice
+    from such dicts. Nothing changes a choice or its lists once made (they may be shared with the policy)."""
 
     action: str
     probability: float
     greedy: str  # the action with the best score (action != greedy means exploration)
-    scores: dict[str, float] = field(default_factory=dict)
-    probabilities: dict[str, float] = field(default_factory=dict)
-    # estimated mean reward of each action, without any exploration bonus (LinUCB's θₐ·x); empty when
-    # the policy does not say, then ``scores`` stand in for it (see ``mean_of``)
-    means: dict[str, float] = field(default_factory=dict)
+    actions: Sequence[str]  # the eligible actions chosen from, in the order given
+    score_list: list[float]  # per position of ``actions``
+    probability_list: list[float]  # selection probability, per position of ``actions``
+    # estimated mean reward per position of ``actions``, without any exploration bonus (LinUCB's θₐ·x); None
+    # when the policy does not say, then the scores stand in for it (see ``mean_of``)
+    mean_list: list[float] | None = None
     # the pick came from the uniform exploration draw (probability ε: every eligible action alike); such a
     # pick is shown as drawn, never overridden by arbitration (policy/arbitration.py)
     uniform: bool = False
-    # the probability the uniform draw gives each eligible action, ε/K (included in ``probabilities``);
+    # the probability the uniform draw gives each eligible action, ε/K (included in the probabilities);
     # 0 when the policy has no uniform draw or does not say
     floor: float = 0.0
 
+    @classmethod
+    def from_maps(
+        cls,
+        action: str,
+        probability: float,
+        greedy: str,
+        scores: Mapping[str, float] | None = None,
+        probabilities: Mapping[str, float] | None = None,
+        means: Mapping[str, float] | None = None,
+        uniform: bool = False,
+        floor: float = 0.0,
+    ) -> Choice:
+        """A choice from dicts by action (an action missing from one of them reads 0 there)."""
+        scores, probabilities = scores or {}, probabilities or {}
+        actions = tuple(dict.fromkeys([*scores, *probabilities, *(means or {})]))
+        return cls(
+            action, probability, greedy, actions,
+            [scores.get(a, 0.0) for a in actions],
+            [probabilities.get(a, 0.0) for a in actions],
+            [means.get(a, 0.0) for a in actions] if means else None,
+            uniform, floor,
+        )
+
+    @property
+    def scores(self) -> dict[str, float]:
+        return dict(zip(self.actions, self.score_list))  # noqa: B905 (one per action by construction)
+
+    @property
+    def probabilities(self) -> dict[str, float]:
+        return dict(zip(self.actions, self.probability_list))  # noqa: B905
+
+    @property
+    def means(self) -> dict[str, float]:
+        """The mean estimates by action; empty when the policy gave none (``mean_of`` reads the scores then)."""
+        return dict(zip(self.actions, self.mean_list)) if self.mean_list is not None else {}  # noqa: B905
+
+    def aligned(self, actions: Sequence[str]) -> tuple[list[float], list[float], list[float]]:
+        """Scores, mean estimates (the scores when there are none) and probabilities per position of
+        ``actions`` (0 for an action this choice does not cover)."""
+        if tuple(actions) == tuple(self.actions):
+            scores = self.score_list
+            return scores, self.mean_list if self.mean_list is not None else scores, self.probability_list
+        scores_of, probs_of = self.scores, self.probabilities
+        means_of = self.means or scores_of
+        return ([scores_of.get(a, 0.0) for a in actions], [means_of.get(a, 0.0) for a in actions],
+                [probs_of.get(a, 0.0) for a in actions])
+
+    def probability_of(self, action: str) -> float:
+        """The selection probability of ``action`` (0 if it was not eligible)."""
+        return self.probability_list[self.actions.index(action)] if action in self.actions else 0.0
+
     def mean_of(self, action: str) -> float:
         """The mean reward estimate of ``action`` (its score when the policy gave no means; 0 if unknown)."""
-        if self.means:
-            return self.means.get(action, 0.0)
-        return self.scores.get(action, 0.0)
+        if action not in self.actions:
+            return 0.0
+        values = self.mean_list if self.mean_list is not None else self.score_list
+        return values[self.actions.index(action)]
 
     @property
     def explored(self) -> bool:
@@ -107,8 +165,9 @@ class Policy(ABC):
         self._rng = np.random.default_rng(seed)
         self._index: dict[str, int] = {}
         self._n_updates = 0
-        # eligible set -> (names, arm indices or None when the set is every arm in index order)
-        self._eligible: dict[tuple[str, ...], tuple[list[str], np.ndarray | None]] = {}
+        # eligible set -> (the set itself, arm indices or None when the set is every arm in index order); the
+        # tuple is shared by the choices made over that set (Choice.actions)
+        self._eligible: dict[tuple[str, ...], tuple[tuple[str, ...], np.ndarray | None]] = {}
 
     # -- public API ---------------------------------------------------------------------------
     @property
@@ -270,14 +329,14 @@ class Policy(ABC):
             raise ValueError(f"action names must be non-empty strings, got {bad[0]!r}")
         return np.fromiter((self._arm(a) for a in actions), dtype=np.intp, count=len(actions))
 
-    def _resolve(self, key: tuple[str, ...]) -> tuple[list[str], np.ndarray | None]:
+    def _resolve(self, key: tuple[str, ...]) -> tuple[tuple[str, ...], np.ndarray | None]:
         if not key:
             raise ValueError("select() needs at least one eligible action; fall back to a default instead")
         if len(set(key)) != len(key):
             raise ValueError(f"eligible actions must be distinct, got {list(key)}")
         idx = self._arms(key)
         every_arm = len(idx) == len(self._index) and bool((idx == np.arange(len(idx))).all())
-        resolved = (list(key), None if every_arm else idx)
+        resolved = (key, None if every_arm else idx)
         if len(self._eligible) >= ELIGIBLE_CACHE_SIZE:
             self._eligible.clear()
         self._eligible[key] = resolved
@@ -285,7 +344,7 @@ class Policy(ABC):
 
     @staticmethod
     def _choice(
-        actions: list[str],
+        actions: tuple[str, ...],
         scores: list[float],
         probs: list[float],
         pick: int,
@@ -294,20 +353,10 @@ class Policy(ABC):
         uniform: bool = False,
         floor: float = 0.0,
     ) -> Choice:
-        """``means``: the mean reward estimates when they differ from ``scores`` (else left empty);
-        ``uniform``: the pick came from the uniform draw, which gives every action ``floor``."""
-        # the lists are the policy's own, one entry per action by construction: plain zips (no strict
-        # check) on this per-request path
-        return Choice(
-            actions[pick],
-            probs[pick],
-            actions[best],
-            dict(zip(actions, scores)),  # noqa: B905
-            dict(zip(actions, probs)),  # noqa: B905
-            dict(zip(actions, means)) if means is not None else {},  # noqa: B905
-            uniform,
-            floor,
-        )
+        """``means``: the mean reward estimates when they differ from ``scores`` (else None);
+        ``uniform``: the pick came from the uniform draw, which gives every action ``floor``. The lists are
+        the policy's own, one entry per action, and become the choice's (not copied)."""
+        return Choice(actions[pick], probs[pick], actions[best], actions, scores, probs, means, uniform, floor)
 
     # -- to implement -------------------------------------------------------------------------
     @abstractmethod
@@ -315,7 +364,7 @@ class Policy(ABC):
         """Make room for statistics of ``n_arms`` arms (new arms start cold)."""
 
     @abstractmethod
-    def _select(self, x: np.ndarray, actions: list[str], idx: np.ndarray | None) -> Choice:
+    def _select(self, x: np.ndarray, actions: tuple[str, ...], idx: np.ndarray | None) -> Choice:
         """Pick one of ``actions``; ``idx`` holds their arm indices, None when they are all arms in order."""
 
     def _prepare(self, xs: np.ndarray) -> Any:
@@ -323,7 +372,7 @@ class Policy(ABC):
         contexts themselves, so a policy without a batch path selects row by row)."""
         return xs
 
-    def _select_prepared(self, rows: Any, row: int, actions: list[str], idx: np.ndarray | None) -> Choice:
+    def _select_prepared(self, rows: Any, row: int, actions: tuple[str, ...], idx: np.ndarray | None) -> Choice:
         """``_select`` for one row of a prepared batch (same draws from the generator as ``_select``)."""
         return self._select(rows[row], actions, idx)
 

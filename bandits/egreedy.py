@@ -27,7 +27,7 @@ class EpsilonGreedy(LinearPolicy):
         super().__init__(dim, ridge=ridge, seed=seed, refresh_every=refresh_every)
         self.epsilon = epsilon
 
-    def _select(self, x: np.ndarray, actions: list[str], idx: np.ndarray | None) -> Choice:
+    def _select(self, x: np.ndarray, actions: tuple[str, ...], idx: np.ndarray | None) -> Choice:
         scores = self._means(x, idx).tolist()
         eps, u = self.epsilon, self._rng.random()
         pick, best, probs = greedy_pick(scores, eps, u)
@@ -36,7 +36,7 @@ class EpsilonGreedy(LinearPolicy):
     def _prepare(self, xs: np.ndarray) -> list[list[float]]:
         return (xs @ self._stack[len(self._since_refresh) * self.dim :].T).tolist()
 
-    def _select_prepared(self, rows: list[list[float]], row: int, actions: list[str],
+    def _select_prepared(self, rows: list[list[float]], row: int, actions: tuple[str, ...],
                          idx: np.ndarray | None) -> Choice:
         scores = rows[row] if idx is None else [rows[row][a] for a in idx.tolist()]
         eps, u = self.epsilon, self._rng.random()

@@ -50,21 +50,21 @@ class LinTS(LinearPolicy):
         self.epsilon = epsilon
         self.n_draws = n_draws
 
-    def _select(self, x: np.ndarray, actions: list[str], idx: np.ndarray | None) -> Choice:
+    def _select(self, x: np.ndarray, actions: tuple[str, ...], idx: np.ndarray | None) -> Choice:
         mean, var = self._moments(x, idx)
         return self._sample(mean, var, actions)
 
     def _prepare(self, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self._moments_many(xs)
 
-    def _select_prepared(self, rows: tuple[np.ndarray, np.ndarray], row: int, actions: list[str],
+    def _select_prepared(self, rows: tuple[np.ndarray, np.ndarray], row: int, actions: tuple[str, ...],
                          idx: np.ndarray | None) -> Choice:
         mean, var = rows[0][row], rows[1][row]
         if idx is not None:
             mean, var = mean[idx], var[idx]
         return self._sample(mean.copy(), var.copy(), actions)
 
-    def _sample(self, mean: np.ndarray, var: np.ndarray, actions: list[str]) -> Choice:
+    def _sample(self, mean: np.ndarray, var: np.ndarray, actions: tuple[str, ...]) -> Choice:
         """Thompson draws from the per-arm normals N(mean, α² var) (``var`` is clipped in place)."""
         np.maximum(var, 0.0, out=var)
         k, n, eps = len(actions), self.n_draws, self.epsilon

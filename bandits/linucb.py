@@ -103,7 +103,7 @@ class LinUCB(LinearPolicy):
             return eps
         return max(low, eps * math.sqrt(self.explore_samples / seen))
 
-    def _select(self, x: np.ndarray, actions: list[str], idx: np.ndarray | None) -> Choice:
+    def _select(self, x: np.ndarray, actions: tuple[str, ...], idx: np.ndarray | None) -> Choice:
         mean, var = self._moments(x, idx)
         # a handful of arms: Python floats from here on are faster than more small numpy calls
         # (the same IEEE operations as numpy's element-wise ones, so the same scores from the same moments)
@@ -127,7 +127,7 @@ class LinUCB(LinearPolicy):
         return np.stack((scores, mean, width), axis=1), sq_norms.tolist()
 
     def _select_prepared(
-        self, rows: tuple[np.ndarray, list[float]], row: int, actions: list[str], idx: np.ndarray | None
+        self, rows: tuple[np.ndarray, list[float]], row: int, actions: tuple[str, ...], idx: np.ndarray | None
     ) -> Choice:
         values = rows[0][row]
         if idx is not None:

@@ -155,8 +155,7 @@ class _CeilingScores:
         ctx = self.context_of()
         scores = [self.world.expected_reward(a, ctx) if ctx is not None else 0.0 for a in actions]
         pick, best, probs = greedy_pick(scores, self.epsilon, float(self._rng.random()))
-        return Choice(actions[pick], probs[pick], actions[best], dict(zip(actions, scores, strict=True)),
-                      dict(zip(actions, probs, strict=True)))
+        return Choice(actions[pick], probs[pick], actions[best], tuple(actions), scores, probs)
 
     def expose_many(self, xs: np.ndarray, actions: list[str]) -> None:
         """Learns nothing: it knows the truth."""

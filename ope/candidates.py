@@ -124,7 +124,7 @@ class FrozenBandit:
                 "pass the catalogue the engine ran with (--catalogue)"
             )
         choice = self.policy.select(x, eligible)
-        if not choice.probabilities:
+        if not choice.probability_list:
             raise OPEError(
                 f"candidate {self.name!r}: the policy gives no selection probabilities, so its probability "
                 "after arbitration is unknown"

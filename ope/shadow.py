@@ -61,5 +61,5 @@ class ShadowLog:
             challenger_version=challenger_version,
             challenger_action=choice.action,
             challenger_probability=choice.probability,
-            challenger_probability_of_live=choice.probabilities.get(live.action, 0.0),
+            challenger_probability_of_live=choice.probability_of(live.action),
         )

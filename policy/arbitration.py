@@ -72,10 +72,10 @@ class Terms:
     computed (one is built per eligible action per request, so no dataclass machinery and no ``max()``
     calls); nothing changes them after ``arbitrate``."""
 
-    __slots__ = ("action", "score", "value", "boost", "cost", "ev", "mean", "scale", "mean_ev")
+    __slots__ = ("action", "score", "value", "boost", "cost", "ev", "mean", "scale", "mean_ev", "probability")
 
     def __init__(self, action: str, score: float, value: float, boost: float, cost: float, ev: float,
-                 mean: float | None = None, scale: float = 1.0) -> None:
+                 mean: float | None = None, scale: float = 1.0, probability: float = 0.0) -> None:
         self.action = action
         self.score = score  # bandit score
         self.value = value
@@ -85,6 +85,7 @@ class Terms:
         self.mean = m = score if mean is None else mean  # the bandit's mean estimate (its score when none)
         self.scale = scale  # what a unit of estimate is worth here: value unit × boost
         self.mean_ev = (m if m > 0.0 else 0.0) * scale - cost  # ev_of(mean), inlined: one per action per request
+        self.probability = probability  # the bandit's probability of selecting this action
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Terms) and all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
@@ -197,19 +198,22 @@ def arbitrate(
         raise ValueError("arbitrate() needs at least one eligible action")
     scale = catalogue.value_scale
     by_value = config.reward_unit == "value"
-    actions, scores = catalogue.actions, choice.scores
-    means = choice.means or scores  # Choice.mean_of: the score when the policy gave no means
+    actions = catalogue.actions
+    order = tuple(eligible)
+    # per position of ``eligible``: the choice's own lists when it was made over this very order (always, from
+    # the pipeline), so no dict by action is built per request
+    scores, means, probs = choice.aligned(order)
     pick, greedy = choice.action, choice.greedy
     pick_t = greedy_t = None
     top_score = -math.inf
     keyed: list[tuple[float, float, int, Terms]] = []
-    for i, a in enumerate(eligible):
+    for i, a in enumerate(order):
         action = actions[a]
-        score = scores.get(a, 0.0)
+        score = scores[i]
         boost = boosts.get(a, 1.0) if boosts else 1.0
         unit = (scale if by_value else action.value) * boost
         t = Terms(a, score, action.value, boost, action.cost, (score if score > 0.0 else 0.0) * unit - action.cost,
-                  means.get(a, 0.0), unit)
+                  means[i], unit, probs[i])
         keyed.append((-t.ev, -score, i, t))
         if score > top_score:
             top_score = score
@@ -218,7 +222,7 @@ def arbitrate(
         if a == greedy:
             greedy_t = t
     keyed.sort()  # best ev, then higher score, then eligible order (i is unique: Terms are never compared)
-    ranked = tuple(k[3] for k in keyed)
+    ranked = tuple([k[3] for k in keyed])
     first = ranked[0]
     top_ev = first.ev
     # The greedy branch (a pick at the bandit's top score, not from the uniform draw) shows the ev winner;
@@ -230,23 +234,22 @@ def arbitrate(
     else:
         candidate, cand_t = first.action, first
     best = greedy if greedy_t is not None and greedy_t.ev == top_ev else first.action
-    p = _shown(cand_t, first, ranked, top_score, choice.probabilities, choice.floor) if cand_t is not None else 0.0
+    p = _shown(cand_t, first, ranked, top_score, choice.floor) if cand_t is not None else 0.0
     if p <= 0.0:  # a bandit that gives no probabilities: fall back to its own number
         p = choice.probability
-    return Arbitrated(candidate, min(p, 1.0), candidate != best, ranked, tuple(eligible))
+    return Arbitrated(candidate, min(p, 1.0), candidate != best, ranked, order)
 
 
-def _shown(t: Terms, first: Terms, ranked: tuple[Terms, ...], top_score: float, probs: Mapping[str, float],
-           floor: float) -> float:
+def _shown(t: Terms, first: Terms, ranked: tuple[Terms, ...], top_score: float, floor: float) -> float:
     """P(action ``t`` is shown): its share of the uniform draw (``floor``), plus its own greedy-branch mass
     (bandit probability − floor) unless arbitration moves that away (its score is the top one, its ev is
     not), plus, for the ev winner ``first``, the greedy-branch mass arbitration moved."""
     top_ev = first.ev
-    p = floor if t.score == top_score and t.ev != top_ev else probs.get(t.action, 0.0)
+    p = floor if t.score == top_score and t.ev != top_ev else t.probability
     if t is first:
         for o in ranked:
             if o.score == top_score and o.ev != top_ev:
-                p += probs.get(o.action, 0.0) - floor
+                p += o.probability - floor
     return p
 
 
@@ -261,5 +264,5 @@ def shown_probabilities(
     whichever draw leads to it. They sum to 1 for a policy whose probabilities do."""
     arb = arbitrate(choice, eligible, catalogue, boosts, config)
     top_score = max(t.score for t in arb.ranked)
-    first, probs, floor = arb.ranked[0], choice.probabilities, choice.floor
-    return {t.action: _shown(t, first, arb.ranked, top_score, probs, floor) for t in arb.ranked}
+    first, floor = arb.ranked[0], choice.floor
+    return {t.action: _shown(t, first, arb.ranked, top_score, floor) for t in arb.ranked}

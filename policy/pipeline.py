@@ -196,7 +196,7 @@ def decide_action(
     incumbent = state.sticky.get(placement.id)
     budget_available = budgets.change_available(placement.id, ts, settings.max_changes_per_hour)
     choice = select(eligible_ids)
-    arb = arbitrate(choice, eligible, cat, levers.boosts, context.arbitration)
+    arb = arbitrate(choice, eligible_ids, cat, levers.boosts, context.arbitration)
     trace["greedy"] = choice.greedy
     lower = None
     if settings.limited:

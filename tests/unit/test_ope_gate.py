@@ -88,7 +88,7 @@ def test_shadow_record_keeps_what_ope_needs():
     live = Decision(
         "d1", "e1", "u1", 1_767_571_300.0, "web", "home_hero", "offer_10pct", 0.9, Mode.EXPLOIT, "linucb", 12
     )
-    choice = Choice(
+    choice = Choice.from_maps(
         "offer_bundle",
         0.8,
         "offer_bundle",
@@ -107,6 +107,6 @@ def test_shadow_record_keeps_what_ope_needs():
 def test_shadow_record_when_the_challenger_cannot_choose_the_live_action():
     live = Decision("d2", "e2", "u1", 0.0, "web", "home_hero", "none", 1.0, Mode.FALLBACK, "linucb", 0)
     rec = ShadowLog("c").record(
-        live, Choice("offer_bundle", 1.0, "offer_bundle", probabilities={"offer_bundle": 1.0})
+        live, Choice.from_maps("offer_bundle", 1.0, "offer_bundle", probabilities={"offer_bundle": 1.0})
     )
     assert rec.challenger_probability_of_live == 0.0

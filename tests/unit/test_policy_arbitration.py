@@ -26,7 +26,7 @@ def eps_greedy(scores: dict[str, float], pick: str, eps: float = 0.1, uniform: b
     k = len(scores)
     probs = {a: eps / k + (1 - eps if a == greedy else 0.0) for a in scores}
     drawn = pick != greedy if uniform is None else uniform
-    return Choice(pick, probs[pick], greedy, dict(scores), probs, uniform=drawn, floor=eps / k)
+    return Choice.from_maps(pick, probs[pick], greedy, dict(scores), probs, uniform=drawn, floor=eps / k)
 
 
 CAT = catalogue({"a": 10.0, "b": 20.0, "c": 40.0}, {"b": 3.0})
@@ -101,7 +101,7 @@ SCORES = {"a": 0.5, "b": 0.45, "c": 0.1}  # value mode: gross = score × 40
         ),
         (
             "a Choice without a floor (no uniform branch said): all of its mass counts as the greedy branch",
-            Choice("a", 0.9 + 0.1 / 3, "a", dict(SCORES), {"a": 0.9 + 0.1 / 3, "b": 0.1 / 3, "c": 0.1 / 3}),
+            Choice.from_maps("a", 0.9 + 0.1 / 3, "a", dict(SCORES), {"a": 0.9 + 0.1 / 3, "b": 0.1 / 3, "c": 0.1 / 3}),
             {"b": 1.5},
             ArbitrationConfig(),
             "b",
@@ -189,7 +189,7 @@ def test_empty_eligible_set_is_refused() -> None:
 
 
 def test_mean_and_lower_ev_use_the_bandits_means() -> None:
-    choice = Choice("a", 0.9, "a", {"a": 0.5, "b": 0.45}, {"a": 0.9, "b": 0.1}, means={"a": 0.3, "b": 0.4})
+    choice = Choice.from_maps("a", 0.9, "a", {"a": 0.5, "b": 0.45}, {"a": 0.9, "b": 0.1}, means={"a": 0.3, "b": 0.4})
     result = arbitrate(choice, ["a", "b"], CAT, {"b": 1.5})
     assert result.mean_ev == pytest.approx({"a": 0.3 * 40, "b": 0.4 * 40 * 1.5 - 3.0})
     # lower bound: mean minus k widths of the bonus (score - mean), floored at 0 like the score
@@ -215,13 +215,15 @@ def test_without_means_the_scores_stand_in() -> None:
 )
 def test_settled_is_the_best_without_the_draw(case, scores, means, on_mean, expected) -> None:
     cat = catalogue({"a": 10.0, "b": 10.0})
-    choice = Choice("b", 0.05, "a", scores, {"a": 0.95, "b": 0.05}, means)  # the bandit explored b
+    choice = Choice.from_maps("b", 0.05, "a", scores, {"a": 0.95, "b": 0.05}, means)  # the bandit explored b
     assert arbitrate(choice, ["a", "b"], cat).settled(on_mean) == expected
 
 
 def test_settled_ties_are_spread_over_users_but_stable_for_each() -> None:
     cat = catalogue({a: 10.0 for a in "abcde"})
-    cold = Choice("c", 0.2, "c", dict.fromkeys("abcde", 0.3), dict.fromkeys("abcde", 0.2), dict.fromkeys("abcde", 0.0))
+    cold = Choice.from_maps(
+        "c", 0.2, "c", dict.fromkeys("abcde", 0.3), dict.fromkeys("abcde", 0.2), dict.fromkeys("abcde", 0.0)
+    )
     result = arbitrate(cold, list("abcde"), cat)
     picks = [result.settled(False, salt=f"u{i}") for i in range(200)]
     assert set(picks) == set("abcde")  # a cold start does not send every user to the same action

@@ -67,7 +67,7 @@ class FakeBandit:
         probs = {a: EPS / len(ids) + (1 - EPS if a == greedy else 0.0) for a in ids}
         pick = self.pick if self.pick in ids else greedy
         means = {a: self.means.get(a, 0.0) for a in ids} if self.means is not None else {}
-        return Choice(pick, probs[pick], greedy, scores, probs, means)
+        return Choice.from_maps(pick, probs[pick], greedy, scores, probs, means)
 
 
 def context(*levers: Lever, holdout: HoldoutConfig | None = None) -> PolicyContext:

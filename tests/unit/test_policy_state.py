@@ -265,5 +265,5 @@ def _first_choice(eligible):  # noqa: ANN001, ANN202
     from bandits.base import Choice
 
     actions = list(eligible)
-    return Choice(actions[0], 1.0, actions[0], {a: 1.0 - i / 10 for i, a in enumerate(actions)},
+    return Choice.from_maps(actions[0], 1.0, actions[0], {a: 1.0 - i / 10 for i, a in enumerate(actions)},
                   {a: float(i == 0) for i, a in enumerate(actions)})
