@@ -135,6 +135,11 @@ class Arbitrated:
     def lower_ev(self, k: float) -> dict[str, float]:
         return {t.action: t.lower_ev(k) for t in self.ranked}
 
+    def ev_on_lookup(self, on_mean: bool = False) -> EvOnLookup:
+        """``ev`` (``mean_ev`` when ``on_mean``) read per action when looked up (stickiness reads a few, often
+        none: no dict per request)."""
+        return EvOnLookup(self.ranked, on_mean)
+
     def lower_ev_on_lookup(self, k: float) -> LowerEv:
         """``lower_ev(k)`` computed per action when looked up (stickiness reads one action's, often none)."""
         return LowerEv(self.ranked, k)
@@ -156,6 +161,28 @@ class Arbitrated:
             return tied[0].action
         order = {a: i for i, a in enumerate(self.eligible)}
         return min(tied, key=lambda t: (_stable_hash(salt, t.action), order.get(t.action, 0))).action
+
+
+class EvOnLookup(Mapping[str, float]):
+    """Action -> its ``Terms.ev`` (``Terms.mean_ev`` when ``on_mean``), found when looked up."""
+
+    __slots__ = ("_ranked", "_on_mean")
+
+    def __init__(self, ranked: tuple[Terms, ...], on_mean: bool) -> None:
+        self._ranked = ranked
+        self._on_mean = on_mean
+
+    def __getitem__(self, action: str) -> float:
+        for t in self._ranked:
+            if t.action == action:
+                return t.mean_ev if self._on_mean else t.ev
+        raise KeyError(action)
+
+    def __iter__(self) -> Iterator[str]:
+        return (t.action for t in self._ranked)
+
+    def __len__(self) -> int:
+        return len(self._ranked)
 
 
 class LowerEv(Mapping[str, float]):

@@ -51,7 +51,7 @@ from contracts.decisions import Mode
 from policy.arbitration import ArbitrationConfig, arbitrate
 from policy.budgets import WorkerBudgets
 from policy.catalogue import NO_ACTION, Catalogue
-from policy.contact import ContactCap, action_capped, channel_block, record_contact
+from policy.contact import ChannelHistory, ContactCap, ContactPolicy, action_capped, channel_block, record_contact
 from policy.holdout import HoldoutConfig
 from policy.levers import LeverBook
 from policy.state import UserPolicyState
@@ -111,18 +111,6 @@ def decide_action(
     trace: dict[str, Any] = {}
     grouped = False
 
-    def default_shown(bans: frozenset[str]) -> str:
-        """The default a fallback or the holdout shows: "none" when a ban lever or the action's daily cap
-        for this user holds it back (as they remove it from the eligible set), noted in the trace."""
-        nonlocal withheld
-        if default in bans:
-            withheld = "ban"
-        elif default != NO_ACTION and action_capped(contact, history, default, ts):
-            withheld = ContactCap.ACTION_DAILY_CAP.value
-        else:
-            return default
-        return NO_ACTION
-
     def finish(action: str, mode: Mode, p: float, choice: Choice | None = None) -> PolicyOutcome:
         """The outcome; a shown action counts as a contact and against the action's daily budgets."""
         if withheld is not None and mode in (Mode.FALLBACK, Mode.HOLDOUT):
@@ -156,13 +144,15 @@ def decide_action(
     levers = context.levers.active(ts, request.user_id, request.segment, placement.id)
     if control_scope is not None:
         trace["holdout"] = control_scope
-        return finish(default_shown(levers.bans), Mode.HOLDOUT, 1.0)
+        shown, withheld = _default_shown(default, withheld, levers.bans, contact, history, ts)
+        return finish(shown, Mode.HOLDOUT, 1.0)
 
     if levers.lever_ids:
         trace["levers"] = list(levers.lever_ids)
     if levers.kill is not None:
         trace["fallback"] = "kill_switch"
-        return finish(default_shown(levers.bans), Mode.FALLBACK, 1.0)
+        shown, withheld = _default_shown(default, withheld, levers.bans, contact, history, ts)
+        return finish(shown, Mode.FALLBACK, 1.0)
 
     eligible = cat.eligible(placement.id, ts, request.segment, request.consent, request.scores, budgets)
     # the two scans run only where a ban or a per-action cap can drop something (most requests have neither)
@@ -190,7 +180,8 @@ def decide_action(
         trace["pin_ignored"] = eligible.removed.get(levers.pin, "not_in_placement")
     if not eligible:
         trace["fallback"] = "no_eligible_action"
-        return finish(default_shown(levers.bans), Mode.FALLBACK, 1.0)
+        shown, withheld = _default_shown(default, withheld, levers.bans, contact, history, ts)
+        return finish(shown, Mode.FALLBACK, 1.0)
 
     settings = placement.stickiness
     incumbent = state.sticky.get(placement.id)
@@ -204,12 +195,12 @@ def decide_action(
         # first decision takes the optimistic (UCB) best, the one place where trying an action costs no
         # change; a change goes to the best on the mean, and only when it is surely better (rule 3).
         candidate = arb.settled(on_mean=incumbent is not None, salt=request.user_id)
-        probability, explored, ev = 1.0, False, arb.mean_ev
+        probability, explored, ev = 1.0, False, arb.ev_on_lookup(on_mean=True)
         if settings.confidence > 0:
             lower = arb.lower_ev_on_lookup(settings.confidence)
         trace["top"] = [t.to_trace(with_mean=True) for t in arb.ranked[: context.arbitration.top_k]]
     else:
-        candidate, probability, explored, ev = arb.action, arb.probability, arb.explored, arb.ev
+        candidate, probability, explored, ev = arb.action, arb.probability, arb.explored, arb.ev_on_lookup()
         trace["top"] = [t.to_trace() for t in arb.ranked[: context.arbitration.top_k]]
 
     verdict = judge(
@@ -232,12 +223,26 @@ def decide_action(
     if verdict.withdrawn:
         reason = verdict.kept.value if verdict.kept else ""
         trace["fallback"] = "incumbent_unavailable"
-        trace["withdrawn"] = {"incumbent": verdict.action, "reason": reason, **verdict.detail}
-        return finish(default_shown(levers.bans), Mode.FALLBACK, 1.0, choice)
+        trace["withdrawn"] = {"incumbent": verdict.action, "reason": reason, **(verdict.detail or {})}
+        shown, withheld = _default_shown(default, withheld, levers.bans, contact, history, ts)
+        return finish(shown, Mode.FALLBACK, 1.0, choice)
     if verdict.kept is not None:
-        trace["sticky"] = {"reason": verdict.kept.value, "challenger": verdict.challenger, **verdict.detail}
+        trace["sticky"] = {"reason": verdict.kept.value, "challenger": verdict.challenger, **(verdict.detail or {})}
         return finish(verdict.action, Mode.STICKY, 1.0, choice)
     return finish(verdict.action, Mode.EXPLORE if explored else Mode.EXPLOIT, probability, choice)
+
+
+def _default_shown(default: str, withheld: str | None, bans: frozenset[str], contact: ContactPolicy,
+                   history: ChannelHistory | None, ts: float) -> tuple[str, str | None]:
+    """The default a fallback or the holdout shows, and the reason it is withheld for the trace: "none" when a
+    ban lever or the action's daily cap for this user holds it back (as they remove it from the eligible set),
+    else the default with ``withheld`` as ``fallback_action`` gave it. (A plain function: a closure would be
+    made on every request, and few need it.)"""
+    if default in bans:
+        return NO_ACTION, "ban"
+    if default != NO_ACTION and action_capped(contact, history, default, ts):
+        return NO_ACTION, ContactCap.ACTION_DAILY_CAP.value
+    return default, withheld
 
 
 def decide_default(

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from math import ceil
 
@@ -131,7 +131,7 @@ class StickyVerdict:
     forced: bool = False  # the incumbent was not eligible: it had to go
     withdrawn: bool = False  # the incumbent may not be shown and no change is allowed: show the default
     challenger: str | None = None
-    detail: dict[str, float] = field(default_factory=dict)
+    detail: dict[str, float] | None = None  # the numbers behind ``kept`` for the trace (None: nothing to add)
 
 
 def changes_in_last_day(state: StickyState, ts: float) -> int:
@@ -179,10 +179,13 @@ def judge(
     # a request older than the incumbent keeps it, on a placement with limits; without any, nothing stays
     if (ts < state.since and settings.limited) or 0 <= dwell < settings.min_dwell_s:
         return keep(KeepReason.DWELL, dwell_s=round(dwell, 3), min_dwell_s=settings.min_dwell_s)
-    if not explored:
-        inc, ch = ev.get(incumbent, 0.0), ev.get(challenger, 0.0)
-        if settings.hysteresis > 0 and ch <= inc + settings.hysteresis * abs(inc):
-            return keep(KeepReason.HYSTERESIS, incumbent_ev=round(inc, 6), challenger_ev=round(ch, 6))
+    # ev is read only where a rule needs it (the pipeline passes a mapping that looks values up when asked)
+    if not explored and (settings.hysteresis > 0 or lower is not None):
+        inc = ev.get(incumbent, 0.0)
+        if settings.hysteresis > 0:
+            ch = ev.get(challenger, 0.0)
+            if ch <= inc + settings.hysteresis * abs(inc):
+                return keep(KeepReason.HYSTERESIS, incumbent_ev=round(inc, 6), challenger_ev=round(ch, 6))
         if lower is not None and lower.get(challenger, 0.0) <= inc:
             low = round(lower.get(challenger, 0.0), 6)
             return keep(KeepReason.CONFIDENCE, incumbent_ev=round(inc, 6), challenger_lower_ev=low)
