@@ -48,6 +48,7 @@ import hashlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from math import floor
 
 from bandits.base import Choice
 from policy.catalogue import Catalogue
@@ -65,6 +66,23 @@ class ArbitrationConfig:
             raise ValueError(f"reward_unit must be one of {REWARD_UNITS}, got {self.reward_unit!r}")
         if self.top_k < 1:
             raise ValueError("top_k must be >= 1")
+
+
+def round4(x: float) -> float:
+    """``round(x, 4)``, the very same float for every x, in about half the time (the trace rounds three
+    numbers of three actions per request, and ``round`` with digits goes through a decimal conversion).
+
+    With scaled = x·10⁴ below 10¹¹ in size its error is under 2⁻¹⁶ (< 10¹¹·2⁻⁵³); so when an integer n ≠ 0
+    lies within 0.499 of it, n is what the exact x·10⁴ rounds to, with no tie, and n / 10⁴ (n exact in a
+    double, one correctly rounded division) is the double nearest n·10⁻⁴: what ``round`` returns. Otherwise
+    (a near tie, 0 or -0, huge, NaN or infinite) ``round`` itself answers. tests/unit/test_round4.py checks
+    millions of values, ties included."""
+    scaled = x * 10000.0
+    if -1e11 < scaled < 1e11:
+        nearest = floor(scaled + 0.5)
+        if nearest and -0.499 < scaled - nearest < 0.499:
+            return nearest / 10000.0
+    return round(x, 4)
 
 
 class Terms:
@@ -105,14 +123,14 @@ class Terms:
     def to_trace(self, with_mean: bool = False) -> dict:
         out = {
             "action": self.action,
-            "score": round(self.score, 4),
+            "score": round4(self.score),
             "value": self.value,
             "boost": self.boost,
             "cost": self.cost,
-            "ev": round(self.ev, 4),
+            "ev": round4(self.ev),
         }
         if with_mean:
-            out["mean_ev"] = round(self.mean_ev, 4)
+            out["mean_ev"] = round4(self.mean_ev)
         return out
 
 
