@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import defaultdict
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
@@ -22,8 +22,10 @@ from aiokafka.partitioner import DefaultPartitioner
 MAX_BATCH_BYTES = 512 * 1024  # below the broker's default message.max.bytes (1 MB)
 
 
-@dataclass(frozen=True, slots=True)
-class OutRecord:
+class OutRecord(NamedTuple):
+    """One record to send (immutable). A named tuple: made once per decision, it costs ~0.2 us where a frozen
+    dataclass's ``__init__`` (``object.__setattr__`` per field) cost ~0.5 us."""
+
     topic: str
     key: bytes | None
     value: bytes | None  # None: a tombstone (compacted topics)
