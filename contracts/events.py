@@ -134,6 +134,11 @@ _FIELD_RULES: dict[str, tuple[str, bool, int]] = {
            MAX_ID_LEN if name in ("event_id", "user_id", "decision_id") else MAX_TEXT_LEN)
     for name, expected in {**OPTIONAL_FIELDS, **COMMON_REQUIRED}.items()
 }
+# the fields of each JSON type (strings with their character limit), for _check_fields' fast paths
+_STRING_LIMITS = {name: limit for name, (expected, _, limit) in _FIELD_RULES.items() if expected == _STR}
+_NUMBER_FIELDS = frozenset(name for name, (expected, _, _) in _FIELD_RULES.items() if expected == _NUM)
+_BOOLEAN_FIELDS = frozenset(name for name, (expected, _, _) in _FIELD_RULES.items() if expected == _BOOL)
+_REQUIRED_NAMES = frozenset(COMMON_REQUIRED)
 
 
 def _field_problem(name: str, value: Any, expected: str, required: bool, limit: int) -> Rejection | None:
@@ -153,28 +158,30 @@ def _check_fields(doc: dict[str, Any]) -> Rejection | None:
     """The first problem, in this order: an unexpected field, a missing required one, then a field of the
     wrong type or value (in the document's order)."""
     first: Rejection | None = None
-    rules = _FIELD_RULES
+    rules, string_limits = _FIELD_RULES, _STRING_LIMITS
     for name, value in doc.items():
+        # fast paths, for what most fields hold: a string within its limit, a finite float, a boolean, each of
+        # a field that expects one (so not an unexpected field either): one set or dict lookup, no rule
+        kind = value.__class__
+        if kind is str:
+            limit = string_limits.get(name)
+            if limit is not None and value and len(value) <= limit:
+                continue
+        elif kind is float:
+            if name in _NUMBER_FIELDS and math.isfinite(value):
+                continue
+        elif kind is bool and name in _BOOLEAN_FIELDS:
+            continue
         rule = rules.get(name)
         if rule is None:
             shown = name if len(name) <= 40 else name[:40] + "…"
             return Rejection(Reason.UNEXPECTED_FIELD, f"unexpected field {shown!r}; allowed: {sorted(ALLOWED_FIELDS)}")
         if first is None:
-            expected, required, limit = rule
-            kind = value.__class__
-            # fast paths, for what most fields hold: a string within its limit, a finite float, a boolean
-            if kind is str:
-                if expected == _STR and value and len(value) <= limit:
-                    continue
-            elif kind is float:
-                if expected == _NUM and math.isfinite(value):
-                    continue
-            elif kind is bool and expected == _BOOL:
-                continue
-            first = _field_problem(name, value, expected, required, limit)
-    for name in COMMON_REQUIRED:
-        if name not in doc:
-            return Rejection(Reason.MISSING_FIELD, f"missing required field {name!r}")
+            first = _field_problem(name, value, *rule)
+    if not doc.keys() >= _REQUIRED_NAMES:
+        for name in COMMON_REQUIRED:
+            if name not in doc:
+                return Rejection(Reason.MISSING_FIELD, f"missing required field {name!r}")
     if first is not None:
         return first
     for name in ("revenue", "cost"):
@@ -216,8 +223,9 @@ def parse_event(raw: bytes, topic: str, max_bytes: int = 65536) -> Event | Rejec
                          f"(epoch seconds, 2001-09-09..2100-01-01 UTC){hint}")
     if kind.requests_decision and not doc.get("placement"):
         return Rejection(Reason.MISSING_FIELD, f"{doc['type']} asks for a decision and needs a 'placement'")
-    action_id = next((doc[f] for f in ACTION_ID_FIELDS if doc.get(f)), None)
     get = doc.get
+    # the first of ACTION_ID_FIELDS that is set, as a chain (a generator over them cost ~0.2 us per event)
+    action_id = get("offer_id") or get("creative_id") or get("template_id") or None
     # positional, in Event's field order: a class's __init__ called with keywords gets them in a new dict
     return Event(
         doc["event_id"],
