@@ -97,19 +97,28 @@ class LiftTracker:
         ``covers(placement)``, the holdout's: samples of placements it does not cover are left out (there a
         control user gets the treated decisions, so neither group is theirs; counted as treated, they made a
         lift of control users' rewards)."""
-        picked: dict[tuple[bool, str], tuple[list[int], list[float]]] = {}
+        # per group (index 0 treated, 1 control), in the samples' order: exposures' buckets, rewards' buckets and
+        # values (lists indexed by the group, not a dict keyed by (group, kind): no key tuple per sample)
+        exposed: tuple[list[int], list[int]] = ([], [])
+        rewarded: tuple[list[int], list[int]] = ([], [])
+        rewards: tuple[list[float], list[float]] = ([], [])
         for s in samples:
-            if s.kind not in ("exposure", "reward") or (covers is not None and not covers(s.placement)):
+            kind = s.kind
+            if (kind != "exposure" and kind != "reward") or (covers is not None and not covers(s.placement)):
                 continue
-            buckets, values = picked.setdefault((s.mode == "holdout", s.kind), ([], []))
-            buckets.append(bucket_of(s))
-            values.append(1.0 if s.kind == "exposure" else s.reward)
-        for (control, kind), (buckets, values) in picked.items():
-            group = self._control if control else self._treated
+            control = s.mode == "holdout"
+            user = s.user_bucket
+            bucket = int(user) % BUCKETS if user is not None else bucket_of(s)
             if kind == "exposure":
-                np.add.at(group.decisions, buckets, 1)
+                exposed[control].append(bucket)
             else:
-                np.add.at(group.reward, buckets, values)
+                rewarded[control].append(bucket)
+                rewards[control].append(s.reward)
+        for index, group in enumerate((self._treated, self._control)):
+            if exposed[index]:
+                np.add.at(group.decisions, exposed[index], 1)
+            if rewarded[index]:
+                np.add.at(group.reward, rewarded[index], rewards[index])
 
     def to_state(self) -> dict[str, object]:
         """The buckets' sums, for snapshots: a worker resuming the learning topic at a snapshot's offsets must
