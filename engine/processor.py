@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -53,6 +54,7 @@ from policy.catalogue import Catalogue
 from policy.merge import merge_states
 from policy.pipeline import PolicyContext
 
+_TOPIC_AND_TYPE = operator.attrgetter("topic", "type")  # what the events counter is labelled by
 log = logging.getLogger(__name__)
 # Decision requests that mean the customer is active (an email request is the email tool asking).
 ACTIVITY_TYPES = frozenset({"page_view", "ad_request"})
@@ -269,29 +271,34 @@ class Engine(EngineLearning):
         self.metrics.dead_letters.labels(rejection.reason.value).inc()
 
     def _validate(self, messages: list[RawMessage], out: BatchOutput) -> list[Event]:
-        parsed: list[tuple[RawMessage, Event]] = []
+        parsed: list[Event] = []
+        parsed_from: list[RawMessage] = []  # the message of each parsed event
+        max_bytes = self.config.max_event_bytes
         for msg in messages:
-            result = parse_event(msg.value, msg.topic, self.config.max_event_bytes)
+            result = parse_event(msg.value, msg.topic, max_bytes)
             if not isinstance(result, Rejection):
-                result = self._wrong_channel(result) or result
-            if isinstance(result, Rejection):
-                self._reject(msg, result, out)
-            else:
-                parsed.append((msg, result))
+                problem = self._wrong_channel(result)
+                if problem is None:
+                    parsed.append(result)
+                    parsed_from.append(msg)
+                    continue
+                result = problem
+            self._reject(msg, result, out)
         if not parsed:
             return []
         cfg = self.config
         limits = ClockLimits(cfg.max_future_skew_s, cfg.max_lateness_s, cfg.max_time_jump_s,
                              resync_events=cfg.watermark_resync_events, resync_min_users=RESYNC_MIN_USERS)
-        verdicts = self._clock.judge([event for _, event in parsed], limits)  # engine/event_clock.py: the rules
+        verdicts = self._clock.judge(parsed, limits)  # engine/event_clock.py: the rules
         events: list[Event] = []
-        for (msg, event), late in zip(parsed, verdicts, strict=True):
+        timestamps = out.timestamps
+        for msg, event, late in zip(parsed_from, parsed, verdicts, strict=True):
             if late is not None:
                 self._reject(msg, late, out)
                 continue
             events.append(event)
-            out.timestamps[event.event_id] = msg.timestamp
-        for (topic, etype), n in Counter((e.topic, e.type) for e in events).items():  # once per kind
+            timestamps[event.event_id] = msg.timestamp
+        for (topic, etype), n in Counter(map(_TOPIC_AND_TYPE, events)).items():  # once per kind
             self.metrics.child(self.metrics.events, topic, etype).inc(n)
         self.metrics.watermark.set(self.watermark)
         return events
