@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import operator
 from collections import Counter
 from collections.abc import Callable, Sequence
 
@@ -26,6 +27,7 @@ from learning.state import LearnedState
 from policy.catalogue import NO_ACTION
 
 log = logging.getLogger(__name__)
+_TS, _KIND = operator.attrgetter("ts"), operator.attrgetter("kind")  # of a sample, for max() and Counter()
 
 
 class EngineLearning:
@@ -200,7 +202,8 @@ class EngineLearning:
             self.metrics.learning_producers_dropped.inc(self.sources.dropped - dropped_before)
         self.metrics.label_watermark.set(closing)
         self.metrics.learning_producers.set(len(self.sources))
-        fresh = [s for s in samples if self._seen.first_time(s.key)]  # replays after a crash: once only
+        first_time = self._seen.first_time
+        fresh = [s for s in samples if first_time(s.key)]  # replays after a crash: once only
         if len(fresh) < len(samples):
             self.metrics.learning_samples.labels("duplicate").inc(len(samples) - len(fresh))
         samples = fresh
@@ -211,8 +214,8 @@ class EngineLearning:
         if self.shadow_policy is not None:
             self._learn_into(self.shadow_policy, usable)
         if applied:  # counted once per kind, not per sample
-            self.learned_watermark = max(self.learned_watermark, max(s.ts for s in applied))
-            for kind, n in Counter(s.kind for s in applied).items():
+            self.learned_watermark = max(self.learned_watermark, max(map(_TS, applied)))
+            for kind, n in Counter(map(_KIND, applied)).items():
                 self.metrics.learning_samples.labels(kind).inc(n)
             rewards = [s.reward for s in applied if s.kind == "reward"]
             if rewards:
