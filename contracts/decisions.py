@@ -73,9 +73,16 @@ def user_bucket(user_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(user_id.encode(), digest_size=4).digest(), "big") % LIFT_BUCKETS
 
 
+# An empty blake2b of the decision id's size: a copy of it, updated, gives the same digest as a new
+# blake2b(data, digest_size=12), ~0.1 us sooner (no keyword parsing and parameter block set up per call)
+_DECISION_ID_HASH = hashlib.blake2b(digest_size=12)
+
+
 def decision_id_for(request_event_id: str, placement: str) -> str:
     """Deterministic id: a replayed request yields the same decision id, so consumers can de-duplicate."""
-    return hashlib.blake2b(f"{request_event_id}|{placement}".encode(), digest_size=12).hexdigest()
+    digest = _DECISION_ID_HASH.copy()
+    digest.update(f"{request_event_id}|{placement}".encode())
+    return digest.hexdigest()
 
 
 DEAD_LETTER_RAW_MAX = 131_072  # bytes of the raw input a dead letter keeps (base64: 171 KiB, well under 1 MiB)

@@ -70,6 +70,7 @@ def replayed_reward(event: Event, state: UserState | None, click_reward: float,
 
 
 SNAPSHOT_KEYS = 50_000  # keys a snapshot carries (8 bytes each): far more than a crashed batch re-emits
+_KEY_HASH = blake2b(digest_size=8)  # empty: SeenKeys copies it per key (no keyword parsing per call)
 
 
 class SeenKeys:
@@ -85,7 +86,9 @@ class SeenKeys:
         self._keys: OrderedDict[bytes, None] = OrderedDict()
 
     def first_time(self, key: str) -> bool:
-        digest = blake2b(key.encode(), digest_size=8).digest()
+        hasher = _KEY_HASH.copy()  # the same digest as blake2b(key, digest_size=8), made ~0.1 us sooner
+        hasher.update(key.encode())
+        digest = hasher.digest()
         if digest in self._keys:
             return False
         self._keys[digest] = None
