@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import operator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -173,8 +172,6 @@ class LearningSample:
 
 _COLUMNS = ("kind", "decision_id", "action", "reward", "probability", "placement", "ts", "mode", "reward_type")
 _OPTIONAL = ("eligible", "user_bucket")  # columns sent only when a sample of the batch has one (None otherwise)
-_ROW_FIELDS = _COLUMNS + _OPTIONAL
-_ROW = operator.attrgetter(*_ROW_FIELDS)
 
 
 def encode_samples(samples: list[LearningSample], source: str = "", progress: float | None = None) -> bytes:
@@ -201,12 +198,11 @@ def encode_samples(samples: list[LearningSample], source: str = "", progress: fl
         doc = {"samples": [s.to_dict() for s in samples]}
     else:
         doc = {"v": 2, "n": len(samples), "dim": xs.shape[1]}
-        # the rows' fields transposed into columns in one pass (one attrgetter call per sample, not one getattr
-        # per field); orjson writes a tuple as the same JSON array as a list
-        columns = zip(*map(_ROW, samples), strict=True)  # samples is not empty: xs has 2 dimensions
-        for name, column in zip(_ROW_FIELDS, columns, strict=True):
-            if name not in _OPTIONAL or any(value is not None for value in column):  # optional: older readers ignore
-                doc[name] = column
+        for name in _COLUMNS:
+            doc[name] = [getattr(s, name) for s in samples]
+        for name in _OPTIONAL:  # optional columns: older readers ignore them
+            if any(getattr(s, name) is not None for s in samples):
+                doc[name] = [getattr(s, name) for s in samples]
         doc["x"] = base64.b64encode(xs.tobytes()).decode("ascii")
     if source and progress is not None:
         doc["src"], doc["wm"] = source, float(progress)
