@@ -81,6 +81,12 @@ async def store_call(metrics: Metrics, op: str, body: Callable[[], Awaitable[Any
     return False
 
 
+def waits(now: float, stamps: list[float]) -> list[float]:
+    """``now - t`` for every stamp set (not 0), at least 0 (a sender's clock ahead of ours gives no negative wait).
+    A conditional, not max(0.0, ...): a call per stamp was ~0.08 us per event or decision."""
+    return [now - t if now > t else 0.0 for t in stamps if t]
+
+
 class NoReadableSnapshot(RuntimeError):
     """Snapshots exist but none of them can be read: the worker does not start cold on its own."""
 
@@ -308,7 +314,7 @@ def create_app(settings: Settings) -> faust.App:
             if done.cancelled() or done.exception() is not None:
                 return
             now = time.time()
-            observe_many(metrics.decision_latency, [max(0.0, now - sent) for sent in sent_at if sent])
+            observe_many(metrics.decision_latency, waits(now, sent_at))
 
         delivered.add_done_callback(observe_latency)
         return delivered
@@ -320,7 +326,7 @@ def create_app(settings: Settings) -> faust.App:
     async def handle(raw: list[RawMessage]) -> asyncio.Future:
         """One batch processed and its outputs handed over; the intake commits once they are delivered."""
         now = time.time()  # wall clock, like the Kafka timestamps it is set against: a latency, not event time
-        observe_many(metrics.intake_wait, [max(0.0, now - m.timestamp) for m in raw if m.timestamp])
+        observe_many(metrics.intake_wait, waits(now, [m.timestamp for m in raw]))
         # outputs go as soon as they are final; the next batch is read while this one's state write is in
         # flight (streams/handover.py); the intake commits once both are done
         delivered = await hand_over(raw, engine.process_isolating, submit)
