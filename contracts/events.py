@@ -7,7 +7,7 @@ bad input, so one bad message cannot stop a worker; the caller routes rejections
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -114,10 +114,12 @@ class Event:
     consent: bool | None = None
     device: str | None = None
     segment: str | None = None
+    # what the event's type means (EVENT_TYPES), looked up once when it is made: the engine asks ~6 times per
+    # event, and a property's two dict lookups each time cost ~0.06 us more than reading a slot
+    kind: EventType = field(init=False, repr=False, compare=False)
 
-    @property
-    def kind(self) -> EventType:
-        return EVENT_TYPES[self.topic][self.type]
+    def __post_init__(self) -> None:
+        self.kind = EVENT_TYPES[self.topic][self.type]
 
 
 def _type_ok(value: Any, expected: str) -> bool:
