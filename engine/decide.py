@@ -33,7 +33,7 @@ from policy.pipeline import PolicyContext, PolicyRequest, decide_action, decide_
 from policy.state import PolicyStateError, UserPolicyState
 
 POLICY_STATE_FIELD = "pol"
-_F64 = np.dtype(np.float64)
+_F64, _F16 = np.dtype(np.float64), np.dtype(np.float16)
 
 
 @dataclass(slots=True)
@@ -216,6 +216,9 @@ class BatchContexts:
     prepared: Prepared | None
     scorer: LiveScorer | None = None  # the model scorer ``logits`` come from
     logits: list[list[float]] | None = None  # per row: the scorer's affine maps (``CompiledScorer.logits``)
+    # the prepared contexts in float16, row after row, as the pending decisions store them: one conversion
+    # per batch instead of one per decision (``PendingDecision.x16``)
+    contexts16: bytes = b""
 
     @classmethod
     def build(cls, policy: Policy, requests: list[tuple[int, Event, UserState | None]],
@@ -237,7 +240,18 @@ class BatchContexts:
                 logits = scorer.compiled.logits(contexts)
             except Exception:  # scored one by one in decide(), which decides without scores if it fails again
                 logits = None
-        return cls(row_of, policy.prepare(contexts), scorer, logits)
+        prepared = policy.prepare(contexts)
+        return cls(row_of, prepared, scorer, logits, prepared.xs.astype(_F16).tobytes())
+
+    def context16_of(self, position: int) -> bytes | None:
+        """The float16 bytes of the context ``selector`` gives the request at ``position`` (None if not in the
+        batch)."""
+        row = self.row_of.get(position)
+        prepared = self.prepared
+        if row is None or prepared is None:
+            return None
+        width = 2 * prepared.xs.shape[1]
+        return self.contexts16[row * width : (row + 1) * width]
 
     def logits_of(self, position: int, scorer: LiveScorer) -> list[float] | None:
         """The request's row of ``logits`` if they come from ``scorer`` (else None: score it alone)."""
@@ -308,6 +322,7 @@ def decide(event: Event, state: UserState | None, ctx: PolicyContext, policy: Po
             np.asarray(x, _F64),  # x: positional dtype, numpy parses keywords slowly
             [],  # credited
             outcome.mode.value,
+            batch.context16_of(position) if found is not None and batch is not None else None,  # x16
         )
     text = states.encode(outcome.state) if states is not None else outcome.state.encode_text()
     # positional: lift_only, lift_control

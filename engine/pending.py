@@ -89,17 +89,20 @@ def _layout(mask: int, n: int) -> str:
 
 _NON_ZERO = bytes([0] + [1] * 255)  # bytes.translate table: each byte -> whether it is non-zero
 # By a history block's non-zero bytes (the block translated by _NON_ZERO): the head bits of its value
-# mask (and end bit), the struct that reads its non-zero values, and the blob structs by version size.
-_PATTERNS: dict[bytes, tuple[int, struct.Struct, list[struct.Struct]]] = {}
+# mask (and end bit) in the head's low 16 bits and in its third byte, the struct that reads its non-zero
+# values, and the structs that write a blob, by version size (then with a probability, ``4 + size``).
+_PATTERNS: dict[bytes, tuple[int, int, struct.Struct, list[struct.Struct]]] = {}
 
 
-def _pattern(nonzero: bytes) -> tuple[int, struct.Struct, list[struct.Struct]]:
+def _pattern(nonzero: bytes) -> tuple[int, int, struct.Struct, list[struct.Struct]]:
     """A block's packing, cached (a few hundred patterns occur)."""
     n = len(nonzero) // 2
     mask = sum(1 << i for i in range(n) if nonzero[2 * i] or nonzero[2 * i + 1])
-    blobs = [struct.Struct(f"{_FIXED}{'I' if has_p else ''}{mask.bit_count()}H{version}")
+    # the 3-byte head is written as "HB" (same bytes as its int.to_bytes(3, "little"), without making them)
+    blobs = [struct.Struct(f"<12sdHB{'I' if has_p else ''}{mask.bit_count()}H{version}")
              for has_p in (False, True) for version in _VERSION_CODES]
-    found = ((mask | 1 << n) << _MASK_SHIFT, struct.Struct("<" + _layout(mask, n)), blobs)
+    mask_bits = (mask | 1 << n) << _MASK_SHIFT
+    found = (mask_bits & 0xFFFF, mask_bits >> 16, struct.Struct("<" + _layout(mask, n)), blobs)
     if len(_PATTERNS) >= 1 << 16:
         _PATTERNS.clear()
     _PATTERNS[nonzero] = found
@@ -143,7 +146,9 @@ def _blob(p: PendingDecision) -> bytes | None:
         raw_id = bytes.fromhex(ident)
     except ValueError:
         return None
-    x16 = x.astype(_F16).tobytes()
+    x16 = p.x16
+    if x16 is None:
+        x16 = x.astype(_F16).tobytes()
     flags = _FLAGS_OF.get(x16[:_HOUR_BYTES_AT])
     weekend = _WEEKEND_OF.get(x16[_WEEKEND_BYTES_AT:_VALUES_BYTES_AT])
     block = x16[_VALUES_BYTES_AT:]
@@ -154,18 +159,18 @@ def _blob(p: PendingDecision) -> bytes | None:
     if x16[_HOUR_BYTES_AT:_WEEKEND_BYTES_AT] != _HOUR.pack(_sin(angle), _cos(angle)):
         return None
     nonzero = block.translate(_NON_ZERO)
-    mask_bits, values, blobs = _PATTERNS.get(nonzero) or _pattern(nonzero)
+    mask_low, mask_high, values, blobs = _PATTERNS.get(nonzero) or _pattern(nonzero)
     size = 0 if version < 1 << 8 else 1 if version < 1 << 16 else 2 if version < 1 << 32 else 3
     q = p.probability
     if q == 1.0:
-        head = (flags | weekend | mask_bits | size << _VERSION_SHIFT).to_bytes(3, "little")
-        return blobs[size].pack(raw_id, ts, head, *values.unpack(block), version)
+        return blobs[size].pack(raw_id, ts, flags | weekend | mask_low | size << _VERSION_SHIFT, mask_high,
+                                *values.unpack(block), version)
     q = round(q, 6)
     micro = round(q * 1e6) if math.isfinite(q) else -1
     if not (0 <= micro < 1 << 32 and micro / 1e6 == q):
         return None
-    head = (_P_BIT | flags | weekend | mask_bits | size << _VERSION_SHIFT).to_bytes(3, "little")
-    return blobs[4 + size].pack(raw_id, ts, head, micro, *values.unpack(block), version)
+    return blobs[4 + size].pack(raw_id, ts, _P_BIT | flags | weekend | mask_low | size << _VERSION_SHIFT,
+                                mask_high, micro, *values.unpack(block), version)
 
 
 @dataclass(slots=True)
@@ -179,6 +184,9 @@ class PendingDecision:
     x: np.ndarray
     credited: list[str] = field(default_factory=list)  # reward types already credited
     mode: str = "exploit"  # the decision's mode: rewards of holdout decisions measure the control group
+    # x in float16 (its bytes), when the one who made this has them at hand: the compact form is written from
+    # them instead of converting x again (a batch's contexts are converted at once, a stored entry has them)
+    x16: bytes | None = field(default=None, repr=False, compare=False)
 
     def to_wire(self) -> list:
         """The list form (read, and written when a value does not fit the compact form)."""
@@ -249,7 +257,7 @@ def _decode_slot(placement: str, raw: str) -> list[PendingDecision]:
         out.append(PendingDecision(
             fields[0].hex(), placement, action, fields[3] / 1e6 if has_p else 1.0, ts, fields[-1],
             frombuffer(x16, _F16).astype(_F64),
-            [_REWARD_OF[c] for c in flags[1:]] if len(flags) > 1 else [], _MODE_OF[flags[0]]))
+            [_REWARD_OF[c] for c in flags[1:]] if len(flags) > 1 else [], _MODE_OF[flags[0]], x16))
     return out
 
 
