@@ -151,13 +151,13 @@ def _text(state: UserPolicyState) -> str | None:
 def _counts_text(counts: dict[str, int]) -> str | None:
     """``action:count`` joined by ``.`` ("" for none; None when an action holds a separator or a count is
     not an int)."""
-    if not counts:
-        return ""
     plain = _PLAIN
+    parts = []
     for a, n in counts.items():
         if not (a in plain or _plain(a)) or type(n) is not int:
             return None
-    return ".".join([f"{a}:{n}" for a, n in counts.items()])
+        parts.append(f"{a}:{n}")
+    return ".".join(parts)
 
 
 def _counts_of(text: str) -> dict[str, int]:
