@@ -635,25 +635,29 @@ class Engine(EngineLearning):
         first read, patched with the earlier batches' writes but not with this batch's own (the value a
         policy-state write of this batch expects Redis to hold; a user met only without a state is left
         out: decided from an empty state, its write expects none)."""
+        kinds = [e.kind for e in events]  # a property of two lookups: once per event
         batch = BatchContexts.build(
-            self.policy, [(i, e, r[1]) for i, (e, r) in enumerate(zip(events, results, strict=True))
-                          if e.kind.requests_decision],
+            self.policy, [(i, e, r[1]) for i, (e, kind, r) in enumerate(zip(events, kinds, results, strict=True))
+                          if kind.requests_decision],
             self.models.scorer if self.models is not None else None,
         )
-        for position, (event, (applied, state)) in enumerate(zip(events, results, strict=True)):
-            if state is not None and unseen and event.user_id in unseen:
-                state.fields.update(unseen[event.user_id])  # decisions of earlier batches, not stored yet
-            if state is not None and bases is not None and event.user_id not in bases:
-                bases[event.user_id] = state.fields.get(POLICY_STATE_FIELD)
-            if state is not None and writes.get(event.user_id):
-                state.fields.update(writes[event.user_id])  # decisions made earlier in this batch
+        for position, (event, kind, (applied, state)) in enumerate(zip(events, kinds, results, strict=True)):
+            if state is not None:
+                user = event.user_id
+                if unseen and user in unseen:
+                    state.fields.update(unseen[user])  # decisions of earlier batches, not stored yet
+                if bases is not None and user not in bases:
+                    bases[user] = state.fields.get(POLICY_STATE_FIELD)
+                earlier = writes.get(user)
+                if earlier:
+                    state.fields.update(earlier)  # decisions made earlier in this batch
             if not applied:
                 self.metrics.duplicates.inc()
                 self._replay_duplicate(event, state, writes, out, batch, position)
                 continue
-            if event.kind.requests_decision:
+            if kind.requests_decision:
                 self._decide(event, state, writes, out, batch, position)
-            elif event.kind.reward is not None:
+            elif kind.reward is not None:
                 self._credit(event, state, writes, out)
 
     def _replay_duplicate(self, event: Event, state: UserState | None, writes: dict, out: BatchOutput,
