@@ -325,7 +325,8 @@ def decide(event: Event, state: UserState | None, ctx: PolicyContext, policy: Po
             outcome.probability,
             event.ts,
             policy.version,
-            np.asarray(x, _F64),  # x: positional dtype, numpy parses keywords slowly
+            # x: a batch's row is float64 already (Policy.prepare); positional dtype, numpy parses keywords slowly
+            x if found is not None else np.asarray(x, _F64),
             [],  # credited
             outcome.mode.value,
             batch.context16_of(position) if found is not None and batch is not None else None,  # x16
