@@ -323,7 +323,8 @@ def slot_with(state: UserState | None, pending: PendingDecision) -> str:
         if raw[0] != "[":  # a text field: compact entries only
             if text[:_ID_CHARS] in raw:
                 done = _in_place(raw, text, pending)
-            elif action == NO_ACTION or _NONE_LAST in raw or raw.endswith(_NONE_END):
+            # (both forms hold _NONE_END: one scan of the field rules most of them out)
+            elif action == NO_ACTION or _NONE_END in raw and (_NONE_LAST in raw or raw.endswith(_NONE_END)):
                 done = None  # "none" decisions leave first: ``_newest`` below
             else:
                 done = _first(raw, text, pending)
