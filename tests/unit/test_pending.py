@@ -80,6 +80,17 @@ def test_the_engines_decisions_take_the_compact_form_and_read_back_exactly() -> 
     assert field.isascii() and not field.startswith("[") and field.count("|") == KEEP - 1
 
 
+def test_the_float16_bytes_at_hand_write_what_x_writes() -> None:
+    """A batch's decisions and decoded entries carry x in float16 (``x16``): the same compact form as x."""
+    for i in range(12):
+        d = decision(i, T0 + 977.3 * i, probability=[1.0, 0.05][i % 2], credited=[[], ["click"]][i % 2])
+        given = decision(i, T0 + 977.3 * i, probability=[1.0, 0.05][i % 2], credited=[[], ["click"]][i % 2],
+                         x16=d.x.astype(np.float16).tobytes())
+        assert given.to_compact() == d.to_compact() is not None
+        (back,) = pending_decisions(stored(d))
+        assert back.x16 == d.x.astype(np.float16).tobytes() and back.to_compact() == d.to_compact()
+
+
 def test_a_compact_entry_is_a_third_of_a_list_form_one() -> None:
     d = decision(3, T0, action="offer_loyalty_points")
     compact, listed = stored(d).fields[d.field], orjson.dumps([d.to_wire()]).decode()
