@@ -635,7 +635,7 @@ class Engine(EngineLearning):
         first read, patched with the earlier batches' writes but not with this batch's own (the value a
         policy-state write of this batch expects Redis to hold; a user met only without a state is left
         out: decided from an empty state, its write expects none)."""
-        kinds = [e.kind for e in events]  # a property of two lookups: once per event
+        kinds = [e.kind for e in events]
         batch = BatchContexts.build(
             self.policy, [(i, e, r[1]) for i, (e, kind, r) in enumerate(zip(events, kinds, results, strict=True))
                           if kind.requests_decision],
