@@ -94,6 +94,7 @@ class EventClock:
         self._recent: deque[float] = deque(maxlen=pace_events + 1)  # the watermark after each recent acceptance
         self._ahead: list[tuple[float, str]] = []  # (ts, user) of consecutive events refused as ahead
         self._top: dict[str, float] = {}  # the CORROBORATION users with the latest accepted times: user -> ts
+        self._corroborated = 0.0  # min(self._top.values()) (0.0 while empty), kept as _top changes: read per event
         self._backers: set[str] = set()  # users accepted since event time was set, up to advance_min_users
         self._refused: dict[str, float] = {}  # while unanchored: each refused user's latest ts
 
@@ -107,7 +108,7 @@ class EventClock:
         """The latest time that ``CORROBORATION`` users have reached (with fewer users seen, the least recent
         of theirs): what later events are judged against. Unlike the watermark, one client's clock cannot
         move it; the watermark is at most the skew ahead of it."""
-        return min(self._top.values()) if self._top else 0.0
+        return self._corroborated
 
     def judge(self, events: Sequence[Event], limits: ClockLimits) -> list[Rejection | None]:
         """One verdict per event of a batch, in order: None (accepted, the watermark follows it) or why not.
@@ -123,7 +124,7 @@ class EventClock:
         reference = self._reference(events, limits)
         verdicts: list[Rejection | None] = []
         for event in events:
-            reference = max(reference, self.corroborated)
+            reference = max(reference, self._corroborated)
             verdict = check_jump(event, self._watermark, limits.max_jump_s) \
                 or check_watermark(event, reference, limits.max_future_skew_s, limits.max_lateness_s)
             if verdict is None:
@@ -169,14 +170,18 @@ class EventClock:
         """``user``'s event at ``ts`` was accepted: keep the ``CORROBORATION`` users with the latest times."""
         top = self._top
         if user in top:
-            top[user] = max(top[user], ts)
+            if not ts > top[user]:  # what max(top[user], ts) keeps
+                return
+            top[user] = ts
         elif len(top) < CORROBORATION:
             top[user] = ts
         else:
             oldest = min(top, key=top.__getitem__)
-            if ts > top[oldest]:
-                del top[oldest]
-                top[user] = ts
+            if not ts > top[oldest]:
+                return
+            del top[oldest]
+            top[user] = ts
+        self._corroborated = min(top.values())
 
     def _reference(self, events: Sequence[Event], limits: ClockLimits) -> float:
         """The time this batch is judged against (see the module's notes)."""
@@ -233,6 +238,7 @@ class EventClock:
                     len(run), len({user for _, user in run}), where, self._watermark, middle)
         self._watermark = middle
         self._top = {user: middle for _, user in run[-CORROBORATION:]}  # the users that moved it agree on it
+        self._corroborated = middle
         self._ahead.clear()
 
 
