@@ -250,16 +250,6 @@ class BatchContexts:
         prepared = policy.prepare(contexts)
         return cls(row_of, prepared, scorer, logits, prepared.xs.astype(_F16).tobytes())
 
-    def context16_of(self, position: int) -> bytes | None:
-        """The float16 bytes of the context ``selector`` gives the request at ``position`` (None if not in the
-        batch)."""
-        row = self.row_of.get(position)
-        prepared = self.prepared
-        if row is None or prepared is None:
-            return None
-        width = 2 * prepared.xs.shape[1]
-        return self.contexts16[row * width : (row + 1) * width]
-
     def logits_of(self, position: int, scorer: LiveScorer) -> list[float] | None:
         """The request's row of ``logits`` if they come from ``scorer`` (else None: score it alone)."""
         row = self.row_of.get(position)
@@ -267,13 +257,17 @@ class BatchContexts:
             return None
         return self.logits[row]
 
-    def selector(self, policy: Policy, position: int) -> tuple[np.ndarray, Callable[[Sequence[str]], Choice]] | None:
-        """The context of the request at ``position`` and its select function (None if not in the batch)."""
+    def selector(self, policy: Policy, position: int) \
+            -> tuple[np.ndarray, bytes, Callable[[Sequence[str]], Choice]] | None:
+        """The context of the request at ``position``, its float16 bytes (``contexts16``'s row) and its select
+        function (None if not in the batch)."""
         row = self.row_of.get(position)
         prepared = self.prepared
         if row is None or prepared is None:
             return None
-        return prepared.xs[row], lambda eligible: policy.select_row(prepared, row, eligible)
+        width = 2 * prepared.xs.shape[1]  # float16 bytes per row
+        return (prepared.xs[row], self.contexts16[row * width : (row + 1) * width],
+                lambda eligible: policy.select_row(prepared, row, eligible))
 
 
 def decide(event: Event, state: UserState | None, ctx: PolicyContext, policy: Policy,
@@ -285,11 +279,12 @@ def decide(event: Event, state: UserState | None, ctx: PolicyContext, policy: Po
     if consent is False:
         return without_consent(event, state, ctx, policy, states)
     found = batch.selector(policy, position) if batch is not None else None
+    x16: bytes | None = None  # the context in float16 (PendingDecision.x16) when the batch has it
     if found is None:
         x = build_context(event, state)
         select: Callable[[Sequence[str]], Choice] = lambda eligible: policy.select(x, eligible)  # noqa: E731
     else:
-        x, select = found
+        x, x16, select = found
     segment = event.segment or (state.segment if state else None)
     placement = event.placement or ""
     scorer = models.scorer if models is not None else None
@@ -330,7 +325,7 @@ def decide(event: Event, state: UserState | None, ctx: PolicyContext, policy: Po
             x if found is not None else np.asarray(x, _F64),
             [],  # credited
             _MODE_VALUES[outcome.mode],
-            batch.context16_of(position) if found is not None and batch is not None else None,  # x16
+            x16,
         )
     text = states.encode(outcome.state) if states is not None else outcome.state.encode_text()
     # positional: lift_only, lift_control
