@@ -94,7 +94,10 @@ class EventClock:
         self._recent: deque[float] = deque(maxlen=pace_events + 1)  # the watermark after each recent acceptance
         self._ahead: list[tuple[float, str]] = []  # (ts, user) of consecutive events refused as ahead
         self._top: dict[str, float] = {}  # the CORROBORATION users with the latest accepted times: user -> ts
-        self._corroborated = 0.0  # min(self._top.values()) (0.0 while empty), kept as _top changes: read per event
+        # kept as _top changes, read per event: its user with the least time (the first in _top's order of
+        # those with that time, as min() finds it) and that time (0.0 while empty)
+        self._oldest = ""
+        self._corroborated = 0.0
         self._backers: set[str] = set()  # users accepted since event time was set, up to advance_min_users
         self._refused: dict[str, float] = {}  # while unanchored: each refused user's latest ts
 
@@ -176,12 +179,12 @@ class EventClock:
         elif len(top) < CORROBORATION:
             top[user] = ts
         else:
-            oldest = min(top, key=top.__getitem__)
-            if not ts > top[oldest]:
+            if not ts > self._corroborated:  # the time of the oldest of the top users
                 return
-            del top[oldest]
+            del top[self._oldest]
             top[user] = ts
-        self._corroborated = min(top.values())
+        self._oldest = min(top, key=top.__getitem__)
+        self._corroborated = top[self._oldest]
 
     def _reference(self, events: Sequence[Event], limits: ClockLimits) -> float:
         """The time this batch is judged against (see the module's notes)."""
@@ -238,6 +241,7 @@ class EventClock:
                     len(run), len({user for _, user in run}), where, self._watermark, middle)
         self._watermark = middle
         self._top = {user: middle for _, user in run[-CORROBORATION:]}  # the users that moved it agree on it
+        self._oldest = next(iter(self._top))  # all at the same time: the first, as min() finds it
         self._corroborated = middle
         self._ahead.clear()
 
