@@ -37,22 +37,25 @@ def update_for(event: Event, store_profile: bool = True) -> FeatureUpdate:
     to count traffic, not the profile fields that describe the person.
     """
     kind = event.kind
-    # positional (a class's __init__ called with keywords gets them in a new dict): user_id, digest, ts,
-    # want_state, counters, sets
-    upd = FeatureUpdate(event.user_id, event_digest(event.event_id), event.ts,
-                        kind.requests_decision or kind.reward is not None, [], [])
     ts = repr(event.ts)
-    if kind.counter:
-        upd.counters.append((kind.counter, 1.0))
-        upd.sets.append((">", f"t:{kind.counter}", ts))
+    # the lists built as literals where the event type decides them (fewer appends: this runs per event)
+    counter = kind.counter
+    if counter:
+        counters = [(counter, 1.0)]
+        sets = [(">", f"t:{counter}", ts), ("<", "fs", ts)]
+    else:
+        counters = []
+        sets = [("<", "fs", ts)]
     if event.revenue > 0:
-        upd.counters.append((REVENUE_COUNTER, event.revenue))
-    upd.sets.append(("<", "fs", ts))
+        counters.append((REVENUE_COUNTER, event.revenue))
     if event.consent is not None:  # applied by event time: apply_batch.lua keeps it only if ts >= cons_t
-        upd.sets.append(("=", "cons", "1" if event.consent else "0"))
+        sets.append(("=", "cons", "1" if event.consent else "0"))
     if store_profile:
         if event.device:
-            upd.sets.append(("=", "dev", event.device))
+            sets.append(("=", "dev", event.device))
         if event.segment:
-            upd.sets.append(("=", "seg", event.segment))
-    return upd
+            sets.append(("=", "seg", event.segment))
+    # positional (a class's __init__ called with keywords gets them in a new dict): user_id, digest, ts,
+    # want_state, counters, sets
+    return FeatureUpdate(event.user_id, event_digest(event.event_id), event.ts,
+                         kind.requests_decision or kind.reward is not None, counters, sets)
