@@ -157,13 +157,14 @@ class RedisFeatureStore:
 
     def _payload(self, updates: Sequence[FeatureUpdate]) -> bytes:
         digest = self._digests().of
+        namespace = self.namespace
         return orjson.dumps({
             "ttl": self.ttl_s,
             "ring": self.dedup_ring,
             "windows": self._windows,
             "erased": self.erased_key,
             "events": [
-                [self.key(u.user_id), u.digest.hex(), u.ts, 1 if u.want_state else 0, u.counters, u.sets,
+                [user_key(namespace, u.user_id), u.digest.hex(), u.ts, 1 if u.want_state else 0, u.counters, u.sets,
                  digest(u.user_id)]
                 for u in updates
             ],
