@@ -59,6 +59,10 @@ from policy.stickiness import commit, judge, pin
 
 Selector = Callable[[Sequence[str]], Choice]
 
+# The modes as module constants: ``Mode.X`` on an enum class costs ~110 ns a lookup (timeit), a global ~10.
+EXPLORE, EXPLOIT, STICKY, HOLDOUT = Mode.EXPLORE, Mode.EXPLOIT, Mode.STICKY, Mode.HOLDOUT
+PINNED, FALLBACK, SUPPRESSED = Mode.PINNED, Mode.FALLBACK, Mode.SUPPRESSED
+
 
 @dataclass(slots=True)  # not frozen: made per request, and a frozen __init__ costs 3-4x; never changed
 class PolicyRequest:
@@ -101,7 +105,7 @@ def decide_action(
     cat, budgets, ts = context.catalogue, context.budgets, request.ts
     placement = cat.placements.get(request.placement)
     if placement is None:
-        return PolicyOutcome(NO_ACTION, Mode.FALLBACK, 1.0, {"fallback": "unknown_placement"}, state.copy())
+        return PolicyOutcome(NO_ACTION, FALLBACK, 1.0, {"fallback": "unknown_placement"}, state.copy())
     # the default, unless this user may not see it (no consent for it, outside its dates): then "none"
     default, withheld = cat.fallback_action(placement.id, ts, request.consent)
     channel = placement.channel
@@ -113,7 +117,7 @@ def decide_action(
 
     def finish(action: str, mode: Mode, p: float, choice: Choice | None = None) -> PolicyOutcome:
         """The outcome; a shown action counts as a contact and against the action's daily budgets."""
-        if withheld is not None and mode in (Mode.FALLBACK, Mode.HOLDOUT):
+        if withheld is not None and mode in (FALLBACK, HOLDOUT):
             trace["default_withheld"] = withheld
         if action != NO_ACTION:
             new.contacts[channel] = record_contact(contact, new.contacts.get(channel), action, ts)
@@ -136,7 +140,7 @@ def decide_action(
         trace["caps"] = [blocked.value]
         if control_scope is not None:
             trace["holdout"] = control_scope
-        return finish(NO_ACTION, Mode.SUPPRESSED, 1.0)
+        return finish(NO_ACTION, SUPPRESSED, 1.0)
 
     # Control users get the default, levers or not (a kill switch would show them the same); for treated
     # users the levers are part of what the engine does, so the lift measures them too.
@@ -145,14 +149,14 @@ def decide_action(
     if control_scope is not None:
         trace["holdout"] = control_scope
         shown, withheld = _default_shown(default, withheld, levers.bans, contact, history, ts)
-        return finish(shown, Mode.HOLDOUT, 1.0)
+        return finish(shown, HOLDOUT, 1.0)
 
     if levers.lever_ids:
         trace["levers"] = list(levers.lever_ids)
     if levers.kill is not None:
         trace["fallback"] = "kill_switch"
         shown, withheld = _default_shown(default, withheld, levers.bans, contact, history, ts)
-        return finish(shown, Mode.FALLBACK, 1.0)
+        return finish(shown, FALLBACK, 1.0)
 
     eligible = cat.eligible(placement.id, ts, request.segment, request.consent, request.scores, budgets)
     # the two scans run only where a ban or a per-action cap can drop something (most requests have neither)
@@ -176,12 +180,12 @@ def decide_action(
         if levers.pin in eligible:
             new.sticky[placement.id] = pin(state.sticky.get(placement.id), levers.pin, ts)
             trace["pin"] = levers.pin_lever
-            return finish(levers.pin, Mode.PINNED, 1.0)
+            return finish(levers.pin, PINNED, 1.0)
         trace["pin_ignored"] = eligible.removed.get(levers.pin, "not_in_placement")
     if not eligible:
         trace["fallback"] = "no_eligible_action"
         shown, withheld = _default_shown(default, withheld, levers.bans, contact, history, ts)
-        return finish(shown, Mode.FALLBACK, 1.0)
+        return finish(shown, FALLBACK, 1.0)
 
     settings = placement.stickiness
     incumbent = state.sticky.get(placement.id)
@@ -225,11 +229,11 @@ def decide_action(
         trace["fallback"] = "incumbent_unavailable"
         trace["withdrawn"] = {"incumbent": verdict.action, "reason": reason, **(verdict.detail or {})}
         shown, withheld = _default_shown(default, withheld, levers.bans, contact, history, ts)
-        return finish(shown, Mode.FALLBACK, 1.0, choice)
+        return finish(shown, FALLBACK, 1.0, choice)
     if verdict.kept is not None:
         trace["sticky"] = {"reason": verdict.kept.value, "challenger": verdict.challenger, **(verdict.detail or {})}
-        return finish(verdict.action, Mode.STICKY, 1.0, choice)
-    return finish(verdict.action, Mode.EXPLORE if explored else Mode.EXPLOIT, probability, choice)
+        return finish(verdict.action, STICKY, 1.0, choice)
+    return finish(verdict.action, EXPLORE if explored else EXPLOIT, probability, choice)
 
 
 def _default_shown(default: str, withheld: str | None, bans: frozenset[str], contact: ContactPolicy,
@@ -276,7 +280,7 @@ def decide_default(
         blocked = channel_block(contact, history, ts)
         if blocked is not None:
             trace["caps"] = [blocked.value]
-            return PolicyOutcome(NO_ACTION, Mode.SUPPRESSED, 1.0, trace, new)
+            return PolicyOutcome(NO_ACTION, SUPPRESSED, 1.0, trace, new)
         if default in context.levers.active(ts, request.user_id, request.segment, placement.id).bans:
             default, withheld = NO_ACTION, "ban"
         elif action_capped(contact, history, default, ts):
@@ -288,4 +292,4 @@ def decide_default(
                 context.budgets.record_action(default, ts, cat.actions[default].cost)
     if withheld is not None:
         trace["default_withheld"] = withheld
-    return PolicyOutcome(default, Mode.FALLBACK, 1.0, trace, new)
+    return PolicyOutcome(default, FALLBACK, 1.0, trace, new)
