@@ -18,12 +18,15 @@ from dataclasses import dataclass
 from statistics import NormalDist
 
 _SPACE = float(1 << 64)
+# copied per call: the same digests as a new blake2b(data, digest_size=8), ~200 ns faster (timeit)
+_EMPTY_BLAKE2B = hashlib.blake2b(digest_size=8)
 
 
 def bucket(salt: str, scope: str, user_id: str) -> float:
     """A stable number in [0, 1) for the user in this scope."""
-    digest = hashlib.blake2b(f"{salt}\x1f{scope}\x1f{user_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / _SPACE
+    h = _EMPTY_BLAKE2B.copy()
+    h.update(f"{salt}\x1f{scope}\x1f{user_id}".encode())
+    return int.from_bytes(h.digest(), "big") / _SPACE
 
 
 @dataclass(frozen=True, slots=True)
