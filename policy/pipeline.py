@@ -50,7 +50,7 @@ from bandits.base import Choice
 from contracts.decisions import Mode
 from policy.arbitration import ArbitrationConfig, arbitrate
 from policy.budgets import WorkerBudgets
-from policy.catalogue import NO_ACTION, Catalogue
+from policy.catalogue import NO_ACTION, Catalogue, Placement
 from policy.contact import ChannelHistory, ContactCap, ContactPolicy, action_capped, channel_block, record_contact
 from policy.holdout import HoldoutConfig
 from policy.levers import LeverBook
@@ -110,21 +110,8 @@ def decide_action(
     default, withheld = cat.fallback_action(placement.id, ts, request.consent)
     channel = placement.channel
     contact = cat.contact_policy(channel)
-    history = state.contacts.get(channel)
     new = state.copy()
     trace: dict[str, Any] = {}
-    grouped = False
-
-    def finish(action: str, mode: Mode, p: float, choice: Choice | None = None) -> PolicyOutcome:
-        """The outcome; a shown action counts as a contact and against the action's daily budgets."""
-        if withheld is not None and mode in (FALLBACK, HOLDOUT):
-            trace["default_withheld"] = withheld
-        if action != NO_ACTION:
-            new.contacts[channel] = record_contact(contact, new.contacts.get(channel), action, ts)
-            if action in cat.actions:
-                budgets.record_action(action, ts, cat.actions[action].cost)
-        return PolicyOutcome(action, mode, p, trace, new, choice, grouped, control)
-
     # Every outcome from here on is in the control or the treated group of the lift, on the placements the
     # holdout covers (elsewhere a control user gets the treated decisions, so counting those requests as
     # treated would credit the engine with the control users' rewards). A contact block counts too, in the
@@ -134,13 +121,44 @@ def decide_action(
     grouped = holdout is not None and holdout.covers(placement.id)
     # the holdout's scope when the user is in its control group here
     control_scope = holdout.scope if holdout is not None and holdout.in_control(request.user_id, placement.id) else None
-    control = control_scope is not None
+    action, mode, p, choice, withheld = _settle(
+        request, state, context, select, placement, default, withheld, contact, new, trace, control_scope
+    )
+    # the outcome; a shown action counts as a contact and against the action's daily budgets
+    if withheld is not None and mode in (FALLBACK, HOLDOUT):
+        trace["default_withheld"] = withheld
+    if action != NO_ACTION:
+        new.contacts[channel] = record_contact(contact, new.contacts.get(channel), action, ts)
+        if action in cat.actions:
+            budgets.record_action(action, ts, cat.actions[action].cost)
+    return PolicyOutcome(action, mode, p, trace, new, choice, grouped, control_scope is not None)
+
+
+def _settle(
+    request: PolicyRequest,
+    state: UserPolicyState,
+    context: PolicyContext,
+    select: Selector,
+    placement: Placement,
+    default: str,
+    withheld: str | None,
+    contact: ContactPolicy,
+    new: UserPolicyState,
+    trace: dict[str, Any],
+    control_scope: str | None,
+) -> tuple[str, Mode, float, Choice | None, str | None]:
+    """Steps 1-8 of ``decide_action``: the action, its mode and probability, the bandit's choice (when it was
+    asked) and why the default is withheld (``withheld``, or what ``_default_shown`` says); writes ``trace``
+    and ``new.sticky``. (A function, not a ``finish`` closure in decide_action: that closure's ten cells
+    cost ~0.3 µs a request.)"""
+    cat, budgets, ts = context.catalogue, context.budgets, request.ts
+    history = state.contacts.get(placement.channel)
     blocked: ContactCap | None = channel_block(contact, history, ts)
     if blocked is not None:
         trace["caps"] = [blocked.value]
         if control_scope is not None:
             trace["holdout"] = control_scope
-        return finish(NO_ACTION, SUPPRESSED, 1.0)
+        return NO_ACTION, SUPPRESSED, 1.0, None, withheld
 
     # Control users get the default, levers or not (a kill switch would show them the same); for treated
     # users the levers are part of what the engine does, so the lift measures them too.
@@ -149,14 +167,14 @@ def decide_action(
     if control_scope is not None:
         trace["holdout"] = control_scope
         shown, withheld = _default_shown(default, withheld, levers.bans, contact, history, ts)
-        return finish(shown, HOLDOUT, 1.0)
+        return shown, HOLDOUT, 1.0, None, withheld
 
     if levers.lever_ids:
         trace["levers"] = list(levers.lever_ids)
     if levers.kill is not None:
         trace["fallback"] = "kill_switch"
         shown, withheld = _default_shown(default, withheld, levers.bans, contact, history, ts)
-        return finish(shown, FALLBACK, 1.0)
+        return shown, FALLBACK, 1.0, None, withheld
 
     eligible = cat.eligible(placement.id, ts, request.segment, request.consent, request.scores, budgets)
     # the two scans run only where a ban or a per-action cap can drop something (most requests have neither)
@@ -180,12 +198,12 @@ def decide_action(
         if levers.pin in eligible:
             new.sticky[placement.id] = pin(state.sticky.get(placement.id), levers.pin, ts)
             trace["pin"] = levers.pin_lever
-            return finish(levers.pin, PINNED, 1.0)
+            return levers.pin, PINNED, 1.0, None, withheld
         trace["pin_ignored"] = eligible.removed.get(levers.pin, "not_in_placement")
     if not eligible:
         trace["fallback"] = "no_eligible_action"
         shown, withheld = _default_shown(default, withheld, levers.bans, contact, history, ts)
-        return finish(shown, FALLBACK, 1.0)
+        return shown, FALLBACK, 1.0, None, withheld
 
     settings = placement.stickiness
     incumbent = state.sticky.get(placement.id)
@@ -229,11 +247,11 @@ def decide_action(
         trace["fallback"] = "incumbent_unavailable"
         trace["withdrawn"] = {"incumbent": verdict.action, "reason": reason, **(verdict.detail or {})}
         shown, withheld = _default_shown(default, withheld, levers.bans, contact, history, ts)
-        return finish(shown, FALLBACK, 1.0, choice)
+        return shown, FALLBACK, 1.0, choice, withheld
     if verdict.kept is not None:
         trace["sticky"] = {"reason": verdict.kept.value, "challenger": verdict.challenger, **(verdict.detail or {})}
-        return finish(verdict.action, STICKY, 1.0, choice)
-    return finish(verdict.action, EXPLORE if explored else EXPLOIT, probability, choice)
+        return verdict.action, STICKY, 1.0, choice, withheld
+    return verdict.action, EXPLORE if explored else EXPLOIT, probability, choice, withheld
 
 
 def _default_shown(default: str, withheld: str | None, bans: frozenset[str], contact: ContactPolicy,
