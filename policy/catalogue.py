@@ -187,10 +187,18 @@ class Catalogue:
     _by_placement: dict[str, list[tuple[Action, _Rules, bool]]] = field(default_factory=dict, repr=False)
     _value_scale: float = field(default=1.0, init=False, repr=False)
     _ids_by_placement: dict[str, tuple[str, ...]] = field(default_factory=dict, init=False, repr=False)
+    # _by_placement without the consent filter: for a request whose consent is not False, which it always keeps
+    _consented_by_placement: dict[str, list[tuple[Action, _Rules, bool]]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         for p in self.placements:
             self._by_placement[p] = [_rules_of(a) for a in self.actions.values() if p in a.placements]
+            self._consented_by_placement[p] = [
+                (a, tuple((name, keeps) for name, keeps in rules if keeps is not _consent), limited)
+                for a, rules, limited in self._by_placement[p]
+            ]
             self._ids_by_placement[p] = tuple(a.id for a, _, _ in self._by_placement[p])
         self._value_scale = max((a.value for a in self.actions.values()), default=1.0) or 1.0
 
@@ -222,7 +230,8 @@ class Catalogue:
         ids: list[str] = []
         removed: dict[str, str] = {}
         limits = usage is not None and ts is not None
-        for a, rules, limited in self._by_placement.get(placement, ()):
+        by_placement = self._by_placement if consent is False else self._consented_by_placement
+        for a, rules, limited in by_placement.get(placement, ()):
             reason = None
             for name, keeps in rules:  # the first filter that refuses names the reason
                 if not keeps(a, request):
