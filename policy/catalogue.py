@@ -191,6 +191,8 @@ class Catalogue:
     _consented_by_placement: dict[str, list[tuple[Action, _Rules, bool]]] = field(
         default_factory=dict, init=False, repr=False
     )
+    # placement -> its actions, when for such a request no filter and no daily limit can refuse any of them
+    _consented_unfiltered: dict[str, tuple[str, ...]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         for p in self.placements:
@@ -199,6 +201,8 @@ class Catalogue:
                 (a, tuple((name, keeps) for name, keeps in rules if keeps is not _consent), limited)
                 for a, rules, limited in self._by_placement[p]
             ]
+            if not any(rules or limited for _, rules, limited in self._consented_by_placement[p]):
+                self._consented_unfiltered[p] = tuple(a.id for a, _, _ in self._consented_by_placement[p])
             self._ids_by_placement[p] = tuple(a.id for a, _, _ in self._by_placement[p])
         self._value_scale = max((a.value for a in self.actions.values()), default=1.0) or 1.0
 
@@ -226,6 +230,10 @@ class Catalogue:
         ``eligible(placement)`` alone gives the static set: no date or volume filter, unknown segment,
         unknown consent, no model scores.
         """
+        if consent is not False:
+            unfiltered = self._consented_unfiltered.get(placement)
+            if unfiltered is not None:
+                return Eligibility._owning(list(unfiltered), {})
         request = Request(ts, segment, consent, scores or {})
         ids: list[str] = []
         removed: dict[str, str] = {}
