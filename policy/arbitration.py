@@ -69,14 +69,17 @@ class ArbitrationConfig:
 
 
 def round4(x: float) -> float:
-    """``round(x, 4)``, the very same float for every x, in about half the time (the trace rounds three
+    """``round(x, 4)``, the very same value for every x, in about half the time (the trace rounds three
     numbers of three actions per request, and ``round`` with digits goes through a decimal conversion).
 
     With scaled = x·10⁴ below 10¹¹ in size its error is under 2⁻¹⁶ (< 10¹¹·2⁻⁵³); so when an integer n ≠ 0
     lies within 0.499 of it, n is what the exact x·10⁴ rounds to, with no tie, and n / 10⁴ (n exact in a
     double, one correctly rounded division) is the double nearest n·10⁻⁴: what ``round`` returns. Otherwise
-    (a near tie, 0 or -0, huge, NaN or infinite) ``round`` itself answers. tests/unit/test_round4.py checks
-    millions of values, ties included."""
+    (a near tie, 0 or -0, huge, NaN or infinite) ``round`` itself answers, as it does for a value that is not a
+    float (an int stays an int, as ``round`` keeps it). tests/unit/test_round4.py checks millions of values,
+    ties included."""
+    if type(x) is not float:
+        return round(x, 4)
     scaled = x * 10000.0
     if -1e11 < scaled < 1e11:
         nearest = floor(scaled + 0.5)

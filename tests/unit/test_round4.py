@@ -35,3 +35,9 @@ def test_round4_is_round_to_4_digits_for_every_kind_of_value() -> None:
     for x in (0.0, -0.0, 0.03125, -0.03125, 0.00005, -0.00005, 0.99995, 2.00005, 123.45675, 1e7, 1e7 + 0.5,
               5e-324, 1e308, -1e308, math.inf, -math.inf, math.nan):
         assert _same(round4(x), round(x, 4)), x
+
+
+def test_round4_keeps_what_round_gives_for_values_that_are_not_floats() -> None:
+    # a hand-made Choice may carry int scores: round(1, 4) is the int 1, and the trace must show 1, not 1.0
+    for x in (1, -3, 0, True, 12345678901234567):
+        assert type(round4(x)) is type(round(x, 4)) and round4(x) == round(x, 4), x
