@@ -46,9 +46,10 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from math import floor
+from operator import attrgetter
 
 from bandits.base import Choice
 from policy.catalogue import Catalogue
@@ -156,14 +157,13 @@ class Arbitrated:
     def lower_ev(self, k: float) -> dict[str, float]:
         return {t.action: t.lower_ev(k) for t in self.ranked}
 
-    def ev_on_lookup(self, on_mean: bool = False) -> EvOnLookup:
-        """``ev`` (``mean_ev`` when ``on_mean``) read per action when looked up (stickiness reads a few, often
-        none: no dict per request)."""
-        return EvOnLookup(self.ranked, on_mean)
+    def ev_on_lookup(self, on_mean: bool = False) -> TermsLookup:
+        """``ev`` (``mean_ev`` when ``on_mean``) read per action when looked up."""
+        return TermsLookup(self.ranked, _MEAN_EV if on_mean else _EV)
 
-    def lower_ev_on_lookup(self, k: float) -> LowerEv:
-        """``lower_ev(k)`` computed per action when looked up (stickiness reads one action's, often none)."""
-        return LowerEv(self.ranked, k)
+    def lower_ev_on_lookup(self, k: float) -> TermsLookup:
+        """``lower_ev(k)`` computed per action when looked up."""
+        return TermsLookup(self.ranked, lambda t: t.lower_ev(k))
 
     def settled(self, on_mean: bool, salt: str = "") -> str:
         """The best action without the bandit's draw: highest ev (``mean_ev`` when ``on_mean``), ties to
@@ -184,41 +184,24 @@ class Arbitrated:
         return min(tied, key=lambda t: (_stable_hash(salt, t.action), order.get(t.action, 0))).action
 
 
-class EvOnLookup(Mapping[str, float]):
-    """Action -> its ``Terms.ev`` (``Terms.mean_ev`` when ``on_mean``), found when looked up."""
+_EV: Callable[[Terms], float] = attrgetter("ev")
+_MEAN_EV: Callable[[Terms], float] = attrgetter("mean_ev")
 
-    __slots__ = ("_ranked", "_on_mean")
 
-    def __init__(self, ranked: tuple[Terms, ...], on_mean: bool) -> None:
+class TermsLookup(Mapping[str, float]):
+    """Action -> ``value(its Terms)``, computed when looked up (stickiness reads one or two actions' values per
+    request, often none: no dict of every action's)."""
+
+    __slots__ = ("_ranked", "_value")
+
+    def __init__(self, ranked: tuple[Terms, ...], value: Callable[[Terms], float]) -> None:
         self._ranked = ranked
-        self._on_mean = on_mean
+        self._value = value
 
     def __getitem__(self, action: str) -> float:
         for t in self._ranked:
             if t.action == action:
-                return t.mean_ev if self._on_mean else t.ev
-        raise KeyError(action)
-
-    def __iter__(self) -> Iterator[str]:
-        return (t.action for t in self._ranked)
-
-    def __len__(self) -> int:
-        return len(self._ranked)
-
-
-class LowerEv(Mapping[str, float]):
-    """Action -> its ``Terms.lower_ev(k)``, computed when looked up."""
-
-    __slots__ = ("_ranked", "_k")
-
-    def __init__(self, ranked: tuple[Terms, ...], k: float) -> None:
-        self._ranked = ranked
-        self._k = k
-
-    def __getitem__(self, action: str) -> float:
-        for t in self._ranked:
-            if t.action == action:
-                return t.lower_ev(self._k)
+                return self._value(t)
         raise KeyError(action)
 
     def __iter__(self) -> Iterator[str]:
