@@ -303,6 +303,7 @@ def engine_core(redis_url: str, backlog: Sequence[LoadEvent], batch: int) -> dic
     from cadence.settings import Settings
     from engine.processor import RawMessage
     from streams.app import build_engine, redis_client, start_erasures
+    from streams.gc_pacing import GcPacer
 
     settings = Settings(REDIS_URL=redis_url, app_id="bench-core")
     metrics = Metrics()
@@ -311,11 +312,17 @@ def engine_core(redis_url: str, backlog: Sequence[LoadEvent], batch: int) -> dic
     async def go() -> tuple[float, float]:
         engine = build_engine(settings, metrics, redis_client(settings))
         await start_erasures(engine, settings)
-        wall, cpu = time.perf_counter(), time.process_time()
-        for i in range(0, len(raw), batch):
-            out = await engine.process(raw[i : i + batch])
-            engine.learn(out.learning)
-        return time.perf_counter() - wall, time.process_time() - cpu
+        pacer = GcPacer()  # the garbage collector as the worker runs it (streams/gc_pacing.py), between batches
+        pacer.start()
+        try:
+            wall, cpu = time.perf_counter(), time.process_time()
+            for i in range(0, len(raw), batch):
+                out = await engine.process(raw[i : i + batch])
+                engine.learn(out.learning)
+                pacer.between_batches()
+            return time.perf_counter() - wall, time.process_time() - cpu
+        finally:
+            pacer.stop()
 
     wall_s, cpu_s = asyncio.run(go())
     text = metrics.exposition().decode()
