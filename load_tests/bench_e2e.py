@@ -39,6 +39,7 @@ from load_tests.yardsticks.measure import (
     Histogram,
     drain_rate,
     histogram,
+    machine_busy_s,
     metric_mean,
     metric_sum,
     percentiles,
@@ -206,8 +207,20 @@ def phase_internals(before: str, after: str) -> dict[str, Any]:
     }
 
 
+def cpu_shares(before: dict[str, float], pids: dict[str, int | None], seconds: float) -> dict[str, Any]:
+    """Cores each process used since ``before`` (CPU seconds per second of the phase), and their sum: what the
+    paced load leaves of the machine's CPUs, and who takes it."""
+    if seconds <= 0:
+        return {}
+    used = {name: round((process_cpu_s(pid) - before[name]) / seconds, 2) for name, pid in pids.items()
+            if pid is not None}
+    machine = (machine_busy_s() - before["machine"]) / seconds
+    return {"cores": used, "total": round(sum(used.values()), 2), "cpus": os.cpu_count(),
+            "rest_of_machine": round(max(0.0, machine - sum(used.values())), 2)}
+
+
 def latency_phase(bootstrap: str, worker: WorkerProcess, events: Sequence[LoadEvent], rate: float, plan: Plan,
-                  profile: Path | None) -> dict[str, Any]:
+                  profile: Path | None, servers: dict[str, int | None]) -> dict[str, Any]:
     load, consumed_before = load_now(), engine_count(worker)
     state: dict[str, Any] = {"hist": Histogram.empty(), "intake": Histogram.empty(), "text": ""}
 
@@ -225,7 +238,12 @@ def latency_phase(bootstrap: str, worker: WorkerProcess, events: Sequence[LoadEv
 
     with DecisionWatcher(bootstrap, PREFIX + DECISIONS) as watcher:
         marks = {"warm": plan.warmup_s, "profile": plan.warmup_s + 1.0}
+        pids = {"worker": worker.proc.pid if worker.proc else None, **servers,
+                "load generator (this process)": os.getpid(), "decision watcher": watcher.pid}
+        cpu_before = {name: process_cpu_s(pid) for name, pid in pids.items() if pid is not None}
+        cpu_before["machine"] = machine_busy_s()
         run = send_paced(bootstrap, PREFIX, events, rate, marks, on_mark, should_stop=STOP.is_set)
+        cpu = cpu_shares(cpu_before, pids, run.send_s)
         lag_at_end = len(events) - (engine_count(worker) - consumed_before)
         wanted = [e.event_id for e in events[run.marks.get("warm", 0):] if e.requests_decision]
         consumed_target = consumed_before + len(events)
@@ -256,7 +274,7 @@ def latency_phase(bootstrap: str, worker: WorkerProcess, events: Sequence[LoadEv
         "worker_histogram_ms": {f"p{round(q * 100)}": hist.quantile_ms(q) for q in (0.5, 0.9, 0.99)},
         "worker_histogram_count": hist.count,
         "worker_intake_wait_ms": {f"p{round(q * 100)}": intake.quantile_ms(q) for q in (0.5, 0.9, 0.99)},
-        "load_before": load, "profiled": "spy" in state,
+        "load_before": load, "profiled": "spy" in state, "cpu_cores": cpu,
         "worker_internals": phase_internals(state["text"], text) if state["text"] else None,
     }
 
@@ -281,11 +299,13 @@ def engine_phases(rt: Runtime, plan: Plan, data_dir: Path, common: dict[str, str
         report["redis_cpu"] = redis_cpu(client, cpu_before, plan.events)
         say(f"  engine: {report['memory']['bytes_per_active_user']:,.0f} B of Redis per active user")
         easy = max(100.0, round(plan.easy_share * report["engine"]["events_per_s"], -2))
+        servers = {name: server.proc.pid if server and server.proc else None  # None: not started by this bench
+                   for name, server in (("broker", rt.broker), ("Redis", rt.redis))}
         for key, rate in (("latency_easy", easy), ("latency", plan.rate)):
             say(f"  engine: paced at {rate:,.0f} events/s for {plan.latency_s:.0f}s …")
             paced = mix.take(int(rate * plan.latency_s))
             prof = profile_dir / f"paced_{rate:.0f}.txt" if profile_dir else None
-            report[key] = latency_phase(rt.kafka_bootstrap or "", worker, paced, rate, plan, prof)
+            report[key] = latency_phase(rt.kafka_bootstrap or "", worker, paced, rate, plan, prof, servers)
             say(f"  engine: p50 {report[key]['e2e_ms']['p50']} ms, p99 {report[key]['e2e_ms']['p99']} ms, "
                 f"kept up: {report[key]['kept_up']}")
         worker.stop()

@@ -105,6 +105,15 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
+def machine_busy_s() -> float:
+    """CPU seconds all CPUs of the machine have been busy (not idle or waiting for I/O), from /proc/stat."""
+    try:
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # guest time is within user
+
+
 def drain_rate(count: Callable[[], float], total: int, timeout_s: float,
                on_sample: Callable[[float], None] | None = None,
                cpu: Callable[[], float] = lambda: 0.0) -> dict[str, Any]:

@@ -81,6 +81,10 @@ class DecisionWatcher:
             raise RuntimeError("decision watcher did not get the decisions topic's end offsets within 30 s")
         return self
 
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
     def collect(self) -> dict[str, float]:
         """Stop watching; the arrival time of every decision seen."""
         self._stop.set()

@@ -72,6 +72,11 @@ def table(report: dict[str, Any]) -> str:
                          f"({inside['store_apply_ms_mean']}+{inside['store_write_ms_mean']})", "", ""))
             lag = f"{inside['loop_lag_ms_mean']} / {inside['loop_lag_ms_p99']} ms"
             rows.append(("  event-loop lag mean / p99", lag, "", ""))
+        cpu = lat.get("cpu_cores")
+        if cpu:
+            rows.append((f"  CPU cores used (of {cpu['cpus']}): {cpu['total']}",
+                         ", ".join(f"{name} {cores}" for name, cores in cpu["cores"].items())
+                         + f"; other processes {cpu['rest_of_machine']}", "", ""))
     rows += [
         ("Redis bytes per active user (used_memory)", f"{mem['bytes_per_active_user']:,.0f} B", "≤ 1 KiB",
          _verdict(r["bytes_per_user"], t["bytes_per_user"], False)),

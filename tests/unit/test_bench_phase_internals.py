@@ -35,3 +35,36 @@ def test_a_phase_without_batches_reports_none_not_zero() -> None:
     assert out["batches"] == 0
     assert out["batch_size_mean"] is None and out["batch_processing_ms_mean"] is None
     assert out["loop_lag_ms_p99"] is None
+
+
+def test_cpu_shares_name_who_used_the_cores() -> None:
+    """A process spinning through the phase shows about a core, a sleeping one about none; their sum is the
+    total and the machine's other work is reported apart, never negative."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from load_tests.bench_e2e import cpu_shares
+    from load_tests.yardsticks.measure import machine_busy_s, process_cpu_s
+
+    busy = "import time\nend = time.time() + 0.8\nwhile time.time() < end: pass"
+    spin = subprocess.Popen([sys.executable, "-c", busy])
+    sleep = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.8)"])
+    try:
+        time.sleep(0.1)  # both interpreters are up
+        pids = {"spinner": spin.pid, "sleeper": sleep.pid, "gone": None}
+        before = {name: process_cpu_s(pid) for name, pid in pids.items() if pid is not None}
+        before["machine"] = machine_busy_s()
+        started = time.monotonic()
+        time.sleep(0.5)
+        out = cpu_shares(before, pids, time.monotonic() - started)
+    finally:
+        spin.wait()
+        sleep.wait()
+    assert set(out["cores"]) == {"spinner", "sleeper"}  # a process the bench did not start is left out
+    assert out["cores"]["spinner"] > 0.5
+    assert out["cores"]["sleeper"] < 0.1
+    assert out["total"] == pytest.approx(sum(out["cores"].values()), abs=0.011)
+    assert out["rest_of_machine"] >= 0.0 and out["cpus"] == os.cpu_count()
+    assert cpu_shares(before, pids, 0.0) == {}
