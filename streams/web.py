@@ -12,6 +12,7 @@ import hmac
 import logging
 import math
 import time
+import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -134,6 +135,28 @@ def _too_many(web: faust.web.View, wait: float) -> faust.web.Response:
     return response
 
 
+NOT_UTF8_TODO = "send every parameter as UTF-8 text, percent-encoded (e.g. 'é' as %C3%A9)"
+
+
+def not_utf8(raw_query: str) -> str | None:
+    """What is wrong with a query string (as received, percent-encoded) whose parameter name or value is not
+    UTF-8 once percent-decoded, naming the parameter; None for a query that is UTF-8 throughout.
+
+    aiohttp decodes such bytes to U+FFFD: ``user_id=%FF`` and ``user_id=%FE%FD`` would both read as "\ufffd",
+    two users taken for one. Pairs are split as aiohttp's yarl splits them (on ``&``; ``+`` is a space)."""
+    for pair in raw_query.split("&"):
+        name, _, value = pair.partition("=")
+        try:
+            name = urllib.parse.unquote_plus(name, errors="strict")
+        except UnicodeDecodeError:
+            return f"the parameter name {name[:40]!r} is not UTF-8 once percent-decoded"
+        try:
+            urllib.parse.unquote_plus(value, errors="strict")
+        except UnicodeDecodeError:
+            return f"{name[:40]!r} is not UTF-8 once percent-decoded (sent as {value[:60]!r})"
+    return None
+
+
 class BadParameters(ValueError):
     """A /decide query the request event cannot be built from; the message says what is wrong, ``reason`` is
     its dead-letter reason code."""
@@ -230,11 +253,13 @@ def register_views(
     outputs = BackgroundEmits(emit_or_count)
     batcher = DecideBatcher(decide_batch, outputs)
 
-    def refused(request: faust.web.Request, reason: Reason, what: str, topic: str = HTTP_SOURCE) -> None:
+    def refused(request: faust.web.Request, reason: Reason, what: str, topic: str = HTTP_SOURCE,
+                raw_query: str | None = None) -> None:
         """A /decide request refused before it became an event still goes to dead-letters (its query string as
-        the raw input; the request topic of its placement's channel, or ``http:/decide`` when the placement is
-        unknown) and counts in cadence_dead_letters_total, as a refused event does."""
-        raw = request.query_string.encode(errors="replace")
+        the raw input, or ``raw_query`` when given; the request topic of its placement's channel, or
+        ``http:/decide`` when the placement is unknown) and counts in cadence_dead_letters_total, as a refused
+        event does."""
+        raw = (request.query_string if raw_query is None else raw_query).encode(errors="replace")
         outputs(BatchOutput(dead_letters=[DeadLetter(topic, -1, -1, reason.value, what, raw)]))
         metrics.dead_letters.labels(reason.value).inc()
 
@@ -276,6 +301,11 @@ def register_views(
                 status = 400
                 refused(request, Reason.TOO_LARGE, "query string longer than 2048 bytes")
                 return _error(web, status, "query string longer than 2048 bytes", "send only the documented fields")
+            raw_query = request.rel_url.raw_query_string
+            if (what := not_utf8(raw_query)) is not None:  # the percent-encoded query: decoded, its bytes are lost
+                status = 400
+                refused(request, Reason.INVALID_VALUE, what, raw_query=raw_query)
+                return _error(web, status, what, NOT_UTF8_TODO, reason_code=Reason.INVALID_VALUE.value)
             placement = engine.catalogue.placements.get(params.get("placement", ""))
             if placement is None:
                 status = 400
@@ -315,6 +345,8 @@ def register_views(
             return _error(web, 401, "missing or wrong bearer token", "send 'Authorization: Bearer <CADENCE_API_TOKEN>'")
         if len(request.query_string) > 2048:
             return _error(web, 400, "query string longer than 2048 bytes", "pass only user_id and ts")
+        if (what := not_utf8(request.rel_url.raw_query_string)) is not None:  # "\ufffd" would stand for them all
+            return _error(web, 400, what, NOT_UTF8_TODO)
         wait = bucket.take()  # the same per-worker budget as /decide: a profile read costs a Redis round trip
         if wait:
             return _too_many(web, wait)
