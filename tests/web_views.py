@@ -11,6 +11,7 @@ from typing import Any
 import faust.web  # noqa: F401  (streams.web builds faust.web.View classes)
 import orjson
 from pydantic import SecretStr
+from yarl import URL
 
 from streams import web as web_module
 
@@ -40,13 +41,22 @@ class Body:
 
 
 class Request:
+    """``query`` as parameters, or ``raw_query`` as the percent-encoded query string a client sent (decoded by
+    yarl as aiohttp decodes it: bytes that are not UTF-8 become U+FFFD)."""
+
     def __init__(self, body: Any = None, token: str = ADMIN, query: dict[str, str] | None = None,
-                 method: str = "POST") -> None:
+                 method: str = "POST", raw_query: str | None = None) -> None:
         raw = orjson.dumps(body) if body is not None else b""
         self.method, self.content, self.content_length = method, Body(raw), len(raw)
         self.headers = {"Authorization": f"Bearer {token}"}
-        self.query = query or {}
-        self.query_string = "&".join(f"{k}={v}" for k, v in self.query.items())
+        if raw_query is None:
+            self.rel_url = URL.build(path="/", query=query or {})
+            self.query = query or {}
+            self.query_string = "&".join(f"{k}={v}" for k, v in self.query.items())
+        else:
+            self.rel_url = URL(f"/?{raw_query}", encoded=True)
+            self.query = self.rel_url.query
+            self.query_string = self.rel_url.query_string
 
 
 async def _no_emit(_: Any) -> None:
@@ -54,10 +64,11 @@ async def _no_emit(_: Any) -> None:
 
 
 def register_pages(engine: Any, levers: Any, erasures: Any, tombstone: Callable[[str, str], Awaitable[None]],
-                   max_rps: float, stopping: asyncio.Event | None = None) -> dict[str, Any]:
-    """``register_views`` on a stand-in app; the views by path. Outputs of /decide are dropped."""
+                   max_rps: float, stopping: asyncio.Event | None = None,
+                   emit: Callable[[Any], Awaitable[None]] = _no_emit) -> dict[str, Any]:
+    """``register_views`` on a stand-in app; the views by path. Outputs of /decide go to ``emit`` (dropped)."""
     pages: dict[str, Any] = {}
     app = types.SimpleNamespace(page=lambda path: (lambda fn: pages.__setitem__(path, fn) or fn))
-    web_module.register_views(app, engine, SecretStr(API), SecretStr(ADMIN), _no_emit, levers, erasures, tombstone,
+    web_module.register_views(app, engine, SecretStr(API), SecretStr(ADMIN), emit, levers, erasures, tombstone,
                               max_rps, stopping or asyncio.Event())
     return pages

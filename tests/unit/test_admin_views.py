@@ -62,11 +62,11 @@ class Metric:
 
 
 def views(read: Any = None, levers: Levers | None = None, stopping: asyncio.Event | None = None,
-          **engine_attrs: Any) -> tuple[dict[str, Any], Erasures, list[str]]:
+          emit: Any = None, **engine_attrs: Any) -> tuple[dict[str, Any], Erasures, list[str]]:
     engine = types.SimpleNamespace(
         metrics=types.SimpleNamespace(http_outputs_lost=Metric(), http_latency=Metric(), http_requests=Metric()),
         process_isolating=None, watermark=1_767_614_400.0,
-        catalogue=types.SimpleNamespace(placements={"home_hero": types.SimpleNamespace(channel="web")},
+        catalogue=types.SimpleNamespace(placements={"home_hero": types.SimpleNamespace(id="home_hero", channel="web")},
                                         actions={"offer_10pct": types.SimpleNamespace(placements=("home_hero",))}),
         policy_ctx=types.SimpleNamespace(levers=LeverBook()), store=types.SimpleNamespace(read=read), erased=set(),
     )
@@ -76,7 +76,8 @@ def views(read: Any = None, levers: Levers | None = None, stopping: asyncio.Even
     async def tombstone(user_id: str, who: str) -> None:
         tombstones.append(user_id)
 
-    pages = register_pages(engine, levers or Levers(), erasures, tombstone, 100.0, stopping)
+    pages = register_pages(engine, levers or Levers(), erasures, tombstone, 100.0, stopping,
+                           **({"emit": emit} if emit is not None else {}))
     return pages, erasures, tombstones
 
 
@@ -251,3 +252,102 @@ def test_get_levers_shows_the_newest_audit_entries_from_the_audit_list() -> None
     for bad in ("x", "-1", "1e9"):
         response = asyncio.run(view.get(Web(), Request(method="GET", query={"audit": bad})))
         assert response.status == 400 and "'audit'" in response.body["error"]
+
+
+class Counted(Metric):
+    """A labelled counter that keeps its counts by label values."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, ...], float] = {}
+        self._labels: tuple[str, ...] = ()
+
+    def labels(self, *values: Any) -> Counted:
+        self._labels = tuple(map(str, values))
+        return self
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.counts[self._labels] = self.counts.get(self._labels, 0.0) + amount
+
+
+def deciding_views() -> tuple[dict[str, Any], list[str], list[Any], Counted]:
+    """/decide views on a stand-in engine that decides every valid request event: the views, the user ids of the
+    requests that reached the engine, the dead letters emitted, and cadence_dead_letters_total."""
+    from contracts.decisions import Decision, Mode
+    from contracts.events import Event, parse_event
+    from engine.processor import BatchOutput
+
+    reached: list[str] = []
+    emitted: list[Any] = []
+    dead_letters = Counted()
+
+    async def process_isolating(messages: list[Any], decided: Any = None, source: str = "intake") -> BatchOutput:
+        out = BatchOutput()
+        for message in messages:
+            event = parse_event(message.value, message.topic)
+            assert isinstance(event, Event), event
+            reached.append(event.user_id)
+            out.decisions.append(Decision(f"d-{event.event_id}", event.event_id, event.user_id, event.ts, "web",
+                                          event.placement or "", "offer_10pct", 1.0, Mode.EXPLOIT, "linucb", 0))
+        if decided is not None:
+            decided(out)
+        return out
+
+    async def emit(out: BatchOutput) -> None:
+        emitted.extend(out.dead_letters)
+
+    metrics = types.SimpleNamespace(http_outputs_lost=Metric(), http_latency=Metric(), http_requests=Metric(),
+                                    dead_letters=dead_letters)
+    pages, _, _ = views(emit=emit, metrics=metrics, process_isolating=process_isolating)
+    return pages, reached, emitted, dead_letters
+
+
+def test_query_values_that_are_not_utf8_are_refused_not_merged_into_one_user() -> None:
+    # aiohttp decodes bytes that are not UTF-8 to U+FFFD: user_id=%FF and user_id=%FE%FD were both decided as the
+    # user "\ufffd", sharing their features, caps and stickiness, without a word to anyone
+    pages, reached, emitted, dead_letters = deciding_views()
+
+    async def calls() -> list[Response]:
+        responses = [await pages["/decide"](Web(), Request(token=API, method="GET", raw_query=query)) for query in (
+            "user_id=%FF&placement=home_hero", "user_id=%FE%FD&placement=home_hero",
+            "placement=home_hero&user_id=ok&user_id=%C3", "user_id=u1&placement=%E9",
+            "user_id=u1&placement=home_hero&%FF=1")]
+        await asyncio.sleep(0.05)  # the dead letters are emitted in the background, coalesced over 5 ms
+        return responses
+
+    responses = asyncio.run(calls())
+    assert [r.status for r in responses] == [400] * 5 and reached == []
+    for response, name in zip(responses, ("user_id", "user_id", "user_id", "placement", "%FF"), strict=True):
+        assert f"{name!r}" in response.body["error"] and "not UTF-8" in response.body["error"], response.body
+        assert "UTF-8 text, percent-encoded" in response.body["what_to_do"]
+    assert responses[0].body["reason_code"] == "invalid_value"
+    assert [(d.source_topic, d.reason_code, d.raw) for d in emitted[:2]] == [
+        ("http:/decide", "invalid_value", b"user_id=%FF&placement=home_hero"),
+        ("http:/decide", "invalid_value", b"user_id=%FE%FD&placement=home_hero")]  # the query as sent
+    assert len(emitted) == 5 and dead_letters.counts == {("invalid_value",): 5.0}
+
+
+def test_a_non_ascii_user_id_in_utf8_is_decided_as_itself() -> None:
+    pages, reached, emitted, _ = deciding_views()
+
+    async def calls() -> list[Response]:
+        return [await pages["/decide"](Web(), Request(token=API, method="GET", raw_query=query)) for query in (
+            "user_id=%C3%A9l%C3%A8ve&placement=home_hero&request_id=r1",
+            "user_id=a+b&placement=home_hero&request_id=r2",  # '+' is a space, as before
+            "user_id=x&user_id=%EF%BF%BD&placement=home_hero&request_id=r3")]  # U+FFFD sent as UTF-8: valid
+
+    responses = asyncio.run(calls())
+    assert [r.status for r in responses] == [200] * 3, [r.body for r in responses]
+    assert [r.body["user_id"] for r in responses] == reached == ["élève", "a b", "\ufffd"] and emitted == []
+
+
+def test_a_profile_asked_with_a_user_id_that_is_not_utf8_is_a_400() -> None:
+    asked: list[str] = []
+
+    async def read(user_id: str) -> Any:
+        asked.append(user_id)
+        raise AssertionError("the store is not read for such a user_id")
+
+    pages, _, _ = views(read=read)
+    response = asyncio.run(pages["/profile"](Web(), Request(token=API, method="GET", raw_query="user_id=%FF")))
+    assert response.status == 400 and "'user_id'" in response.body["error"] and "not UTF-8" in response.body["error"]
+    assert "percent-encoded" in response.body["what_to_do"] and asked == []
