@@ -288,6 +288,40 @@ def test_every_refused_decide_request_is_dead_lettered_and_counted(worker: Worke
     assert counted == {"invalid_value": 2.0, "unexpected_field": 1.0, "wrong_type": 1.0, "too_large": 1.0}
 
 
+def call_raw(worker: WorkerProcess, path: str, query: str, token: str = API) -> tuple[int, dict]:
+    """As :func:`call`, with the query string sent as given (percent-encoded bytes that need not be UTF-8)."""
+    req = urllib.request.Request(f"{worker.url}{path}?{query}", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_ids_that_are_not_utf8_are_refused_not_taken_for_one_user(worker: WorkerProcess, runtime: Runtime,
+                                                                  isolated: dict[str, str]) -> None:
+    """aiohttp decodes percent-encoded bytes that are not UTF-8 to U+FFFD: user_id=%FF and user_id=%FE%FD were
+    decided as one user "\ufffd" (shared features, caps and stickiness), silently."""
+    for i, query in enumerate(("user_id=%FF", "user_id=%FE%FD")):
+        status, doc = call_raw(worker, "/decide", f"{query}&placement=home_hero&ts={NOON + i}&request_id=bad-{i}")
+        assert (status, doc.get("reason_code")) == (400, "invalid_value"), doc
+        assert "'user_id' is not UTF-8" in doc["error"] and "UTF-8 text, percent-encoded" in doc["what_to_do"]
+    status, doc = call_raw(worker, "/profile", "user_id=%FF")
+    assert status == 400 and "'user_id' is not UTF-8" in doc["error"]
+    status, doc = call_raw(worker, "/decide", f"user_id=%C3%A9l%C3%A8ve&placement=home_hero&ts={NOON + 5}")
+    assert status == 200 and doc["user_id"] == "élève", doc
+    assert call(worker, "/profile", user_id="\ufffd", ts=NOON + 6)[1]["exists"] is False  # nobody became "\ufffd"
+
+    dead = TopicReader(runtime, isolated["topic_prefix"] + "dead-letters").read_until(lambda recs: len(recs) >= 2)
+    assert sorted((d["reason_code"], d["source_topic"], d["raw_preview"]) for d in dead) == [
+        ("invalid_value", "http:/decide", f"user_id=%FE%FD&placement=home_hero&ts={NOON + 1}&request_id=bad-1"),
+        ("invalid_value", "http:/decide", f"user_id=%FF&placement=home_hero&ts={NOON}&request_id=bad-0")]
+    assert re.search(r'^cadence_dead_letters_total\{reason="invalid_value"\} 2\.0$', worker.metrics_text(), re.M)
+    decided = TopicReader(runtime, isolated["topic_prefix"] + "decisions").read_until(
+        lambda recs: any(r["user_id"] == "élève" for r in recs))
+    assert [r["user_id"] for r in decided] == ["élève"]
+
+
 def test_decisions_answered_while_a_worker_stops_are_on_the_topic(runtime: Runtime, isolated: dict[str, str],
                                                                   data_dir: Path) -> None:
     """SIGTERM while /decide requests keep coming: every request answered 200 has its decision on the decisions
