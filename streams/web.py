@@ -144,6 +144,8 @@ def not_utf8(raw_query: str) -> str | None:
 
     aiohttp decodes such bytes to U+FFFD: ``user_id=%FF`` and ``user_id=%FE%FD`` would both read as "\ufffd",
     two users taken for one. Pairs are split as aiohttp's yarl splits them (on ``&``; ``+`` is a space)."""
+    if "%" not in raw_query:  # the usual query: nothing percent-encoded, every byte of it is ASCII
+        return None
     for pair in raw_query.split("&"):
         name, _, value = pair.partition("=")
         try:
