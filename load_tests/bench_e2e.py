@@ -39,7 +39,7 @@ from load_tests.yardsticks.measure import (
     Histogram,
     drain_rate,
     histogram,
-    machine_busy_s,
+    machine_cpu_s,
     metric_mean,
     metric_sum,
     percentiles,
@@ -207,16 +207,32 @@ def phase_internals(before: str, after: str) -> dict[str, Any]:
     }
 
 
-def cpu_shares(before: dict[str, float], pids: dict[str, int | None], seconds: float) -> dict[str, Any]:
-    """Cores each process used since ``before`` (CPU seconds per second of the phase), and their sum: what the
-    paced load leaves of the machine's CPUs, and who takes it."""
+def cpu_before(pids: dict[str, int | None]) -> dict[str, float]:
+    """What ``cpu_shares`` measures from: each process's CPU seconds, the machine's, and the time."""
+    busy, stolen = machine_cpu_s()
+    before = {name: process_cpu_s(pid) for name, pid in pids.items() if pid is not None}
+    before.update({"machine": busy, "stolen": stolen, "at": time.monotonic()})
+    return before
+
+
+def cpu_shares(before: dict[str, float], pids: dict[str, int | None]) -> dict[str, Any]:
+    """Cores each process used since ``before`` (CPU seconds per second), their sum, the machine's other
+    processes (its busy time less theirs: a little below 0 is tick rounding) and the time a VM's host took
+    (stolen). A process gone meanwhile reads None: what it used before it went is not known."""
+    seconds = time.monotonic() - before["at"]
     if seconds <= 0:
         return {}
-    used = {name: round((process_cpu_s(pid) - before[name]) / seconds, 2) for name, pid in pids.items()
-            if pid is not None}
-    machine = (machine_busy_s() - before["machine"]) / seconds
-    return {"cores": used, "total": round(sum(used.values()), 2), "cpus": os.cpu_count(),
-            "rest_of_machine": round(max(0.0, machine - sum(used.values())), 2)}
+    used: dict[str, float | None] = {}
+    for name, pid in pids.items():
+        if pid is None:
+            continue
+        after = process_cpu_s(pid)
+        used[name] = round((after - before[name]) / seconds, 2) if after >= before[name] else None
+    busy, stolen = machine_cpu_s()
+    known = sum(v for v in used.values() if v is not None)
+    return {"cores": used, "total": round(known, 2), "cpus": os.cpu_count(),
+            "rest_of_machine": round((busy - before["machine"]) / seconds - known, 2),
+            "stolen": round((stolen - before["stolen"]) / seconds, 2)}
 
 
 def latency_phase(bootstrap: str, worker: WorkerProcess, events: Sequence[LoadEvent], rate: float, plan: Plan,
@@ -240,10 +256,9 @@ def latency_phase(bootstrap: str, worker: WorkerProcess, events: Sequence[LoadEv
         marks = {"warm": plan.warmup_s, "profile": plan.warmup_s + 1.0}
         pids = {"worker": worker.proc.pid if worker.proc else None, **servers,
                 "load generator (this process)": os.getpid(), "decision watcher": watcher.pid}
-        cpu_before = {name: process_cpu_s(pid) for name, pid in pids.items() if pid is not None}
-        cpu_before["machine"] = machine_busy_s()
+        started = cpu_before(pids)
         run = send_paced(bootstrap, PREFIX, events, rate, marks, on_mark, should_stop=STOP.is_set)
-        cpu = cpu_shares(cpu_before, pids, run.send_s)
+        cpu = cpu_shares(started, pids)
         lag_at_end = len(events) - (engine_count(worker) - consumed_before)
         wanted = [e.event_id for e in events[run.marks.get("warm", 0):] if e.requests_decision]
         consumed_target = consumed_before + len(events)

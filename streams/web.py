@@ -142,9 +142,11 @@ def not_utf8(raw_query: str) -> str | None:
     """What is wrong with a query string (as received, percent-encoded) whose parameter name or value is not
     UTF-8 once percent-decoded, naming the parameter; None for a query that is UTF-8 throughout.
 
-    aiohttp decodes such bytes to U+FFFD: ``user_id=%FF`` and ``user_id=%FE%FD`` would both read as "\ufffd",
-    two users taken for one. Pairs are split as aiohttp's yarl splits them (on ``&``; ``+`` is a space)."""
-    if "%" not in raw_query:  # the usual query: nothing percent-encoded, every byte of it is ASCII
+    aiohttp decodes such bytes to U+FFFD: ``user_id=%FF`` and ``user_id=%FE`` would both read as "\ufffd", two
+    users taken for one. Pairs are split as aiohttp's yarl splits them (on ``&``; ``+`` is a space). aiohttp's
+    compiled parser refuses raw bytes that are not ASCII before a view runs; its pure-Python one passes them on
+    as lone surrogates, which are refused here too."""
+    if "%" not in raw_query and raw_query.isascii():  # the usual query: nothing to decode
         return None
     for pair in raw_query.split("&"):
         name, _, value = pair.partition("=")
@@ -152,11 +154,19 @@ def not_utf8(raw_query: str) -> str | None:
             name = urllib.parse.unquote_plus(name, errors="strict")
         except UnicodeDecodeError:
             return f"the parameter name {name[:40]!r} is not UTF-8 once percent-decoded"
+        if _has_surrogate(name):
+            return f"the parameter name {name[:40]!r} is not UTF-8"
         try:
-            urllib.parse.unquote_plus(value, errors="strict")
+            decoded = urllib.parse.unquote_plus(value, errors="strict")
         except UnicodeDecodeError:
             return f"{name[:40]!r} is not UTF-8 once percent-decoded (sent as {value[:60]!r})"
+        if _has_surrogate(decoded):
+            return f"{name[:40]!r} is not UTF-8 (sent as {value[:60]!r})"
     return None
+
+
+def _has_surrogate(text: str) -> bool:
+    return not text.isascii() and any("\ud800" <= c <= "\udfff" for c in text)
 
 
 class BadParameters(ValueError):

@@ -105,13 +105,15 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
-def machine_busy_s() -> float:
-    """CPU seconds all CPUs of the machine have been busy (not idle or waiting for I/O), from /proc/stat."""
+def machine_cpu_s() -> tuple[float, float]:
+    """CPU seconds all CPUs of the machine have been busy (user, nice, system, irq, softirq: guest time is within
+    user), and stolen (a VM's vCPU ready to run while its host ran something else), from /proc/stat."""
     try:
         ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     except (OSError, ValueError):
-        return 0.0
-    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # guest time is within user
+        return 0.0, 0.0
+    hz = os.sysconf("SC_CLK_TCK")
+    return (ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6]) / hz, (ticks[7] if len(ticks) > 7 else 0) / hz
 
 
 def drain_rate(count: Callable[[], float], total: int, timeout_s: float,

@@ -75,8 +75,10 @@ def table(report: dict[str, Any]) -> str:
         cpu = lat.get("cpu_cores")
         if cpu:
             rows.append((f"  CPU cores used (of {cpu['cpus']}): {cpu['total']}",
-                         ", ".join(f"{name} {cores}" for name, cores in cpu["cores"].items())
-                         + f"; other processes {cpu['rest_of_machine']}", "", ""))
+                         ", ".join(f"{name} {'exited' if cores is None else cores}"
+                                   for name, cores in cpu["cores"].items())
+                         + f"; other processes {cpu['rest_of_machine']}, stolen by the host {cpu['stolen']}",
+                         "", ""))
     rows += [
         ("Redis bytes per active user (used_memory)", f"{mem['bytes_per_active_user']:,.0f} B", "≤ 1 KiB",
          _verdict(r["bytes_per_user"], t["bytes_per_user"], False)),

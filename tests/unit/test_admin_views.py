@@ -12,6 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from features.keys import UserDigest
 from features.store import FeatureStoreError
 from policy.levers import AuditRecord, LeverBook
+from streams.web import not_utf8
 from tests.web_views import API, Request, Response, Web, register_pages
 
 
@@ -302,13 +303,13 @@ def deciding_views() -> tuple[dict[str, Any], list[str], list[Any], Counted]:
 
 
 def test_query_values_that_are_not_utf8_are_refused_not_merged_into_one_user() -> None:
-    # aiohttp decodes bytes that are not UTF-8 to U+FFFD: user_id=%FF and user_id=%FE%FD were both decided as the
+    # aiohttp decodes bytes that are not UTF-8 to U+FFFD: user_id=%FF and user_id=%FE were both decided as the
     # user "\ufffd", sharing their features, caps and stickiness, without a word to anyone
     pages, reached, emitted, dead_letters = deciding_views()
 
     async def calls() -> list[Response]:
         responses = [await pages["/decide"](Web(), Request(token=API, method="GET", raw_query=query)) for query in (
-            "user_id=%FF&placement=home_hero", "user_id=%FE%FD&placement=home_hero",
+            "user_id=%FF&placement=home_hero", "user_id=%FE&placement=home_hero",
             "placement=home_hero&user_id=ok&user_id=%C3", "user_id=u1&placement=%E9",
             "user_id=u1&placement=home_hero&%FF=1")]
         await asyncio.sleep(0.05)  # the dead letters are emitted in the background, coalesced over 5 ms
@@ -322,7 +323,7 @@ def test_query_values_that_are_not_utf8_are_refused_not_merged_into_one_user() -
     assert responses[0].body["reason_code"] == "invalid_value"
     assert [(d.source_topic, d.reason_code, d.raw) for d in emitted[:2]] == [
         ("http:/decide", "invalid_value", b"user_id=%FF&placement=home_hero"),
-        ("http:/decide", "invalid_value", b"user_id=%FE%FD&placement=home_hero")]  # the query as sent
+        ("http:/decide", "invalid_value", b"user_id=%FE&placement=home_hero")]  # the query as sent
     assert len(emitted) == 5 and dead_letters.counts == {("invalid_value",): 5.0}
 
 
@@ -351,3 +352,14 @@ def test_a_profile_asked_with_a_user_id_that_is_not_utf8_is_a_400() -> None:
     response = asyncio.run(pages["/profile"](Web(), Request(token=API, method="GET", raw_query="user_id=%FF")))
     assert response.status == 400 and "'user_id'" in response.body["error"] and "not UTF-8" in response.body["error"]
     assert "percent-encoded" in response.body["what_to_do"] and asked == []
+
+
+def test_not_utf8_names_the_parameter_and_passes_what_aiohttp_reads_alike() -> None:
+    assert not_utf8("user_id=u1&placement=home_hero") is None
+    assert not_utf8("user_id=%C3%A9l%C3%A8ve&page=a+b&x=%zz&y=%") is None  # UTF-8, a space, and '%' kept as text
+    assert not_utf8("user_id=%EF%BF%BD") is None  # U+FFFD itself, sent as UTF-8
+    assert "'user_id'" in (not_utf8("placement=home_hero&user_id=%FE") or "")
+    assert "parameter name" in (not_utf8("%FF=1") or "")
+    # aiohttp's pure-Python parser hands raw bytes that are not UTF-8 over as lone surrogates
+    assert "'user_id'" in (not_utf8("user_id=\udcff") or "")
+    assert "parameter name" in (not_utf8("\udcff=1") or "")
