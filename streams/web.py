@@ -149,24 +149,22 @@ def not_utf8(raw_query: str) -> str | None:
     if "%" not in raw_query and raw_query.isascii():  # the usual query: nothing to decode
         return None
     for pair in raw_query.split("&"):
-        name, _, value = pair.partition("=")
-        try:
-            name = urllib.parse.unquote_plus(name, errors="strict")
-        except UnicodeDecodeError:
-            return f"the parameter name {name[:40]!r} is not UTF-8 once percent-decoded"
-        if _has_surrogate(name):
-            return f"the parameter name {name[:40]!r} is not UTF-8"
-        try:
-            decoded = urllib.parse.unquote_plus(value, errors="strict")
-        except UnicodeDecodeError:
+        sent_name, _, value = pair.partition("=")
+        name = _decoded(sent_name)
+        if name is None:
+            return f"the parameter name {sent_name[:40]!r} is not UTF-8 once percent-decoded"
+        if _decoded(value) is None:
             return f"{name[:40]!r} is not UTF-8 once percent-decoded (sent as {value[:60]!r})"
-        if _has_surrogate(decoded):
-            return f"{name[:40]!r} is not UTF-8 (sent as {value[:60]!r})"
     return None
 
 
-def _has_surrogate(text: str) -> bool:
-    return not text.isascii() and any("\ud800" <= c <= "\udfff" for c in text)
+def _decoded(sent: str) -> str | None:
+    """``sent`` percent-decoded (``+`` a space), or None when that is not UTF-8 text (lone surrogates too)."""
+    try:
+        text = urllib.parse.unquote_plus(sent, errors="strict")
+    except UnicodeDecodeError:
+        return None
+    return None if not text.isascii() and any("\ud800" <= c <= "\udfff" for c in text) else text
 
 
 class BadParameters(ValueError):
