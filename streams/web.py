@@ -135,7 +135,7 @@ def _too_many(web: faust.web.View, wait: float) -> faust.web.Response:
     return response
 
 
-NOT_UTF8_TODO = "send every parameter as UTF-8 text, percent-encoded (e.g. 'é' as %C3%A9)"
+NOT_UTF8_WHAT_TO_DO = "send every parameter as UTF-8 text, percent-encoded (e.g. 'é' as %C3%A9)"
 
 
 def not_utf8(raw_query: str) -> str | None:
@@ -315,7 +315,7 @@ def register_views(
             if (what := not_utf8(raw_query)) is not None:  # the percent-encoded query: decoded, its bytes are lost
                 status = 400
                 refused(request, Reason.INVALID_VALUE, what, raw_query=raw_query)
-                return _error(web, status, what, NOT_UTF8_TODO, reason_code=Reason.INVALID_VALUE.value)
+                return _error(web, status, what, NOT_UTF8_WHAT_TO_DO, reason_code=Reason.INVALID_VALUE.value)
             placement = engine.catalogue.placements.get(params.get("placement", ""))
             if placement is None:
                 status = 400
@@ -356,7 +356,7 @@ def register_views(
         if len(request.query_string) > 2048:
             return _error(web, 400, "query string longer than 2048 bytes", "pass only user_id and ts")
         if (what := not_utf8(request.rel_url.raw_query_string)) is not None:  # "\ufffd" would stand for them all
-            return _error(web, 400, what, NOT_UTF8_TODO)
+            return _error(web, 400, what, NOT_UTF8_WHAT_TO_DO)
         wait = bucket.take()  # the same per-worker budget as /decide: a profile read costs a Redis round trip
         if wait:
             return _too_many(web, wait)
