@@ -63,7 +63,8 @@ def _decision(event: Event, action: str, probability: float, mode: Mode, policy:
         event.channel,
         placement,
         action,
-        round(probability, 6),
+        # a float 1.0 is its own round(x, 6), which costs ~0.5 us (91 % of the bench's decisions have p = 1.0)
+        probability if probability == 1.0 and type(probability) is float else round(probability, 6),
         mode,
         policy.name,
         policy.version,
