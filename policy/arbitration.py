@@ -31,11 +31,11 @@ ev winner). This is exact for every pick the bandit can make, score ties include
 that does not report ``floor`` (0) is read as having no uniform branch.
 
 Where a decision lasts (placements with stickiness) the pipeline does not use the bandit's draw but
-``settled``: the best action on ev (UCB-optimistic) or on ``mean_ev`` (the same formula on the bandit's
-mean estimate ``Choice.means``, no exploration bonus), ties to the higher score, then catalogue order.
-It is deterministic given the statistics, so it is logged with probability 1. ``lower_ev(k)`` is the ev
-at the mean minus k bonus widths (a lower bound of the kind UCB's upper one is), for rules that must be
-sure an action is better before acting on it.
+``settled`` on ``rank``'s ranking (``arbitrate`` is ``rank`` plus the candidate for the draw): the best action
+on ev (UCB-optimistic) or on ``mean_ev`` (the same formula on the bandit's mean estimate ``Choice.means``, no
+exploration bonus), ties to the higher score, then catalogue order. It is deterministic given the statistics,
+so it is logged with probability 1. ``lower_ev(k)`` is the ev at the mean minus k bonus widths (a lower bound
+of the kind UCB's upper one is), for rules that must be sure an action is better before acting on it.
 
 When arbitration overrides the bandit's greedy action (a cost or boost made another action better), that
 action is shown only through the uniform draw (probability ε/K, ≥ ε_min/K for LinUCB): the business rule
@@ -92,7 +92,7 @@ def round4(x: float) -> float:
 class Terms:
     """One action's arbitration terms (shown in the trace). A plain slotted class, built with every field
     computed (one is built per eligible action per request, so no dataclass machinery and no ``max()``
-    calls); nothing changes them after ``arbitrate``."""
+    calls); nothing changes them after ``rank``."""
 
     __slots__ = ("action", "score", "value", "boost", "cost", "ev", "mean", "scale", "mean_ev", "probability")
 
@@ -139,12 +139,12 @@ class Terms:
 
 
 @dataclass(slots=True)  # not frozen: made per request, and a frozen __init__ costs 3-4x; never changed
-class Arbitrated:
-    action: str  # the candidate (stickiness may still keep the incumbent)
-    probability: float  # P(action is shown) under bandit + arbitration, exact (module docstring)
-    explored: bool  # the action shown is not what arbitration makes of the bandit's greedy action (mode explore)
+class Ranking:
+    """The eligible actions' terms ranked (``rank``): all a placement with stickiness reads, which settles on
+    them (``settled``) instead of the bandit's draw."""
+
     ranked: tuple[Terms, ...]  # every eligible action, best ev first
-    eligible: tuple[str, ...] = ()  # the eligible actions in the order given (settles ties)
+    eligible: tuple[str, ...]  # the eligible actions in the order given (settles ties)
 
     @property
     def ev(self) -> dict[str, float]:
@@ -182,6 +182,15 @@ class Arbitrated:
             return tied[0].action
         order = {a: i for i, a in enumerate(self.eligible)}
         return min(tied, key=lambda t: (_stable_hash(salt, t.action), order.get(t.action, 0))).action
+
+
+@dataclass(slots=True)  # not frozen: made per request, and a frozen __init__ costs 3-4x; never changed
+class Arbitrated(Ranking):
+    """The ranking and what arbitration makes of the bandit's draw (``arbitrate``)."""
+
+    action: str  # the candidate (stickiness may still keep the incumbent)
+    probability: float  # P(action is shown) under bandit + arbitration, exact (module docstring)
+    explored: bool  # the action shown is not what arbitration makes of the bandit's greedy action (mode explore)
 
 
 _EV: Callable[[Terms], float] = attrgetter("ev")
@@ -222,16 +231,17 @@ def _stable_hash(salt: str, action: str) -> bytes:
 _EMPTY_BLAKE2B = hashlib.blake2b(digest_size=8)
 
 
-def arbitrate(
+def rank(
     choice: Choice,
     eligible: Sequence[str],
     catalogue: Catalogue,
     boosts: Mapping[str, float] | None = None,
     config: ArbitrationConfig = ArbitrationConfig(),
-) -> Arbitrated:
-    """Rank ``eligible`` (the set the bandit chose from) and pick the candidate."""
+) -> Ranking:
+    """The terms of ``eligible`` (the set the bandit chose from), best ev first, without the candidate: what
+    a placement with stickiness needs (``arbitrate`` adds the candidate and its probability)."""
     if not eligible:
-        raise ValueError("arbitrate() needs at least one eligible action")
+        raise ValueError("arbitration needs at least one eligible action")
     scale = catalogue.value_scale
     by_value = config.reward_unit == "value"
     actions = catalogue.actions
@@ -239,9 +249,6 @@ def arbitrate(
     # per position of ``eligible``: the choice's own lists when it was made over this very order (always, from
     # the pipeline), so no dict by action is built per request
     scores, means, probs = choice.aligned(order)
-    pick, greedy = choice.action, choice.greedy
-    pick_t = greedy_t = None
-    top_score = -math.inf
     keyed: list[tuple[float, float, int, Terms]] = []
     for i, a in enumerate(order):
         action = actions[a]
@@ -251,14 +258,31 @@ def arbitrate(
         t = Terms(a, score, action.value, boost, action.cost, (score if score > 0.0 else 0.0) * unit - action.cost,
                   means[i], unit, probs[i])
         keyed.append((-t.ev, -score, i, t))
+    keyed.sort()  # best ev, then higher score, then eligible order (i is unique: Terms are never compared)
+    return Ranking(tuple([k[3] for k in keyed]), order)
+
+
+def arbitrate(
+    choice: Choice,
+    eligible: Sequence[str],
+    catalogue: Catalogue,
+    boosts: Mapping[str, float] | None = None,
+    config: ArbitrationConfig = ArbitrationConfig(),
+) -> Arbitrated:
+    """Rank ``eligible`` (the set the bandit chose from) and pick the candidate."""
+    ranking = rank(choice, eligible, catalogue, boosts, config)
+    ranked = ranking.ranked
+    pick, greedy = choice.action, choice.greedy
+    pick_t = greedy_t = None
+    top_score = -math.inf
+    for t in ranked:
+        score = t.score
         if score > top_score:
             top_score = score
-        if a == pick:
+        if t.action == pick:
             pick_t = t
-        if a == greedy:
+        if t.action == greedy:
             greedy_t = t
-    keyed.sort()  # best ev, then higher score, then eligible order (i is unique: Terms are never compared)
-    ranked = tuple([k[3] for k in keyed])
     first = ranked[0]
     top_ev = first.ev
     # The greedy branch (a pick at the bandit's top score, not from the uniform draw) shows the ev winner;
@@ -273,7 +297,7 @@ def arbitrate(
     p = _shown(cand_t, first, ranked, top_score, choice.floor) if cand_t is not None else 0.0
     if p <= 0.0:  # a bandit that gives no probabilities: fall back to its own number
         p = choice.probability
-    return Arbitrated(candidate, min(p, 1.0), candidate != best, ranked, order)
+    return Arbitrated(ranked, ranking.eligible, candidate, min(p, 1.0), candidate != best)
 
 
 def _shown(t: Terms, first: Terms, ranked: tuple[Terms, ...], top_score: float, floor: float) -> float:

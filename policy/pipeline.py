@@ -12,6 +12,7 @@ the first that settles the request returns:
 6. nothing left                                                  -> default, mode fallback
 7. bandit + arbitration: ``select(eligible)`` asks the bandit (the caller binds the context vector), then
    ``arbitrate`` ranks the candidates                                   mode explore / exploit
+   (``rank`` alone where stickiness settles the candidate: it needs no pick from the bandit's draw)
    - no stickiness on the placement: the candidate is arbitration's pick, the bandit's exploration kept;
    - stickiness (any rule set): what is shown stays, so the candidate is deterministic and never a
      random exploration: the first decision takes the best on the optimistic score (for LinUCB the
@@ -48,7 +49,7 @@ from typing import Any
 
 from bandits.base import Choice
 from contracts.decisions import Mode
-from policy.arbitration import ArbitrationConfig, arbitrate
+from policy.arbitration import ArbitrationConfig, arbitrate, rank
 from policy.budgets import WorkerBudgets
 from policy.catalogue import NO_ACTION, Catalogue, Placement
 from policy.contact import ChannelHistory, ContactCap, ContactPolicy, action_capped, channel_block, record_contact
@@ -209,19 +210,21 @@ def _settle(
     incumbent = state.sticky.get(placement.id)
     budget_available = budgets.change_available(placement.id, ts, settings.max_changes_per_hour)
     choice = select(eligible_ids)
-    arb = arbitrate(choice, eligible_ids, cat, levers.boosts, context.arbitration)
     trace["greedy"] = choice.greedy
     lower = None
     if settings.limited:
         # What is shown here stays: no random exploration and a deterministic candidate (p = 1). The
         # first decision takes the optimistic (UCB) best, the one place where trying an action costs no
         # change; a change goes to the best on the mean, and only when it is surely better (rule 3).
-        candidate = arb.settled(on_mean=incumbent is not None, salt=request.user_id)
-        probability, explored, ev = 1.0, False, arb.ev_on_lookup(on_mean=True)
+        # So the ranking is all it needs, not arbitration's candidate for the bandit's draw.
+        ranking = rank(choice, eligible_ids, cat, levers.boosts, context.arbitration)
+        candidate = ranking.settled(on_mean=incumbent is not None, salt=request.user_id)
+        probability, explored, ev = 1.0, False, ranking.ev_on_lookup(on_mean=True)
         if settings.confidence > 0:
-            lower = arb.lower_ev_on_lookup(settings.confidence)
-        trace["top"] = [t.to_trace(with_mean=True) for t in arb.ranked[: context.arbitration.top_k]]
+            lower = ranking.lower_ev_on_lookup(settings.confidence)
+        trace["top"] = [t.to_trace(with_mean=True) for t in ranking.ranked[: context.arbitration.top_k]]
     else:
+        arb = arbitrate(choice, eligible_ids, cat, levers.boosts, context.arbitration)
         candidate, probability, explored, ev = arb.action, arb.probability, arb.explored, arb.ev_on_lookup()
         trace["top"] = [t.to_trace() for t in arb.ranked[: context.arbitration.top_k]]
 

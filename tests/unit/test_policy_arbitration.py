@@ -9,7 +9,7 @@ import pytest
 
 from bandits.base import Choice
 from bandits.linucb import LinUCB
-from policy.arbitration import ArbitrationConfig, arbitrate
+from policy.arbitration import ArbitrationConfig, arbitrate, rank
 from policy.catalogue import Action, Catalogue, Placement
 
 
@@ -217,6 +217,16 @@ def test_settled_is_the_best_without_the_draw(case, scores, means, on_mean, expe
     cat = catalogue({"a": 10.0, "b": 10.0})
     choice = Choice.from_maps("b", 0.05, "a", scores, {"a": 0.95, "b": 0.05}, means)  # the bandit explored b
     assert arbitrate(choice, ["a", "b"], cat).settled(on_mean) == expected
+
+
+def test_rank_is_arbitrate_without_the_candidate() -> None:
+    """The pipeline settles sticky placements on ``rank`` alone: the same terms, order and settled action."""
+    choice = eps_greedy(SCORES, "a")
+    full, ranking = arbitrate(choice, ["a", "b", "c"], CAT, {"b": 1.5}), rank(choice, ["a", "b", "c"], CAT, {"b": 1.5})
+    assert ranking.ranked == full.ranked and ranking.eligible == full.eligible == ("a", "b", "c")
+    assert [ranking.settled(m, salt="u") for m in (False, True)] == [full.settled(m, salt="u") for m in (False, True)]
+    with pytest.raises(ValueError, match="at least one eligible action"):
+        rank(choice, [], CAT)
 
 
 def test_settled_ties_are_spread_over_users_but_stable_for_each() -> None:
