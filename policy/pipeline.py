@@ -45,11 +45,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from bandits.base import Choice
 from contracts.decisions import Mode
-from policy.arbitration import ArbitrationConfig, arbitrate, rank
+from policy.arbitration import ArbitrationConfig, Ranking, arbitrate, rank
 from policy.budgets import WorkerBudgets
 from policy.catalogue import NO_ACTION, Catalogue, Placement
 from policy.contact import ChannelHistory, ContactCap, ContactPolicy, action_capped, channel_block, record_contact
@@ -63,6 +64,7 @@ Selector = Callable[[Sequence[str]], Choice]
 # The modes as module constants: ``Mode.X`` on an enum class costs ~110 ns a lookup (timeit), a global ~10.
 EXPLORE, EXPLOIT, STICKY, HOLDOUT = Mode.EXPLORE, Mode.EXPLOIT, Mode.STICKY, Mode.HOLDOUT
 PINNED, FALLBACK, SUPPRESSED = Mode.PINNED, Mode.FALLBACK, Mode.SUPPRESSED
+NO_EVS: Mapping[str, float] = MappingProxyType({})  # what judge gets when it compares no evs
 
 
 @dataclass(slots=True)  # not frozen: made per request, and a frozen __init__ costs 3-4x; never changed
@@ -211,7 +213,7 @@ def _settle(
     budget_available = budgets.change_available(placement.id, ts, settings.max_changes_per_hour)
     choice = select(eligible_ids)
     trace["greedy"] = choice.greedy
-    lower = None
+    ranking: Ranking
     if settings.limited:
         # What is shown here stays: no random exploration and a deterministic candidate (p = 1). The
         # first decision takes the optimistic (UCB) best, the one place where trying an action costs no
@@ -219,14 +221,20 @@ def _settle(
         # So the ranking is all it needs, not arbitration's candidate for the bandit's draw.
         ranking = rank(choice, eligible_ids, cat, levers.boosts, context.arbitration)
         candidate = ranking.settled(on_mean=incumbent is not None, salt=request.user_id)
-        probability, explored, ev = 1.0, False, ranking.ev_on_lookup(on_mean=True)
-        if settings.confidence > 0:
-            lower = ranking.lower_ev_on_lookup(settings.confidence)
+        probability, explored = 1.0, False
         trace["top"] = [t.to_trace(with_mean=True) for t in ranking.ranked[: context.arbitration.top_k]]
     else:
-        arb = arbitrate(choice, eligible_ids, cat, levers.boosts, context.arbitration)
-        candidate, probability, explored, ev = arb.action, arb.probability, arb.explored, arb.ev_on_lookup()
+        ranking = arb = arbitrate(choice, eligible_ids, cat, levers.boosts, context.arbitration)
+        candidate, probability, explored = arb.action, arb.probability, arb.explored
         trace["top"] = [t.to_trace() for t in arb.ranked[: context.arbitration.top_k]]
+    # judge compares evs (mean evs where stickiness settles) only when the candidate challenges an incumbent:
+    # the lookups are made for those requests alone (983 of 6,667 bandit requests in 8,000 bench events)
+    ev: Mapping[str, float] = NO_EVS
+    lower = None
+    if incumbent is not None and candidate != incumbent.action:
+        ev = ranking.ev_on_lookup(on_mean=settings.limited)
+        if settings.limited and settings.confidence > 0:
+            lower = ranking.lower_ev_on_lookup(settings.confidence)
 
     verdict = judge(
         incumbent,
