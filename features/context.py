@@ -59,12 +59,29 @@ _COUNTED = (("pvh", 3600), ("pvd", 86400), ("ckw", _WEEK), ("cvw", _WEEK), ("rvw
             ("acw", _WEEK))
 
 
+# Counter cells parsed, by their text. A cell's text repeats across customers (their counters are in the same
+# time bucket, and counts are small: 28 distinct texts among 12,328 cells read in 8,000 bench events), and
+# parse_cell costs ~0.5 us against ~30 ns for a dict hit. Bounded: emptied when full. Tuples, never changed.
+_CELLS: dict[str, tuple[int, float, float] | None] = {}
+_CELLS_MAX = 4096
+
+
+def _parsed(raw: str) -> tuple[int, float, float] | None:
+    """``parse_cell(raw)``, remembered in ``_CELLS``."""
+    if len(_CELLS) >= _CELLS_MAX:
+        _CELLS.clear()
+    cell = _CELLS[raw] = parse_cell(raw)
+    return cell
+
+
 def _history_values(t: float, state: UserState) -> list[float]:
     """The history block at event time ``t``, unweighted, in ``HISTORY_NAMES`` order (one pass, no dict)."""
-    get = state.fields.get
-    # the windowed counts, in _COUNTED's order (one comprehension: a helper function per count cost a call each)
+    get, cells = state.fields.get, _CELLS
+    # the windowed counts, in _COUNTED's order (one comprehension: a helper function per count cost a call each;
+    # a cell's text is not empty here, so its parse is a tuple, never None: ``or`` parses only a new text)
     views_1h, views_24h, clicks, conversions, revenue, opens, ad_clicks = [
-        math.log1p(estimate(parse_cell(raw), t, size)) if (raw := get(name)) else 0.0 for name, size in _COUNTED
+        math.log1p(estimate(cells.get(raw) or _parsed(raw), t, size)) if (raw := get(name)) else 0.0
+        for name, size in _COUNTED
     ]
     last_pv = get("t:pv")
     first = get("fs")

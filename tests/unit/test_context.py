@@ -161,3 +161,27 @@ def test_the_models_learn_the_same_with_or_without_the_weight():
         predictions.append([models.score(model_features(row))["churn_risk"] for row in x[::8]])
     assert predictions[0] == pytest.approx(predictions[1], abs=1e-6)
     assert max(predictions[0]) - min(predictions[0]) > 0.1  # it did learn something from the history
+
+
+def test_remembered_cells_read_as_parsed_ones(monkeypatch):
+    """_history_values reads a cell's text once (features.context._CELLS); the values are those of parsing every
+    cell, also across users sharing a text, when the remembered cells are emptied, and for a malformed cell."""
+    import features.context as fc
+    from features.windows import estimate
+
+    monkeypatch.setattr(fc, "_CELLS_MAX", 3)
+    monkeypatch.setattr(fc, "_CELLS", {})
+
+    def parsed_every_time(t: float, state: UserState) -> list[float]:  # views 1h, views 24h / 2, clicks 7d
+        pvh, pvd, ckw = (math.log1p(estimate(parse_cell(state.fields[n]), t, size)) for n, size in fc._COUNTED[:3])
+        return [pvh, pvd / 2, ckw]
+
+    t = MONDAY_6H
+    for i in range(12):  # more distinct texts than the bound
+        fields = {"pvh": f"{int(t // 3600) - i % 2}:{i % 5}:{i % 3}", "pvd": f"{int(t // 86400)}:{i}.5:0",
+                  "ckw": "1:2:3"}
+        state = UserState(f"u{i}", fields)
+        assert fc._history_values(t, state)[:3] == parsed_every_time(t, state)[:3]
+        assert len(fc._CELLS) <= 3
+    with pytest.raises(ValueError):
+        fc._history_values(t, UserState("u", {"pvh": "1:2"}))
