@@ -170,9 +170,12 @@ class Ranking:
         the higher score, then by a stable hash of ``salt`` and the action (a user id spreads a cold
         start's ties over the actions, yet the same user and statistics always give the same action),
         then to the earlier action in the eligible list."""
+        ranked = self.ranked
+        if not on_mean and (len(ranked) == 1 or ranked[1].ev != ranked[0].ev or ranked[1].score != ranked[0].score):
+            return ranked[0].action  # ranked on ev, then score: the first, as the second does not tie it
         tied: list[Terms] = []
         top_v = top_s = 0.0
-        for t in self.ranked:  # one pass, no tuples: this runs for most requests
+        for t in ranked:  # one pass, no tuples: this runs for most requests
             v = t.mean_ev if on_mean else t.ev
             if not tied or v > top_v or (v == top_v and t.score > top_s):
                 tied, top_v, top_s = [t], v, t.score
@@ -195,6 +198,7 @@ class Arbitrated(Ranking):
 
 _EV: Callable[[Terms], float] = attrgetter("ev")
 _MEAN_EV: Callable[[Terms], float] = attrgetter("mean_ev")
+_EV_SCORE: Callable[[Terms], tuple[float, float]] = attrgetter("ev", "score")
 
 
 class TermsLookup(Mapping[str, float]):
@@ -249,17 +253,17 @@ def rank(
     # per position of ``eligible``: the choice's own lists when it was made over this very order (always, from
     # the pipeline), so no dict by action is built per request
     scores, means, probs = choice.aligned(order)
-    keyed: list[tuple[float, float, int, Terms]] = []
+    terms: list[Terms] = []
     for i, a in enumerate(order):
         action = actions[a]
         score = scores[i]
         boost = boosts.get(a, 1.0) if boosts else 1.0
         unit = (scale if by_value else action.value) * boost
-        t = Terms(a, score, action.value, boost, action.cost, (score if score > 0.0 else 0.0) * unit - action.cost,
-                  means[i], unit, probs[i])
-        keyed.append((-t.ev, -score, i, t))
-    keyed.sort()  # best ev, then higher score, then eligible order (i is unique: Terms are never compared)
-    return Ranking(tuple([k[3] for k in keyed]), order)
+        terms.append(Terms(a, score, action.value, boost, action.cost,
+                           (score if score > 0.0 else 0.0) * unit - action.cost, means[i], unit, probs[i]))
+    # best ev, then higher score, then eligible order: a reverse sort keeps equal keys in their order (stable)
+    terms.sort(key=_EV_SCORE, reverse=True)
+    return Ranking(tuple(terms), order)
 
 
 def arbitrate(

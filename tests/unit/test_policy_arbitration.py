@@ -229,6 +229,24 @@ def test_rank_is_arbitrate_without_the_candidate() -> None:
         rank(choice, [], CAT)
 
 
+def test_ranking_order_and_settled_with_many_ties() -> None:
+    """Ranked on ev, then score, then eligible order; settled on ev is the first of that order unless tied."""
+    rng = np.random.default_rng(7)
+    cat = catalogue({a: float(rng.choice([10.0, 20.0])) for a in "abcdef"}, {"c": 1.0})
+    for _ in range(300):
+        eligible = list(rng.permutation(list("abcdef"))[: rng.integers(1, 7)])
+        scores = {a: float(rng.choice([0.0, 0.1, 0.2, -0.1])) for a in eligible}
+        choice = Choice.from_maps(eligible[0], 1.0, eligible[0], scores, dict.fromkeys(eligible, 1 / len(eligible)))
+        ranking = rank(choice, eligible, cat)
+        keyed = sorted((-t.ev, -t.score, eligible.index(t.action)) for t in ranking.ranked)
+        assert [t.action for t in ranking.ranked] == [eligible[i] for _, _, i in keyed]
+        best = max((t.ev, t.score) for t in ranking.ranked)
+        tied = {t.action for t in ranking.ranked if (t.ev, t.score) == best}
+        assert ranking.settled(False, salt="u") in tied
+        if len(tied) == 1:
+            assert ranking.settled(False, salt="u") == ranking.ranked[0].action
+
+
 def test_settled_ties_are_spread_over_users_but_stable_for_each() -> None:
     cat = catalogue({a: 10.0 for a in "abcde"})
     cold = Choice.from_maps(
