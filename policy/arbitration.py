@@ -33,9 +33,10 @@ that does not report ``floor`` (0) is read as having no uniform branch.
 Where a decision lasts (placements with stickiness) the pipeline does not use the bandit's draw but
 ``settled`` on ``rank``'s ranking (``arbitrate`` is ``rank`` plus the candidate for the draw): the best action
 on ev (UCB-optimistic) or on ``mean_ev`` (the same formula on the bandit's mean estimate ``Choice.means``, no
-exploration bonus), ties to the higher score, then catalogue order. It is deterministic given the statistics,
-so it is logged with probability 1. ``lower_ev(k)`` is the ev at the mean minus k bonus widths (a lower bound
-of the kind UCB's upper one is), for rules that must be sure an action is better before acting on it.
+exploration bonus), ties to the higher score, then by a stable hash of the user and the action, then eligible
+order. It is deterministic given the statistics, so it is logged with probability 1. ``lower_ev(k)`` is the ev
+at the mean minus k bonus widths (a lower bound of the kind UCB's upper one is), for rules that must be sure an
+action is better before acting on it.
 
 When arbitration overrides the bandit's greedy action (a cost or boost made another action better), that
 action is shown only through the uniform draw (probability ε/K, ≥ ε_min/K for LinUCB): the business rule
@@ -172,10 +173,11 @@ class Ranking:
         then to the earlier action in the eligible list."""
         ranked = self.ranked
         if not on_mean and (len(ranked) == 1 or ranked[1].ev != ranked[0].ev or ranked[1].score != ranked[0].score):
-            return ranked[0].action  # ranked on ev, then score: the first, as the second does not tie it
+            return ranked[0].action  # ranked on ev, then score: the first, as the second does not tie it (finite
+            # evs and scores, as the bandits and levers give: a NaN would leave the ranking unordered)
         tied: list[Terms] = []
         top_v = top_s = 0.0
-        for t in ranked:  # one pass, no tuples: this runs for most requests
+        for t in ranked:  # one pass, no tuples: on the mean (a placement with an incumbent) or an ev and score tie
             v = t.mean_ev if on_mean else t.ev
             if not tied or v > top_v or (v == top_v and t.score > top_s):
                 tied, top_v, top_s = [t], v, t.score
