@@ -11,7 +11,8 @@ placement or all (``placement`` None). It applies to events from ``ts`` (event t
 every event processed after it was set, whatever its event time (out-of-order events, a worker working
 through a backlog), and ``set_at`` records the wall-clock time it was set (the audit's time). When several
 pins apply, the most specific wins (user, then segment, then everyone), then the one set last (``set_at``,
-else ``ts`` for levers from before ``set_at`` was kept). Boosts multiply; bans add up.
+else ``ts`` for levers from before ``set_at`` was kept). Boosts multiply, and their product is held within
+``BOOST_RANGE``; bans add up.
 
 :class:`LeverBook` holds the levers and is plain data: ``to_json``/``from_json`` for Redis, ``apply``/``revoke``
 for the CLI and HTTP endpoints. Its JSON, which every worker reloads after any change, holds only the levers: each
@@ -333,6 +334,10 @@ class LeverBook:
         for lv in hits:
             if lv.kind is LeverKind.BOOST and lv.action:
                 boosts[lv.action] = boosts.get(lv.action, 1.0) * lv.factor
+        low, high = BOOST_RANGE
+        for action, factor in boosts.items():  # the product of many boosts stays in range too (finite evs)
+            if not low <= factor <= high:
+                boosts[action] = min(max(factor, low), high)
         bans = frozenset(lv.action for lv in hits if lv.kind is LeverKind.BAN and lv.action)
         return ActiveLevers(
             kill,

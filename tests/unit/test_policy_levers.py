@@ -70,6 +70,14 @@ def book(*levers: Lever) -> LeverBook:
             {"boosts": {"offer_a": 3.0}},
         ),
         (
+            # each within range, but 103 of 1000x would overflow to inf (and a NaN expected value)
+            "boosts multiply within the range",
+            [lever(f"b{i}", LeverKind.BOOST, factor=1000.0) for i in range(103)]
+            + [lever(f"s{i}", LeverKind.BOOST, "offer_b", factor=0.001) for i in range(2)],
+            ("u1", None, "hero"),
+            {"boosts": {"offer_a": 1000.0, "offer_b": 0.001}},
+        ),
+        (
             "bans add up",
             [lever("x", LeverKind.BAN), lever("y", LeverKind.BAN, "offer_b", user_id="u1")],
             ("u1", None, "hero"),
