@@ -145,7 +145,9 @@ class Settings(BaseSettings):
         "linucb", description="Bandit policy: linucb, lints or egreedy. Changed with a snapshot in Redis, the new "
         "type takes over the snapshot's statistics (Snapshots and rollback)."
     )
-    policy_alpha: float = Field(0.1, ge=0, description="Exploration width of LinUCB / scale of LinTS.")
+    policy_alpha: float = Field(
+        0.1, ge=0, description="Exploration width of LinUCB (LinTS's scale is CADENCE_POLICY_TS_SCALE)."
+    )
     policy_ridge: float = Field(
         1.0, gt=0, description="Prior λ of LinUCB's statistics (A = λI + Σ x xᵀ). The engine's α was tuned on the "
         "closed loop with λ = 1; the bandit benchmark's best is λ = 10 (LinUCB's own default) at α = 0.5."
@@ -153,6 +155,16 @@ class Settings(BaseSettings):
     policy_explore_samples: float = Field(
         100.0, gt=0, description="LinUCB's exploration floor stays at its full ε until the greedy arm has about "
         "this many samples like the context, then decays to ε_min (the closed loop's choice; LinUCB's default is 30)."
+    )
+    policy_floor: float = Field(
+        0.02, ge=0, le=1, description="Uniform exploration share of linucb and lints: every eligible action keeps a "
+        "logged probability of at least this / K, which off-policy evaluation weighs. LinUCB's decays from it to "
+        "CADENCE_POLICY_FLOOR_MIN as its estimate sharpens. 0 turns the draw off (a little more reward, and OPE "
+        "can no longer weigh the bandit's decisions: the promotion gate blocks)."
+    )
+    policy_floor_min: float = Field(
+        0.005, ge=0, le=1, description="LinUCB's lowest exploration share (its floor decays to it); at most "
+        "CADENCE_POLICY_FLOOR."
     )
     shadow_policy: Literal["", "linucb", "lints", "egreedy"] = Field(
         "", description="A challenger policy (linucb, lints, egreedy) run in shadow: logged to 'shadow', never shown."
@@ -321,6 +333,10 @@ class Settings(BaseSettings):
         if self.bid_multiplier_low > self.bid_multiplier_high:
             raise ValueError(f"CADENCE_BID_MULTIPLIER_LOW ({self.bid_multiplier_low}) is above "
                              f"CADENCE_BID_MULTIPLIER_HIGH ({self.bid_multiplier_high}); swap them")
+        if self.policy_floor_min > self.policy_floor:
+            raise ValueError(f"CADENCE_POLICY_FLOOR_MIN ({self.policy_floor_min}) is above CADENCE_POLICY_FLOOR "
+                             f"({self.policy_floor}): LinUCB's floor decays from the second to the first; lower "
+                             f"CADENCE_POLICY_FLOOR_MIN or raise CADENCE_POLICY_FLOOR")
         # a user's hash holds the pending decisions (conversions are credited within the window), the week's
         # counters and the contact history the caps count (a week): expired sooner, a user quiet for a day loses
         # their conversion, their counts and their caps, silently

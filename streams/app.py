@@ -216,13 +216,19 @@ def inert_confidence(policy: Policy | None, catalogue: Catalogue) -> str | None:
             "Use CADENCE_POLICY=linucb, or set confidence = 0 on these placements to say so")
 
 
-def build_engine(settings: Settings, metrics: Metrics, client: aioredis.Redis) -> Engine:
-    params = {
+def policy_params(settings: Settings) -> dict[str, dict[str, float]]:
+    """The configured hyperparameters of each policy type, as ``make_policy`` takes them."""
+    return {
         "linucb": {"alpha": settings.policy_alpha, "ridge": settings.policy_ridge,
-                   "explore_samples": settings.policy_explore_samples},
-        "lints": {"alpha": settings.policy_ts_scale},
+                   "explore_samples": settings.policy_explore_samples, "epsilon": settings.policy_floor,
+                   "epsilon_min": settings.policy_floor_min},
+        "lints": {"alpha": settings.policy_ts_scale, "epsilon": settings.policy_floor},
         "egreedy": {"epsilon": settings.policy_epsilon},
     }
+
+
+def build_engine(settings: Settings, metrics: Metrics, client: aioredis.Redis) -> Engine:
+    params = policy_params(settings)
     policy = make_policy(settings.policy, CONTEXT_DIM, seed=settings.seed, **params.get(settings.policy, {}))
     shadow = None
     if settings.shadow_policy:

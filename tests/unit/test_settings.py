@@ -157,3 +157,34 @@ def test_a_retention_shorter_than_the_catalogues_contact_rules_is_refused() -> N
     with pytest.raises(SettingError, match=r"CADENCE_FEATURE_TTL_S.*longest contact rule \(14 days.*at least 1209600"):
         build_policy_context(Settings(feature_ttl_s=10 * 86400))
     assert build_policy_context(Settings(feature_ttl_s=14 * 86400)).catalogue.contact
+
+
+def test_a_floor_min_above_the_floor_is_refused_with_what_to_set() -> None:
+    with pytest.raises(ValidationError, match=r"CADENCE_POLICY_FLOOR_MIN \(0.03\) is above CADENCE_POLICY_FLOOR"):
+        Settings(policy_floor_min=0.03)
+
+
+@pytest.mark.parametrize("name", ["linucb", "lints"])
+def test_the_exploration_floor_settings_reach_the_policy(name: str) -> None:
+    import numpy as np
+
+    from bandits import make_policy
+    from features.context import CONTEXT_DIM
+    from streams.app import policy_params
+
+    x = np.linspace(0.1, 1.0, CONTEXT_DIM)
+    actions = ["a", "b", "c", "d"]
+
+    def lowest_probability(settings: Settings) -> float:
+        policy = make_policy(name, CONTEXT_DIM, seed=3, **policy_params(settings)[name])
+        for _ in range(400):  # every action well known, "a" the best: LinUCB's floor has decayed to its lowest
+            for action in actions:
+                policy.update(x, action, 1.0 if action == "a" else 0.0)
+        return min(policy.select(x, actions).probabilities.values())
+
+    # the defaults are the policies' own: ε 0.02 (LinUCB decays to 0.005), so every action keeps ε/K
+    assert lowest_probability(Settings()) == pytest.approx((0.005 if name == "linucb" else 0.02) / len(actions))
+    assert lowest_probability(Settings(policy_floor=0.1, policy_floor_min=0.04)) == pytest.approx(
+        (0.04 if name == "linucb" else 0.1) / len(actions)
+    )
+    assert lowest_probability(Settings(policy_floor=0.0, policy_floor_min=0.0)) == 0.0  # the draw is off
