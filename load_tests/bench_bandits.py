@@ -348,6 +348,36 @@ def format_row(row: dict[str, Any]) -> str:
     return f"{label:<{LABEL}} " + " ".join(f"{v:>8.1f}" for v in timing) + f" {score}  {row['note']}"
 
 
+REFERENCE = "cadence: linucb (update on reveal)"  # the engine's LinUCB, paired against every other row
+
+
+def paired(reports: list[dict[str, Any]], reference: str = REFERENCE) -> list[dict[str, Any]]:
+    """``reference`` minus each other contender, seed by seed (same stream and luck), over the seeds both ran:
+    the mean difference of E/oracle and of the reward, their standard errors (sd of the per-seed differences
+    / √seeds) and on how many seeds the reference is ahead. Empty without the reference or with one seed."""
+    by_seed: dict[str, dict[int, tuple[float, float]]] = {}
+    for report in reports:
+        for row in report["results"]:
+            if "skipped" not in row:
+                label = f"{row['library']}: {row['name']}"
+                by_seed.setdefault(label, {})[report["config"]["seed"]] = (row["expected_ratio"], row["reward"])
+    ours = by_seed.get(reference, {})
+    out = []
+    for label, found in by_seed.items():
+        seeds = sorted(set(found) & set(ours))
+        if label == reference or len(seeds) < 2:
+            continue
+        diff = np.array([[a - b for a, b in zip(ours[s], found[s], strict=True)] for s in seeds])
+        se = diff.std(axis=0, ddof=1) / np.sqrt(len(seeds))
+        out.append({
+            "contender": label, "seeds": len(seeds),
+            "expected_ratio_diff": float(diff[:, 0].mean()), "expected_ratio_diff_se": float(se[0]),
+            "reward_diff": float(diff[:, 1].mean()), "reward_diff_se": float(se[1]),
+            "reference_ahead": int((diff[:, 0] > 0).sum()),
+        })
+    return out
+
+
 def summarise(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Across seeds: mean and standard deviation of E/oracle and mean cpu µs per contender."""
     rows: dict[str, list[dict[str, Any]]] = {}
@@ -371,6 +401,15 @@ def summarise(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
         print(
             f"{label:<{LABEL}} E/oracle {ratios.mean():.4f} ± {summary[-1]['expected_ratio_sd']:.4f} "
             f"over {len(found)} seeds, cpu {cpu:.1f} µs/step"
+        )
+    differences = paired(reports)
+    if differences:
+        print(f"paired, {REFERENCE} minus each (mean ± standard error over the seeds both ran):")
+    for d in differences:
+        print(
+            f"  − {d['contender']:<{LABEL}} E/oracle {d['expected_ratio_diff']:+.4f} "
+            f"± {d['expected_ratio_diff_se']:.4f}, reward {d['reward_diff']:+.1f} ± {d['reward_diff_se']:.1f}, "
+            f"ahead on {d['reference_ahead']} of {d['seeds']}"
         )
     return summary
 
@@ -417,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - started
     print(f"wall {wall:.0f} s")
     if args.json:
-        args.json.write_text(json.dumps({"runs": reports, "summary": summary, "wall_s": wall}, indent=2))
+        out = {"runs": reports, "summary": summary, "paired": paired(reports), "wall_s": wall}
+        args.json.write_text(json.dumps(out, indent=2))
         print(f"wrote {args.json}")
     return 0
 
