@@ -159,12 +159,12 @@ class Settings(BaseSettings):
     policy_floor: float = Field(
         0.02, ge=0, le=1, description="Uniform exploration share of linucb and lints: every eligible action keeps a "
         "logged probability of at least this / K, which off-policy evaluation weighs. LinUCB's decays from it to "
-        "CADENCE_POLICY_FLOOR_MIN as its estimate sharpens. 0 turns the draw off (a little more reward, and OPE "
-        "can no longer weigh the bandit's decisions: the promotion gate blocks)."
+        "CADENCE_POLICY_FLOOR_MIN as its estimate sharpens. 0 turns the draw off: LinUCB's decisions then log p = 1 "
+        "(LinTS's its Thompson share), which OPE cannot weigh other candidates against (the promotion gate blocks)."
     )
-    policy_floor_min: float = Field(
-        0.005, ge=0, le=1, description="LinUCB's lowest exploration share (its floor decays to it); at most "
-        "CADENCE_POLICY_FLOOR."
+    policy_floor_min: float | None = Field(
+        None, ge=0, le=1, description="LinUCB's lowest exploration share (its floor decays to it); at most "
+        "CADENCE_POLICY_FLOOR. Unset: 0.005, or CADENCE_POLICY_FLOOR if that is lower."
     )
     shadow_policy: Literal["", "linucb", "lints", "egreedy"] = Field(
         "", description="A challenger policy (linucb, lints, egreedy) run in shadow: logged to 'shadow', never shown."
@@ -333,7 +333,7 @@ class Settings(BaseSettings):
         if self.bid_multiplier_low > self.bid_multiplier_high:
             raise ValueError(f"CADENCE_BID_MULTIPLIER_LOW ({self.bid_multiplier_low}) is above "
                              f"CADENCE_BID_MULTIPLIER_HIGH ({self.bid_multiplier_high}); swap them")
-        if self.policy_floor_min > self.policy_floor:
+        if self.policy_floor_min is not None and self.policy_floor_min > self.policy_floor:
             raise ValueError(f"CADENCE_POLICY_FLOOR_MIN ({self.policy_floor_min}) is above CADENCE_POLICY_FLOOR "
                              f"({self.policy_floor}): LinUCB's floor decays from the second to the first; lower "
                              f"CADENCE_POLICY_FLOOR_MIN or raise CADENCE_POLICY_FLOOR")

@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from bandits import make_policy
 from bandits.base import Policy
+from bandits.linucb import EPSILON_MIN
 from cadence.metrics import Metrics, observe_many
 from cadence.settings import SettingError, Settings
 from contracts.decisions import encode_idle, encode_samples
@@ -218,10 +219,13 @@ def inert_confidence(policy: Policy | None, catalogue: Catalogue) -> str | None:
 
 def policy_params(settings: Settings) -> dict[str, dict[str, float]]:
     """The configured hyperparameters of each policy type, as ``make_policy`` takes them."""
+    floor_min = settings.policy_floor_min
+    if floor_min is None:
+        floor_min = min(EPSILON_MIN, settings.policy_floor)
     return {
         "linucb": {"alpha": settings.policy_alpha, "ridge": settings.policy_ridge,
                    "explore_samples": settings.policy_explore_samples, "epsilon": settings.policy_floor,
-                   "epsilon_min": settings.policy_floor_min},
+                   "epsilon_min": floor_min},
         "lints": {"alpha": settings.policy_ts_scale, "epsilon": settings.policy_floor},
         "egreedy": {"epsilon": settings.policy_epsilon},
     }

@@ -187,4 +187,13 @@ def test_the_exploration_floor_settings_reach_the_policy(name: str) -> None:
     assert lowest_probability(Settings(policy_floor=0.1, policy_floor_min=0.04)) == pytest.approx(
         (0.04 if name == "linucb" else 0.1) / len(actions)
     )
-    assert lowest_probability(Settings(policy_floor=0.0, policy_floor_min=0.0)) == 0.0  # the draw is off
+    assert lowest_probability(Settings(policy_floor=0.0)) == 0.0  # the draw is off (the unset floor_min follows)
+    assert lowest_probability(Settings(policy_floor=0.002)) == pytest.approx(0.002 / len(actions))
+
+
+@pytest.mark.parametrize("policy", ["linucb", "lints", "egreedy"])
+def test_a_floor_below_the_default_floor_min_starts_for_every_policy(policy: str) -> None:
+    from streams.app import policy_params
+
+    settings = Settings(policy=policy, policy_floor=0.0)  # CADENCE_POLICY_FLOOR=0 alone: no refusal
+    assert policy_params(settings)["linucb"]["epsilon_min"] == 0.0
