@@ -354,7 +354,15 @@ REFERENCE = "cadence: linucb (update on reveal)"  # the engine's LinUCB, paired 
 def paired(reports: list[dict[str, Any]], reference: str = REFERENCE) -> list[dict[str, Any]]:
     """``reference`` minus each other contender, seed by seed (same stream and luck), over the seeds both ran:
     the mean difference of E/oracle and of the reward, their standard errors (sd of the per-seed differences
-    / √seeds) and on how many seeds the reference is ahead. Empty without the reference or with one seed."""
+    / √seeds) and on how many seeds the reference is ahead. Empty without the reference or with one seed.
+    Reports of other settings than the first's (steps, delay, actions, features) or a seed given twice are refused:
+    their rows would be paired with streams they did not share."""
+    settings = [{k: v for k, v in r["config"].items() if k != "seed"} for r in reports]
+    if any(other != settings[0] for other in settings[1:]):
+        raise ValueError("reports of different settings (steps, delay, actions or dim): pair runs of one setting")
+    seeds = [r["config"]["seed"] for r in reports]
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(f"a seed is given twice in {sorted(seeds)}: pair each seed once")
     by_seed: dict[str, dict[int, tuple[float, float]]] = {}
     for report in reports:
         for row in report["results"]:

@@ -40,3 +40,12 @@ def test_nothing_to_pair_without_the_reference_or_with_one_seed() -> None:
     peer = "river: LinUCBDisjoint"
     assert paired([_report(1, {peer: (0.9, 1.0)}), _report(2, {peer: (0.9, 1.0)})]) == []
     assert paired([_report(1, {REFERENCE: (0.9, 1.0), peer: (0.8, 1.0)})]) == []
+
+
+def test_reports_of_other_settings_or_a_seed_twice_are_refused() -> None:
+    one, two = _report(1, {REFERENCE: (0.9, 1.0)}), _report(2, {REFERENCE: (0.9, 1.0)})
+    one["config"]["steps"], two["config"]["steps"] = 20000, 5000
+    with pytest.raises(ValueError, match="different settings"):
+        paired([one, two])
+    with pytest.raises(ValueError, match="a seed is given twice"):
+        paired([_report(1, {REFERENCE: (0.9, 1.0)}), _report(1, {REFERENCE: (0.8, 1.0)})])

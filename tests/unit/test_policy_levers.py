@@ -292,3 +292,12 @@ def test_forget_user_asks_the_store_to_rewrite_the_audit_list() -> None:
     assert b.take_redactions() == [("u1", "erased:0123")] and b.take_redactions() == []
     # records not stored yet are rewritten in the book itself
     assert [r.lever.get("user_id") for r in b.pending_audit] == ["erased:0123", "u2"]
+
+
+@pytest.mark.parametrize("big_first", [True, False])
+def test_a_product_of_boosts_that_overflows_midway_does_not_depend_on_the_levers_order(big_first: bool) -> None:
+    big = [lever(f"b{i}", LeverKind.BOOST, factor=1000.0) for i in range(110)]
+    small = [lever(f"s{i}", LeverKind.BOOST, factor=0.001) for i in range(110)]
+    # multiplied in order, the big ones first overflowed to inf (then 1000), the small ones first underflowed to 0
+    active = book(*(big + small if big_first else small + big)).active(T0, "u1", None, "hero")
+    assert active.boosts["offer_a"] == pytest.approx(1.0)
