@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 # What a boost lever may multiply an action's expected value by (entry points refuse the rest): a factor of 1e308
 # made the expected value infinite, and the ad placement's bid reference with it, for as long as the worker ran.
 BOOST_RANGE = (0.001, 1000.0)
-LOG_HIGH = math.log(BOOST_RANGE[1]) + 1.0  # exp() of anything above overflows nothing and is clamped anyway
+LOG_HIGH = math.log(BOOST_RANGE[1]) + 1.0  # a larger sum of log factors is clamped to the top anyway (no exp overflow)
 
 
 class LeverError(ValueError):
@@ -336,10 +336,12 @@ class LeverBook:
             if lv.kind is LeverKind.BOOST and lv.action:
                 boosts[lv.action] = boosts.get(lv.action, 1.0) * lv.factor
         low, high = BOOST_RANGE
-        for action, factor in boosts.items():  # the product of many boosts stays in range too (finite evs)
-            if not low <= factor <= high:  # rare: from the sum of logs, so a product that under- or overflowed
+        # the product of many boosts stays in range too (finite evs). Out of range (rare), it is recomputed from the
+        # sum of logs, so a product that overflowed or underflowed midway does not depend on the levers' order
+        for action, factor in boosts.items():
+            if not low <= factor <= high:
                 logs = sum(math.log(lv.factor) for lv in hits if lv.kind is LeverKind.BOOST and lv.action == action)
-                boosts[action] = min(max(math.exp(min(logs, LOG_HIGH)), low), high)  # midway does not depend on order
+                boosts[action] = min(max(math.exp(min(logs, LOG_HIGH)), low), high)
         bans = frozenset(lv.action for lv in hits if lv.kind is LeverKind.BAN and lv.action)
         return ActiveLevers(
             kill,
