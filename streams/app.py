@@ -22,7 +22,6 @@ from redis.exceptions import RedisError
 
 from bandits import make_policy
 from bandits.base import Policy
-from bandits.linucb import EPSILON_MIN
 from cadence.metrics import Metrics, observe_many
 from cadence.settings import SettingError, Settings
 from contracts.decisions import encode_idle, encode_samples
@@ -217,15 +216,13 @@ def inert_confidence(policy: Policy | None, catalogue: Catalogue) -> str | None:
             "Use CADENCE_POLICY=linucb, or set confidence = 0 on these placements to say so")
 
 
-def policy_params(settings: Settings) -> dict[str, dict[str, float]]:
-    """The configured hyperparameters of each policy type, as ``make_policy`` takes them."""
-    floor_min = settings.policy_floor_min
-    if floor_min is None:
-        floor_min = min(EPSILON_MIN, settings.policy_floor)
+def policy_params(settings: Settings) -> dict[str, dict[str, float | None]]:
+    """The configured hyperparameters of each policy type, as ``make_policy`` takes them (an unset floor_min is
+    LinUCB's own default: 0.005, or the floor if that is lower)."""
     return {
         "linucb": {"alpha": settings.policy_alpha, "ridge": settings.policy_ridge,
                    "explore_samples": settings.policy_explore_samples, "epsilon": settings.policy_floor,
-                   "epsilon_min": floor_min},
+                   "epsilon_min": settings.policy_floor_min},
         "lints": {"alpha": settings.policy_ts_scale, "epsilon": settings.policy_floor},
         "egreedy": {"epsilon": settings.policy_epsilon},
     }

@@ -193,7 +193,9 @@ def test_the_exploration_floor_settings_reach_the_policy(name: str) -> None:
 
 @pytest.mark.parametrize("policy", ["linucb", "lints", "egreedy"])
 def test_a_floor_below_the_default_floor_min_starts_for_every_policy(policy: str) -> None:
+    from bandits import make_policy
+    from features.context import CONTEXT_DIM
     from streams.app import policy_params
 
     settings = Settings(policy=policy, policy_floor=0.0)  # CADENCE_POLICY_FLOOR=0 alone: no refusal
-    assert policy_params(settings)["linucb"]["epsilon_min"] == 0.0
+    assert make_policy("linucb", CONTEXT_DIM, **policy_params(settings)["linucb"]).epsilon_min == 0.0
